@@ -1,0 +1,42 @@
+"""Errors of the forwarder; each kind carries the sysexits(3) code the command line exits with.
+
+Messages name the offending value with !r and say what was expected, so one line is enough to fix it.
+"""
+
+import os
+
+
+class ForwarderError(Exception):
+    """The forwarder cannot run as configured."""
+
+    exit_code: int = 70  # EX_SOFTWARE: only for errors that have no better class
+
+
+class UsageError(ForwarderError):
+    """The command line is wrong."""
+
+    exit_code = os.EX_USAGE  # 64
+
+
+class UnknownHostError(ForwarderError):
+    """A destination host name does not resolve."""
+
+    exit_code = os.EX_NOHOST  # 68
+
+
+class OperatingSystemError(ForwarderError):
+    """A system call failed while setting up."""
+
+    exit_code = os.EX_OSERR  # 71
+
+
+class MissingPermissionError(ForwarderError):
+    """The forwarder lacks a capability it needs (CAP_NET_ADMIN)."""
+
+    exit_code = os.EX_NOPERM  # 77
+
+
+class ConfigurationError(ForwarderError):
+    """What systemd handed over (sockets, environment) does not fit the command line."""
+
+    exit_code = os.EX_CONFIG  # 78

@@ -1,0 +1,5 @@
+"""`python -m netlab`: the same entry point as the `netlab` command."""
+
+from netlab.cli import main
+
+raise SystemExit(main())

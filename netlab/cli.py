@@ -1,0 +1,85 @@
+"""The `netlab` command: the demo, and housekeeping of labs (list them, remove stale ones).
+
+Exit codes follow sysexits(3): 0 success, 1 a check failed, 64 usage, 77 missing privilege.
+"""
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+from typing import NoReturn
+
+from netlab import registry
+from netlab.errors import NetlabError
+from netlab.privileges import missing_reason
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        print(f"netlab: {message}", file=sys.stderr)
+        raise SystemExit(os.EX_USAGE)
+
+
+def _require_privileges() -> None:
+    reason = missing_reason()
+    if reason is not None:
+        print(f"netlab: {reason}", file=sys.stderr)
+        raise SystemExit(os.EX_NOPERM)
+
+
+def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from netlab.demo import run_demo  # imports pyroute2 only when needed
+
+    _require_privileges()
+    return run_demo()
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    for record in registry.load_records():
+        state = "live" if record.owner_alive() else "stale"
+        print(f"{record.lab_id}  {state:<5}  pid {record.owner_pid:<7} {' '.join(record.namespaces)}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    _require_privileges()
+    if args.stale:
+        removed = registry.reap_stale()
+        print(f"removed {len(removed)} stale namespaces" + (f": {' '.join(removed)}" if removed else ""))
+        return 0
+    parser_error = "netlab down: give --stale"
+    print(parser_error, file=sys.stderr)
+    return os.EX_USAGE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="netlab", description="A network lab for the transparent UDP forwarder.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    demo = commands.add_parser("demo", help="run the seed deployment end to end and show what happened")
+    demo.set_defaults(handler=cmd_demo)
+    ls = commands.add_parser("ls", help="list labs on this machine")
+    ls.set_defaults(handler=cmd_ls)
+    down = commands.add_parser("down", help="remove labs")
+    down.add_argument("--stale", action="store_true", help="remove labs whose owner process is gone")
+    down.set_defaults(handler=cmd_down)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        print("netlab: interrupted; the lab was removed", file=sys.stderr)
+        return 130
+    except NetlabError as error:
+        print(f"netlab: {error}", file=sys.stderr)
+        return 1

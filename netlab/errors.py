@@ -1,0 +1,21 @@
+"""Errors of netlab: one base with kinds that name the offending value and what was expected."""
+
+
+class NetlabError(Exception):
+    """Base of every error netlab raises on purpose."""
+
+
+class TopologyError(NetlabError):
+    """A topology is invalid: unknown node, bad address, name too long, duplicate, ..."""
+
+
+class MissingPrivilegeError(NetlabError):
+    """The process lacks a capability the lab needs (CAP_NET_ADMIN, CAP_SYS_ADMIN)."""
+
+
+class LabTimeoutError(NetlabError):
+    """Something the lab waited for did not happen before its deadline."""
+
+
+class ProcessFailedError(NetlabError):
+    """A process the lab started exited when it should not have, or with the wrong code."""

@@ -1,0 +1,256 @@
+"""A lab: network namespaces, veth links, addresses, routes and sysctls built with pyroute2 from a
+Topology, and everything it starts inside them. Cleanup of each resource is registered before the
+resource is created, so leaving the `with` block (normally, on an error or on Ctrl-C) removes it all.
+"""
+
+import contextlib
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from pyroute2 import IPRoute
+
+from netlab import netns, registry
+from netlab.errors import LabTimeoutError, ProcessFailedError, TopologyError
+from netlab.names import namespace_name, new_lab_id
+from netlab.process import Process
+from netlab.topology import Topology, parse_interface
+
+IFA_F_NODAD = 0x02
+
+
+class LabNode:
+    """A node of a running lab: run processes, open sockets and send crafted packets inside it."""
+
+    def __init__(self, lab: "Lab", name: str) -> None:
+        self.lab = lab
+        self.name = name
+        self.namespace = namespace_name(lab.lab_id, name)
+
+    def __repr__(self) -> str:
+        return f"LabNode({self.name!r}, namespace={self.namespace!r})"
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        label: str | None = None,
+        env: Mapping[str, str] | None = None,
+        pass_fds: Sequence[int] = (),
+    ) -> Process:
+        """Start `argv` in this node; the lab stops it (SIGTERM, then SIGKILL) when it closes."""
+        label = label or Path(argv[0]).name
+        log_path = self.lab.workdir / f"{self.name}-{label}-{self.lab.next_serial()}.log"
+        process = Process(argv, namespace=self.namespace, log_path=log_path, env=env, pass_fds=pass_fds)
+        self.lab.defer(process.stop)
+        return process
+
+    def open_socket(self, family: int = socket.AF_INET, kind: int = socket.SOCK_DGRAM) -> socket.socket:
+        """A socket living in this node's namespace, closed when the lab closes."""
+        sock = netns.socket_in(self.namespace, family, kind)
+        self.lab.defer(sock.close)
+        return sock
+
+    def udp_socket(self, address: str, port: int = 0) -> socket.socket:
+        """A UDP socket bound to address:port in this node."""
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        sock = self.open_socket(family, socket.SOCK_DGRAM)
+        sock.bind((address, port))
+        return sock
+
+    def sysctl(self, key: str, value: str | None = None) -> str:
+        """Read sysctl `key` in this node, setting it to `value` first when given."""
+        if value is not None:
+            netns.write_sysctl(self.namespace, key, value)
+        return netns.read_sysctl(self.namespace, key)
+
+    def send_udp(
+        self,
+        *,
+        src: str,
+        dst: str,
+        sport: int,
+        dport: int,
+        payload: bytes = b"",
+        count: int = 1,
+        timeout: float = 30.0,
+    ) -> None:
+        """Craft a UDP datagram with scapy (any source: it may be spoofed) and send it from this node."""
+        datagram = {
+            "src": src,
+            "dst": dst,
+            "sport": sport,
+            "dport": dport,
+            "payload": payload.hex(),
+            "count": count,
+        }
+        process = self.run(
+            [sys.executable, "-m", "netlab.agent", "send", json.dumps([datagram])],
+            label="scapy-send",
+            env=python_env(),
+        )
+        code = process.wait(timeout)
+        if code != 0:
+            raise ProcessFailedError(f"scapy sender in {self.name!r} exited {code}: {process.output()}")
+
+
+def python_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a Python child that must import this checkout's packages."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update(extra or {})
+    return env
+
+
+class Lab:
+    """Builds a topology and guarantees its removal; use as a context manager."""
+
+    def __init__(
+        self, workdir: Path | None = None, description: str = "", keep_workdir: bool = False
+    ) -> None:
+        self.lab_id = new_lab_id()
+        self.record = registry.new_record(self.lab_id, description)
+        self._own_workdir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"netlab-{self.lab_id}-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.keep_workdir = keep_workdir
+        self.nodes: dict[str, LabNode] = {}
+        self._stack = contextlib.ExitStack()
+        self._serial = 0
+
+    def next_serial(self) -> int:
+        self._serial += 1
+        return self._serial
+
+    def defer(self, callback: Callable[..., object], *args: object) -> None:
+        """Register cleanup to run when the lab closes (last registered runs first)."""
+        self._stack.callback(callback, *args)
+
+    def __enter__(self) -> "Lab":
+        registry.reap_stale()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __getitem__(self, name: str) -> LabNode:
+        try:
+            return self.nodes[name]
+        except KeyError:
+            raise TopologyError(f"lab has no node {name!r}; nodes: {sorted(self.nodes)}") from None
+
+    def close(self) -> None:
+        """Stop processes, close sockets, delete namespaces and the lab's record; safe to call twice."""
+        blocked = {signal.SIGINT, signal.SIGTERM}
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)  # a second Ctrl-C must not cut cleanup
+        try:
+            self._stack.close()
+            self.record.delete()
+            if self._own_workdir and not self.keep_workdir:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    def build(self, topology: Topology) -> "Lab":
+        """Create every node, link, address, route and sysctl of `topology`."""
+        topology.validate()
+        new_nodes = [LabNode(self, name) for name in topology.nodes]
+        for node in new_nodes:
+            if node.name in self.nodes:
+                raise TopologyError(f"lab already has a node {node.name!r}")
+            self.nodes[node.name] = node
+            self.record.namespaces.append(node.namespace)
+        self.record.save()
+        self.defer(self.record.delete)
+        for node in new_nodes:
+            self.defer(registry.destroy_namespace, node.namespace)
+            netns.create(node.namespace)
+            with IPRoute(netns=node.namespace) as ipr:
+                ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+            for key, value in topology.nodes[node.name].sysctls.items():
+                node.sysctl(key, value)
+        for link in topology.links:
+            self._build_link(link.a.node, link.a.ifname, link.b.node, link.b.ifname, link.mtu)
+            for end in (link.a, link.b):
+                self._configure_interface(end.node, end.ifname, end.addresses, link.mtu)
+        for route in topology.routes:
+            self._add_route(route.node, route.destination, route.via)
+        return self
+
+    def _build_link(self, a: str, a_ifname: str, b: str, b_ifname: str, mtu: int | None) -> None:
+        # The pair is created inside node a with its peer placed straight into node b, so no interface
+        # ever appears in the root namespace.
+        peer_fd = os.open(netns.netns_path(self[b].namespace), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with IPRoute(netns=self[a].namespace) as ipr:
+                ipr.link("add", ifname=a_ifname, kind="veth", peer={"ifname": b_ifname, "net_ns_fd": peer_fd})
+        finally:
+            os.close(peer_fd)
+
+    def _configure_interface(self, node: str, ifname: str, addresses: list[str], mtu: int | None) -> None:
+        with IPRoute(netns=self[node].namespace) as ipr:
+            index = ipr.link_lookup(ifname=ifname)[0]
+            for text in addresses:
+                interface = parse_interface(text, f"{node}/{ifname}")
+                extra = {"flags": IFA_F_NODAD} if interface.version == 6 else {}
+                ipr.addr(
+                    "add",
+                    index=index,
+                    address=str(interface.ip),
+                    prefixlen=interface.network.prefixlen,
+                    **extra,
+                )
+            settings: dict[str, object] = {"state": "up"}
+            if mtu is not None:
+                settings["mtu"] = mtu
+            ipr.link("set", index=index, **settings)
+
+    def _add_route(self, node: str, destination: str, via: str) -> None:
+        gateway = ipaddress.ip_address(via)
+        if destination.startswith("default"):
+            destination = "0.0.0.0/0" if gateway.version == 4 else "::/0"
+        network = ipaddress.ip_network(destination)
+        family = socket.AF_INET if network.version == 4 else socket.AF_INET6
+        with IPRoute(netns=self[node].namespace) as ipr:
+            ipr.route(
+                "add",
+                dst=str(network.network_address),
+                dst_len=network.prefixlen,
+                gateway=str(gateway),
+                family=family,
+            )
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float) -> None:
+    """Poll `condition()` (a cheap check of kernel state) until it is true, with a deadline."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while not condition():
+        if time.monotonic() > deadline:
+            raise LabTimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+@contextlib.contextmanager
+def lab(topology: Topology | None = None, **kwargs: object) -> Iterator[Lab]:
+    """`with lab(topology) as l:` builds the topology and removes everything afterwards."""
+    with Lab(**kwargs) as running:  # type: ignore[arg-type]
+        if topology is not None:
+            running.build(topology)
+        yield running

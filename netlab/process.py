@@ -1,0 +1,91 @@
+"""Processes started inside a node: output to a log file, stopped with SIGTERM then SIGKILL after a
+deadline, exit code kept for assertions.
+"""
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from netlab import netns
+from netlab.errors import LabTimeoutError
+
+
+class Process:
+    """A process running in a lab node."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        namespace: str,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        pass_fds: Sequence[int] = (),
+        stdin: int | None = subprocess.DEVNULL,
+    ) -> None:
+        self.argv = list(argv)
+        self.namespace = namespace
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        ns_fd = os.open(netns.netns_path(namespace), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with open(log_path, "ab") as log:
+                self.popen = subprocess.Popen(
+                    self.argv,
+                    stdin=stdin,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=dict(os.environ if env is None else env),
+                    pass_fds=tuple(pass_fds),
+                    start_new_session=True,
+                    # Runs in the child between fork and exec: join the node's network namespace.
+                    preexec_fn=lambda: netns.setns(ns_fd),  # noqa: PLW1509
+                )
+        finally:
+            os.close(ns_fd)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.poll()
+
+    def output(self) -> str:
+        """What the process wrote to stdout and stderr so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to exit by itself; raise LabTimeoutError after `timeout` seconds."""
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise LabTimeoutError(
+                f"{self.argv[0]!r} (pid {self.pid}) still running after {timeout}s; log: {self.log_path}"
+            ) from None
+
+    def signal(self, signum: int) -> None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    def stop(self, deadline: float = 5.0) -> int:
+        """SIGTERM, then SIGKILL to the whole process group after `deadline` seconds; return the exit code."""
+        if self.popen.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.popen.wait(deadline)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.pid, signal.SIGKILL)
+                self.popen.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)  # anything the process left behind in its group
+        return self.popen.returncode

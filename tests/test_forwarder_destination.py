@@ -1,0 +1,55 @@
+"""Destination parsing: every accepted form, and one-line errors naming the bad value."""
+
+import socket
+
+import pytest
+
+from forwarder.destination import DestinationSpec, parse_destination, resolve
+from forwarder.errors import UnknownHostError, UsageError
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("192.0.2.2", DestinationSpec("192.0.2.2", "192.0.2.2", None)),
+        ("192.0.2.2:27000", DestinationSpec("192.0.2.2:27000", "192.0.2.2", 27000)),
+        ("backend.example:53", DestinationSpec("backend.example:53", "backend.example", 53)),
+        ("[2001:db8::2]", DestinationSpec("[2001:db8::2]", "2001:db8::2", None)),
+        ("[2001:db8::2]:53", DestinationSpec("[2001:db8::2]:53", "2001:db8::2", 53)),
+        ("2001:db8::2", DestinationSpec("2001:db8::2", "2001:db8::2", None)),
+        ("dns=192.0.2.2:53", DestinationSpec("dns=192.0.2.2:53", "192.0.2.2", 53, "dns")),
+    ],
+)
+def test_accepted_destination_forms(text: str, expected: DestinationSpec) -> None:
+    assert parse_destination(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("192.0.2.2:0", "bad port '0'"),
+        ("192.0.2.2:65536", "bad port '65536'"),
+        ("192.0.2.2:-1", "bad port '-1'"),
+        ("192.0.2.2:abc", "bad port 'abc'"),
+        ("", "empty destination ''"),
+        ("2001:db8::1:53", "ambiguous IPv6 destination '2001:db8::1:53'"),
+        ("[2001:db8::1]53", "unexpected '53'"),
+        ("=192.0.2.2", "empty socket name"),
+    ],
+)
+def test_bad_destinations_are_usage_errors_naming_the_value(text: str, fragment: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_destination(text)
+    assert fragment in str(caught.value)
+    assert caught.value.exit_code == 64
+
+
+def test_no_port_means_the_listening_sockets_port() -> None:
+    destination = resolve(parse_destination("192.0.2.2"), socket.AF_INET, 27015)
+    assert destination.sockaddr == ("192.0.2.2", 27015)
+
+
+def test_unresolvable_host_exits_with_no_host() -> None:
+    with pytest.raises(UnknownHostError, match=r"'no-such-host\.invalid'") as caught:
+        resolve(parse_destination("no-such-host.invalid:53"), socket.AF_INET, 53)
+    assert caught.value.exit_code == 68
