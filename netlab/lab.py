@@ -54,6 +54,16 @@ class LabNode:
         self.lab.defer(process.stop)
         return process
 
+    def check(
+        self, argv: Sequence[str], *, timeout: float = 30.0, env: Mapping[str, str] | None = None
+    ) -> str:
+        """Run `argv` in this node to completion; return its output, raise ProcessFailedError if it fails."""
+        process = self.run(argv, env=env)
+        code = process.wait(timeout)
+        if code != 0:
+            raise ProcessFailedError(f"{' '.join(argv)!r} in {self.name!r} exited {code}: {process.output()}")
+        return process.output()
+
     def open_socket(self, family: int = socket.AF_INET, kind: int = socket.SOCK_DGRAM) -> socket.socket:
         """A socket living in this node's namespace, closed when the lab closes."""
         sock = netns.socket_in(self.namespace, family, kind)
@@ -93,14 +103,11 @@ class LabNode:
             "payload": payload.hex(),
             "count": count,
         }
-        process = self.run(
+        self.check(
             [sys.executable, "-m", "netlab.agent", "send", json.dumps([datagram])],
-            label="scapy-send",
+            timeout=timeout,
             env=python_env(),
         )
-        code = process.wait(timeout)
-        if code != 0:
-            raise ProcessFailedError(f"scapy sender in {self.name!r} exited {code}: {process.output()}")
 
 
 def python_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
