@@ -70,11 +70,13 @@ def start_forwarder(
     args: Sequence[str] = (),
     env: dict[str, str] | None = None,
     timeout: float = 10.0,
+    program: Sequence[str] | None = None,
 ) -> ForwarderUnderTest:
     """Start the forwarder in `node` under systemd-socket-activate listening on `listen` (ADDR:PORT each).
 
     Returns once the activator holds every listening socket. The forwarder itself starts on the first
-    datagram (as with a .socket unit); wait for it with `wait_ready()` after sending.
+    datagram (as with a .socket unit); wait for it with `wait_ready()` after sending. `program` replaces
+    `python -m forwarder` (the benchmark starts other contenders the same way).
     """
     activate = shutil.which(SOCKET_ACTIVATE)
     if activate is None:
@@ -93,7 +95,7 @@ def start_forwarder(
     child_env.update(env or {})
     for key, value in child_env.items():
         argv += ["-E", f"{key}={value}"]
-    argv += [sys.executable, "-m", "forwarder", *args, *destinations]
+    argv += [*(program or [sys.executable, "-m", "forwarder"]), *args, *destinations]
     process = node.run(argv, label="forwarder", env=python_env())
     wanted = {split_listen(address)[1] for address in listen}
 

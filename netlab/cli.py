@@ -41,6 +41,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo()
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from netlab.bench import CONTENDERS, Settings, run_bench
+
+    _require_privileges()
+    settings = Settings.full() if args.full else Settings.quick()
+    if args.runs is not None:
+        settings.runs = args.runs
+    if args.duration is not None:
+        settings.duration = args.duration
+    settings.contenders = args.contender or list(CONTENDERS)
+    return run_bench(settings, as_json=args.json)
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     for record in registry.load_records():
         state = "live" if record.owner_alive() else "stale"
@@ -64,6 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     demo = commands.add_parser("demo", help="run the seed deployment end to end and show what happened")
     demo.set_defaults(handler=cmd_demo)
+    bench = commands.add_parser("bench", help="measure the forwarder against kernel DNAT and the C algorithm")
+    mode = bench.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="a smoke run of seconds (the default)")
+    mode.add_argument("--full", action="store_true", help="4 cases x 3 interleaved runs, plus loss tests")
+    bench.add_argument("--json", action="store_true", help="machine-readable results on stdout")
+    bench.add_argument("--runs", type=int, help="repetitions of every case and contender")
+    bench.add_argument("--duration", type=float, help="seconds of traffic per run")
+    bench.add_argument(
+        "--contender",
+        action="append",
+        choices=["kernel-dnat+rps", "kernel-dnat", "per-datagram", "forwarder"],
+        help="measure only these (repeatable); default all",
+    )
+    bench.set_defaults(handler=cmd_bench)
     ls = commands.add_parser("ls", help="list labs on this machine")
     ls.set_defaults(handler=cmd_ls)
     down = commands.add_parser("down", help="remove labs")
