@@ -54,6 +54,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(settings, as_json=args.json)
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from netlab.doctor import Deployment, MachineProbe, diagnose, format_findings
+
+    if not args.machine:
+        print("netlab doctor: give --machine (checking this machine's own namespace)", file=sys.stderr)
+        return os.EX_USAGE
+    deployment = Deployment(
+        host=MachineProbe(),
+        backend=None,
+        backend_address=args.backend,
+        host_address=args.address,
+        clients=args.client or [],
+    )
+    findings = diagnose(deployment)
+    print(format_findings(findings))
+    return 0 if all(finding.ok for finding in findings) else 1
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     for record in registry.load_records():
         state = "live" if record.owner_alive() else "stale"
@@ -91,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure only these (repeatable); default all",
     )
     bench.set_defaults(handler=cmd_bench)
+    doctor = commands.add_parser("doctor", help="check what a transparent forward and its replies need")
+    doctor.add_argument("--machine", action="store_true", help="check this machine (its own namespace)")
+    doctor.add_argument("--backend", required=True, metavar="ADDRESS", help="the backend's address")
+    doctor.add_argument("--address", required=True, metavar="ADDRESS", help="the address clients send to")
+    doctor.add_argument("--client", action="append", metavar="ADDRESS", help="a client address (repeatable)")
+    doctor.set_defaults(handler=cmd_doctor)
     ls = commands.add_parser("ls", help="list labs on this machine")
     ls.set_defaults(handler=cmd_ls)
     down = commands.add_parser("down", help="remove labs")
