@@ -69,12 +69,15 @@ def start_forwarder(
     fdnames: Sequence[str] | None = None,
     args: Sequence[str] = (),
     env: dict[str, str] | None = None,
+    command_prefix: Sequence[str] = (),
     timeout: float = 10.0,
 ) -> ForwarderUnderTest:
     """Start the forwarder in `node` under systemd-socket-activate listening on `listen` (ADDR:PORT each).
 
     Returns once the activator holds every listening socket. The forwarder itself starts on the first
-    datagram (as with a .socket unit); wait for it with `wait_ready()` after sending.
+    datagram (as with a .socket unit); wait for it with `wait_ready()` after sending. `command_prefix`
+    (e.g. a `setpriv ... --` that drops privileges) runs in front of the forwarder's own command; it must
+    exec, not fork, so that the forwarder keeps the pid LISTEN_PID names.
     """
     activate = shutil.which(SOCKET_ACTIVATE)
     if activate is None:
@@ -93,7 +96,7 @@ def start_forwarder(
     child_env.update(env or {})
     for key, value in child_env.items():
         argv += ["-E", f"{key}={value}"]
-    argv += [sys.executable, "-m", "forwarder", *args, *destinations]
+    argv += [*command_prefix, sys.executable, "-m", "forwarder", *args, *destinations]
     process = node.run(argv, label="forwarder", env=python_env())
     wanted = {split_listen(address)[1] for address in listen}
 
