@@ -294,3 +294,61 @@ def test_forwarder_as_nobody_without_cap_net_admin_exits_77_naming_the_capabilit
     assert forwarder.process.wait(15) == 77
     assert "CAP_NET_ADMIN" in forwarder.process.output()
     assert notify_for_nobody.values("READY") == []
+
+
+def syscall_set(names: set[str], seen: frozenset[str] = frozenset()) -> set[str]:
+    """The system calls `names` stand for, with @groups expanded as `systemd-analyze syscall-filter` does."""
+    calls = {name for name in names if not name.startswith("@")}
+    for group in sorted(names - calls - seen):
+        result = systemd_analyze("syscall-filter", group)
+        assert result.returncode == 0, result.stderr
+        members = {
+            line.strip()
+            for line in result.stdout.splitlines()[1:]
+            if line.strip() and not line.strip().startswith("#")
+        }
+        calls |= syscall_set(members, seen | {group})
+    return calls
+
+
+def allowed_syscalls(unit: Path) -> set[str]:
+    """What the unit's SystemCallFilter= lines let through: the allow lists, minus the ~ deny lists."""
+    allowed: set[str] = set()
+    denied: set[str] = set()
+    for value in parse_unit(unit)["Service.SystemCallFilter"]:
+        if value.startswith("~"):
+            denied |= syscall_set(set(value[1:].split()))
+        else:
+            allowed |= syscall_set(set(value.split()))
+    return allowed - denied
+
+
+@pytest.mark.privileged
+def test_forwarder_makes_only_system_calls_the_hardened_unit_allows(lab: Lab, tmp_path: Path) -> None:
+    strace = shutil.which("strace")
+    assert strace is not None, "strace not found: install the Debian package 'strace'"
+    trace = tmp_path / "strace.out"
+    lab.build(seed_deployment())
+    backend = lab["backend"].udp_socket("192.0.2.2", 27000)
+    backend.settimeout(10)
+    # -D: strace runs as a grandchild, so the traced forwarder keeps the pid LISTEN_PID names.
+    forwarder = start_forwarder(
+        lab["host"],
+        [LISTEN],
+        ["192.0.2.2:27000"],
+        args=["--stats-interval", "0.1"],
+        command_prefix=[strace, "-D", "-f", "-qq", "-c", "-U", "name", "-o", str(trace)],
+    )
+
+    # Everything the daemon does in service: start, forward, report STATUS=, stop on SIGTERM.
+    lab["client"].send_udp(src="203.0.113.7", dst="198.51.100.1", sport=4242, dport=27000, payload=b"first")
+    forwarder.wait_ready()
+    lab["client"].send_udp(src="203.0.113.8", dst="198.51.100.1", sport=5353, dport=27000, payload=b"second")
+    assert [backend.recvfrom(65535)[0] for _ in range(2)] == [b"first", b"second"]
+    forwarder.notify.wait_for("STATUS", timeout=5, after=forwarder.notify.wait_for("READY", "1").time)
+    assert forwarder.stop() == 0, forwarder.process.output()
+
+    lines = [line.strip() for line in trace.read_text().splitlines()]
+    used = {line for line in lines if re.fullmatch(r"[a-z0-9_]+", line) and line not in ("syscall", "total")}
+    assert {"setsockopt", "sendto", "recvfrom"} & used, f"strace recorded no socket calls: {lines}"
+    assert used - allowed_syscalls(UNITS / HARDENED) == set()
