@@ -69,6 +69,7 @@ def start_forwarder(
     fdnames: Sequence[str] | None = None,
     args: Sequence[str] = (),
     env: dict[str, str] | None = None,
+    command_prefix: Sequence[str] = (),
     timeout: float = 10.0,
     program: Sequence[str] | None = None,
 ) -> ForwarderUnderTest:
@@ -76,7 +77,9 @@ def start_forwarder(
 
     Returns once the activator holds every listening socket. The forwarder itself starts on the first
     datagram (as with a .socket unit); wait for it with `wait_ready()` after sending. `program` replaces
-    `python -m forwarder` (the benchmark starts other contenders the same way).
+    `python -m forwarder` (the benchmark starts other contenders the same way). `command_prefix` (e.g. a
+    `setpriv ... --` that drops privileges) runs in front of it; it must exec, not fork, so that the
+    forwarder keeps the pid LISTEN_PID names.
     """
     activate = shutil.which(SOCKET_ACTIVATE)
     if activate is None:
@@ -95,7 +98,7 @@ def start_forwarder(
     child_env.update(env or {})
     for key, value in child_env.items():
         argv += ["-E", f"{key}={value}"]
-    argv += [*(program or [sys.executable, "-m", "forwarder"]), *args, *destinations]
+    argv += [*command_prefix, *(program or [sys.executable, "-m", "forwarder"]), *args, *destinations]
     process = node.run(argv, label="forwarder", env=python_env())
     wanted = {split_listen(address)[1] for address in listen}
 

@@ -1,0 +1,354 @@
+"""The systemd units in fixtures/systemd: systemd accepts them, the hardened one scores 2.0 or lower in
+`systemd-analyze security`, and the forwarder works with CAP_NET_ADMIN as its only capability.
+
+Nothing here boots or talks to a service manager: only `systemd-analyze verify`, `systemd-analyze security
+--offline=true` and, in the lab, `systemd-socket-activate`.
+
+client 198.51.100.10 --- 198.51.100.1 [host: forwarder as uid 65534, CAP_NET_ADMIN only] 192.0.2.1
+                                                                                  --- 192.0.2.2 backend
+spoofed client source: 203.0.113.7:4242; the forwarder listens on 198.51.100.1:27000
+"""
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from netlab import Lab, start_forwarder
+from netlab.notify import NotifyReceiver
+from netlab.topologies import seed_deployment
+
+UNITS = Path(__file__).resolve().parent.parent / "fixtures" / "systemd"
+HARDENED = "transparent-udp-forwarder@.service"
+AVORION_SOCKET = "proxy-to-avorion-udp.socket"
+AVORION_SERVICE = "proxy-to-avorion-udp.service"
+# Where the units expect the console script (pip install as root into /usr/local).
+INSTALLED_BINARY = "/usr/local/bin/systemd-transparent-udp-forwarderd"
+# A template is checked as this instance (the hardened template's instance is the UDP port).
+INSTANCE = "27015"
+CAP_NET_ADMIN = 12
+NOBODY = 65534
+
+
+def unit_paths() -> list[Path]:
+    """Every unit file shipped in fixtures/systemd."""
+    return sorted(path for path in UNITS.iterdir() if path.suffix in (".service", ".socket"))
+
+
+def parse_unit(path: Path) -> dict[str, list[str]]:
+    """`Section.Key` -> its values in order, from a unit file (comments dropped, continuations joined)."""
+    settings: dict[str, list[str]] = {}
+    section = ""
+    logical = ""
+    for raw in path.read_text().splitlines():
+        if not logical and raw.lstrip().startswith(("#", ";")):
+            continue
+        if raw.endswith("\\"):
+            logical += raw[:-1] + " "
+            continue
+        line, logical = (logical + raw).strip(), ""
+        if not line:
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+            continue
+        key, equals, value = line.partition("=")
+        if not equals:
+            raise ValueError(f"{path.name}: line {line!r} is neither a [Section] nor Key=Value")
+        settings.setdefault(f"{section}.{key.strip()}", []).append(value.strip())
+    return settings
+
+
+def effective_list(values: list[str]) -> set[str]:
+    """The set a list setting ends up with: an empty assignment resets it, later lines add to it."""
+    result: set[str] = set()
+    for value in values:
+        if value == "":
+            result = set()
+        result.update(value.split())
+    return result
+
+
+def instance_name(path: Path) -> str:
+    """`foo@.service` -> `foo@27015.service`; other names unchanged."""
+    return path.name.replace("@.", f"@{INSTANCE}.")
+
+
+def install_for_checking(directory: Path) -> list[Path]:
+    """Copy every unit into `directory` as systemd would load it here, and return the copies.
+
+    Templates become an instance; ExecStart= runs this checkout's forwarder (`python -m forwarder`)
+    instead of the console script, which need not be installed in /usr/local on the test machine.
+    """
+    here = f"{shlex.quote(sys.executable)} -m forwarder"
+    copies = []
+    for path in unit_paths():
+        text = path.read_text()
+        if path.suffix == ".service":
+            assert text.count(f"ExecStart={INSTALLED_BINARY} ") == 1, (
+                f"{path.name}: expected one ExecStart={INSTALLED_BINARY} ... line to check"
+            )
+            text = text.replace(f"ExecStart={INSTALLED_BINARY} ", f"ExecStart={here} ")
+        copy = directory / instance_name(path)
+        copy.write_text(text)
+        copies.append(copy)
+    # proxy-to-avorion-udp.service BindsTo= the operator's game server; stand in for that unit.
+    backend = directory / "avorion-server.service"
+    backend.write_text(f"[Service]\nExecStart={shutil.which('sleep')} infinity\n")
+    return copies
+
+
+def systemd_analyze(*args: str) -> subprocess.CompletedProcess[str]:
+    analyze = shutil.which("systemd-analyze")
+    assert analyze is not None, "systemd-analyze not found: install the Debian package 'systemd'"
+    return subprocess.run(
+        [analyze, "--no-pager", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_fixtures_hold_the_avorion_example_and_the_hardened_template() -> None:
+    names = {path.name for path in unit_paths()}
+    assert {AVORION_SOCKET, AVORION_SERVICE, HARDENED, "transparent-udp-forwarder@.socket"} <= names
+
+
+def test_every_unit_passes_systemd_analyze_verify_without_a_warning(tmp_path: Path) -> None:
+    copies = install_for_checking(tmp_path)
+
+    result = systemd_analyze("verify", "--man=no", *map(str, copies))
+
+    # verify exits 0 on unknown keys and unparsable values, which it only prints: any output is a failure.
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_systemd_analyze_verify_catches_a_misspelt_directive(tmp_path: Path) -> None:
+    copies = install_for_checking(tmp_path)
+    hardened = tmp_path / instance_name(UNITS / HARDENED)
+    hardened.write_text(hardened.read_text().replace("ProtectSystem=strict", "ProtectSystm=strict"))
+
+    result = systemd_analyze("verify", "--man=no", *map(str, copies))
+
+    assert "Unknown key 'ProtectSystm'" in result.stderr
+
+
+def exposure_of(unit: Path) -> float:
+    """The overall exposure (0 best, 10 worst) `systemd-analyze security --offline=true` reports."""
+    result = systemd_analyze("security", "--offline=true", str(unit))
+    assert result.returncode == 0, result.stderr
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert found, f"no overall exposure level in:\n{result.stdout}{result.stderr}"
+    return float(found[1])
+
+
+def test_hardened_service_has_an_exposure_of_at_most_2_0(tmp_path: Path) -> None:
+    install_for_checking(tmp_path)
+
+    assert exposure_of(tmp_path / instance_name(UNITS / HARDENED)) <= 2.0
+
+
+def test_the_avorion_example_without_the_sandbox_scores_worse_than_2_0(tmp_path: Path) -> None:
+    # Pins that the score parsed above is the real one: a lightly hardened unit must be rated higher.
+    install_for_checking(tmp_path)
+
+    assert exposure_of(tmp_path / AVORION_SERVICE) > 2.0
+
+
+def test_hardened_service_holds_cap_net_admin_and_no_other_capability() -> None:
+    settings = parse_unit(UNITS / HARDENED)
+
+    assert effective_list(settings["Service.AmbientCapabilities"]) == {"CAP_NET_ADMIN"}
+    assert effective_list(settings["Service.CapabilityBoundingSet"]) == {"CAP_NET_ADMIN"}
+    assert settings["Service.DynamicUser"] == ["yes"]
+    assert settings["Service.NoNewPrivileges"] == ["yes"]
+    assert "Service.User" not in settings
+
+
+def test_hardened_service_is_type_notify_with_a_watchdog_and_notify_access_main() -> None:
+    settings = parse_unit(UNITS / HARDENED)
+
+    assert settings["Service.Type"] == ["notify"]
+    assert settings["Service.NotifyAccess"] == ["main"]
+    assert settings["Service.WatchdogSec"]
+
+
+def receive_buffer_bytes(text: str) -> int:
+    """A systemd size ('4M', '262144', '512K') in bytes (K/M/G are powers of 1024)."""
+    found = re.fullmatch(r"(\d+)([KMG]?)", text)
+    assert found, f"ReceiveBuffer={text!r} is not a size"
+    return int(found[1]) * 1024 ** " KMG".index(found[2] or " ")
+
+
+@pytest.mark.parametrize("name", [AVORION_SOCKET, "transparent-udp-forwarder@.socket"])
+def test_socket_units_buffer_dozens_of_reassembled_64k_datagrams(name: str) -> None:
+    settings = parse_unit(UNITS / name)
+
+    # The default 208 KiB holds about two; the kernel charges more than the payload, so ask for 32.
+    assert receive_buffer_bytes(settings["Socket.ReceiveBuffer"][-1]) >= 32 * 65536
+    assert settings["Socket.Transparent"] == ["true"]
+
+
+def test_avorion_service_has_one_destination_per_listening_socket_in_the_same_order() -> None:
+    ports = [
+        value.rpartition(":")[2] for value in parse_unit(UNITS / AVORION_SOCKET)["Socket.ListenDatagram"]
+    ]
+    command = shlex.split(parse_unit(UNITS / AVORION_SERVICE)["Service.ExecStart"][0])
+
+    assert command[0] == INSTALLED_BINARY
+    assert [destination.rpartition(":")[2] for destination in command[1:]] == ports
+    assert all(destination.startswith("192.0.2.2:") for destination in command[1:])
+
+
+# --- the forwarder with CAP_NET_ADMIN as its only capability, as the hardened unit runs it ---
+
+LISTEN = "198.51.100.1:27000"
+
+
+def drop_privileges(capabilities: str) -> list[str]:
+    """A setpriv prefix: uid/gid `nobody`, no groups, no new privileges, only `capabilities` (e.g.
+    '+net_admin', or '' for none) in every capability set, as DynamicUser= and AmbientCapabilities= do."""
+    setpriv = shutil.which("setpriv")
+    assert setpriv is not None, "setpriv not found: install the Debian package 'util-linux'"
+    caps = f"-all{',' + capabilities if capabilities else ''}"
+    return [
+        setpriv,
+        f"--reuid={NOBODY}",
+        f"--regid={NOBODY}",
+        "--clear-groups",
+        "--no-new-privs",
+        f"--inh-caps={caps}",
+        f"--ambient-caps={caps}",
+        f"--bounding-set={caps}",
+        "--",
+    ]
+
+
+@pytest.fixture
+def notify_for_nobody(lab: Lab) -> NotifyReceiver:
+    """A notify socket that uid `nobody` may send to (the lab's own lives in pytest's private tmp_path)."""
+    directory = Path(tempfile.mkdtemp(prefix="netlab-notify-"))
+    lab.defer(shutil.rmtree, directory, True)
+    directory.chmod(0o755)
+    receiver = NotifyReceiver(directory / "notify.sock")
+    lab.defer(receiver.close)
+    os.chmod(receiver.path, 0o666)
+    return receiver
+
+
+def process_status(pid: int) -> dict[str, str]:
+    """/proc/PID/status as a mapping."""
+    with open(f"/proc/{pid}/status") as handle:
+        return {key: value.strip() for key, _, value in (line.partition(":") for line in handle)}
+
+
+@pytest.mark.privileged
+def test_forwarder_as_nobody_with_only_cap_net_admin_forwards_the_spoofed_source(
+    lab: Lab, notify_for_nobody: NotifyReceiver
+) -> None:
+    lab.build(seed_deployment())
+    backend = lab["backend"].udp_socket("192.0.2.2", 27000)
+    backend.settimeout(10)
+    forwarder = start_forwarder(
+        lab["host"],
+        [LISTEN],
+        ["192.0.2.2:27000"],
+        env={"NOTIFY_SOCKET": str(notify_for_nobody.path)},
+        command_prefix=drop_privileges("+net_admin"),
+    )
+
+    lab["client"].send_udp(src="203.0.113.7", dst="198.51.100.1", sport=4242, dport=27000, payload=b"first")
+    notify_for_nobody.wait_for("READY", "1", timeout=15, is_alive=forwarder.is_running)
+    lab["client"].send_udp(src="203.0.113.8", dst="198.51.100.1", sport=5353, dport=27000, payload=b"second")
+
+    received = [backend.recvfrom(65535), backend.recvfrom(65535)]
+    assert received == [(b"first", ("203.0.113.7", 4242)), (b"second", ("203.0.113.8", 5353))]
+    # systemd-socket-activate execs (no fork), and so does setpriv: its pid is the forwarder's.
+    status = process_status(forwarder.process.pid)
+    only_net_admin = f"{1 << CAP_NET_ADMIN:016x}"
+    assert status["Uid"].split() == [str(NOBODY)] * 4
+    assert status["Groups"] == ""
+    assert [status[key] for key in ("CapEff", "CapPrm", "CapBnd", "CapAmb")] == [only_net_admin] * 4
+    assert status["NoNewPrivs"] == "1"
+    assert forwarder.stop() == 0, forwarder.process.output()
+
+
+@pytest.mark.privileged
+def test_forwarder_as_nobody_without_cap_net_admin_exits_77_naming_the_capability(
+    lab: Lab, notify_for_nobody: NotifyReceiver
+) -> None:
+    lab.build(seed_deployment())
+    forwarder = start_forwarder(
+        lab["host"],
+        [LISTEN],
+        ["192.0.2.2:27000"],
+        env={"NOTIFY_SOCKET": str(notify_for_nobody.path)},
+        command_prefix=drop_privileges(""),
+    )
+
+    lab["client"].send_udp(src="203.0.113.7", dst="198.51.100.1", sport=4242, dport=27000, payload=b"x")
+
+    assert forwarder.process.wait(15) == 77
+    assert "CAP_NET_ADMIN" in forwarder.process.output()
+    assert notify_for_nobody.values("READY") == []
+
+
+def syscall_set(names: set[str], seen: frozenset[str] = frozenset()) -> set[str]:
+    """The system calls `names` stand for, with @groups expanded as `systemd-analyze syscall-filter` does."""
+    calls = {name for name in names if not name.startswith("@")}
+    for group in sorted(names - calls - seen):
+        result = systemd_analyze("syscall-filter", group)
+        assert result.returncode == 0, result.stderr
+        members = {
+            line.strip()
+            for line in result.stdout.splitlines()[1:]
+            if line.strip() and not line.strip().startswith("#")
+        }
+        calls |= syscall_set(members, seen | {group})
+    return calls
+
+
+def allowed_syscalls(unit: Path) -> set[str]:
+    """What the unit's SystemCallFilter= lines let through: the allow lists, minus the ~ deny lists."""
+    allowed: set[str] = set()
+    denied: set[str] = set()
+    for value in parse_unit(unit)["Service.SystemCallFilter"]:
+        if value.startswith("~"):
+            denied |= syscall_set(set(value[1:].split()))
+        else:
+            allowed |= syscall_set(set(value.split()))
+    return allowed - denied
+
+
+@pytest.mark.privileged
+def test_forwarder_makes_only_system_calls_the_hardened_unit_allows(lab: Lab, tmp_path: Path) -> None:
+    strace = shutil.which("strace")
+    assert strace is not None, "strace not found: install the Debian package 'strace'"
+    trace = tmp_path / "strace.out"
+    lab.build(seed_deployment())
+    backend = lab["backend"].udp_socket("192.0.2.2", 27000)
+    backend.settimeout(10)
+    # -D: strace runs as a grandchild, so the traced forwarder keeps the pid LISTEN_PID names.
+    forwarder = start_forwarder(
+        lab["host"],
+        [LISTEN],
+        ["192.0.2.2:27000"],
+        args=["--stats-interval", "0.1"],
+        command_prefix=[strace, "-D", "-f", "-qq", "-c", "-U", "name", "-o", str(trace)],
+    )
+
+    # Everything the daemon does in service: start, forward, report STATUS=, stop on SIGTERM.
+    lab["client"].send_udp(src="203.0.113.7", dst="198.51.100.1", sport=4242, dport=27000, payload=b"first")
+    forwarder.wait_ready()
+    lab["client"].send_udp(src="203.0.113.8", dst="198.51.100.1", sport=5353, dport=27000, payload=b"second")
+    assert [backend.recvfrom(65535)[0] for _ in range(2)] == [b"first", b"second"]
+    forwarder.notify.wait_for("STATUS", timeout=5, after=forwarder.notify.wait_for("READY", "1").time)
+    assert forwarder.stop() == 0, forwarder.process.output()
+
+    lines = [line.strip() for line in trace.read_text().splitlines()]
+    used = {line for line in lines if re.fullmatch(r"[a-z0-9_]+", line) and line not in ("syscall", "total")}
+    assert {"setsockopt", "sendto", "recvfrom"} & used, f"strace recorded no socket calls: {lines}"
+    assert used - allowed_syscalls(UNITS / HARDENED) == set()
