@@ -31,6 +31,7 @@ def test_status_line_counts_forwarded_and_drops_by_reason() -> None:
     counters.forwarded = 5
     counters.drop(DropReason.TRUNCATED)
     counters.drop(DropReason.SEND_ERROR, "ECONNREFUSED")
-    assert counters.summary(10) == (
-        "5 datagrams forwarded in the last 10 seconds, 2 dropped (send-error:ECONNREFUSED 1, truncated 1)."
+    assert counters.summary(10, flows=3) == (
+        "5 datagrams forwarded in the last 10 seconds, 2 dropped (send-error:ECONNREFUSED 1, truncated 1);"
+        " since start 5 forwarded, 2 dropped; 3 flows."
     )
