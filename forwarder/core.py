@@ -202,7 +202,8 @@ class FlowTable(Generic[K, V]):
         self._entries.clear()
         return values
 
-    def keys(self) -> Iterator[K]:
+    def __iter__(self) -> Iterator[K]:
+        """The keys, oldest inserted first (a snapshot: the table may change while iterating)."""
         return iter(list(self._entries))
 
 

@@ -106,9 +106,9 @@ def test_flow_table_evicts_the_least_recently_used_flow_when_full() -> None:
     table.add("b", "B", now=1)
     table.get("a", now=2)  # a is now more recent than b
     assert table.add("c", "C", now=3) == ["B"]
-    assert set(table.keys()) == {"a", "c"}
+    assert set(table) == {"a", "c"}
     assert table.add("d", "D", now=4) == ["A"]  # a's use was before c's insertion
-    assert set(table.keys()) == {"c", "d"}
+    assert set(table) == {"c", "d"}
 
 
 def test_flow_table_expires_flows_idle_longer_than_the_timeout() -> None:
@@ -117,7 +117,7 @@ def test_flow_table_expires_flows_idle_longer_than_the_timeout() -> None:
     table.add("busy", "B", now=0)
     table.get("busy", now=15)
     assert table.expire(now=20) == ["O"]
-    assert list(table.keys()) == ["busy"]
+    assert list(table) == ["busy"]
 
 
 def test_flow_table_needs_room_for_one_flow() -> None:
