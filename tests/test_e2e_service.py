@@ -59,16 +59,18 @@ def test_ready_status_watchdog_and_stopping_reach_the_notify_socket(lab: Lab) ->
     assert forwarder.stop() == 0
     assert forwarder.notify.values("STOPPING") == ["1"]
     assert forwarder.notify.values("READY") == ["1"]
+    assert "INFO forwarding unknown -> 192.0.2.2:27000" in forwarder.process.output()
 
 
-def test_sigint_also_stops_cleanly_with_exit_zero(lab: Lab) -> None:
+def test_sigint_also_stops_cleanly_with_exit_zero_and_log_level_hides_info(lab: Lab) -> None:
     lab.build(seed_deployment())
-    forwarder = start_forwarder(lab["host"], [LISTEN], ["192.0.2.2:27000"])
+    forwarder = start_forwarder(lab["host"], [LISTEN], ["192.0.2.2:27000"], args=["--log-level", "warning"])
     wake(lab)
     forwarder.wait_ready()
     forwarder.process.signal(signal.SIGINT)
     assert forwarder.process.wait(10) == 0
     assert forwarder.notify.values("STOPPING") == ["1"]
+    assert "INFO" not in forwarder.process.output()
 
 
 def test_no_watchdog_pings_when_watchdog_pid_is_another_process(lab: Lab) -> None:

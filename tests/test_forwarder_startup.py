@@ -259,6 +259,12 @@ def test_stats_interval_must_be_a_positive_number(value: str) -> None:
     assert f"--stats-interval: {value!r}" in one_error_line(result)
 
 
+def test_unknown_log_level_is_a_usage_error() -> None:
+    result = launch([], ["--log-level", "loud", "192.0.2.2"], env={})
+    assert result.returncode == 64
+    assert "invalid choice: 'loud'" in one_error_line(result)
+
+
 def test_listen_on_an_address_in_use_is_an_os_error(udp4: socket.socket) -> None:
     held = f"127.0.0.1:{udp4.getsockname()[1]}"
     result = launch([], ["--listen", held, "192.0.2.2"], env={})
