@@ -130,6 +130,21 @@ def test_listen_fds_that_is_not_a_number_is_refused(udp4: socket.socket) -> None
     assert "LISTEN_FDS='one' is not a number" in one_error_line(result)
 
 
+def test_listen_fdnames_naming_a_different_count_of_sockets_is_refused(udp4: socket.socket) -> None:
+    env = {"LISTEN_PID": "{pid}", "LISTEN_FDS": "1", "LISTEN_FDNAMES": "game:dns"}
+    result = launch([udp4.fileno()], ["192.0.2.2"], env=env)
+    assert result.returncode == 78
+    assert "LISTEN_FDNAMES='game:dns' names 2 sockets but LISTEN_FDS=1" in one_error_line(result)
+
+
+def test_a_listen_fd_that_is_not_open_is_refused(udp4: socket.socket) -> None:
+    result = launch(
+        [udp4.fileno()], ["192.0.2.2", "192.0.2.3"], env={"LISTEN_PID": "{pid}", "LISTEN_FDS": "2"}
+    )
+    assert result.returncode == 78
+    assert "inherited fd 4 ('unknown') is not open" in one_error_line(result)
+
+
 def test_more_sockets_than_destinations_is_refused(udp4: socket.socket) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as second:
         second.bind(("127.0.0.1", 0))
@@ -288,6 +303,12 @@ def test_errors_carry_a_journal_priority_when_stderr_is_the_journal() -> None:
     result = launch([], ["192.0.2.2"], env={"JOURNAL_STREAM": "{stderr}"})
     assert result.returncode == 78
     assert result.stderr.startswith("<3>systemd-transparent-udp-forwarderd: no systemd sockets received")
+
+
+def test_named_destinations_with_listen_are_a_usage_error() -> None:
+    result = launch([], ["--listen", "127.0.0.1:9", "dns=192.0.2.2"], env={})
+    assert result.returncode == 64
+    assert "NAME=DEST needs named sockets from socket activation" in one_error_line(result)
 
 
 def test_help_and_version_exit_zero() -> None:
