@@ -39,6 +39,7 @@ def _adopt(fd: int, name: str) -> ListeningSocket:
         raise ConfigurationError(f"inherited fd {fd} ({name!r}) is not open: {error.strerror}") from None
     if not stat.S_ISSOCK(mode):
         raise ConfigurationError(f"inherited fd {fd} ({name!r}) is not a socket: expected a UDP socket")
+    os.set_inheritable(fd, False)  # as sd_listen_fds(3) does: children must not inherit the sockets
     sock = socket.socket(fileno=fd)
     if sock.family not in (socket.AF_INET, socket.AF_INET6):
         family = sock.family.name if isinstance(sock.family, socket.AddressFamily) else sock.family

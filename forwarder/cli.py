@@ -1,23 +1,36 @@
-"""Command line of `systemd-transparent-udp-forwarderd`: parse, check, hand over to the engine.
-
-Every failure becomes a one-line error and a sysexits(3) code (see the README's exit-code table).
+"""Command line of `systemd-transparent-udp-forwarderd`: parse, check everything at start-up, hand over to
+the engine. Every failure becomes a one-line error and a sysexits(3) code (see the README's table).
 """
 
 import argparse
+import logging
 import os
-import socket
+import resource
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from forwarder import __version__, logs
 from forwarder.activation import ListeningSocket, listen_sockets
-from forwarder.destination import parse_destination, resolve
-from forwarder.engine import Engine, Route, set_transparent
-from forwarder.errors import ForwarderError, MissingPermissionError, UsageError
-from forwarder.notify import Notifier
+from forwarder.core import is_loop
+from forwarder.destination import DestinationSpec, parse_destination, parse_listen, resolve
+from forwarder.engine import Engine, Route
+from forwarder.errors import ConfigurationError, ForwarderError, UsageError
+from forwarder.mapping import assign, check_form
+from forwarder.notify import Notifier, watchdog_interval
+from forwarder.sender import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FLOWS, Sender
+from forwarder.sockets import (
+    LocalAddresses,
+    bind_listener,
+    check_transparent_capability,
+    listener_families,
+)
 
 PROG = "systemd-transparent-udp-forwarderd"
+# File descriptors kept free for everything but per-flow sockets (listeners, notify, one-shot sends, ...).
+FD_RESERVE = 64
+
+log = logging.getLogger("forwarder")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,67 +38,156 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see --help)")
 
 
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
-        description="Forward UDP datagrams from socket-activated sockets to backends, keeping the client's "
-        "address and port as the source (IP_TRANSPARENT). Destination i serves inherited socket i.",
+        description="Forward UDP datagrams from socket-activated (or --listen) sockets to backends, keeping "
+        "the client's address and port as the source (IP_TRANSPARENT; needs CAP_NET_ADMIN).",
+        epilog="DEST is host, host:port, [v6addr], [v6addr]:port or a bare IPv6 literal; without a port the "
+        "listening socket's port is used. Destination i serves socket i (LISTEN_FDS order, or --listen "
+        "order); or write every one as NAME=DEST to map by FileDescriptorName= in any order (the two forms "
+        "do not mix). Exit codes: 64 usage, 68 unknown host, 71 OS error, 77 no CAP_NET_ADMIN, "
+        "78 configuration.",
+    )
+    parser.add_argument("destinations", nargs="+", metavar="DEST", help="where datagrams of a socket go")
+    parser.add_argument(
+        "--listen",
+        action="append",
+        default=[],
+        metavar="ADDR:PORT",
+        help="bind this UDP socket instead of using socket activation; repeatable; [::]:PORT is dual-stack",
     )
     parser.add_argument(
-        "destinations",
-        nargs="+",
-        metavar="DEST",
-        help="host, host:port, [v6addr], [v6addr]:port or NAME=DEST",
+        "--stats-interval",
+        type=_positive(float),
+        default=10.0,
+        metavar="SECONDS",
+        help="period of the STATUS= report (default 10)",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
-        "--stats-interval", type=float, default=10.0, metavar="SECONDS", help="STATUS= period (default 10)"
+        "--max-flows",
+        type=_positive(int),
+        default=DEFAULT_MAX_FLOWS,
+        metavar="N",
+        help=f"per-flow sockets kept at most, least recently used evicted first (default {DEFAULT_MAX_FLOWS};"
+        " lowered to fit RLIMIT_NOFILE)",
+    )
+    parser.add_argument(
+        "--flow-idle-timeout",
+        type=_positive(float),
+        default=DEFAULT_IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help=f"close a flow's socket after this long without datagrams (default {DEFAULT_IDLE_TIMEOUT:g})",
     )
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default info"
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
 
-def check_transparent_capability(family: socket.AddressFamily) -> None:
-    """Fail early, with the fix, if IP_TRANSPARENT cannot be set (CAP_NET_ADMIN missing)."""
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        try:
-            set_transparent(probe)
-        except PermissionError:
-            raise MissingPermissionError(
-                "cannot set IP_TRANSPARENT: CAP_NET_ADMIN is missing; grant it with "
-                "AmbientCapabilities=CAP_NET_ADMIN in the service unit (or run as root)"
-            ) from None
-
-
-def build_routes(listeners: Sequence[ListeningSocket], destinations: Sequence[str]) -> list[Route]:
-    """Pair each listening socket with its destination (by position) and resolve it."""
-    if len(listeners) != len(destinations):
-        raise UsageError(
-            f"received {len(listeners)} sockets but {len(destinations)} destinations were given: "
-            "expected one destination per socket"
+def open_listeners(listen: Sequence[str], specs: Sequence[DestinationSpec]) -> list[ListeningSocket]:
+    """The sockets to forward from: bound here for --listen, else inherited by socket activation."""
+    if not listen:
+        return listen_sockets(os.environ)
+    if "LISTEN_FDS" in os.environ:
+        raise ConfigurationError(
+            "sockets were passed by socket activation (LISTEN_FDS) and --listen was given: expected one or "
+            "the other"
         )
+    if any(spec.fd_name is not None for spec in specs):
+        raise UsageError("NAME=DEST needs named sockets from socket activation: with --listen give DEST...")
+    addresses = [parse_listen(text) for text in listen]
+    return [bind_listener(host, port, text) for (host, port), text in zip(addresses, listen, strict=True)]
+
+
+def build_routes(listeners: Sequence[ListeningSocket], specs: Sequence[DestinationSpec]) -> list[Route]:
+    """Pair each listening socket with its destination, resolve it, and check the socket can serve it."""
     routes = []
-    for listener, text in zip(listeners, destinations, strict=True):
-        spec = parse_destination(text)
-        routes.append(Route(listener, resolve(spec, listener.family, listener.port)))
+    for listener, spec in zip(listeners, assign([item.name for item in listeners], specs), strict=True):
+        destination = resolve(spec, listener.family, listener.port)
+        families = listener_families(listener)
+        if destination.family not in families:
+            bound = listener.sock.getsockname()
+            raise ConfigurationError(
+                f"destination {spec.text!r} ({destination}) is {destination.family.name} but socket "
+                f"{listener.name!r} bound to {bound[0]!r} port {bound[1]} only has "
+                f"{' and '.join(sorted(family.name for family in families))} clients: "
+                "expected a destination of a family its clients can be presented in"
+            )
+        routes.append(Route(listener, destination))
     return routes
+
+
+def refuse_loops(routes: Sequence[Route]) -> None:
+    """Refuse a destination that is one of our own listening addresses: datagrams would circle forever."""
+    is_local = LocalAddresses()
+    for route in routes:
+        for other in routes:
+            bound = other.listener.sock.getsockname()
+            listener = (str(bound[0]), int(bound[1]))
+            if is_loop(route.destination.sockaddr, listener, listener_families(other.listener), is_local):
+                raise ConfigurationError(
+                    f"destination {str(route.destination)!r} of socket {route.listener.name!r} is our own "
+                    f"listening socket {other.listener.name!r}: expected a backend, not a loop"
+                )
+
+
+def fit_max_flows(wanted: int, listeners: int) -> int:
+    """Raise RLIMIT_NOFILE toward what `wanted` flows need (up to the hard limit); lower `wanted` to fit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = wanted + listeners + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and needed > soft:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    fitting = max(1, soft - listeners - FD_RESERVE)
+    if fitting < wanted:
+        log.warning("--max-flows %d lowered to %d to fit RLIMIT_NOFILE %d", wanted, fitting, soft)
+        return fitting
+    return wanted
 
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, set up and forward until stopped; raises ForwarderError on bad input."""
     args = build_parser().parse_args(argv)
-    log = logs.configure(args.log_level)
-    if args.stats_interval <= 0:
-        raise UsageError(f"--stats-interval {args.stats_interval!r} must be a positive number of seconds")
-    listeners = listen_sockets(os.environ)
-    routes = build_routes(listeners, args.destinations)
-    for family in {route.destination.family for route in routes}:
-        check_transparent_capability(family)
+    logs.configure(args.log_level)
+    specs = [parse_destination(text) for text in args.destinations]
+    check_form(specs)
+    listeners = open_listeners(args.listen, specs)
     notifier = Notifier()
     try:
-        Engine(routes, notifier, args.stats_interval).run()
+        routes = build_routes(listeners, specs)
+        refuse_loops(routes)
+        check_transparent_capability({route.destination.family for route in routes})
+        sender = Sender(fit_max_flows(args.max_flows, len(listeners)), args.flow_idle_timeout)
+        engine = Engine(
+            routes,
+            notifier,
+            sender,
+            stats_interval=args.stats_interval,
+            watchdog_interval=watchdog_interval(os.environ),
+        )
+        engine.run()
     finally:
         notifier.close()
         for listener in listeners:
@@ -99,5 +201,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(argv)
     except ForwarderError as error:
-        print(f"{PROG}: {error}", file=sys.stderr)
+        prefix = "<3>" if logs.stderr_is_journal() else ""
+        print(f"{prefix}{PROG}: {error}", file=sys.stderr)
         return error.exit_code

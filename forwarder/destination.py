@@ -96,6 +96,21 @@ def parse_destination(text: str) -> DestinationSpec:
     return DestinationSpec(text, host, port, fd_name)
 
 
+def parse_listen(text: str) -> tuple[str, int]:
+    """Parse a `--listen` address: `ADDR:PORT` or `[V6ADDR]:PORT`; the port is required."""
+    expected = "expected ADDR:PORT or [IPV6]:PORT, e.g. 0.0.0.0:53 or [::]:53"
+    if "=" in text:
+        raise UsageError(f"bad --listen address {text!r}: {expected}")
+    spec = parse_destination(text)
+    if spec.port is None:
+        raise UsageError(f"--listen address {text!r} has no port: {expected}")
+    try:
+        ipaddress.ip_address(spec.host)
+    except ValueError:
+        raise UsageError(f"--listen address {text!r} is not a numeric IP address: {expected}") from None
+    return spec.host, spec.port
+
+
 def resolve(spec: DestinationSpec, preferred: socket.AddressFamily, default_port: int) -> Destination:
     """Resolve `spec` once, preferring the listening socket's family and falling back to any family."""
     port = spec.port if spec.port is not None else default_port

@@ -5,6 +5,7 @@ a plain human format otherwise.
 import logging
 import os
 import sys
+from collections.abc import Mapping
 
 _PRIORITY = {
     logging.CRITICAL: 2,
@@ -23,7 +24,7 @@ class JournalFormatter(logging.Formatter):
         return f"<{priority}>{super().format(record)}"
 
 
-def stderr_is_journal(environ: dict[str, str] | None = None) -> bool:
+def stderr_is_journal(environ: Mapping[str, str] | None = None) -> bool:
     """True when JOURNAL_STREAM names the device and inode of our stderr."""
     value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
     device, _, inode = value.partition(":")
@@ -36,12 +37,12 @@ def stderr_is_journal(environ: dict[str, str] | None = None) -> bool:
     return (status.st_dev, status.st_ino) == (int(device), int(inode))
 
 
-def configure(level: str = "info") -> logging.Logger:
+def configure(level: str = "info", environ: Mapping[str, str] | None = None) -> logging.Logger:
     """Set up the forwarder's logger on stderr and return it."""
     logger = logging.getLogger("forwarder")
     logger.handlers.clear()
     handler = logging.StreamHandler(sys.stderr)
-    if stderr_is_journal():
+    if stderr_is_journal(environ):
         handler.setFormatter(JournalFormatter("%(message)s"))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -49,3 +50,31 @@ def configure(level: str = "info") -> logging.Logger:
     logger.setLevel(level.upper())
     logger.propagate = False
     return logger
+
+
+class RepeatSummary:
+    """Rate-limited logging of repeating events (a drop reason, an errno): the first occurrence of a key
+    in an interval is logged at once; the rest are only counted and summarised in one line by `flush()`,
+    so a flood of identical errors costs one line per interval, not one per datagram.
+    """
+
+    def __init__(self, logger: logging.Logger, level: int = logging.WARNING) -> None:
+        self.logger = logger
+        self.level = level
+        self._repeats: dict[str, int] = {}
+
+    def report(self, key: str, message: str, *args: object) -> None:
+        """Log `message` if `key` was not reported since the last flush; otherwise count it."""
+        repeats = self._repeats.get(key)
+        if repeats is None:
+            self._repeats[key] = 0
+            self.logger.log(self.level, message, *args)
+        else:
+            self._repeats[key] = repeats + 1
+
+    def flush(self, seconds: float) -> None:
+        """Log one summary line per key that repeated, then start a new interval."""
+        for key, repeats in sorted(self._repeats.items()):
+            if repeats:
+                self.logger.log(self.level, "%s: %d more in the last %g seconds", key, repeats, seconds)
+        self._repeats.clear()

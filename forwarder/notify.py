@@ -42,3 +42,15 @@ class Notifier:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+def watchdog_interval(environ: Mapping[str, str], pid: int | None = None) -> float | None:
+    """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC), or None when the watchdog is off or is
+    meant for another process (WATCHDOG_PID set and not ours), per sd_watchdog_enabled(3)."""
+    usec = environ.get("WATCHDOG_USEC", "")
+    if not usec.isdigit() or int(usec) == 0:
+        return None
+    watchdog_pid = environ.get("WATCHDOG_PID")
+    if watchdog_pid is not None and watchdog_pid != str(os.getpid() if pid is None else pid):
+        return None
+    return int(usec) / 2_000_000

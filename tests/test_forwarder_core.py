@@ -1,8 +1,19 @@
 """The forwarder's decisions, without sockets."""
 
 import socket
+from collections.abc import Callable
 
-from forwarder.core import Counters, DropReason, presentable_source
+import pytest
+
+from forwarder.core import (
+    Counters,
+    DropReason,
+    FlowTable,
+    duplicates,
+    is_loop,
+    presentable_source,
+    served_families,
+)
 
 
 def test_ipv4_client_is_presented_as_itself() -> None:
@@ -31,6 +42,88 @@ def test_status_line_counts_forwarded_and_drops_by_reason() -> None:
     counters.forwarded = 5
     counters.drop(DropReason.TRUNCATED)
     counters.drop(DropReason.SEND_ERROR, "ECONNREFUSED")
-    assert counters.summary(10) == (
-        "5 datagrams forwarded in the last 10 seconds, 2 dropped (send-error:ECONNREFUSED 1, truncated 1)."
+    assert counters.summary(10, flows=3) == (
+        "5 datagrams forwarded in the last 10 seconds, 2 dropped (send-error:ECONNREFUSED 1, truncated 1);"
+        " since start 5 forwarded, 2 dropped; 3 flows."
     )
+
+
+def test_totals_since_start_survive_the_interval_reset() -> None:
+    counters = Counters()
+    counters.forwarded = 3
+    counters.drop(DropReason.FAMILY_MISMATCH)
+    counters.reset()
+    counters.forwarded = 1
+    assert counters.summary(10) == (
+        "1 datagrams forwarded in the last 10 seconds, 0 dropped; since start 4 forwarded, 1 dropped."
+    )
+
+
+@pytest.mark.parametrize(
+    ("family", "bound", "v6only", "expected"),
+    [
+        (socket.AF_INET, "0.0.0.0", False, {socket.AF_INET}),
+        (socket.AF_INET6, "::", False, {socket.AF_INET, socket.AF_INET6}),
+        (socket.AF_INET6, "::", True, {socket.AF_INET6}),
+        (socket.AF_INET6, "2001:db8::1", False, {socket.AF_INET6}),
+        (socket.AF_INET6, "::ffff:192.0.2.1", False, {socket.AF_INET}),
+    ],
+)
+def test_families_a_listener_can_serve(
+    family: socket.AddressFamily, bound: str, v6only: bool, expected: set[socket.AddressFamily]
+) -> None:
+    assert served_families(family, bound, v6only) == expected
+
+
+def local_is(addresses: set[str]) -> Callable[[str], bool]:
+    return lambda address: address in addresses
+
+
+def test_destination_equal_to_a_listener_is_a_loop() -> None:
+    v4 = frozenset({socket.AF_INET})
+    assert is_loop(("192.0.2.1", 53), ("192.0.2.1", 53), v4, local_is(set()))
+    assert not is_loop(("192.0.2.1", 54), ("192.0.2.1", 53), v4, local_is({"192.0.2.1"}))
+    assert not is_loop(("192.0.2.2", 53), ("192.0.2.1", 53), v4, local_is({"192.0.2.2"}))
+
+
+def test_local_destination_on_the_port_of_a_wildcard_listener_is_a_loop() -> None:
+    dual = frozenset({socket.AF_INET, socket.AF_INET6})
+    assert is_loop(("192.0.2.1", 53), ("::", 53), dual, local_is({"192.0.2.1"}))
+    assert not is_loop(("192.0.2.9", 53), ("::", 53), dual, local_is({"192.0.2.1"}))
+    assert not is_loop(("192.0.2.1", 53), ("::", 53), frozenset({socket.AF_INET6}), local_is({"192.0.2.1"}))
+
+
+def test_flow_table_hit_returns_the_value_and_misses_return_none() -> None:
+    table: FlowTable[str, int] = FlowTable(4, 30)
+    assert table.add("a", 1, now=0) == []
+    assert table.get("a", now=1) == 1
+    assert table.get("b", now=1) is None
+
+
+def test_flow_table_evicts_the_least_recently_used_flow_when_full() -> None:
+    table: FlowTable[str, str] = FlowTable(2, 30)
+    table.add("a", "A", now=0)
+    table.add("b", "B", now=1)
+    table.get("a", now=2)  # a is now more recent than b
+    assert table.add("c", "C", now=3) == ["B"]
+    assert set(table) == {"a", "c"}
+    assert table.add("d", "D", now=4) == ["A"]  # a's use was before c's insertion
+    assert set(table) == {"c", "d"}
+
+
+def test_flow_table_expires_flows_idle_longer_than_the_timeout() -> None:
+    table: FlowTable[str, str] = FlowTable(8, 10)
+    table.add("old", "O", now=0)
+    table.add("busy", "B", now=0)
+    table.get("busy", now=15)
+    assert table.expire(now=20) == ["O"]
+    assert list(table) == ["busy"]
+
+
+def test_flow_table_needs_room_for_one_flow() -> None:
+    with pytest.raises(ValueError, match="capacity 0"):
+        FlowTable(0, 10)
+
+
+def test_duplicates_lists_each_repeated_name_once() -> None:
+    assert duplicates(["a", "b", "a", "c", "a", "b"]) == ["a", "b"]

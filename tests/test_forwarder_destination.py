@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from forwarder.destination import DestinationSpec, parse_destination, resolve
+from forwarder.destination import DestinationSpec, parse_destination, parse_listen, resolve
 from forwarder.errors import UnknownHostError, UsageError
 
 
@@ -53,3 +53,35 @@ def test_unresolvable_host_exits_with_no_host() -> None:
     with pytest.raises(UnknownHostError, match=r"'no-such-host\.invalid'") as caught:
         resolve(parse_destination("no-such-host.invalid:53"), socket.AF_INET, 53)
     assert caught.value.exit_code == 68
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0.0.0.0:53", ("0.0.0.0", 53)),
+        ("[::]:53", ("::", 53)),
+        ("[2001:db8::1]:27000", ("2001:db8::1", 27000)),
+    ],
+)
+def test_listen_addresses(text: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("0.0.0.0", "has no port"),
+        ("[::]", "has no port"),
+        ("localhost:53", "is not a numeric IP address"),
+        ("0.0.0.0:0", "bad port '0'"),
+        ("a=0.0.0.0:53", "bad --listen address"),
+    ],
+)
+def test_bad_listen_addresses_are_usage_errors(text: str, fragment: str) -> None:
+    with pytest.raises(UsageError, match=fragment):
+        parse_listen(text)
+
+
+def test_a_literal_resolves_in_its_own_family_whatever_the_socket_prefers() -> None:
+    destination = resolve(parse_destination("[2001:db8::2]:53"), socket.AF_INET, 27015)
+    assert (destination.family, destination.sockaddr) == (socket.AF_INET6, ("2001:db8::2", 53))

@@ -1,0 +1,100 @@
+"""Small socket helpers around the core: IP_TRANSPARENT, whether an address is local to this host, the
+family of clients a listening socket can have, and binding `--listen` sockets ourselves.
+"""
+
+import errno
+import socket
+
+from forwarder.activation import ListeningSocket
+from forwarder.core import bounded_put, served_families
+from forwarder.errors import MissingPermissionError, OperatingSystemError
+
+IP_TRANSPARENT = 19
+IPV6_TRANSPARENT = 75
+LOCAL_CACHE_SIZE = 1024
+
+CAPABILITY_HINT = (
+    "CAP_NET_ADMIN is missing; grant it with AmbientCapabilities=CAP_NET_ADMIN in the service unit "
+    "(or run as root)"
+)
+
+
+def set_transparent(sock: socket.socket) -> None:
+    """Allow `sock` to bind to a non-local (client) address; needs CAP_NET_ADMIN."""
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_TRANSPARENT, 1)
+
+
+def check_transparent_capability(families: set[socket.AddressFamily]) -> None:
+    """Fail at once, with the fix, if IP_TRANSPARENT cannot be set for any of `families`."""
+    for family in sorted(families):
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            try:
+                set_transparent(probe)
+            except PermissionError:
+                raise MissingPermissionError(f"cannot set IP_TRANSPARENT: {CAPABILITY_HINT}") from None
+
+
+def probe_local(address: str) -> bool:
+    """True when `address` belongs to this host (in our network namespace).
+
+    A plain bind to (address, 0) without IP_TRANSPARENT succeeds only for a local address (assuming
+    net.ipv4.ip_nonlocal_bind and net.ipv6.ip_nonlocal_bind are 0, their default).
+    """
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError as error:
+            if error.errno == errno.EADDRNOTAVAIL:
+                return False
+            raise
+    return True
+
+
+class LocalAddresses:
+    """Answers "is this source address local?" with one probe per address, from a bounded cache."""
+
+    def __init__(self, capacity: int = LOCAL_CACHE_SIZE) -> None:
+        self.capacity = capacity
+        self._answers: dict[str, bool] = {}
+
+    def __call__(self, address: str) -> bool:
+        answer = self._answers.get(address)
+        if answer is None:
+            try:
+                answer = probe_local(address)
+            except OSError:
+                answer = True  # when in doubt, treat it as local: never keep a socket for it
+            bounded_put(self._answers, address, answer, self.capacity)
+        return answer
+
+    def forget(self) -> None:
+        """Drop the answers, so addresses added to or removed from the host are seen again."""
+        self._answers.clear()
+
+
+def listener_families(listener: ListeningSocket) -> frozenset[socket.AddressFamily]:
+    """The destination families the clients of `listener` can be presented to."""
+    bound = str(listener.sock.getsockname()[0])
+    v6only = False
+    if listener.family == socket.AF_INET6:
+        v6only = bool(listener.sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
+    return served_families(listener.family, bound, v6only)
+
+
+def bind_listener(host: str, port: int, text: str) -> ListeningSocket:
+    """Bind a non-blocking UDP socket to host:port for `--listen`; `[::]` is dual-stack."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise OperatingSystemError(f"cannot listen on {text!r}: {error.strerror}") from None
+    sock.setblocking(False)
+    return ListeningSocket(sock, text)

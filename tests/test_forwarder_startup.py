@@ -1,0 +1,331 @@
+"""Start-up checks with real file descriptors: sockets (UDP, TCP, AF_UNIX), pipes and files are placed at
+fd 3.. of a child process, as systemd does, and the forwarder must refuse each bad input with a one-line
+error naming the value and its documented sysexits code. No privileges needed, except where a test drops
+CAP_NET_ADMIN with setpriv (that one needs root to drop a capability it has).
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+
+import pytest
+
+from netlab.lab import python_env
+
+LAUNCH = r"""
+import fcntl, json, os, sys
+fds = json.loads(sys.argv[1])
+moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in fds]
+for index, fd in enumerate(moved):
+    os.dup2(fd, 3 + index)
+    os.close(fd)
+err = os.fstat(2)
+for key, value in json.loads(sys.argv[2]).items():
+    value = value.replace("{pid}", str(os.getpid()))
+    os.environ[key] = value.replace("{stderr}", f"{err.st_dev}:{err.st_ino}")
+if sys.argv[3] == "main":
+    from forwarder.cli import main
+    sys.exit(main(sys.argv[4:]))
+from forwarder.activation import listen_sockets
+listeners = listen_sockets(os.environ)
+print(json.dumps({
+    "names": [listener.name for listener in listeners],
+    "ports": [listener.port for listener in listeners],
+    "blocking": [listener.sock.getblocking() for listener in listeners],
+    "inheritable": [os.get_inheritable(listener.sock.fileno()) for listener in listeners],
+    "left": sorted(key for key in os.environ if key.startswith("LISTEN_")),
+}))
+"""
+
+
+def launch(
+    fds: Sequence[int],
+    argv: Sequence[str] = (),
+    *,
+    env: dict[str, str] | None = None,
+    mode: str = "main",
+    prefix: Sequence[str] = (),
+) -> subprocess.CompletedProcess[str]:
+    """Run the forwarder (or only its activation adapter) with `fds` at 3.. and LISTEN_* in `env`."""
+    activation = {"LISTEN_PID": "{pid}", "LISTEN_FDS": str(len(fds))} if env is None else env
+    child_env = python_env()
+    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "JOURNAL_STREAM"):
+        child_env.pop(key, None)
+    return subprocess.run(
+        [*prefix, sys.executable, "-c", LAUNCH, json.dumps(list(fds)), json.dumps(activation), mode, *argv],
+        pass_fds=tuple(fds),
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("systemd-transparent-udp-forwarderd: ")
+    return lines[0]
+
+
+@pytest.fixture
+def udp4() -> Iterator[socket.socket]:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock
+
+
+@pytest.fixture
+def udp6_v6only() -> Iterator[socket.socket]:
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(("::1", 0))
+        yield sock
+
+
+def test_activation_reads_names_makes_sockets_nonblocking_and_unsets_the_variables(
+    udp4: socket.socket,
+) -> None:
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as udp6:
+        udp6.bind(("::1", 0))
+        env = {"LISTEN_PID": "{pid}", "LISTEN_FDS": "2", "LISTEN_FDNAMES": "game:dns"}
+        result = launch([udp4.fileno(), udp6.fileno()], env=env, mode="probe")
+        assert result.returncode == 0, result.stderr
+        seen = json.loads(result.stdout)
+        assert seen == {
+            "names": ["game", "dns"],
+            "ports": [udp4.getsockname()[1], udp6.getsockname()[1]],
+            "blocking": [False, False],
+            "inheritable": [False, False],
+            "left": [],
+        }
+
+
+def test_no_sockets_is_a_configuration_error() -> None:
+    result = launch([], ["192.0.2.2"], env={})
+    assert result.returncode == 78
+    assert "no systemd sockets received" in one_error_line(result)
+
+
+def test_zero_listen_fds_is_a_configuration_error() -> None:
+    result = launch([], ["192.0.2.2"], env={"LISTEN_PID": "{pid}", "LISTEN_FDS": "0"})
+    assert result.returncode == 78
+    assert "LISTEN_FDS=0" in one_error_line(result)
+
+
+def test_listen_pid_of_another_process_is_refused(udp4: socket.socket) -> None:
+    result = launch([udp4.fileno()], ["192.0.2.2"], env={"LISTEN_PID": "1", "LISTEN_FDS": "1"})
+    assert result.returncode == 78
+    assert "LISTEN_PID='1' is not our pid" in one_error_line(result)
+
+
+def test_listen_fds_that_is_not_a_number_is_refused(udp4: socket.socket) -> None:
+    result = launch([udp4.fileno()], ["192.0.2.2"], env={"LISTEN_PID": "{pid}", "LISTEN_FDS": "one"})
+    assert result.returncode == 78
+    assert "LISTEN_FDS='one' is not a number" in one_error_line(result)
+
+
+def test_listen_fdnames_naming_a_different_count_of_sockets_is_refused(udp4: socket.socket) -> None:
+    env = {"LISTEN_PID": "{pid}", "LISTEN_FDS": "1", "LISTEN_FDNAMES": "game:dns"}
+    result = launch([udp4.fileno()], ["192.0.2.2"], env=env)
+    assert result.returncode == 78
+    assert "LISTEN_FDNAMES='game:dns' names 2 sockets but LISTEN_FDS=1" in one_error_line(result)
+
+
+def test_a_listen_fd_that_is_not_open_is_refused(udp4: socket.socket) -> None:
+    result = launch(
+        [udp4.fileno()], ["192.0.2.2", "192.0.2.3"], env={"LISTEN_PID": "{pid}", "LISTEN_FDS": "2"}
+    )
+    assert result.returncode == 78
+    assert "inherited fd 4 ('unknown') is not open" in one_error_line(result)
+
+
+def test_more_sockets_than_destinations_is_refused(udp4: socket.socket) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as second:
+        second.bind(("127.0.0.1", 0))
+        result = launch([udp4.fileno(), second.fileno()], ["192.0.2.2"])
+    assert result.returncode == 78
+    assert "received 2 sockets but 1 destinations" in one_error_line(result)
+
+
+def test_a_stream_socket_is_refused() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+        tcp.bind(("127.0.0.1", 0))
+        result = launch([tcp.fileno()], ["192.0.2.2"])
+    assert result.returncode == 78
+    assert "is a SOCK_STREAM socket: expected SOCK_DGRAM" in one_error_line(result)
+
+
+def test_a_fd_that_is_not_a_socket_is_refused() -> None:
+    read_end, write_end = os.pipe()
+    try:
+        result = launch([read_end], ["192.0.2.2"])
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert result.returncode == 78
+    assert "inherited fd 3 ('unknown') is not a socket" in one_error_line(result)
+
+
+def test_an_af_unix_datagram_socket_is_refused() -> None:
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with left, right:
+        result = launch([left.fileno()], ["192.0.2.2"])
+    assert result.returncode == 78
+    assert "is an AF_UNIX socket: expected AF_INET or AF_INET6" in one_error_line(result)
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "-1", "abc"])
+def test_bad_ports_are_usage_errors(udp4: socket.socket, port: str) -> None:
+    result = launch([udp4.fileno()], [f"192.0.2.2:{port}"])
+    assert result.returncode == 64
+    assert f"bad port {port!r}" in one_error_line(result)
+
+
+def test_empty_destination_is_a_usage_error(udp4: socket.socket) -> None:
+    result = launch([udp4.fileno()], [""])
+    assert result.returncode == 64
+    assert "empty destination ''" in one_error_line(result)
+
+
+def test_unresolvable_host_exits_68(udp4: socket.socket) -> None:
+    result = launch([udp4.fileno()], ["no-such-host.invalid:53"])
+    assert result.returncode == 68
+    assert "cannot resolve host 'no-such-host.invalid'" in one_error_line(result)
+
+
+def test_ambiguous_ipv6_without_brackets_is_a_usage_error(udp6_v6only: socket.socket) -> None:
+    result = launch([udp6_v6only.fileno()], ["2001:db8::2:53"])
+    assert result.returncode == 64
+    assert "ambiguous IPv6 destination '2001:db8::2:53'" in one_error_line(result)
+
+
+def test_unknown_socket_name_is_refused(udp4: socket.socket) -> None:
+    env = {"LISTEN_PID": "{pid}", "LISTEN_FDS": "1", "LISTEN_FDNAMES": "game"}
+    result = launch([udp4.fileno()], ["dns=192.0.2.2"], env=env)
+    assert result.returncode == 78
+    assert "no socket is named 'dns'" in one_error_line(result)
+
+
+def test_a_socket_name_given_twice_is_a_usage_error(udp4: socket.socket) -> None:
+    env = {"LISTEN_PID": "{pid}", "LISTEN_FDS": "1", "LISTEN_FDNAMES": "game"}
+    result = launch([udp4.fileno()], ["game=192.0.2.2", "game=192.0.2.3"], env=env)
+    assert result.returncode == 64
+    assert "socket name 'game' is given more than one destination" in one_error_line(result)
+
+
+def test_ipv6_destination_for_an_ipv4_socket_is_refused(udp4: socket.socket) -> None:
+    result = launch([udp4.fileno()], ["[2001:db8::2]:53"])
+    assert result.returncode == 78
+    assert "is AF_INET6 but socket 'unknown'" in one_error_line(result)
+
+
+def test_ipv4_destination_for_a_v6only_socket_is_refused(udp6_v6only: socket.socket) -> None:
+    result = launch([udp6_v6only.fileno()], ["192.0.2.2:53"])
+    assert result.returncode == 78
+    assert "only has AF_INET6 clients" in one_error_line(result)
+
+
+def test_destination_equal_to_the_listening_address_is_a_loop(udp4: socket.socket) -> None:
+    result = launch([udp4.fileno()], [f"127.0.0.1:{udp4.getsockname()[1]}"])
+    assert result.returncode == 78
+    assert "not a loop" in one_error_line(result)
+
+
+def test_destination_on_a_local_address_of_a_wildcard_listener_is_a_loop() -> None:
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as dual:
+        dual.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        dual.bind(("::", 0))
+        result = launch([dual.fileno()], [f"127.0.0.1:{dual.getsockname()[1]}"])
+    assert result.returncode == 78
+    assert "is our own listening socket" in one_error_line(result)
+
+
+def test_destination_that_is_another_of_our_sockets_is_a_loop(udp4: socket.socket) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as second:
+        second.bind(("127.0.0.1", 0))
+        target = f"127.0.0.1:{second.getsockname()[1]}"
+        result = launch([udp4.fileno(), second.fileno()], ["192.0.2.2", target])
+    assert result.returncode == 78
+    assert "is our own listening socket" in one_error_line(result)
+
+
+def test_unknown_option_is_a_usage_error() -> None:
+    result = launch([], ["--frobnicate", "192.0.2.2"], env={})
+    assert result.returncode == 64
+    assert "unrecognized arguments: --frobnicate" in one_error_line(result)
+
+
+def test_mixing_positional_and_named_destinations_is_a_usage_error() -> None:
+    result = launch([], ["192.0.2.2", "dns=192.0.2.3"], env={})
+    assert result.returncode == 64
+    assert "expected all destinations positional (DEST...) or all named" in one_error_line(result)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_stats_interval_must_be_a_positive_number(value: str) -> None:
+    result = launch([], ["--stats-interval", value, "192.0.2.2"], env={})
+    assert result.returncode == 64
+    assert f"--stats-interval: {value!r}" in one_error_line(result)
+
+
+def test_unknown_log_level_is_a_usage_error() -> None:
+    result = launch([], ["--log-level", "loud", "192.0.2.2"], env={})
+    assert result.returncode == 64
+    assert "invalid choice: 'loud'" in one_error_line(result)
+
+
+def test_listen_on_an_address_in_use_is_an_os_error(udp4: socket.socket) -> None:
+    held = f"127.0.0.1:{udp4.getsockname()[1]}"
+    result = launch([], ["--listen", held, "192.0.2.2"], env={})
+    assert result.returncode == 71
+    assert f"cannot listen on {held!r}: Address already in use" in one_error_line(result)
+
+
+def test_listen_without_a_port_is_a_usage_error() -> None:
+    result = launch([], ["--listen", "127.0.0.1", "192.0.2.2"], env={})
+    assert result.returncode == 64
+    assert "--listen address '127.0.0.1' has no port" in one_error_line(result)
+
+
+def test_listen_together_with_socket_activation_is_refused(udp4: socket.socket) -> None:
+    result = launch([udp4.fileno()], ["--listen", "127.0.0.1:9", "192.0.2.2"])
+    assert result.returncode == 78
+    assert "--listen was given" in one_error_line(result)
+
+
+def test_errors_carry_a_journal_priority_when_stderr_is_the_journal() -> None:
+    result = launch([], ["192.0.2.2"], env={"JOURNAL_STREAM": "{stderr}"})
+    assert result.returncode == 78
+    assert result.stderr.startswith("<3>systemd-transparent-udp-forwarderd: no systemd sockets received")
+
+
+def test_named_destinations_with_listen_are_a_usage_error() -> None:
+    result = launch([], ["--listen", "127.0.0.1:9", "dns=192.0.2.2"], env={})
+    assert result.returncode == 64
+    assert "NAME=DEST needs named sockets from socket activation" in one_error_line(result)
+
+
+def test_help_and_version_exit_zero() -> None:
+    help_result = launch([], ["--help"], env={})
+    version_result = launch([], ["--version"], env={})
+    assert help_result.returncode == 0
+    assert "--listen ADDR:PORT" in help_result.stdout
+    assert "--max-flows" in help_result.stdout
+    assert version_result.returncode == 0
+    assert version_result.stdout.strip() == "systemd-transparent-udp-forwarderd 0.1.0"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping a capability needs root (CAP_SETPCAP)")
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is not installed")
+def test_missing_cap_net_admin_exits_77_with_the_ambient_capabilities_hint(udp4: socket.socket) -> None:
+    # IP_TRANSPARENT is allowed with CAP_NET_ADMIN or CAP_NET_RAW, so both are dropped.
+    drop = ["setpriv", "--inh-caps=-net_admin,-net_raw", "--bounding-set=-net_admin,-net_raw", "--"]
+    result = launch([udp4.fileno()], ["192.0.2.2:53"], prefix=drop)
+    assert result.returncode == 77
+    assert "AmbientCapabilities=CAP_NET_ADMIN" in one_error_line(result)
