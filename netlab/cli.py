@@ -30,7 +30,14 @@ def _require_privileges() -> None:
         raise SystemExit(os.EX_NOPERM)
 
 
+_MAIN_PID = os.getpid()
+
+
 def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    # A forked helper child (pyroute2 forks to create namespaces) is stopped with SIGTERM: it must just
+    # exit, not unwind the parent's stack as if the user had interrupted the run.
+    if os.getpid() != _MAIN_PID:
+        os._exit(128 + signum)
     raise KeyboardInterrupt
 
 

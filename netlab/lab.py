@@ -162,7 +162,14 @@ class Lab:
             raise TopologyError(f"lab has no node {name!r}; nodes: {sorted(self.nodes)}") from None
 
     def close(self) -> None:
-        """Stop processes, close sockets, delete namespaces and the lab's record; safe to call twice."""
+        """Stop processes, close sockets, delete namespaces and the lab's record; safe to call twice.
+
+        Only the process that made the lab cleans it up: a forked child (pyroute2 forks to create a
+        namespace) that receives Ctrl-C or SIGTERM unwinds this same stack, and must not tear the lab down
+        under its parent.
+        """
+        if os.getpid() != self.record.owner_pid:
+            return
         blocked = {signal.SIGINT, signal.SIGTERM}
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)  # a second Ctrl-C must not cut cleanup
         try:

@@ -60,3 +60,16 @@ def test_namespaces_of_a_killed_owner_are_reaped_by_the_next_run() -> None:
             owner.stdout.close()
     registry.reap_stale()  # another worker's lab may reap them first: either way they must be gone
     assert not any(netns.exists(name) for name in namespaces)
+
+
+def test_a_forked_child_unwinding_the_lab_leaves_it_to_its_owner(lab: Lab) -> None:
+    # pyroute2 forks helpers; one stopped with SIGTERM, or hit by Ctrl-C, unwinds the parent's stack too.
+    lab.build(seed_deployment())
+    child = os.fork()
+    if child == 0:
+        try:
+            lab.close()
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+    assert all(netns.exists(node.namespace) for node in lab.nodes.values())
