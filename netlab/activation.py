@@ -80,7 +80,7 @@ def start_forwarder(
     if activate is None:
         raise ProcessFailedError(f"{SOCKET_ACTIVATE} not found: install the Debian package 'systemd'")
     lab = node.lab
-    notify_path = lab.workdir / f"notify-{lab.next_serial()}.sock"
+    notify_path = lab.socket_dir / f"notify-{lab.next_serial()}.sock"
     receiver = NotifyReceiver(notify_path)
     lab.defer(receiver.close)
     argv = [activate, "--datagram"]

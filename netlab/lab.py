@@ -202,6 +202,7 @@ class Lab:
         self._serial = 0
         self.capture_enabled = capture
         self._capture: Capture | None = None
+        self._socket_dir: Path | None = None
 
     def next_serial(self) -> int:
         self._serial += 1
@@ -248,6 +249,19 @@ class Lab:
             self.defer(self._close_capture)
             self._capture = Capture(self.workdir / "captures")
         return self._capture
+
+    @property
+    def socket_dir(self) -> Path:
+        """A short-named private directory for AF_UNIX sockets (their paths are limited to 107 bytes, which a
+        run directory named after a test id easily exceeds); removed when the lab closes."""
+        if self._socket_dir is None:
+            self.defer(self._remove_socket_dir)
+            self._socket_dir = Path(tempfile.mkdtemp(prefix=f"nl-{self.lab_id}-"))
+        return self._socket_dir
+
+    def _remove_socket_dir(self) -> None:
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     def _close_capture(self) -> None:
         if self._capture is not None:

@@ -33,7 +33,11 @@ class NotifyReceiver:
         self._condition = threading.Condition()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._sock.bind(str(path))
+        try:
+            self._sock.bind(str(path))
+        except OSError as error:
+            self._sock.close()
+            raise OSError(error.errno, f"cannot listen for notifications on {str(path)!r}: {error}") from None
         self._closed = False
         self._thread = threading.Thread(target=self._receive, name=f"notify-{path.name}", daemon=True)
         self._thread.start()
