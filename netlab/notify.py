@@ -101,6 +101,24 @@ class NotifyReceiver:
                     )
                 self._condition.wait(min(remaining, 0.1) if is_alive is not None else remaining)
 
+    def wait_ready(self, timeout: float = 10.0, after: float = 0.0) -> NotifyEvent:
+        """Wait for READY=1."""
+        return self.wait_for("READY", "1", timeout, after)
+
+    def wait_status(
+        self, predicate: Callable[[str], bool], timeout: float = 10.0, after: float = 0.0
+    ) -> NotifyEvent:
+        """Wait for a STATUS= line `predicate` accepts."""
+        return self.wait_for("STATUS", predicate, timeout, after)
+
+    def wait_watchdog(self, timeout: float = 10.0, after: float = 0.0) -> NotifyEvent:
+        """Wait for a WATCHDOG=1 keep-alive."""
+        return self.wait_for("WATCHDOG", "1", timeout, after)
+
+    def wait_stopping(self, timeout: float = 10.0, after: float = 0.0) -> NotifyEvent:
+        """Wait for STOPPING=1."""
+        return self.wait_for("STOPPING", "1", timeout, after)
+
     def close(self) -> None:
         self._closed = True
         with contextlib.suppress(OSError):
