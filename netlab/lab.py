@@ -294,7 +294,38 @@ class Lab:
                 self._configure_interface(end.node, end.ifname, end.addresses, link.mtu)
         for route in topology.routes:
             self._add_route(route.node, route.destination, route.via)
+        for name in topology.nodes:
+            self._wait_links_usable(name, topology.interfaces_of(name), bool(topology.addresses_of(name)))
         return self
+
+    def _wait_links_usable(
+        self, node: str, ifnames: list[str], has_addresses: bool, timeout: float = 10.0
+    ) -> None:
+        # A veth's carrier comes up through the kernel's link-watch work (up to a second later), and only
+        # then does IPv6 configure the link (multicast route, link-local address): a datagram sent before is
+        # dropped (Ip6InNoRoutes). Wait until every interface is operationally up and has its fe80 address.
+        if not ifnames:
+            return
+        with IPRoute(netns=self[node].namespace) as ipr:
+
+            def usable() -> bool:
+                links = {link.get_attr("IFLA_IFNAME"): link for link in ipr.get_links()}
+                indexes = []
+                for ifname in ifnames:
+                    link = links.get(ifname)
+                    if link is None or link.get_attr("IFLA_OPERSTATE") != "UP":
+                        return False
+                    indexes.append(link["index"])
+                if not has_addresses or self[node].sysctl("net.ipv6.conf.all.disable_ipv6") == "1":
+                    return True
+                link_local = {
+                    address["index"]
+                    for address in ipr.get_addr(family=socket.AF_INET6)
+                    if str(address.get_attr("IFA_ADDRESS")).startswith("fe80:")
+                }
+                return all(index in link_local for index in indexes)
+
+            wait_until(usable, f"the links {ifnames} of {node!r} to be up", timeout)
 
     def _build_link(self, a: str, a_ifname: str, b: str, b_ifname: str, mtu: int | None) -> None:
         # The pair is created inside node a with its peer placed straight into node b, so no interface
