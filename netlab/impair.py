@@ -50,11 +50,12 @@ def loss_ruleset(ifname: str, probability: float) -> str:
     if not 0.0 <= probability <= 1.0:
         raise NetlabError(f"loss probability {probability!r} must be from 0 to 1")
     threshold = round(probability * SCALE)
+    # nft refuses a comparison with SCALE itself (out of the numgen range): certain loss needs no coin.
+    coin = "" if threshold >= SCALE else f"numgen random mod {SCALE} < {threshold} "
     return f"""table inet {TABLE} {{
     chain prerouting {{
         type filter hook prerouting priority -400; policy accept;
-        iifname "{ifname}" meta l4proto != ipv6-icmp numgen random mod {SCALE} < {threshold} \
-            counter drop comment "loss {ifname}"
+        iifname "{ifname}" meta l4proto != ipv6-icmp {coin}counter drop comment "loss {ifname}"
     }}
 }}
 """
