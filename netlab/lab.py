@@ -197,6 +197,8 @@ class Lab:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"netlab-{self.lab_id}-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.keep_workdir = keep_workdir
+        if self._own_workdir and not keep_workdir:
+            self.record.scratch.append(str(self.workdir))
         self.nodes: dict[str, LabNode] = {}
         self._stack = contextlib.ExitStack()
         self._serial = 0
@@ -257,6 +259,9 @@ class Lab:
         if self._socket_dir is None:
             self.defer(self._remove_socket_dir)
             self._socket_dir = Path(tempfile.mkdtemp(prefix=f"nl-{self.lab_id}-"))
+            self.record.scratch.append(str(self._socket_dir))
+            if self.record.namespaces:  # already on disk: keep it current for a reaper
+                self.record.save()
         return self._socket_dir
 
     def _remove_socket_dir(self) -> None:

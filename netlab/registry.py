@@ -5,7 +5,9 @@ owner died (kill -9) can be found and reaped by the next run or by `netlab down 
 import contextlib
 import json
 import os
+import shutil
 import signal
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +40,8 @@ class LabRecord:
     description: str = ""
     # A lab made by `netlab up` outlives its creator on purpose; only `netlab down` removes it.
     detached: bool = False
+    # Temporary directories the lab made for itself (workdir, sockets): reaped with its namespaces.
+    scratch: list[str] = field(default_factory=list)
 
     @property
     def path(self) -> Path:
@@ -100,6 +104,13 @@ def destroy_namespace(namespace: str) -> None:
         netns.remove(namespace)
 
 
+def remove_scratch(directory: str) -> None:
+    """Remove a lab's temporary directory; anything not shaped like one (a damaged record) is left alone."""
+    path = Path(directory)
+    if path.parent == Path(tempfile.gettempdir()) and path.name.startswith(("netlab-", PREFIX)):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def reap_stale() -> list[str]:
     """Remove labs whose owner is dead, and `nl-` namespaces no live lab claims; return what was removed."""
     removed: list[str] = []
@@ -115,6 +126,8 @@ def reap_stale() -> list[str]:
             if netns.exists(namespace):
                 destroy_namespace(namespace)
                 removed.append(namespace)
+        for directory in record.scratch:
+            remove_scratch(directory)
         record.delete()
     for namespace in existing:
         if namespace not in claimed and netns.exists(namespace):

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -46,6 +47,7 @@ def test_a_killed_owner_leaves_only_stale_namespaces_and_processes_that_the_next
         processes = [node.run(["sleep", "300"]) for node in lab.nodes.values()]
         print(" ".join(node.namespace for node in lab.nodes.values()), flush=True)
         print(" ".join(str(process.pid) for process in processes), flush=True)
+        print(lab.socket_dir, lab.workdir, flush=True)
         time.sleep(300)
         """
     )
@@ -56,6 +58,8 @@ def test_a_killed_owner_leaves_only_stale_namespaces_and_processes_that_the_next
         assert owner.stdout is not None
         namespaces = owner.stdout.readline().split()
         pids = [int(pid) for pid in owner.stdout.readline().split()]
+        scratch = [Path(directory) for directory in owner.stdout.readline().split()]
+        assert all(directory.is_dir() for directory in scratch)
         assert len(namespaces) == len(pids) == 3
         assert all(netns.exists(name) for name in namespaces)
         assert all(pid in netns.pids_in(name) for pid, name in zip(pids, namespaces, strict=True))
@@ -69,6 +73,7 @@ def test_a_killed_owner_leaves_only_stale_namespaces_and_processes_that_the_next
     registry.reap_stale()
     assert not any(netns.exists(name) for name in namespaces)
     assert not alive(pids)
+    assert not any(directory.exists() for directory in scratch)
     assert not [record for record in registry.load_records() if set(record.namespaces) & set(namespaces)]
 
 
