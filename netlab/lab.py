@@ -197,8 +197,9 @@ class Lab:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"netlab-{self.lab_id}-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.keep_workdir = keep_workdir
+        self.scratch = registry.new_scratch(self.lab_id)
         if self._own_workdir and not keep_workdir:
-            self.record.scratch.append(str(self.workdir))
+            self.scratch.add(self.workdir)
         self.nodes: dict[str, LabNode] = {}
         self._stack = contextlib.ExitStack()
         self._serial = 0
@@ -239,6 +240,7 @@ class Lab:
         try:
             self._stack.close()
             self.record.delete()
+            self.scratch.delete()
             if self._own_workdir and not self.keep_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)
         finally:
@@ -259,9 +261,7 @@ class Lab:
         if self._socket_dir is None:
             self.defer(self._remove_socket_dir)
             self._socket_dir = Path(tempfile.mkdtemp(prefix=f"nl-{self.lab_id}-"))
-            self.record.scratch.append(str(self._socket_dir))
-            if self.record.namespaces:  # already on disk: keep it current for a reaper
-                self.record.save()
+            self.scratch.add(self._socket_dir)
         return self._socket_dir
 
     def _remove_socket_dir(self) -> None:
