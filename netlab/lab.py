@@ -28,6 +28,7 @@ from netlab.process import Process
 from netlab.topology import Topology, parse_interface
 
 IFA_F_NODAD = 0x02
+IFA_F_TENTATIVE = 0x40
 IP_TRANSPARENT = 19
 IPV6_TRANSPARENT = 75
 
@@ -288,6 +289,11 @@ class Lab:
             netns.create(node.namespace)
             with IPRoute(netns=node.namespace) as ipr:
                 ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+            # Duplicate address detection is pointless between private namespaces, and while a link-local
+            # address is tentative the kernel sends no neighbour solicitation (the first datagram to a
+            # neighbour waits a retransmit second). A topology may still turn it back on.
+            for scope in ("all", "default"):
+                node.sysctl(f"net.ipv6.conf.{scope}.accept_dad", "0")
             for key, value in topology.nodes[node.name].sysctls.items():
                 node.sysctl(key, value)
         for link in topology.links:
@@ -308,7 +314,7 @@ class Lab:
     ) -> None:
         # A veth's carrier comes up through the kernel's link-watch work (up to a second later), and only
         # then does IPv6 configure the link (multicast route, link-local address): a datagram sent before is
-        # dropped (Ip6InNoRoutes). Wait until every interface is operationally up and has its fe80 address.
+        # dropped (Ip6InNoRoutes). Wait until every interface is operationally up with a usable fe80 address.
         if not ifnames:
             return
         with IPRoute(netns=self[node].namespace) as ipr:
@@ -327,6 +333,7 @@ class Lab:
                     address["index"]
                     for address in ipr.get_addr(family=socket.AF_INET6)
                     if str(address.get_attr("IFA_ADDRESS")).startswith("fe80:")
+                    and not (address.get_attr("IFA_FLAGS") or address["flags"]) & IFA_F_TENTATIVE
                 }
                 return all(index in link_local for index in indexes)
 

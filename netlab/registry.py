@@ -61,6 +61,9 @@ class LabRecord:
             self.path.unlink()
 
 
+_RECORD_FIELDS = tuple(LabRecord.__dataclass_fields__)
+
+
 def new_record(lab_id: str, description: str = "") -> LabRecord:
     pid = os.getpid()
     return LabRecord(lab_id, pid, process_start_time(pid), description=description)
@@ -72,8 +75,11 @@ def load_records() -> list[LabRecord]:
         return records
     for path in sorted(REGISTRY_DIR.glob("*.json")):
         try:
-            records.append(LabRecord(**json.loads(path.read_text())))
-        except (OSError, ValueError, TypeError):
+            data = json.loads(path.read_text())
+            # Fields this version does not know (a newer checkout wrote the record) are ignored rather than
+            # dropping the record: an unread record would leave its live namespaces looking unclaimed.
+            records.append(LabRecord(**{key: data[key] for key in _RECORD_FIELDS if key in data}))
+        except (OSError, ValueError, TypeError, KeyError):
             continue
     return records
 

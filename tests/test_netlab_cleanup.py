@@ -1,5 +1,6 @@
 """A lab removes everything it made: on success, on an exception, and after its owner is killed."""
 
+import json
 import os
 import signal
 import subprocess
@@ -89,3 +90,19 @@ def alive(pids: list[int]) -> list[int]:
         if state != "Z":
             running.append(pid)
     return running
+
+
+def test_a_record_with_fields_from_a_newer_checkout_still_claims_its_namespaces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry, "REGISTRY_DIR", tmp_path)
+    record = registry.new_record("abc123")
+    record.namespaces.append("nl-abc123-host")
+    record.save()
+    data = json.loads(record.path.read_text())
+    record.path.write_text(json.dumps({**data, "added_later": [1, 2]}))
+
+    (loaded,) = registry.load_records()
+
+    assert loaded.namespaces == ["nl-abc123-host"]
+    assert loaded.owner_alive()
