@@ -11,9 +11,14 @@ from netlab.topology import Topology
 
 
 def fixtures_dir() -> Path:
-    """The fixtures directory: $NETLAB_FIXTURES, else `fixtures/` next to the netlab package."""
+    """The fixtures directory: $NETLAB_FIXTURES, else the checkout's `fixtures/` next to the netlab package,
+    else the copy an installed wheel carries as `netlab/_fixtures`."""
     override = os.environ.get("NETLAB_FIXTURES")
-    return Path(override) if override else Path(__file__).resolve().parent.parent / "fixtures"
+    if override:
+        return Path(override)
+    package = Path(__file__).resolve().parent
+    checkout = package.parent / "fixtures"
+    return checkout if checkout.is_dir() else package / "_fixtures"
 
 
 def fixture_path(kind: str, name: str, suffix: str = ".toml") -> Path:
