@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--contender",
         action="append",
-        choices=["kernel-dnat+rps", "kernel-dnat", "per-datagram", "forwarder"],
+        choices=["kernel-dnat+rps", "kernel-dnat", "per-datagram", "forwarder", "forwarder-single"],
         help="measure only these (repeatable); default all",
     )
     bench.set_defaults(handler=cmd_bench)
