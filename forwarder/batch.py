@@ -57,7 +57,7 @@ class Slot(NamedTuple):
     data: int
 
 
-def decode_sockaddr(raw: bytes) -> tuple[str, int] | tuple[str, int, int, int]:
+def decode_sockaddr(raw: bytes | memoryview) -> tuple[str, int] | tuple[str, int, int, int]:
     """A raw struct sockaddr_in / sockaddr_in6 as the tuple the socket module would give."""
     family = int.from_bytes(raw[0:2], "little")
     port = int.from_bytes(raw[2:4], "big")
@@ -132,3 +132,79 @@ class BatchReceiver:
             raise OSError(error, os.strerror(error))
         self._used = count
         return count
+
+
+def sockaddr_bytes(family: socket.AddressFamily, address: tuple[str, int]) -> bytes:
+    """The struct sockaddr_in / sockaddr_in6 for (address, port)."""
+    port = address[1].to_bytes(2, "big")
+    if family == socket.AF_INET:
+        return (
+            socket.AF_INET.to_bytes(2, "little")
+            + port
+            + socket.inet_pton(socket.AF_INET, address[0])
+            + bytes(8)
+        )
+    packed = socket.inet_pton(socket.AF_INET6, address[0])
+    return socket.AF_INET6.to_bytes(2, "little") + port + bytes(4) + packed + bytes(4)
+
+
+class BatchSender:
+    """sendmmsg for a run of datagrams of one flow, straight from a BatchReceiver's buffers.
+
+    A run of n datagrams from one client to one destination costs one system call instead of n. The
+    headers point at the receiver's slots once and for all; a run only sets its lengths and destination.
+    """
+
+    def __init__(self, sendmmsg: Callable[..., int], receiver: BatchReceiver) -> None:
+        self._sendmmsg = sendmmsg
+        batch = receiver.batch
+        self._iovecs = (_IOVec * batch)()
+        self._headers = (_MMsgHdr * batch)()
+        data_address = ctypes.addressof(receiver._arrays[0])
+        for index in range(batch):
+            self._iovecs[index].iov_base = data_address + index * receiver.buffer_size
+            header = self._headers[index].msg_hdr
+            header.msg_iov = ctypes.addressof(self._iovecs[index])
+            header.msg_iovlen = 1
+        self._address = ctypes.addressof(self._headers)
+        self._iov_u64 = memoryview(self._iovecs).cast("B").cast("Q")
+        self._receiver_u32 = receiver.u32
+        self._slots = receiver.slots
+        self._names: dict[tuple[str, int], ctypes.Array[ctypes.c_char]] = {}
+        self._destination: tuple[str, int] | None = None
+
+    @classmethod
+    def create(cls, receiver: BatchReceiver) -> "BatchSender | None":
+        """A sender for `receiver`'s buffers, or None when this libc has no sendmmsg."""
+        try:
+            sendmmsg = ctypes.CDLL(None, use_errno=True).sendmmsg
+        except (OSError, AttributeError):
+            return None
+        sendmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
+        sendmmsg.restype = ctypes.c_int
+        return cls(sendmmsg, receiver)
+
+    def aim(self, family: socket.AddressFamily, destination: tuple[str, int]) -> None:
+        """Send the following runs to `destination` (cheap when it is the same as before)."""
+        if destination == self._destination:
+            return
+        name = self._names.get(destination)
+        if name is None:
+            raw = sockaddr_bytes(family, destination)
+            name = self._names[destination] = ctypes.create_string_buffer(raw, len(raw))
+        for index in range(len(self._headers)):
+            header = self._headers[index].msg_hdr
+            header.msg_name = ctypes.addressof(name)
+            header.msg_namelen = len(name)
+        self._destination = destination
+
+    def send_run(self, fd: int, first: int, count: int) -> tuple[int, int]:
+        """Send received datagrams first..first+count-1 from `fd`. Returns (sent, errno): when errno is not
+        0, datagram first+sent failed with it and the ones after it were not tried."""
+        u32, iov, slots = self._receiver_u32, self._iov_u64, self._slots
+        for index in range(first, first + count):
+            iov[2 * index + 1] = u32[slots[index].length]
+        sent: int = self._sendmmsg(fd, self._address + first * _SIZE, count, 0)
+        if sent < 0:
+            return 0, ctypes.get_errno()
+        return sent, 0

@@ -1,12 +1,20 @@
 """The recvmmsg receiver: several datagrams per call, with each sender's raw address decoded exactly as the
 socket module would, on IPv4 and IPv6 sockets sharing one receiver."""
 
+import errno
 import socket
 from collections.abc import Iterator
 
 import pytest
 
-from forwarder.batch import MSG_TRUNC, NAME_LENGTH, BatchReceiver, decode_sockaddr
+from forwarder.batch import (
+    MSG_TRUNC,
+    NAME_LENGTH,
+    BatchReceiver,
+    BatchSender,
+    decode_sockaddr,
+    sockaddr_bytes,
+)
 
 
 @pytest.fixture
@@ -105,3 +113,38 @@ def test_a_v4_mapped_client_of_a_dual_stack_socket_decodes_as_the_socket_module_
         [(_, decoded, _)] = received(receiver, dual)
     assert decoded == expected
     assert str(expected[0]).startswith("::ffff:127.0.0.1")
+
+
+def test_a_run_leaves_in_one_sendmmsg_intact_and_in_order(receiver: BatchReceiver, v4: socket.socket) -> None:
+    sender = BatchSender.create(receiver)
+    assert sender is not None, "this libc has sendmmsg"
+    send_from(socket.AF_INET, "127.0.0.1", v4, [b"one", b"", b"three"])
+    assert receiver.receive(v4.fileno()) == 3
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as backend,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out,
+    ):
+        backend.bind(("127.0.0.1", 0))
+        backend.settimeout(5)
+        sender.aim(socket.AF_INET, backend.getsockname())
+        assert sender.send_run(out.fileno(), 0, 3) == (3, 0)
+        assert [backend.recv(64) for _ in range(3)] == [b"one", b"", b"three"]
+
+
+def test_a_run_that_fails_reports_the_errno_of_its_first_unsent_datagram(
+    receiver: BatchReceiver, v4: socket.socket
+) -> None:
+    sender = BatchSender.create(receiver)
+    assert sender is not None
+    send_from(socket.AF_INET, "127.0.0.1", v4, [b"a", b"b"])
+    assert receiver.receive(v4.fileno()) == 2
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+        sender.aim(socket.AF_INET6, ("::1", 9))  # an IPv6 destination cannot be reached from an IPv4 socket
+        sent, error = sender.send_run(out.fileno(), 0, 2)
+    assert sent == 0
+    assert error in (errno.EAFNOSUPPORT, errno.EINVAL)
+
+
+def test_sockaddr_bytes_round_trip_through_decode() -> None:
+    assert decode_sockaddr(sockaddr_bytes(socket.AF_INET, ("192.0.2.2", 27000))) == ("192.0.2.2", 27000)
+    assert decode_sockaddr(sockaddr_bytes(socket.AF_INET6, ("2001:db8::2", 53))) == ("2001:db8::2", 53, 0, 0)
