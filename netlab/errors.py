@@ -31,3 +31,19 @@ class ExpectationError(NetlabError, AssertionError):
 
 class ImpairmentUnavailableError(NetlabError):
     """The kernel cannot emulate the asked-for impairment (e.g. delay needs sch_netem)."""
+
+
+class UnknownNodeError(TopologyError):
+    """A node name that the lab or topology does not have; the message lists the nodes it has."""
+
+
+class UnknownLabError(NetlabError):
+    """A lab id that is not in the registry (or no lab is up); the message lists the labs that exist."""
+
+
+class ScenarioError(NetlabError):
+    """A scenario file is invalid: the message names the file, the element and the bad value."""
+
+
+class UsageError(NetlabError):
+    """A command was called wrongly (a missing or contradictory option); the message says what to give."""

@@ -1,6 +1,7 @@
 """The one way to read test data: files under the checkout's `fixtures/` directory (or $NETLAB_FIXTURES).
 
-Topologies live in `fixtures/topologies/NAME.toml`; tests and the library name them, never a path.
+Topologies live in `fixtures/topologies/NAME.toml`, scenarios in `fixtures/scenarios/NAME.toml`; tests and the
+library name them, never a path.
 """
 
 import os
@@ -46,3 +47,13 @@ def load_topology(name: str) -> Topology:
     from netlab.topology_file import load_topology_file
 
     return load_topology_file(topology_path(name))
+
+
+def scenario_path(name: str) -> Path:
+    """The file of the shipped scenario `name` (fixtures/scenarios/NAME.toml)."""
+    return fixture_path("scenarios", name)
+
+
+def scenario_names() -> list[str]:
+    """Names of every shipped scenario file: each one is a test (tests/test_scenarios.py)."""
+    return sorted(path.stem for path in (fixtures_dir() / "scenarios").glob("*.toml"))

@@ -22,7 +22,7 @@ from pyroute2 import IPRoute
 from netlab import netns, registry
 from netlab.capture import Capture
 from netlab.crafted import MAX_PAYLOAD, MAX_PAYLOAD_IPV6, Crafted
-from netlab.errors import LabTimeoutError, ProcessFailedError, TopologyError
+from netlab.errors import LabTimeoutError, ProcessFailedError, TopologyError, UnknownNodeError
 from netlab.names import namespace_name, new_lab_id
 from netlab.process import Process
 from netlab.topology import Topology, parse_interface
@@ -207,6 +207,26 @@ class Lab:
         self.capture_enabled = capture
         self._capture: Capture | None = None
         self._socket_dir: Path | None = None
+        self.detached = False
+
+    @classmethod
+    def attached(cls, lab_id: str, nodes: Sequence[str], description: str = "") -> "Lab":
+        """A handle on the existing lab `lab_id` (made by `netlab up`) with these nodes: what it starts is
+        stopped when it closes, the lab's namespaces are not touched."""
+        handle = cls(description=description)
+        handle.lab_id = lab_id
+        handle.nodes = {name: LabNode(handle, name) for name in nodes}
+        return handle
+
+    def detach(self) -> None:
+        """Let the built namespaces outlive this process: only `netlab down` removes them afterwards.
+
+        Everything registered for cleanup so far is forgotten, so call it right after `build()`.
+        """
+        self.record.detached = True
+        self.record.save()
+        self._stack.pop_all()
+        self.detached = True
 
     def next_serial(self) -> int:
         self._serial += 1
@@ -232,7 +252,9 @@ class Lab:
         try:
             return self.nodes[name]
         except KeyError:
-            raise TopologyError(f"lab has no node {name!r}; nodes: {sorted(self.nodes)}") from None
+            raise UnknownNodeError(
+                f"lab {self.lab_id} has no node {name!r}; known nodes: {sorted(self.nodes)}"
+            ) from None
 
     def close(self) -> None:
         """Stop processes, close sockets, delete namespaces and the lab's record; safe to call twice.
@@ -247,7 +269,8 @@ class Lab:
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)  # a second Ctrl-C must not cut cleanup
         try:
             self._stack.close()
-            self.record.delete()
+            if not self.detached:
+                self.record.delete()
             self.scratch.delete()
             if self._own_workdir and not self.keep_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)

@@ -81,10 +81,16 @@ def pytest_runtest_makereport(
     return report
 
 
+def default_runs_dir() -> Path:
+    """$NETLAB_RUNS, else /tmp/netlab-runs: where failed runs keep their logs and pcaps."""
+    chosen = os.environ.get("NETLAB_RUNS")
+    return Path(chosen) if chosen else Path(tempfile.gettempdir()) / "netlab-runs"
+
+
 def runs_dir(config: pytest.Config) -> Path:
     """The directory that holds the run directories of failed tests."""
-    chosen = config.getoption("--netlab-runs") or os.environ.get("NETLAB_RUNS")
-    return Path(chosen) if chosen else Path(tempfile.gettempdir()) / "netlab-runs"
+    chosen = config.getoption("--netlab-runs")
+    return Path(chosen) if chosen else default_runs_dir()
 
 
 def run_dir_name(nodeid: str, worker: str | None = None) -> str:

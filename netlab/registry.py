@@ -59,6 +59,13 @@ class LabRecord:
     def delete(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            topology_file(self.lab_id).unlink()
+
+
+def topology_file(lab_id: str) -> Path:
+    """Where `netlab up` keeps a copy of a detached lab's topology, so later commands know its nodes."""
+    return REGISTRY_DIR / f"{lab_id}.topology.toml"
 
 
 _RECORD_FIELDS = tuple(LabRecord.__dataclass_fields__)

@@ -9,7 +9,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-from netlab.errors import TopologyError
+from netlab.errors import TopologyError, UnknownNodeError
 from netlab.names import IFNAMSIZ
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -73,6 +73,20 @@ class Node:
 
 
 @dataclass
+class Roles:
+    """Which node plays which part of a forwarding deployment, for `netlab doctor` in lab mode.
+
+    `host` runs the forwarder, `backend` receives from it, `clients` send to the host; `spoofed` are
+    networks the clients send from without owning the addresses (crafted sources).
+    """
+
+    host: str | None = None
+    backend: str | None = None
+    clients: list[str] = field(default_factory=list)
+    spoofed: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Topology:
     """Nodes, links and routes; methods add to it and return it so a topology reads as one expression."""
 
@@ -81,6 +95,7 @@ class Topology:
     routes: list[Route] = field(default_factory=list)
     source: str = "<code>"
     description: str = ""
+    roles: Roles | None = None
 
     def node(self, name: str, **sysctls: str) -> "Topology":
         """Add a node; sysctls use underscores for dots (net_ipv4_ip_forward="1")."""
@@ -139,7 +154,7 @@ class Topology:
 
     def _require_node(self, node: str, element: str) -> None:
         if node not in self.nodes:
-            raise TopologyError(
+            raise UnknownNodeError(
                 f"{self.source}: {element} names unknown node {node!r}; known nodes: {sorted(self.nodes)}"
             )
 
@@ -188,6 +203,7 @@ class Topology:
                 isinstance(link.mtu, bool) or not isinstance(link.mtu, int) or not 68 <= link.mtu <= 65535
             ):
                 raise self._fail(link.label, f"mtu {link.mtu!r} must be an integer from 68 to 65535")
+        self._validate_roles()
         for route in self.routes:
             self._require_node(route.node, route.label)
             try:
@@ -213,6 +229,23 @@ class Topology:
                 for allowed in ALLOWED_NETWORKS
             ):
                 raise self._fail(route.label, f"destination {route.destination!r} {_RANGES_HINT}")
+
+    def _validate_roles(self) -> None:
+        if self.roles is None:
+            return
+        for role in ("host", "backend"):
+            name = getattr(self.roles, role)
+            if name is not None:
+                self._require_node(name, f"roles.{role}")
+        for name in self.roles.clients:
+            self._require_node(name, "roles.clients")
+        for text in self.roles.spoofed:
+            try:
+                network = ipaddress.ip_network(text)
+            except ValueError:
+                raise self._fail("roles.spoofed", f"bad network {text!r}: expected a CIDR network") from None
+            require_lab_address(network.network_address, f"{self.source}: roles.spoofed", text)
+            require_lab_address(network.broadcast_address, f"{self.source}: roles.spoofed", text)
 
 
 _RANGES_HINT = "is outside the lab's address ranges " + ", ".join(map(str, ALLOWED_NETWORKS))

@@ -11,6 +11,11 @@
     node = "client"
     to = "default"
     via = "198.51.100.1"
+    [roles]                                  # optional: who is who, for `netlab doctor` in lab mode
+    host = "host"                            # runs the forwarder
+    backend = "backend"                      # receives the forwarded datagrams
+    clients = ["client"]                     # send to the host
+    spoofed = ["203.0.113.0/24"]             # sources the clients craft without owning them
 
 `topology_from_dict` takes the same structure already parsed, so a scenario file can inline a topology.
 """
@@ -21,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from netlab.errors import TopologyError
-from netlab.topology import Topology
+from netlab.topology import Roles, Topology
 
-_TOP_KEYS = {"description", "nodes", "links", "routes"}
+_TOP_KEYS = {"description", "nodes", "links", "routes", "roles"}
+_ROLE_KEYS = {"host", "backend", "clients", "spoofed"}
 _NODE_KEYS = {"sysctl"}
 _LINK_KEYS = {"a", "b", "mtu"}
 _END_KEYS = {"node", "ifname", "addresses"}
@@ -97,8 +103,28 @@ def topology_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Topol
             route["via"],
             label=f"{element} ({route['to']!r} in {route['node']!r})",
         )
+    topology.roles = _roles(data, source)
     topology.validate()
     return topology
+
+
+def _roles(data: Mapping[str, Any], source: str) -> Roles | None:
+    table = _typed(data, "roles", dict, "top level", source, None) if "roles" in data else None
+    if table is None:
+        return None
+    _check_keys(table, _ROLE_KEYS, "roles", source)
+    roles = Roles()
+    for key in ("host", "backend"):
+        value = table.get(key)
+        if value is not None and not isinstance(value, str):
+            raise TopologyError(f"{source}: roles.{key}: expected a node name, got {value!r}")
+        setattr(roles, key, value)
+    for key in ("clients", "spoofed"):
+        values = _typed(table, key, list, "roles", source, [])
+        if not all(isinstance(value, str) for value in values):
+            raise TopologyError(f"{source}: roles.{key}: expected a list of strings, got {values!r}")
+        setattr(roles, key, list(values))
+    return roles
 
 
 def _endpoint(link: Mapping[str, Any], side: str, element: str, source: str) -> dict[str, Any]:
