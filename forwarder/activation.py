@@ -57,6 +57,11 @@ def _adopt(fd: int, name: str) -> ListeningSocket:
     return ListeningSocket(sock, name)
 
 
+def is_decimal(text: str) -> bool:
+    """True for ASCII digits only: str.isdigit() also accepts digits such as '²' that int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def listen_sockets(environ: MutableMapping[str, str], pid: int | None = None) -> list[ListeningSocket]:
     """Return the sockets passed by socket activation and remove the variables from `environ`.
 
@@ -74,9 +79,9 @@ def listen_sockets(environ: MutableMapping[str, str], pid: int | None = None) ->
             "no systemd sockets received (LISTEN_PID/LISTEN_FDS unset): start me from a .socket unit, "
             "under systemd-socket-activate, or pass --listen ADDR:PORT"
         )
-    if not listen_pid.isdigit() or int(listen_pid) != pid:
+    if not is_decimal(listen_pid) or int(listen_pid) != pid:
         raise ConfigurationError(f"LISTEN_PID={listen_pid!r} is not our pid {pid}: the sockets are not ours")
-    if not listen_fds.isdigit():
+    if not is_decimal(listen_fds):
         raise ConfigurationError(f"LISTEN_FDS={listen_fds!r} is not a number: expected a count of sockets")
     count = int(listen_fds)
     if count == 0:

@@ -157,6 +157,7 @@ class BatchSender:
 
     def __init__(self, sendmmsg: Callable[..., int], receiver: BatchReceiver) -> None:
         self._sendmmsg = sendmmsg
+        self._receiver = receiver  # its buffers are what the headers point into: keep them alive
         batch = receiver.batch
         self._iovecs = (_IOVec * batch)()
         self._headers = (_MMsgHdr * batch)()

@@ -16,7 +16,7 @@ from forwarder.batch import BatchReceiver
 from forwarder.core import is_loop
 from forwarder.destination import DestinationSpec, parse_destination, parse_listen, resolve
 from forwarder.engine import Engine, Route
-from forwarder.errors import ConfigurationError, ForwarderError, UsageError
+from forwarder.errors import ConfigurationError, ForwarderError, OperatingSystemError, UsageError
 from forwarder.mapping import assign, check_form
 from forwarder.notify import Notifier, watchdog_interval
 from forwarder.sender import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FLOWS, Sender
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive(int),
         default=DEFAULT_MAX_FLOWS,
         metavar="N",
-        help=f"per-flow sockets kept at most, least recently used evicted first (default {DEFAULT_MAX_FLOWS};"
+        help=f"per-flow sockets kept at most, evicted by second chance, ~LRU (default {DEFAULT_MAX_FLOWS};"
         " lowered to fit RLIMIT_NOFILE)",
     )
     parser.add_argument(
@@ -221,6 +221,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(argv)
     except ForwarderError as error:
-        prefix = "<3>" if logs.stderr_is_journal() else ""
-        print(f"{prefix}{PROG}: {error}", file=sys.stderr)
-        return error.exit_code
+        return _fail(error)
+    except OSError as error:  # a system call at set-up that has no more specific message
+        return _fail(OperatingSystemError(f"set-up failed: {error.strerror or error} (errno {error.errno})"))
+
+
+def _fail(error: ForwarderError) -> int:
+    prefix = "<3>" if logs.stderr_is_journal() else ""
+    print(f"{prefix}{PROG}: {error}", file=sys.stderr)
+    return error.exit_code

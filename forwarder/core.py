@@ -22,6 +22,7 @@ class DropReason(enum.Enum):
     FAMILY_MISMATCH = "family-mismatch"
     LOOPBACK_SOURCE = "loopback-source"
     LOCAL_SOURCE = "local-source"
+    ZERO_PORT = "zero-port"
     SEND_ERROR = "send-error"
     RECEIVE_ERROR = "receive-error"
 
@@ -40,7 +41,10 @@ def presentable_source(
     """The (address, port) to bind to so the backend sees `client`, or why that cannot be done.
 
     A v4-mapped IPv6 client (from a dual-stack listener) is presented as plain IPv4 to an IPv4 backend.
+    Source port 0 is legal on the wire but cannot be bound (the kernel would pick another port).
     """
+    if int(client[1]) == 0:
+        return DropReason.ZERO_PORT
     address = plain_address(str(client[0]))
     wanted = 4 if destination_family == socket.AF_INET else 6
     if address.version != wanted:
@@ -134,20 +138,21 @@ V = TypeVar("V")
 
 
 class _Entry(Generic[V]):
-    __slots__ = ("inserted", "last_used", "value")
+    __slots__ = ("last_used", "referenced", "value")
 
     def __init__(self, value: V, now: float) -> None:
         self.value = value
-        self.inserted = now
         self.last_used = now
+        self.referenced = False  # used since it was inserted or last given a second chance
 
 
 class FlowTable(Generic[K, V]):
-    """A bounded map of flows with least-recently-used eviction and an idle timeout.
+    """A bounded map of flows with second-chance (CLOCK) eviction, an approximation of LRU, and an idle
+    timeout.
 
-    A hit is one dict lookup plus storing the time: recency is kept by the second-chance (CLOCK) rule
-    instead of reordering on every hit. When full, the oldest-inserted entry is evicted unless it was used
-    since it was inserted, in which case it moves to the back and the next one is considered.
+    A hit is one dict lookup plus two attribute stores, instead of reordering on every hit. When full, the
+    oldest-inserted entry is evicted unless it was referenced since it was inserted or last spared, in
+    which case it is spared once: its bit is cleared, it moves to the back, and the next one is considered.
     """
 
     def __init__(self, capacity: int, idle_timeout: float) -> None:
@@ -169,6 +174,7 @@ class FlowTable(Generic[K, V]):
         if entry is None:
             return None
         entry.last_used = now
+        entry.referenced = True
         return entry.value
 
     def add(self, key: K, value: V, now: float) -> list[V]:
@@ -178,8 +184,8 @@ class FlowTable(Generic[K, V]):
         while len(entries) >= self.capacity:
             oldest_key = next(iter(entries))
             oldest = entries.pop(oldest_key)
-            if oldest.last_used > oldest.inserted:
-                oldest.inserted = oldest.last_used  # second chance: used since it was (re)inserted
+            if oldest.referenced:
+                oldest.referenced = False  # second chance
                 entries[oldest_key] = oldest
             else:
                 evicted.append(oldest.value)

@@ -106,8 +106,8 @@ class Engine:
     def drain_batch(self, route: Route) -> None:
         """Receive with recvmmsg and forward until the socket would block, or MAX_BATCH datagrams.
 
-        This is the hot path. A datagram whose flow is open costs a slice and one dict lookup; consecutive
-        datagrams of one flow leave in one sendmmsg (a lone one with sendto). New flows, drops and errors
+        This is the hot path. A datagram whose flow is open costs a flow-key lookup; consecutive datagrams
+        of one flow leave in one sendmmsg (a lone one with sendto). New flows, drops and errors
         go through the Sender and _drop as on the slow path.
         """
         receiver = self.receiver
@@ -140,7 +140,9 @@ class Engine:
                     continue
                 raw = bytes(names[name : name + name_length])
                 sock = flow((target, raw), now)
-                if sock is not None and sock is run_sock:
+                # A run covers consecutive slots only: a slot dropped in between ends it, so a run can never
+                # stretch over a datagram of another client.
+                if sock is not None and sock is run_sock and index == run_first + run_length:
                     run_length += 1
                     continue
                 if run_sock is not None:
@@ -184,7 +186,7 @@ class Engine:
             self.counters.forwarded += sent
             first, length = first + sent, length - sent
             if error_number:
-                self._drop_slot(route, first, errno.errorcode.get(error_number, str(error_number)))
+                self._drop_slot(route, first, errno_name(OSError(error_number, "")))
                 first, length = first + 1, length - 1
 
     def _drop_slot(self, route: Route, index: int, detail: str) -> None:

@@ -7,6 +7,8 @@ import os
 import sys
 from collections.abc import Mapping
 
+from forwarder.activation import is_decimal
+
 _PRIORITY = {
     logging.CRITICAL: 2,
     logging.ERROR: 3,
@@ -28,7 +30,7 @@ def stderr_is_journal(environ: Mapping[str, str] | None = None) -> bool:
     """True when JOURNAL_STREAM names the device and inode of our stderr."""
     value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
     device, _, inode = value.partition(":")
-    if not (device.isdigit() and inode.isdigit()):
+    if not (is_decimal(device) and is_decimal(inode)):
         return False
     try:
         status = os.fstat(sys.stderr.fileno())

@@ -21,7 +21,10 @@ class Notifier:
         elif path.startswith("/"):
             self._address = path
         if self._address is not None:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Non-blocking: a manager that stops reading must never stall forwarding; that message is lost.
+            self._sock = socket.socket(
+                socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+            )
 
     @property
     def enabled(self) -> bool:
@@ -48,7 +51,7 @@ def watchdog_interval(environ: Mapping[str, str], pid: int | None = None) -> flo
     """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC), or None when the watchdog is off or is
     meant for another process (WATCHDOG_PID set and not ours), per sd_watchdog_enabled(3)."""
     usec = environ.get("WATCHDOG_USEC", "")
-    if not usec.isdigit() or int(usec) == 0:
+    if not (usec.isascii() and usec.isdigit()) or int(usec) == 0:
         return None
     watchdog_pid = environ.get("WATCHDOG_PID")
     if watchdog_pid is not None and watchdog_pid != str(os.getpid() if pid is None else pid):

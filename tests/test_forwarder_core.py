@@ -37,6 +37,10 @@ def test_loopback_client_is_dropped_because_the_kernel_refuses_that_source() -> 
     assert presentable_source(("::1", 4242, 0, 0), socket.AF_INET6) is DropReason.LOOPBACK_SOURCE
 
 
+def test_a_client_with_source_port_zero_is_dropped_because_binding_port_zero_picks_another() -> None:
+    assert presentable_source(("203.0.113.7", 0), socket.AF_INET) is DropReason.ZERO_PORT
+
+
 def test_status_line_counts_forwarded_and_drops_by_reason() -> None:
     counters = Counters()
     counters.forwarded = 5
@@ -109,6 +113,16 @@ def test_flow_table_evicts_the_least_recently_used_flow_when_full() -> None:
     assert set(table) == {"a", "c"}
     assert table.add("d", "D", now=4) == ["A"]  # a's use was before c's insertion
     assert set(table) == {"c", "d"}
+
+
+def test_flow_table_spares_a_flow_hit_in_the_same_instant_it_was_opened() -> None:
+    # The engine takes one timestamp per batch: a flow opened and hit within it is in use, not idle.
+    table: FlowTable[str, str] = FlowTable(2, 30)
+    table.add("hot", "H", now=5)
+    table.get("hot", now=5)
+    table.add("b", "B", now=5)
+    assert table.add("c", "C", now=5) == ["B"]
+    assert set(table) == {"hot", "c"}
 
 
 def test_flow_table_expires_flows_idle_longer_than_the_timeout() -> None:

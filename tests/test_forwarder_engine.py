@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from forwarder.activation import ListeningSocket
-from forwarder.batch import BatchReceiver, decode_sockaddr
+from forwarder.batch import BatchReceiver, decode_sockaddr, sockaddr_bytes
 from forwarder.core import DropReason, SockAddr
 from forwarder.destination import Destination
 from forwarder.engine import Engine, Route
@@ -120,3 +120,37 @@ def test_status_line_reports_the_interval_and_resets_it(listener: socket.socket)
         b" since start 0 forwarded, 1 dropped; 0 flows."
     )
     assert second.startswith(b"STATUS=0 datagrams forwarded in the last 10 seconds, 0 dropped;")
+
+
+def test_a_truncated_datagram_between_two_of_one_open_flow_ends_the_run_and_costs_only_itself() -> None:
+    # Client A's flow is open (a plain socket stands in for its transparent one: what it sends counts);
+    # a truncated datagram of client C sits between two of A's in one batch.
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as backend,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listener,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a_flow,
+    ):
+        for sock in (backend, listener, a, c, a_flow):
+            sock.bind(("127.0.0.1", 0))
+        backend.settimeout(2)
+        listener.setblocking(False)
+        destination = Destination(socket.AF_INET, "127.0.0.1", backend.getsockname()[1])
+        route = Route(ListeningSocket(listener, "test"), destination)
+        sender = Sender(max_flows=8, idle_timeout=60, is_local=lambda _: False)
+        sender.flows.add((destination.sockaddr, sockaddr_bytes(socket.AF_INET, a.getsockname())), a_flow, 0.0)
+        receiver = BatchReceiver.create(batch=8, buffer_size=16)
+        engine = Engine([route], Notifier({}), sender, receiver=receiver)
+        a.sendto(b"A1", listener.getsockname())
+        c.sendto(b"C" * 40, listener.getsockname())
+        a.sendto(b"A2", listener.getsockname())
+
+        engine.drain(route)
+
+        assert [backend.recv(64), backend.recv(64)] == [b"A1", b"A2"]
+        backend.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            backend.recv(64)
+    assert engine.counters.forwarded == 2
+    assert engine.counters.dropped == {"truncated": 1}

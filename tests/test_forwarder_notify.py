@@ -73,3 +73,17 @@ def test_watchdog_pings_at_half_the_timeout_only_when_meant_for_us(
     environ: dict[str, str], expected: float | None
 ) -> None:
     assert watchdog_interval(environ, pid=4242) == expected
+
+
+def test_a_manager_that_stops_reading_never_blocks_the_forwarder(tmp_path: Path) -> None:
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(str(path))
+        notifier = Notifier({"NOTIFY_SOCKET": str(path)})
+        try:
+            # The manager's queue holds a few hundred datagrams; past that a blocking send would hang here.
+            results = [notifier.notify(STATUS="x" * 1000) for _ in range(5000)]
+        finally:
+            notifier.close()
+    assert results[0] is True
+    assert results[-1] is False

@@ -124,6 +124,12 @@ def test_listen_pid_of_another_process_is_refused(udp4: socket.socket) -> None:
     assert "LISTEN_PID='1' is not our pid" in one_error_line(result)
 
 
+def test_listen_fds_of_non_ascii_digits_is_refused_not_a_crash(udp4: socket.socket) -> None:
+    result = launch([udp4.fileno()], ["192.0.2.2"], env={"LISTEN_PID": "{pid}", "LISTEN_FDS": "\u00b2"})
+    assert result.returncode == 78
+    assert "is not a number" in one_error_line(result)
+
+
 def test_listen_fds_that_is_not_a_number_is_refused(udp4: socket.socket) -> None:
     result = launch([udp4.fileno()], ["192.0.2.2"], env={"LISTEN_PID": "{pid}", "LISTEN_FDS": "one"})
     assert result.returncode == 78
