@@ -269,13 +269,15 @@ class Lab:
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)  # a second Ctrl-C must not cut cleanup
         try:
             self._stack.close()
-            if not self.detached:
-                self.record.delete()
-            self.scratch.delete()
-            if self._own_workdir and not self.keep_workdir:
-                shutil.rmtree(self.workdir, ignore_errors=True)
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+            try:
+                if not self.detached:
+                    self.record.delete()
+                self.scratch.delete()
+                if self._own_workdir and not self.keep_workdir:
+                    shutil.rmtree(self.workdir, ignore_errors=True)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     @property
     def captures(self) -> Capture:

@@ -4,9 +4,10 @@ deadline, exit code kept for assertions.
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from netlab import netns
@@ -72,20 +73,41 @@ class Process:
             ) from None
 
     def signal(self, signum: int) -> None:
-        if self.popen.poll() is None:
+        """Send `signum` unless the process was reaped already (its pid may then belong to another one)."""
+        if self.popen.returncode is None:  # unreaped: the pid is still ours, even as a zombie
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signum)
 
     def stop(self, deadline: float = 5.0) -> int:
-        """SIGTERM, then SIGKILL to the whole process group after `deadline` seconds; return the exit code."""
-        if self.popen.poll() is None:
-            self.signal(signal.SIGTERM)
-            try:
-                self.popen.wait(deadline)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.pid, signal.SIGKILL)
-                self.popen.wait()
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)  # anything the process left behind in its group
-        return self.popen.returncode
+        """SIGTERM, then SIGKILL to the whole process group after `deadline` seconds; return the exit code.
+
+        The leader is reaped only after its group was killed: until then its pid cannot be reused, so the
+        group signal can never reach an unrelated process group.
+        """
+        if self.popen.returncode is not None:
+            return self.popen.returncode
+        with _pidfd(self.pid) as exited:
+            if not exited(0):
+                self.signal(signal.SIGTERM)
+                if not exited(deadline):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(self.pid, signal.SIGKILL)
+                    exited(None)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)  # anything the process left behind in its group
+        return self.popen.wait()
+
+
+@contextlib.contextmanager
+def _pidfd(pid: int) -> Iterator[Callable[[float | None], bool]]:
+    """A pidfd for `pid` and a function that waits up to a timeout (None: forever) for it to exit,
+    without reaping it."""
+    fd = os.pidfd_open(pid)
+    try:
+
+        def exited(timeout: float | None) -> bool:
+            return bool(select.select([fd], [], [], timeout)[0])
+
+        yield exited
+    finally:
+        os.close(fd)

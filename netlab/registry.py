@@ -15,7 +15,8 @@ from pathlib import Path
 from netlab import netns
 from netlab.names import PREFIX
 
-REGISTRY_DIR = Path(os.environ.get("NETLAB_REGISTRY", "/run/netlab"))
+DEFAULT_REGISTRY = Path("/run/netlab")
+REGISTRY_DIR = Path(os.environ.get("NETLAB_REGISTRY", DEFAULT_REGISTRY))
 
 
 def process_start_time(pid: int) -> int | None:
@@ -187,7 +188,9 @@ def reap_stale() -> list[str]:
                 destroy_namespace(namespace)
                 removed.append(namespace)
         record.delete()
-    for namespace in existing:
+    # Unclaimed namespaces are only judged against the machine's one registry: a process reading another
+    # registry (NETLAB_REGISTRY) cannot see the records of the labs that own them.
+    for namespace in existing if REGISTRY_DIR == DEFAULT_REGISTRY else []:
         if namespace not in claimed and netns.exists(namespace):
             destroy_namespace(namespace)
             removed.append(namespace)

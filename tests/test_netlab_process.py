@@ -1,6 +1,8 @@
 """Processes in nodes: output in a per-test log file, SIGTERM then SIGKILL after a deadline, exit codes."""
 
+import os
 import signal
+from unittest import mock
 
 import pytest
 
@@ -50,3 +52,29 @@ def test_waiting_for_a_process_that_keeps_running_times_out_naming_it(lab: Lab) 
     process = lab["client"].run(["sleep", "60"])
     with pytest.raises(LabTimeoutError, match=rf"'sleep' \(pid {process.pid}\) still running after 0.1s"):
         process.wait(0.1)
+
+
+def test_stopping_a_process_reaped_long_ago_signals_nothing(lab: Lab) -> None:
+    lab.build(seed_deployment())
+    done = lab["host"].run(["true"])
+    assert done.wait(10) == 0
+    # Its pid, and so its process group id, may belong to another process by now: no signal may go there.
+    with mock.patch.object(os, "killpg", side_effect=AssertionError("killpg of a reaped leader")):
+        assert done.stop() == 0
+
+
+def test_stop_kills_what_the_process_left_in_its_group(lab: Lab) -> None:
+    lab.build(seed_deployment())
+    parent = lab["host"].run(["sh", "-c", "sleep 60 & echo $!; exec sleep 60"])
+    wait_until(lambda: parent.output().strip().isdigit(), "the child's pid", 5)
+    child = int(parent.output().strip())
+    assert parent.stop() != 0
+    wait_until(lambda: not os.path.exists(f"/proc/{child}") or _is_zombie(child), "the child to die", 5)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
