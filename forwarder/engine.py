@@ -123,6 +123,7 @@ class Engine:
             self.notifier.notify(READY="1", STATUS="Up and running.")
             log.info("forwarding %s", ", ".join(f"{r.listener.name} -> {r.destination}" for r in self.routes))
             self._loop(selector, wake_read)
+            self.report_status()  # the last, partial interval: its counts and repeated log lines are kept
             self.notifier.notify(STOPPING="1", STATUS="Stopping.")
         finally:
             selector.close()
