@@ -12,6 +12,7 @@ from typing import NoReturn
 
 from forwarder import __version__, logs
 from forwarder.activation import ListeningSocket, listen_sockets
+from forwarder.batch import BatchReceiver
 from forwarder.core import is_loop
 from forwarder.destination import DestinationSpec, parse_destination, parse_listen, resolve
 from forwarder.engine import Engine, Route
@@ -24,6 +25,7 @@ from forwarder.sockets import (
     bind_listener,
     check_transparent_capability,
     listener_families,
+    set_receive_buffer,
 )
 
 PROG = "systemd-transparent-udp-forwarderd"
@@ -92,6 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_IDLE_TIMEOUT,
         metavar="SECONDS",
         help=f"close a flow's socket after this long without datagrams (default {DEFAULT_IDLE_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--receive",
+        choices=["batch", "single"],
+        default="batch",
+        help="batch: up to 64 datagrams per recvmmsg call (default; falls back to single where libc lacks "
+        "recvmmsg); single: one recvmsg per datagram",
+    )
+    parser.add_argument(
+        "--receive-buffer",
+        type=_positive(int),
+        metavar="BYTES",
+        help="set SO_RCVBUF of the listening sockets (SO_RCVBUFFORCE when allowed); default: keep what "
+        "systemd set (ReceiveBuffer=)",
     )
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default info"
@@ -179,6 +195,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         routes = build_routes(listeners, specs)
         refuse_loops(routes)
         check_transparent_capability({route.destination.family for route in routes})
+        if args.receive_buffer is not None:
+            for listener in listeners:
+                set_receive_buffer(listener.sock, args.receive_buffer)
         sender = Sender(fit_max_flows(args.max_flows, len(listeners)), args.flow_idle_timeout)
         engine = Engine(
             routes,
@@ -186,6 +205,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             sender,
             stats_interval=args.stats_interval,
             watchdog_interval=watchdog_interval(os.environ),
+            receiver=BatchReceiver.create() if args.receive == "batch" else None,
         )
         engine.run()
     finally:

@@ -11,6 +11,7 @@ import errno
 import socket
 from collections.abc import Callable
 
+from forwarder.batch import decode_sockaddr
 from forwarder.core import DropReason, FlowTable, SockAddr, presentable_source
 from forwarder.destination import Destination
 from forwarder.sockets import LocalAddresses, set_transparent
@@ -18,7 +19,8 @@ from forwarder.sockets import LocalAddresses, set_transparent
 DEFAULT_MAX_FLOWS = 4096
 DEFAULT_IDLE_TIMEOUT = 60.0
 
-FlowKey = tuple[tuple[str, int], SockAddr]
+# (destination, client): the client as a sockaddr tuple, or as raw sockaddr bytes on the batched path.
+FlowKey = tuple[tuple[str, int], SockAddr | bytes]
 # What a send reports: None when forwarded, else the reason and errno name.
 Outcome = tuple[DropReason, str] | None
 
@@ -41,10 +43,26 @@ class Sender:
 
     def send(self, payload: memoryview, client: SockAddr, destination: Destination, now: float) -> Outcome:
         """Send `payload` to `destination` as if from `client`; return why not, or None when sent."""
+        return self._send(payload, (destination.sockaddr, client), client, destination, now)
+
+    def send_raw(self, payload: memoryview, raw: bytes, destination: Destination, now: float) -> Outcome:
+        """Like send(), for a client given as the raw sockaddr recvmmsg wrote: that is also the flow key,
+        so the address is decoded only when a flow is opened."""
+        return self._send(payload, (destination.sockaddr, raw), raw, destination, now)
+
+    def _send(
+        self,
+        payload: memoryview,
+        key: FlowKey,
+        client: SockAddr | bytes,
+        destination: Destination,
+        now: float,
+    ) -> Outcome:
         target = destination.sockaddr
-        key = (target, client)
         sock = self.flows.get(key, now)
         if sock is None:
+            if isinstance(client, bytes):
+                client = decode_sockaddr(client)
             source = presentable_source(client, destination.family)
             if isinstance(source, DropReason):
                 return (source, "")

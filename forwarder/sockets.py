@@ -11,6 +11,7 @@ from forwarder.errors import MissingPermissionError, OperatingSystemError
 
 IP_TRANSPARENT = 19
 IPV6_TRANSPARENT = 75
+SO_RCVBUFFORCE = 33  # not exported by the socket module
 LOCAL_CACHE_SIZE = 1024
 
 CAPABILITY_HINT = (
@@ -98,3 +99,12 @@ def bind_listener(host: str, port: int, text: str) -> ListeningSocket:
         raise OperatingSystemError(f"cannot listen on {text!r}: {error.strerror}") from None
     sock.setblocking(False)
     return ListeningSocket(sock, text)
+
+
+def set_receive_buffer(sock: socket.socket, size: int) -> None:
+    """Size the kernel receive queue of a listening socket: SO_RCVBUFFORCE (CAP_NET_ADMIN, which the
+    forwarder has) ignores net.core.rmem_max; without the capability SO_RCVBUF applies, capped by it."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)

@@ -9,6 +9,8 @@ Delivered datagrams are counted by an nftables counter at the backend (kernel, n
 """
 
 import json
+import re
+import resource
 import statistics
 import sys
 import time
@@ -17,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
-from netlab.activation import start_forwarder
+from netlab.activation import ForwarderUnderTest, start_forwarder
 from netlab.errors import LabTimeoutError
 from netlab.lab import Lab, LabNode, python_env
 from netlab.topologies import seed_deployment
@@ -111,6 +113,7 @@ class Settings:
     duration: float = 0.5
     contenders: list[str] = field(default_factory=list)
     loss_tests: bool = False
+    memory_flows: int = 0  # measure what this many open flows cost (0: skip)
 
     @classmethod
     def quick(cls) -> "Settings":
@@ -119,7 +122,7 @@ class Settings:
     @classmethod
     def full(cls) -> "Settings":
         cases = [Case(64, 1), Case(64, 1000), Case(1200, 1), Case(1200, 1000)]
-        return cls(cases=cases, runs=3, duration=2.0, loss_tests=True)
+        return cls(cases=cases, runs=3, duration=2.0, loss_tests=True, memory_flows=100_000)
 
 
 def busy_cpu_seconds() -> float:
@@ -224,14 +227,21 @@ def kernel_dnat(bench: BenchLab, case: Case) -> Iterator[None]:
 
 
 @contextmanager
-def socket_activated(bench: BenchLab, program: list[str] | None, args: list[str]) -> Iterator[None]:
+def socket_activated(
+    bench: BenchLab, program: list[str] | None, args: list[str], command_prefix: list[str] | None = None
+) -> Iterator[ForwarderUnderTest]:
     process = start_forwarder(
-        bench.host, [f"{HOST_ADDRESS}:{PORT}"], [f"{BACKEND_ADDRESS}:{PORT}"], args=args, program=program
+        bench.host,
+        [f"{HOST_ADDRESS}:{PORT}"],
+        [f"{BACKEND_ADDRESS}:{PORT}"],
+        args=args,
+        program=program,
+        command_prefix=command_prefix or (),
     )
     try:
         bench.sender.send_udp(src=SENDER_ADDRESS, dst=HOST_ADDRESS, sport=9999, dport=PORT, payload=b"wake")
         process.wait_ready()
-        yield
+        yield process
     finally:
         process.stop()
 
@@ -240,8 +250,73 @@ def per_datagram_reference(bench: BenchLab, case: Case) -> Any:
     return socket_activated(bench, [sys.executable, "-m", "netlab.benchref"], [])
 
 
+FORWARDER_ARGS = ["--log-level", "warning", "--receive-buffer", str(4 << 20), "--max-flows", "4096"]
+
+
 def forwarder(bench: BenchLab, case: Case) -> Any:
-    return socket_activated(bench, None, ["--log-level", "warning"])
+    return socket_activated(bench, None, FORWARDER_ARGS)
+
+
+def forwarder_single(bench: BenchLab, case: Case) -> Any:
+    return socket_activated(bench, None, [*FORWARDER_ARGS, "--receive", "single"])
+
+
+def kib_field(path: str, name: str) -> int:
+    """A `Name:   N kB` field of a /proc file, in KiB."""
+    with open(path) as handle:
+        for line in handle:
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    raise LabTimeoutError(f"no {name} in {path}")
+
+
+@dataclass
+class FlowMemory:
+    """What `flows` open flows cost: the forwarder's RSS and the kernel's slab memory (socket structures)."""
+
+    flows: int
+    rss_kib_before: int
+    rss_kib_after: int
+    slab_kib_delta: int
+
+    @property
+    def rss_bytes_per_flow(self) -> float:
+        return (self.rss_kib_after - self.rss_kib_before) * 1024 / self.flows
+
+    @property
+    def kernel_bytes_per_flow(self) -> float:
+        return self.slab_kib_delta * 1024 / self.flows
+
+
+def open_flows(status: str) -> int:
+    """The flow count at the end of the forwarder's STATUS= line ('...; N flows.'), 0 when absent."""
+    match = re.search(r"; (\d+) flows", status)
+    return int(match[1]) if match else 0
+
+
+def measure_flow_memory(bench: BenchLab, flows: int = 100_000) -> FlowMemory:
+    """Open `flows` flows in one forwarder (its cap raised to fit) and read its RSS and the slab growth.
+
+    Each flow is a socket, so RLIMIT_NOFILE bounds the count; without CAP_SYS_RESOURCE the hard limit
+    cannot be raised, and the measurement uses as many flows as it allows (the report says how many).
+    """
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY:
+        flows = min(flows, hard - 1024)
+    prefix = ["prlimit", f"--nofile={flows + 1024}:{flows + 1024}", "--"]
+    args = [*FORWARDER_ARGS, "--max-flows", str(flows + 16), "--stats-interval", "1"]
+    bench.set_rps(False)
+    with socket_activated(bench, None, args, command_prefix=prefix) as forwarder:
+        status = f"/proc/{forwarder.process.pid}/status"
+        rss_before = kib_field(status, "VmRSS")
+        slab_before = kib_field("/proc/meminfo", "Slab")
+        # Every flow sends a few datagrams, paced well below saturation so that none is lost to overload.
+        bench.blast(Case(64, flows), duration=max(2.0, flows / 50_000), rate=50_000)
+        bench.settle()
+        forwarder.wait_status(lambda value: open_flows(value) >= flows, timeout=20)
+        rss_after = kib_field(status, "VmRSS")
+        slab_after = kib_field("/proc/meminfo", "Slab")
+    return FlowMemory(flows, rss_before, rss_after, slab_after - slab_before)
 
 
 CONTENDERS = {
@@ -251,6 +326,7 @@ CONTENDERS = {
     # leaves the other core to the forwarding process (RPS would put both on CPU 1).
     "per-datagram": Contender("per-datagram", per_datagram_reference, rps=False),
     "forwarder": Contender("forwarder", forwarder, rps=False),
+    "forwarder-single": Contender("forwarder-single", forwarder_single, rps=False),
 }
 BASELINE = "kernel-dnat+rps"
 REFERENCE = "per-datagram"
@@ -327,6 +403,18 @@ def format_table(summaries: list[Summary], solo: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def memory_line(memory: FlowMemory) -> str:
+    rss = (memory.rss_kib_after - memory.rss_kib_before) / 1024
+    rss_100k = (memory.rss_kib_before * 1024 + 100_000 * memory.rss_bytes_per_flow) / 2**20
+    kernel_100k = 100_000 * memory.kernel_bytes_per_flow / 2**20
+    return (
+        f"{memory.flows} open flows: forwarder RSS {memory.rss_kib_before / 1024:.1f} -> "
+        f"{memory.rss_kib_after / 1024:.1f} MiB (+{rss:.1f} MiB, {memory.rss_bytes_per_flow:.0f} B/flow); "
+        f"kernel slab +{memory.slab_kib_delta / 1024:.1f} MiB ({memory.kernel_bytes_per_flow:.0f} B/flow); "
+        f"at 100000 flows: RSS ~{rss_100k:.0f} MiB, kernel ~{kernel_100k:.0f} MiB"
+    )
+
+
 def run_bench(
     settings: Settings, out: TextIO = sys.stdout, progress: TextIO = sys.stderr, as_json: bool = False
 ) -> int:
@@ -369,8 +457,18 @@ def run_bench(
                         file=progress,
                         flush=True,
                     )
+        memory = measure_flow_memory(bench, settings.memory_flows) if settings.memory_flows else None
+        if memory is not None:
+            print(f"[memory] {memory_line(memory)}", file=progress, flush=True)
     if as_json:
         document = {
+            "flow_memory": None
+            if memory is None
+            else asdict(memory)
+            | {
+                "rss_bytes_per_flow": memory.rss_bytes_per_flow,
+                "kernel_bytes_per_flow": memory.kernel_bytes_per_flow,
+            },
             "sender_solo_per_s": solo,
             "cases": [asdict(summary) for summary in summaries],
             "loss": [
@@ -388,6 +486,8 @@ def run_bench(
         print(json.dumps(document, indent=2), file=out)
     else:
         print(format_table(summaries, solo), file=out)
+        if memory is not None:
+            print(memory_line(memory), file=out)
         for run in loss_runs:
             print(
                 f"loss at {_k(run.rate_limit)}/s offered, {run.case}: {run.loss:.3%} "

@@ -34,8 +34,8 @@ _MAIN_PID = os.getpid()
 
 
 def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
-    # A forked helper child (pyroute2 forks to create namespaces) is stopped with SIGTERM: it must just
-    # exit, not unwind the parent's stack as if the user had interrupted the run.
+    # pyroute2 forks helpers (to open netlink sockets inside a namespace) and ends them with SIGTERM; they
+    # inherit this handler, and must die rather than unwind through the CLI as if they were the command.
     if os.getpid() != _MAIN_PID:
         os._exit(128 + signum)
     raise KeyboardInterrupt
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--contender",
         action="append",
-        choices=["kernel-dnat+rps", "kernel-dnat", "per-datagram", "forwarder"],
+        choices=["kernel-dnat+rps", "kernel-dnat", "per-datagram", "forwarder", "forwarder-single"],
         help="measure only these (repeatable); default all",
     )
     bench.set_defaults(handler=cmd_bench)
@@ -131,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global _MAIN_PID
     args = build_parser().parse_args(argv)
+    _MAIN_PID = os.getpid()
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         return int(args.handler(args))

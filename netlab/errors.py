@@ -9,6 +9,10 @@ class TopologyError(NetlabError):
     """A topology is invalid: unknown node, bad address, name too long, duplicate, ..."""
 
 
+class FixtureNotFoundError(NetlabError):
+    """A named fixture file (topology, scenario, ...) does not exist."""
+
+
 class MissingPrivilegeError(NetlabError):
     """The process lacks a capability the lab needs (CAP_NET_ADMIN, CAP_SYS_ADMIN)."""
 
@@ -19,3 +23,11 @@ class LabTimeoutError(NetlabError):
 
 class ProcessFailedError(NetlabError):
     """A process the lab started exited when it should not have, or with the wrong code."""
+
+
+class ExpectationError(NetlabError, AssertionError):
+    """What arrived differs from what a test expected; the message shows both side by side."""
+
+
+class ImpairmentUnavailableError(NetlabError):
+    """The kernel cannot emulate the asked-for impairment (e.g. delay needs sch_netem)."""

@@ -20,12 +20,17 @@ from types import TracebackType
 from pyroute2 import IPRoute
 
 from netlab import netns, registry
+from netlab.capture import Capture
+from netlab.crafted import MAX_PAYLOAD, MAX_PAYLOAD_IPV6, Crafted
 from netlab.errors import LabTimeoutError, ProcessFailedError, TopologyError
 from netlab.names import namespace_name, new_lab_id
 from netlab.process import Process
 from netlab.topology import Topology, parse_interface
 
 IFA_F_NODAD = 0x02
+IFA_F_TENTATIVE = 0x40
+IP_TRANSPARENT = 19
+IPV6_TRANSPARENT = 75
 
 
 class LabNode:
@@ -55,10 +60,15 @@ class LabNode:
         return process
 
     def check(
-        self, argv: Sequence[str], *, timeout: float = 30.0, env: Mapping[str, str] | None = None
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float = 30.0,
+        env: Mapping[str, str] | None = None,
+        label: str | None = None,
     ) -> str:
         """Run `argv` in this node to completion; return its output, raise ProcessFailedError if it fails."""
-        process = self.run(argv, env=env)
+        process = self.run(argv, env=env, label=label)
         code = process.wait(timeout)
         if code != 0:
             raise ProcessFailedError(f"{' '.join(argv)!r} in {self.name!r} exited {code}: {process.output()}")
@@ -91,23 +101,74 @@ class LabNode:
         sport: int,
         dport: int,
         payload: bytes = b"",
+        size: int | None = None,
         count: int = 1,
+        fragment_size: int = 0,
         timeout: float = 30.0,
     ) -> None:
-        """Craft a UDP datagram with scapy (any source: it may be spoofed) and send it from this node."""
-        datagram = {
-            "src": src,
-            "dst": dst,
-            "sport": sport,
-            "dport": dport,
-            "payload": payload.hex(),
-            "count": count,
-        }
+        """Craft a UDP datagram with scapy (any source: it may be spoofed) and send it `count` times.
+
+        `size` makes a payload of that many bytes (0..65507) instead of `payload`; datagrams larger than
+        the MTU are sent as fragments (or as fragments of at most `fragment_size` bytes when given).
+        """
+        if size is not None:
+            payload = make_payload(size)
+        self.send_crafted([Crafted(src, dst, sport, dport, payload, count, fragment_size)], timeout=timeout)
+
+    def send_crafted(self, datagrams: Sequence[Crafted], *, timeout: float = 30.0) -> None:
+        """Send several crafted datagrams, in order, with one scapy process in this node."""
+        for datagram in datagrams:
+            limit = MAX_PAYLOAD if ":" not in datagram.dst else MAX_PAYLOAD_IPV6
+            if not 0 <= len(datagram.payload) <= limit:
+                raise TopologyError(
+                    f"payload of {len(datagram.payload)} bytes: a UDP payload is 0 to {limit}"
+                )
+        # A file, not an argument: a 64 KiB payload in hex is longer than an argument may be.
+        path = self.lab.workdir / f"{self.name}-send-{self.lab.next_serial()}.json"
+        path.write_text(json.dumps([datagram.to_json() for datagram in datagrams]))
         self.check(
-            [sys.executable, "-m", "netlab.agent", "send", json.dumps([datagram])],
+            [sys.executable, "-m", "netlab.agent", "send", str(path)],
             timeout=timeout,
             env=python_env(),
+            label="scapy-send",
         )
+
+    def send_fast(
+        self,
+        *,
+        dst: str,
+        dport: int,
+        payloads: Sequence[bytes] = (b"",),
+        src: str | None = None,
+        sport: int = 0,
+        count: int = 1,
+    ) -> int:
+        """Send datagrams quickly through an ordinary UDP socket in this node (the kernel fragments).
+
+        With `src` not an address of this node, the socket is bound with IP_TRANSPARENT, so the datagrams
+        leave with that (spoofed) source without scapy. Sends every payload `count` times; returns how many.
+        """
+        family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+        with netns.socket_in(self.namespace, family, socket.SOCK_DGRAM) as sock:
+            if src is not None:
+                level, option = (
+                    (socket.SOL_IP, IP_TRANSPARENT)
+                    if family == socket.AF_INET
+                    else (socket.IPPROTO_IPV6, IPV6_TRANSPARENT)
+                )
+                sock.setsockopt(level, option, 1)
+                sock.bind((src, sport))
+            sent = 0
+            for _ in range(count):
+                for payload in payloads:
+                    sock.sendto(payload, (dst, dport))
+                    sent += 1
+        return sent
+
+
+def make_payload(size: int) -> bytes:
+    """A recognisable payload of `size` bytes: a repeating, position-revealing byte pattern."""
+    return bytes(index % 251 for index in range(size))
 
 
 def python_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -123,17 +184,29 @@ class Lab:
     """Builds a topology and guarantees its removal; use as a context manager."""
 
     def __init__(
-        self, workdir: Path | None = None, description: str = "", keep_workdir: bool = False
+        self,
+        workdir: Path | None = None,
+        description: str = "",
+        keep_workdir: bool = False,
+        capture: bool = False,
     ) -> None:
+        """`workdir` holds logs, sockets and captures (a temporary directory, removed at close, by default);
+        with `capture`, every interface the lab creates is recorded to workdir/captures/NODE-IFNAME.pcap."""
         self.lab_id = new_lab_id()
         self.record = registry.new_record(self.lab_id, description)
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"netlab-{self.lab_id}-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.keep_workdir = keep_workdir
+        self.scratch = registry.new_scratch(self.lab_id)
+        if self._own_workdir and not keep_workdir:
+            self.scratch.add(self.workdir)
         self.nodes: dict[str, LabNode] = {}
         self._stack = contextlib.ExitStack()
         self._serial = 0
+        self.capture_enabled = capture
+        self._capture: Capture | None = None
+        self._socket_dir: Path | None = None
 
     def next_serial(self) -> int:
         self._serial += 1
@@ -175,10 +248,37 @@ class Lab:
         try:
             self._stack.close()
             self.record.delete()
+            self.scratch.delete()
             if self._own_workdir and not self.keep_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    @property
+    def captures(self) -> Capture:
+        """The lab's packet capture (created on first use, closed with the lab)."""
+        if self._capture is None:
+            self.defer(self._close_capture)
+            self._capture = Capture(self.workdir / "captures")
+        return self._capture
+
+    @property
+    def socket_dir(self) -> Path:
+        """A short-named private directory for AF_UNIX sockets (their paths are limited to 107 bytes, which a
+        run directory named after a test id easily exceeds); removed when the lab closes."""
+        if self._socket_dir is None:
+            self.defer(self._remove_socket_dir)
+            self._socket_dir = Path(tempfile.mkdtemp(prefix=f"nl-{self.lab_id}-"))
+            self.scratch.add(self._socket_dir)
+        return self._socket_dir
+
+    def _remove_socket_dir(self) -> None:
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+    def _close_capture(self) -> None:
+        if self._capture is not None:
+            self._capture.close()
 
     def build(self, topology: Topology) -> "Lab":
         """Create every node, link, address, route and sysctl of `topology`."""
@@ -196,15 +296,55 @@ class Lab:
             netns.create(node.namespace)
             with IPRoute(netns=node.namespace) as ipr:
                 ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+            # Duplicate address detection is pointless between private namespaces, and while a link-local
+            # address is tentative the kernel sends no neighbour solicitation (the first datagram to a
+            # neighbour waits a retransmit second). A topology may still turn it back on.
+            for scope in ("all", "default"):
+                node.sysctl(f"net.ipv6.conf.{scope}.accept_dad", "0")
             for key, value in topology.nodes[node.name].sysctls.items():
                 node.sysctl(key, value)
         for link in topology.links:
             self._build_link(link.a.node, link.a.ifname, link.b.node, link.b.ifname, link.mtu)
+            if self.capture_enabled:
+                for end in (link.a, link.b):
+                    self.captures.add(self[end.node].namespace, end.node, end.ifname)
             for end in (link.a, link.b):
                 self._configure_interface(end.node, end.ifname, end.addresses, link.mtu)
         for route in topology.routes:
             self._add_route(route.node, route.destination, route.via)
+        for name in topology.nodes:
+            self._wait_links_usable(name, topology.interfaces_of(name), bool(topology.addresses_of(name)))
         return self
+
+    def _wait_links_usable(
+        self, node: str, ifnames: list[str], has_addresses: bool, timeout: float = 10.0
+    ) -> None:
+        # A veth's carrier comes up through the kernel's link-watch work (up to a second later), and only
+        # then does IPv6 configure the link (multicast route, link-local address): a datagram sent before is
+        # dropped (Ip6InNoRoutes). Wait until every interface is operationally up with a usable fe80 address.
+        if not ifnames:
+            return
+        with IPRoute(netns=self[node].namespace) as ipr:
+
+            def usable() -> bool:
+                links = {link.get_attr("IFLA_IFNAME"): link for link in ipr.get_links()}
+                indexes = []
+                for ifname in ifnames:
+                    link = links.get(ifname)
+                    if link is None or link.get_attr("IFLA_OPERSTATE") != "UP":
+                        return False
+                    indexes.append(link["index"])
+                if not has_addresses or self[node].sysctl("net.ipv6.conf.all.disable_ipv6") == "1":
+                    return True
+                link_local = {
+                    address["index"]
+                    for address in ipr.get_addr(family=socket.AF_INET6)
+                    if str(address.get_attr("IFA_ADDRESS")).startswith("fe80:")
+                    and not (address.get_attr("IFA_FLAGS") or address["flags"]) & IFA_F_TENTATIVE
+                }
+                return all(index in link_local for index in indexes)
+
+            wait_until(usable, f"the links {ifnames} of {node!r} to be up", timeout)
 
     def _build_link(self, a: str, a_ifname: str, b: str, b_ifname: str, mtu: int | None) -> None:
         # The pair is created inside node a with its peer placed straight into node b, so no interface

@@ -33,7 +33,11 @@ class NotifyReceiver:
         self._condition = threading.Condition()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._sock.bind(str(path))
+        try:
+            self._sock.bind(str(path))
+        except OSError as error:
+            self._sock.close()
+            raise OSError(error.errno, f"cannot listen for notifications on {str(path)!r}: {error}") from None
         self._closed = False
         self._thread = threading.Thread(target=self._receive, name=f"notify-{path.name}", daemon=True)
         self._thread.start()
@@ -96,6 +100,24 @@ class NotifyReceiver:
                         f"the sender exited before {key} arrived on {self.path}; received: {seen}"
                     )
                 self._condition.wait(min(remaining, 0.1) if is_alive is not None else remaining)
+
+    def wait_ready(self, timeout: float = 10.0, after: float = 0.0) -> NotifyEvent:
+        """Wait for READY=1."""
+        return self.wait_for("READY", "1", timeout, after)
+
+    def wait_status(
+        self, predicate: Callable[[str], bool], timeout: float = 10.0, after: float = 0.0
+    ) -> NotifyEvent:
+        """Wait for a STATUS= line `predicate` accepts."""
+        return self.wait_for("STATUS", predicate, timeout, after)
+
+    def wait_watchdog(self, timeout: float = 10.0, after: float = 0.0) -> NotifyEvent:
+        """Wait for a WATCHDOG=1 keep-alive."""
+        return self.wait_for("WATCHDOG", "1", timeout, after)
+
+    def wait_stopping(self, timeout: float = 10.0, after: float = 0.0) -> NotifyEvent:
+        """Wait for STOPPING=1."""
+        return self.wait_for("STOPPING", "1", timeout, after)
 
     def close(self) -> None:
         self._closed = True

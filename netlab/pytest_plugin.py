@@ -1,12 +1,18 @@
-"""pytest plugin (entry point `pytest11`): the `lab` fixture and the `privileged` marker.
+"""pytest plugin (entry point `pytest11`): the `lab` fixture, the `privileged` marker and run directories.
 
 Privileged tests skip off-root with a reason naming the missing capability. In CI (CI set) a missing
 capability fails the test instead: a privileged test must never skip quietly there.
+
+Each test using `lab` gets a run directory, RUNS/WORKER-TEST_ID, holding its process logs and one pcap per
+node interface. It is removed when the test passes and kept when it fails; the failure report then ends
+with a "netlab run directory" section naming it. RUNS is --netlab-runs, $NETLAB_RUNS or /tmp/netlab-runs.
 """
 
 import os
 import re
-from collections.abc import Iterator
+import shutil
+import tempfile
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +20,18 @@ import pytest
 from netlab import registry
 from netlab.lab import Lab
 from netlab.privileges import missing_reason
+
+RUN_DIR = pytest.StashKey[Path]()
+FAILED = pytest.StashKey[bool]()
+SECTION = "netlab run directory"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--netlab-runs",
+        default=None,
+        help="where failing lab tests keep their logs and pcaps (default $NETLAB_RUNS or /tmp/netlab-runs)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -43,14 +61,47 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         require_privileges()
 
 
-def _run_dir_name(nodeid: str) -> str:
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, object, object]:
+    report = yield
+    assert isinstance(report, pytest.TestReport)
+    run_dir = item.stash.get(RUN_DIR, None)
+    if report.failed and run_dir is not None:
+        item.stash[FAILED] = True
+        text = f"logs and captures of this test are kept in {run_dir}"
+        if report.when == "teardown" and not run_dir.exists():
+            text = f"the lab's teardown failed after {run_dir} was removed"
+        addsection = getattr(report.longrepr, "addsection", None)
+        if callable(addsection):  # shown with the traceback, even with --show-capture=no
+            addsection(SECTION, text)
+        else:
+            report.sections.append((SECTION, text))
+    return report
+
+
+def runs_dir(config: pytest.Config) -> Path:
+    """The directory that holds the run directories of failed tests."""
+    chosen = config.getoption("--netlab-runs") or os.environ.get("NETLAB_RUNS")
+    return Path(chosen) if chosen else Path(tempfile.gettempdir()) / "netlab-runs"
+
+
+def run_dir_name(nodeid: str, worker: str | None = None) -> str:
+    """WORKER-TEST_ID with every character a file name should not hold replaced by '_'."""
+    worker = worker or os.environ.get("PYTEST_XDIST_WORKER", "main")
     return f"{worker}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', nodeid)[-150:]}"
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    """An empty lab (build it with `lab.build(topology)`), torn down after the test, pass or fail."""
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """An empty lab (build it with `lab.build(topology)`) that captures every interface, torn down after
+    the test, pass or fail; its run directory is kept only if the test failed."""
     require_privileges()
-    with Lab(workdir=tmp_path / "lab") as running:
+    run_dir = runs_dir(request.config) / run_dir_name(request.node.nodeid)
+    shutil.rmtree(run_dir, ignore_errors=True)  # a previous run's leftovers of the same test
+    request.node.stash[RUN_DIR] = run_dir
+    with Lab(workdir=run_dir, capture=True, description=request.node.nodeid) as running:
         yield running
+    if not request.node.stash.get(FAILED, False):
+        shutil.rmtree(run_dir, ignore_errors=True)

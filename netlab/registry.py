@@ -5,7 +5,9 @@ owner died (kill -9) can be found and reaped by the next run or by `netlab down 
 import contextlib
 import json
 import os
+import shutil
 import signal
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,6 +61,9 @@ class LabRecord:
             self.path.unlink()
 
 
+_RECORD_FIELDS = tuple(LabRecord.__dataclass_fields__)
+
+
 def new_record(lab_id: str, description: str = "") -> LabRecord:
     pid = os.getpid()
     return LabRecord(lab_id, pid, process_start_time(pid), description=description)
@@ -70,8 +75,11 @@ def load_records() -> list[LabRecord]:
         return records
     for path in sorted(REGISTRY_DIR.glob("*.json")):
         try:
-            records.append(LabRecord(**json.loads(path.read_text())))
-        except (OSError, ValueError, TypeError):
+            data = json.loads(path.read_text())
+            # Fields this version does not know (a newer checkout wrote the record) are ignored rather than
+            # dropping the record: an unread record would leave its live namespaces looking unclaimed.
+            records.append(LabRecord(**{key: data[key] for key in _RECORD_FIELDS if key in data}))
+        except (OSError, ValueError, TypeError, KeyError):
             continue
     return records
 
@@ -100,6 +108,62 @@ def destroy_namespace(namespace: str) -> None:
         netns.remove(namespace)
 
 
+# Temporary directories of a lab live in a separate file, LAB_ID.scratch, with the owner's identity: the
+# LAB_ID.json schema stays as it is, since every checkout on a machine reads the same registry, and a
+# reader that cannot parse a record treats its namespaces as unclaimed.
+@dataclass
+class ScratchRecord:
+    """Temporary directories (workdir, socket directory) a lab made, to be removed if its owner dies."""
+
+    lab_id: str
+    owner_pid: int
+    owner_start: int | None
+    directories: list[str] = field(default_factory=list)
+
+    @property
+    def path(self) -> Path:
+        return REGISTRY_DIR / f"{self.lab_id}.scratch"
+
+    def add(self, directory: Path) -> None:
+        self.directories.append(str(directory))
+        REGISTRY_DIR.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".scratch-tmp")
+        temporary.write_text(json.dumps(asdict(self)))
+        temporary.replace(self.path)
+
+    def delete(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def new_scratch(lab_id: str) -> ScratchRecord:
+    pid = os.getpid()
+    return ScratchRecord(lab_id, pid, process_start_time(pid))
+
+
+def remove_scratch(directory: str) -> None:
+    """Remove a lab's temporary directory; anything not shaped like one (a damaged record) is left alone."""
+    path = Path(directory)
+    if path.parent == Path(tempfile.gettempdir()) and path.name.startswith(("netlab-", PREFIX)):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def reap_stale_scratch() -> None:
+    """Remove the temporary directories of labs whose owner is gone."""
+    if not REGISTRY_DIR.is_dir():
+        return
+    for path in REGISTRY_DIR.glob("*.scratch"):
+        try:
+            record = ScratchRecord(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            continue
+        if process_start_time(record.owner_pid) == record.owner_start:
+            continue
+        for directory in record.directories:
+            remove_scratch(directory)
+        record.delete()
+
+
 def reap_stale() -> list[str]:
     """Remove labs whose owner is dead, and `nl-` namespaces no live lab claims; return what was removed."""
     removed: list[str] = []
@@ -120,4 +184,5 @@ def reap_stale() -> list[str]:
         if namespace not in claimed and netns.exists(namespace):
             destroy_namespace(namespace)
             removed.append(namespace)
+    reap_stale_scratch()
     return removed

@@ -112,7 +112,7 @@ def test_bad_start_exits_with_its_documented_code(
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is not installed")
 def test_without_cap_net_admin_the_activated_forwarder_exits_77_with_the_hint(lab: Lab) -> None:
     lab.build(seed_deployment())
-    notify_path = lab.workdir / "notify-nocap.sock"
+    notify_path = lab.socket_dir / "notify-nocap.sock"
     receiver = NotifyReceiver(notify_path)
     lab.defer(receiver.close)
     drop = ["setpriv", "--inh-caps=-net_admin,-net_raw", "--bounding-set=-net_admin,-net_raw", "--"]
@@ -153,7 +153,7 @@ def test_listen_binds_its_own_sockets_and_forwards_without_systemd(lab: Lab) -> 
     lab.build(seed_deployment())
     backend = lab["backend"].udp_socket("192.0.2.2", 27000)
     backend.settimeout(10)
-    receiver = NotifyReceiver(lab.workdir / "notify-listen.sock")
+    receiver = NotifyReceiver(lab.socket_dir / "notify-listen.sock")
     lab.defer(receiver.close)
     process = lab["host"].run(
         [

@@ -2,7 +2,8 @@
 never forwarded, empty ones are, and one bad datagram never stops the draining of the next ones.
 
 A truncated datagram cannot be produced through the kernel with the engine's 64 KiB buffer (no UDP payload
-is larger), so these tests give the engine a smaller buffer: the MSG_TRUNC path is the same.
+is larger), so these tests give the engine a smaller buffer: the MSG_TRUNC path is the same. Every test runs
+on both receive paths: one recvmsg per datagram, and batches through recvmmsg.
 """
 
 import socket
@@ -11,11 +12,12 @@ from collections.abc import Iterator
 import pytest
 
 from forwarder.activation import ListeningSocket
+from forwarder.batch import BatchReceiver, decode_sockaddr
 from forwarder.core import DropReason, SockAddr
 from forwarder.destination import Destination
 from forwarder.engine import Engine, Route
 from forwarder.notify import Notifier
-from forwarder.sender import Outcome, Sender
+from forwarder.sender import FlowKey, Outcome, Sender
 
 
 class RecordingSender(Sender):
@@ -25,9 +27,21 @@ class RecordingSender(Sender):
         super().__init__(max_flows=8, idle_timeout=60)
         self.handed: list[tuple[bytes, SockAddr]] = []
 
-    def send(self, payload: memoryview, client: SockAddr, destination: Destination, now: float) -> Outcome:
-        self.handed.append((bytes(payload), client))
-        return super().send(payload, client, destination, now)
+    def _send(
+        self,
+        payload: memoryview,
+        key: FlowKey,
+        client: SockAddr | bytes,
+        destination: Destination,
+        now: float,
+    ) -> Outcome:
+        self.handed.append((bytes(payload), decode_sockaddr(client) if isinstance(client, bytes) else client))
+        return super()._send(payload, key, client, destination, now)
+
+
+@pytest.fixture(params=["single", "batch"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture
@@ -38,10 +52,16 @@ def listener() -> Iterator[socket.socket]:
         yield sock
 
 
-def engine_for(listener: socket.socket, buffer_size: int) -> tuple[Engine, RecordingSender, Route]:
+def engine_for(
+    listener: socket.socket, buffer_size: int, mode: str = "single"
+) -> tuple[Engine, RecordingSender, Route]:
     sender = RecordingSender()
     route = Route(ListeningSocket(listener, "test"), Destination(socket.AF_INET, "192.0.2.2", 53))
-    return Engine([route], Notifier({}), sender, buffer_size=buffer_size), sender, route
+    receiver = BatchReceiver.create(batch=8, buffer_size=buffer_size) if mode == "batch" else None
+    if mode == "batch":
+        assert receiver is not None, "this libc has recvmmsg: the batch path must be tested"
+    engine = Engine([route], Notifier({}), sender, buffer_size=buffer_size, receiver=receiver)
+    return engine, sender, route
 
 
 def send_all(target: socket.socket, payloads: list[bytes]) -> SockAddr:
@@ -53,23 +73,25 @@ def send_all(target: socket.socket, payloads: list[bytes]) -> SockAddr:
         return client.getsockname()  # type: ignore[no-any-return]
 
 
-def test_a_truncated_datagram_is_dropped_and_counted_never_forwarded(listener: socket.socket) -> None:
-    engine, sender, route = engine_for(listener, buffer_size=64)
+def test_a_truncated_datagram_is_dropped_and_counted_never_forwarded(
+    listener: socket.socket, mode: str
+) -> None:
+    engine, sender, route = engine_for(listener, buffer_size=64, mode=mode)
     client = send_all(listener, [b"x" * 100, b"fits"])
     engine.drain(route)
     assert sender.handed == [(b"fits", client)]
     assert engine.counters.dropped["truncated"] == 1
 
 
-def test_an_empty_datagram_is_handed_on_not_ignored(listener: socket.socket) -> None:
-    engine, sender, route = engine_for(listener, buffer_size=64)
+def test_an_empty_datagram_is_handed_on_not_ignored(listener: socket.socket, mode: str) -> None:
+    engine, sender, route = engine_for(listener, buffer_size=64, mode=mode)
     client = send_all(listener, [b""])
     engine.drain(route)
     assert sender.handed == [(b"", client)]
 
 
-def test_draining_continues_after_drops_until_the_socket_is_empty(listener: socket.socket) -> None:
-    engine, sender, route = engine_for(listener, buffer_size=65536)
+def test_draining_continues_after_drops_until_the_socket_is_empty(listener: socket.socket, mode: str) -> None:
+    engine, sender, route = engine_for(listener, buffer_size=65536, mode=mode)
     payloads = [bytes([n]) * n for n in range(1, 21)]
     send_all(listener, payloads)
     engine.drain(route)

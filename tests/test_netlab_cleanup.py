@@ -1,10 +1,12 @@
 """A lab removes everything it made: on success, on an exception, and after its owner is killed."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -33,7 +35,9 @@ def test_lab_removes_its_namespaces_and_processes_when_the_body_raises() -> None
     assert processes[0].returncode is not None
 
 
-def test_namespaces_of_a_killed_owner_are_reaped_by_the_next_run() -> None:
+def test_a_killed_owner_leaves_only_stale_namespaces_and_processes_that_the_next_run_reaps() -> None:
+    # The owner builds a lab and starts a process in every node (each in its own session, so they
+    # outlive their parent), prints what it made, then is killed with SIGKILL: no cleanup code runs.
     script = textwrap.dedent(
         """
         import sys, time
@@ -41,8 +45,11 @@ def test_namespaces_of_a_killed_owner_are_reaped_by_the_next_run() -> None:
         from netlab.topologies import seed_deployment
         lab = Lab().__enter__()
         lab.build(seed_deployment())
+        processes = [node.run(["sleep", "300"]) for node in lab.nodes.values()]
         print(" ".join(node.namespace for node in lab.nodes.values()), flush=True)
-        time.sleep(60)
+        print(" ".join(str(process.pid) for process in processes), flush=True)
+        print(lab.socket_dir, lab.workdir, flush=True)
+        time.sleep(300)
         """
     )
     owner = subprocess.Popen(
@@ -51,15 +58,54 @@ def test_namespaces_of_a_killed_owner_are_reaped_by_the_next_run() -> None:
     try:
         assert owner.stdout is not None
         namespaces = owner.stdout.readline().split()
-        assert namespaces
+        pids = [int(pid) for pid in owner.stdout.readline().split()]
+        scratch = [Path(directory) for directory in owner.stdout.readline().split()]
+        assert all(directory.is_dir() for directory in scratch)
+        assert len(namespaces) == len(pids) == 3
         assert all(netns.exists(name) for name in namespaces)
+        assert all(pid in netns.pids_in(name) for pid, name in zip(pids, namespaces, strict=True))
     finally:
         os.kill(owner.pid, signal.SIGKILL)
         owner.wait()
         if owner.stdout is not None:
             owner.stdout.close()
-    registry.reap_stale()  # another worker's lab may reap them first: either way they must be gone
+    # What is left: the namespaces, the processes inside them, and a record whose owner is dead.
+    assert any(netns.exists(name) for name in namespaces) or not alive(pids)  # another worker may reap first
+    registry.reap_stale()
     assert not any(netns.exists(name) for name in namespaces)
+    assert not alive(pids)
+    assert not any(directory.exists() for directory in scratch)
+    assert not [record for record in registry.load_records() if set(record.namespaces) & set(namespaces)]
+
+
+def alive(pids: list[int]) -> list[int]:
+    """The pids that still run (zombies do not count: they hold no namespace)."""
+    running = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                state = handle.read().rpartition(")")[2].split()[0]
+        except FileNotFoundError:
+            continue
+        if state != "Z":
+            running.append(pid)
+    return running
+
+
+def test_a_record_with_fields_from_a_newer_checkout_still_claims_its_namespaces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry, "REGISTRY_DIR", tmp_path)
+    record = registry.new_record("abc123")
+    record.namespaces.append("nl-abc123-host")
+    record.save()
+    data = json.loads(record.path.read_text())
+    record.path.write_text(json.dumps({**data, "added_later": [1, 2]}))
+
+    (loaded,) = registry.load_records()
+
+    assert loaded.namespaces == ["nl-abc123-host"]
+    assert loaded.owner_alive()
 
 
 def test_a_forked_child_unwinding_the_lab_leaves_it_to_its_owner(lab: Lab) -> None:

@@ -1,0 +1,210 @@
+"""recvmmsg(2) through ctypes: up to BATCH datagrams per system call into preallocated buffers.
+
+The standard library has no recvmmsg, and the forwarder may use nothing but the standard library, so this
+is hand-written against the stable Linux ABI (struct mmsghdr, msghdr, iovec). Per datagram, the engine
+reads only integers and a slice of the sender's raw sockaddr, which is also its flow key: a hit in the flow
+table needs no address parsing at all. Where libc lacks recvmmsg, `BatchReceiver.create()` returns None
+and the engine keeps its one-datagram-per-call path.
+"""
+
+import ctypes
+import errno
+import os
+import socket
+from collections.abc import Callable
+from typing import NamedTuple
+
+BATCH = 64
+MSG_DONTWAIT = 0x40
+MSG_TRUNC = socket.MSG_TRUNC
+NAME_SPACE = 32  # room for a struct sockaddr_in6 (28 bytes), rounded up
+NAME_LENGTH = {socket.AF_INET: 16, socket.AF_INET6: 28}
+
+
+class _IOVec(ctypes.Structure):
+    _fields_ = (("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t))
+
+
+class _MsgHdr(ctypes.Structure):
+    _fields_ = (
+        ("msg_name", ctypes.c_void_p),
+        ("msg_namelen", ctypes.c_uint32),
+        ("msg_iov", ctypes.c_void_p),
+        ("msg_iovlen", ctypes.c_size_t),
+        ("msg_control", ctypes.c_void_p),
+        ("msg_controllen", ctypes.c_size_t),
+        ("msg_flags", ctypes.c_int),
+    )
+
+
+class _MMsgHdr(ctypes.Structure):
+    _fields_ = (("msg_hdr", _MsgHdr), ("msg_len", ctypes.c_uint))
+
+
+_SIZE = ctypes.sizeof(_MMsgHdr)
+_NAMELEN_OFFSET = _MsgHdr.msg_namelen.offset
+_FLAGS_OFFSET = _MsgHdr.msg_flags.offset
+_LEN_OFFSET = _MMsgHdr.msg_len.offset
+
+
+class Slot(NamedTuple):
+    """Where datagram i of a batch is: its length and flags (indexes into the u32 view of the headers),
+    its sender's sockaddr (a range of the name buffer) and its payload (an offset in the data buffer)."""
+
+    length: int
+    flags: int
+    name: int
+    data: int
+
+
+def decode_sockaddr(raw: bytes | memoryview) -> tuple[str, int] | tuple[str, int, int, int]:
+    """A raw struct sockaddr_in / sockaddr_in6 as the tuple the socket module would give."""
+    family = int.from_bytes(raw[0:2], "little")
+    port = int.from_bytes(raw[2:4], "big")
+    if family == socket.AF_INET:
+        return (socket.inet_ntop(socket.AF_INET, raw[4:8]), port)
+    flowinfo = int.from_bytes(raw[4:8], "big")
+    scope = int.from_bytes(raw[24:28], "little")
+    return (socket.inet_ntop(socket.AF_INET6, raw[8:24]), port, flowinfo, scope)
+
+
+class BatchReceiver:
+    """Receives up to BATCH datagrams with one recvmmsg call; the buffers are reused for every call."""
+
+    def __init__(self, recvmmsg: Callable[..., int], batch: int = BATCH, buffer_size: int = 65536) -> None:
+        self._recvmmsg = recvmmsg
+        self.batch = batch
+        self.buffer_size = buffer_size
+        self.data = bytearray(buffer_size * batch)
+        self.names = bytearray(NAME_SPACE * batch)
+        data_array = (ctypes.c_char * len(self.data)).from_buffer(self.data)
+        names_array = (ctypes.c_char * len(self.names)).from_buffer(self.names)
+        self._iovecs = (_IOVec * batch)()
+        self._headers = (_MMsgHdr * batch)()
+        for index in range(batch):
+            self._iovecs[index].iov_base = ctypes.addressof(data_array) + index * buffer_size
+            self._iovecs[index].iov_len = buffer_size
+            header = self._headers[index].msg_hdr
+            header.msg_iov = ctypes.addressof(self._iovecs[index])
+            header.msg_iovlen = 1
+            header.msg_name = ctypes.addressof(names_array) + index * NAME_SPACE
+            header.msg_namelen = NAME_SPACE
+        self._arrays = (data_array, names_array)  # keep the exported buffers alive with this object
+        self._address = ctypes.addressof(self._headers)
+        self.u32 = memoryview(self._headers).cast("B").cast("I")
+        self.view = memoryview(self.data)
+        self.name_view = memoryview(self.names)
+        self._namelen_indexes = [(index * _SIZE + _NAMELEN_OFFSET) // 4 for index in range(batch)]
+        self._used = batch  # headers whose in/out name length the kernel may have shortened
+        self.slots = [
+            Slot(
+                (index * _SIZE + _LEN_OFFSET) // 4,
+                (index * _SIZE + _FLAGS_OFFSET) // 4,
+                index * NAME_SPACE,
+                index * buffer_size,
+            )
+            for index in range(batch)
+        ]
+
+    @classmethod
+    def create(cls, batch: int = BATCH, buffer_size: int = 65536) -> "BatchReceiver | None":
+        """A receiver, or None when this libc has no recvmmsg (the engine then receives one at a time)."""
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            recvmmsg = libc.recvmmsg
+        except (OSError, AttributeError):
+            return None
+        recvmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p)
+        recvmmsg.restype = ctypes.c_int
+        return cls(recvmmsg, batch, buffer_size)
+
+    def receive(self, fd: int) -> int:
+        """Receive what is queued on `fd`, up to a batch, without blocking; 0 when nothing is queued."""
+        u32 = self.u32
+        for index in self._namelen_indexes[: self._used]:  # in/out: the kernel shortened them last time
+            u32[index] = NAME_SPACE
+        count: int = self._recvmmsg(fd, self._address, self.batch, MSG_DONTWAIT, None)
+        if count < 0:
+            self._used = 0
+            error = ctypes.get_errno()
+            if error in (errno.EAGAIN, errno.EINTR):
+                return 0
+            raise OSError(error, os.strerror(error))
+        self._used = count
+        return count
+
+
+def sockaddr_bytes(family: socket.AddressFamily, address: tuple[str, int]) -> bytes:
+    """The struct sockaddr_in / sockaddr_in6 for (address, port)."""
+    port = address[1].to_bytes(2, "big")
+    if family == socket.AF_INET:
+        return (
+            socket.AF_INET.to_bytes(2, "little")
+            + port
+            + socket.inet_pton(socket.AF_INET, address[0])
+            + bytes(8)
+        )
+    packed = socket.inet_pton(socket.AF_INET6, address[0])
+    return socket.AF_INET6.to_bytes(2, "little") + port + bytes(4) + packed + bytes(4)
+
+
+class BatchSender:
+    """sendmmsg for a run of datagrams of one flow, straight from a BatchReceiver's buffers.
+
+    A run of n datagrams from one client to one destination costs one system call instead of n. The
+    headers point at the receiver's slots once and for all; a run only sets its lengths and destination.
+    """
+
+    def __init__(self, sendmmsg: Callable[..., int], receiver: BatchReceiver) -> None:
+        self._sendmmsg = sendmmsg
+        batch = receiver.batch
+        self._iovecs = (_IOVec * batch)()
+        self._headers = (_MMsgHdr * batch)()
+        data_address = ctypes.addressof(receiver._arrays[0])
+        for index in range(batch):
+            self._iovecs[index].iov_base = data_address + index * receiver.buffer_size
+            header = self._headers[index].msg_hdr
+            header.msg_iov = ctypes.addressof(self._iovecs[index])
+            header.msg_iovlen = 1
+        self._address = ctypes.addressof(self._headers)
+        self._iov_u64 = memoryview(self._iovecs).cast("B").cast("Q")
+        self._receiver_u32 = receiver.u32
+        self._slots = receiver.slots
+        self._names: dict[tuple[str, int], ctypes.Array[ctypes.c_char]] = {}
+        self._destination: tuple[str, int] | None = None
+
+    @classmethod
+    def create(cls, receiver: BatchReceiver) -> "BatchSender | None":
+        """A sender for `receiver`'s buffers, or None when this libc has no sendmmsg."""
+        try:
+            sendmmsg = ctypes.CDLL(None, use_errno=True).sendmmsg
+        except (OSError, AttributeError):
+            return None
+        sendmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
+        sendmmsg.restype = ctypes.c_int
+        return cls(sendmmsg, receiver)
+
+    def aim(self, family: socket.AddressFamily, destination: tuple[str, int]) -> None:
+        """Send the following runs to `destination` (cheap when it is the same as before)."""
+        if destination == self._destination:
+            return
+        name = self._names.get(destination)
+        if name is None:
+            raw = sockaddr_bytes(family, destination)
+            name = self._names[destination] = ctypes.create_string_buffer(raw, len(raw))
+        for index in range(len(self._headers)):
+            header = self._headers[index].msg_hdr
+            header.msg_name = ctypes.addressof(name)
+            header.msg_namelen = len(name)
+        self._destination = destination
+
+    def send_run(self, fd: int, first: int, count: int) -> tuple[int, int]:
+        """Send received datagrams first..first+count-1 from `fd`. Returns (sent, errno): when errno is not
+        0, datagram first+sent failed with it and the ones after it were not tried."""
+        u32, iov, slots = self._receiver_u32, self._iov_u64, self._slots
+        for index in range(first, first + count):
+            iov[2 * index + 1] = u32[slots[index].length]
+        sent: int = self._sendmmsg(fd, self._address + first * _SIZE, count, 0)
+        if sent < 0:
+            return 0, ctypes.get_errno()
+        return sent, 0

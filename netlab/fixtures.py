@@ -1,0 +1,48 @@
+"""The one way to read test data: files under the checkout's `fixtures/` directory (or $NETLAB_FIXTURES).
+
+Topologies live in `fixtures/topologies/NAME.toml`; tests and the library name them, never a path.
+"""
+
+import os
+from pathlib import Path
+
+from netlab.errors import FixtureNotFoundError
+from netlab.topology import Topology
+
+
+def fixtures_dir() -> Path:
+    """The fixtures directory: $NETLAB_FIXTURES, else the checkout's `fixtures/` next to the netlab package,
+    else the copy an installed wheel carries as `netlab/_fixtures`."""
+    override = os.environ.get("NETLAB_FIXTURES")
+    if override:
+        return Path(override)
+    package = Path(__file__).resolve().parent
+    checkout = package.parent / "fixtures"
+    return checkout if checkout.is_dir() else package / "_fixtures"
+
+
+def fixture_path(kind: str, name: str, suffix: str = ".toml") -> Path:
+    """The path of fixture `name` of `kind` ('topologies', 'scenarios', ...); raises if it does not exist."""
+    directory = fixtures_dir() / kind
+    path = directory / (name if name.endswith(suffix) else name + suffix)
+    if not path.is_file():
+        known = sorted(item.stem for item in directory.glob(f"*{suffix}")) if directory.is_dir() else []
+        raise FixtureNotFoundError(f"no {kind} fixture {name!r} in {directory}; known: {known}")
+    return path
+
+
+def topology_path(name: str) -> Path:
+    """The file of the shipped topology `name` (e.g. 'seed', 'seed-ipv6', 'dual-stack')."""
+    return fixture_path("topologies", name)
+
+
+def topology_names() -> list[str]:
+    """Names of every shipped topology file."""
+    return sorted(path.stem for path in (fixtures_dir() / "topologies").glob("*.toml"))
+
+
+def load_topology(name: str) -> Topology:
+    """Read and validate the shipped topology `name`."""
+    from netlab.topology_file import load_topology_file
+
+    return load_topology_file(topology_path(name))

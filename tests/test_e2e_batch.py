@@ -1,0 +1,54 @@
+"""The batched path end to end: datagrams queued while the forwarder is paused leave in one recvmmsg and,
+per flow, one sendmmsg; a datagram the firewall refuses in the middle of such a run is counted, and the
+run's other datagrams still arrive, in order.
+
+    client 198.51.100.10 --- 198.51.100.1 [host: forwarder] 192.0.2.1 --- 192.0.2.2 backend
+"""
+
+import os
+import signal
+
+import pytest
+
+from netlab import Lab, expect, start_forwarder
+from netlab.topologies import seed_deployment
+
+pytestmark = pytest.mark.privileged
+
+# Drops (EPERM for the sender) UDP datagrams to the backend whose payload starts with "X".
+REFUSE_X = """table inet refuse_x {
+    chain output {
+        type filter hook output priority filter; policy accept;
+        ip daddr 192.0.2.2 udp dport 27000 @th,64,8 0x58 drop
+    }
+}
+"""
+
+
+def test_a_refused_datagram_in_the_middle_of_a_run_costs_only_itself(lab: Lab) -> None:
+    lab.build(seed_deployment())
+    backend = expect(lab["backend"], port=27000)
+    forwarder = start_forwarder(
+        lab["host"], ["198.51.100.1:27000"], ["192.0.2.2:27000"], args=["--stats-interval", "0.2"]
+    )
+    client = lab["client"]
+    client.send_fast(src="198.51.100.10", sport=4242, dst="198.51.100.1", dport=27000, payloads=[b"open"])
+    backend.datagram(src="198.51.100.10:4242", payload=b"open").arrives(within=5)
+    forwarder.wait_ready()
+    rules = lab.workdir / "refuse-x.nft"
+    rules.write_text(REFUSE_X)
+    lab["host"].check(["nft", "-f", str(rules)])
+
+    payloads = [b"ok%02d" % n for n in range(20)] + [b"X"] + [b"ok%02d" % n for n in range(21, 41)]
+    os.kill(forwarder.process.pid, signal.SIGSTOP)  # let the burst queue up: it is then read as batches
+    try:
+        client.send_fast(src="198.51.100.10", sport=4242, dst="198.51.100.1", dport=27000, payloads=payloads)
+    finally:
+        os.kill(forwarder.process.pid, signal.SIGCONT)
+
+    arrived = [p for p in payloads if p != b"X"]
+    for payload in arrived:
+        backend.datagram(src="198.51.100.10:4242", payload=payload).arrives(within=5)
+    backend.nothing_else()
+    assert [arrival.payload for arrival in backend.arrived[1:]] == arrived  # in order
+    forwarder.wait_status(lambda value: "send-error:EPERM 1" in value and "since start 41 forwarded" in value)
