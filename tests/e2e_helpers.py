@@ -104,27 +104,37 @@ class StatusPredicate:
 def count_arrivals(node: LabNode, port: int) -> Callable[[], int]:
     """Count (and drop) UDP datagrams to `port` arriving at `node` with an nftables counter, so no userspace
     receiver can be the bottleneck; returns a function reading the count."""
-    table = f"arrivals_{port}"
+    return _udp_counter(node, port, "prerouting", "drop")
+
+
+def count_departures(node: LabNode, port: int) -> Callable[[], int]:
+    """Count UDP datagrams to `port` that programs in `node` send (raw sockets included), with nftables;
+    returns a function reading the count. Exact even for a sender killed before it could report."""
+    return _udp_counter(node, port, "output", "")
+
+
+def _udp_counter(node: LabNode, port: int, hook: str, verdict: str) -> Callable[[], int]:
+    table = f"{hook}_{port}"
     path = node.lab.workdir / f"{node.name}-{table}-{node.lab.next_serial()}.nft"
     path.write_text(
         f"table inet {table} {{\n"
-        "    counter arrived { }\n"
-        "    chain prerouting {\n"
-        "        type filter hook prerouting priority raw; policy accept;\n"
-        f'        meta l4proto udp udp dport {port} counter name "arrived" drop\n'
+        "    counter seen { }\n"
+        f"    chain {hook} {{\n"
+        f"        type filter hook {hook} priority raw; policy accept;\n"
+        f'        meta l4proto udp udp dport {port} counter name "seen" {verdict}\n'
         "    }\n"
         "}\n"
     )
     node.check(["nft", "-f", str(path)])
 
-    def arrived() -> int:
-        output = node.check(["nft", "-j", "list", "counter", "inet", table, "arrived"])
+    def seen() -> int:
+        output = node.check(["nft", "-j", "list", "counter", "inet", table, "seen"])
         for item in json.loads(output)["nftables"]:
             if "counter" in item:
                 return int(item["counter"]["packets"])
         raise AssertionError(f"no counter in nft output: {output!r}")
 
-    return arrived
+    return seen
 
 
 def start_blaster(node: LabNode, **options: object) -> Process:

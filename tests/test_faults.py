@@ -28,6 +28,7 @@ from e2e_helpers import (
     TotalsPredicate,
     blaster_summary,
     count_arrivals,
+    count_departures,
     drops_by_reason,
     start_blaster,
     status_has,
@@ -40,7 +41,7 @@ from forwarder.destination import Destination
 from forwarder.engine import Engine, Route
 from forwarder.notify import Notifier
 from forwarder.sender import Sender
-from netlab import Lab, netns, registry, start_forwarder
+from netlab import Lab, netns, start_forwarder
 from netlab.activation import ForwarderUnderTest
 from netlab.lab import LabNode, python_env, wait_until
 from netlab.notify import NotifyEvent
@@ -218,21 +219,22 @@ def test_the_backend_namespace_deleted_mid_stream_is_counted_and_the_other_route
     scene = Scene.start(lab)
     backend = lab["backend"].udp_socket(*BACKEND)
     backend.settimeout(10)
+    sent = count_departures(lab["client"], BACKEND[1])
     before = snmp(lab["host"])["Udp.RcvbufErrors"]
+    # A stream that lasts until the test has seen what it waits for, however slow the machine is today.
     blaster = start_blaster(
-        lab["client"], src=CLIENT, dst=HOST, dport=BACKEND[1], flows=20, rate=2000, count=4000, duration=30
+        lab["client"], src=CLIENT, dst=HOST, dport=BACKEND[1], flows=20, rate=2000, duration=60
     )
     received(backend, 100)  # the stream is flowing
     backend.close()  # the last thing that keeps the namespace alive besides its name
-    registry.destroy_namespace(lab["backend"].namespace)
+    lab.destroy_node("backend")
 
     # The host's end of the link goes with the namespace, and with it the route to the backend.
     scene.forwarder.notify.wait_for("STATUS", status_has("send-error:ENETUNREACH"), timeout=10)
-    sent = int(blaster_summary(blaster)["sent"])
+    blaster.stop()
     scene.check_spare_route(b"spare still works")
     # Every datagram the host's socket took was forwarded or dropped, and said so.
-    lost_in_host_buffer = snmp(lab["host"])["Udp.RcvbufErrors"] - before
-    handled = 2 + sent - lost_in_host_buffer
+    handled = 2 + sent() - (snmp(lab["host"])["Udp.RcvbufErrors"] - before)
     scene.forwarder.notify.wait_for(
         "STATUS",
         TotalsPredicate(lambda f, d: f + d == handled, f"forwarded + dropped = {handled}"),
@@ -240,7 +242,6 @@ def test_the_backend_namespace_deleted_mid_stream_is_counted_and_the_other_route
     )
     assert not netns.exists(lab["backend"].namespace)
     assert set(scene.drops()) == {"send-error:ENETUNREACH"}, scene.drops()
-    assert scene.drops()["send-error:ENETUNREACH"] > 0
     scene.assert_alive_and_quiet()
 
 
