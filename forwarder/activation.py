@@ -9,6 +9,7 @@ import stat
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 
+from forwarder.core import decimal
 from forwarder.errors import ConfigurationError
 
 SD_LISTEN_FDS_START = 3
@@ -57,11 +58,6 @@ def _adopt(fd: int, name: str) -> ListeningSocket:
     return ListeningSocket(sock, name)
 
 
-def is_decimal(text: str) -> bool:
-    """True for ASCII digits only: str.isdigit() also accepts digits such as '²' that int() refuses."""
-    return text.isascii() and text.isdigit()
-
-
 def listen_sockets(environ: MutableMapping[str, str], pid: int | None = None) -> list[ListeningSocket]:
     """Return the sockets passed by socket activation and remove the variables from `environ`.
 
@@ -79,11 +75,11 @@ def listen_sockets(environ: MutableMapping[str, str], pid: int | None = None) ->
             "no systemd sockets received (LISTEN_PID/LISTEN_FDS unset): start me from a .socket unit, "
             "under systemd-socket-activate, or pass --listen ADDR:PORT"
         )
-    if not is_decimal(listen_pid) or int(listen_pid) != pid:
+    if decimal(listen_pid) != pid:
         raise ConfigurationError(f"LISTEN_PID={listen_pid!r} is not our pid {pid}: the sockets are not ours")
-    if not is_decimal(listen_fds):
+    count = decimal(listen_fds)
+    if count is None:
         raise ConfigurationError(f"LISTEN_FDS={listen_fds!r} is not a number: expected a count of sockets")
-    count = int(listen_fds)
     if count == 0:
         raise ConfigurationError("no systemd sockets received (LISTEN_FDS=0)")
 

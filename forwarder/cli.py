@@ -8,6 +8,7 @@ import os
 import resource
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from forwarder import __version__, logs
@@ -18,6 +19,7 @@ from forwarder.destination import DestinationSpec, parse_destination, parse_list
 from forwarder.engine import Engine, Route
 from forwarder.errors import ConfigurationError, ForwarderError, OperatingSystemError, UsageError
 from forwarder.mapping import assign, check_form
+from forwarder.metrics import MetricsFile, listen_label
 from forwarder.notify import Notifier, watchdog_interval
 from forwarder.sender import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FLOWS, Sender
 from forwarder.sockets import (
@@ -110,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
         "systemd set (ReceiveBuffer=)",
     )
     parser.add_argument(
+        "--metrics-file",
+        type=Path,
+        metavar="PATH",
+        help="write the counters as Prometheus metrics to PATH (node_exporter's textfile collector) every "
+        "--stats-interval",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default info"
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -183,6 +192,12 @@ def fit_max_flows(wanted: int, listeners: int) -> int:
     return wanted
 
 
+def metrics_file(path: Path | None, listeners: Sequence[ListeningSocket]) -> MetricsFile | None:
+    if path is None:
+        return None
+    return MetricsFile(path, {"listen": listen_label([listener.sock for listener in listeners])})
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, set up and forward until stopped; raises ForwarderError on bad input."""
     args = build_parser().parse_args(argv)
@@ -206,6 +221,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             stats_interval=args.stats_interval,
             watchdog_interval=watchdog_interval(os.environ),
             receiver=BatchReceiver.create() if args.receive == "batch" else None,
+            metrics=metrics_file(args.metrics_file, listeners),
         )
         engine.run()
     finally:

@@ -27,6 +27,18 @@ class DropReason(enum.Enum):
     RECEIVE_ERROR = "receive-error"
 
 
+def decimal(text: str) -> int | None:
+    """The value of `text` when it is a plain decimal number in ASCII digits, as systemd and users write
+    them, else None. Unlike int() it refuses '²' (a digit to str.isdigit, not to int), ' 1', '+1', '1_0',
+    and numbers with more digits than int() converts (sys.get_int_max_str_digits)."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
 def plain_address(host: str) -> Address:
     """The address in `host`, without a scope id, and a v4-mapped IPv6 address as plain IPv4."""
     address = ipaddress.ip_address(host.partition("%")[0])

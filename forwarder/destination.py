@@ -8,6 +8,7 @@ import ipaddress
 import socket
 from dataclasses import dataclass
 
+from forwarder.core import decimal
 from forwarder.errors import UnknownHostError, UsageError
 
 _EXPECTED = "expected host, host:port, [ipv6], [ipv6]:port or NAME=one of those"
@@ -43,9 +44,10 @@ class Destination:
 
 def parse_port(text: str, context: str) -> int:
     """Parse a UDP port number (1..65535); `context` is the whole argument, quoted in the error."""
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 65535:
+    port = decimal(text)
+    if port is None or not 1 <= port <= 65535:
         raise UsageError(f"bad port {text!r} in {context!r}: expected an integer from 1 to 65535")
-    return int(text)
+    return port
 
 
 def _is_ipv6(text: str) -> bool:

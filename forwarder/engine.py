@@ -17,6 +17,7 @@ from forwarder.batch import MSG_TRUNC, NAME_LENGTH, BatchReceiver, BatchSender, 
 from forwarder.core import Counters, DropReason, drop_key
 from forwarder.destination import Destination
 from forwarder.logs import RepeatSummary
+from forwarder.metrics import MetricsFile
 from forwarder.notify import Notifier
 from forwarder.sender import Sender, errno_name
 
@@ -50,6 +51,7 @@ class Engine:
         watchdog_interval: float | None = None,
         buffer_size: int = RECEIVE_BUFFER,
         receiver: BatchReceiver | None = None,
+        metrics: MetricsFile | None = None,
     ) -> None:
         self.routes = list(routes)
         self.notifier = notifier
@@ -62,6 +64,7 @@ class Engine:
         self.receiver = receiver
         self.batch_sender = BatchSender.create(receiver) if receiver is not None else None
         self.drain = self.drain_batch if receiver is not None else self.drain_single
+        self.metrics = metrics
         self._stopping = False
 
     def _drop(self, reason: DropReason, detail: str, client: object, route: Route) -> None:
@@ -202,6 +205,8 @@ class Engine:
 
     def report_status(self) -> None:
         """Send this interval's STATUS= line, summarise repeated log lines, start a new interval."""
+        if self.metrics is not None:  # first, so the file is current when STATUS= arrives
+            self.metrics.update(self.counters, len(self.sender.flows))
         self.notifier.notify(STATUS=self.counters.summary(self.stats_interval, len(self.sender.flows)))
         self.repeats.flush(self.stats_interval)
         self.counters.reset()
@@ -221,6 +226,7 @@ class Engine:
             self.notifier.notify(READY="1", STATUS="Up and running.")
             log.info("forwarding %s", ", ".join(f"{r.listener.name} -> {r.destination}" for r in self.routes))
             self._loop(selector, wake_read)
+            self.report_status()  # the last, partial interval: its counts and repeated log lines are kept
             self.notifier.notify(STOPPING="1", STATUS="Stopping.")
         finally:
             selector.close()

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Mapping
 
-from forwarder.activation import is_decimal
+from forwarder.core import decimal
 
 _PRIORITY = {
     logging.CRITICAL: 2,
@@ -29,14 +29,15 @@ class JournalFormatter(logging.Formatter):
 def stderr_is_journal(environ: Mapping[str, str] | None = None) -> bool:
     """True when JOURNAL_STREAM names the device and inode of our stderr."""
     value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
-    device, _, inode = value.partition(":")
-    if not (is_decimal(device) and is_decimal(inode)):
+    text_device, _, text_inode = value.partition(":")
+    device, inode = decimal(text_device), decimal(text_inode)
+    if device is None or inode is None:
         return False
     try:
         status = os.fstat(sys.stderr.fileno())
     except (OSError, ValueError):
         return False
-    return (status.st_dev, status.st_ino) == (int(device), int(inode))
+    return (status.st_dev, status.st_ino) == (device, inode)
 
 
 def configure(level: str = "info", environ: Mapping[str, str] | None = None) -> logging.Logger:

@@ -7,6 +7,8 @@ import os
 import socket
 from collections.abc import Mapping
 
+from forwarder.core import decimal
+
 
 class Notifier:
     """Sends state changes (READY=1, STATUS=..., WATCHDOG=1, STOPPING=1) to the service manager."""
@@ -50,10 +52,10 @@ class Notifier:
 def watchdog_interval(environ: Mapping[str, str], pid: int | None = None) -> float | None:
     """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC), or None when the watchdog is off or is
     meant for another process (WATCHDOG_PID set and not ours), per sd_watchdog_enabled(3)."""
-    usec = environ.get("WATCHDOG_USEC", "")
-    if not (usec.isascii() and usec.isdigit()) or int(usec) == 0:
+    usec = decimal(environ.get("WATCHDOG_USEC", ""))
+    if not usec:
         return None
     watchdog_pid = environ.get("WATCHDOG_PID")
     if watchdog_pid is not None and watchdog_pid != str(os.getpid() if pid is None else pid):
         return None
-    return int(usec) / 2_000_000
+    return usec / 2_000_000

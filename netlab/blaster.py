@@ -1,8 +1,9 @@
 """A fast UDP load generator for `netlab bench`, run inside the sender node.
 
 It sends prebuilt IPv4/UDP packets through one raw socket with sendmmsg, rotating the source port over
-`flows` flows so flows interleave as real clients do, flat out or paced to a rate, and prints a JSON
-summary (sent, seconds, cpu). Usage: python -m netlab.blaster '<json options>'
+`flows` flows so flows interleave as real clients do, flat out or paced to a rate, for a duration or a
+count of datagrams, and prints a JSON summary (sent, seconds, cpu).
+Usage: python -m netlab.blaster '<json options>'
 """
 
 import json
@@ -31,6 +32,7 @@ class BlastOptions:
     rate: float = 0.0  # datagrams per second; 0 is flat out
     duration: float = 1.0
     cpu: int | None = None
+    count: int = 0  # stop after this many datagrams (or at `duration`, whichever comes first); 0: no limit
 
 
 def udp_packet(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
@@ -77,8 +79,9 @@ def blast(options: BlastOptions) -> dict[str, float]:
     start = time.perf_counter()
     end = start + options.duration
     now = start
-    while now < end:
-        sent += batches[rounds % len(batches)].send(fd)
+    limit = options.count or None
+    while now < end and (limit is None or sent < limit):
+        sent += batches[rounds % len(batches)].send(fd, None if limit is None else limit - sent)
         rounds += 1
         now = time.perf_counter()
         if options.rate:

@@ -29,6 +29,7 @@ class _Tap:
     sock: socket.socket
     file: BinaryIO
     path: Path
+    namespace: str = ""
     frames: int = 0
 
 
@@ -74,7 +75,7 @@ class Capture:
             sock.close()
             raise
         file.write(PCAP_HEADER)
-        tap = _Tap(sock, file, path)
+        tap = _Tap(sock, file, path, namespace)
         with self._lock:
             self._taps[str(path)] = tap
             self._selector.register(sock, selectors.EVENT_READ, tap)
@@ -104,6 +105,17 @@ class Capture:
                     else:
                         self._drain(key.data)
 
+    def stop(self, namespace: str) -> None:
+        """Finish the recordings of interfaces in `namespace` (their sockets would keep it alive); the
+        files stay in `paths`."""
+        with self._lock:
+            for tap in self._taps.values():
+                if tap.namespace == namespace and not tap.file.closed:
+                    self._selector.unregister(tap.sock)
+                    self._drain(tap)
+                    tap.sock.close()
+                    tap.file.close()
+
     def close(self) -> None:
         """Write what is still queued, then close every socket and file; safe to call twice."""
         if self._closed:
@@ -113,6 +125,8 @@ class Capture:
         self._thread.join(timeout=5)
         with self._lock:
             for tap in self._taps.values():
+                if tap.file.closed:  # stopped earlier
+                    continue
                 tap.sock.setblocking(False)
                 self._drain(tap)
                 tap.sock.close()

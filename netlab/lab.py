@@ -279,6 +279,15 @@ class Lab:
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
+    def destroy_node(self, name: str) -> None:
+        """Delete node `name`'s namespace now, as when a container goes away mid-test: its captures stop,
+        its processes are killed, and its links vanish with it once nothing holds the namespace any more
+        (close the sockets the test opened there first). The lab's cleanup tolerates the node being gone."""
+        node = self[name]
+        if self._capture is not None:
+            self._capture.stop(node.namespace)
+        registry.destroy_namespace(node.namespace)
+
     @property
     def captures(self) -> Capture:
         """The lab's packet capture (created on first use, closed with the lab)."""

@@ -62,9 +62,11 @@ class Batch:
             header.msg_iovlen = 1
         self.count = count
 
-    def send(self, fd: int) -> int:
-        """Send the whole batch once; returns how many datagrams the kernel took (0 when it would block)."""
-        sent = _libc.sendmmsg(fd, self.messages, self.count, 0)
+    def send(self, fd: int, limit: int | None = None) -> int:
+        """Send the batch once (its first `limit` datagrams when given); returns how many datagrams the
+        kernel took (0 when it would block)."""
+        count = self.count if limit is None else max(0, min(limit, self.count))
+        sent = _libc.sendmmsg(fd, self.messages, count, 0)
         if sent < 0:
             error = ctypes.get_errno()
             if error in (11, 105):  # EAGAIN, ENOBUFS: the queue is full; the caller tries again

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from netlab import Lab, Process, netns, registry
-from netlab.lab import python_env
+from netlab.capture import read_pcap
+from netlab.lab import python_env, wait_until
 from netlab.topologies import seed_deployment
 
 pytestmark = pytest.mark.privileged
@@ -119,3 +120,17 @@ def test_a_forked_child_unwinding_the_lab_leaves_it_to_its_owner(lab: Lab) -> No
             os._exit(0)
     os.waitpid(child, 0)
     assert all(netns.exists(node.namespace) for node in lab.nodes.values())
+
+
+def test_a_node_destroyed_mid_test_takes_its_links_along_and_the_lab_still_closes_cleanly(lab: Lab) -> None:
+    lab.build(seed_deployment())
+    namespace = lab["backend"].namespace
+    lab["backend"].udp_socket("192.0.2.2", 27000).close()  # a socket the test opened, closed first
+
+    lab.destroy_node("backend")  # the lab records every interface: those captures must let go of it
+
+    assert not netns.exists(namespace)
+    wait_until(
+        lambda: "to-backend" not in lab["host"].check(["ip", "-br", "link"]), "the host's end to go", 10
+    )
+    assert read_pcap(lab.workdir / "captures" / "backend-to-host.pcap") is not None

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from netlab import Lab, start_forwarder
+from netlab.lab import wait_until
 from netlab.notify import NotifyReceiver
 from netlab.topologies import seed_deployment
 
@@ -331,13 +332,14 @@ def test_forwarder_makes_only_system_calls_the_hardened_unit_allows(lab: Lab, tm
     lab.build(seed_deployment())
     backend = lab["backend"].udp_socket("192.0.2.2", 27000)
     backend.settimeout(10)
-    # -D: strace runs as a grandchild, so the traced forwarder keeps the pid LISTEN_PID names.
+    # -DDD: strace runs as a grandchild (so the traced forwarder keeps the pid LISTEN_PID names) in a
+    # session of its own, so stopping the forwarder's process group does not kill it before it writes.
     forwarder = start_forwarder(
         lab["host"],
         [LISTEN],
         ["192.0.2.2:27000"],
         args=["--stats-interval", "0.1"],
-        command_prefix=[strace, "-D", "-f", "-qq", "-c", "-U", "name", "-o", str(trace)],
+        command_prefix=[strace, "-DDD", "-f", "-qq", "-c", "-U", "name", "-o", str(trace)],
     )
 
     # Everything the daemon does in service: start, forward, report STATUS=, stop on SIGTERM.
@@ -348,6 +350,7 @@ def test_forwarder_makes_only_system_calls_the_hardened_unit_allows(lab: Lab, tm
     forwarder.notify.wait_for("STATUS", timeout=5, after=forwarder.notify.wait_for("READY", "1").time)
     assert forwarder.stop() == 0, forwarder.process.output()
 
+    wait_until(lambda: "total" in trace.read_text(), "strace to write its summary", 10)
     lines = [line.strip() for line in trace.read_text().splitlines()]
     used = {line for line in lines if re.fullmatch(r"[a-z0-9_]+", line) and line not in ("syscall", "total")}
     assert {"setsockopt", "sendto", "recvfrom"} & used, f"strace recorded no socket calls: {lines}"

@@ -1,0 +1,152 @@
+"""The Prometheus textfile output: the exposition format, totals kept across status intervals, atomic
+replacement of the file, a failing write that never stops forwarding, and the forwarder writing it for real.
+"""
+
+import logging
+import re
+import socket
+from pathlib import Path
+
+import pytest
+from e2e_helpers import status_has
+
+from forwarder.core import Counters, DropReason
+from forwarder.metrics import MetricsFile, escape, exposition, listen_label
+from netlab import Lab, start_forwarder
+from netlab.topologies import seed_deployment
+
+# A sample line of the text format: name, optional {labels}, value.
+SAMPLE = re.compile(
+    r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\\n]|\\[\\"n])*",?)*\})? \d+$'
+)
+
+
+def assert_valid_exposition(text: str) -> None:
+    """Every line is a HELP, a TYPE or a sample; each family's HELP and TYPE come before its samples."""
+    assert text.endswith("\n")
+    typed: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith(("# HELP ", "# TYPE ")):
+            typed.add(line.split()[2])
+            continue
+        assert SAMPLE.match(line), line
+        assert re.split(r"[{ ]", line, maxsplit=1)[0] in typed, line
+
+
+def test_the_exposition_names_totals_drops_by_reason_and_flows() -> None:
+    text = exposition(40, {"send-error:EPERM": 2, "family-mismatch": 1}, 5, {"listen": "[::]:27015"})
+    assert text == (
+        "# HELP transparent_udp_forwarder_datagrams_forwarded_total Datagrams forwarded since the forwarder"
+        " started.\n"
+        "# TYPE transparent_udp_forwarder_datagrams_forwarded_total counter\n"
+        'transparent_udp_forwarder_datagrams_forwarded_total{listen="[::]:27015"} 40\n'
+        "# HELP transparent_udp_forwarder_datagrams_dropped_total Datagrams dropped since the forwarder"
+        " started, by reason.\n"
+        "# TYPE transparent_udp_forwarder_datagrams_dropped_total counter\n"
+        'transparent_udp_forwarder_datagrams_dropped_total{listen="[::]:27015",reason="family-mismatch"} 1\n'
+        'transparent_udp_forwarder_datagrams_dropped_total{listen="[::]:27015",reason="send-error:EPERM"} 2\n'
+        "# HELP transparent_udp_forwarder_flows Per-flow sockets open.\n"
+        "# TYPE transparent_udp_forwarder_flows gauge\n"
+        'transparent_udp_forwarder_flows{listen="[::]:27015"} 5\n'
+    )
+    assert_valid_exposition(text)
+
+
+def test_without_labels_and_drops_the_exposition_is_still_valid() -> None:
+    text = exposition(0, {}, 0)
+    assert "transparent_udp_forwarder_datagrams_forwarded_total 0\n" in text
+    assert "datagrams_dropped_total{" not in text
+    assert_valid_exposition(text)
+
+
+def test_label_values_are_escaped() -> None:
+    assert escape('a\\b"c\nd') == 'a\\\\b\\"c\\nd'
+    assert_valid_exposition(exposition(1, {'x"\n\\': 1}, 0, {"listen": "a\\b"}))
+
+
+def test_listen_label_names_every_listening_address() -> None:
+    four, six = (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM),
+    )
+    with four, six:
+        four.bind(("127.0.0.1", 0))
+        six.bind(("::1", 0))
+        expected = f"127.0.0.1:{four.getsockname()[1]},[::1]:{six.getsockname()[1]}"
+        assert listen_label([four, six]) == expected
+
+
+def test_totals_add_up_across_intervals_and_the_file_is_replaced_whole(tmp_path: Path) -> None:
+    path = tmp_path / "forwarder.prom"
+    metrics = MetricsFile(path)
+    counters = Counters()
+    counters.forwarded = 10
+    counters.drop(DropReason.SEND_ERROR, "EPERM")
+    metrics.update(counters, 3)
+    counters.reset()
+    counters.forwarded = 5
+    counters.drop(DropReason.SEND_ERROR, "EPERM")
+    counters.drop(DropReason.TRUNCATED)
+    metrics.update(counters, 2)
+
+    text = path.read_text()
+    assert "transparent_udp_forwarder_datagrams_forwarded_total 15\n" in text
+    assert 'transparent_udp_forwarder_datagrams_dropped_total{reason="send-error:EPERM"} 2\n' in text
+    assert 'transparent_udp_forwarder_datagrams_dropped_total{reason="truncated"} 1\n' in text
+    assert "transparent_udp_forwarder_flows 2\n" in text
+    assert [item.name for item in tmp_path.iterdir()] == ["forwarder.prom"]  # no temporary file left
+
+
+class Recorded(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_a_failing_write_is_logged_once_until_it_works_again(tmp_path: Path) -> None:
+    path = tmp_path / "missing" / "forwarder.prom"
+    metrics = MetricsFile(path)
+    recorded = Recorded()
+    logger = logging.getLogger("forwarder")
+    logger.addHandler(recorded)
+    try:
+        for _ in range(3):
+            metrics.write(0)
+        path.parent.mkdir()
+        metrics.write(7)
+    finally:
+        logger.removeHandler(recorded)
+    assert len(recorded.messages) == 2, recorded.messages
+    assert recorded.messages[0].startswith(f"cannot write metrics file {str(path)!r}: ")
+    assert recorded.messages[1] == f"metrics file {str(path)!r} written again"
+    assert "transparent_udp_forwarder_flows 7\n" in path.read_text()
+
+
+@pytest.mark.privileged
+def test_the_forwarder_writes_its_counters_to_the_metrics_file(lab: Lab) -> None:
+    lab.build(seed_deployment())
+    backend = lab["backend"].udp_socket("192.0.2.2", 27000)
+    backend.settimeout(10)
+    path = lab.workdir / "textfile" / "forwarder.prom"
+    path.parent.mkdir()
+    forwarder = start_forwarder(
+        lab["host"],
+        ["198.51.100.1:27000"],
+        ["192.0.2.2:27000"],
+        args=["--stats-interval", "0.2", "--metrics-file", str(path)],
+    )
+    client = lab["client"].udp_socket("198.51.100.10", 0)
+    for payload in (b"one", b"two", b"three"):
+        client.sendto(payload, ("198.51.100.1", 27000))
+        assert backend.recvfrom(65535)[0] == payload
+    forwarder.wait_ready()
+    forwarder.notify.wait_for("STATUS", status_has("since start 3 forwarded, 0 dropped"), timeout=10)
+
+    text = path.read_text()  # written before each STATUS=
+    assert 'transparent_udp_forwarder_datagrams_forwarded_total{listen="198.51.100.1:27000"} 3\n' in text
+    assert 'transparent_udp_forwarder_flows{listen="198.51.100.1:27000"} 1\n' in text
+    assert_valid_exposition(text)
+    assert forwarder.stop() == 0
