@@ -4,30 +4,15 @@ client 198.51.100.10 --- 198.51.100.1 [host: forwarder + reply-path rules] 192.0
 """
 
 import socket
-import threading
 
 import pytest
+from e2e_helpers import start_echo
 
 from netlab import Lab, start_forwarder
 from netlab.replypath import enable_reply_path, reply_path_ruleset
 from netlab.topologies import seed_deployment
 
 pytestmark = pytest.mark.privileged
-
-
-def echo_forever(sock: socket.socket) -> None:
-    """A UDP echo server: answers every datagram to its sender, until the socket is closed."""
-    while True:
-        try:
-            data, peer = sock.recvfrom(65535)
-            sock.sendto(b"echo:" + data, peer)
-        except OSError:
-            return
-
-
-def start_echo(lab: Lab, address: str, port: int) -> None:
-    sock = lab["backend"].udp_socket(address, port)
-    threading.Thread(target=echo_forever, args=(sock,), daemon=True).start()
 
 
 def connected_client(lab: Lab) -> socket.socket:
