@@ -54,6 +54,12 @@ def _adopt(fd: int, name: str) -> ListeningSocket:
         raise ConfigurationError(
             f"inherited fd {fd} ({name!r}) is a {kind} socket: expected SOCK_DGRAM (ListenDatagram=)"
         )
+    if sock.proto != socket.IPPROTO_UDP:  # e.g. UDP-Lite or an ICMP "ping" socket: datagrams, not UDP
+        protocol = sock.proto
+        sock.detach()
+        raise ConfigurationError(
+            f"inherited fd {fd} ({name!r}) is a datagram socket of IP protocol {protocol}: expected UDP (17)"
+        )
     sock.setblocking(False)
     return ListeningSocket(sock, name)
 

@@ -42,6 +42,9 @@ print(json.dumps({
 """
 
 
+IPPROTO_UDPLITE = 136
+
+
 def launch(
     fds: Sequence[int],
     argv: Sequence[str] = (),
@@ -165,6 +168,14 @@ def test_a_stream_socket_is_refused() -> None:
         result = launch([tcp.fileno()], ["192.0.2.2"])
     assert result.returncode == 78
     assert "is a SOCK_STREAM socket: expected SOCK_DGRAM" in one_error_line(result)
+
+
+def test_a_datagram_socket_of_another_protocol_than_udp_is_refused() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM, IPPROTO_UDPLITE) as udplite:
+        udplite.bind(("127.0.0.1", 0))
+        result = launch([udplite.fileno()], ["192.0.2.2"])
+    assert result.returncode == 78
+    assert "datagram socket of IP protocol 136: expected UDP (17)" in one_error_line(result)
 
 
 def test_a_fd_that_is_not_a_socket_is_refused() -> None:
