@@ -23,6 +23,7 @@ class DropReason(enum.Enum):
     LOOPBACK_SOURCE = "loopback-source"
     LOCAL_SOURCE = "local-source"
     ZERO_PORT = "zero-port"
+    LINK_LOCAL_SOURCE = "link-local-source"
     SEND_ERROR = "send-error"
     RECEIVE_ERROR = "receive-error"
 
@@ -63,6 +64,8 @@ def presentable_source(
         return DropReason.FAMILY_MISMATCH
     if address.is_loopback:
         return DropReason.LOOPBACK_SOURCE
+    if address.version == 6 and address.is_link_local:  # valid on the client's link only, not the backend's
+        return DropReason.LINK_LOCAL_SOURCE
     return (str(address), int(client[1]))
 
 

@@ -122,6 +122,12 @@ def resolve(spec: DestinationSpec, preferred: socket.AddressFamily, default_port
         except (socket.gaierror, UnicodeError):
             continue
         for info_family, _, _, _, sockaddr in infos:
+            if info_family == socket.AF_INET6 and ipaddress.IPv6Address(str(sockaddr[0])).is_link_local:
+                # A link-local address needs its interface on every send; backends have routable ones.
+                raise UsageError(
+                    f"destination {spec.text!r} is an IPv6 link-local address: expected a global or "
+                    "unique-local backend address"
+                )
             if info_family in (socket.AF_INET, socket.AF_INET6):
                 return Destination(socket.AddressFamily(info_family), str(sockaddr[0]), port)
     raise UnknownHostError(f"cannot resolve host {spec.host!r} of destination {spec.text!r}")

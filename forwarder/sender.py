@@ -109,12 +109,21 @@ class Sender:
         return None
 
     def expire(self, now: float) -> int:
-        """Close flows idle for longer than the idle timeout; return how many."""
+        """Close flows idle for longer than the idle timeout, and flows whose source address has become
+        local to this host since they were opened; return how many."""
         stale = self.flows.expire(now)
-        for sock in stale:
-            sock.close()
         if isinstance(self.is_local, LocalAddresses):
             self.is_local.forget()
+        for key in self.flows:
+            client = decode_sockaddr(key[1]) if isinstance(key[1], bytes) else key[1]
+            family = socket.AF_INET6 if ":" in key[0][0] else socket.AF_INET
+            source = presentable_source(client, family)
+            if not isinstance(source, DropReason) and self.is_local(source[0]):
+                removed = self.flows.remove(key)
+                if removed is not None:
+                    stale.append(removed)
+        for sock in stale:
+            sock.close()
         return len(stale)
 
     def close(self) -> None:

@@ -41,6 +41,10 @@ def test_a_client_with_source_port_zero_is_dropped_because_binding_port_zero_pic
     assert presentable_source(("203.0.113.7", 0), socket.AF_INET) is DropReason.ZERO_PORT
 
 
+def test_a_link_local_ipv6_client_is_dropped_because_its_address_is_meaningless_off_its_link() -> None:
+    assert presentable_source(("fe80::7%eth0", 4242, 0, 2), socket.AF_INET6) is DropReason.LINK_LOCAL_SOURCE
+
+
 def test_status_line_counts_forwarded_and_drops_by_reason() -> None:
     counters = Counters()
     counters.forwarded = 5

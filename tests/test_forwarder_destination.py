@@ -85,3 +85,9 @@ def test_bad_listen_addresses_are_usage_errors(text: str, fragment: str) -> None
 def test_a_literal_resolves_in_its_own_family_whatever_the_socket_prefers() -> None:
     destination = resolve(parse_destination("[2001:db8::2]:53"), socket.AF_INET, 27015)
     assert (destination.family, destination.sockaddr) == (socket.AF_INET6, ("2001:db8::2", 53))
+
+
+def test_a_link_local_destination_is_refused_as_usage_naming_it() -> None:
+    with pytest.raises(UsageError, match=r"'\[fe80::2\]:53' is an IPv6 link-local address") as caught:
+        resolve(parse_destination("[fe80::2]:53"), socket.AF_INET6, 53)
+    assert caught.value.exit_code == 64

@@ -125,6 +125,25 @@ def test_a_local_source_is_sent_from_a_one_shot_socket_and_not_kept(lab: Lab, ba
 
 
 @pytest.mark.privileged
+def test_a_flow_whose_source_became_local_is_closed_at_the_next_sweep(
+    lab: Lab, backend: socket.socket
+) -> None:
+    local: set[str] = set()
+    sender = Sender(max_flows=8, idle_timeout=60, is_local=lambda address: address in local)
+    lab.defer(sender.close)
+    client = ("203.0.113.7", 4242)
+    assert in_host(lab, lambda: sender.send(memoryview(b"x"), client, BACKEND, 1)) is None
+    flow = sender.flows.get((BACKEND.sockaddr, client), 1)
+    assert flow is not None
+
+    local.add("203.0.113.7")  # e.g. the address was added to one of the host's interfaces
+    assert sender.expire(2) == 1
+
+    assert len(sender.flows) == 0
+    assert flow.fileno() == -1  # closed: a local program can bind that port again
+
+
+@pytest.mark.privileged
 def test_one_client_can_have_flows_to_two_destinations(lab: Lab, backend: socket.socket) -> None:
     other = lab["backend"].udp_socket("192.0.2.2", 27001)
     other.settimeout(10)

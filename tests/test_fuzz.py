@@ -262,6 +262,8 @@ def test_an_ipv6_client_is_presented_without_scope_to_an_ipv6_backend_only(
         assert result is DropReason.FAMILY_MISMATCH
     elif address.is_loopback:
         assert result is DropReason.LOOPBACK_SOURCE
+    elif address.is_link_local:
+        assert result is DropReason.LINK_LOCAL_SOURCE
     else:
         assert result == (str(address), port)
 
