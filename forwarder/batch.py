@@ -21,11 +21,11 @@ NAME_SPACE = 32  # room for a struct sockaddr_in6 (28 bytes), rounded up
 NAME_LENGTH = {socket.AF_INET: 16, socket.AF_INET6: 28}
 
 
-class _IOVec(ctypes.Structure):
+class IOVec(ctypes.Structure):
     _fields_ = (("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t))
 
 
-class _MsgHdr(ctypes.Structure):
+class MsgHdr(ctypes.Structure):
     _fields_ = (
         ("msg_name", ctypes.c_void_p),
         ("msg_namelen", ctypes.c_uint32),
@@ -37,14 +37,14 @@ class _MsgHdr(ctypes.Structure):
     )
 
 
-class _MMsgHdr(ctypes.Structure):
-    _fields_ = (("msg_hdr", _MsgHdr), ("msg_len", ctypes.c_uint))
+class MMsgHdr(ctypes.Structure):
+    _fields_ = (("msg_hdr", MsgHdr), ("msg_len", ctypes.c_uint))
 
 
-_SIZE = ctypes.sizeof(_MMsgHdr)
-_NAMELEN_OFFSET = _MsgHdr.msg_namelen.offset
-_FLAGS_OFFSET = _MsgHdr.msg_flags.offset
-_LEN_OFFSET = _MMsgHdr.msg_len.offset
+_SIZE = ctypes.sizeof(MMsgHdr)
+_NAMELEN_OFFSET = MsgHdr.msg_namelen.offset
+_FLAGS_OFFSET = MsgHdr.msg_flags.offset
+_LEN_OFFSET = MMsgHdr.msg_len.offset
 
 
 class Slot(NamedTuple):
@@ -79,8 +79,8 @@ class BatchReceiver:
         self.names = bytearray(NAME_SPACE * batch)
         data_array = (ctypes.c_char * len(self.data)).from_buffer(self.data)
         names_array = (ctypes.c_char * len(self.names)).from_buffer(self.names)
-        self._iovecs = (_IOVec * batch)()
-        self._headers = (_MMsgHdr * batch)()
+        self._iovecs = (IOVec * batch)()
+        self._headers = (MMsgHdr * batch)()
         for index in range(batch):
             self._iovecs[index].iov_base = ctypes.addressof(data_array) + index * buffer_size
             self._iovecs[index].iov_len = buffer_size
@@ -159,8 +159,8 @@ class BatchSender:
         self._sendmmsg = sendmmsg
         self._receiver = receiver  # its buffers are what the headers point into: keep them alive
         batch = receiver.batch
-        self._iovecs = (_IOVec * batch)()
-        self._headers = (_MMsgHdr * batch)()
+        self._iovecs = (IOVec * batch)()
+        self._headers = (MMsgHdr * batch)()
         data_address = ctypes.addressof(receiver._arrays[0])
         for index in range(batch):
             self._iovecs[index].iov_base = data_address + index * receiver.buffer_size

@@ -1,6 +1,5 @@
-"""sendmmsg(2) through ctypes: many datagrams in one system call, for a sender that must not be the
-bottleneck of a benchmark. Hand-written because the standard library has no sendmmsg and no well-kept
-package offers it; the structures are the stable Linux ABI (struct mmsghdr, struct msghdr, struct iovec).
+"""sendmmsg(2) for the load generator: many datagrams in one system call, so the sender is not the
+bottleneck of a benchmark. The ctypes structures are the forwarder's own (forwarder.batch), written once.
 """
 
 import ctypes
@@ -8,38 +7,16 @@ import os
 import socket
 from collections.abc import Sequence
 
+from forwarder.batch import IOVec, MMsgHdr, sockaddr_bytes
+
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-class IOVec(ctypes.Structure):
-    _fields_ = (("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t))
-
-
-class MsgHdr(ctypes.Structure):
-    _fields_ = (
-        ("msg_name", ctypes.c_void_p),
-        ("msg_namelen", ctypes.c_uint32),
-        ("msg_iov", ctypes.POINTER(IOVec)),
-        ("msg_iovlen", ctypes.c_size_t),
-        ("msg_control", ctypes.c_void_p),
-        ("msg_controllen", ctypes.c_size_t),
-        ("msg_flags", ctypes.c_int),
-    )
-
-
-class MMsgHdr(ctypes.Structure):
-    _fields_ = (("msg_hdr", MsgHdr), ("msg_len", ctypes.c_uint))
-
-
-_libc.sendmmsg.argtypes = (ctypes.c_int, ctypes.POINTER(MMsgHdr), ctypes.c_uint, ctypes.c_int)
+_libc.sendmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
 _libc.sendmmsg.restype = ctypes.c_int
 
 
 def sockaddr_in(address: str, port: int) -> ctypes.Array[ctypes.c_char]:
-    """A struct sockaddr_in for `address`:`port`."""
-    raw = (
-        socket.AF_INET.to_bytes(2, "little") + port.to_bytes(2, "big") + socket.inet_aton(address) + bytes(8)
-    )
+    """A struct sockaddr_in for `address`:`port`, in a buffer that outlives the call."""
+    raw = sockaddr_bytes(socket.AF_INET, (address, port))
     return ctypes.create_string_buffer(raw, len(raw))
 
 
@@ -58,15 +35,16 @@ class Batch:
             header = self.messages[index].msg_hdr
             header.msg_name = ctypes.addressof(destination)
             header.msg_namelen = len(destination)
-            header.msg_iov = ctypes.pointer(self._iovecs[index])
+            header.msg_iov = ctypes.addressof(self._iovecs[index])
             header.msg_iovlen = 1
         self.count = count
+        self._address = ctypes.addressof(self.messages)
 
     def send(self, fd: int, limit: int | None = None) -> int:
         """Send the batch once (its first `limit` datagrams when given); returns how many datagrams the
         kernel took (0 when it would block)."""
         count = self.count if limit is None else max(0, min(limit, self.count))
-        sent = _libc.sendmmsg(fd, self.messages, count, 0)
+        sent = _libc.sendmmsg(fd, self._address, count, 0)
         if sent < 0:
             error = ctypes.get_errno()
             if error in (11, 105):  # EAGAIN, ENOBUFS: the queue is full; the caller tries again
