@@ -3,8 +3,10 @@ deadline, exit code kept for assertions.
 """
 
 import contextlib
+import errno
 import os
 import select
+import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -12,6 +14,8 @@ from pathlib import Path
 
 from netlab import netns
 from netlab.errors import LabTimeoutError
+
+NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"  # util-linux
 
 
 class Process:
@@ -31,22 +35,21 @@ class Process:
         self.namespace = namespace
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        ns_fd = os.open(netns.netns_path(namespace), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            with open(log_path, "ab") as log:
-                self.popen = subprocess.Popen(
-                    self.argv,
-                    stdin=stdin,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=dict(os.environ if env is None else env),
-                    pass_fds=tuple(pass_fds),
-                    start_new_session=True,
-                    # Runs in the child between fork and exec: join the node's network namespace.
-                    preexec_fn=lambda: netns.setns(ns_fd),  # noqa: PLW1509
-                )
-        finally:
-            os.close(ns_fd)
+        command = shutil.which(self.argv[0]) if "/" not in self.argv[0] else self.argv[0]
+        if command is None or not os.access(command, os.X_OK):
+            raise FileNotFoundError(errno.ENOENT, f"command not found: {self.argv[0]!r}")
+        with open(log_path, "ab") as log:
+            # nsenter joins the node's network namespace and execs the command (same pid, same fds): no
+            # Python runs between fork and exec in this multi-threaded process.
+            self.popen = subprocess.Popen(
+                [NSENTER, f"--net={netns.netns_path(namespace)}", "--", command, *self.argv[1:]],
+                stdin=stdin,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(os.environ if env is None else env),
+                pass_fds=tuple(pass_fds),
+                start_new_session=True,
+            )
 
     @property
     def pid(self) -> int:

@@ -6,7 +6,7 @@ from unittest import mock
 
 import pytest
 
-from netlab import Lab
+from netlab import Lab, netns
 from netlab.errors import LabTimeoutError, ProcessFailedError
 from netlab.lab import wait_until
 from netlab.topologies import seed_deployment
@@ -78,3 +78,17 @@ def _is_zombie(pid: int) -> bool:
             return handle.read().rpartition(")")[2].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+def test_a_command_that_does_not_exist_is_refused_before_anything_starts(lab: Lab) -> None:
+    lab.build(seed_deployment())
+    with pytest.raises(FileNotFoundError, match="'no-such-command-here'"):
+        lab["host"].run(["no-such-command-here", "--flag"])
+
+
+def test_a_process_runs_inside_its_node_and_keeps_the_pid_it_was_started_with(lab: Lab) -> None:
+    lab.build(seed_deployment())
+    process = lab["host"].run(["sh", "-c", "echo $$; exec sleep 30"])
+    wait_until(lambda: process.output().strip().isdigit(), "the shell to print its pid", 5)
+    assert int(process.output().strip()) == process.pid  # nsenter execs: LISTEN_PID-style pids hold
+    assert os.stat(f"/proc/{process.pid}/ns/net").st_ino == netns.inode(lab["host"].namespace)[1]
