@@ -7,6 +7,7 @@ with LISTEN_FDS/LISTEN_PID, which it passes on. Held sockets outlive the forward
 them open: a datagram sent while no forwarder runs waits in the socket for the next one.
 """
 
+import ipaddress
 import shutil
 import socket
 import sys
@@ -34,19 +35,33 @@ def family_of(address: str) -> int:
     return socket.AF_INET6 if ":" in split_listen(address)[0] else socket.AF_INET
 
 
-def udp_ports_bound(pid: int) -> set[int]:
-    """Local UDP ports bound in the network namespace of `pid` (from /proc/PID/net/udp and udp6)."""
-    ports: set[int] = set()
+def _decode_proc_address(hex_address: str) -> tuple[str, int]:
+    """'0100007F:6989' (as /proc/net/udp writes it: host-order words) -> ('127.0.0.1', 27017)."""
+    address, _, port = hex_address.partition(":")
+    raw = bytes.fromhex(address)
+    if len(raw) == 4:
+        host = str(ipaddress.IPv4Address(raw[::-1]))
+    else:  # four host-order 32-bit words
+        host = str(ipaddress.IPv6Address(b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))))
+    return host, int(port, 16)
+
+
+def udp_sockets_bound(pid: int) -> list[tuple[str, int]]:
+    """Every (address, port) a UDP socket is bound to in the network namespace of `pid`."""
+    bound: list[tuple[str, int]] = []
     for table in ("udp", "udp6"):
         try:
             with open(f"/proc/{pid}/net/{table}") as handle:
                 next(handle)
-                for line in handle:
-                    local = line.split()[1]
-                    ports.add(int(local.rpartition(":")[2], 16))
+                bound += [_decode_proc_address(line.split()[1]) for line in handle]
         except (OSError, StopIteration):
             continue
-    return ports
+    return bound
+
+
+def udp_ports_bound(pid: int) -> set[int]:
+    """Local UDP ports bound in the network namespace of `pid`."""
+    return {port for _, port in udp_sockets_bound(pid)}
 
 
 @dataclass

@@ -1,12 +1,11 @@
-"""Shared pieces of the forwarder's end-to-end tests: the dual-stack topology, UDP socket tables read from
-/proc, an echo backend, kernel counters of arrivals, the blaster in the background, and STATUS= parsing.
+"""Shared pieces of the forwarder's end-to-end tests: the dual-stack topology,
+an echo backend, kernel counters of arrivals, the blaster in the background, and STATUS= parsing.
 
     client 198.51.100.10 2001:db8:1::10 --- 198.51.100.1 2001:db8:1::1 [host: forwarder]
     [host] 192.0.2.1 2001:db8:2::1 --- 192.0.2.2 2001:db8:2::2 backend
 """
 
 import collections
-import ipaddress
 import json
 import re
 import socket
@@ -47,26 +46,6 @@ def dual_stack_deployment() -> Topology:
         .route("backend", "default", via="192.0.2.1")
         .route("backend", "default", via="2001:db8:2::1")
     )
-
-
-def _decode(hex_address: str) -> tuple[str, int]:
-    address, _, port = hex_address.partition(":")
-    raw = bytes.fromhex(address)
-    if len(raw) == 4:
-        host = str(ipaddress.IPv4Address(raw[::-1]))
-    else:  # four host-order 32-bit words
-        host = str(ipaddress.IPv6Address(b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))))
-    return host, int(port, 16)
-
-
-def udp_sockets_bound(pid: int) -> list[tuple[str, int]]:
-    """Every (address, port) a UDP socket is bound to in the network namespace of `pid`."""
-    bound = []
-    for table in ("udp", "udp6"):
-        with open(f"/proc/{pid}/net/{table}") as handle:
-            next(handle)
-            bound += [_decode(line.split()[1]) for line in handle]
-    return bound
 
 
 def _echo_forever(sock: socket.socket) -> None:

@@ -9,9 +9,10 @@ import socket
 from pathlib import Path
 
 import pytest
-from e2e_helpers import dual_stack_deployment, start_echo, status_has, udp_sockets_bound
+from e2e_helpers import dual_stack_deployment, start_echo, status_has
 
 from netlab import Lab, start_forwarder
+from netlab.activation import udp_sockets_bound
 from netlab.replypath import enable_reply_path
 from netlab.topologies import seed_deployment
 
