@@ -4,6 +4,7 @@ the engine. Every failure becomes a one-line error and a sysexits(3) code (see t
 
 import argparse
 import logging
+import math
 import os
 import resource
 import sys
@@ -17,7 +18,13 @@ from forwarder.batch import BatchReceiver
 from forwarder.core import is_loop
 from forwarder.destination import DestinationSpec, parse_destination, parse_listen, resolve
 from forwarder.engine import Engine, Route
-from forwarder.errors import ConfigurationError, ForwarderError, OperatingSystemError, UsageError
+from forwarder.errors import (
+    ConfigurationError,
+    ForwarderError,
+    OperatingSystemError,
+    UsageError,
+    shown,
+)
 from forwarder.mapping import assign, check_form
 from forwarder.metrics import MetricsFile, listen_label
 from forwarder.notify import Notifier, watchdog_interval
@@ -33,6 +40,9 @@ from forwarder.sockets import (
 PROG = "systemd-transparent-udp-forwarderd"
 # File descriptors kept free for everything but per-flow sockets (listeners, notify, one-shot sends, ...).
 FD_RESERVE = 64
+# The shortest --stats-interval and --flow-idle-timeout: more than 20 reports or sweeps a second is noise.
+MIN_INTERVAL = 0.05
+MAX_BUFFER = 2**31 - 1  # SO_RCVBUF(FORCE) takes a C int
 
 log = logging.getLogger("forwarder")
 
@@ -42,18 +52,55 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see --help)")
 
 
+def _number(kind: type[int] | type[float], text: str) -> int | float:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not a number") from None
+
+
 def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
     def parse(text: str) -> int | float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        value = _number(kind, text)
         if not value > 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+            raise argparse.ArgumentTypeError(f"{shown(text)} must be greater than 0")
         return value
 
     parse.__name__ = kind.__name__
     return parse
+
+
+def _seconds(text: str) -> float:
+    """An interval: finite (inf would overflow the selector's timeout) and at least MIN_INTERVAL (1e-300
+    made the loop send STATUS= as fast as it could)."""
+    value = float(_number(float, text))
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not a finite number of seconds")
+    if not value >= MIN_INTERVAL:
+        raise argparse.ArgumentTypeError(f"{shown(text)} must be at least {MIN_INTERVAL:g} seconds")
+    return value
+
+
+def _buffer_size(text: str) -> int:
+    """A socket buffer size: the kernel takes a C int (setsockopt raised OverflowError beyond it)."""
+    value = int(_number(int, text))
+    if not 1 <= value <= MAX_BUFFER:
+        raise argparse.ArgumentTypeError(f"{shown(text)} is out of range: expected 1 to {MAX_BUFFER} bytes")
+    return value
+
+
+def _metrics_path(text: str) -> Path:
+    """A file to write: the metrics are written to a temporary file next to it and renamed over it, which
+    needs a file name ('' and '/' have none) and cannot replace a directory."""
+    path = Path(text)
+    if not text:
+        raise argparse.ArgumentTypeError("'' is empty: expected the path of a file such as forwarder.prom")
+    if not path.name or text.endswith("/") or path.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a directory: expected the path of a file in it, such as "
+            f"{str(path / 'forwarder.prom')!r}"
+        )
+    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,10 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--stats-interval",
-        type=_positive(float),
+        type=_seconds,
         default=10.0,
         metavar="SECONDS",
-        help="period of the STATUS= report (default 10)",
+        help=f"period of the STATUS= report (default 10, at least {MIN_INTERVAL:g})",
     )
     parser.add_argument(
         "--max-flows",
@@ -92,10 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--flow-idle-timeout",
-        type=_positive(float),
+        type=_seconds,
         default=DEFAULT_IDLE_TIMEOUT,
         metavar="SECONDS",
-        help=f"close a flow's socket after this long without datagrams (default {DEFAULT_IDLE_TIMEOUT:g})",
+        help=f"close a flow's socket after this long without datagrams (default {DEFAULT_IDLE_TIMEOUT:g}, "
+        f"at least {MIN_INTERVAL:g})",
     )
     parser.add_argument(
         "--receive",
@@ -106,14 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--receive-buffer",
-        type=_positive(int),
+        type=_buffer_size,
         metavar="BYTES",
         help="set SO_RCVBUF of the listening sockets (SO_RCVBUFFORCE when allowed); default: keep what "
         "systemd set (ReceiveBuffer=)",
     )
     parser.add_argument(
         "--metrics-file",
-        type=Path,
+        type=_metrics_path,
         metavar="PATH",
         help="write the counters as Prometheus metrics to PATH (node_exporter's textfile collector) every "
         "--stats-interval",

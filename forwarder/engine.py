@@ -26,6 +26,9 @@ RECEIVE_BUFFER = 65536
 # A socket is drained until EAGAIN, but at most this many datagrams at a time, so that under a flood the
 # other sockets, STATUS= and WATCHDOG=1 still get their turn (the selector reports the socket again).
 MAX_BATCH = 4096
+# The longest single wait of the selector: epoll_wait takes int milliseconds (about 24.8 days at most), and
+# a longer interval (--stats-interval 3e6) raised OverflowError. Waking once an hour costs nothing.
+MAX_WAIT = 3600.0
 
 log = logging.getLogger("forwarder")
 
@@ -254,7 +257,7 @@ class Engine:
             if now >= next_sweep:
                 self.sender.expire(now)
                 next_sweep = now + sweep_interval
-            timeout = max(0.0, min(next_report, next_sweep, next_watchdog) - now)
+            timeout = max(0.0, min(next_report - now, next_sweep - now, next_watchdog - now, MAX_WAIT))
             for key, _ in selector.select(timeout):
                 if key.data is None:
                     _empty(wake_read)

@@ -7,10 +7,13 @@ CAP_NET_ADMIN with setpriv (that one needs root to drop a capability it has).
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -67,6 +70,40 @@ def launch(
         timeout=30,
         check=False,
     )
+
+
+def run_until_waiting(
+    fds: Sequence[int], argv: Sequence[str], notify_path: Path, timeout: float = 20.0
+) -> subprocess.CompletedProcess[str]:
+    """Start the forwarder with `fds`, wait for READY=1 and then until it sleeps in epoll_wait (past the
+    first wait of its loop), stop it with SIGTERM and return how it ended. Fails if it exits by itself."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(str(notify_path))
+        manager.settimeout(timeout)
+        activation = {"LISTEN_PID": "{pid}", "LISTEN_FDS": str(len(fds)), "NOTIFY_SOCKET": str(notify_path)}
+        child_env = python_env()
+        for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "JOURNAL_STREAM"):
+            child_env.pop(key, None)
+        argv = [sys.executable, "-c", LAUNCH, json.dumps(list(fds)), json.dumps(activation), "main", *argv]
+        with subprocess.Popen(
+            argv, pass_fds=tuple(fds), env=child_env, stderr=subprocess.PIPE, text=True
+        ) as process:
+            try:
+                while b"READY=1" not in manager.recv(4096):
+                    pass
+                deadline = time.monotonic() + timeout
+                wchan = Path(f"/proc/{process.pid}/wchan")
+                while process.poll() is None and wchan.read_text() != "do_epoll_wait":
+                    assert time.monotonic() < deadline, "the forwarder never waited in epoll_wait"
+                    time.sleep(0.01)
+                assert process.poll() is None, f"exited {process.returncode} after READY=1"
+                process.send_signal(signal.SIGTERM)
+                _, stderr = process.communicate(timeout=timeout)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.communicate()
+    return subprocess.CompletedProcess(argv, process.returncode, "", stderr)
 
 
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -289,6 +326,50 @@ def test_stats_interval_must_be_a_positive_number(value: str) -> None:
     result = launch([], ["--stats-interval", value, "192.0.2.2"], env={})
     assert result.returncode == 64
     assert f"--stats-interval: {value!r}" in one_error_line(result)
+
+
+@pytest.mark.parametrize("option", ["--stats-interval", "--flow-idle-timeout"])
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e999"])
+def test_a_non_finite_interval_is_a_usage_error_naming_it(option: str, value: str) -> None:
+    result = launch([], [f"{option}={value}", "192.0.2.2"], env={})
+    assert result.returncode == 64
+    assert f"{option}: {value!r} is not a finite number of seconds" in one_error_line(result)
+
+
+@pytest.mark.parametrize("option", ["--stats-interval", "--flow-idle-timeout"])
+@pytest.mark.parametrize("value", ["1e-300", "0.049"])
+def test_an_interval_below_the_minimum_is_a_usage_error_naming_the_minimum(option: str, value: str) -> None:
+    result = launch([], [option, value, "192.0.2.2"], env={})
+    assert result.returncode == 64
+    assert f"{option}: {value!r} must be at least 0.05 seconds" in one_error_line(result)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running the forwarder needs CAP_NET_ADMIN (IP_TRANSPARENT)")
+def test_intervals_longer_than_epoll_can_wait_run_and_stop_cleanly(
+    udp4: socket.socket, tmp_path: Path
+) -> None:
+    # Both intervals above the ~24.8 days epoll_wait accepts: the first wait raised OverflowError.
+    argv = ["--stats-interval", "3e6", "--flow-idle-timeout", "6e6", "192.0.2.2:53"]
+    result = run_until_waiting([udp4.fileno()], argv, tmp_path / "notify.sock")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("value", ["3000000000", "2147483648", "0", "-5"])
+def test_a_receive_buffer_out_of_range_is_a_usage_error_naming_it(value: str) -> None:
+    result = launch([], ["--receive-buffer", value, "192.0.2.2"], env={})
+    assert result.returncode == 64
+    line = one_error_line(result)
+    assert f"--receive-buffer: {value!r}" in line
+    assert "expected 1 to 2147483647 bytes" in line
+
+
+@pytest.mark.parametrize("path", ["", "/", ".", "{tmp}", "{tmp}/"])
+def test_a_metrics_file_that_names_no_file_is_refused_at_start_up(path: str, tmp_path: Path) -> None:
+    path = path.replace("{tmp}", str(tmp_path))
+    result = launch([], ["--metrics-file", path, "192.0.2.2"], env={})
+    assert result.returncode == 64
+    assert f"--metrics-file: {path!r} is " in one_error_line(result)
 
 
 def test_unknown_log_level_is_a_usage_error() -> None:
