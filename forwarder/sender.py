@@ -14,7 +14,7 @@ from collections.abc import Callable
 from forwarder.batch import decode_sockaddr
 from forwarder.core import DropReason, FlowTable, SockAddr, presentable_source
 from forwarder.destination import Destination
-from forwarder.sockets import LocalAddresses, set_transparent
+from forwarder.sockets import BroadcastAddresses, LocalAddresses, set_transparent
 
 DEFAULT_MAX_FLOWS = 4096
 DEFAULT_IDLE_TIMEOUT = 60.0
@@ -37,9 +37,11 @@ class Sender:
         max_flows: int = DEFAULT_MAX_FLOWS,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         is_local: Callable[[str], bool] | None = None,
+        is_broadcast: Callable[[str], bool] | None = None,
     ) -> None:
         self.flows: FlowTable[FlowKey, socket.socket] = FlowTable(max_flows, idle_timeout)
         self.is_local = is_local if is_local is not None else LocalAddresses()
+        self.is_broadcast = is_broadcast if is_broadcast is not None else BroadcastAddresses()
 
     def send(self, payload: memoryview, client: SockAddr, destination: Destination, now: float) -> Outcome:
         """Send `payload` to `destination` as if from `client`; return why not, or None when sent."""
@@ -63,7 +65,7 @@ class Sender:
         if sock is None:
             if isinstance(client, bytes):
                 client = decode_sockaddr(client)
-            source = presentable_source(client, destination.family)
+            source = presentable_source(client, destination.family, self.is_broadcast)
             if isinstance(source, DropReason):
                 return (source, "")
             if self.is_local(source[0]):
@@ -110,15 +112,16 @@ class Sender:
 
     def expire(self, now: float) -> int:
         """Close flows idle for longer than the idle timeout, and flows whose source address has become
-        local to this host since they were opened; return how many."""
+        local to this host (or a broadcast address of it) since they were opened; return how many."""
         stale = self.flows.expire(now)
-        if isinstance(self.is_local, LocalAddresses):
-            self.is_local.forget()
+        for answers in (self.is_local, self.is_broadcast):
+            if isinstance(answers, LocalAddresses | BroadcastAddresses):
+                answers.forget()
         for key in self.flows:
             client = decode_sockaddr(key[1]) if isinstance(key[1], bytes) else key[1]
             family = socket.AF_INET6 if ":" in key[0][0] else socket.AF_INET
-            source = presentable_source(client, family)
-            if not isinstance(source, DropReason) and self.is_local(source[0]):
+            source = presentable_source(client, family, self.is_broadcast)
+            if isinstance(source, DropReason) or self.is_local(source[0]):
                 removed = self.flows.remove(key)
                 if removed is not None:
                     stale.append(removed)

@@ -195,3 +195,64 @@ def test_an_error_on_one_destination_is_counted_by_errno_logged_once_and_never_s
     log = forwarder.process.output()
     assert log.count("dropped datagram (send-error:EPERM)") == 1
     assert "send-error:EPERM: 19 more in the last 0.2 seconds" in log
+
+
+def nothing_but(backend: socket.socket, client: socket.socket, target: tuple[str, int]) -> None:
+    """Send a datagram from `client` and require it to be the next (and only) one at `backend`: whatever was
+    sent to that listener before it was dropped, not forwarded."""
+    client.sendto(b"after", target)
+    assert backend.recvfrom(65535)[:1] == (b"after",)
+
+
+def test_a_datagram_from_the_unspecified_ipv6_address_is_dropped_not_sent_from_the_host(lab: Lab) -> None:
+    lab.build(dual_stack_deployment())
+    backend = backend_socket(lab, "2001:db8:2::2")
+    forwarder = start_forwarder(lab["host"], ["[2001:db8:1::1]:27000"], ["[2001:db8:2::2]"], args=FAST_STATUS)
+    client = client_socket(lab, "2001:db8:1::10")
+    client.sendto(b"wake", ("2001:db8:1::1", 27000))
+    assert backend.recvfrom(65535)[0] == b"wake"
+    forwarder.wait_ready()
+
+    # The kernel delivers a datagram from :: (the source of duplicate address detection) to the listener;
+    # bound to ::, a one-shot socket would have sent it from the host's own address.
+    lab["client"].send_udp(src="::", dst="2001:db8:1::1", sport=4242, dport=27000, payload=b"unspecified")
+
+    forwarder.notify.wait_for("STATUS", status_has("unspecified-source 1"), timeout=10)
+    nothing_but(backend, client, ("2001:db8:1::1", 27000))
+
+
+def test_a_datagram_to_the_limited_broadcast_from_0_0_0_0_is_dropped_as_unspecified(lab: Lab) -> None:
+    lab.build(seed_deployment())
+    backend = backend_socket(lab, "192.0.2.2")
+    forwarder = start_forwarder(lab["host"], ["0.0.0.0:27000"], ["192.0.2.2:27000"], args=FAST_STATUS)
+    client = client_socket(lab, "198.51.100.10")
+    client.sendto(b"wake", ("198.51.100.1", 27000))
+    assert backend.recvfrom(65535)[0] == b"wake"
+    forwarder.wait_ready()
+
+    # 0.0.0.0 is a legal source only towards 255.255.255.255 (a DHCP client's first packet); a wildcard
+    # listener receives it.
+    lab["client"].send_udp(src="0.0.0.0", dst="255.255.255.255", sport=68, dport=27000, payload=b"dhcp")
+
+    forwarder.notify.wait_for("STATUS", status_has("unspecified-source 1"), timeout=10)
+    nothing_but(backend, client, ("198.51.100.1", 27000))
+
+
+def test_a_datagram_from_the_client_subnets_broadcast_address_is_dropped_not_sent_from_the_host(
+    lab: Lab,
+) -> None:
+    # Without reverse-path filtering the host accepts 198.51.100.255 as a source; bound to that address, a
+    # socket's datagrams leave with the host's own address.
+    lab.build(seed_deployment().sysctl("host", "net.ipv4.conf.all.rp_filter", "0"))
+    lab["host"].sysctl("net.ipv4.conf.to-client.rp_filter", "0")
+    backend = backend_socket(lab, "192.0.2.2")
+    forwarder = start_forwarder(lab["host"], [LISTEN], ["192.0.2.2:27000"], args=FAST_STATUS)
+    client = client_socket(lab, "198.51.100.10")
+    client.sendto(b"wake", ("198.51.100.1", 27000))
+    assert backend.recvfrom(65535)[0] == b"wake"
+    forwarder.wait_ready()
+
+    lab["client"].send_udp(src="198.51.100.255", dst="198.51.100.1", sport=4242, dport=27000, payload=b"b")
+
+    forwarder.notify.wait_for("STATUS", status_has("broadcast-source 1"), timeout=10)
+    nothing_but(backend, client, ("198.51.100.1", 27000))

@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import pytest
 
+from forwarder.core import DropReason
 from forwarder.destination import Destination
 from forwarder.sender import Sender
 from netlab import Lab, netns
@@ -141,6 +142,41 @@ def test_a_flow_whose_source_became_local_is_closed_at_the_next_sweep(
 
     assert len(sender.flows) == 0
     assert flow.fileno() == -1  # closed: a local program can bind that port again
+
+
+@pytest.mark.privileged
+def test_a_flow_whose_source_became_a_subnet_broadcast_is_closed_at_the_next_sweep(
+    lab: Lab, backend: socket.socket
+) -> None:
+    broadcasts: set[str] = set()
+    sender = Sender(max_flows=8, idle_timeout=60, is_broadcast=lambda address: address in broadcasts)
+    lab.defer(sender.close)
+    client = ("203.0.113.255", 4242)
+    assert in_host(lab, lambda: sender.send(memoryview(b"x"), client, BACKEND, 1)) is None
+
+    broadcasts.add("203.0.113.255")  # e.g. 203.0.113.0/24 was added to one of the host's interfaces
+    assert sender.expire(2) == 1
+
+    assert len(sender.flows) == 0
+    assert in_host(lab, lambda: sender.send(memoryview(b"y"), client, BACKEND, 3)) == (
+        DropReason.BROADCAST_SOURCE,
+        "",
+    )
+
+
+@pytest.mark.privileged
+def test_the_sender_drops_a_host_subnets_broadcast_source_before_binding_it(
+    lab: Lab, backend: socket.socket
+) -> None:
+    sender = Sender(max_flows=8, idle_timeout=60)
+    lab.defer(sender.close)
+
+    outcome = in_host(lab, lambda: sender.send(memoryview(b"b"), ("198.51.100.255", 4242), BACKEND, 1))
+
+    assert outcome == (DropReason.BROADCAST_SOURCE, "")
+    assert len(sender.flows) == 0
+    assert in_host(lab, lambda: sender.send(memoryview(b"u"), ("203.0.113.7", 4242), BACKEND, 1)) is None
+    assert backend.recvfrom(100) == (b"u", ("203.0.113.7", 4242))  # the first one never arrived
 
 
 @pytest.mark.privileged
