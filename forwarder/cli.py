@@ -7,16 +7,24 @@ import logging
 import math
 import os
 import resource
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from forwarder import __version__, logs
-from forwarder.activation import ListeningSocket, listen_sockets
+from forwarder.activation import ListeningSocket, address_text, listen_sockets
 from forwarder.batch import BatchReceiver
 from forwarder.core import is_loop
-from forwarder.destination import DestinationSpec, parse_destination, parse_listen, resolve
+from forwarder.destination import (
+    DestinationSpec,
+    check_destination,
+    lookup,
+    parse_destination,
+    parse_listen,
+    pick,
+)
 from forwarder.engine import Engine, Route
 from forwarder.errors import (
     ConfigurationError,
@@ -30,6 +38,7 @@ from forwarder.metrics import MetricsFile, listen_label
 from forwarder.notify import Notifier, watchdog_interval
 from forwarder.sender import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FLOWS, Sender
 from forwarder.sockets import (
+    BroadcastAddresses,
     LocalAddresses,
     bind_listener,
     check_transparent_capability,
@@ -43,6 +52,7 @@ FD_RESERVE = 64
 # The shortest --stats-interval and --flow-idle-timeout: more than 20 reports or sweeps a second is noise.
 MIN_INTERVAL = 0.05
 MAX_BUFFER = 2**31 - 1  # SO_RCVBUF(FORCE) takes a C int
+FAMILIES = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}  # --prefer-family
 
 log = logging.getLogger("forwarder")
 
@@ -123,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="bind this UDP socket instead of using socket activation; repeatable; [::]:PORT is dual-stack",
     )
     parser.add_argument(
+        "--prefer-family",
+        choices=sorted(FAMILIES),
+        help="for a host name with IPv4 and IPv6 addresses on a socket with clients of both families "
+        "(dual-stack [::]): the family to send to (its clients are forwarded, the other family's dropped); "
+        "default: the socket's own family, with a warning",
+    )
+    parser.add_argument(
         "--stats-interval",
         type=_seconds,
         default=10.0,
@@ -188,19 +205,46 @@ def open_listeners(listen: Sequence[str], specs: Sequence[DestinationSpec]) -> l
     return [bind_listener(host, port, text) for (host, port), text in zip(addresses, listen, strict=True)]
 
 
-def build_routes(listeners: Sequence[ListeningSocket], specs: Sequence[DestinationSpec]) -> list[Route]:
-    """Pair each listening socket with its destination, resolve it, and check the socket can serve it."""
+def build_routes(
+    listeners: Sequence[ListeningSocket],
+    specs: Sequence[DestinationSpec],
+    prefer_family: socket.AddressFamily | None = None,
+    is_broadcast: Callable[[str], bool] | None = None,
+) -> list[Route]:
+    """Pair each listening socket with its destination, resolve it, and check the socket can serve it.
+
+    A host name resolves to the listening socket's family when it has an address of it, or to
+    `prefer_family` when the socket's clients can be of that family too (a dual-stack socket).
+    """
+    is_broadcast = BroadcastAddresses() if is_broadcast is None else is_broadcast
     routes = []
     for listener, spec in zip(listeners, assign([item.name for item in listeners], specs), strict=True):
-        destination = resolve(spec, listener.family, listener.port)
         families = listener_families(listener)
+        found = lookup(spec, listener.port)
+        preferred = prefer_family if prefer_family in families else listener.family
+        destination = pick(found, preferred)
+        check_destination(spec, destination, is_broadcast)
         if destination.family not in families:
-            bound = listener.sock.getsockname()
+            where = f"{listener.label!r}" + (
+                f" bound to {address_text(listener.sock)}" if listener.named else ""
+            )
             raise ConfigurationError(
-                f"destination {spec.text!r} ({destination}) is {destination.family.name} but socket "
-                f"{listener.name!r} bound to {bound[0]!r} port {bound[1]} only has "
+                f"destination {shown(spec.text)} ({destination}) is {destination.family.name} but socket "
+                f"{where} only has "
                 f"{' and '.join(sorted(family.name for family in families))} clients: "
                 "expected a destination of a family its clients can be presented in"
+            )
+        if prefer_family is None and len(found) > 1 and len(families) > 1:
+            # Neither family serves both kinds of client: say which ones are dropped and how to choose.
+            other = next(item for family, item in found.items() if family != destination.family)
+            log.warning(
+                "destination %r has IPv4 and IPv6 addresses and socket %r has clients of both families: "
+                "using %s, so clients of the other family are dropped (family-mismatch) instead of going to "
+                "%s; choose with --prefer-family ipv4|ipv6 or write an address",
+                spec.text,
+                listener.label,
+                destination,
+                other,
             )
         routes.append(Route(listener, destination))
     return routes
@@ -215,8 +259,8 @@ def refuse_loops(routes: Sequence[Route]) -> None:
             listener = (str(bound[0]), int(bound[1]))
             if is_loop(route.destination.sockaddr, listener, listener_families(other.listener), is_local):
                 raise ConfigurationError(
-                    f"destination {str(route.destination)!r} of socket {route.listener.name!r} is our own "
-                    f"listening socket {other.listener.name!r}: expected a backend, not a loop"
+                    f"destination {str(route.destination)!r} of socket {route.listener.label!r} is our own "
+                    f"listening socket {other.listener.label!r}: expected a backend, not a loop"
                 )
 
 
@@ -255,7 +299,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     listeners = open_listeners(args.listen, specs)
     notifier = Notifier()
     try:
-        routes = build_routes(listeners, specs)
+        routes = build_routes(listeners, specs, FAMILIES.get(args.prefer_family))
         refuse_loops(routes)
         check_transparent_capability({route.destination.family for route in routes})
         if args.receive_buffer is not None:

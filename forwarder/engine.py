@@ -78,7 +78,7 @@ class Engine:
             "dropped datagram (%s) from %s on %s to %s",
             key,
             client,
-            route.listener.name,
+            route.listener.label,
             route.destination,
         )
 
@@ -227,7 +227,9 @@ class Engine:
                 selector.register(route.listener.sock, selectors.EVENT_READ, route)
             selector.register(wake_read, selectors.EVENT_READ, None)
             self.notifier.notify(READY="1", STATUS="Up and running.")
-            log.info("forwarding %s", ", ".join(f"{r.listener.name} -> {r.destination}" for r in self.routes))
+            log.info(
+                "forwarding %s", ", ".join(f"{r.listener.label} -> {r.destination}" for r in self.routes)
+            )
             self._loop(selector, wake_read)
             self.report_status()  # the last, partial interval: its counts and repeated log lines are kept
             self.notifier.notify(STOPPING="1", STATUS="Stopping.")

@@ -256,3 +256,15 @@ def test_a_datagram_from_the_client_subnets_broadcast_address_is_dropped_not_sen
 
     forwarder.notify.wait_for("STATUS", status_has("broadcast-source 1"), timeout=10)
     nothing_but(backend, client, ("198.51.100.1", 27000))
+
+
+def test_a_v4_mapped_destination_on_a_dual_stack_listener_serves_ipv4_clients(lab: Lab) -> None:
+    lab.build(dual_stack_deployment())
+    backend = backend_socket(lab, "192.0.2.2")
+    forwarder = start_forwarder(lab["host"], ["[::]:27000"], ["[::ffff:192.0.2.2]:27000"])
+    client = client_socket(lab, "198.51.100.10")
+
+    client.sendto(b"mapped", ("198.51.100.1", 27000))  # was dropped as family-mismatch, every one
+
+    assert backend.recvfrom(65535) == (b"mapped", client.getsockname())
+    forwarder.wait_ready()
