@@ -59,7 +59,7 @@ def test_ready_status_watchdog_and_stopping_reach_the_notify_socket(lab: Lab) ->
     assert forwarder.stop() == 0
     assert forwarder.notify.values("STOPPING") == ["1"]
     assert forwarder.notify.values("READY") == ["1"]
-    assert "INFO forwarding unknown -> 192.0.2.2:27000" in forwarder.process.output()
+    assert "INFO forwarding 198.51.100.1:27000 -> 192.0.2.2:27000" in forwarder.process.output()
 
 
 def test_sigint_also_stops_cleanly_with_exit_zero_and_log_level_hides_info(lab: Lab) -> None:
