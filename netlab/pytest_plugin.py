@@ -64,7 +64,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     with stack:
         # Every test process is gone: what their labs left behind (a `netlab up` a test did not take down,
         # a lab of a test process killed mid-test) is this session's to remove.
-        if missing_reason() is None:
+        if registry.REGISTRY_DIR.is_dir() and missing_reason() is None:
             reap_ended_session(registry.REGISTRY_DIR)
 
 
