@@ -1,5 +1,8 @@
 """A record of every live lab in /run/netlab, written before its first namespace exists, so a lab whose
 owner died (kill -9) can be found and reaped by the next run or by `netlab down --stale`.
+
+A test session keeps its labs in a registry of its own, /run/netlab/suites/PID-START (pytest_plugin), so
+that two suites, and a developer's labs, never see each other's.
 """
 
 import contextlib
@@ -9,6 +12,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,6 +21,7 @@ from netlab.names import PREFIX
 
 DEFAULT_REGISTRY = Path("/run/netlab")
 REGISTRY_DIR = Path(os.environ.get("NETLAB_REGISTRY", DEFAULT_REGISTRY))
+SUITES = DEFAULT_REGISTRY / "suites"
 
 
 def process_start_time(pid: int) -> int | None:
@@ -77,11 +82,13 @@ def new_record(lab_id: str, description: str = "") -> LabRecord:
     return LabRecord(lab_id, pid, process_start_time(pid), description=description)
 
 
-def load_records() -> list[LabRecord]:
+def load_records(directory: Path | None = None) -> list[LabRecord]:
+    """The records in `directory` (this process's registry by default)."""
     records: list[LabRecord] = []
-    if not REGISTRY_DIR.is_dir():
+    directory = directory or REGISTRY_DIR
+    if not directory.is_dir():
         return records
-    for path in sorted(REGISTRY_DIR.glob("*.json")):
+    for path in sorted(directory.glob("*.json")):
         try:
             data = json.loads(path.read_text())
             # Fields this version does not know (a newer checkout wrote the record) are ignored rather than
@@ -172,14 +179,37 @@ def reap_stale_scratch() -> None:
         record.delete()
 
 
-def reap_stale() -> list[str]:
-    """Remove labs whose owner is dead, and `nl-` namespaces no live lab claims; return what was removed."""
+@contextlib.contextmanager
+def registry_at(directory: Path) -> Iterator[None]:
+    """Use the registry in `directory` for the block (a test session's own, or one being reaped)."""
+    global REGISTRY_DIR
+    previous, REGISTRY_DIR = REGISTRY_DIR, directory
+    try:
+        yield
+    finally:
+        REGISTRY_DIR = previous
+
+
+def suite_namespaces() -> set[str]:
+    """Every namespace a test session's registry names: the session's own reapers judge them."""
+    directories = [path for path in SUITES.iterdir() if path.is_dir()] if SUITES.is_dir() else []
+    return {name for path in directories for record in load_records(path) for name in record.namespaces}
+
+
+def reap_stale(*, detached_too: bool = False) -> list[str]:
+    """Remove labs whose owner is dead, and `nl-` namespaces no live lab claims; return what was removed.
+
+    `detached_too` also removes labs made by `netlab up` once their maker is gone: for a test session's
+    registry after the session ended, whose `up` labs were that session's alone.
+    """
     removed: list[str] = []
     claimed: set[str] = set()
     # List namespaces before reading records: a lab writes its record before creating a namespace, so
     # every namespace seen here that belongs to a live lab is claimed by a record read afterwards.
     existing = [name for name in netns.list_names() if name.startswith(PREFIX)]
     for record in load_records():
+        if detached_too:
+            record.detached = False  # judged by whether its maker lives, like any other lab
         if record.owner_alive():
             claimed.update(record.namespaces)
             continue
@@ -189,10 +219,13 @@ def reap_stale() -> list[str]:
                 removed.append(namespace)
         record.delete()
     # Unclaimed namespaces are only judged against the machine's one registry: a process reading another
-    # registry (NETLAB_REGISTRY) cannot see the records of the labs that own them.
-    for namespace in existing if REGISTRY_DIR == DEFAULT_REGISTRY else []:
-        if namespace not in claimed and netns.exists(namespace):
-            destroy_namespace(namespace)
-            removed.append(namespace)
+    # registry (NETLAB_REGISTRY) cannot see the records of the labs that own them. The test sessions'
+    # registries are seen, and their namespaces left to the sessions' own reapers.
+    if REGISTRY_DIR == DEFAULT_REGISTRY:
+        claimed |= suite_namespaces()
+        for namespace in existing:
+            if namespace not in claimed and netns.exists(namespace):
+                destroy_namespace(namespace)
+                removed.append(namespace)
     reap_stale_scratch()
     return removed

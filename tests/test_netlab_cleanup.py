@@ -64,7 +64,12 @@ def test_a_killed_owner_leaves_only_stale_namespaces_and_processes_that_the_next
         assert all(directory.is_dir() for directory in scratch)
         assert len(namespaces) == len(pids) == 3
         assert all(netns.exists(name) for name in namespaces)
-        assert all(pid in netns.pids_in(name) for pid, name in zip(pids, namespaces, strict=True))
+        # Each process enters its node (nsenter) just after it starts: wait for that, not for a moment.
+        wait_until(
+            lambda: all(pid in netns.pids_in(name) for pid, name in zip(pids, namespaces, strict=True)),
+            "every process to be inside its node",
+            10,
+        )
     finally:
         os.kill(owner.pid, signal.SIGKILL)
         owner.wait()

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,17 +21,17 @@ from netlab.cli import main
 from netlab.lab import python_env
 from netlab.topologies import seed_deployment
 
-LOCK = Path(tempfile.gettempdir()) / "netlab-cli-tests.lock"
 
-
-def netlab(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """The CLI in a subprocess (for commands whose children write to the terminal)."""
+def netlab(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The CLI in a subprocess (for commands whose children write to the terminal), `env` added to ours."""
     return subprocess.run(
         [sys.executable, "-m", "netlab", *args],
         input=stdin,
         capture_output=True,
         text=True,
-        env=python_env({"SHELL": "/bin/sh"}),
+        env=python_env({"SHELL": "/bin/sh", **(env or {})}),
         timeout=60,
         check=False,
     )
@@ -51,18 +50,24 @@ def remove(lab_id: str) -> None:
             record.delete()
 
 
+def lock_path() -> Path:
+    """The lock of this session's CLI tests, in its own registry: other sessions' labs are not seen."""
+    registry.REGISTRY_DIR.mkdir(parents=True, exist_ok=True)
+    return registry.REGISTRY_DIR / "cli-tests.lock"
+
+
 @pytest.fixture
 def lab_lock() -> Iterator[None]:
     """Shared: several tests may have labs up at once, but none while an exclusive test runs."""
-    with open(LOCK, "a") as handle:
+    with open(lock_path(), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_SH)
         yield
 
 
 @pytest.fixture
 def only_lab() -> Iterator[None]:
-    """Exclusive: no other test of this module has a lab up meanwhile."""
-    with open(LOCK, "a") as handle:
+    """Exclusive: no other test of this session has a lab up meanwhile."""
+    with open(lock_path(), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
@@ -335,6 +340,28 @@ def test_down_all_removes_every_lab_made_by_up(only_lab: None, capsys: pytest.Ca
     finally:
         for lab_id in made:
             remove(lab_id)
+
+
+@pytest.mark.privileged
+def test_down_all_leaves_a_lab_made_outside_the_test_session_alone(
+    only_lab: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A lab someone made with their own registry: seen from the machine's default registry, its
+    # namespaces belong to nobody; this session must not judge them at all.
+    outside = {"NETLAB_REGISTRY": str(tmp_path / "registry")}
+    made = netlab("up", "seed", env=outside)
+    assert made.returncode == 0, made.stderr
+    lab_id = made.stdout.strip()
+    try:
+        namespaces = [f"nl-{lab_id}-{node}" for node in ("client", "host", "backend")]
+        assert all(netns.exists(name) for name in namespaces)
+
+        assert main(["down", "--all"]) == 0
+        registry.reap_stale()
+
+        assert all(netns.exists(name) for name in namespaces)
+    finally:
+        assert netlab("down", lab_id, env=outside).returncode == 0
 
 
 # -- netlab run
