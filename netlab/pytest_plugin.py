@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from netlab import registry
-from netlab.lab import Lab
-from netlab.privileges import missing_reason
+from netlab.lab import registry
+from netlab.lab.lab import Lab
+from netlab.lab.privileges import missing_reason
 
 RUN_DIR = pytest.StashKey[Path]()
 FAILED = pytest.StashKey[bool]()

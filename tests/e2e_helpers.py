@@ -14,9 +14,9 @@ import threading
 from collections.abc import Callable
 
 from netlab import Lab
-from netlab.lab import LabNode, python_env
-from netlab.process import Process
-from netlab.topology import Topology
+from netlab.lab.lab import LabNode, python_env
+from netlab.lab.process import Process
+from netlab.topology.model import Topology
 
 
 def dual_stack_deployment() -> Topology:
@@ -117,10 +117,12 @@ def _udp_counter(node: LabNode, port: int, hook: str, verdict: str) -> Callable[
 
 
 def start_blaster(node: LabNode, **options: object) -> Process:
-    """Run netlab.blaster in `node` in the background (options: src, dst, dport, flows, first_port, size,
-    rate, duration, count); read its summary with `blaster_summary`."""
+    """Run netlab.programs.blaster in `node` in the background (options: src, dst, dport, flows,
+    first_port, size, rate, duration, count); read its summary with `blaster_summary`."""
     return node.run(
-        [sys.executable, "-m", "netlab.blaster", json.dumps(options)], label="blaster", env=python_env()
+        [sys.executable, "-m", "netlab.programs.blaster", json.dumps(options)],
+        label="blaster",
+        env=python_env(),
     )
 
 

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from netlab import netns
-from netlab.demo import run_demo
+from netlab.cli.demo import run_demo
+from netlab.lab import netns
 
 pytestmark = pytest.mark.privileged
 

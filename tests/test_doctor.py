@@ -8,10 +8,10 @@ Each test breaks one thing in an otherwise healthy lab and asserts the doctor na
 import pytest
 
 from netlab import Lab, Topology
-from netlab.doctor import Deployment, Finding, NamespaceProbe, diagnose
-from netlab.lab import wait_until
-from netlab.replypath import enable_reply_path
-from netlab.topologies import seed_deployment
+from netlab.doctor.checks import Deployment, Finding, NamespaceProbe, diagnose
+from netlab.lab.lab import wait_until
+from netlab.service.replypath import enable_reply_path
+from netlab.topology.shipped import seed_deployment
 
 pytestmark = pytest.mark.privileged
 

@@ -12,9 +12,9 @@ import pytest
 from e2e_helpers import dual_stack_deployment, start_echo, status_has
 
 from netlab import Lab, start_forwarder
-from netlab.activation import udp_sockets_bound
-from netlab.replypath import enable_reply_path
-from netlab.topologies import seed_deployment
+from netlab.service.procnet import udp_sockets_bound
+from netlab.service.replypath import enable_reply_path
+from netlab.topology.shipped import seed_deployment
 
 pytestmark = pytest.mark.privileged
 

@@ -9,8 +9,8 @@ import pytest
 from e2e_helpers import start_echo
 
 from netlab import Lab, start_forwarder
-from netlab.replypath import enable_reply_path, reply_path_ruleset
-from netlab.topologies import seed_deployment
+from netlab.service.replypath import enable_reply_path, reply_path_ruleset
+from netlab.topology.shipped import seed_deployment
 
 pytestmark = pytest.mark.privileged
 

@@ -41,11 +41,12 @@ from forwarder.destination import Destination
 from forwarder.engine import Engine, Route
 from forwarder.notify import Notifier
 from forwarder.sender import Sender
-from netlab import Lab, netns, start_forwarder
-from netlab.activation import ForwarderUnderTest
-from netlab.lab import LabNode, python_env, wait_until
-from netlab.notify import NotifyEvent
-from netlab.topology import Topology
+from netlab import Lab, start_forwarder
+from netlab.lab import netns
+from netlab.lab.lab import LabNode, python_env, wait_until
+from netlab.service.activation import ForwarderUnderTest
+from netlab.service.notify import NotifyEvent
+from netlab.topology.model import Topology
 
 pytestmark = pytest.mark.privileged
 

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from netlab import Lab, netns, registry
-from netlab.cli import main
-from netlab.lab import python_env
-from netlab.topologies import seed_deployment
+from netlab import Lab
+from netlab.cli.main import main
+from netlab.lab import netns, registry
+from netlab.lab.lab import python_env
+from netlab.topology.shipped import seed_deployment
 
 LOCK = Path(tempfile.gettempdir()) / "netlab-cli-tests.lock"
 

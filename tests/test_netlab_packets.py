@@ -8,12 +8,12 @@ import struct
 import pytest
 
 from netlab import Lab
-from netlab.capture import read_pcap
-from netlab.crafted import Crafted
 from netlab.errors import NetlabError
-from netlab.expect import expect
-from netlab.lab import make_payload
-from netlab.topologies import dual_stack
+from netlab.lab.capture import read_pcap
+from netlab.lab.lab import make_payload
+from netlab.programs.crafted import Crafted
+from netlab.topology.shipped import dual_stack
+from netlab.traffic.expect import expect
 
 pytestmark = pytest.mark.privileged
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from netlab import Lab, start_forwarder
-from netlab.lab import wait_until
-from netlab.notify import NotifyReceiver
-from netlab.topologies import seed_deployment
+from netlab.lab.lab import wait_until
+from netlab.service.notify import NotifyReceiver
+from netlab.topology.shipped import seed_deployment
 
 UNITS = Path(__file__).resolve().parent.parent / "fixtures" / "systemd"
 HARDENED = "transparent-udp-forwarder@.service"
