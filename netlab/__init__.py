@@ -30,7 +30,8 @@ from netlab.errors import (
 
 if TYPE_CHECKING:
     from netlab.fixtures import load_topology, topology_path
-    from netlab.lab.lab import Lab, LabNode, lab
+    from netlab.lab.lab import Lab
+    from netlab.lab.node import LabNode
     from netlab.lab.process import Process
     from netlab.programs.crafted import Crafted
     from netlab.service.activation import (
@@ -54,7 +55,7 @@ _LAZY = {
     "HeldSockets": "netlab.service.activation",
     "Inbox": "netlab.traffic.expect",
     "Lab": "netlab.lab.lab",
-    "LabNode": "netlab.lab.lab",
+    "LabNode": "netlab.lab.node",
     "NotifyEvent": "netlab.service.notify",
     "NotifyReceiver": "netlab.service.notify",
     "Process": "netlab.lab.process",
@@ -64,7 +65,6 @@ _LAZY = {
     "enable_reply_path": "netlab.service.replypath",
     "expect": "netlab.traffic.expect",
     "hold_listen_sockets": "netlab.service.activation",
-    "lab": "netlab.lab.lab",
     "link_loss": "netlab.traffic.impair",
     "load_topology": "netlab.fixtures",
     "load_topology_file": "netlab.topology.file",
@@ -102,7 +102,6 @@ __all__ = [
     "enable_reply_path",
     "expect",
     "hold_listen_sockets",
-    "lab",
     "link_loss",
     "load_topology",
     "load_topology_file",

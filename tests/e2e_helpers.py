@@ -14,8 +14,8 @@ import threading
 from collections.abc import Callable
 
 from netlab import Lab
-from netlab.lab.lab import LabNode, python_env
-from netlab.lab.process import Process
+from netlab.lab.node import LabNode
+from netlab.lab.process import Process, python_env
 from netlab.topology.model import Topology
 
 

@@ -8,7 +8,10 @@ import json
 
 import pytest
 
-from netlab.bench.run import Case, Run, Settings, open_flows, run_bench, summarize
+from netlab.bench.lab import Case, Run
+from netlab.bench.memory import open_flows
+from netlab.bench.run import Settings, run_bench
+from netlab.bench.stats import summarize
 from netlab.programs.blaster import udp_packet
 
 

@@ -8,8 +8,9 @@ Each test breaks one thing in an otherwise healthy lab and asserts the doctor na
 import pytest
 
 from netlab import Lab, Topology
-from netlab.doctor.checks import Deployment, Finding, NamespaceProbe, diagnose
-from netlab.lab.lab import wait_until
+from netlab.doctor.checks import Deployment, Finding, diagnose
+from netlab.doctor.probes import NamespaceProbe
+from netlab.lab.wait import wait_until
 from netlab.service.replypath import enable_reply_path
 from netlab.topology.shipped import seed_deployment
 

@@ -10,9 +10,8 @@ import signal
 
 import pytest
 
-from netlab import Lab, start_forwarder
+from netlab import Lab, expect, start_forwarder
 from netlab.topology.shipped import seed_deployment
-from netlab.traffic import expect
 
 pytestmark = pytest.mark.privileged
 

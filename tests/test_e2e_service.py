@@ -14,7 +14,8 @@ import pytest
 from e2e_helpers import status_has
 
 from netlab import Lab, start_forwarder
-from netlab.lab.lab import python_env, wait_until
+from netlab.lab.process import python_env
+from netlab.lab.wait import wait_until
 from netlab.service.activation import SOCKET_ACTIVATE, ForwarderUnderTest
 from netlab.service.notify import NotifyReceiver
 from netlab.service.procnet import udp_ports_bound

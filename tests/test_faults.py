@@ -43,7 +43,9 @@ from forwarder.notify import Notifier
 from forwarder.sender import Sender
 from netlab import Lab, start_forwarder
 from netlab.lab import netns
-from netlab.lab.lab import LabNode, python_env, wait_until
+from netlab.lab.node import LabNode
+from netlab.lab.process import python_env
+from netlab.lab.wait import wait_until
 from netlab.service.activation import ForwarderUnderTest
 from netlab.service.notify import NotifyEvent
 from netlab.topology.model import Topology

@@ -16,7 +16,7 @@ from forwarder.destination import Destination
 from forwarder.sender import Sender
 from netlab import Lab
 from netlab.lab import netns
-from netlab.lab.lab import python_env
+from netlab.lab.process import python_env
 from netlab.topology.shipped import seed_deployment
 
 T = TypeVar("T")

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from netlab.lab.lab import python_env
+from netlab.lab.process import python_env
 
 LAUNCH = r"""
 import fcntl, json, os, sys

@@ -28,7 +28,7 @@ from forwarder.errors import UsageError
 from forwarder.logs import stderr_is_journal
 from forwarder.notify import watchdog_interval
 from netlab import Lab, start_forwarder
-from netlab.lab.lab import python_env
+from netlab.lab.process import python_env
 
 T = TypeVar("T")
 # No example database: runs leave nothing behind in the checkout.

@@ -13,7 +13,8 @@ import pytest
 from netlab import Lab, Process
 from netlab.lab import netns, registry
 from netlab.lab.capture import read_pcap
-from netlab.lab.lab import python_env, wait_until
+from netlab.lab.process import python_env
+from netlab.lab.wait import wait_until
 from netlab.topology.shipped import seed_deployment
 
 pytestmark = pytest.mark.privileged

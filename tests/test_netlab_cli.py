@@ -20,7 +20,7 @@ import pytest
 from netlab import Lab
 from netlab.cli.main import main
 from netlab.lab import netns, registry
-from netlab.lab.lab import python_env
+from netlab.lab.process import python_env
 from netlab.topology.shipped import seed_deployment
 
 LOCK = Path(tempfile.gettempdir()) / "netlab-cli-tests.lock"

@@ -10,10 +10,10 @@ import pytest
 from netlab import Lab
 from netlab.errors import NetlabError
 from netlab.lab.capture import read_pcap
-from netlab.lab.lab import make_payload
 from netlab.programs.crafted import Crafted
 from netlab.topology.shipped import dual_stack
 from netlab.traffic.expect import expect
+from netlab.traffic.payload import make_payload
 
 pytestmark = pytest.mark.privileged
 

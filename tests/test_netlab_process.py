@@ -9,7 +9,7 @@ import pytest
 from netlab import Lab
 from netlab.errors import LabTimeoutError, ProcessFailedError
 from netlab.lab import netns
-from netlab.lab.lab import wait_until
+from netlab.lab.wait import wait_until
 from netlab.topology.shipped import seed_deployment
 
 pytestmark = pytest.mark.privileged

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from netlab import Lab, start_forwarder
-from netlab.lab.lab import wait_until
+from netlab.lab.wait import wait_until
 from netlab.service.notify import NotifyReceiver
 from netlab.topology.shipped import seed_deployment
 

@@ -14,7 +14,7 @@ import pytest
 from e2e_helpers import blaster_summary, count_arrivals, count_departures, start_blaster
 
 from netlab import Lab, start_forwarder
-from netlab.lab.lab import LabNode
+from netlab.lab.node import LabNode
 from netlab.service.activation import hold_listen_sockets
 from netlab.topology.shipped import seed_deployment
 

@@ -8,7 +8,8 @@ the client addresses (the client nodes' own, plus one from each spoofed network)
 
 import ipaddress
 
-from netlab.doctor.checks import Deployment, Finding, NamespaceProbe, diagnose
+from netlab.doctor.checks import Deployment, Finding, diagnose
+from netlab.doctor.probes import NamespaceProbe
 from netlab.errors import TopologyError
 from netlab.lab.lab import Lab
 from netlab.topology.model import Roles, Topology

@@ -114,3 +114,12 @@ def _pidfd(pid: int) -> Iterator[Callable[[float | None], bool]]:
         yield exited
     finally:
         os.close(fd)
+
+
+def python_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a Python child that must import this checkout's packages."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update(extra or {})
+    return env

@@ -14,6 +14,9 @@ IP_TRANSPARENT = 19
 
 
 def main(argv: list[str]) -> int:
+    if not argv or not os.environ.get("LISTEN_FDS", "").isdigit():
+        print("usage: python -m netlab.programs.per_datagram HOST:PORT... (with LISTEN_FDS)", file=sys.stderr)
+        return 64
     count = int(os.environ["LISTEN_FDS"])
     listeners = [socket.socket(fileno=3 + index) for index in range(count)]
     destinations = []

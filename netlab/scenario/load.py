@@ -49,13 +49,25 @@ executes them. A bug report becomes one new file in fixtures/scenarios, which is
 import ipaddress
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from netlab.errors import ScenarioError
 from netlab.fixtures import scenario_path, topology_path
 from netlab.programs.crafted import MAX_PAYLOAD, MAX_PAYLOAD_IPV6
+from netlab.scenario.model import (
+    ArrivesSpec,
+    EchoSpec,
+    Endpoint,
+    Expectations,
+    ForwarderSpec,
+    ReplyPathSpec,
+    Scenario,
+    SetupStep,
+    TrafficSpec,
+    pattern_payload,
+)
+from netlab.scenario.reader import Reader, address_port
 from netlab.topology.file import load_topology_file, topology_from_dict
 from netlab.topology.model import Topology
 
@@ -73,234 +85,6 @@ _EXPECT = {"arrives", "nothing_else", "nothing_at", "status", "exit_code", "doct
 _ARRIVES = {"at", "src", "payload", "payload_hex", "size", "count", "within"}
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """A node and a UDP port of it, written NODE:PORT."""
-
-    node: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.node}:{self.port}"
-
-
-@dataclass
-class ForwarderSpec:
-    node: str
-    listen: list[str]
-    destinations: list[str]
-    fdnames: list[str] | None = None
-    args: list[str] = field(default_factory=list)
-    held_sockets: bool = False
-
-
-@dataclass
-class SetupStep:
-    node: str
-    action: str  # one of _SETUP_ACTIONS
-    value: Any
-
-
-@dataclass
-class EchoSpec:
-    node: str
-    ports: list[int]
-
-
-@dataclass
-class ReplyPathSpec:
-    node: str
-    backend: str
-    backend_network: str
-    host_address: str
-
-
-@dataclass
-class TrafficSpec:
-    node: str
-    src: str | None
-    sport: int
-    dst: str
-    dport: int
-    payload: bytes
-    count: int = 1
-    fragment_size: int = 0
-    expect_reply: bool = False
-    reply_contains: str | None = None
-
-    def describe(self) -> str:
-        src = f"{self.src}:{self.sport}" if self.src else f"{self.node}:{self.sport}"
-        times = f"{self.count} x " if self.count != 1 else ""
-        return f"{times}{len(self.payload)} B from {src} to {self.dst}:{self.dport}"
-
-
-@dataclass
-class ArrivesSpec:
-    at: Endpoint
-    src: str | None
-    payload: bytes | None
-    size: int | None
-    count: int = 1
-    within: float = 3.0
-
-    def describe(self) -> str:
-        what = f"{self.count} datagrams" if self.count != 1 else "a datagram"
-        parts = [f"{what} arrives at {self.at}"]
-        if self.src:
-            parts.append(f"from {self.src}")
-        if self.size is not None:
-            parts.append(f"intact: the {self.size} B pattern")
-        elif self.payload is not None:
-            parts.append(f"with payload {self.payload[:24]!r}" + ("..." if len(self.payload) > 24 else ""))
-        return " ".join(parts)
-
-
-@dataclass
-class Expectations:
-    arrives: list[ArrivesSpec] = field(default_factory=list)
-    nothing_else: bool = True
-    nothing_at: list[Endpoint] = field(default_factory=list)
-    status: list[str] = field(default_factory=list)
-    exit_code: int | None = None
-    doctor_names: list[str] | None = None
-
-
-@dataclass
-class Scenario:
-    """A validated scenario, ready for netlab.scenario_run."""
-
-    name: str
-    source: str
-    description: str
-    topology: Topology
-    forwarder: ForwarderSpec | None
-    setup: list[SetupStep]
-    echo: EchoSpec | None
-    reply_path: ReplyPathSpec | None
-    traffic: list[TrafficSpec]
-    expect: Expectations
-
-
-def pattern_payload(size: int) -> bytes:
-    """The payload `size = N` stands for: netlab.lab.make_payload's position-revealing pattern."""
-    return bytes(index % 251 for index in range(size))
-
-
-class _Reader:
-    """Typed access to TOML tables with errors naming the file, the element and the value."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, element: str, message: str) -> ScenarioError:
-        return ScenarioError(f"{self.source}: {element}: {message}")
-
-    def keys(self, table: Mapping[str, Any], allowed: set[str], element: str) -> None:
-        for key in table:
-            if key not in allowed:
-                raise self.fail(element, f"unknown key {key!r}; expected one of {sorted(allowed)}")
-
-    def get(
-        self,
-        table: Mapping[str, Any],
-        key: str,
-        kind: type | tuple[type, ...],
-        element: str,
-        default: Any = None,
-    ) -> Any:
-        if key not in table:
-            return default
-        value = table[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if isinstance(value, bool) and bool not in kinds:
-            value = None  # TOML true is not an integer
-        if not isinstance(value, kinds):
-            names = " or ".join(k.__name__ for k in kinds)
-            raise self.fail(f"{element}.{key}", f"expected {names}, got {table[key]!r}")
-        return value
-
-    def strings(self, table: Mapping[str, Any], key: str, element: str, default: Any = None) -> Any:
-        values = self.get(table, key, list, element, default)
-        if values is not None and not all(isinstance(value, str) for value in values):
-            raise self.fail(f"{element}.{key}", f"expected a list of strings, got {values!r}")
-        return values
-
-    def table(self, data: Mapping[str, Any], key: str, element: str) -> dict[str, Any] | None:
-        value: dict[str, Any] | None = self.get(data, key, dict, element)
-        return value
-
-    def tables(self, data: Mapping[str, Any], key: str, element: str) -> list[tuple[str, dict[str, Any]]]:
-        items = self.get(data, key, list, element, [])
-        result = []
-        for index, item in enumerate(items):
-            where = f"{key}[{index}]"
-            if not isinstance(item, dict):
-                raise self.fail(where, f"expected a table, got {item!r}")
-            result.append((where, item))
-        return result
-
-    def node(
-        self, table: Mapping[str, Any], key: str, element: str, topology: Topology, default: str | None = None
-    ) -> str:
-        name = self.get(table, key, str, element, default)
-        if name is None:
-            raise self.fail(
-                element, f"missing {key!r}: expected a node name, one of {sorted(topology.nodes)}"
-            )
-        if name not in topology.nodes:
-            raise self.fail(
-                f"{element}.{key}", f"unknown node {name!r}; known nodes: {sorted(topology.nodes)}"
-            )
-        return str(name)
-
-    def endpoint(self, text: Any, element: str, topology: Topology) -> Endpoint:
-        node, _, port = str(text).rpartition(":")
-        if not isinstance(text, str) or not port.isdigit() or not 0 < int(port) < 65536:
-            raise self.fail(element, f"bad endpoint {text!r}: expected NODE:PORT, e.g. 'backend:27000'")
-        if node not in topology.nodes:
-            raise self.fail(
-                element, f"unknown node {node!r} in {text!r}; known nodes: {sorted(topology.nodes)}"
-            )
-        return Endpoint(node, int(port))
-
-    def payload(self, table: Mapping[str, Any], element: str, limit: int) -> tuple[bytes | None, int | None]:
-        given = [key for key in ("payload", "payload_hex", "size") if key in table]
-        if len(given) > 1:
-            raise self.fail(element, f"give one of payload, payload_hex or size, not {given}")
-        if "payload" in table:
-            return self.get(table, "payload", str, element).encode(), None
-        if "payload_hex" in table:
-            text = self.get(table, "payload_hex", str, element)
-            try:
-                return bytes.fromhex(text), None
-            except ValueError:
-                raise self.fail(f"{element}.payload_hex", f"bad hex {text!r}") from None
-        size = self.get(table, "size", int, element)
-        if size is not None and not 0 <= size <= limit:
-            raise self.fail(f"{element}.size", f"{size!r} must be 0 to {limit}")
-        return None, size
-
-    def positive(self, table: Mapping[str, Any], key: str, element: str, default: int | float) -> Any:
-        kind: tuple[type, ...] = (int,) if isinstance(default, int) else (int, float)
-        value = self.get(table, key, kind, element, default)
-        if not value > 0:
-            raise self.fail(f"{element}.{key}", f"{value!r} must be greater than 0")
-        return value
-
-
-def _address_port(reader: _Reader, text: Any, element: str) -> tuple[str, int]:
-    if isinstance(text, str):
-        host, _, port = text.rpartition(":")
-        host = host.strip("[]") if host.startswith("[") else host
-        try:
-            ipaddress.ip_address(host)
-            if port.isdigit() and 0 < int(port) < 65536 and (":" not in host or text.startswith("[")):
-                return host, int(port)
-        except ValueError:
-            pass
-    raise reader.fail(element, f"bad address {text!r}: expected ADDRESS:PORT or [V6ADDRESS]:PORT")
-
-
 def load_scenario(file_or_name: str | Path) -> Scenario:
     """Read and validate a scenario file, or the shipped scenario of that name."""
     path = Path(file_or_name)
@@ -313,7 +97,7 @@ def load_scenario(file_or_name: str | Path) -> Scenario:
     return scenario_from_dict(data, path)
 
 
-def _topology(reader: _Reader, data: Mapping[str, Any], path: Path) -> Topology:
+def _topology(reader: Reader, data: Mapping[str, Any], path: Path) -> Topology:
     value = data.get("topology")
     if isinstance(value, dict):
         return topology_from_dict(value, source=f"{path}: topology")
@@ -328,141 +112,174 @@ def _topology(reader: _Reader, data: Mapping[str, Any], path: Path) -> Topology:
 
 
 def scenario_from_dict(data: Mapping[str, Any], path: Path) -> Scenario:
-    """Validate TOML-shaped scenario data read from `path`."""
-    reader = _Reader(str(path))
+    """Validate TOML-shaped scenario data read from `path`: one reader per table, then the checks that
+    span tables."""
+    reader = Reader(str(path))
     reader.keys(data, _TOP, "top level")
     topology = _topology(reader, data, path)
-    default_host = (topology.roles.host if topology.roles else None) or "host"
-
-    forwarder = None
-    table = reader.table(data, "forwarder", "top level")
-    if table is not None:
-        reader.keys(table, _FORWARDER, "forwarder")
-        listen = reader.strings(table, "listen", "forwarder", [])
-        for index, text in enumerate(listen):
-            _address_port(reader, text, f"forwarder.listen[{index}]")
-        destinations = reader.strings(table, "destinations", "forwarder", [])
-        if not listen or not destinations:
-            raise reader.fail("forwarder", "needs listen = [ADDR:PORT, ...] and destinations = [DEST, ...]")
-        fdnames = reader.strings(table, "fdnames", "forwarder")
-        if fdnames is not None and len(fdnames) != len(listen):
-            raise reader.fail("forwarder.fdnames", f"{fdnames!r}: expected one name per listen socket")
-        forwarder = ForwarderSpec(
-            reader.node(table, "node", "forwarder", topology, default_host),
-            listen,
-            destinations,
-            fdnames,
-            reader.strings(table, "args", "forwarder", []),
-            reader.get(table, "held_sockets", bool, "forwarder", False),
-        )
-
-    setup = []
-    for where, step in reader.tables(data, "setup", "top level"):
-        reader.keys(step, _SETUP, where)
-        actions = [key for key in _SETUP_ACTIONS if key in step]
-        if len(actions) != 1:
-            raise reader.fail(where, f"expected exactly one of {list(_SETUP_ACTIONS)}, got {actions}")
-        action = actions[0]
-        kind: type = {"sysctl": dict, "nft": str}.get(action, list)
-        value = reader.get(step, action, kind, where)
-        setup.append(SetupStep(reader.node(step, "node", where, topology), action, value))
-
-    echo = None
-    table = reader.table(data, "echo", "top level")
-    if table is not None:
-        reader.keys(table, _ECHO, "echo")
-        ports = reader.get(table, "ports", list, "echo", [])
-        if not ports or not all(
-            isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in ports
-        ):
-            raise reader.fail("echo.ports", f"expected a list of UDP ports, got {ports!r}")
-        echo = EchoSpec(
-            reader.node(table, "node", "echo", topology, topology.roles.backend if topology.roles else None),
-            ports,
-        )
-
-    reply_path = None
-    table = reader.table(data, "reply_path", "top level")
-    if table is not None:
-        reader.keys(table, _REPLY, "reply_path")
-        values = {
-            key: reader.get(table, key, str, "reply_path")
-            for key in ("backend", "backend_network", "host_address")
-        }
-        missing = [key for key, value in values.items() if value is None]
-        if missing:
-            raise reader.fail("reply_path", f"missing {missing}")
-        reply_path = ReplyPathSpec(reader.node(table, "node", "reply_path", topology, default_host), **values)
-
-    traffic = []
-    for where, item in reader.tables(data, "traffic", "top level"):
-        reader.keys(item, _TRAFFIC, where)
-        node = reader.node(item, "from", where, topology)
-        dst, dport = _address_port(reader, reader.get(item, "to", str, where), f"{where}.to")
-        version = ipaddress.ip_address(dst).version
-        family = reader.get(item, "family", str, where)
-        if family is not None and family != f"ipv{version}":
-            raise reader.fail(f"{where}.family", f"{family!r} but `to` {dst!r} is IPv{version}")
-        src = reader.get(item, "src", str, where)
-        if src is not None:
-            try:
-                if ipaddress.ip_address(src).version != version:
-                    raise reader.fail(f"{where}.src", f"{src!r} is not of the family of `to` {dst!r}")
-            except ValueError:
-                raise reader.fail(f"{where}.src", f"bad address {src!r}") from None
-        payload, size = reader.payload(item, where, MAX_PAYLOAD if version == 4 else MAX_PAYLOAD_IPV6)
-        expect_reply = reader.get(item, "expect_reply", bool, where, False)
-        if expect_reply and src is not None and src not in topology.addresses_of(node):
-            raise reader.fail(
-                f"{where}.src", f"{src!r}: a reply can only be awaited from the node's own address"
-            )
-        traffic.append(
-            TrafficSpec(
-                node,
-                src,
-                reader.get(item, "sport", int, where, 4242),
-                dst,
-                dport,
-                payload if payload is not None else pattern_payload(size or 0),
-                reader.positive(item, "count", where, 1),
-                reader.get(item, "fragment_size", int, where, 0),
-                expect_reply,
-                reader.get(item, "reply_contains", str, where),
-            )
-        )
-
-    expect = Expectations()
-    table = reader.table(data, "expect", "top level") or {}
-    reader.keys(table, _EXPECT, "expect")
-    for element, item in reader.tables(table, "arrives", "expect"):
-        where = "expect." + element
-        reader.keys(item, _ARRIVES, where)
-        at = reader.endpoint(reader.get(item, "at", str, where), f"{where}.at", topology)
-        payload, size = reader.payload(item, where, MAX_PAYLOAD_IPV6)
-        if size is not None:  # the very bytes a traffic item's `size = N` sends: arriving intact
-            payload = pattern_payload(size)
-        expect.arrives.append(
-            ArrivesSpec(
-                at,
-                reader.get(item, "src", str, where),
-                payload,
-                size,
-                reader.positive(item, "count", where, 1),
-                float(reader.positive(item, "within", where, 3.0)),
-            )
-        )
-    expect.nothing_else = reader.get(table, "nothing_else", bool, "expect", True)
-    expect.nothing_at = [
-        reader.endpoint(text, f"expect.nothing_at[{index}]", topology)
-        for index, text in enumerate(reader.strings(table, "nothing_at", "expect", []))
+    forwarder = _forwarder(reader, reader.table(data, "forwarder", "top level"), topology)
+    setup = [
+        _setup_step(reader, where, step, topology)
+        for where, step in reader.tables(data, "setup", "top level")
     ]
-    expect.status = reader.strings(table, "status", "expect", [])
-    expect.exit_code = reader.get(table, "exit_code", int, "expect")
-    expect.doctor_names = reader.strings(table, "doctor_names", "expect")
+    echo = _echo(reader, reader.table(data, "echo", "top level"), topology)
+    reply_path = _reply_path(reader, reader.table(data, "reply_path", "top level"), topology)
+    traffic = [
+        _traffic(reader, where, item, topology) for where, item in reader.tables(data, "traffic", "top level")
+    ]
+    expect = _expect(reader, reader.table(data, "expect", "top level") or {}, topology)
+    _check_across_tables(reader, forwarder, echo, expect)
+    description = reader.get(data, "description", str, "top level", "")
+    return Scenario(
+        path.stem, str(path), description, topology, forwarder, setup, echo, reply_path, traffic, expect
+    )
 
-    listened = set([a.at for a in expect.arrives] + expect.nothing_at)
+
+def _default_host(topology: Topology) -> str:
+    return (topology.roles.host if topology.roles else None) or "host"
+
+
+def _forwarder(reader: Reader, table: dict[str, Any] | None, topology: Topology) -> ForwarderSpec | None:
+    """[forwarder]: the sockets systemd would pass, the destinations and the options."""
+    if table is None:
+        return None
+    reader.keys(table, _FORWARDER, "forwarder")
+    listen = reader.strings(table, "listen", "forwarder", [])
+    for index, text in enumerate(listen):
+        address_port(reader, text, f"forwarder.listen[{index}]")
+    destinations = reader.strings(table, "destinations", "forwarder", [])
+    if not listen or not destinations:
+        raise reader.fail("forwarder", "needs listen = [ADDR:PORT, ...] and destinations = [DEST, ...]")
+    fdnames = reader.strings(table, "fdnames", "forwarder")
+    if fdnames is not None and len(fdnames) != len(listen):
+        raise reader.fail("forwarder.fdnames", f"{fdnames!r}: expected one name per listen socket")
+    return ForwarderSpec(
+        reader.node(table, "node", "forwarder", topology, _default_host(topology)),
+        listen,
+        destinations,
+        fdnames,
+        reader.strings(table, "args", "forwarder", []),
+        reader.get(table, "held_sockets", bool, "forwarder", False),
+    )
+
+
+def _setup_step(reader: Reader, where: str, step: dict[str, Any], topology: Topology) -> SetupStep:
+    """One [[setup]] table: a node and exactly one action."""
+    reader.keys(step, _SETUP, where)
+    actions = [key for key in _SETUP_ACTIONS if key in step]
+    if len(actions) != 1:
+        raise reader.fail(where, f"expected exactly one of {list(_SETUP_ACTIONS)}, got {actions}")
+    action = actions[0]
+    kind: type = {"sysctl": dict, "nft": str}.get(action, list)
+    value = reader.get(step, action, kind, where)
+    return SetupStep(reader.node(step, "node", where, topology), action, value)
+
+
+def _echo(reader: Reader, table: dict[str, Any] | None, topology: Topology) -> EchoSpec | None:
+    """[echo]: the echo server's node (the backend role by default) and ports."""
+    if table is None:
+        return None
+    reader.keys(table, _ECHO, "echo")
+    ports = reader.get(table, "ports", list, "echo", [])
+    if not ports or not all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in ports):
+        raise reader.fail("echo.ports", f"expected a list of UDP ports, got {ports!r}")
+    backend = topology.roles.backend if topology.roles else None
+    return EchoSpec(reader.node(table, "node", "echo", topology, backend), ports)
+
+
+def _reply_path(reader: Reader, table: dict[str, Any] | None, topology: Topology) -> ReplyPathSpec | None:
+    """[reply_path]: the host's rewrite of the backend's replies."""
+    if table is None:
+        return None
+    reader.keys(table, _REPLY, "reply_path")
+    values = {
+        key: reader.get(table, key, str, "reply_path")
+        for key in ("backend", "backend_network", "host_address")
+    }
+    missing = [key for key, value in values.items() if value is None]
+    if missing:
+        raise reader.fail("reply_path", f"missing {missing}")
+    node = reader.node(table, "node", "reply_path", topology, _default_host(topology))
+    return ReplyPathSpec(node, **values)
+
+
+def _traffic(reader: Reader, where: str, item: dict[str, Any], topology: Topology) -> TrafficSpec:
+    """One [[traffic]] table: a datagram (or `count` of them) crafted from a node."""
+    reader.keys(item, _TRAFFIC, where)
+    node = reader.node(item, "from", where, topology)
+    dst, dport = address_port(reader, reader.get(item, "to", str, where), f"{where}.to")
+    version = ipaddress.ip_address(dst).version
+    family = reader.get(item, "family", str, where)
+    if family is not None and family != f"ipv{version}":
+        raise reader.fail(f"{where}.family", f"{family!r} but `to` {dst!r} is IPv{version}")
+    src = reader.get(item, "src", str, where)
+    if src is not None:
+        try:
+            if ipaddress.ip_address(src).version != version:
+                raise reader.fail(f"{where}.src", f"{src!r} is not of the family of `to` {dst!r}")
+        except ValueError:
+            raise reader.fail(f"{where}.src", f"bad address {src!r}") from None
+    payload, size = reader.payload(item, where, MAX_PAYLOAD if version == 4 else MAX_PAYLOAD_IPV6)
+    expect_reply = reader.get(item, "expect_reply", bool, where, False)
+    if expect_reply and src is not None and src not in topology.addresses_of(node):
+        raise reader.fail(f"{where}.src", f"{src!r}: a reply can only be awaited from the node's own address")
+    return TrafficSpec(
+        node,
+        src,
+        reader.get(item, "sport", int, where, 4242),
+        dst,
+        dport,
+        payload if payload is not None else pattern_payload(size or 0),
+        reader.positive(item, "count", where, 1),
+        reader.get(item, "fragment_size", int, where, 0),
+        expect_reply,
+        reader.get(item, "reply_contains", str, where),
+    )
+
+
+def _arrives(reader: Reader, where: str, item: dict[str, Any], topology: Topology) -> ArrivesSpec:
+    """One [[expect.arrives]] table: a datagram (or `count`) at NODE:PORT within a deadline."""
+    reader.keys(item, _ARRIVES, where)
+    at = reader.endpoint(reader.get(item, "at", str, where), f"{where}.at", topology)
+    payload, size = reader.payload(item, where, MAX_PAYLOAD_IPV6)
+    if size is not None:  # the very bytes a traffic item's `size = N` sends: arriving intact
+        payload = pattern_payload(size)
+    return ArrivesSpec(
+        at,
+        reader.get(item, "src", str, where),
+        payload,
+        size,
+        reader.positive(item, "count", where, 1),
+        float(reader.positive(item, "within", where, 3.0)),
+    )
+
+
+def _expect(reader: Reader, table: dict[str, Any], topology: Topology) -> Expectations:
+    """[expect] and its [[expect.arrives]] tables."""
+    reader.keys(table, _EXPECT, "expect")
+    return Expectations(
+        arrives=[
+            _arrives(reader, "expect." + element, item, topology)
+            for element, item in reader.tables(table, "arrives", "expect")
+        ],
+        nothing_else=reader.get(table, "nothing_else", bool, "expect", True),
+        nothing_at=[
+            reader.endpoint(text, f"expect.nothing_at[{index}]", topology)
+            for index, text in enumerate(reader.strings(table, "nothing_at", "expect", []))
+        ],
+        status=reader.strings(table, "status", "expect", []),
+        exit_code=reader.get(table, "exit_code", int, "expect"),
+        doctor_names=reader.strings(table, "doctor_names", "expect"),
+    )
+
+
+def _check_across_tables(
+    reader: Reader, forwarder: ForwarderSpec | None, echo: EchoSpec | None, expect: Expectations
+) -> None:
+    """What one table alone cannot judge: ports the echo server holds, expectations needing a forwarder."""
+    listened = {arrival.at for arrival in expect.arrives} | set(expect.nothing_at)
     if echo is not None:
-        for endpoint in listened:
+        for endpoint in sorted(listened, key=str):
             if endpoint.node == echo.node and endpoint.port in echo.ports:
                 raise reader.fail("expect", f"{endpoint}: the echo server holds that port; use expect_reply")
     if (expect.status or expect.exit_code is not None) and forwarder is None:
@@ -472,10 +289,6 @@ def scenario_from_dict(data: Mapping[str, Any], path: Path) -> Scenario:
             "expect.status",
             'needs a short report period: add args = ["--stats-interval", "0.2"] to [forwarder]',
         )
-    description = reader.get(data, "description", str, "top level", "")
-    return Scenario(
-        path.stem, str(path), description, topology, forwarder, setup, echo, reply_path, traffic, expect
-    )
 
 
 __all__ = [

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from netlab.errors import LabTimeoutError, NetlabError
-from netlab.lab.lab import Lab, python_env, wait_until
+from netlab.lab.lab import Lab
+from netlab.lab.process import python_env
+from netlab.lab.wait import wait_until
 from netlab.programs.crafted import Crafted
 from netlab.scenario.load import Endpoint, Scenario, TrafficSpec
 from netlab.service.activation import ForwarderUnderTest, hold_listen_sockets, start_forwarder

@@ -15,8 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from netlab.errors import LabTimeoutError, NetlabError, ProcessFailedError
-from netlab.lab.lab import LabNode, python_env, wait_until
-from netlab.lab.process import Process
+from netlab.lab.node import LabNode
+from netlab.lab.process import Process, python_env
+from netlab.lab.wait import wait_until
 from netlab.service.notify import NotifyEvent, NotifyReceiver
 from netlab.service.procnet import udp_ports_bound
 

@@ -9,7 +9,7 @@ forwarder's spoofed send created, so the NAT hook never sees a new flow. What wo
 import ipaddress
 from pathlib import Path
 
-from netlab.lab.lab import LabNode
+from netlab.lab.node import LabNode
 
 TABLE = "netlab_reply_path"
 

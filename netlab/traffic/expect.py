@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Final
 from netlab.errors import ExpectationError, NetlabError
 
 if TYPE_CHECKING:
-    from netlab.lab.lab import LabNode
+    from netlab.lab.node import LabNode
 
 
 class _Any:

@@ -13,7 +13,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from netlab.errors import ImpairmentUnavailableError, NetlabError
-from netlab.lab.lab import LabNode
+from netlab.lab.node import LabNode
 
 TABLE = "netlab_impair"
 SCALE = 1_000_000  # loss resolution: parts per million
