@@ -9,10 +9,10 @@ import json
 import pytest
 
 from netlab.bench.lab import Case, Run
-from netlab.bench.memory import open_flows
 from netlab.bench.run import Settings, run_bench
 from netlab.bench.stats import summarize
 from netlab.programs.blaster import udp_packet
+from netlab.service.status import open_flows
 
 
 def test_summary_ratios_are_relative_to_kernel_dnat_with_rps_and_to_the_per_datagram_reference() -> None:

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from netlab.errors import LabTimeoutError
 from netlab.lab.lab import Lab
+from netlab.lab.nft import apply_ruleset, counter_packets, delete_table
 from netlab.lab.node import LabNode
 from netlab.lab.process import python_env
 from netlab.topology.shipped import seed_deployment
@@ -117,17 +117,11 @@ class BenchLab:
         self.nft(self.backend, BACKEND_COUNTER)
 
     def nft(self, node: LabNode, ruleset: str) -> None:
-        path = self.lab.workdir / f"bench-{self.lab.next_serial()}.nft"
-        path.write_text(ruleset)
-        node.check(["nft", "-f", str(path)])
+        apply_ruleset(node, ruleset, label="bench")
 
     def delivered(self) -> int:
         """The backend's kernel counter of benchmark datagrams."""
-        output = self.backend.check(["nft", "-j", "list", "counter", "inet", "netlab_bench", "delivered"])
-        for item in json.loads(output)["nftables"]:
-            if "counter" in item:
-                return int(item["counter"]["packets"])
-        raise LabTimeoutError(f"no counter in nft output: {output!r}")
+        return counter_packets(self.backend, "inet", "netlab_bench", "delivered")
 
     def settle(self, timeout: float = 5.0) -> int:
         """Wait until datagrams in flight have arrived: the counter stops moving (with a deadline)."""
@@ -186,5 +180,5 @@ class BenchLab:
         try:
             sent = self.blast(case, duration)
         finally:
-            self.host.check(["nft", "delete", "table", "inet", "netlab_sink"])
+            delete_table(self.host, "inet", "netlab_sink")
         return float(sent["sent"]) / float(sent["seconds"])
