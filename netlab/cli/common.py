@@ -2,12 +2,14 @@
 64 on a usage error, the privilege check and JSON output.
 
 Exit codes (sysexits(3)): 0 success, 1 a check or scenario failed, 64 usage, 66 no such topology or
-scenario file, 68 no such lab or node, 77 missing privilege, 78 an invalid topology or scenario file,
-127 the command given to `exec` does not exist, 130 interrupted. `exec` and `shell` exit with the code of
+scenario file, 68 no such lab or node, 69 netlab's dependencies (the `lab` extra) are not installed,
+77 missing privilege, 78 an invalid topology or scenario file, 127 the command given to `exec` does not
+exist, 130 interrupted. `exec` and `shell` exit with the code of
 the command they ran.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -27,6 +29,10 @@ from netlab.errors import (
 from netlab.lab.privileges import missing_reason
 
 EX_FAILED = 1
+EX_UNAVAILABLE = 69  # os.EX_UNAVAILABLE: a program netlab needs is missing
+# What the `lab` extra brings; a bare `pip install .` is the forwarder's, without them.
+LAB_DEPENDENCIES = ("pyroute2", "scapy")
+LAB_EXTRA = "pip install 'transparent-udp-forwarder[lab]'"
 EX_NOT_FOUND = 127
 EX_INTERRUPTED = 130
 # Most specific first: UnknownNodeError is a TopologyError.
@@ -58,6 +64,16 @@ class Parser(argparse.ArgumentParser):
 
 # The object `add_subparsers` returns, to which each command group adds its commands.
 Commands: TypeAlias = "argparse._SubParsersAction[Parser]"
+
+
+def missing_lab_dependencies() -> list[str]:
+    """The packages of the `lab` extra that this Python cannot import."""
+    return [name for name in LAB_DEPENDENCIES if importlib.util.find_spec(name) is None]
+
+
+def lab_extra_message(missing: list[str]) -> str:
+    """The one line that says which extra to install."""
+    return f"netlab needs {' and '.join(missing)}, which come with the lab extra: {LAB_EXTRA}"
 
 
 def require_privileges() -> None:

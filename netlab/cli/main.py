@@ -9,7 +9,15 @@ from collections.abc import Sequence
 from types import FrameType
 
 from netlab.cli import bench, demo, doctor, labs, scenario, traffic
-from netlab.cli.common import EX_INTERRUPTED, Parser, exit_code_of
+from netlab.cli.common import (
+    EX_INTERRUPTED,
+    EX_UNAVAILABLE,
+    LAB_DEPENDENCIES,
+    Parser,
+    exit_code_of,
+    lab_extra_message,
+    missing_lab_dependencies,
+)
 from netlab.errors import NetlabError
 
 _MAIN_PID = os.getpid()
@@ -36,6 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one netlab command; return its exit code."""
     global _MAIN_PID
     args = build_parser().parse_args(argv)
+    missing = missing_lab_dependencies()
+    if missing:  # every command builds, enters or lists labs (pyroute2) or crafts packets (scapy)
+        print(f"netlab: {lab_extra_message(missing)}", file=sys.stderr)
+        return EX_UNAVAILABLE
     _MAIN_PID = os.getpid()
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
@@ -46,3 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NetlabError as error:
         print(f"netlab: {error}", file=sys.stderr)
         return exit_code_of(error)
+    except ModuleNotFoundError as error:  # a dependency that went missing after the check above
+        if (error.name or "").partition(".")[0] not in LAB_DEPENDENCIES:
+            raise
+        print(f"netlab: {lab_extra_message([error.name or ''])}", file=sys.stderr)
+        return EX_UNAVAILABLE

@@ -17,6 +17,7 @@ from netlab.errors import LabTimeoutError, NetlabError
 from netlab.lab.lab import Lab
 from netlab.lab.nft import apply_ruleset
 from netlab.lab.process import python_env
+from netlab.lab.runs import default_runs_dir
 from netlab.lab.wait import wait_until
 from netlab.programs.crafted import Crafted
 from netlab.scenario.load import Endpoint, Scenario, TrafficSpec
@@ -273,8 +274,6 @@ def run_scenario(scenario: Scenario, lab: Lab) -> ScenarioResult:
 
 def run_scenario_file(scenario: Scenario, runs: str | Path | None = None) -> ScenarioResult:
     """Run `scenario` in its own lab in RUNS/run-NAME-TIME (kept, with logs and pcaps, if it fails)."""
-    from netlab.pytest_plugin import default_runs_dir
-
     base = Path(runs) if runs else default_runs_dir()
     run_dir = base / f"run-{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}-{time.monotonic_ns() % 10**6}"
     with Lab(workdir=run_dir, capture=True, description=f"netlab run {scenario.source}") as lab:
