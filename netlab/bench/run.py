@@ -19,6 +19,7 @@ from netlab.bench.lab import BenchLab, Case, Run
 from netlab.bench.memory import measure_flow_memory
 from netlab.bench.report import json_document, memory_line, text_report, thousands
 from netlab.bench.stats import summarize
+from netlab.errors import UsageError
 from netlab.lab.lab import Lab
 
 
@@ -50,7 +51,7 @@ def run_bench(
     names = settings.contenders or list(CONTENDERS)
     unknown = [name for name in names if name not in CONTENDERS]
     if unknown:
-        raise ValueError(f"unknown contender {unknown[0]!r}: expected one of {sorted(CONTENDERS)}")
+        raise UsageError(f"unknown contender {unknown[0]!r}: expected one of {sorted(CONTENDERS)}")
     runs: list[Run] = []
     loss_runs: list[Run] = []
     total = settings.runs * len(settings.cases) * len(names)

@@ -2,7 +2,7 @@
 
 import argparse
 
-from netlab.cli.common import Commands, require_privileges
+from netlab.cli.common import OWN_LAB_REMOVED, Commands, require_privileges
 
 CONTENDER_NAMES = ["kernel-dnat+rps", "kernel-dnat", "per-datagram", "forwarder", "forwarder-single"]
 
@@ -35,4 +35,4 @@ def register(commands: Commands) -> None:
         choices=CONTENDER_NAMES,
         help="measure only these (repeatable); default all",
     )
-    bench.set_defaults(handler=cmd_bench)
+    bench.set_defaults(handler=cmd_bench, after_interrupt=OWN_LAB_REMOVED)

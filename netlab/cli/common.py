@@ -3,9 +3,9 @@
 
 Exit codes (sysexits(3)): 0 success, 1 a check or scenario failed, 64 usage, 66 no such topology or
 scenario file, 68 no such lab or node, 69 netlab's dependencies (the `lab` extra) are not installed,
-77 missing privilege, 78 an invalid topology or scenario file, 127 the command given to `exec` does not
-exist, 130 interrupted. `exec` and `shell` exit with the code of
-the command they ran.
+71 a system call failed, 77 missing privilege, 78 an invalid topology or scenario file, 127 the command
+given to `exec` does not exist, 130 interrupted. `exec` and `shell` exit with the code of the command
+they ran.
 """
 
 import argparse
@@ -20,7 +20,9 @@ from netlab.errors import (
     FixtureNotFoundError,
     MissingPrivilegeError,
     NetlabError,
+    PacketError,
     ScenarioError,
+    SystemCallError,
     TopologyError,
     UnknownLabError,
     UnknownNodeError,
@@ -39,12 +41,14 @@ EX_INTERRUPTED = 130
 EXIT_CODES: list[tuple[type[NetlabError], int]] = [
     (UsageError, os.EX_USAGE),
     (AddressError, os.EX_USAGE),
+    (PacketError, os.EX_USAGE),
     (FixtureNotFoundError, os.EX_NOINPUT),
     (UnknownLabError, os.EX_NOHOST),
     (UnknownNodeError, os.EX_NOHOST),
     (MissingPrivilegeError, os.EX_NOPERM),
     (TopologyError, os.EX_CONFIG),
     (ScenarioError, os.EX_CONFIG),
+    (SystemCallError, os.EX_OSERR),
 ]
 
 
@@ -85,6 +89,12 @@ def require_privileges() -> None:
 
 def print_json(data: object) -> None:
     print(json.dumps(data, indent=2, sort_keys=True))
+
+
+# What an interrupted command left behind, for its last line: commands that make their own lab remove it;
+# commands working in a lab `netlab up` made leave that lab as it was.
+OWN_LAB_REMOVED = "; the lab was removed"
+UP_LAB_KEPT = "; the lab made by `netlab up` stays up (`netlab down ID` removes it)"
 
 
 def add_lab_option(parser: argparse.ArgumentParser) -> None:

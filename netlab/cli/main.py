@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except KeyboardInterrupt:
-        print("netlab: interrupted; the lab was removed", file=sys.stderr)
+        print(f"netlab: interrupted{args.after_interrupt}", file=sys.stderr)
         return EX_INTERRUPTED
     except NetlabError as error:
         print(f"netlab: {error}", file=sys.stderr)

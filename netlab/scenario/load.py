@@ -52,9 +52,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from netlab.errors import ScenarioError
-from netlab.fixtures import scenario_path, topology_path
-from netlab.programs.crafted import MAX_PAYLOAD, MAX_PAYLOAD_IPV6
+from netlab.errors import FixtureNotFoundError, PacketError, ScenarioError
+from netlab.fixtures import scenario_path, topology_names, topology_path
+from netlab.programs.crafted import MAX_PAYLOAD, MAX_PAYLOAD_IPV6, MIN_FRAGMENT, check_port
 from netlab.scenario.model import (
     ArrivesSpec,
     EchoSpec,
@@ -98,23 +98,39 @@ def load_scenario(file_or_name: str | Path) -> Scenario:
 
 
 def _topology(reader: Reader, data: Mapping[str, Any], path: Path) -> Topology:
-    value = data.get("topology")
+    """`topology`: a shipped name, a file next to the scenario, or an inline [topology] table."""
+    expected = (
+        f"a shipped name (one of {topology_names()}), a file next to the scenario or a [topology] table"
+    )
+    if "topology" not in data:
+        raise reader.fail("top level", f"missing 'topology': expected {expected}")
+    value = data["topology"]
     if isinstance(value, dict):
         return topology_from_dict(value, source=f"{path}: topology")
     if not isinstance(value, str):
-        raise reader.fail("topology", f"expected a shipped name, a file or a table, got {value!r}")
+        raise reader.fail("topology", f"expected {expected}, got {value!r}")
     if value.endswith(".toml") or "/" in value:
         file = path.parent / value
         if not file.is_file():
             raise reader.fail("topology", f"no topology file {value!r} next to the scenario ({file})")
         return load_topology_file(file)
-    return load_topology_file(topology_path(value))
+    try:
+        return load_topology_file(topology_path(value))
+    except FixtureNotFoundError as error:
+        raise FixtureNotFoundError(f"{path}: topology: {error}") from None
 
 
 def scenario_from_dict(data: Mapping[str, Any], path: Path) -> Scenario:
     """Validate TOML-shaped scenario data read from `path`: one reader per table, then the checks that
     span tables."""
     reader = Reader(str(path))
+    topology_keys = sorted({"nodes", "links", "routes", "roles"} & set(data))
+    if topology_keys and "topology" not in data:
+        raise reader.fail(
+            "top level",
+            f"this is a topology file (it has {', '.join(topology_keys)}), not a scenario: "
+            "build it with `netlab up FILE`, or name it in a scenario's `topology`",
+        )
     reader.keys(data, _TOP, "top level")
     topology = _topology(reader, data, path)
     forwarder = _forwarder(reader, reader.table(data, "forwarder", "top level"), topology)
@@ -223,15 +239,27 @@ def _traffic(reader: Reader, where: str, item: dict[str, Any], topology: Topolog
     expect_reply = reader.get(item, "expect_reply", bool, where, False)
     if expect_reply and src is not None and src not in topology.addresses_of(node):
         raise reader.fail(f"{where}.src", f"{src!r}: a reply can only be awaited from the node's own address")
+    sport = reader.get(item, "sport", int, where, 4242)
+    try:
+        check_port(sport, "sport")
+    except PacketError as error:
+        raise reader.fail(f"{where}.sport", str(error)) from None
+    fragment_size = reader.get(item, "fragment_size", int, where, 0)
+    least = MIN_FRAGMENT[version]
+    if fragment_size != 0 and not least <= fragment_size <= 65535:
+        raise reader.fail(
+            f"{where}.fragment_size",
+            f"{fragment_size!r}: expected 0 (only above the MTU) or {least} to 65535 for IPv{version}",
+        )
     return TrafficSpec(
         node,
         src,
-        reader.get(item, "sport", int, where, 4242),
+        sport,
         dst,
         dport,
         payload if payload is not None else make_payload(size or 0),
         reader.positive(item, "count", where, 1),
-        reader.get(item, "fragment_size", int, where, 0),
+        fragment_size,
         expect_reply,
         reader.get(item, "reply_contains", str, where),
     )

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from netlab.errors import LabTimeoutError
+from netlab.errors import LabTimeoutError, SystemCallError
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,9 @@ class NotifyReceiver:
             self._sock.bind(str(path))
         except OSError as error:
             self._sock.close()
-            raise OSError(error.errno, f"cannot listen for notifications on {str(path)!r}: {error}") from None
+            raise SystemCallError(
+                error.errno, f"cannot listen for notifications on {str(path)!r}: {error}"
+            ) from None
         self._closed = False
         self._thread = threading.Thread(target=self._receive, name=f"notify-{path.name}", daemon=True)
         self._thread.start()

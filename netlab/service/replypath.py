@@ -9,6 +9,7 @@ forwarder's spoofed send created, so the NAT hook never sees a new flow. What wo
 import ipaddress
 from pathlib import Path
 
+from netlab.errors import TopologyError
 from netlab.lab.nft import apply_ruleset
 from netlab.lab.node import LabNode
 
@@ -19,7 +20,7 @@ def reply_path_ruleset(backend: str, backend_network: str, host_address: str) ->
     """The nftables ruleset (for `nft -f`) that rewrites `backend`'s replies to leave as `host_address`."""
     version = ipaddress.ip_address(backend).version
     if ipaddress.ip_address(host_address).version != version:
-        raise ValueError(f"host address {host_address!r} and backend {backend!r} differ in family")
+        raise TopologyError(f"host address {host_address!r} and backend {backend!r} differ in family")
     ip = "ip" if version == 4 else "ip6"
     return f"""table inet {TABLE} {{
     chain prerouting {{
