@@ -14,10 +14,12 @@ import pytest
 from e2e_helpers import status_has
 
 from netlab import Lab, start_forwarder
-from netlab.activation import SOCKET_ACTIVATE, ForwarderUnderTest, udp_ports_bound
-from netlab.lab import python_env, wait_until
-from netlab.notify import NotifyReceiver
-from netlab.topologies import seed_deployment
+from netlab.lab.process import python_env
+from netlab.lab.wait import wait_until
+from netlab.service.activation import SOCKET_ACTIVATE, ForwarderUnderTest
+from netlab.service.notify import NotifyReceiver
+from netlab.service.procnet import udp_ports_bound
+from netlab.topology.shipped import seed_deployment
 
 pytestmark = pytest.mark.privileged
 

@@ -13,7 +13,7 @@ from e2e_helpers import status_has
 from forwarder.core import Counters, DropReason
 from forwarder.metrics import MetricsFile, escape, exposition, listen_label
 from netlab import Lab, start_forwarder
-from netlab.topologies import seed_deployment
+from netlab.topology.shipped import seed_deployment
 
 # A sample line of the text format: name, optional {labels}, value.
 SAMPLE = re.compile(

@@ -15,9 +15,10 @@ import pytest
 from forwarder.core import DropReason
 from forwarder.destination import Destination
 from forwarder.sender import Sender
-from netlab import Lab, netns
-from netlab.lab import python_env
-from netlab.topologies import seed_deployment
+from netlab import Lab
+from netlab.lab import netns
+from netlab.lab.process import python_env
+from netlab.topology.shipped import seed_deployment
 
 T = TypeVar("T")
 BACKEND = Destination(socket.AF_INET, "192.0.2.2", 27000)

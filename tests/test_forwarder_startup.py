@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from netlab.lab import python_env
+from netlab.lab.process import python_env
 
 LAUNCH = r"""
 import fcntl, json, os, sys

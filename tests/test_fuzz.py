@@ -2,9 +2,9 @@
 (presentable sources, the flow table) never fail with anything but their documented errors and keep their
 promises; and, in a lab, datagrams of random sizes and families arrive exactly as sent.
 
-The lab test (e2e_helpers.dual_stack_deployment), one forwarder listening on both families:
+The lab test (fixtures/topologies/dual-stack.toml), one forwarder listening on both families:
 
-    client 198.51.100.10 2001:db8:1::10 --- [host: forwarder] --- 192.0.2.2 2001:db8:2::2 backend
+    client 198.51.100.10 2001:db8:51::10 --- [host: forwarder] --- 192.0.2.2 2001:db8:2::2 backend
 """
 
 import ipaddress
@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import pytest
-from e2e_helpers import dual_stack_deployment
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -27,9 +26,9 @@ from forwarder.destination import Destination, parse_destination, parse_listen
 from forwarder.errors import UsageError, shown
 from forwarder.logs import stderr_is_journal
 from forwarder.notify import watchdog_interval
-from netlab import Lab, start_forwarder
-from netlab.crafted import Crafted
-from netlab.lab import python_env
+from netlab import Lab, load_topology, start_forwarder
+from netlab.lab.process import python_env
+from netlab.programs.crafted import Crafted
 
 T = TypeVar("T")
 # No example database: runs leave nothing behind in the checkout.
@@ -393,20 +392,20 @@ DATAGRAMS = st.lists(
 def test_datagrams_of_random_sizes_and_families_arrive_exactly_as_sent() -> None:
     # One lab for every example: hypothesis runs the inner function many times within this one test.
     with Lab() as lab:
-        lab.build(dual_stack_deployment())
+        lab.build(load_topology("dual-stack"))
         backends = {
             "v4": lab["backend"].udp_socket("192.0.2.2", 27000),
             "v6": lab["backend"].udp_socket("2001:db8:2::2", 27000),
         }
         clients = {
             "v4": lab["client"].udp_socket("198.51.100.10", 0),
-            "v6": lab["client"].udp_socket("2001:db8:1::10", 0),
+            "v6": lab["client"].udp_socket("2001:db8:51::10", 0),
         }
-        targets = {"v4": ("198.51.100.1", 27000), "v6": ("2001:db8:1::1", 27000)}
+        targets = {"v4": ("198.51.100.1", 27000), "v6": ("2001:db8:51::1", 27000)}
         for sock in backends.values():
             sock.settimeout(10)
         forwarder = start_forwarder(
-            lab["host"], ["198.51.100.1:27000", "[2001:db8:1::1]:27000"], ["192.0.2.2", "[2001:db8:2::2]"]
+            lab["host"], ["198.51.100.1:27000", "[2001:db8:51::1]:27000"], ["192.0.2.2", "[2001:db8:2::2]"]
         )
         clients["v4"].sendto(b"wake", targets["v4"])
         assert backends["v4"].recvfrom(65535)[0] == b"wake"
@@ -441,7 +440,7 @@ V4_SOURCES = st.one_of(
     st.ip_addresses(v=4, network="203.0.113.0/24").map(str),
 )
 V6_SOURCES = st.one_of(
-    st.sampled_from(["::", "ff02::1", "ff0e::1", "::1", "fe80::10", "2001:db8:1::1", "::ffff:198.51.100.7"]),
+    st.sampled_from(["::", "ff02::1", "ff0e::1", "::1", "fe80::10", "2001:db8:51::1", "::ffff:198.51.100.7"]),
     st.ip_addresses(v=6, network="2001:db8:113::/48").map(str),
 )
 SOURCES = st.lists(
@@ -460,7 +459,7 @@ def same_endpoint(seen: tuple[str, int], sent: tuple[str, int]) -> bool:
 def test_whatever_the_source_the_backend_sees_exactly_the_client_or_nothing() -> None:
     with Lab() as lab:
         lab.build(
-            dual_stack_deployment()
+            load_topology("dual-stack")
             # A datagram from the client link's broadcast address reaches the forwarder only without
             # reverse-path filtering (new namespaces start with 0; set it so the test does not depend on it).
             .sysctl("host", "net.ipv4.conf.all.rp_filter", "0")
@@ -472,13 +471,13 @@ def test_whatever_the_source_the_backend_sees_exactly_the_client_or_nothing() ->
         }
         clients = {
             4: lab["client"].udp_socket("198.51.100.10", 0),
-            6: lab["client"].udp_socket("2001:db8:1::10", 0),
+            6: lab["client"].udp_socket("2001:db8:51::10", 0),
         }
-        targets = {4: ("198.51.100.1", 27000), 6: ("2001:db8:1::1", 27000)}
+        targets = {4: ("198.51.100.1", 27000), 6: ("2001:db8:51::1", 27000)}
         for sock in backends.values():
             sock.settimeout(10)
         forwarder = start_forwarder(
-            lab["host"], ["198.51.100.1:27000", "[2001:db8:1::1]:27000"], ["192.0.2.2", "[2001:db8:2::2]"]
+            lab["host"], ["198.51.100.1:27000", "[2001:db8:51::1]:27000"], ["192.0.2.2", "[2001:db8:2::2]"]
         )
         clients[4].sendto(b"wake", targets[4])
         assert backends[4].recvfrom(65535)[0] == b"wake"

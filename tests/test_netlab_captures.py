@@ -6,16 +6,16 @@ from pathlib import Path
 import pytest
 
 from netlab import Lab
-from netlab.capture import read_pcap
+from netlab.lab.capture import read_pcap
 from netlab.pytest_plugin import run_dir_name
-from netlab.topologies import seed_deployment
+from netlab.topology.shipped import seed_deployment
 
 pytestmark = pytest.mark.privileged
 
 INNER = """
 import pytest
-from netlab.expect import expect
-from netlab.topologies import seed_deployment
+from netlab.traffic.expect import expect
+from netlab.topology.shipped import seed_deployment
 
 pytestmark = pytest.mark.privileged
 

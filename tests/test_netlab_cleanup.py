@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from netlab import Lab, Process, netns, registry
-from netlab.capture import read_pcap
-from netlab.lab import python_env, wait_until
-from netlab.topologies import seed_deployment
+from netlab import Lab, Process
+from netlab.lab import netns, registry
+from netlab.lab.capture import read_pcap
+from netlab.lab.process import python_env
+from netlab.lab.wait import wait_until
+from netlab.topology.shipped import seed_deployment
 
 pytestmark = pytest.mark.privileged
 
@@ -43,7 +45,7 @@ def test_a_killed_owner_leaves_only_stale_namespaces_and_processes_that_the_next
         """
         import sys, time
         from netlab import Lab
-        from netlab.topologies import seed_deployment
+        from netlab.topology.shipped import seed_deployment
         lab = Lab().__enter__()
         lab.build(seed_deployment())
         processes = [node.run(["sleep", "300"]) for node in lab.nodes.values()]

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from netlab import Lab, netns, registry
-from netlab.cli import main
-from netlab.lab import python_env
-from netlab.topologies import seed_deployment
+from netlab import Lab
+from netlab.cli.main import main
+from netlab.lab import netns, registry
+from netlab.lab.process import python_env
+from netlab.topology.shipped import seed_deployment
 
 
 def netlab(
@@ -133,7 +134,8 @@ def test_up_of_an_unknown_topology_exits_66_naming_the_shipped_ones(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert main(["up", "no-such-topology"]) == 66
-    assert "shipped topologies: ['dual-stack', 'seed', 'seed-ipv6']" in capsys.readouterr().err
+    shipped = "shipped topologies: ['demo', 'dual-stack', 'faults', 'seed', 'seed-ipv6']"
+    assert shipped in capsys.readouterr().err
 
 
 @pytest.mark.privileged

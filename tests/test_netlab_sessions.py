@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from netlab import netns, registry
-from netlab.lab import python_env
-from netlab.names import new_lab_id
+from netlab.lab import netns, registry
+from netlab.lab.names import new_lab_id
+from netlab.lab.process import python_env
 from netlab.pytest_plugin import reap_ended_session, reap_killed_sessions
 
 PLAIN_TEST = "def test_nothing():\n    pass\n"

@@ -22,9 +22,9 @@ from typing import NamedTuple
 import pytest
 
 from netlab import Lab, start_forwarder
-from netlab.lab import wait_until
-from netlab.notify import NotifyReceiver
-from netlab.topologies import seed_deployment
+from netlab.lab.wait import wait_until
+from netlab.service.notify import NotifyReceiver
+from netlab.topology.shipped import seed_deployment
 
 UNITS = Path(__file__).resolve().parent.parent / "fixtures" / "systemd"
 FORWARDER_PACKAGE = Path(__file__).resolve().parent.parent / "forwarder"

@@ -106,6 +106,27 @@ def start_suite(checkout: Path, log: Path, workers: str, tests: list[str]) -> su
         )
 
 
+def wait_for_suites(suites: list[subprocess.Popen[bytes]], logs: list[Path], started: float) -> list[str]:
+    """Wait for both suites (killing one that outlives TIMEOUT); what went wrong with each, if anything."""
+    failures: list[str] = []
+    for name, suite, log in zip("ab", suites, logs, strict=True):
+        try:
+            code = suite.wait(max(TIMEOUT - (time.monotonic() - started), 1))
+        except subprocess.TimeoutExpired:
+            os.killpg(suite.pid, signal.SIGKILL)
+            code = suite.wait()
+            failures.append(f"suite {name} did not finish within {TIMEOUT:.0f}s")
+        lines = log.read_text(errors="replace").splitlines()
+        print(f"two_suites: suite {name} exited {code}: {lines[-1] if lines else '(no output)'}")
+        if code != 0:
+            failures.append(f"suite {name} exited {code}; its output is in {log}")
+            print("\n".join(lines[-60:]))
+        left = sorted(SUITES.glob(f"{suite.pid}-*"))
+        if left:
+            failures.append(f"suite {name} left its registry behind: {[str(path) for path in left]}")
+    return failures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", type=Path, default=Path(__file__).resolve().parent.parent)
@@ -143,21 +164,7 @@ def main() -> int:
             start_suite(checkout, log, options.workers, options.tests)
             for checkout, log in zip(checkouts, logs, strict=True)
         ]
-        for name, suite, log in zip("ab", suites, logs, strict=True):
-            try:
-                code = suite.wait(max(TIMEOUT - (time.monotonic() - started), 1))
-            except subprocess.TimeoutExpired:
-                os.killpg(suite.pid, signal.SIGKILL)
-                code = suite.wait()
-                failures.append(f"suite {name} did not finish within {TIMEOUT:.0f}s")
-            lines = log.read_text(errors="replace").splitlines()
-            print(f"two_suites: suite {name} exited {code}: {lines[-1] if lines else '(no output)'}")
-            if code != 0:
-                failures.append(f"suite {name} exited {code}; its output is in {log}")
-                print("\n".join(lines[-60:]))
-            left = sorted(SUITES.glob(f"{suite.pid}-*"))
-            if left:
-                failures.append(f"suite {name} left its registry behind: {[str(path) for path in left]}")
+        failures += wait_for_suites(suites, logs, started)
         print(f"two_suites: both suites ran in {time.monotonic() - started:.0f}s")
         present = existing_namespaces()
         for registry, namespaces in outside_namespaces.items():
