@@ -217,29 +217,29 @@ def test_shell_runs_the_commands_it_reads_inside_the_node(up_lab: str) -> None:
 
 @pytest.mark.privileged
 def test_send_crafts_a_spoofed_datagram_that_sniff_sees_on_the_backend(up_lab: str) -> None:
-    sniffer = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "netlab", "sniff", "--lab", up_lab, "backend", "--count", "1", "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=python_env(),
-    )
-    try:
-        assert sniffer.stderr is not None
-        assert sniffer.stderr.readline().startswith("sniffing UDP on backend")  # recording from here on
-        sent = netlab(
-            "send", "--lab", up_lab, "--from", "client", "--src", "203.0.113.7", "--to", "192.0.2.2:27000",
-            "--payload", "hello", "--json",
-        )  # fmt: skip
-        assert sent.returncode == 0, sent.stderr
-        assert json.loads(sent.stdout) == {
-            "from": "client", "src": "203.0.113.7", "sport": 4242, "to": "192.0.2.2:27000", "size": 5,
-            "count": 1,
-        }  # fmt: skip
-        out, err = sniffer.communicate(timeout=20)
-    finally:
-        sniffer.kill()
-        sniffer.wait()
+    ) as sniffer:  # closes its pipes even when the test fails
+        try:
+            assert sniffer.stderr is not None
+            assert sniffer.stderr.readline().startswith("sniffing UDP on backend")  # recording from here on
+            sent = netlab(
+                "send", "--lab", up_lab, "--from", "client", "--src", "203.0.113.7",
+                "--to", "192.0.2.2:27000", "--payload", "hello", "--json",
+            )  # fmt: skip
+            assert sent.returncode == 0, sent.stderr
+            assert json.loads(sent.stdout) == {
+                "from": "client", "src": "203.0.113.7", "sport": 4242, "to": "192.0.2.2:27000", "size": 5,
+                "count": 1,
+            }  # fmt: skip
+            out, err = sniffer.communicate(timeout=20)
+        finally:
+            sniffer.kill()
+            sniffer.wait()
     assert sniffer.returncode == 0, err
     seen = json.loads(out)
     assert (seen["interface"], seen["direction"], seen["src"], seen["sport"]) == (

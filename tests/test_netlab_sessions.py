@@ -64,7 +64,7 @@ def test_the_session_has_a_registry_of_its_own_that_every_process_of_a_test_inhe
     starter = os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()
     assert directory.name == f"{starter}-{registry.process_start_time(starter)}"
     child = subprocess.run(
-        [sys.executable, "-c", "from netlab import registry; print(registry.REGISTRY_DIR)"],
+        [sys.executable, "-c", "from netlab.lab import registry; print(registry.REGISTRY_DIR)"],
         env=python_env(),
         capture_output=True,
         text=True,
