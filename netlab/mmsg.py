@@ -7,7 +7,8 @@ import os
 import socket
 from collections.abc import Sequence
 
-from forwarder.batch import IOVec, MMsgHdr, sockaddr_bytes
+from forwarder.batch import IOVec, MMsgHdr
+from forwarder.core import sockaddr_bytes
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.sendmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)

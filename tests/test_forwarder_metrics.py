@@ -82,12 +82,12 @@ def test_totals_add_up_across_intervals_and_the_file_is_replaced_whole(tmp_path:
     counters = Counters()
     counters.forwarded = 10
     counters.drop(DropReason.SEND_ERROR, "EPERM")
-    metrics.update(counters, 3)
+    metrics.write(counters, 3)
     counters.reset()
     counters.forwarded = 5
     counters.drop(DropReason.SEND_ERROR, "EPERM")
     counters.drop(DropReason.TRUNCATED)
-    metrics.update(counters, 2)
+    metrics.write(counters, 2)
 
     text = path.read_text()
     assert "transparent_udp_forwarder_datagrams_forwarded_total 15\n" in text
@@ -114,9 +114,9 @@ def test_a_failing_write_is_logged_once_until_it_works_again(tmp_path: Path) -> 
     logger.addHandler(recorded)
     try:
         for _ in range(3):
-            metrics.write(0)
+            metrics.write(Counters(), 0)
         path.parent.mkdir()
-        metrics.write(7)
+        metrics.write(Counters(), 7)
     finally:
         logger.removeHandler(recorded)
     assert len(recorded.messages) == 2, recorded.messages
