@@ -15,7 +15,6 @@ from typing import NoReturn
 
 from forwarder import __version__, logs
 from forwarder.activation import ListeningSocket, address_text, listen_sockets
-from forwarder.batch import BatchReceiver
 from forwarder.core import is_loop
 from forwarder.destination import (
     DestinationSpec,
@@ -33,10 +32,10 @@ from forwarder.errors import (
     UsageError,
     shown,
 )
+from forwarder.machine import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FLOWS, ForwardingMachine
 from forwarder.mapping import assign, check_form
 from forwarder.metrics import MetricsFile, listen_label
 from forwarder.notify import Notifier, watchdog_interval
-from forwarder.sender import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FLOWS, Sender
 from forwarder.sockets import (
     BroadcastAddresses,
     LocalAddresses,
@@ -305,14 +304,19 @@ def run(argv: Sequence[str] | None = None) -> int:
         if args.receive_buffer is not None:
             for listener in listeners:
                 set_receive_buffer(listener.sock, args.receive_buffer)
-        sender = Sender(fit_max_flows(args.max_flows, len(listeners)), args.flow_idle_timeout)
+        machine = ForwardingMachine(
+            fit_max_flows(args.max_flows, len(listeners)),
+            args.flow_idle_timeout,
+            LocalAddresses(),
+            BroadcastAddresses(),
+        )
         engine = Engine(
             routes,
             notifier,
-            sender,
+            machine,
+            receive_strategy=args.receive,
             stats_interval=args.stats_interval,
             watchdog_interval=watchdog_interval(os.environ),
-            receiver=BatchReceiver.create() if args.receive == "batch" else None,
             metrics=metrics_file(args.metrics_file, listeners),
         )
         engine.run()

@@ -36,8 +36,8 @@ from pyroute2 import IPRoute
 from forwarder.activation import ListeningSocket
 from forwarder.destination import Destination
 from forwarder.engine import Engine, Route
+from forwarder.machine import ForwardingMachine
 from forwarder.notify import Notifier
-from forwarder.sender import Sender
 from forwarder.sockets import SO_RCVBUFFORCE  # root may exceed net.core.rmem_max with it
 from netlab import Lab, load_topology, start_forwarder
 from netlab.lab import netns
@@ -495,19 +495,15 @@ def test_truncated_datagrams_mixed_into_valid_traffic_are_counted_and_never_forw
     listener.setblocking(False)
     route = Route(ListeningSocket(listener, "small"), Destination(socket.AF_INET, *BACKEND))
 
-    def make_engine() -> tuple[Engine, Sender]:
-        sender = Sender()  # in the host's namespace: its flow sockets must live there
-        return Engine([route], Notifier({}), sender, buffer_size=1024), sender
-
-    engine, sender = netns.run_in(lab["host"].namespace, make_engine)
-    lab.defer(sender.close)
+    engine = Engine([route], Notifier({}), ForwardingMachine(), buffer_size=1024)
+    lab.defer(engine.close)
     client = lab["client"].udp_socket(CLIENT, 0)
     payloads = [b"one", bytes(1025), b"two", bytes(65507), b"x" * 1024, b""]
     for payload in payloads:
         client.sendto(payload, (HOST, 27002))
 
     def drained() -> bool:
-        netns.run_in(lab["host"].namespace, lambda: engine.drain(route))
+        netns.run_in(lab["host"].namespace, lambda: engine.drain(route))  # its flow sockets live there
         counters = engine.counters
         return counters.forwarded + sum(counters.dropped.values()) == len(payloads)
 

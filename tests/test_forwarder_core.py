@@ -8,6 +8,7 @@ import pytest
 from forwarder.core import (
     Counters,
     DropReason,
+    Entry,
     FlowTable,
     duplicates,
     is_loop,
@@ -156,40 +157,63 @@ def test_local_destination_on_the_port_of_a_wildcard_listener_is_a_loop() -> Non
     assert not is_loop(("192.0.2.1", 53), ("::", 53), frozenset({socket.AF_INET6}), local_is({"192.0.2.1"}))
 
 
-def test_flow_table_hit_returns_the_value_and_misses_return_none() -> None:
-    table: FlowTable[str, int] = FlowTable(4, 30)
-    assert table.add("a", 1, now=0) == []
-    assert table.get("a", now=1) == 1
+class Item(Entry):
+    """A table entry with a name, standing in for a flow."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+
+def names(entries: list[Item]) -> list[str]:
+    return [entry.name for entry in entries]
+
+
+def test_flow_table_hit_returns_the_entry_and_misses_return_none() -> None:
+    table: FlowTable[str, Item] = FlowTable(4, 30)
+    a = Item("A")
+    assert table.add("a", a, now=0) == []
+    assert table.get("a", now=1) is a
     assert table.get("b", now=1) is None
 
 
+def test_flow_table_lookup_is_the_plain_dict_lookup_of_the_hot_path() -> None:
+    table: FlowTable[str, Item] = FlowTable(4, 30)
+    a = Item("A")
+    table.add("a", a, now=0)
+    assert table.lookup("a") is a
+    assert table.lookup("b") is None
+
+
 def test_flow_table_evicts_the_least_recently_used_flow_when_full() -> None:
-    table: FlowTable[str, str] = FlowTable(2, 30)
-    table.add("a", "A", now=0)
-    table.add("b", "B", now=1)
+    table: FlowTable[str, Item] = FlowTable(2, 30)
+    table.add("a", Item("A"), now=0)
+    table.add("b", Item("B"), now=1)
     table.get("a", now=2)  # a is now more recent than b
-    assert table.add("c", "C", now=3) == ["B"]
+    assert names(table.add("c", Item("C"), now=3)) == ["B"]
     assert set(table) == {"a", "c"}
-    assert table.add("d", "D", now=4) == ["A"]  # a's use was before c's insertion
+    assert names(table.add("d", Item("D"), now=4)) == ["A"]  # a's use was before c's insertion
     assert set(table) == {"c", "d"}
 
 
 def test_flow_table_spares_a_flow_hit_in_the_same_instant_it_was_opened() -> None:
     # The engine takes one timestamp per batch: a flow opened and hit within it is in use, not idle.
-    table: FlowTable[str, str] = FlowTable(2, 30)
-    table.add("hot", "H", now=5)
+    table: FlowTable[str, Item] = FlowTable(2, 30)
+    table.add("hot", Item("H"), now=5)
     table.get("hot", now=5)
-    table.add("b", "B", now=5)
-    assert table.add("c", "C", now=5) == ["B"]
+    table.add("b", Item("B"), now=5)
+    assert names(table.add("c", Item("C"), now=5)) == ["B"]
     assert set(table) == {"hot", "c"}
 
 
 def test_flow_table_expires_flows_idle_longer_than_the_timeout() -> None:
-    table: FlowTable[str, str] = FlowTable(8, 10)
-    table.add("old", "O", now=0)
-    table.add("busy", "B", now=0)
+    table: FlowTable[str, Item] = FlowTable(8, 10)
+    table.add("old", Item("O"), now=0)
+    table.add("busy", Item("B"), now=0)
     table.get("busy", now=15)
-    assert table.expire(now=20) == ["O"]
+    assert names(table.expire(now=20)) == ["O"]
     assert list(table) == ["busy"]
 
 

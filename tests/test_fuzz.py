@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from forwarder.core import DropReason, FlowTable, decimal, plain_address, presentable_source
+from forwarder.core import DropReason, Entry, FlowTable, decimal, plain_address, presentable_source
 from forwarder.destination import Destination, parse_destination, parse_listen
 from forwarder.errors import UsageError, shown
 from forwarder.logs import stderr_is_journal
@@ -303,6 +303,20 @@ def test_the_source_presented_is_exactly_the_client_or_nothing(
     assert presented != ipaddress.IPv4Address("255.255.255.255")
 
 
+class Serial(Entry):
+    """A table entry carrying the serial number it was added with."""
+
+    __slots__ = ("serial",)
+
+    def __init__(self, serial: int) -> None:
+        super().__init__()
+        self.serial = serial
+
+
+def serials(entries: list[Serial]) -> list[int]:
+    return [entry.serial for entry in entries]
+
+
 class FlowTableMachine(RuleBasedStateMachine):
     """Random operation sequences against the documented rules: at most `capacity` entries; when full,
     the oldest-inserted entry is evicted unless it was referenced (got) since it was inserted or last
@@ -313,7 +327,7 @@ class FlowTableMachine(RuleBasedStateMachine):
 
     @initialize(capacity=st.integers(1, 5), idle_timeout=st.sampled_from([0.5, 1.0, 3.0]))
     def start(self, capacity: int, idle_timeout: float) -> None:
-        self.table: FlowTable[int, int] = FlowTable(capacity, idle_timeout)
+        self.table: FlowTable[int, Serial] = FlowTable(capacity, idle_timeout)
         self.capacity, self.idle_timeout = capacity, idle_timeout
         # The model: key -> [value, referenced, last_used], in insertion order.
         self.model: dict[int, list[float]] = {}
@@ -327,7 +341,8 @@ class FlowTableMachine(RuleBasedStateMachine):
     @rule(key=keys)
     def get(self, key: int) -> None:
         expected = self.model.get(key)
-        assert self.table.get(key, self.now) == (None if expected is None else expected[0])
+        got = self.table.get(key, self.now)
+        assert (None if got is None else got.serial) == (None if expected is None else expected[0])
         if expected is not None:
             expected[1] = True
             expected[2] = self.now
@@ -338,7 +353,7 @@ class FlowTableMachine(RuleBasedStateMachine):
         if key in self.model:
             return
         self.serial += 1
-        evicted = self.table.add(key, self.serial, self.now)
+        evicted = serials(self.table.add(key, Serial(self.serial), self.now))
         expected = []
         while len(self.model) >= self.capacity:
             oldest = next(iter(self.model))
@@ -354,14 +369,15 @@ class FlowTableMachine(RuleBasedStateMachine):
     @rule(key=keys)
     def remove(self, key: int) -> None:
         expected = self.model.pop(key, None)
-        assert self.table.remove(key) == (None if expected is None else expected[0])
+        removed = self.table.remove(key)
+        assert (None if removed is None else removed.serial) == (None if expected is None else expected[0])
 
     @rule()
     def expire(self) -> None:
         limit = self.now - self.idle_timeout
         stale = [key for key, entry in self.model.items() if entry[2] < limit]
         expected = sorted(int(self.model.pop(key)[0]) for key in stale)
-        assert sorted(self.table.expire(self.now)) == expected
+        assert sorted(serials(self.table.expire(self.now))) == expected
 
     @invariant()
     def same_entries_in_the_same_order_and_never_too_many(self) -> None:

@@ -7,7 +7,8 @@ import os
 import socket
 from collections.abc import Sequence
 
-from forwarder.batch import IOVec, MMsgHdr, sockaddr_bytes
+from forwarder.batch import IOVec, MMsgHdr
+from forwarder.core import sockaddr_bytes
 
 from netlab.errors import SystemCallError
 
