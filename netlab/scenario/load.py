@@ -124,7 +124,7 @@ def scenario_from_dict(data: Mapping[str, Any], path: Path) -> Scenario:
     """Validate TOML-shaped scenario data read from `path`: one reader per table, then the checks that
     span tables."""
     reader = Reader(str(path))
-    topology_keys = sorted({"nodes", "links", "routes", "roles"} & set(data))
+    topology_keys = sorted({"nodes", "devices", "links", "routes", "roles"} & set(data))
     if topology_keys and "topology" not in data:
         raise reader.fail(
             "top level",
