@@ -85,10 +85,12 @@ def deployments_of(lab: Lab, topology: Topology) -> list[Deployment]:
     return deployments
 
 
-def diagnose_lab(lab: Lab, topology: Topology) -> list[Finding]:
-    """Every finding of every family's Deployment, each reported once."""
+def diagnose_lab(lab: Lab, topology: Topology, reply_mode: str | None = None) -> list[Finding]:
+    """Every finding of every family's Deployment, each reported once; `reply_mode` overrides the one the
+    running forwarder's command line gives."""
     findings: list[Finding] = []
     for deployment in deployments_of(lab, topology):
+        deployment.reply_mode = reply_mode
         for finding in diagnose(deployment):
             if finding not in findings:
                 findings.append(finding)

@@ -78,13 +78,15 @@ def local_route_command(version: int, table: int = RELAY_TABLE) -> str:
     return f"{_ip(version)} route add local {'0.0.0.0/0' if version == 4 else '::/0'} dev lo table {table}"
 
 
-def rule_command(backend: str, first: int, last: int, table: int = RELAY_TABLE) -> str:
-    """`ip rule add from BACKEND ipproto udp sport PORT[-LAST] lookup N` (or its IPv6 twin)."""
+def rule_command(
+    backend: str, first: int, last: int, table: int = RELAY_TABLE, shown_port: str | int | None = None
+) -> str:
+    """`ip rule add from BACKEND ipproto udp sport PORT[-LAST] lookup N` (or its IPv6 twin); `shown_port`
+    replaces the port text (a placeholder when the port is not known)."""
     source = _source(backend)
     shown = str(source.network_address) if source.prefixlen == source.max_prefixlen else str(source)
-    return (
-        f"{_ip(source.version)} rule add from {shown} ipproto udp sport {_sport(first, last)} lookup {table}"
-    )
+    sport = _sport(first, last) if shown_port is None else str(shown_port)
+    return f"{_ip(source.version)} rule add from {shown} ipproto udp sport {sport} lookup {table}"
 
 
 def relay_commands(
