@@ -103,6 +103,39 @@ def test_doctor_machine_options_without_machine_are_a_usage_error(capsys: pytest
     assert "go with --machine" in capsys.readouterr().err
 
 
+def test_doctor_with_an_unknown_reply_mode_is_a_usage_error_naming_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["doctor", "--machine", "--reply", "relai"])
+    assert exited.value.code == 64
+    assert "invalid choice: 'relai'" in capsys.readouterr().err
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize(
+    ("backend", "rule"),
+    [
+        ("192.0.2.2:5353", "ip rule add from 192.0.2.2 ipproto udp sport 5353 lookup 100"),
+        ("[2001:db8::2]:5353", "ip -6 rule add from 2001:db8::2 ipproto udp sport 5353 lookup 100"),
+    ],
+)
+def test_doctor_on_the_machine_in_relay_mode_names_the_relay_rule_for_the_backends_port(
+    capsys: pytest.CaptureFixture[str], backend: str, rule: str
+) -> None:
+    address = "198.51.100.1" if "." in backend else "2001:db8::1"
+    assert (
+        main(
+            ["doctor", "--machine", "--reply", "relay", "--backend", backend, "--address", address, "--json"]
+        )
+        == 1
+    )
+    findings = {finding["check"]: finding for finding in json.loads(capsys.readouterr().out)}
+    assert "reply source rewrite" not in findings  # direct mode's check does not apply
+    assert findings["relay rule"]["ok"] is False
+    assert findings["relay rule"]["fix"].startswith(rule)
+
+
 @pytest.mark.privileged
 def test_a_lab_that_does_not_exist_exits_68_naming_the_existing_ones(
     up_lab: str, capsys: pytest.CaptureFixture[str]
@@ -134,7 +167,7 @@ def test_up_of_an_unknown_topology_exits_66_naming_the_shipped_ones(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert main(["up", "no-such-topology"]) == 66
-    shipped = "shipped topologies: ['demo', 'dual-stack', 'faults', 'seed', 'seed-ipv6']"
+    shipped = "shipped topologies: ['demo', 'docker-bridge', 'dual-stack', 'faults', 'seed', 'seed-ipv6']"
     assert shipped in capsys.readouterr().err
 
 

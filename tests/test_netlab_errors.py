@@ -141,7 +141,7 @@ def test_an_interrupted_command_that_owns_its_lab_says_it_was_removed(
 ) -> None:
     import netlab.scenario.demo
 
-    def interrupted() -> int:
+    def interrupted(**_: object) -> int:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(demo_command, "require_privileges", lambda: None)

@@ -12,7 +12,7 @@ from netlab.traffic.expect import expect
 pytestmark = pytest.mark.privileged
 
 
-@pytest.mark.parametrize("name", ["seed", "seed-ipv6", "dual-stack"])
+@pytest.mark.parametrize("name", ["seed", "seed-ipv6", "dual-stack", "docker-bridge"])
 def test_a_shipped_topology_builds_with_its_addresses_routes_and_sysctls(lab: Lab, name: str) -> None:
     topology = load_topology(name)
     lab.build(topology)

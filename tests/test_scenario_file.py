@@ -102,3 +102,78 @@ def test_an_inline_topology_error_names_the_scenario_file(tmp_path: Path) -> Non
 def test_a_missing_scenario_names_the_shipped_ones() -> None:
     with pytest.raises(FixtureNotFoundError, match=r"no scenarios fixture 'no-such'.*zero-length-datagram"):
         load_scenario("no-such")
+
+
+RELAY = """
+topology = "dual-stack"
+[forwarder]
+listen = ["198.51.100.1:27000", "[2001:db8:51::1]:27000"]
+destinations = ["192.0.2.2:5353", "[2001:db8:2::2]:5353", "dns=192.0.2.2:5354"]
+[reply_path]
+mode = "relay"
+"""
+
+
+def test_relay_mode_takes_the_backends_and_ports_from_the_destinations_and_adds_reply_relay(
+    tmp_path: Path,
+) -> None:
+    scenario = load_scenario(write(tmp_path, RELAY))
+    assert scenario.reply_path is not None
+    assert scenario.reply_path.mode == "relay"
+    assert scenario.reply_path.relay == {"192.0.2.2": [5353, 5354], "2001:db8:2::2": [5353]}
+    assert scenario.forwarder is not None
+    assert scenario.forwarder.args[-2:] == ["--reply", "relay"]
+
+
+def test_relay_mode_with_a_backend_and_ports_routes_exactly_those(tmp_path: Path) -> None:
+    text = RELAY + 'backend = "2001:db8:2::2"\nports = [5353, 6000]\n'
+    scenario = load_scenario(write(tmp_path, text))
+    assert scenario.reply_path is not None
+    assert scenario.reply_path.relay == {"2001:db8:2::2": [5353, 6000]}
+
+
+def test_the_reply_path_mode_defaults_to_direct(tmp_path: Path) -> None:
+    scenario = load_scenario("reply-path-reply-received")
+    assert scenario.reply_path is not None
+    assert scenario.reply_path.mode == "direct"
+    assert scenario.forwarder is not None
+    assert "--reply" not in scenario.forwarder.args
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('mode = "relai"', r"reply_path.mode: 'relai': expected one of \['direct', 'relay'\]"),
+        ('host_address = "198.51.100.1"', r'reply_path.host_address: goes with mode = "direct"'),
+        ("ports = [5353]", r"reply_path.ports: needs backend = ADDRESS"),
+        ('backend = "192.0.2.2"\nports = [70000]', r"reply_path.ports: port 70000"),
+        ('backend = "192.0.2.2"\nports = []', r"reply_path.ports: \[\]: expected at least one port"),
+        (
+            'backend = "192.0.2.9"',
+            r"needs backend and ports, or a \[forwarder\] with ADDRESS:PORT destinations on",
+        ),
+        ('backend = "backend"', r"reply_path.backend: bad address 'backend'"),
+    ],
+)
+def test_a_bad_relay_reply_path_is_refused_naming_the_element_and_value(
+    tmp_path: Path, extra: str, message: str
+) -> None:
+    text = (
+        RELAY.replace('mode = "relay"\n', "")
+        + ("" if extra.startswith("mode") else 'mode = "relay"\n')
+        + extra
+    )
+    with pytest.raises(ScenarioError, match=message):
+        load_scenario(write(tmp_path, text))
+
+
+def test_relay_mode_refuses_forwarder_args_asking_for_direct_replies(tmp_path: Path) -> None:
+    text = RELAY.replace("[reply_path]", 'args = ["--reply", "direct"]\n[reply_path]')
+    with pytest.raises(ScenarioError, match=r"forwarder.args: \['--reply', 'direct'\] contradict"):
+        load_scenario(write(tmp_path, text))
+
+
+def test_ports_are_refused_in_direct_mode(tmp_path: Path) -> None:
+    text = 'topology = "seed"\n[reply_path]\nbackend = "192.0.2.2"\nports = [53]\n'
+    with pytest.raises(ScenarioError, match=r'reply_path.ports: goes with mode = "relay"'):
+        load_scenario(write(tmp_path, text))

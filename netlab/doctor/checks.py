@@ -1,8 +1,10 @@
 """`netlab doctor`: checks what a transparent forward and its replies need, and names each missing piece
 with the exact command or rule that fixes it.
 
-The checks read kernel state only (sysctls, routes, the nftables ruleset, process capabilities); they
-change nothing. They run against lab nodes, or against this machine with `--machine`.
+The checks read kernel state only (sysctls, routes, policy rules, the nftables ruleset, process
+capabilities and command lines); they change nothing. They run against lab nodes, or against this machine
+with `--machine`. What the replies need depends on the forwarder's `--reply` mode, read from its command
+line: a source rewrite on the host (direct, the default) or the relay routing (relay).
 """
 
 import ipaddress
@@ -10,9 +12,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from netlab.doctor.probes import Probe
+from netlab.addresses import parse_endpoint
+from netlab.doctor.probes import Probe, Rule, reply_mode_of
+from netlab.errors import AddressError
 from netlab.lab.privileges import CAP_NET_ADMIN
+from netlab.service.relay import IPPROTO_UDP, RELAY_TABLE, local_route_command, rule_command
 from netlab.service.replypath import reply_path_ruleset
+
+IPPROTO_TCP = 6
 
 
 @dataclass
@@ -35,6 +42,16 @@ class Deployment:
     host_address: str  # the address clients send to, which replies must come from
     clients: Sequence[str] = field(default_factory=list)
     host_backend_address: str = "HOST_ADDRESS_ON_BACKEND_NETWORK"  # the backend's gateway, for fix hints
+    reply_mode: str | None = None  # "direct" or "relay"; None: as the running forwarder's --reply says
+    backend_ports: Sequence[int] = ()  # the ports the backend answers from; (): the forwarder's DESTs
+
+
+def reply_mode(deployment: Deployment) -> str:
+    """The reply mode to check for: the deployment's, else the forwarder's own (`--reply`), else direct."""
+    if deployment.reply_mode is not None:
+        return deployment.reply_mode
+    modes = {reply_mode_of(argv) for argv in deployment.host.forwarder_command_lines()}
+    return "relay" if "relay" in modes else "direct"
 
 
 def _family(address: str) -> int:
@@ -67,11 +84,16 @@ def check_forwarding(deployment: Deployment) -> list[Finding]:
         name = "ip_forward" if version == 4 else "IPv6 forwarding"
         value = deployment.host.read_sysctl(key)
         if value != "1":
+            what = (
+                "the backend's own traffic is not routed"
+                if reply_mode(deployment) == "relay"
+                else "backend replies are not routed to clients"
+            )
             findings.append(
                 Finding(
                     name,
                     False,
-                    f"{key}={value} on {deployment.host.name}: backend replies are not routed to clients",
+                    f"{key}={value} on {deployment.host.name}: {what}",
                     deployment.host.fix(f"sysctl -w {key}=1"),
                 )
             )
@@ -148,6 +170,8 @@ def _statements(ruleset: list[dict[str, Any]]) -> list[tuple[dict[str, Any], lis
 
 
 def check_reply_path(deployment: Deployment) -> list[Finding]:
+    if reply_mode(deployment) == "relay":
+        return check_relay_routing(deployment)
     ruleset = deployment.host.ruleset()
     rules = _statements(ruleset)
     stateful = [rule for rule, expr in rules if any("masquerade" in e or "snat" in e for e in expr)]
@@ -191,6 +215,114 @@ def check_reply_path(deployment: Deployment) -> list[Finding]:
     return findings
 
 
+def _backend_ports(deployment: Deployment) -> list[int]:
+    """The deployment's backend ports, else the ports of the forwarder's destinations on the backend."""
+    if deployment.backend_ports:
+        return sorted(set(deployment.backend_ports))
+    backend = ipaddress.ip_address(deployment.backend_address)
+    ports = set()
+    for argv in deployment.host.forwarder_command_lines():
+        for arg in argv[1:]:
+            try:
+                address, port = parse_endpoint(arg.rpartition("=")[2])  # DEST or NAME=DEST
+            except AddressError:
+                continue
+            if ipaddress.ip_address(address) == backend:
+                ports.add(port)
+    return sorted(ports)
+
+
+def _covers(rule: Rule, backend: str) -> bool:
+    return rule["src"] is not None and ipaddress.ip_address(backend) in rule["src"]
+
+
+def _relay_table(deployment: Deployment, version: int) -> int:
+    """The table the host's relay rules use already (either family), or the recipe's default."""
+    for family in (version, 10 - version):
+        tables = deployment.host.local_default_tables(family)
+        for rule in deployment.host.rules(family):
+            if rule["table"] in tables and rule["ip_proto"] == IPPROTO_UDP and rule["sport"]:
+                return int(rule["table"])
+    return RELAY_TABLE
+
+
+def _commands(host: Probe, commands: list[str]) -> str:
+    return " && ".join(host.fix(command) for command in commands)
+
+
+def check_relay_routing(deployment: Deployment) -> list[Finding]:
+    """--reply relay: the host must route the backend's replies (and nothing else of it) to itself."""
+    host, backend = deployment.host, deployment.backend_address
+    version = _family(backend)
+    loopback = ipaddress.ip_address(backend).is_loopback
+    toward = host.route_get(backend)
+    iif = None if loopback or toward is None else toward["oif"]
+    client = next(iter(deployment.clients), "198.51.100.7" if version == 4 else "2001:db8::7")
+    ports = _backend_ports(deployment)
+    if not ports:
+        ports = sorted({r["sport"][0] for r in host.rules(version) if _covers(r, backend) and r["sport"]})
+    table = _relay_table(deployment, version)
+
+    def relayed(sport: int, proto: int = IPPROTO_UDP) -> bool:
+        answer = host.packet_route(backend, client, sport, proto, iif)
+        return answer is not None and answer.type == "local"
+
+    missing = [port for port in ports if not relayed(port)] if ports else [0]
+    if missing:
+        twin = version == 6 and any(
+            rule["ip_proto"] == IPPROTO_UDP
+            and rule["sport"]
+            and rule["table"] in host.local_default_tables(4)
+            for rule in host.rules(4)
+        )
+        # With no port known (no forwarder running, no rule for the backend), the fix names a placeholder.
+        commands = [rule_command(backend, port, port, table, port or "PORT") for port in missing]
+        if table not in host.local_default_tables(version):
+            commands.append(local_route_command(version, table))
+        shown = ", ".join(map(str, missing)) if ports else "(the port it answers from)"
+        return [
+            Finding(
+                "relay rule IPv6 twin" if twin else "relay rule",
+                False,
+                f"{host.name} routes {backend}'s UDP replies from port {shown} on to the client instead of "
+                "to the forwarder (--reply relay): its flow sockets never see them"
+                + (", though the IPv4 relay rule is there" if twin else ""),
+                _commands(host, commands),
+            )
+        ]
+    if not loopback:
+        other = next(port for port in (53, 123, 40000, 40001) if port not in ports)
+        swallowed = relayed(ports[0], IPPROTO_TCP) or relayed(other)
+        if swallowed:
+            wide = [
+                rule
+                for rule in host.rules(version)
+                if _covers(rule, backend) and not (rule["ip_proto"] == IPPROTO_UDP and rule["sport"])
+            ]
+            ip = "ip" if version == 4 else "ip -6"
+            commands = [f"{ip} rule del priority {rule['priority']}" for rule in wide]
+            commands += [rule_command(backend, port, port, table) for port in ports if wide]
+            return [
+                Finding(
+                    "relay rule scope",
+                    False,
+                    f"a rule on {host.name} sends all of {backend}'s traffic to itself, not only its UDP "
+                    f"replies from port {', '.join(map(str, ports))}: the backend's own DNS lookups, "
+                    "updates and TCP never leave",
+                    _commands(host, commands)
+                    or f"narrow the rule to: {rule_command(backend, ports[0], ports[0], table)}",
+                )
+            ]
+    return [
+        Finding(
+            "relay rule",
+            True,
+            f"{host.name} delivers {backend}'s UDP replies from port {', '.join(map(str, ports))} to the "
+            "forwarder and routes the rest of its traffic",
+        )
+    ]
+
+
 def _network_hint(address: str) -> str:
     return str(ipaddress.ip_network(f"{address}/{24 if _family(address) == 4 else 64}", strict=False))
 
@@ -228,4 +360,4 @@ def format_findings(findings: list[Finding]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Deployment", "Finding", "diagnose", "format_findings"]
+__all__ = ["Deployment", "Finding", "diagnose", "format_findings", "reply_mode"]

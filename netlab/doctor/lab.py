@@ -33,12 +33,15 @@ def roles_of(topology: Topology) -> Roles:
 
 
 def _shared(topology: Topology, a: str, b: str) -> list[tuple[str, str]]:
-    """(address on a, address on b) of every link between nodes a and b, prefixes included."""
+    """(address on a, address on b) of every link between nodes a and b, prefixes included (a bridge
+    port's address is its bridge's)."""
     pairs: list[tuple[str, str]] = []
     for link in topology.links:
         for here, there in ((link.a, link.b), (link.b, link.a)):
             if here.node == a and there.node == b:
-                pairs.extend((x, y) for x in here.addresses for y in there.addresses)
+                pairs.extend(
+                    (x, y) for x in topology.addresses_on(here) for y in topology.addresses_on(there)
+                )
     return [
         (x, y) for x, y in pairs if ipaddress.ip_interface(x).network == ipaddress.ip_interface(y).network
     ]
@@ -82,10 +85,12 @@ def deployments_of(lab: Lab, topology: Topology) -> list[Deployment]:
     return deployments
 
 
-def diagnose_lab(lab: Lab, topology: Topology) -> list[Finding]:
-    """Every finding of every family's Deployment, each reported once."""
+def diagnose_lab(lab: Lab, topology: Topology, reply_mode: str | None = None) -> list[Finding]:
+    """Every finding of every family's Deployment, each reported once; `reply_mode` overrides the one the
+    running forwarder's command line gives."""
     findings: list[Finding] = []
     for deployment in deployments_of(lab, topology):
+        deployment.reply_mode = reply_mode
         for finding in diagnose(deployment):
             if finding not in findings:
                 findings.append(finding)

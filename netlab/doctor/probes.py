@@ -1,11 +1,16 @@
 """Where the doctor's checks look: a lab node's namespace or this machine's own, read-only (sysctls, routes,
-the nftables ruleset, and the capabilities of the forwarder processes running there)."""
+policy rules and the kernel's route for a given packet, the nftables ruleset, and the capabilities and
+command lines of the forwarder processes running there)."""
 
+import ipaddress
 import json
 import os
+import socket
 from typing import Any, Protocol
 
 from pyroute2 import IPRoute
+
+from netlab.service.relay import RouteAnswer, route_for_packet
 
 
 class Probe(Protocol):
@@ -17,7 +22,54 @@ class Probe(Protocol):
     def route_get(self, destination: str) -> dict[str, Any] | None: ...
     def ruleset(self) -> list[dict[str, Any]]: ...
     def forwarder_capabilities(self) -> list[int]: ...
+    def forwarder_command_lines(self) -> list[list[str]]: ...
+    def packet_route(
+        self, src: str, dst: str, sport: int, proto: int, iif: int | None
+    ) -> RouteAnswer | None: ...
+    def rules(self, version: int) -> list["Rule"]: ...
+    def local_default_tables(self, version: int) -> set[int]: ...
     def fix(self, command: str) -> str: ...
+
+
+class Rule(dict[str, Any]):
+    """A policy rule as the doctor reads it: src (network or None), ip_proto, sport ((first, last) or
+    None), iif, table, priority."""
+
+
+def _rules(namespace: str | None, version: int) -> list[Rule]:
+    family = socket.AF_INET if version == 4 else socket.AF_INET6
+    found = []
+    with _netns_ipr(namespace) as ipr:
+        for message in ipr.get_rules(family=family):
+            source = message.get_attr("FRA_SRC")
+            sport = message.get_attr("FRA_SPORT_RANGE")
+            found.append(
+                Rule(
+                    src=ipaddress.ip_network(f"{source}/{message['src_len']}", strict=False)
+                    if source
+                    else None,
+                    ip_proto=message.get_attr("FRA_IP_PROTO"),
+                    sport=tuple(int(port) for port in sport.split(":")) if sport else None,
+                    iif=message.get_attr("FRA_IIFNAME"),
+                    table=message.get_attr("FRA_TABLE") or message["table"],
+                    priority=message.get_attr("FRA_PRIORITY") or 0,
+                )
+            )
+    return found
+
+
+def _local_default_tables(namespace: str | None, version: int) -> set[int]:
+    """The tables a rule looks up that hold `local 0.0.0.0/0` (or `local ::/0`): where a relay rule sends
+    the replies."""
+    family = socket.AF_INET if version == 4 else socket.AF_INET6
+    tables = {int(rule["table"]) for rule in _rules(namespace, version)}
+    with _netns_ipr(namespace) as ipr:
+        return {
+            table
+            for table in tables
+            for route in ipr.get_routes(family=family, table=table)
+            if route["type"] == 2 and route["dst_len"] == 0  # RTN_LOCAL
+        }
 
 
 def _netns_ipr(namespace: str | None) -> IPRoute:
@@ -52,24 +104,52 @@ def is_forwarder(argv: list[bytes]) -> bool:
     )
 
 
-def forwarder_pids(namespace_inode: tuple[int, int] | None) -> list[int]:
-    """Pids of forwarder processes, in the namespace with that (dev, inode), or anywhere if None."""
+def _command_lines(namespace_inode: tuple[int, int] | None) -> list[tuple[int, list[bytes]]]:
+    """(pid, argv) of every process, in the namespace with that (dev, inode), or anywhere if None."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                if not is_forwarder(handle.read().split(b"\0")):
-                    continue
+                argv = handle.read().split(b"\0")[:-1]
             if namespace_inode is not None:
                 status = os.stat(f"/proc/{entry}/ns/net")
                 if (status.st_dev, status.st_ino) != namespace_inode:
                     continue
         except OSError:
             continue
-        found.append(int(entry))
+        found.append((int(entry), argv))
     return found
+
+
+def forwarder_pids(namespace_inode: tuple[int, int] | None) -> list[int]:
+    """Pids of forwarder processes, in the namespace with that (dev, inode), or anywhere if None."""
+    return [pid for pid, argv in _command_lines(namespace_inode) if is_forwarder(argv)]
+
+
+def forwarder_command_lines(namespace_inode: tuple[int, int] | None) -> list[list[str]]:
+    """The command lines of forwarders, running or still waiting under systemd-socket-activate for their
+    first datagram (the part of the activator's command line that starts the forwarder)."""
+    found = []
+    for _, argv in _command_lines(namespace_inode):
+        waiting = argv and os.path.basename(argv[0]) == b"systemd-socket-activate"
+        for start in range(len(argv) if waiting else 1):
+            if is_forwarder(argv[start:]):
+                found.append([os.fsdecode(arg) for arg in argv[start:]])
+                break
+    return found
+
+
+def reply_mode_of(argv: list[str]) -> str:
+    """The `--reply` mode a forwarder command line asks for: 'direct' (the default) or 'relay'."""
+    mode = "direct"
+    for index, arg in enumerate(argv):
+        if arg == "--reply" and index + 1 < len(argv):
+            mode = argv[index + 1]
+        elif arg.startswith("--reply="):
+            mode = arg.removeprefix("--reply=")
+    return mode
 
 
 def capabilities_of(pid: int) -> int:
@@ -108,6 +188,20 @@ class NamespaceProbe:
 
         return [capabilities_of(pid) for pid in forwarder_pids(netns.inode(self.namespace))]
 
+    def forwarder_command_lines(self) -> list[list[str]]:
+        from netlab.lab import netns
+
+        return forwarder_command_lines(netns.inode(self.namespace))
+
+    def packet_route(self, src: str, dst: str, sport: int, proto: int, iif: int | None) -> RouteAnswer | None:
+        return route_for_packet(self.namespace, src, dst, sport, 40000, proto, iif)
+
+    def rules(self, version: int) -> list[Rule]:
+        return _rules(self.namespace, version)
+
+    def local_default_tables(self, version: int) -> set[int]:
+        return _local_default_tables(self.namespace, version)
+
     def fix(self, command: str) -> str:
         return f"netlab exec {self.name} -- {command}"
 
@@ -133,6 +227,19 @@ class MachineProbe:
     def forwarder_capabilities(self) -> list[int]:
         status = os.stat("/proc/self/ns/net")
         return [capabilities_of(pid) for pid in forwarder_pids((status.st_dev, status.st_ino))]
+
+    def forwarder_command_lines(self) -> list[list[str]]:
+        status = os.stat("/proc/self/ns/net")
+        return forwarder_command_lines((status.st_dev, status.st_ino))
+
+    def packet_route(self, src: str, dst: str, sport: int, proto: int, iif: int | None) -> RouteAnswer | None:
+        return route_for_packet(None, src, dst, sport, 40000, proto, iif)
+
+    def rules(self, version: int) -> list[Rule]:
+        return _rules(None, version)
+
+    def local_default_tables(self, version: int) -> set[int]:
+        return _local_default_tables(None, version)
 
     def fix(self, command: str) -> str:
         return command

@@ -1,5 +1,6 @@
 """Building a lab's links with pyroute2: veth pairs made inside one node with the peer placed straight into
-the other, addresses, MTU and routes, and waiting until the links are usable (carrier and IPv6 ready)."""
+the other, bridges with their ports, addresses, MTU and routes, and waiting until the links are usable
+(carrier and IPv6 ready)."""
 
 import ipaddress
 import os
@@ -57,6 +58,19 @@ def build_link(a_namespace: str, a_ifname: str, b_namespace: str, b_ifname: str)
             ipr.link("add", ifname=a_ifname, kind="veth", peer={"ifname": b_ifname, "net_ns_fd": peer_fd})
     finally:
         os.close(peer_fd)
+
+
+def build_device(namespace: str, name: str, kind: str) -> None:
+    """Create device `name` of `kind` ("bridge") in `namespace`; configure_interface brings it up."""
+    # A new bridge has STP off, so a port forwards as soon as it is up (no 15 s listening/learning).
+    with IPRoute(netns=namespace) as ipr:
+        ipr.link("add", ifname=name, kind=kind)
+
+
+def attach_port(namespace: str, ifname: str, bridge: str) -> None:
+    """Make interface `ifname` a port of bridge `bridge` (both in `namespace`)."""
+    with IPRoute(netns=namespace) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], master=ipr.link_lookup(ifname=bridge)[0])
 
 
 def configure_interface(

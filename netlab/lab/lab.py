@@ -16,7 +16,14 @@ from pyroute2 import IPRoute
 
 from netlab.errors import TopologyError, UnknownNodeError
 from netlab.lab import netns, registry
-from netlab.lab.build import add_route, build_link, configure_interface, wait_links_usable
+from netlab.lab.build import (
+    add_route,
+    attach_port,
+    build_device,
+    build_link,
+    configure_interface,
+    wait_links_usable,
+)
 from netlab.lab.capture import Capture
 from netlab.lab.names import new_lab_id
 from netlab.lab.node import LabNode
@@ -158,7 +165,7 @@ class Lab:
             self._capture.close()
 
     def build(self, topology: Topology) -> "Lab":
-        """Create every node, link, address, route and sysctl of `topology`."""
+        """Create every node, device, link, address, route and sysctl of `topology`."""
         topology.validate()
         new_nodes = [LabNode(self, name) for name in topology.nodes]
         for node in new_nodes:
@@ -180,12 +187,20 @@ class Lab:
                 node.sysctl(f"net.ipv6.conf.{scope}.accept_dad", "0")
             for key, value in topology.nodes[node.name].sysctls.items():
                 node.sysctl(key, value)
+        for device in topology.devices:
+            namespace = self[device.node].namespace
+            build_device(namespace, device.name, device.kind)
+            if self.capture_enabled:
+                self.captures.add(namespace, device.node, device.name)
+            configure_interface(namespace, device.node, device.name, device.addresses, None)
         for link in topology.links:
             build_link(self[link.a.node].namespace, link.a.ifname, self[link.b.node].namespace, link.b.ifname)
             if self.capture_enabled:
                 for end in (link.a, link.b):
                     self.captures.add(self[end.node].namespace, end.node, end.ifname)
             for end in (link.a, link.b):
+                if end.master is not None:
+                    attach_port(self[end.node].namespace, end.ifname, end.master)
                 configure_interface(self[end.node].namespace, end.node, end.ifname, end.addresses, link.mtu)
         for route in topology.routes:
             add_route(self[route.node].namespace, route.destination, route.via)

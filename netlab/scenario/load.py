@@ -18,10 +18,13 @@ executes them. A bug report becomes one new file in fixtures/scenarios, which is
     [echo]                                 # optional: netlab.programs.echo answering on these ports
     node = "backend"
     ports = [27000]
-    [reply_path]                           # optional: the notrack + stateless rewrite on the host
-    backend = "192.0.2.2"
+    [reply_path]                           # optional: how the backend's replies get back
+    mode = "direct"                        # default: notrack + a stateless rewrite on the host, with
+    backend = "192.0.2.2"                  #   these three
     backend_network = "192.0.2.0/24"
     host_address = "198.51.100.1"
+    # mode = "relay": the forwarder runs with --reply relay, and the host gets the relay routing for
+    # backend = "192.0.2.2" and ports = [5353] (default: the [forwarder]'s destinations)
     [[traffic]]
     from = "client"
     src = "203.0.113.7"                    # spoofed; default the node's own address
@@ -52,7 +55,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from netlab.errors import FixtureNotFoundError, PacketError, ScenarioError
+from netlab.addresses import parse_endpoint
+from netlab.errors import AddressError, FixtureNotFoundError, PacketError, ScenarioError
 from netlab.fixtures import scenario_path, topology_names, topology_path
 from netlab.programs.crafted import MAX_PAYLOAD, MAX_PAYLOAD_IPV6, MIN_FRAGMENT, check_port
 from netlab.scenario.model import (
@@ -76,7 +80,8 @@ _FORWARDER = {"node", "listen", "destinations", "fdnames", "args", "held_sockets
 _SETUP = {"node", "sysctl", "command", "background", "nft"}
 _SETUP_ACTIONS = ("sysctl", "command", "background", "nft")
 _ECHO = {"node", "ports"}
-_REPLY = {"node", "backend", "backend_network", "host_address"}
+_REPLY = {"node", "mode", "backend", "backend_network", "host_address", "ports"}
+_REPLY_MODES = ("direct", "relay")
 _TRAFFIC = {
     "from", "src", "sport", "to", "payload", "payload_hex", "size", "count", "fragment_size", "family",
     "expect_reply", "reply_contains",
@@ -124,7 +129,7 @@ def scenario_from_dict(data: Mapping[str, Any], path: Path) -> Scenario:
     """Validate TOML-shaped scenario data read from `path`: one reader per table, then the checks that
     span tables."""
     reader = Reader(str(path))
-    topology_keys = sorted({"nodes", "links", "routes", "roles"} & set(data))
+    topology_keys = sorted({"nodes", "devices", "links", "routes", "roles"} & set(data))
     if topology_keys and "topology" not in data:
         raise reader.fail(
             "top level",
@@ -139,7 +144,7 @@ def scenario_from_dict(data: Mapping[str, Any], path: Path) -> Scenario:
         for where, step in reader.tables(data, "setup", "top level")
     ]
     echo = _echo(reader, reader.table(data, "echo", "top level"), topology)
-    reply_path = _reply_path(reader, reader.table(data, "reply_path", "top level"), topology)
+    reply_path = _reply_path(reader, reader.table(data, "reply_path", "top level"), topology, forwarder)
     traffic = [
         _traffic(reader, where, item, topology) for where, item in reader.tables(data, "traffic", "top level")
     ]
@@ -203,11 +208,21 @@ def _echo(reader: Reader, table: dict[str, Any] | None, topology: Topology) -> E
     return EchoSpec(reader.node(table, "node", "echo", topology, backend), ports)
 
 
-def _reply_path(reader: Reader, table: dict[str, Any] | None, topology: Topology) -> ReplyPathSpec | None:
-    """[reply_path]: the host's rewrite of the backend's replies."""
+def _reply_path(
+    reader: Reader, table: dict[str, Any] | None, topology: Topology, forwarder: ForwarderSpec | None
+) -> ReplyPathSpec | None:
+    """[reply_path]: the host's rewrite of the backend's replies (direct), or the relay routing (relay)."""
     if table is None:
         return None
     reader.keys(table, _REPLY, "reply_path")
+    mode = reader.get(table, "mode", str, "reply_path", "direct")
+    if mode not in _REPLY_MODES:
+        raise reader.fail("reply_path.mode", f"{mode!r}: expected one of {list(_REPLY_MODES)}")
+    node = reader.node(table, "node", "reply_path", topology, _default_host(topology))
+    if mode == "relay":
+        return _relay(reader, table, node, forwarder)
+    if "ports" in table:
+        raise reader.fail("reply_path.ports", 'goes with mode = "relay" (direct mode rewrites every port)')
     values = {
         key: reader.get(table, key, str, "reply_path")
         for key in ("backend", "backend_network", "host_address")
@@ -215,8 +230,67 @@ def _reply_path(reader: Reader, table: dict[str, Any] | None, topology: Topology
     missing = [key for key, value in values.items() if value is None]
     if missing:
         raise reader.fail("reply_path", f"missing {missing}")
-    node = reader.node(table, "node", "reply_path", topology, _default_host(topology))
     return ReplyPathSpec(node, **values)
+
+
+def _relay(
+    reader: Reader, table: dict[str, Any], node: str, forwarder: ForwarderSpec | None
+) -> ReplyPathSpec:
+    """[reply_path] mode = "relay": the backend addresses and ports that get the relay routing (given, or
+    the [forwarder]'s destinations), and --reply relay for the forwarder."""
+    for key in ("backend_network", "host_address"):
+        if key in table:
+            raise reader.fail(f"reply_path.{key}", 'goes with mode = "direct" (relay mode rewrites nothing)')
+    backend = reader.get(table, "backend", str, "reply_path")
+    if backend is not None:
+        try:
+            ipaddress.ip_address(backend)
+        except ValueError:
+            raise reader.fail("reply_path.backend", f"bad address {backend!r}") from None
+    ports = reader.get(table, "ports", list, "reply_path")
+    if ports == []:
+        raise reader.fail("reply_path.ports", "[]: expected at least one port the backend answers from")
+    for port in ports or []:
+        try:
+            check_port(port, "port")
+        except PacketError as error:
+            raise reader.fail("reply_path.ports", str(error)) from None
+    if forwarder is not None:
+        _reply_relay_option(reader, forwarder)
+    if ports is not None and backend is None:
+        raise reader.fail("reply_path.ports", "needs backend = ADDRESS (the address the replies come from)")
+    relay = {backend: list(ports)} if backend is not None and ports else _destinations(forwarder, backend)
+    if not relay:
+        raise reader.fail(
+            "reply_path",
+            'mode = "relay" needs backend and ports, or a [forwarder] with ADDRESS:PORT destinations'
+            + (f" on {backend!r}" if backend else ""),
+        )
+    return ReplyPathSpec(node, ", ".join(relay), "", "", "relay", relay)
+
+
+def _destinations(forwarder: ForwarderSpec | None, backend: str | None) -> dict[str, list[int]]:
+    """The [forwarder]'s destinations (DEST or NAME=DEST) by address, only `backend`'s when given."""
+    relay: dict[str, list[int]] = {}
+    for text in forwarder.destinations if forwarder else []:
+        try:
+            address, port = parse_endpoint(text.rpartition("=")[2])
+        except AddressError:
+            continue  # a host name: its addresses are not known here
+        if backend is None or ipaddress.ip_address(address) == ipaddress.ip_address(backend):
+            relay.setdefault(address, []).append(port)
+    return relay
+
+
+def _reply_relay_option(reader: Reader, forwarder: ForwarderSpec) -> None:
+    """Give the forwarder --reply relay, unless its args say so already; refuse args that say otherwise."""
+    args = forwarder.args
+    given = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--reply"]
+    given += [arg.removeprefix("--reply=") for arg in args if arg.startswith("--reply=")]
+    if not given:
+        forwarder.args = [*args, "--reply", "relay"]
+    elif given != ["relay"]:
+        raise reader.fail("forwarder.args", f'{args!r} contradict [reply_path] mode = "relay"')
 
 
 def _traffic(reader: Reader, where: str, item: dict[str, Any], topology: Topology) -> TrafficSpec:

@@ -43,10 +43,16 @@ class EchoSpec:
 
 @dataclass
 class ReplyPathSpec:
+    """How the backend's replies get back: direct (the host rewrites their source: backend,
+    backend_network, host_address) or relay (the relay routing for each backend address and its ports,
+    and the forwarder runs with --reply relay)."""
+
     node: str
     backend: str
     backend_network: str
     host_address: str
+    mode: str = "direct"
+    relay: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from netlab.programs.crafted import Crafted
 from netlab.scenario.load import Endpoint, Scenario, TrafficSpec
 from netlab.service.activation import ForwarderUnderTest, hold_listen_sockets, start_forwarder
 from netlab.service.procnet import udp_ports_bound
+from netlab.service.relay import install_relay_routing
 from netlab.service.replypath import enable_reply_path
 from netlab.traffic.expect import Inbox, expect
 
@@ -121,7 +122,11 @@ class _Run:
             wait_until(lambda: set(ports) <= udp_ports_bound(echo.pid), "the echo server to listen", 10)
         if scenario.reply_path is not None:
             spec = scenario.reply_path
-            enable_reply_path(lab[spec.node], spec.backend, spec.backend_network, spec.host_address)
+            if spec.mode == "relay":
+                for backend, ports in spec.relay.items():
+                    install_relay_routing(lab[spec.node], backend, ports)
+            else:
+                enable_reply_path(lab[spec.node], spec.backend, spec.backend_network, spec.host_address)
         for endpoint in [item.at for item in scenario.expect.arrives] + scenario.expect.nothing_at:
             if endpoint not in self.inboxes:
                 self.inboxes[endpoint] = expect(lab[endpoint.node], endpoint.port)

@@ -7,6 +7,14 @@
     a = { node = "client", addresses = ["198.51.100.10/24"] }
     b = { node = "host", ifname = "eth0", addresses = ["198.51.100.1/24"] }
     mtu = 1500
+    [[devices]]                              # a device inside a node: kind = "bridge" (as docker0)
+    node = "host"
+    name = "docker0"
+    kind = "bridge"
+    addresses = ["192.0.2.1/24"]             # the node's address on the bridged network
+    [[links]]                                # a link end with master = BRIDGE is a port of that bridge
+    a = { node = "host", ifname = "veth-c1", master = "docker0" }
+    b = { node = "c1", ifname = "eth0", addresses = ["192.0.2.2/24"] }
     [[routes]]                               # to = CIDR or "default" (family of via)
     node = "client"
     to = "default"
@@ -28,11 +36,12 @@ from typing import Any
 from netlab.errors import TopologyError
 from netlab.topology.model import Roles, Topology
 
-_TOP_KEYS = {"description", "nodes", "links", "routes", "roles"}
+_TOP_KEYS = {"description", "nodes", "devices", "links", "routes", "roles"}
 _ROLE_KEYS = {"host", "backend", "clients", "spoofed"}
 _NODE_KEYS = {"sysctl"}
 _LINK_KEYS = {"a", "b", "mtu"}
-_END_KEYS = {"node", "ifname", "addresses"}
+_END_KEYS = {"node", "ifname", "addresses", "master"}
+_DEVICE_KEYS = {"node", "name", "kind", "addresses"}
 _ROUTE_KEYS = {"node", "to", "via"}
 
 
@@ -79,6 +88,21 @@ def topology_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Topol
                     f"{source}: {element}.sysctl: value {value!r} of {key!r} must be a string or integer"
                 )
             topology.sysctl(name, key, str(value))
+    for index, device in enumerate(_typed(data, "devices", list, "top level", source, [])):
+        element = f"devices[{index}]"
+        if not isinstance(device, dict):
+            raise TopologyError(f"{source}: {element}: expected a table, got {device!r}")
+        _check_keys(device, _DEVICE_KEYS, element, source)
+        for key in ("node", "name", "kind"):
+            if not isinstance(device.get(key), str):
+                raise TopologyError(f"{source}: {element}.{key}: expected a string, got {device.get(key)!r}")
+        topology.device(
+            device["node"],
+            device["name"],
+            kind=device["kind"],
+            addresses=_typed(device, "addresses", list, element, source, []),
+            label=f"{element} ({device['kind']} {device['name']!r} in {device['node']!r})",
+        )
     for index, link in enumerate(_typed(data, "links", list, "top level", source, [])):
         element = f"links[{index}]"
         if not isinstance(link, dict):
@@ -98,6 +122,8 @@ def topology_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Topol
             b_ifname=b["ifname"],
             mtu=mtu,
             label=f"{element} ({a['node']}<->{b['node']})",
+            a_master=a["master"],
+            b_master=b["master"],
         )
     for index, route in enumerate(_typed(data, "routes", list, "top level", source, [])):
         element = f"routes[{index}]"
@@ -151,8 +177,11 @@ def _endpoint(link: Mapping[str, Any], side: str, element: str, source: str) -> 
     ifname = end.get("ifname")
     if ifname is not None and not isinstance(ifname, str):
         raise TopologyError(f"{source}: {where}.ifname: expected a string, got {ifname!r}")
+    master = end.get("master")
+    if master is not None and not isinstance(master, str):
+        raise TopologyError(f"{source}: {where}.master: expected a bridge name, got {master!r}")
     addresses = _typed(end, "addresses", list, where, source, [])
-    return {"node": node, "ifname": ifname, "addresses": addresses}
+    return {"node": node, "ifname": ifname, "addresses": addresses, "master": master}
 
 
 def _check_keys(table: Mapping[str, Any], allowed: set[str], element: str, source: str) -> None:

@@ -1,4 +1,5 @@
-"""Topologies as data: nodes (network namespaces), veth links with addresses and MTU, routes and sysctls.
+"""Topologies as data: nodes (network namespaces), veth links with addresses and MTU, devices inside a node
+(a Linux bridge whose ports are link ends, as Docker's docker0), routes and sysctls.
 
 Built from Python code here or from a TOML file (netlab.topology.file); validated before anything is
 created, with errors that name the source, the element and the bad value. Only documentation address
@@ -27,15 +28,33 @@ _NODE_NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]+")
 _SYSCTL = re.compile(r"(net|kernel)(\.[A-Za-z0-9_-]+)+")
 NODE_NAME_MAX = 20
+DEVICE_KINDS = ("bridge",)
 
 
 @dataclass
 class Endpoint:
-    """One end of a veth link: the node, its interface name there, and the addresses on it."""
+    """One end of a veth link: the node, its interface name there, and the addresses on it; with `master`,
+    the end is a port of that bridge of the node instead (and carries no addresses: the bridge does)."""
 
     node: str
     ifname: str
     addresses: list[str] = field(default_factory=list)
+    master: str | None = None
+
+
+@dataclass
+class Device:
+    """A device made inside a node that is not a veth end: kind "bridge", a Linux bridge (as docker0) with
+    the node's addresses on that network; link ends name it as their `master` to become its ports."""
+
+    node: str
+    name: str
+    kind: str = "bridge"
+    addresses: list[str] = field(default_factory=list)
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        self.label = self.label or f"device {self.name!r} in {self.node!r}"
 
 
 @dataclass
@@ -92,6 +111,7 @@ class Topology:
 
     nodes: dict[str, Node] = field(default_factory=dict)
     links: list[Link] = field(default_factory=list)
+    devices: list[Device] = field(default_factory=list)
     routes: list[Route] = field(default_factory=list)
     source: str = "<code>"
     description: str = ""
@@ -121,16 +141,32 @@ class Topology:
         b_ifname: str | None = None,
         mtu: int | None = None,
         label: str = "",
+        a_master: str | None = None,
+        b_master: str | None = None,
     ) -> "Topology":
-        """Connect nodes `a` and `b` with a veth pair; interfaces default to 'to-<peer>'."""
+        """Connect nodes `a` and `b` with a veth pair; interfaces default to 'to-<peer>'. `a_master` makes
+        a's end a port of that bridge of node a (likewise `b_master`)."""
         self.links.append(
             Link(
-                Endpoint(a, a_ifname or f"to-{b}"[:IFNAMSIZ], list(a_addresses or [])),
-                Endpoint(b, b_ifname or f"to-{a}"[:IFNAMSIZ], list(b_addresses or [])),
+                Endpoint(a, a_ifname or f"to-{b}"[:IFNAMSIZ], list(a_addresses or []), a_master),
+                Endpoint(b, b_ifname or f"to-{a}"[:IFNAMSIZ], list(b_addresses or []), b_master),
                 mtu,
                 label,
             )
         )
+        return self
+
+    def device(
+        self,
+        node: str,
+        name: str,
+        *,
+        kind: str = "bridge",
+        addresses: list[str] | None = None,
+        label: str = "",
+    ) -> "Topology":
+        """Add a device (a bridge) named `name` inside `node`, with these addresses."""
+        self.devices.append(Device(node, name, kind, list(addresses or []), label))
         return self
 
     def route(self, node: str, destination: str, via: str, *, label: str = "") -> "Topology":
@@ -139,18 +175,31 @@ class Topology:
         return self
 
     def addresses_of(self, node: str) -> list[str]:
-        """Every address (without prefix) configured on `node`, in topology order."""
+        """Every address (without prefix) configured on `node`, in topology order (links, then devices)."""
         return [
             str(ipaddress.ip_interface(text).ip)
-            for link in self.links
-            for end in (link.a, link.b)
+            for end in self._ends_and_devices()
             if end.node == node
             for text in end.addresses
         ]
 
     def interfaces_of(self, node: str) -> list[str]:
-        """The names of `node`'s veth interfaces, in topology order."""
-        return [end.ifname for link in self.links for end in (link.a, link.b) if end.node == node]
+        """The names of `node`'s veth interfaces and devices, in topology order."""
+        return [
+            end.ifname if isinstance(end, Endpoint) else end.name
+            for end in self._ends_and_devices()
+            if end.node == node
+        ]
+
+    def addresses_on(self, end: Endpoint) -> list[str]:
+        """The addresses (with prefix) a link end has on its network: its own, or its bridge's."""
+        for device in self.devices:
+            if end.master is not None and (device.node, device.name) == (end.node, end.master):
+                return list(device.addresses)
+        return list(end.addresses)
+
+    def _ends_and_devices(self) -> list["Endpoint | Device"]:
+        return [*(end for link in self.links for end in (link.a, link.b)), *self.devices]
 
     def _require_node(self, node: str, element: str) -> None:
         if node not in self.nodes:
@@ -178,6 +227,7 @@ class Topology:
                     )
         seen_addresses: dict[str, str] = {}
         seen_ifnames: set[tuple[str, str]] = set()
+        self._validate_devices(seen_addresses, seen_ifnames)
         for link in self.links:
             for end in (link.a, link.b):
                 self._require_node(end.node, link.label)
@@ -190,15 +240,10 @@ class Topology:
                 if (end.node, end.ifname) in seen_ifnames:
                     raise self._fail(link.label, f"node {end.node!r} already has an interface {end.ifname!r}")
                 seen_ifnames.add((end.node, end.ifname))
-                for text in end.addresses:
-                    interface = parse_interface(text, f"{self.source}: {link.label}")
-                    require_lab_address(interface.ip, f"{self.source}: {link.label}", text)
-                    address = str(interface.ip)
-                    if address in seen_addresses:
-                        raise self._fail(
-                            link.label, f"address {text!r} is already used on {seen_addresses[address]}"
-                        )
-                    seen_addresses[address] = f"{end.node}/{end.ifname}"
+                self._validate_master(link, end)
+                self._validate_addresses(
+                    link.label, end.addresses, f"{end.node}/{end.ifname}", seen_addresses
+                )
             if link.mtu is not None and (
                 isinstance(link.mtu, bool) or not isinstance(link.mtu, int) or not 68 <= link.mtu <= 65535
             ):
@@ -229,6 +274,51 @@ class Topology:
                 for allowed in ALLOWED_NETWORKS
             ):
                 raise self._fail(route.label, f"destination {route.destination!r} {_RANGES_HINT}")
+
+    def _validate_addresses(
+        self, element: str, addresses: list[str], where: str, seen_addresses: dict[str, str]
+    ) -> None:
+        for text in addresses:
+            interface = parse_interface(text, f"{self.source}: {element}")
+            require_lab_address(interface.ip, f"{self.source}: {element}", text)
+            address = str(interface.ip)
+            if address in seen_addresses:
+                raise self._fail(element, f"address {text!r} is already used on {seen_addresses[address]}")
+            seen_addresses[address] = where
+
+    def _validate_devices(self, seen_addresses: dict[str, str], seen_ifnames: set[tuple[str, str]]) -> None:
+        for device in self.devices:
+            self._require_node(device.node, device.label)
+            if device.kind not in DEVICE_KINDS:
+                raise self._fail(device.label, f"kind {device.kind!r}: expected one of {list(DEVICE_KINDS)}")
+            if not device.name or len(device.name) > IFNAMSIZ or not _IFNAME.fullmatch(device.name):
+                raise self._fail(
+                    device.label,
+                    f"device name {device.name!r} must be 1 to {IFNAMSIZ} characters "
+                    "of letters, digits, '_', '.' and '-'",
+                )
+            if (device.node, device.name) in seen_ifnames:
+                raise self._fail(device.label, f"node {device.node!r} already has a device {device.name!r}")
+            seen_ifnames.add((device.node, device.name))
+            self._validate_addresses(
+                device.label, device.addresses, f"{device.node}/{device.name}", seen_addresses
+            )
+
+    def _validate_master(self, link: Link, end: Endpoint) -> None:
+        if end.master is None:
+            return
+        bridges = sorted(d.name for d in self.devices if d.node == end.node and d.kind == "bridge")
+        if end.master not in bridges:
+            raise self._fail(
+                link.label,
+                f"master {end.master!r} is not a bridge of node {end.node!r} (its bridges: {bridges})",
+            )
+        if end.addresses:
+            raise self._fail(
+                link.label,
+                f"{end.node}/{end.ifname} is a port of bridge {end.master!r}: a port carries no addresses, "
+                f"put {end.addresses!r} on the bridge",
+            )
 
     def _validate_roles(self) -> None:
         if self.roles is None:
