@@ -2,7 +2,7 @@
 host's own address, as the client expects.
 
 A stateful SNAT/MASQUERADE rule cannot do it: conntrack files the backend's reply under the entry the
-forwarder's spoofed send created, so the NAT hook never sees a new flow. What works (machine-facts.md):
+forwarder's spoofed send created, so the NAT hook never sees a new flow. What works (README, The reply path):
 `notrack` for the forwarded UDP flows, plus a stateless source rewrite of the replies in postrouting.
 
 Every rule matches the backend's address and `meta l4proto udp`, never `udp sport` alone: the second and
