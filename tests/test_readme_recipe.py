@@ -22,7 +22,7 @@ def readme_recipe() -> str:
     """The first code block of the README's "The reply path" section that defines an nftables table."""
     section = README.read_text().split("### The reply path", 1)[1].split("\n### ", 1)[0]
     blocks = re.findall(r"^```\n(.*?)^```$", section, re.S | re.M)
-    [recipe] = [block for block in blocks if block.startswith("table inet ")]
+    [recipe] = [str(block) for block in blocks if block.startswith("table inet ")]
     return recipe
 
 

@@ -134,7 +134,7 @@ def test_netlab_graph_needs_neither_root_nor_the_lab_extra(tmp_path: Path) -> No
     site = tmp_path / "bare"
     site.mkdir()
     for package in (netlab, forwarder):
-        (site / package.__name__).symlink_to(Path(package.__file__).parent)
+        (site / package.__name__).symlink_to(Path(package.__path__[0]))
     result = subprocess.run(
         [sys.executable, "-S", "-m", "netlab", "graph", str(topology_path("faults")), "--format", "dot"],
         env=dict(os.environ, PYTHONPATH=str(site)),
