@@ -103,7 +103,7 @@ class Expectations:
 
 @dataclass
 class Scenario:
-    """A validated scenario, ready for netlab.scenario_run."""
+    """A validated scenario, ready for netlab.scenario.run."""
 
     name: str
     source: str
