@@ -6,6 +6,7 @@ swallows all of the backend's traffic and a missing IPv6 twin, each with command
 """
 
 import shlex
+from collections.abc import Mapping
 
 import pytest
 
@@ -38,7 +39,7 @@ def test_the_reply_mode_is_read_from_the_forwarders_option_in_both_spellings(
     assert reply_mode_of(argv) == mode
 
 
-def deployment(lab: Lab, family: dict[str, object], **overrides: object) -> Deployment:
+def deployment(lab: Lab, family: Mapping[str, object], **overrides: object) -> Deployment:
     settings: dict[str, object] = {
         "host": NamespaceProbe("host", lab["host"].namespace),
         "backend": NamespaceProbe("backend", lab["backend"].namespace),

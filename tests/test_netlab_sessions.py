@@ -138,8 +138,8 @@ def test_the_machine_wide_reaper_leaves_the_namespaces_of_test_sessions_alone(
     default = tmp_path / "default"
     monkeypatch.setattr(registry, "DEFAULT_REGISTRY", default)
     monkeypatch.setattr(registry, "REGISTRY_DIR", default)
-    monkeypatch.setattr(registry.netns, "list_names", lambda: ["nl-session-host", "nl-nobodys-host"])
-    monkeypatch.setattr(registry.netns, "exists", lambda name: True)
+    monkeypatch.setattr(netns, "list_names", lambda: ["nl-session-host", "nl-nobodys-host"])
+    monkeypatch.setattr(netns, "exists", lambda name: True)
     destroyed: list[str] = []
     monkeypatch.setattr(registry, "destroy_namespace", destroyed.append)
 

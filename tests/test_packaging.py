@@ -25,7 +25,7 @@ def bare_install(tmp_path: Path) -> dict[str, str]:
     site = tmp_path / "bare"
     site.mkdir()
     for package in (netlab, forwarder):
-        (site / package.__name__).symlink_to(Path(package.__file__).parent)
+        (site / package.__name__).symlink_to(Path(package.__path__[0]))
     return dict(os.environ, PYTHONPATH=str(site))
 
 

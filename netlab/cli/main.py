@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from netlab.cli import bench, demo, doctor, labs, scenario, traffic
+from netlab.cli import bench, demo, doctor, labs, scenario, topology, traffic
 from netlab.cli.common import (
     EX_INTERRUPTED,
     EX_UNAVAILABLE,
@@ -35,7 +35,7 @@ def build_parser() -> Parser:
     """The parser of every netlab command, each added by its group's `register`."""
     parser = Parser(prog="netlab", description="A network lab for the transparent UDP forwarder.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
-    for group in (demo, bench, labs, traffic, scenario, doctor):
+    for group in (demo, bench, labs, traffic, scenario, doctor, topology):
         group.register(commands)
     return parser
 
@@ -44,8 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one netlab command; return its exit code."""
     global _MAIN_PID
     args = build_parser().parse_args(argv)
-    missing = missing_lab_dependencies()
-    if missing:  # every command builds, enters or lists labs (pyroute2) or crafts packets (scapy)
+    missing = missing_lab_dependencies() if getattr(args, "needs_lab", True) else []
+    if missing:  # the commands that build, enter or list labs (pyroute2) or craft packets (scapy)
         print(f"netlab: {lab_extra_message(missing)}", file=sys.stderr)
         return EX_UNAVAILABLE
     _MAIN_PID = os.getpid()

@@ -83,17 +83,18 @@ def cmd_sniff(args: argparse.Namespace) -> int:
 
     require_privileges()
     namespace = node_namespace(args.lab, args.node)
-    seen = 0
+    datagrams = fragments = 0
     with Sniffer(namespace) as sniffer:
         print(f"sniffing UDP on {args.node} ({namespace}); Ctrl-C stops", file=sys.stderr, flush=True)
         try:
-            for datagram in sniffer.datagrams(args.count, args.timeout):
-                seen += 1
-                text = json.dumps(datagram.to_json(), sort_keys=True) if args.json else datagram.line()
+            for seen in sniffer.datagrams(args.count, args.timeout):
+                datagrams += not seen.more_fragments
+                fragments += seen.fragment
+                text = json.dumps(seen.to_json(), sort_keys=True) if args.json else seen.line()
                 print(text, flush=True)
         except KeyboardInterrupt:
             pass
-    print(f"{seen} datagrams", file=sys.stderr)
+    print(f"{datagrams} datagrams" + (f" ({fragments} fragments)" if fragments else ""), file=sys.stderr)
     return 0
 
 

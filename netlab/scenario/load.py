@@ -20,9 +20,9 @@ executes them. A bug report becomes one new file in fixtures/scenarios, which is
     ports = [27000]
     [reply_path]                           # optional: how the backend's replies get back
     mode = "direct"                        # default: notrack + a stateless rewrite on the host, with
-    backend = "192.0.2.2"                  #   these three
-    backend_network = "192.0.2.0/24"
-    host_address = "198.51.100.1"
+    backend = "192.0.2.2"                  #   these three; its ports are learned from [forwarder]: a
+    backend_network = "192.0.2.0/24"       #   destination port other than the listen port (53 -> 5353)
+    host_address = "198.51.100.1"          #   has its replies' source port rewritten back (5353 -> 53)
     # mode = "relay": the forwarder runs with --reply relay, and the host gets the relay routing for
     # backend = "192.0.2.2" and ports = [5353] (default: the [forwarder]'s destinations)
     [[traffic]]
@@ -36,6 +36,7 @@ executes them. A bug report becomes one new file in fixtures/scenarios, which is
     family = "ipv4"                        # optional: checked against `to`
     expect_reply = false                   # true: a connect()ed socket waits for the reply
     reply_contains = "seen=198.51.100.10:" # optional, with expect_reply
+    within = 15                            # with expect_reply: seconds to wait for it (default 15)
     [[expect.arrives]]
     at = "backend:27000"
     src = "203.0.113.7:4242"               # as netlab.traffic.expect: ip:port, [v6]:port, ip, *:port, network
@@ -55,7 +56,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from netlab.addresses import parse_endpoint
+from netlab.addresses import parse_endpoint, split_host_port
 from netlab.errors import AddressError, FixtureNotFoundError, PacketError, ScenarioError
 from netlab.fixtures import scenario_path, topology_names, topology_path
 from netlab.programs.crafted import MAX_PAYLOAD, MAX_PAYLOAD_IPV6, MIN_FRAGMENT, check_port
@@ -84,7 +85,7 @@ _REPLY = {"node", "mode", "backend", "backend_network", "host_address", "ports"}
 _REPLY_MODES = ("direct", "relay")
 _TRAFFIC = {
     "from", "src", "sport", "to", "payload", "payload_hex", "size", "count", "fragment_size", "family",
-    "expect_reply", "reply_contains",
+    "expect_reply", "reply_contains", "within",
 }  # fmt: skip
 _EXPECT = {"arrives", "nothing_else", "nothing_at", "status", "exit_code", "doctor_names"}
 _ARRIVES = {"at", "src", "payload", "payload_hex", "size", "count", "within"}
@@ -145,11 +146,13 @@ def scenario_from_dict(data: Mapping[str, Any], path: Path) -> Scenario:
     ]
     echo = _echo(reader, reader.table(data, "echo", "top level"), topology)
     reply_path = _reply_path(reader, reader.table(data, "reply_path", "top level"), topology, forwarder)
+    if reply_path is not None and reply_path.mode == "direct" and forwarder is not None:
+        reply_path.ports = _learned_ports(forwarder, reply_path.backend)
     traffic = [
         _traffic(reader, where, item, topology) for where, item in reader.tables(data, "traffic", "top level")
     ]
     expect = _expect(reader, reader.table(data, "expect", "top level") or {}, topology)
-    _check_across_tables(reader, forwarder, echo, expect)
+    _check_across_tables(reader, forwarder, expect)
     description = reader.get(data, "description", str, "top level", "")
     return Scenario(
         path.stem, str(path), description, topology, forwarder, setup, echo, reply_path, traffic, expect
@@ -293,6 +296,30 @@ def _reply_relay_option(reader: Reader, forwarder: ForwarderSpec) -> None:
         raise reader.fail("forwarder.args", f'{args!r} contradict [reply_path] mode = "relay"')
 
 
+def _learned_ports(forwarder: ForwarderSpec, backend: str) -> dict[int, int]:
+    """Backend port -> host port for each of the forwarder's sockets whose destination is `backend` on a
+    port other than the socket's own: the ports the reply path must rewrite back."""
+    names = dict(zip(forwarder.fdnames or [], forwarder.listen, strict=False))
+    ports: dict[int, int] = {}
+    for index, destination in enumerate(forwarder.destinations):
+        name, equals, dest = destination.partition("=")
+        if not equals:
+            dest, listen = destination, forwarder.listen[index] if index < len(forwarder.listen) else None
+        else:
+            listen = names.get(name)
+        if listen is None:
+            continue
+        host, port = split_host_port(dest)  # a bare IPv6 literal has no port: ("2001:db8::2", "")
+        try:
+            same = ipaddress.ip_address(host) == ipaddress.ip_address(backend)
+        except ValueError:
+            continue  # a host name: the forwarder resolves it; the reply path names addresses
+        listen_port = parse_endpoint(listen)[1]
+        if same and port.isdigit() and int(port) != listen_port:
+            ports[int(port)] = listen_port
+    return ports
+
+
 def _traffic(reader: Reader, where: str, item: dict[str, Any], topology: Topology) -> TrafficSpec:
     """One [[traffic]] table: a datagram (or `count` of them) crafted from a node."""
     reader.keys(item, _TRAFFIC, where)
@@ -336,7 +363,15 @@ def _traffic(reader: Reader, where: str, item: dict[str, Any], topology: Topolog
         fragment_size,
         expect_reply,
         reader.get(item, "reply_contains", str, where),
+        _reply_within(reader, where, item, expect_reply),
     )
+
+
+def _reply_within(reader: Reader, where: str, item: dict[str, Any], expect_reply: bool) -> float:
+    """`within` of a traffic item: how long to wait for its reply; only with expect_reply."""
+    if "within" in item and not expect_reply:
+        raise reader.fail(f"{where}.within", "waits for a reply: give it together with expect_reply = true")
+    return float(reader.positive(item, "within", where, 15.0))
 
 
 def _arrives(reader: Reader, where: str, item: dict[str, Any], topology: Topology) -> ArrivesSpec:
@@ -375,15 +410,8 @@ def _expect(reader: Reader, table: dict[str, Any], topology: Topology) -> Expect
     )
 
 
-def _check_across_tables(
-    reader: Reader, forwarder: ForwarderSpec | None, echo: EchoSpec | None, expect: Expectations
-) -> None:
-    """What one table alone cannot judge: ports the echo server holds, expectations needing a forwarder."""
-    listened = {arrival.at for arrival in expect.arrives} | set(expect.nothing_at)
-    if echo is not None:
-        for endpoint in sorted(listened, key=str):
-            if endpoint.node == echo.node and endpoint.port in echo.ports:
-                raise reader.fail("expect", f"{endpoint}: the echo server holds that port; use expect_reply")
+def _check_across_tables(reader: Reader, forwarder: ForwarderSpec | None, expect: Expectations) -> None:
+    """What one table alone cannot judge: expectations needing a forwarder."""
     if (expect.status or expect.exit_code is not None) and forwarder is None:
         raise reader.fail("expect", "status and exit_code need a [forwarder]")
     if expect.status and forwarder is not None and "--stats-interval" not in forwarder.args:

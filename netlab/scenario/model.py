@@ -53,6 +53,7 @@ class ReplyPathSpec:
     host_address: str
     mode: str = "direct"
     relay: dict[str, list[int]] = field(default_factory=dict)
+    ports: dict[int, int] = field(default_factory=dict)  # backend port -> host port, learned from [forwarder]
 
 
 @dataclass
@@ -67,6 +68,7 @@ class TrafficSpec:
     fragment_size: int = 0
     expect_reply: bool = False
     reply_contains: str | None = None
+    within: float = 15.0  # seconds to wait for the reply (a cold start of the forwarder included)
 
     def describe(self) -> str:
         src = format_endpoint(self.src, self.sport) if self.src else f"{self.node}:{self.sport}"
@@ -107,7 +109,7 @@ class Expectations:
 
 @dataclass
 class Scenario:
-    """A validated scenario, ready for netlab.scenario_run."""
+    """A validated scenario, ready for netlab.scenario.run."""
 
     name: str
     source: str

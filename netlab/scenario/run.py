@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from netlab.addresses import format_endpoint
 from netlab.errors import LabTimeoutError, NetlabError
 from netlab.lab.lab import Lab
 from netlab.lab.nft import apply_ruleset
@@ -25,7 +26,8 @@ from netlab.service.activation import ForwarderUnderTest, hold_listen_sockets, s
 from netlab.service.procnet import udp_ports_bound
 from netlab.service.relay import install_relay_routing
 from netlab.service.replypath import enable_reply_path
-from netlab.traffic.expect import Inbox, expect
+from netlab.traffic.expect import EchoRecord, Inbox, expect
+from netlab.traffic.sniff import Sniffer
 
 FORWARDER_START = 15.0  # seconds for READY=1 after the first datagram (a cold Python start on a busy CI)
 QUIET = 0.3  # seconds of silence that count as "nothing else arrives"
@@ -112,23 +114,37 @@ class _Run:
                 node.run(step.value, label="background")
             else:
                 apply_ruleset(node, step.value, label="setup")
+        echo_record = lab.workdir / "echo-record.jsonl"
         if scenario.echo is not None:
             ports = scenario.echo.ports
             echo = lab[scenario.echo.node].run(
-                [sys.executable, "-m", "netlab.programs.echo", *map(str, ports)],
+                [
+                    sys.executable,
+                    "-m",
+                    "netlab.programs.echo",
+                    "--record",
+                    str(echo_record),
+                    *map(str, ports),
+                ],
                 env=python_env(),
                 label="echo",
             )
             wait_until(lambda: set(ports) <= udp_ports_bound(echo.pid), "the echo server to listen", 10)
         if scenario.reply_path is not None:
             spec = scenario.reply_path
+            node = lab[spec.node]
             if spec.mode == "relay":
                 for backend, ports in spec.relay.items():
-                    install_relay_routing(lab[spec.node], backend, ports)
+                    install_relay_routing(node, backend, ports)
             else:
-                enable_reply_path(lab[spec.node], spec.backend, spec.backend_network, spec.host_address)
+                enable_reply_path(node, spec.backend, spec.backend_network, spec.host_address, spec.ports)
         for endpoint in [item.at for item in scenario.expect.arrives] + scenario.expect.nothing_at:
-            if endpoint not in self.inboxes:
+            if endpoint in self.inboxes:
+                continue
+            echo_spec = scenario.echo
+            if echo_spec is not None and endpoint.node == echo_spec.node and endpoint.port in echo_spec.ports:
+                self.inboxes[endpoint] = EchoRecord(lab[endpoint.node], endpoint.port, echo_record)
+            else:
                 self.inboxes[endpoint] = expect(lab[endpoint.node], endpoint.port)
         spec_forwarder = scenario.forwarder
         if spec_forwarder is not None:
@@ -178,15 +194,23 @@ class _Run:
         return own[0]
 
     def exchange(self, item: TrafficSpec) -> str:
-        """Send from a connect()ed socket (which accepts replies only from the address sent to); wait."""
-        sock = self.lab[item.node].udp_socket(item.src or self.own_address(item), item.sport)
+        """Send from a connect()ed socket (which accepts replies only from the address sent to); wait
+        `within` seconds. Without the reply, say what came back instead (from which address and port)."""
+        node = self.lab[item.node]
+        source = item.src or self.own_address(item)
+        sock = node.udp_socket(source, item.sport)
         sock.connect((item.dst, item.dport))
-        sock.settimeout(FORWARDER_START)
-        sock.send(item.payload)
-        try:
-            reply = sock.recv(65535)
-        except TimeoutError:
-            raise NetlabError(f"no reply from {item.dst}:{item.dport} within {FORWARDER_START}s") from None
+        sock.settimeout(item.within)
+        expected = format_endpoint(item.dst, item.dport)
+        with Sniffer(node.namespace) as sniffer:
+            sock.send(item.payload)
+            try:
+                reply = sock.recv(65535)
+            except TimeoutError:
+                raise NetlabError(
+                    f"no reply from {expected} within {item.within}s"
+                    + _other_replies(sniffer, source, item.sport, expected)
+                ) from None
         if item.reply_contains is not None and item.reply_contains.encode() not in reply:
             raise NetlabError(f"reply {reply[:80]!r} does not contain {item.reply_contains!r}")
         return f"reply {reply[:80]!r}"
@@ -265,6 +289,25 @@ class _Run:
         if code != 0:
             raise NetlabError(f"exit code {code} after SIGTERM; log:\n{self.forwarder.process.output()}")
         return "exit code 0"
+
+
+def _other_replies(sniffer: Sniffer, address: str, port: int, expected: str) -> str:
+    """What arrived for address:port from elsewhere than `expected` (a reply the connect()ed socket
+    refused), as the rest of the failure's message; empty when nothing came back at all."""
+    wanted = ipaddress.ip_address(address)
+    sources: dict[str, int] = {}
+    for seen in sniffer.datagrams(timeout=0.05):
+        if seen.direction != "in" or seen.dport != port or ipaddress.ip_address(seen.dst) != wanted:
+            continue
+        origin = format_endpoint(seen.src, seen.sport or 0)
+        if origin != expected:
+            sources[origin] = sources.get(origin, 0) + 1
+    if not sources:
+        return "; nothing came back to " + format_endpoint(address, port)
+    listed = ", ".join(
+        f"{origin} ({count} datagram{'s' if count > 1 else ''})" for origin, count in sources.items()
+    )
+    return f"; a reply came from {listed} instead, which the client's connected socket does not accept"
 
 
 def run_scenario(scenario: Scenario, lab: Lab) -> ScenarioResult:

@@ -4,6 +4,7 @@ STATUS / WATCHDOG / STOPPING with a timestamp, so tests wait for an event instea
 A path socket, not an abstract one: abstract sockets belong to a network namespace, paths do not.
 """
 
+import collections
 import contextlib
 import socket
 import threading
@@ -61,6 +62,17 @@ class NotifyReceiver:
                     self.events.append(NotifyEvent(now, key, value))
                 self._condition.notify_all()
 
+    def summary(self) -> str:
+        """What arrived, one line per distinct KEY=VALUE (in order of first arrival, with how many times):
+        a forwarder repeats the same STATUS= line every interval, and a failure should show it once."""
+        with self._condition:
+            counts = collections.Counter(f"{event.key}={event.value}" for event in self.events)
+        if not counts:
+            return "    (nothing)"
+        return "\n".join(
+            f"    {line}" + (f"   (x{count})" if count > 1 else "") for line, count in counts.items()
+        )
+
     def values(self, key: str) -> list[str]:
         """Every value received for `key`, oldest first."""
         with self._condition:
@@ -91,15 +103,13 @@ class NotifyReceiver:
                         return event
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    seen = [f"{event.key}={event.value}" for event in self.events]
                     raise LabTimeoutError(
                         f"no {key}{'=' + value if isinstance(value, str) else ''} on {self.path} within "
-                        f"{timeout}s; received so far: {seen}"
+                        f"{timeout}s; received so far:\n{self.summary()}"
                     )
                 if is_alive is not None and not is_alive():
-                    seen = [f"{event.key}={event.value}" for event in self.events]
                     raise LabTimeoutError(
-                        f"the sender exited before {key} arrived on {self.path}; received: {seen}"
+                        f"the sender exited before {key} arrived on {self.path}; received:\n{self.summary()}"
                     )
                 self._condition.wait(min(remaining, 0.1) if is_alive is not None else remaining)
 
