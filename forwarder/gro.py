@@ -43,7 +43,9 @@ def segment_size_raw(control: bytes | memoryview, length: int) -> int:
         if cmsg_len < _CMSG_HEADER.size:
             break
         if level == SOL_UDP and kind == UDP_GRO and cmsg_len >= _CMSG_HEADER.size + 4:
-            return int.from_bytes(control[offset + _CMSG_HEADER.size : offset + _CMSG_HEADER.size + 4], "little")
+            return int.from_bytes(
+                control[offset + _CMSG_HEADER.size : offset + _CMSG_HEADER.size + 4], "little"
+            )
         offset += (cmsg_len + 7) & ~7
     return 0
 

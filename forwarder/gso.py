@@ -32,11 +32,11 @@ Buffer = bytes | bytearray | memoryview
 
 
 class Run(NamedTuple):
-    """Datagrams start..start+count-1 of a sequence, to be sent as one GSO send of `segment` bytes each
-    (count 1: a plain send)."""
+    """Datagrams start..start+length-1 of a sequence, to be sent as one GSO send of `segment` bytes each
+    (length 1: a plain send)."""
 
     start: int
-    count: int
+    length: int
     segment: int
 
 
@@ -80,17 +80,19 @@ class GsoSender:
         self.disabled: str | None = None if self.enabled else "UDP_SEGMENT not supported by this kernel"
         self.fallbacks = 0  # runs sent one by one because the GSO send failed for GSO's own reasons
 
-    def send(self, sock: socket.socket, payloads: Sequence[Buffer], destination: tuple[str, int]) -> tuple[int, int]:
+    def send(
+        self, sock: socket.socket, payloads: Sequence[Buffer], destination: tuple[str, int]
+    ) -> tuple[int, int]:
         """Send `payloads` (in order) to `destination`. Returns (sent, errno): when errno is not 0, datagram
         `sent` failed with it and the ones after it were not tried; a GSO run fails or succeeds whole."""
         family = sock.family
         sent = 0
         for run in plan_runs([len(p) for p in payloads], max_payload=MAX_PAYLOAD.get(family, 65507)):
-            chunk = payloads[run.start : run.start + run.count]
-            if run.count > 1 and self.enabled:
+            chunk = payloads[run.start : run.start + run.length]
+            if run.length > 1 and self.enabled:
                 error = self._send_gso(sock, chunk, run.segment, destination)
                 if error == 0:
-                    sent += run.count
+                    sent += run.length
                     continue
                 if error not in _GSO_ERRORS:
                     return sent, error
@@ -107,7 +109,9 @@ class GsoSender:
         return sent, 0
 
     @staticmethod
-    def _send_gso(sock: socket.socket, chunk: Sequence[Buffer], segment: int, destination: tuple[str, int]) -> int:
+    def _send_gso(
+        sock: socket.socket, chunk: Sequence[Buffer], segment: int, destination: tuple[str, int]
+    ) -> int:
         try:
             sock.sendmsg(chunk, [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", segment))], 0, destination)
         except OSError as failure:

@@ -66,9 +66,7 @@ _syscall.restype = ctypes.c_long
 
 def _setup(entries: int, flags: int) -> tuple[int, _Params]:
     params = _Params(flags=flags)
-    fd = _syscall(
-        ctypes.c_long(SYS_IO_URING_SETUP), ctypes.c_long(entries), ctypes.byref(params)
-    )
+    fd = _syscall(ctypes.c_long(SYS_IO_URING_SETUP), ctypes.c_long(entries), ctypes.byref(params))
     if fd < 0:
         error = ctypes.get_errno()
         raise OSError(error, f"io_uring_setup: {os.strerror(error)}")
@@ -106,9 +104,21 @@ class UringSender:
             header.msg_iov = ctypes.addressof(self._iovecs[index])
             header.msg_iovlen = 1
             sqe = index * SQE_SIZE
-            struct.pack_into("=BBHiQQIIQ", self._sqes, sqe, IORING_OP_SENDMSG, 0, 0, -1, 0,
-                             ctypes.addressof(header), 1, MSG_NOSIGNAL, index)
-        self._sqe_u32 = memoryview(self._sqes).cast("I")  # fd at [16i + 1]
+            struct.pack_into(
+                "=BBHiQQIIQ",
+                self._sqes,
+                sqe,
+                IORING_OP_SENDMSG,
+                0,
+                0,
+                -1,
+                0,
+                ctypes.addressof(header),
+                1,
+                MSG_NOSIGNAL,
+                index,
+            )
+        self._sqe_i32 = memoryview(self._sqes).cast("i")  # fd (__s32) at [16i + 1]
         self._count = 0
 
     def _map(self, params: _Params) -> None:
@@ -116,12 +126,19 @@ class UringSender:
         sq_size = sq.array + params.sq_entries * 4
         cq_size = cq.cqes + params.cq_entries * CQE_SIZE
         prot = mmap.PROT_READ | mmap.PROT_WRITE
-        self._sq_ring = mmap.mmap(self.fd, sq_size, mmap.MAP_SHARED | mmap.MAP_POPULATE, prot,
-                                  offset=IORING_OFF_SQ_RING)
-        self._cq_ring = mmap.mmap(self.fd, cq_size, mmap.MAP_SHARED | mmap.MAP_POPULATE, prot,
-                                  offset=IORING_OFF_CQ_RING)
-        self._sqes = mmap.mmap(self.fd, params.sq_entries * SQE_SIZE,
-                               mmap.MAP_SHARED | mmap.MAP_POPULATE, prot, offset=IORING_OFF_SQES)
+        self._sq_ring = mmap.mmap(
+            self.fd, sq_size, mmap.MAP_SHARED | mmap.MAP_POPULATE, prot, offset=IORING_OFF_SQ_RING
+        )
+        self._cq_ring = mmap.mmap(
+            self.fd, cq_size, mmap.MAP_SHARED | mmap.MAP_POPULATE, prot, offset=IORING_OFF_CQ_RING
+        )
+        self._sqes = mmap.mmap(
+            self.fd,
+            params.sq_entries * SQE_SIZE,
+            mmap.MAP_SHARED | mmap.MAP_POPULATE,
+            prot,
+            offset=IORING_OFF_SQES,
+        )
         sq_u32 = memoryview(self._sq_ring).cast("I")
         cq_u32 = memoryview(self._cq_ring).cast("I")
         self._sq_u32, self._cq_u32 = sq_u32, cq_u32
@@ -148,7 +165,7 @@ class UringSender:
         index = self._count
         if index >= self.entries:
             return False
-        self._sqe_u32[16 * index + 1] = fd
+        self._sqe_i32[16 * index + 1] = fd
         self._iov_u64[2 * index] = data
         self._iov_u64[2 * index + 1] = length
         words = self._hdr_words * index
@@ -195,7 +212,7 @@ class UringSender:
 
     def close(self) -> None:
         """Unmap the rings and close the io_uring fd."""
-        for view in (self._sqe_u32, self._iov_u64, self._hdr_u64, self._sq_u32, self._cq_u32):
+        for view in (self._sqe_i32, self._iov_u64, self._hdr_u64, self._sq_u32, self._cq_u32):
             view.release()
         for region in (self._sq_ring, self._cq_ring, self._sqes):
             region.close()

@@ -267,8 +267,10 @@ def report(send_runs: list[Measured], relay_runs: list[Measured]) -> str:
     rows = median_by_label(send_runs)
     base = {flows: rate for label, flows, rate, *_ in rows if label == "sendto"}
     base_cpu = {flows: cpu for label, flows, _rate, cpu, *_ in rows if label == "sendto"}
-    lines.append(f"  {'strategy':<14}{'flows':>6}{'delivered/s':>13}{'ratio':>7}{'CPU us/dg':>11}{'ratio':>7}"
-                 f"{'counter pkts/dg':>17}")
+    lines.append(
+        f"  {'strategy':<14}{'flows':>6}{'delivered/s':>13}{'ratio':>7}{'CPU us/dg':>11}{'ratio':>7}"
+        f"{'counter pkts/dg':>17}"
+    )
     for label, flows, rate, cpu, packets_per, _n in rows:
         lines.append(
             f"  {label:<14}{flows:>6}{rate:>13,.0f}{rate / base[flows]:>7.2f}{cpu:>11.2f}"
@@ -280,8 +282,9 @@ def report(send_runs: list[Measured], relay_runs: list[Measured]) -> str:
         for run in relay_runs:
             groups.setdefault(run.label, []).append(run)
         for label, group in groups.items():
+            offered = statistics.median(r.extra["offered"] / r.seconds for r in group)
             lines.append(
-                f"  {label:<44} offered {statistics.median(r.extra['offered'] / r.seconds for r in group):>9,.0f}/s"
+                f"  {label:<44} offered {offered:>9,.0f}/s"
                 f"  delivered {statistics.median(r.per_second for r in group):>9,.0f}/s"
                 f"  CPU {statistics.median(r.cpu_us for r in group):5.2f} us/dg"
                 f"  mean train {statistics.median(r.extra['mean_train'] for r in group):5.2f}"
@@ -290,7 +293,9 @@ def report(send_runs: list[Measured], relay_runs: list[Measured]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m netlab.bench.kernel_paths", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m netlab.bench.kernel_paths", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--duration", type=float, default=2.0, help="seconds per run (default 2)")
     parser.add_argument("--runs", type=int, default=3, help="repetitions, interleaved (default 3)")
     parser.add_argument("--size", type=int, default=64, help="payload bytes (default 64)")

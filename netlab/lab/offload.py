@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 
 def features(node: "LabNode", ifname: str) -> dict[str, bool]:
-    """Every offload feature of `ifname` in `node` and whether it is on (e.g. 'rx-gro', 'tx-udp-segmentation')."""
+    """Every offload feature of `ifname` in `node` and whether it is on (e.g. 'rx-gro')."""
 
     def read() -> dict[str, bool]:
         with Ethtool() as ethtool:

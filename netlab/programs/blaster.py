@@ -40,14 +40,14 @@ def internet_checksum(data: bytes) -> int:
     """The RFC 1071 one's complement sum of `data`, complemented."""
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
 
 
 def udp_packet(
-    src: str, dst: str, sport: int, dport: int, payload: bytes, checksum: bool = False
+    src: str, dst: str, sport: int, dport: int, payload: bytes, *, checksum: bool = False
 ) -> bytes:
     """An IPv4+UDP packet for an IP_HDRINCL raw socket (the kernel fills in the IP checksum and id;
     a zero UDP checksum means "none" over IPv4, else it is computed as a client's stack would)."""
@@ -84,7 +84,7 @@ def blast(options: BlastOptions) -> dict[str, float]:
             options.first_port + index % options.flows,
             options.dport,
             payload,
-            options.checksum,
+            checksum=options.checksum,
         )
         for index in range(max(BATCH, options.flows) if options.flows > 1 else BATCH)
     ]

@@ -180,11 +180,25 @@ def by_raw(options: SendOptions) -> dict[str, float]:
         offset = 0
         for sport in ports[start : start + BATCH]:
             packer.pack_into(
-                buffer, offset, 0x45, 0, slot, 0, 0x4000, 64, 17, 0, src, dst, sport, options.dport,
-                8 + options.size, 0,
+                buffer,
+                offset,
+                0x45,
+                0,
+                slot,
+                0,
+                0x4000,
+                64,
+                17,
+                0,
+                src,
+                dst,
+                sport,
+                options.dport,
+                8 + options.size,
+                0,
             )
             offset += slot
-        return max(0, _libc.sendmmsg(fd, address, BATCH, 0))
+        return max(0, int(_libc.sendmmsg(fd, address, BATCH, 0)))
 
     return run_for(options.duration, batch)
 
@@ -248,8 +262,14 @@ def main(argv: list[str]) -> int:
     options = SendOptions(**json.loads(argv[0]))
     if options.cpu is not None:
         os.sched_setaffinity(0, {options.cpu})
-    strategies = {"sendto": by_sendto, "sendmmsg": by_sendmmsg, "gso": by_gso, "uring": by_uring,
-                  "raw": by_raw, "relay": relay}
+    strategies = {
+        "sendto": by_sendto,
+        "sendmmsg": by_sendmmsg,
+        "gso": by_gso,
+        "uring": by_uring,
+        "raw": by_raw,
+        "relay": relay,
+    }
     if options.strategy not in strategies:
         print(f"unknown strategy {options.strategy!r}: expected one of {sorted(strategies)}", file=sys.stderr)
         return 64
