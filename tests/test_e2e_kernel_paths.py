@@ -1,4 +1,4 @@
-"""The kernel send paths of forwarder.gso and forwarder.uring in the seed lab: from per-flow transparent
+"""The kernel send paths of forwarder.gso and netlab.programs.uring in the seed lab: from per-flow transparent
 sockets in the host, bound to the client's address, datagrams reach the backend separate, intact and with
 the client's source; and how the backend's nftables counter counts a GSO run.
 
@@ -13,11 +13,11 @@ import pytest
 from forwarder.batch import sockaddr_bytes
 from forwarder.gso import GsoSender
 from forwarder.sockets import set_transparent
-from forwarder.uring import UringSender
 from netlab import Lab, expect
 from netlab.bench.kernel_paths import delivered_datagrams
 from netlab.lab.nft import apply_ruleset, counter_values
 from netlab.lab.offload import set_features
+from netlab.programs.uring import UringSender
 from netlab.topology.shipped import seed_deployment
 
 pytestmark = pytest.mark.privileged

@@ -21,7 +21,8 @@ from forwarder.batch import IOVec, MMsgHdr, sockaddr_bytes
 from forwarder.gro import CONTROL_SPACE, enable_gro, segment_size, split
 from forwarder.gso import GsoSender
 from forwarder.sockets import set_transparent
-from forwarder.uring import UringSender
+
+from netlab.programs.uring import UringSender
 
 BATCH = 64
 STRATEGIES = ("sendto", "sendmmsg", "gso", "uring", "raw")
@@ -132,7 +133,7 @@ def by_gso(options: SendOptions) -> dict[str, float]:
 
 
 def by_uring(options: SendOptions) -> dict[str, float]:
-    """Each datagram on its own flow's socket, BATCH of them per io_uring_enter (forwarder.uring)."""
+    """Each datagram on its own flow's socket, BATCH of them per io_uring_enter (netlab.programs.uring)."""
     sockets = flow_sockets(options)
     ring = UringSender.create(BATCH)
     if ring is None:

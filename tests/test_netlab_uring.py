@@ -1,4 +1,4 @@
-"""io_uring batches (forwarder.uring): sendmsg on several sockets in one io_uring_enter, each datagram
+"""io_uring batches (netlab.programs.uring): sendmsg on several sockets in one io_uring_enter, each datagram
 from its own socket's address and in order; a bad fd fails alone; refusal of io_uring means None."""
 
 import ctypes
@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from forwarder import uring
 from forwarder.batch import sockaddr_bytes
-from forwarder.uring import UringSender
+from netlab.programs import uring
+from netlab.programs.uring import UringSender
 
 
 @pytest.fixture

@@ -4,9 +4,11 @@ The standard library has no io_uring, so this drives the stable kernel ABI by ha
 three mmap'ed regions (SQ ring, CQ ring, SQE array) and io_uring_enter. A batch holds up to `entries`
 datagrams, each to its own fd (one per-flow socket each), with preallocated msghdr/iovec slots; one
 io_uring_enter submits them all and waits for their completions, which come back in slot order.
+Measured by netlab.bench.kernel_paths against one sendto per datagram at 1000 flows, it saves no clear
+CPU (0.95x, within noise: the Python side of filling SQEs eats the system calls saved), so it lives here as
+a measured contender, not in the forwarder.
 Where io_uring is missing or forbidden (ENOSYS, EPERM from a seccomp filter or kernel.io_uring_disabled),
-`UringSender.create()` returns None and the caller keeps one sendto per datagram. Not wired into the
-engine: see netlab/bench/kernel_paths.py for what it buys.
+`UringSender.create()` returns None and the caller keeps one sendto per datagram.
 """
 
 import ctypes
