@@ -38,9 +38,17 @@ def _listing(node: "LabNode", argv: list[str]) -> list[dict[str, Any]]:
 
 def counter_packets(node: "LabNode", family: str, table: str, counter: str) -> int:
     """The packets of the named counter `counter` of table `family table` in `node`."""
+    return counter_values(node, family, table, counter)[0]
+
+
+def counter_values(node: "LabNode", family: str, table: str, counter: str) -> tuple[int, int]:
+    """(packets, bytes) of the named counter `counter` of table `family table` in `node`.
+
+    A counter counts socket buffers: a GSO super-packet that crossed a veth unsegmented is one packet
+    however many datagrams it carries, while its bytes are those of all of them (one set of headers)."""
     for item in _listing(node, ["list", "counter", family, table, counter]):
         if "counter" in item:
-            return int(item["counter"]["packets"])
+            return int(item["counter"]["packets"]), int(item["counter"]["bytes"])
     raise ProcessFailedError(f"no counter {counter!r} in table {family} {table} of {node.name!r}")
 
 

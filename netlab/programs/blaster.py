@@ -33,12 +33,29 @@ class BlastOptions:
     duration: float = 1.0
     cpu: int | None = None
     count: int = 0  # stop after this many datagrams (or at `duration`, whichever comes first); 0: no limit
+    checksum: bool = False  # a real UDP checksum (as clients send; GRO never coalesces zero checksums)
 
 
-def udp_packet(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
+def internet_checksum(data: bytes) -> int:
+    """The RFC 1071 one's complement sum of `data`, complemented."""
+    if len(data) % 2:
+        data += b"\0"
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def udp_packet(
+    src: str, dst: str, sport: int, dport: int, payload: bytes, *, checksum: bool = False
+) -> bytes:
     """An IPv4+UDP packet for an IP_HDRINCL raw socket (the kernel fills in the IP checksum and id;
-    a zero UDP checksum means "none" over IPv4)."""
+    a zero UDP checksum means "none" over IPv4, else it is computed as a client's stack would)."""
     udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    if checksum:
+        pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 17, len(udp))
+        value = internet_checksum(pseudo + udp) or 0xFFFF  # 0 would mean "no checksum"
+        udp = udp[:6] + struct.pack("!H", value) + udp[8:]
     ip = struct.pack(
         "!BBHHHBBH4s4s",
         0x45,
@@ -62,7 +79,12 @@ def blast(options: BlastOptions) -> dict[str, float]:
     payload = bytes(options.size)
     packets = [
         udp_packet(
-            options.src, options.dst, options.first_port + index % options.flows, options.dport, payload
+            options.src,
+            options.dst,
+            options.first_port + index % options.flows,
+            options.dport,
+            payload,
+            checksum=options.checksum,
         )
         for index in range(max(BATCH, options.flows) if options.flows > 1 else BATCH)
     ]
