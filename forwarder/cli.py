@@ -176,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
         "systemd set (ReceiveBuffer=)",
     )
     parser.add_argument(
+        "--gso",
+        action="store_true",
+        help="with --receive batch: send each run of equal-size datagrams of one flow as one UDP GSO "
+        "send (UDP_SEGMENT; about 3x less send work at one flow). This host's netfilter OUTPUT and "
+        "POSTROUTING then see a run as one packet; ignored where the kernel lacks UDP_SEGMENT",
+    )
+    parser.add_argument(
         "--metrics-file",
         type=_metrics_path,
         metavar="PATH",
@@ -315,6 +322,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             notifier,
             machine,
             receive_strategy=args.receive,
+            gso=args.gso,
             stats_interval=args.stats_interval,
             watchdog_interval=watchdog_interval(os.environ),
             metrics=metrics_file(args.metrics_file, listeners),

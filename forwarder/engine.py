@@ -81,6 +81,7 @@ class Engine:
         stats_interval: float = 10.0,
         watchdog_interval: float | None = None,
         metrics: MetricsFile | None = None,
+        gso: bool = False,
     ) -> None:
         self.routes = list(routes)
         self.notifier = notifier
@@ -88,7 +89,7 @@ class Engine:
         self.stats_interval = stats_interval
         self.watchdog_interval = watchdog_interval
         self.repeats = RepeatSummary(log)
-        self.strategy = receive.create(receive_strategy, self, batch, buffer_size)
+        self.strategy = receive.create(receive_strategy, self, batch, buffer_size, gso)
         self.metrics = metrics
         self._stopping = False
 

@@ -7,18 +7,23 @@ most a maximal IP datagram in all. Support is probed once with setsockopt, never
 alone: a kernel without GSO ignores an unknown SOL_UDP control message and would send the whole run as
 one big datagram. Where a send with GSO fails for a reason of GSO's own (EIO: no checksum offload on the
 route's device; EINVAL/EMSGSIZE: segment larger than the path MTU, or too many segments) the run goes out
-one datagram at a time, and EIO/ENOPROTOOPT turn GSO off for good. Not wired into the engine yet.
+one datagram at a time, and EIO/ENOPROTOOPT turn GSO off for good. `BatchGso` is what the engine uses
+(`--gso`): one sendmsg straight from a BatchSender's iovecs, no Python object per datagram; `GsoSender`
+does the same from Python buffers (netlab's benchmarks use it).
 
 Beware: netfilter sees a GSO run as one packet in OUTPUT and POSTROUTING (the segments exist only after
 them), so per-datagram rules there (a payload match, a packet counter, `limit`) apply to the run as a
 whole, and a firewall drop takes the whole run.
 """
 
+import ctypes
 import errno
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
+
+from forwarder.batch import IOVec, MsgHdr
 
 SOL_UDP = 17
 UDP_SEGMENT = 103
@@ -117,3 +122,66 @@ class GsoSender:
         except OSError as failure:
             return failure.errno or errno.EIO
         return 0
+
+
+# struct cmsghdr on Linux: size_t cmsg_len, int cmsg_level, int cmsg_type, then the data (here a u16).
+_CMSG_HEADER = ctypes.sizeof(ctypes.c_size_t) + 2 * ctypes.sizeof(ctypes.c_int)
+_CMSG_LEN = _CMSG_HEADER + 2
+_CMSG_SPACE = _CMSG_HEADER + ctypes.sizeof(ctypes.c_size_t)  # the u16 rounded up to the alignment
+
+
+class BatchGso:
+    """One sendmsg with UDP_SEGMENT for a run of received datagrams, through the iovecs a BatchSender
+    already points at the receiver's slots: a run costs setting its lengths and one system call.
+
+    `send(fd, first, count, segment)` returns 0 or the errno; the caller falls back
+    to sending the run datagram by datagram on any error (so a refused run is counted per datagram)."""
+
+    def __init__(self, sendmsg: Callable[..., int], iovecs: "ctypes.Array[IOVec]") -> None:
+        self._sendmsg = sendmsg
+        self._iovecs = iovecs
+        self._iov_address = ctypes.addressof(iovecs)
+        self._header = MsgHdr()
+        self._control = ctypes.create_string_buffer(_CMSG_SPACE)
+        struct.pack_into("@NiiH", self._control, 0, _CMSG_LEN, SOL_UDP, UDP_SEGMENT, 0)
+        self._segment = memoryview(self._control).cast("B")[_CMSG_HEADER : _CMSG_HEADER + 2].cast("H")
+        self._header.msg_control = ctypes.addressof(self._control)
+        self._header.msg_controllen = _CMSG_SPACE
+        self._header_address = ctypes.addressof(self._header)
+        self.largest = MAX_PAYLOAD[
+            socket.AF_INET6
+        ]  # segments above a size that failed with EMSGSIZE skip GSO
+
+    @classmethod
+    def create(cls, iovecs: "ctypes.Array[IOVec]") -> "BatchGso | None":
+        """The sender, or None when the kernel has no UDP_SEGMENT or libc no sendmsg."""
+        if not probe_gso():
+            return None
+        try:
+            sendmsg = ctypes.CDLL(None, use_errno=True).sendmsg
+        except (OSError, AttributeError):
+            return None
+        sendmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
+        sendmsg.restype = ctypes.c_ssize_t
+        return cls(sendmsg, iovecs)
+
+    def aim(self, name: int, name_length: int) -> None:
+        """Send the following runs to the struct sockaddr at address `name`."""
+        self._header.msg_name = name
+        self._header.msg_namelen = name_length
+
+    def send(self, fd: int, first: int, count: int, segment: int) -> int:
+        """Send iovecs first..first+count-1 (their lengths already set) as one GSO run; 0, or the errno of
+        the failed send."""
+        header = self._header
+        header.msg_iov = self._iov_address + first * ctypes.sizeof(IOVec)
+        header.msg_iovlen = count
+        self._segment[0] = segment
+        if self._sendmsg(fd, self._header_address, 0) >= 0:
+            return 0
+        error = ctypes.get_errno()
+        if error == errno.EMSGSIZE:
+            self.largest = min(self.largest, segment - 1)  # beyond the path MTU: plain sends from now on
+        elif error in _GSO_GONE:
+            self.largest = 0  # no segmentation on this route's device: GSO is off from now on
+        return error

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from forwarder.batch import NAME_LENGTH, BatchReceiver, BatchSender
 from forwarder.core import bounded_put, sockaddr_bytes
+from forwarder.gso import MAX_PAYLOAD, plan_runs
 from forwarder.machine import Action, Drop, Flow, ForwardingMachine
 
 if TYPE_CHECKING:
@@ -79,16 +80,22 @@ class BatchReceive:
     """recvmmsg up to a batch per call; a run of consecutive datagrams of one open flow leaves in one
     sendmmsg (a lone one through the executor's send)."""
 
-    def __init__(self, executor: Executor, receiver: BatchReceiver) -> None:
+    def __init__(self, executor: Executor, receiver: BatchReceiver, gso: bool = False) -> None:
         self.executor = executor
         self.receiver = receiver
         self.sender = BatchSender.create(receiver)
+        # Runs of equal-size datagrams as one UDP GSO send (--gso); None when off or unavailable.
+        self.segmenting = (
+            self.sender if gso and self.sender is not None and self.sender.enable_gso() else None
+        )
 
     @classmethod
-    def create(cls, executor: Executor, batch: int, buffer_size: int) -> "BatchReceive | None":
+    def create(
+        cls, executor: Executor, batch: int, buffer_size: int, gso: bool = False
+    ) -> "BatchReceive | None":
         """The strategy, or None where libc has no recvmmsg."""
         receiver = BatchReceiver.create(batch, buffer_size)
-        return None if receiver is None else cls(executor, receiver)
+        return None if receiver is None else cls(executor, receiver, gso)
 
     def drain(self, route: "Route", now: float) -> None:
         """Receive and handle until the socket would block, or MAX_BATCH datagrams.
@@ -138,6 +145,22 @@ class BatchReceive:
                 return
 
     def _send_run(self, flow: Flow, first: int, length: int) -> None:
+        """Send received datagrams first..first+length-1 (all of `flow`): with GSO, each stretch of equal
+        sizes as one send; whatever GSO does not take (or refuses) as below, datagram by datagram."""
+        sender = self.segmenting
+        if sender is None or sender.gso is None or length == 1 or flow.handle is None:
+            self._send_each(flow, first, length)
+            return
+        u32, slots = self.receiver.u32, self.receiver.slots
+        largest = sender.gso.largest
+        fd = flow.handle.fileno()
+        lengths = [u32[slots[index].length] for index in range(first, first + length)]
+        most = MAX_PAYLOAD[flow.path.destination.family]
+        for start, count, segment in plan_runs(lengths, max_payload=most):
+            if count == 1 or segment > largest or sender.send_segmented(fd, first + start, count, segment):
+                self._send_each(flow, first + start, count)
+
+    def _send_each(self, flow: Flow, first: int, length: int) -> None:
         """Send received datagrams first..first+length-1 (all of `flow`); a failed one costs only itself."""
         receiver = self.receiver
         sender = self.sender
@@ -156,11 +179,11 @@ class BatchReceive:
                 first, length = first + 1, length - 1
 
 
-def create(name: str, executor: Executor, batch: int, buffer_size: int) -> Strategy:
+def create(name: str, executor: Executor, batch: int, buffer_size: int, gso: bool = False) -> Strategy:
     """The strategy called `name` ('batch' or 'single'); 'batch' falls back to 'single' where libc lacks
-    recvmmsg."""
+    recvmmsg. `gso` (batch only) sends runs of equal-size datagrams of one flow with UDP GSO."""
     if name == "batch":
-        strategy = BatchReceive.create(executor, batch, buffer_size)
+        strategy = BatchReceive.create(executor, batch, buffer_size, gso)
         if strategy is not None:
             return strategy
     elif name != "single":

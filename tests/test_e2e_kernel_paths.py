@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from forwarder.batch import sockaddr_bytes
+from forwarder.core import sockaddr_bytes
 from forwarder.gso import GsoSender
 from forwarder.sockets import set_transparent
 from netlab import Lab, expect

@@ -17,11 +17,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from forwarder.batch import IOVec, MMsgHdr, sockaddr_bytes
-from forwarder.gro import CONTROL_SPACE, enable_gro, segment_size, split
+from forwarder.batch import IOVec, MMsgHdr
+from forwarder.core import sockaddr_bytes
 from forwarder.gso import GsoSender
 from forwarder.sockets import set_transparent
 
+from netlab.programs.gro import CONTROL_SPACE, enable_gro, segment_size, split
 from netlab.programs.uring import UringSender
 
 BATCH = 64

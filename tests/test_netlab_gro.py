@@ -1,4 +1,4 @@
-"""UDP GRO on a receiving socket (forwarder.gro): a GSO run over loopback reaches a GRO socket as one
+"""UDP GRO on a receiving socket (netlab.programs.gro): a GSO run over loopback reaches a GRO socket as one
 train with its segment size, which splits back into the datagrams; control messages parsed raw too."""
 
 import socket
@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
-from forwarder.gro import CONTROL_SPACE, UDP_GRO, enable_gro, segment_size, segment_size_raw, split
 from forwarder.gso import SOL_UDP, GsoSender, probe_gso
+from netlab.programs.gro import CONTROL_SPACE, UDP_GRO, enable_gro, segment_size, segment_size_raw, split
 
 
 @pytest.mark.skipif(not probe_gso(), reason="this kernel has no UDP_SEGMENT")
