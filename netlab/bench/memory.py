@@ -60,7 +60,7 @@ def measure_flow_memory(bench: BenchLab, flows: int = 100_000) -> FlowMemory:
         slab_before = kib_field("/proc/meminfo", "Slab")
         # Every flow sends a few datagrams, paced well below saturation so that none is lost to overload.
         bench.blast(Case(64, flows), duration=max(2.0, flows / 50_000), rate=50_000)
-        bench.settle()
+        bench.settle(Case(64, flows))
         forwarder.wait_status(lambda value: open_flows(value) >= flows, timeout=20)
         rss_after = kib_field(status, "VmRSS")
         slab_after = kib_field("/proc/meminfo", "Slab")
