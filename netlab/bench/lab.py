@@ -103,6 +103,7 @@ class Run:
     busy_cpu_seconds: float
     rate_limit: float = 0.0
     core_cpu_seconds: float = 0.0  # busy time of CONTENDER_CPU alone
+    process_cpu_seconds: float | None = None  # the contender's own processes (None: the kernel forwards)
     forwarded: int = 0  # datagrams counted at the backend (in an echo case `delivered` counts replies)
 
     @property
@@ -124,6 +125,12 @@ class Run:
     @property
     def core_us_per_datagram(self) -> float:
         return self.core_cpu_seconds / self.delivered * 1e6 if self.delivered else float("nan")
+
+    @property
+    def process_us_per_datagram(self) -> float:
+        if self.process_cpu_seconds is None or not self.delivered:
+            return float("nan")
+        return self.process_cpu_seconds / self.delivered * 1e6
 
 
 @dataclass(frozen=True)
@@ -169,6 +176,27 @@ def busy_cpu_seconds(cpu: int | None = None) -> float:
                 idle = fields[3] + fields[4]  # idle + iowait
                 return (sum(fields[:8]) - idle) / 100.0  # USER_HZ is 100 on Linux
     raise NetlabError(f"no {label!r} line in /proc/stat")
+
+
+def session_cpu_seconds(session: int) -> float:
+    """User and system time of every process (all threads) in session `session`, in seconds.
+
+    A contender started by the lab leads its own session, so this covers nginx's worker and Go's threads
+    too, and unlike /proc/stat it does not count what other programs on a shared machine do. Softirq work
+    done inline in the contender's system calls (veth delivers to the backend that way) is charged to it.
+    """
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rpartition(")")[2].split()
+        except OSError:  # exited meanwhile
+            continue
+        if int(fields[3]) == session:  # fields after the name: state ppid pgrp session ... utime stime
+            total += int(fields[11]) + int(fields[12])
+    return total / 100.0  # USER_HZ
 
 
 class BenchLab:
@@ -308,11 +336,14 @@ class BenchLab:
             self.blast(case, 0.1, rate=20000, proxy_v2=contender.proxy_v2)
             self.settle(case)
             before, forwarded_before = self.delivered(case), self.forwarded(case)
+            pid = getattr(handle, "pid", None)
+            own_before = session_cpu_seconds(pid) if pid else 0.0
             cpu_before, core_before = busy_cpu_seconds(), busy_cpu_seconds(CONTENDER_CPU)
             sent = self.blast(case, duration, rate, proxy_v2=contender.proxy_v2)
             after = self.settle(case)
             cpu = busy_cpu_seconds() - cpu_before
             core = busy_cpu_seconds(CONTENDER_CPU) - core_before
+            own = session_cpu_seconds(pid) - own_before if pid else None
             forwarded = self.forwarded(case) - forwarded_before
         return Run(
             contender.name,
@@ -323,6 +354,7 @@ class BenchLab:
             cpu,
             rate,
             core_cpu_seconds=core,
+            process_cpu_seconds=own,
             forwarded=forwarded,
         )
 

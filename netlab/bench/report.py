@@ -1,5 +1,6 @@
 """The benchmark's report: a table for people, or a JSON document for machines."""
 
+import math
 from dataclasses import asdict
 from typing import Any
 
@@ -18,12 +19,16 @@ def ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def us(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2f}"
+
+
 def format_table(summaries: list[Summary], solo: dict[str, float]) -> str:
     """One line per case and contender: rates, loss, CPU per datagram and the ratios."""
     peers = [peer for peer in PEERS if any(s.contender == peer for s in summaries)]
     lines = [
         f"{'case':<24} {'contender':<16} {'offered/s':>9} {'delivered/s':>11} {'min-max':>11} {'loss':>7} "
-        f"{'CPU us/dg':>9} {'core us/dg':>10} {'x DNAT+RPS':>10} "
+        f"{'CPU us/dg':>9} {'core us/dg':>10} {'own us/dg':>9} {'x DNAT+RPS':>10} "
         + "".join(f"{'x ' + peer:>13} " for peer in peers)
         + f"{'x per-dgram':>11}"
     ]
@@ -33,6 +38,7 @@ def format_table(summaries: list[Summary], solo: dict[str, float]) -> str:
             f"{s.case!s:<24} {s.contender:<16} {thousands(s.median_offered_per_s):>9} "
             f"{thousands(s.median_delivered_per_s):>11} {spread:>11} {s.median_loss:>7.2%} "
             f"{s.median_cpu_us_per_datagram:>9.2f} {s.median_core_us_per_datagram:>10.2f} "
+            f"{us(s.median_process_us_per_datagram):>9} "
             f"{ratio(s.ratio_to_kernel_dnat_rps):>10} "
             + "".join(f"{ratio(s.ratio_to_peers.get(peer)):>13} " for peer in peers)
             + f"{ratio(s.ratio_to_per_datagram):>11}"
@@ -42,6 +48,7 @@ def format_table(summaries: list[Summary], solo: dict[str, float]) -> str:
     )
     lines.append(
         "CPU us/dg: all cores' busy time per delivered datagram; core us/dg: the contenders' core alone; "
+        "own us/dg: the contender's processes (the kernel's inline work in their system calls included); "
         "echo cases count the replies delivered back at the client"
     )
     return "\n".join(lines)
@@ -117,6 +124,7 @@ def json_document(
                 "delivered_per_s": run.delivered_per_second,
                 "cpu_us_per_datagram": run.cpu_us_per_datagram,
                 "core_us_per_datagram": run.core_us_per_datagram,
+                "process_us_per_datagram": run.process_us_per_datagram,
             }
             for run in runs
         ],

@@ -3,7 +3,7 @@
 import statistics
 from dataclasses import dataclass, field
 
-from netlab.bench.contenders import BASELINE, PEERS, REFERENCE
+from netlab.bench.contenders import BASELINE, CONTENDERS, PEERS, REFERENCE
 from netlab.bench.lab import Case, Run
 
 
@@ -11,7 +11,8 @@ from netlab.bench.lab import Case, Run
 class Summary:
     """Medians and ranges per case and contender, with the ratios the targets are stated in: to kernel
     DNAT with RPS, to the per-datagram reference, and to each peer (nginx, go-mmproxy) measured in the
-    same case. CPU per delivered datagram is given for the whole machine and for the contenders' core."""
+    same case. CPU per delivered datagram is given for the whole machine, for the contenders' core and for the
+    contender's own processes."""
 
     contender: str
     case: Case
@@ -22,15 +23,21 @@ class Summary:
     median_loss: float
     median_cpu_us_per_datagram: float
     median_core_us_per_datagram: float = float("nan")
+    median_process_us_per_datagram: float = float("nan")
     ratio_to_kernel_dnat_rps: float | None = None
     ratio_to_per_datagram: float | None = None
     ratio_to_peers: dict[str, float] = field(default_factory=dict)
 
 
 def summarize(runs: list[Run]) -> list[Summary]:
+    """One Summary per case and contender (cases in order, contenders in CONTENDERS order), ratios filled."""
     summaries: list[Summary] = []
     measured = [run for run in runs if not run.rate_limit]
-    keys = sorted({(run.case.echo, run.case.payload, run.case.flows, run.contender) for run in measured})
+    order = {name: index for index, name in enumerate(CONTENDERS)}
+    keys = sorted(
+        {(run.case.echo, run.case.payload, run.case.flows, run.contender) for run in measured},
+        key=lambda key: (*key[:3], order.get(key[3], len(order)), key[3]),
+    )
     for echo, payload, flows, name in keys:
         case = Case(payload, flows, echo)
         mine = [r for r in measured if (r.case, r.contender) == (case, name)]
@@ -46,6 +53,7 @@ def summarize(runs: list[Run]) -> list[Summary]:
                 statistics.median(r.loss for r in mine),
                 statistics.median(r.cpu_us_per_datagram for r in mine),
                 statistics.median(r.core_us_per_datagram for r in mine),
+                statistics.median(r.process_us_per_datagram for r in mine),
             )
         )
     for summary in summaries:

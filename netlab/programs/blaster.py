@@ -41,10 +41,27 @@ class BlastOptions:
     proxy_v2: bool = False  # prefix each payload with a PROXY v2 header naming src:sport -> dst:dport
 
 
+def internet_checksum(data: bytes) -> int:
+    """The ones' complement sum of RFC 1071 over `data` (padded to even length), complemented."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
 def udp_packet(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
-    """An IPv4+UDP packet for an IP_HDRINCL raw socket (the kernel fills in the IP checksum and id;
-    a zero UDP checksum means "none" over IPv4)."""
-    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    """An IPv4+UDP packet for an IP_HDRINCL raw socket (the kernel fills in the IP checksum and id).
+
+    The UDP checksum is computed, as a real client's stack does: a zero ("none") checksum would be turned
+    into a wrong one by nftables rewriting the ports (the benchmark's kernel echo does), and is rare."""
+    length = 8 + len(payload)
+    pseudo = (
+        socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, socket.IPPROTO_UDP, length)
+    )
+    checksum = internet_checksum(pseudo + struct.pack("!HHHH", sport, dport, length, 0) + payload) or 0xFFFF
+    udp = struct.pack("!HHHH", sport, dport, length, checksum) + payload
     ip = struct.pack(
         "!BBHHHBBH4s4s",
         0x45,
