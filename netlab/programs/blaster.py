@@ -45,7 +45,7 @@ def internet_checksum(data: bytes) -> int:
     """The ones' complement sum of RFC 1071 over `data` (padded to even length), complemented."""
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total > 0xFFFF:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
