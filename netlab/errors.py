@@ -45,5 +45,9 @@ class ScenarioError(NetlabError):
     """A scenario file is invalid: the message names the file, the element and the bad value."""
 
 
+class AddressError(NetlabError, ValueError):
+    """An address, port or ADDRESS:PORT that does not parse; the message names it and the syntax expected."""
+
+
 class UsageError(NetlabError):
     """A command was called wrongly (a missing or contradictory option); the message says what to give."""

@@ -18,7 +18,6 @@ import pytest
 from netlab.bench import contenders as contenders_module
 from netlab.bench.contenders import CONTENDERS, PEERS, nginx_config
 from netlab.bench.lab import Case, Contender, Run, session_cpu_seconds
-from netlab.bench.memory import open_flows
 from netlab.bench.report import text_report
 from netlab.bench.run import Settings, available, parse_contenders, run_bench
 from netlab.bench.stats import summarize
@@ -32,6 +31,7 @@ from netlab.programs.blaster import (
     proxy_v2_header,
     udp_packet,
 )
+from netlab.service.status import open_flows
 
 ONE_FLOW = Case(64, 1)
 

@@ -2,9 +2,9 @@
 (presentable sources, the flow table) never fail with anything but their documented errors and keep their
 promises; and, in a lab, datagrams of random sizes and families arrive exactly as sent.
 
-The lab test (e2e_helpers.dual_stack_deployment), one forwarder listening on both families:
+The lab test (fixtures/topologies/dual-stack.toml), one forwarder listening on both families:
 
-    client 198.51.100.10 2001:db8:1::10 --- [host: forwarder] --- 192.0.2.2 2001:db8:2::2 backend
+    client 198.51.100.10 2001:db8:51::10 --- [host: forwarder] --- 192.0.2.2 2001:db8:2::2 backend
 """
 
 import ipaddress
@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import pytest
-from e2e_helpers import dual_stack_deployment
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -27,7 +26,7 @@ from forwarder.destination import Destination, parse_destination, parse_listen
 from forwarder.errors import UsageError
 from forwarder.logs import stderr_is_journal
 from forwarder.notify import watchdog_interval
-from netlab import Lab, start_forwarder
+from netlab import Lab, load_topology, start_forwarder
 from netlab.lab.process import python_env
 
 T = TypeVar("T")
@@ -357,20 +356,20 @@ DATAGRAMS = st.lists(
 def test_datagrams_of_random_sizes_and_families_arrive_exactly_as_sent() -> None:
     # One lab for every example: hypothesis runs the inner function many times within this one test.
     with Lab() as lab:
-        lab.build(dual_stack_deployment())
+        lab.build(load_topology("dual-stack"))
         backends = {
             "v4": lab["backend"].udp_socket("192.0.2.2", 27000),
             "v6": lab["backend"].udp_socket("2001:db8:2::2", 27000),
         }
         clients = {
             "v4": lab["client"].udp_socket("198.51.100.10", 0),
-            "v6": lab["client"].udp_socket("2001:db8:1::10", 0),
+            "v6": lab["client"].udp_socket("2001:db8:51::10", 0),
         }
-        targets = {"v4": ("198.51.100.1", 27000), "v6": ("2001:db8:1::1", 27000)}
+        targets = {"v4": ("198.51.100.1", 27000), "v6": ("2001:db8:51::1", 27000)}
         for sock in backends.values():
             sock.settimeout(10)
         forwarder = start_forwarder(
-            lab["host"], ["198.51.100.1:27000", "[2001:db8:1::1]:27000"], ["192.0.2.2", "[2001:db8:2::2]"]
+            lab["host"], ["198.51.100.1:27000", "[2001:db8:51::1]:27000"], ["192.0.2.2", "[2001:db8:2::2]"]
         )
         clients["v4"].sendto(b"wake", targets["v4"])
         assert backends["v4"].recvfrom(65535)[0] == b"wake"

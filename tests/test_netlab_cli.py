@@ -129,7 +129,8 @@ def test_up_of_an_unknown_topology_exits_66_naming_the_shipped_ones(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert main(["up", "no-such-topology"]) == 66
-    assert "shipped topologies: ['dual-stack', 'seed', 'seed-ipv6']" in capsys.readouterr().err
+    shipped = "shipped topologies: ['demo', 'dual-stack', 'faults', 'seed', 'seed-ipv6']"
+    assert shipped in capsys.readouterr().err
 
 
 @pytest.mark.privileged

@@ -24,6 +24,7 @@ from netlab.bench.lab import (
     Case,
     Contender,
 )
+from netlab.lab.nft import delete_table
 from netlab.lab.process import Process
 from netlab.service.activation import ForwarderUnderTest, start_forwarder
 
@@ -40,7 +41,7 @@ def kernel_dnat(bench: BenchLab, case: Case) -> Iterator[None]:
     try:
         yield
     finally:
-        bench.host.check(["nft", "delete", "table", "ip", "netlab_dnat"])
+        delete_table(bench.host, "ip", "netlab_dnat")
 
 
 @contextmanager

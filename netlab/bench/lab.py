@@ -19,6 +19,7 @@ from pyroute2 import IPRoute
 
 from netlab.errors import LabTimeoutError, NetlabError
 from netlab.lab.lab import Lab
+from netlab.lab.nft import apply_ruleset, counter_packets, delete_table
 from netlab.lab.node import LabNode
 from netlab.lab.process import python_env
 from netlab.topology.shipped import seed_deployment
@@ -212,17 +213,11 @@ class BenchLab:
         self.nft(self.sender, CLIENT_COUNTER)
 
     def nft(self, node: LabNode, ruleset: str) -> None:
-        path = self.lab.workdir / f"bench-{self.lab.next_serial()}.nft"
-        path.write_text(ruleset)
-        node.check(["nft", "-f", str(path)])
+        apply_ruleset(node, ruleset, label="bench")
 
     def counter(self, node: LabNode, family: str, table: str, name: str) -> int:
         """The packet count of the named nftables counter `name` of `table` in `node`."""
-        output = node.check(["nft", "-j", "list", "counter", family, table, name])
-        for item in json.loads(output)["nftables"]:
-            if "counter" in item:
-                return int(item["counter"]["packets"])
-        raise LabTimeoutError(f"no counter in nft output: {output!r}")
+        return counter_packets(node, family, table, name)
 
     def forwarded(self, case: Case) -> int:
         """The backend's kernel count of benchmark datagrams that reached it."""
@@ -262,7 +257,7 @@ class BenchLab:
         try:
             yield
         finally:
-            self.backend.check(["nft", "delete", "table", "netdev", "netlab_echo"])
+            delete_table(self.backend, "netdev", "netlab_echo")
 
     @contextlib.contextmanager
     def replies_to_local_sockets(self) -> Iterator[None]:
@@ -365,5 +360,5 @@ class BenchLab:
         try:
             sent = self.blast(case, duration)
         finally:
-            self.host.check(["nft", "delete", "table", "inet", "netlab_sink"])
+            delete_table(self.host, "inet", "netlab_sink")
         return float(sent["sent"]) / float(sent["seconds"])

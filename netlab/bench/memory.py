@@ -1,12 +1,12 @@
 """What open flows cost the forwarder: its RSS and the kernel's slab memory, measured with many flows open."""
 
-import re
 import resource
 from dataclasses import dataclass
 
 from netlab.bench.contenders import FORWARDER_ARGS, socket_activated
 from netlab.bench.lab import BenchLab, Case
 from netlab.errors import LabTimeoutError
+from netlab.service.status import open_flows
 
 
 def kib_field(path: str, name: str) -> int:
@@ -34,12 +34,6 @@ class FlowMemory:
     @property
     def kernel_bytes_per_flow(self) -> float:
         return self.slab_kib_delta * 1024 / self.flows
-
-
-def open_flows(status: str) -> int:
-    """The flow count at the end of the forwarder's STATUS= line ('...; N flows.'), 0 when absent."""
-    match = re.search(r"; (\d+) flows", status)
-    return int(match[1]) if match else 0
 
 
 def measure_flow_memory(bench: BenchLab, flows: int = 100_000) -> FlowMemory:

@@ -14,6 +14,7 @@ import sys
 from typing import NoReturn, TypeAlias
 
 from netlab.errors import (
+    AddressError,
     FixtureNotFoundError,
     MissingPrivilegeError,
     NetlabError,
@@ -31,6 +32,7 @@ EX_INTERRUPTED = 130
 # Most specific first: UnknownNodeError is a TopologyError.
 EXIT_CODES: list[tuple[type[NetlabError], int]] = [
     (UsageError, os.EX_USAGE),
+    (AddressError, os.EX_USAGE),
     (FixtureNotFoundError, os.EX_NOINPUT),
     (UnknownLabError, os.EX_NOHOST),
     (UnknownNodeError, os.EX_NOHOST),

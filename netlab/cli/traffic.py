@@ -4,24 +4,24 @@ import argparse
 import json
 import sys
 
+from netlab.addresses import parse_endpoint
 from netlab.cli.common import Commands, add_lab_option, print_json, require_privileges
 from netlab.cli.labs import node_namespace
-from netlab.errors import UsageError
+from netlab.errors import AddressError, UsageError
 
 
 def cmd_send(args: argparse.Namespace) -> int:
     import ipaddress
 
     from netlab.lab.detached import attach
-    from netlab.service.activation import split_listen
     from netlab.traffic.payload import make_payload
 
     require_privileges()
     try:
-        dst, dport = split_listen(args.to)
-        version = ipaddress.ip_address(dst).version
-    except ValueError:
-        raise UsageError(f"netlab send: --to {args.to!r}: expected ADDRESS:PORT or [V6]:PORT") from None
+        dst, dport = parse_endpoint(args.to)
+    except AddressError as error:
+        raise UsageError(f"netlab send: --to: {error}") from None
+    version = ipaddress.ip_address(dst).version
     payload = make_payload(args.size) if args.size is not None else args.payload.encode()
     with attach(args.lab) as (lab, topology):
         node = lab[args.node]

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from forwarder.sockets import SO_RCVBUFFORCE  # the one home of the Linux constant the socket module lacks
 from netlab.lab import netns
 
 ETH_P_ALL = 0x0003
-SO_RCVBUFFORCE = 33  # Linux; not exported by the socket module
 LINKTYPE_ETHERNET = 1
 SNAPLEN = 262144
 PCAP_HEADER = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, SNAPLEN, LINKTYPE_ETHERNET)

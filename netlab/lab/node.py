@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from forwarder.sockets import IPV6_TRANSPARENT  # not in the socket module
 from netlab.errors import ProcessFailedError, TopologyError
 from netlab.lab import netns
 from netlab.lab.names import namespace_name
@@ -17,9 +18,6 @@ from netlab.traffic.payload import make_payload
 
 if TYPE_CHECKING:
     from netlab.lab.lab import Lab
-
-IP_TRANSPARENT = 19
-IPV6_TRANSPARENT = 75
 
 
 class LabNode:
@@ -141,7 +139,7 @@ class LabNode:
         with netns.socket_in(self.namespace, family, socket.SOCK_DGRAM) as sock:
             if src is not None:
                 level, option = (
-                    (socket.SOL_IP, IP_TRANSPARENT)
+                    (socket.SOL_IP, socket.IP_TRANSPARENT)
                     if family == socket.AF_INET
                     else (socket.IPPROTO_IPV6, IPV6_TRANSPARENT)
                 )

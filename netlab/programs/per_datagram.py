@@ -10,7 +10,7 @@ import selectors
 import socket
 import sys
 
-IP_TRANSPARENT = 19
+from netlab.addresses import parse_endpoint
 
 
 def main(argv: list[str]) -> int:
@@ -19,10 +19,7 @@ def main(argv: list[str]) -> int:
         return 64
     count = int(os.environ["LISTEN_FDS"])
     listeners = [socket.socket(fileno=3 + index) for index in range(count)]
-    destinations = []
-    for text in argv:
-        host, _, port = text.rpartition(":")
-        destinations.append((host, int(port)))
+    destinations = [parse_endpoint(text) for text in argv]
     selector = selectors.DefaultSelector()
     for listener, destination in zip(listeners, destinations, strict=True):
         listener.setblocking(False)
@@ -43,7 +40,7 @@ def main(argv: list[str]) -> int:
                     break
                 try:
                     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
-                        out.setsockopt(socket.IPPROTO_IP, IP_TRANSPARENT, 1)
+                        out.setsockopt(socket.IPPROTO_IP, socket.IP_TRANSPARENT, 1)
                         out.bind(client)
                         out.sendto(memoryview(buffer)[:size], key.data)
                 except OSError:

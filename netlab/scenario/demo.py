@@ -13,7 +13,9 @@ import sys
 from dataclasses import dataclass
 from typing import TextIO
 
+from netlab.addresses import format_endpoint
 from netlab.errors import NetlabError
+from netlab.fixtures import load_topology
 from netlab.lab.lab import Lab
 from netlab.lab.node import LabNode
 from netlab.lab.process import python_env
@@ -29,31 +31,8 @@ BACKEND_V4, BACKEND_V6 = "192.0.2.2", "2001:db8:2::2"
 
 
 def demo_topology() -> Topology:
-    """Three clients (one IPv6) -- the host -- a dual-stack container backend."""
-    return (
-        Topology()
-        .node("c1")
-        .node("c2")
-        .node("c3")
-        .node("host")
-        .node("backend")
-        .sysctl("host", "net.ipv4.ip_forward", "1")
-        .sysctl("host", "net.ipv6.conf.all.forwarding", "1")
-        .link("c1", "host", a_addresses=["198.51.100.10/24"], b_addresses=["198.51.100.1/24"])
-        .link("c2", "host", a_addresses=["203.0.113.20/24"], b_addresses=["203.0.113.1/24"])
-        .link("c3", "host", a_addresses=["2001:db8:1::10/64"], b_addresses=["2001:db8:1::1/64"])
-        .link(
-            "host",
-            "backend",
-            a_addresses=["192.0.2.1/24", "2001:db8:2::1/64"],
-            b_addresses=["192.0.2.2/24", "2001:db8:2::2/64"],
-        )
-        .route("c1", "default", via="198.51.100.1")
-        .route("c2", "default", via="203.0.113.1")
-        .route("c3", "default", via="2001:db8:1::1")
-        .route("backend", "default", via="192.0.2.1")
-        .route("backend", "default6", via="2001:db8:2::1")
-    )
+    """Three clients (one IPv6) -- the host -- a dual-stack backend (fixtures/topologies/demo.toml)."""
+    return load_topology("demo")
 
 
 @dataclass
@@ -72,16 +51,12 @@ class Row:
         return self.seen == self.client and (self.spoofed or self.reply == "from host")
 
 
-def _endpoint(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-
-
 def client_exchange(node: LabNode, source: str, host: str, port: int) -> Row:
     """Send one datagram from a connect()ed socket in `node` and read the echo, if it comes."""
     sock = node.udp_socket(source, 0)
     sock.connect((host, port))
     sock.settimeout(5)
-    row = Row(node.name, _endpoint(source, sock.getsockname()[1]), _endpoint(host, port))
+    row = Row(node.name, format_endpoint(source, sock.getsockname()[1]), format_endpoint(host, port))
     sock.send(b"hello from " + node.name.encode())
     try:
         reply = sock.recv(65535)
@@ -108,8 +83,12 @@ def run_demo(out: TextIO = sys.stdout) -> int:
         wait_until(lambda: set(PORTS) <= udp_ports_bound(echo.pid), "the echo server to listen", 10)
         enable_reply_path(lab["host"], BACKEND_V4, "192.0.2.0/24", HOST_V4)
         enable_reply_path(lab["host"], BACKEND_V6, "2001:db8:2::/64", HOST_V6)
-        listen = [_endpoint(HOST_V4, port) for port in PORTS] + [_endpoint(HOST_V6, port) for port in PORTS]
-        destinations = [_endpoint(BACKEND_V4, p) for p in PORTS] + [_endpoint(BACKEND_V6, p) for p in PORTS]
+        listen = [format_endpoint(HOST_V4, port) for port in PORTS] + [
+            format_endpoint(HOST_V6, port) for port in PORTS
+        ]
+        destinations = [format_endpoint(BACKEND_V4, p) for p in PORTS] + [
+            format_endpoint(BACKEND_V6, p) for p in PORTS
+        ]
         say(f"[3/5] systemd-socket-activate holds {len(listen)} UDP sockets on the host; no forwarder yet")
         forwarder = start_forwarder(lab["host"], listen, destinations, args=["--stats-interval", "1"])
 
@@ -120,7 +99,7 @@ def run_demo(out: TextIO = sys.stdout) -> int:
             client_exchange(lab["c3"], "2001:db8:1::10", HOST_V6, 27020),
         ]
         spoofed = Row(
-            "c1", "203.0.113.7:4242", _endpoint(HOST_V4, 27021), spoofed=True, reply="n/a (spoofed)"
+            "c1", "203.0.113.7:4242", format_endpoint(HOST_V4, 27021), spoofed=True, reply="n/a (spoofed)"
         )
         lab["c1"].send_udp(src="203.0.113.7", dst=HOST_V4, sport=4242, dport=27021, payload=b"spoofed")
         forwarder.wait_ready(timeout=10)

@@ -65,11 +65,11 @@ from netlab.scenario.model import (
     Scenario,
     SetupStep,
     TrafficSpec,
-    pattern_payload,
 )
 from netlab.scenario.reader import Reader, address_port
 from netlab.topology.file import load_topology_file, topology_from_dict
 from netlab.topology.model import Topology
+from netlab.traffic.payload import make_payload
 
 _TOP = {"description", "topology", "forwarder", "setup", "echo", "reply_path", "traffic", "expect"}
 _FORWARDER = {"node", "listen", "destinations", "fdnames", "args", "held_sockets"}
@@ -229,7 +229,7 @@ def _traffic(reader: Reader, where: str, item: dict[str, Any], topology: Topolog
         reader.get(item, "sport", int, where, 4242),
         dst,
         dport,
-        payload if payload is not None else pattern_payload(size or 0),
+        payload if payload is not None else make_payload(size or 0),
         reader.positive(item, "count", where, 1),
         reader.get(item, "fragment_size", int, where, 0),
         expect_reply,
@@ -243,7 +243,7 @@ def _arrives(reader: Reader, where: str, item: dict[str, Any], topology: Topolog
     at = reader.endpoint(reader.get(item, "at", str, where), f"{where}.at", topology)
     payload, size = reader.payload(item, where, MAX_PAYLOAD_IPV6)
     if size is not None:  # the very bytes a traffic item's `size = N` sends: arriving intact
-        payload = pattern_payload(size)
+        payload = make_payload(size)
     return ArrivesSpec(
         at,
         reader.get(item, "src", str, where),

@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 from typing import Any
 
+from netlab.addresses import format_endpoint
 from netlab.topology.model import Topology
 
 
@@ -62,9 +63,9 @@ class TrafficSpec:
     reply_contains: str | None = None
 
     def describe(self) -> str:
-        src = f"{self.src}:{self.sport}" if self.src else f"{self.node}:{self.sport}"
+        src = format_endpoint(self.src, self.sport) if self.src else f"{self.node}:{self.sport}"
         times = f"{self.count} x " if self.count != 1 else ""
-        return f"{times}{len(self.payload)} B from {src} to {self.dst}:{self.dport}"
+        return f"{times}{len(self.payload)} B from {src} to {format_endpoint(self.dst, self.dport)}"
 
 
 @dataclass
@@ -112,8 +113,3 @@ class Scenario:
     reply_path: ReplyPathSpec | None
     traffic: list[TrafficSpec]
     expect: Expectations
-
-
-def pattern_payload(size: int) -> bytes:
-    """The payload `size = N` stands for: netlab.lab.make_payload's position-revealing pattern."""
-    return bytes(index % 251 for index in range(size))

@@ -1,10 +1,10 @@
 """Typed access to the tables of a scenario file, with errors naming the file, the element and the value."""
 
-import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
-from netlab.errors import ScenarioError
+from netlab.addresses import parse_endpoint
+from netlab.errors import AddressError, ScenarioError
 from netlab.scenario.model import Endpoint
 from netlab.topology.model import Topology
 
@@ -112,13 +112,8 @@ class Reader:
 
 
 def address_port(reader: Reader, text: Any, element: str) -> tuple[str, int]:
-    if isinstance(text, str):
-        host, _, port = text.rpartition(":")
-        host = host.strip("[]") if host.startswith("[") else host
-        try:
-            ipaddress.ip_address(host)
-            if port.isdigit() and 0 < int(port) < 65536 and (":" not in host or text.startswith("[")):
-                return host, int(port)
-        except ValueError:
-            pass
-    raise reader.fail(element, f"bad address {text!r}: expected ADDRESS:PORT or [V6ADDRESS]:PORT")
+    """ADDRESS:PORT (netlab.addresses) with the error naming the file and the element."""
+    try:
+        return parse_endpoint(text)
+    except AddressError as error:
+        raise reader.fail(element, str(error)) from None

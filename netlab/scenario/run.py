@@ -15,6 +15,7 @@ from typing import Any
 
 from netlab.errors import LabTimeoutError, NetlabError
 from netlab.lab.lab import Lab
+from netlab.lab.nft import apply_ruleset
 from netlab.lab.process import python_env
 from netlab.lab.wait import wait_until
 from netlab.programs.crafted import Crafted
@@ -108,9 +109,7 @@ class _Run:
             elif step.action == "background":
                 node.run(step.value, label="background")
             else:
-                rules = lab.workdir / f"{node.name}-setup-{lab.next_serial()}.nft"
-                rules.write_text(step.value)
-                node.check(["nft", "-f", str(rules)])
+                apply_ruleset(node, step.value, label="setup")
         if scenario.echo is not None:
             ports = scenario.echo.ports
             echo = lab[scenario.echo.node].run(

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from netlab.addresses import parse_endpoint
 from netlab.errors import LabTimeoutError, NetlabError, ProcessFailedError
 from netlab.lab.node import LabNode
 from netlab.lab.process import Process, python_env
@@ -22,16 +23,6 @@ from netlab.service.notify import NotifyEvent, NotifyReceiver
 from netlab.service.procnet import udp_ports_bound
 
 SOCKET_ACTIVATE = "systemd-socket-activate"
-
-
-def split_listen(address: str) -> tuple[str, int]:
-    """'198.51.100.1:27000' or '[2001:db8::1]:27000' -> (host, port)."""
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def family_of(address: str) -> int:
-    return socket.AF_INET6 if ":" in split_listen(address)[0] else socket.AF_INET
 
 
 @dataclass
@@ -51,8 +42,8 @@ def hold_listen_sockets(node: LabNode, listen: Sequence[str]) -> HeldSockets:
     """Bind a UDP socket per ADDR:PORT of `listen` in `node`, like a .socket unit; the lab closes them."""
     sockets = []
     for address in listen:
-        host, port = split_listen(address)
-        sock = node.open_socket(family_of(address), socket.SOCK_DGRAM)
+        host, port = parse_endpoint(address)
+        sock = node.open_socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
         if ":" in host:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # BindIPv6Only=ipv6-only semantics
         sock.bind((host, port))
@@ -161,7 +152,7 @@ def start_forwarder(
         argv = [sys.executable, "-m", "netlab.programs.fdpass", ",".join(map(str, fds)), "--", *argv]
     else:
         fds = []
-    wanted = {split_listen(address)[1] for address in listen}
+    wanted = {parse_endpoint(address)[1] for address in listen}
 
     def launch() -> Process:
         process = node.run(argv, label="forwarder", env=python_env(), pass_fds=fds)

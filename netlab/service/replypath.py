@@ -9,6 +9,7 @@ forwarder's spoofed send created, so the NAT hook never sees a new flow. What wo
 import ipaddress
 from pathlib import Path
 
+from netlab.lab.nft import apply_ruleset
 from netlab.lab.node import LabNode
 
 TABLE = "netlab_reply_path"
@@ -39,7 +40,4 @@ def reply_path_ruleset(backend: str, backend_network: str, host_address: str) ->
 
 def enable_reply_path(host: LabNode, backend: str, backend_network: str, host_address: str) -> Path:
     """Install the reply-path rules in `host`; returns the ruleset file (kept in the lab's workdir)."""
-    path = host.lab.workdir / f"{host.name}-reply-path-{host.lab.next_serial()}.nft"
-    path.write_text(reply_path_ruleset(backend, backend_network, host_address))
-    host.check(["nft", "-f", str(path)])
-    return path
+    return apply_ruleset(host, reply_path_ruleset(backend, backend_network, host_address), label="reply-path")

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from forwarder.sockets import SO_RCVBUFFORCE  # not in the socket module
+from netlab.addresses import format_endpoint, split_host_port
 from netlab.errors import ExpectationError, NetlabError
 
 if TYPE_CHECKING:
@@ -33,7 +35,6 @@ ANY: Final = _Any()
 """A don't-care field."""
 
 PayloadPattern = bytes | _Any | Callable[[bytes], bool]
-SO_RCVBUFFORCE = 33
 PREVIEW = 32
 LISTED = 10  # arrivals listed in a failure report; the rest are counted
 
@@ -50,11 +51,6 @@ class Arrival:
     @property
     def source(self) -> str:
         return format_endpoint(self.src, self.sport)
-
-
-def format_endpoint(address: str, port: int | str) -> str:
-    """'203.0.113.7:4242' or '[2001:db8::7]:4242'."""
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def describe_payload(payload: bytes) -> str:
@@ -86,12 +82,8 @@ class SourcePattern:
     def parse(cls, text: "str | _Any") -> "SourcePattern":
         if isinstance(text, _Any) or text in ("*", "*:*"):
             return cls(None, None, "any source")
-        host, port = text, "*"
-        if text.startswith("["):
-            host, _, rest = text[1:].partition("]")
-            port = rest.removeprefix(":") or "*"
-        elif text.count(":") == 1:
-            host, _, port = text.partition(":")
+        host, port = split_host_port(text)
+        port = port or "*"
         try:
             network = None if host == "*" else ipaddress.ip_network(host, strict=False)
             number = None if port == "*" else int(port)

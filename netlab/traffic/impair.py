@@ -6,13 +6,13 @@ link instead of dropping datagrams. Delay, reordering and duplication need netem
 kernel with pyroute2 and raises ImpairmentUnavailableError naming what is missing when it is not there.
 """
 
-import json
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from netlab.errors import ImpairmentUnavailableError, NetlabError
+from netlab.lab.nft import apply_ruleset, rule_packets
 from netlab.lab.node import LabNode
 
 TABLE = "netlab_impair"
@@ -29,16 +29,7 @@ class LossRule:
 
     def dropped(self) -> int:
         """How many packets this rule has dropped so far (from the nft counter)."""
-        listing = json.loads(self.node.check(["nft", "-j", "list", "table", "inet", TABLE]))
-        total = 0
-        for item in listing["nftables"]:
-            rule = item.get("rule")
-            if not rule or rule.get("comment") != self.comment:
-                continue
-            for expression in rule["expr"]:
-                if "counter" in expression:
-                    total += int(expression["counter"]["packets"])
-        return total
+        return rule_packets(self.node, "inet", TABLE, self.comment)
 
     @property
     def comment(self) -> str:
@@ -63,9 +54,7 @@ def loss_ruleset(ifname: str, probability: float) -> str:
 
 def add_loss(node: LabNode, ifname: str, probability: float) -> LossRule:
     """Drop packets arriving at `node` on `ifname` with `probability`."""
-    path = node.lab.workdir / f"{node.name}-loss-{node.lab.next_serial()}.nft"
-    path.write_text(loss_ruleset(ifname, probability))
-    node.check(["nft", "-f", str(path)])
+    apply_ruleset(node, loss_ruleset(ifname, probability), label="loss")
     return LossRule(node, ifname, probability)
 
 

@@ -15,8 +15,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from netlab.addresses import format_endpoint
 from netlab.lab import netns
-from netlab.traffic.expect import describe_payload, format_endpoint
+from netlab.traffic.expect import describe_payload
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
