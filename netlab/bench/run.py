@@ -95,7 +95,9 @@ def run_bench(
                 runs.append(run)
                 print(
                     f"[{done}/{total}] run {repetition + 1} {case!s:<24} {name:<16} "
-                    f"{thousands(run.delivered_per_second)}/s delivered, loss {run.loss:.2%}",
+                    f"{thousands(run.delivered_per_second)}/s delivered, loss {run.loss:.2%}, CPU us/dg "
+                    f"{run.cpu_us_per_datagram:.2f} machine, {run.core_us_per_datagram:.2f} core, "
+                    f"{run.process_us_per_datagram:.2f} own",
                     file=progress,
                     flush=True,
                 )
