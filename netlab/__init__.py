@@ -14,14 +14,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from netlab.errors import (
+    AddressError,
+    CommandNotFoundError,
     ExpectationError,
     FixtureNotFoundError,
     ImpairmentUnavailableError,
     LabTimeoutError,
     MissingPrivilegeError,
     NetlabError,
+    PacketError,
     ProcessFailedError,
     ScenarioError,
+    SystemCallError,
     TopologyError,
     UnknownLabError,
     UnknownNodeError,
@@ -75,6 +79,8 @@ _LAZY = {
 
 __all__ = [
     "ANY",
+    "AddressError",
+    "CommandNotFoundError",
     "Crafted",
     "ExpectationError",
     "FixtureNotFoundError",
@@ -89,9 +95,11 @@ __all__ = [
     "NetlabError",
     "NotifyEvent",
     "NotifyReceiver",
+    "PacketError",
     "Process",
     "ProcessFailedError",
     "ScenarioError",
+    "SystemCallError",
     "Topology",
     "TopologyError",
     "UnknownLabError",

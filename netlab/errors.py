@@ -1,4 +1,6 @@
-"""Errors of netlab: one base with kinds that name the offending value and what was expected."""
+"""Errors of netlab: one base with kinds that name the offending value and what was expected. Every error
+netlab raises is one of these (a kind may also be the built-in error it refines, e.g. ValueError), and the
+`netlab` command maps each kind to its exit code (netlab.cli.common)."""
 
 
 class NetlabError(Exception):
@@ -23,6 +25,19 @@ class LabTimeoutError(NetlabError):
 
 class ProcessFailedError(NetlabError):
     """A process the lab started exited when it should not have, or with the wrong code."""
+
+
+class CommandNotFoundError(ProcessFailedError, FileNotFoundError):
+    """A program the lab was asked to start does not exist (or is not executable)."""
+
+
+class SystemCallError(NetlabError, OSError):
+    """A system call the lab made failed (setns, bind, mount, ...); errno and the call are in the message."""
+
+
+class PacketError(NetlabError, ValueError):
+    """A datagram that cannot be made as asked: a payload too large for UDP, a port out of range, a
+    source of the other family than the destination, a negative fragment size, a count below 1."""
 
 
 class ExpectationError(NetlabError, AssertionError):

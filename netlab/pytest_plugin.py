@@ -11,7 +11,6 @@ with a "netlab run directory" section naming it. RUNS is --netlab-runs, $NETLAB_
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 from netlab.lab import registry
 from netlab.lab.lab import Lab
 from netlab.lab.privileges import missing_reason
+from netlab.lab.runs import default_runs_dir
 
 RUN_DIR = pytest.StashKey[Path]()
 FAILED = pytest.StashKey[bool]()
@@ -79,12 +79,6 @@ def pytest_runtest_makereport(
         else:
             report.sections.append((SECTION, text))
     return report
-
-
-def default_runs_dir() -> Path:
-    """$NETLAB_RUNS, else /tmp/netlab-runs: where failed runs keep their logs and pcaps."""
-    chosen = os.environ.get("NETLAB_RUNS")
-    return Path(chosen) if chosen else Path(tempfile.gettempdir()) / "netlab-runs"
 
 
 def runs_dir(config: pytest.Config) -> Path:

@@ -222,5 +222,5 @@ def test_quick_bench_measures_every_available_contender_and_reports_json() -> No
     assert all(run["forwarded"] > 0 and run["delivered"] > 0 for run in echoed)
     assert document["sender_solo_per_s"]["64 B x 100 flows"] > 0
     memory = document["flow_memory"]
-    assert 0 < memory["flows"] <= 300  # the flows open at the end (all of them unless datagrams were lost)
+    assert 0 < memory["flows"] <= 300  # the flows the blast opened (all of them unless datagrams were lost)
     assert memory["rss_kib_after"] >= memory["rss_kib_before"] > 0

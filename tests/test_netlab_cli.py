@@ -252,6 +252,32 @@ def test_send_crafts_a_spoofed_datagram_that_sniff_sees_on_the_backend(up_lab: s
 
 
 @pytest.mark.privileged
+def test_sniff_counts_a_fragmented_datagram_once(up_lab: str) -> None:
+    sniffer = subprocess.Popen(
+        [sys.executable, "-m", "netlab", "sniff", "--lab", up_lab, "backend", "--count", "2", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=python_env(),
+    )
+    try:
+        assert sniffer.stderr is not None
+        assert sniffer.stderr.readline().startswith("sniffing UDP on backend")
+        for body in (["--size", "3000"], ["--payload", "small"]):
+            sent = netlab("send", "--lab", up_lab, "--from", "client", "--to", "192.0.2.2:27000", *body)
+            assert sent.returncode == 0, sent.stderr
+        out, err = sniffer.communicate(timeout=20)
+    finally:
+        sniffer.kill()
+        sniffer.wait()
+    assert sniffer.returncode == 0, err
+    seen = [json.loads(line) for line in out.splitlines()]
+    assert [item["fragment"] for item in seen] == [True, True, True, False]  # 3000 B: three fragments
+    assert [item["more_fragments"] for item in seen] == [True, True, False, False]
+    assert err.endswith("2 datagrams (3 fragments)\n")
+
+
+@pytest.mark.privileged
 def test_sniff_stops_after_its_timeout(up_lab: str) -> None:
     result = netlab("sniff", "--lab", up_lab, "client", "--timeout", "0.2")
     assert result.returncode == 0

@@ -102,3 +102,47 @@ def test_an_inline_topology_error_names_the_scenario_file(tmp_path: Path) -> Non
 def test_a_missing_scenario_names_the_shipped_ones() -> None:
     with pytest.raises(FixtureNotFoundError, match=r"no scenarios fixture 'no-such'.*zero-length-datagram"):
         load_scenario("no-such")
+
+
+FORWARDS_53_TO_5353 = """
+topology = "dual-stack"
+[forwarder]
+listen = ["198.51.100.1:53", "[2001:db8:51::1]:53", "198.51.100.1:27000", "198.51.100.1:123"]
+destinations = ["192.0.2.2:5353", "[2001:db8:2::2]:5354", "192.0.2.2", "192.0.2.9:1123"]
+[reply_path]
+backend = "192.0.2.2"
+backend_network = "192.0.2.0/24"
+host_address = "198.51.100.1"
+"""
+
+
+def test_the_reply_path_learns_the_backend_ports_that_differ_from_the_hosts(tmp_path: Path) -> None:
+    scenario = load_scenario(write(tmp_path, FORWARDS_53_TO_5353))
+    assert scenario.reply_path is not None
+    # Only destinations at the reply path's backend whose port differs from the listen port's.
+    assert scenario.reply_path.ports == {5353: 53}
+
+
+def test_named_destinations_are_matched_to_their_sockets_for_learned_ports(tmp_path: Path) -> None:
+    text = FORWARDS_53_TO_5353.replace(
+        'destinations = ["192.0.2.2:5353", "[2001:db8:2::2]:5354", "192.0.2.2", "192.0.2.9:1123"]',
+        'fdnames = ["dns", "dns6", "game", "ntp"]\n'
+        'destinations = ["game=192.0.2.2:27001", "dns=192.0.2.2:5353", "ntp=192.0.2.2:123",'
+        ' "dns6=[2001:db8:2::2]"]',
+    )
+    scenario = load_scenario(write(tmp_path, text))
+    assert scenario.reply_path is not None
+    assert scenario.reply_path.ports == {5353: 53, 27001: 27000}
+
+
+def test_an_arrival_may_be_expected_at_a_port_the_echo_server_holds(tmp_path: Path) -> None:
+    text = VALID + '[echo]\nnode = "backend"\nports = [27000]\n'
+    scenario = load_scenario(write(tmp_path, text))
+    assert scenario.echo is not None
+    assert [arrival.at.port for arrival in scenario.expect.arrives] == [27000]
+
+
+def test_within_of_a_traffic_item_needs_expect_reply(tmp_path: Path) -> None:
+    text = VALID.replace('payload = "hi"\n', 'payload = "hi"\nwithin = 5\n', 1)
+    with pytest.raises(ScenarioError, match=r"traffic\[0\].within: waits for a reply"):
+        load_scenario(write(tmp_path, text))

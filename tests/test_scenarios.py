@@ -25,3 +25,33 @@ def test_at_least_ten_scenarios_ship_and_each_says_which_behaviour_it_pins() -> 
 def test_scenario(name: str, lab: Lab) -> None:
     result = run_scenario(load_scenario(scenario_path(name)), lab)
     assert result.passed, result.report()
+
+
+@pytest.mark.privileged
+def test_a_reply_from_an_unrewritten_port_is_named_in_the_failure(lab: Lab) -> None:
+    scenario = load_scenario("reply-path-backend-on-another-port")
+    assert scenario.reply_path is not None
+    assert scenario.reply_path.ports == {5353: 53}
+    scenario.reply_path.ports = {}  # as a hand-written recipe that rewrites only the address
+    scenario.traffic[0].within = 2.0
+    result = run_scenario(scenario, lab)
+    [failed] = [check for check in result.checks if not check.ok]
+    assert failed.what == "reply to 5 B from client:4242 to 198.51.100.1:53"
+    assert failed.detail == (
+        "no reply from 198.51.100.1:53 within 2.0s; a reply came from 198.51.100.1:5353 (1 datagram) "
+        "instead, which the client's connected socket does not accept"
+    )
+
+
+@pytest.mark.privileged
+def test_a_reply_that_never_comes_says_nothing_came_back(lab: Lab) -> None:
+    scenario = load_scenario("reply-path-backend-on-another-port")
+    scenario.reply_path = None
+    scenario.echo = None
+    scenario.expect.arrives = []
+    scenario.traffic[0].within = 1.0
+    result = run_scenario(scenario, lab)
+    [failed] = [check for check in result.checks if not check.ok]
+    assert (
+        failed.detail == "no reply from 198.51.100.1:53 within 1.0s; nothing came back to 198.51.100.10:4242"
+    )

@@ -181,7 +181,7 @@ def receive_buffer_bytes(text: str) -> int:
     """A systemd size ('4M', '262144', '512K') in bytes (K/M/G are powers of 1024)."""
     found = re.fullmatch(r"(\d+)([KMG]?)", text)
     assert found, f"ReceiveBuffer={text!r} is not a size"
-    return int(found[1]) * 1024 ** " KMG".index(found[2] or " ")
+    return int(found[1]) * int(1024 ** " KMG".index(found[2] or " "))
 
 
 @pytest.mark.parametrize("name", [AVORION_SOCKET, "transparent-udp-forwarder@.socket"])

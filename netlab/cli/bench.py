@@ -3,7 +3,7 @@ the C original's algorithm."""
 
 import argparse
 
-from netlab.cli.common import Commands, require_privileges
+from netlab.cli.common import OWN_LAB_REMOVED, Commands, require_privileges
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -39,4 +39,4 @@ def register(commands: Commands) -> None:
         help="measure only these, comma-separated: kernel-dnat+rps, kernel-dnat, per-datagram, forwarder, "
         "forwarder-single, nginx, go-mmproxy (default: all; missing packages are skipped)",
     )
-    bench.set_defaults(handler=cmd_bench)
+    bench.set_defaults(handler=cmd_bench, after_interrupt=OWN_LAB_REMOVED)

@@ -2,7 +2,7 @@
 
 import argparse
 
-from netlab.cli.common import Commands, require_privileges
+from netlab.cli.common import OWN_LAB_REMOVED, Commands, require_privileges
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -15,4 +15,4 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def register(commands: Commands) -> None:
     """Add demo."""
     demo = commands.add_parser("demo", help="run the seed deployment end to end and show what happened")
-    demo.set_defaults(handler=cmd_demo)
+    demo.set_defaults(handler=cmd_demo, after_interrupt=OWN_LAB_REMOVED)

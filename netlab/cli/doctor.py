@@ -2,7 +2,7 @@
 
 import argparse
 
-from netlab.cli.common import EX_FAILED, Commands, add_lab_option, print_json, require_privileges
+from netlab.cli.common import EX_FAILED, UP_LAB_KEPT, Commands, add_lab_option, print_json, require_privileges
 from netlab.errors import UsageError
 
 
@@ -11,6 +11,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from netlab.doctor.probes import MachineProbe
 
     findings: list[Finding]
+    args.after_interrupt = "" if args.machine else UP_LAB_KEPT
     if args.machine:
         if args.lab is not None:
             raise UsageError("netlab doctor: give --machine or --lab ID, not both")
@@ -49,4 +50,4 @@ def register(commands: Commands) -> None:
     doctor.add_argument("--address", metavar="ADDRESS", help="with --machine: the address clients send to")
     doctor.add_argument("--client", action="append", metavar="ADDRESS", help="with --machine: a client")
     doctor.add_argument("--json", action="store_true", help="the findings as JSON")
-    doctor.set_defaults(handler=cmd_doctor)
+    doctor.set_defaults(handler=cmd_doctor, after_interrupt=UP_LAB_KEPT)

@@ -7,7 +7,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from netlab.cli.common import EX_NOT_FOUND, Commands, add_lab_option, print_json, require_privileges
+from netlab.cli.common import (
+    EX_NOT_FOUND,
+    OWN_LAB_REMOVED,
+    UP_LAB_KEPT,
+    Commands,
+    add_lab_option,
+    print_json,
+    require_privileges,
+)
 from netlab.errors import UnknownNodeError, UsageError
 
 
@@ -124,22 +132,22 @@ def register(commands: Commands) -> None:
     up = commands.add_parser("up", help="build a lab that stays until `netlab down`; prints its id")
     up.add_argument("file", metavar="FILE", help="a topology file, or a shipped name (seed, dual-stack, ...)")
     up.add_argument("--json", action="store_true", help='print {"id": ID}')
-    up.set_defaults(handler=cmd_up)
+    up.set_defaults(handler=cmd_up, after_interrupt=OWN_LAB_REMOVED)
     down = commands.add_parser("down", help="remove a lab, every lab made by `up`, or stale labs")
     down.add_argument("name", nargs="?", metavar="NAME", help="the lab id to remove")
     down.add_argument("--all", action="store_true", help="every lab made by `netlab up`, and stale ones")
     down.add_argument("--stale", action="store_true", help="remove labs whose owner process is gone")
-    down.set_defaults(handler=cmd_down)
+    down.set_defaults(handler=cmd_down, after_interrupt="")
     ls = commands.add_parser("ls", help="list labs on this machine")
     ls.add_argument("--json", action="store_true", help="a JSON list of labs")
-    ls.set_defaults(handler=cmd_ls)
+    ls.set_defaults(handler=cmd_ls, after_interrupt="")
 
     exec_ = commands.add_parser("exec", help="run a command in a node; exits with its code")
     add_lab_option(exec_)
     exec_.add_argument("node", metavar="NODE")
     exec_.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD...")
-    exec_.set_defaults(handler=cmd_exec)
+    exec_.set_defaults(handler=cmd_exec, after_interrupt=UP_LAB_KEPT)
     shell = commands.add_parser("shell", help="an interactive $SHELL in a node")
     add_lab_option(shell)
     shell.add_argument("node", metavar="NODE")
-    shell.set_defaults(handler=cmd_shell)
+    shell.set_defaults(handler=cmd_shell, after_interrupt=UP_LAB_KEPT)

@@ -2,7 +2,7 @@
 
 import argparse
 
-from netlab.cli.common import EX_FAILED, Commands, print_json, require_privileges
+from netlab.cli.common import EX_FAILED, OWN_LAB_REMOVED, Commands, print_json, require_privileges
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -25,4 +25,4 @@ def register(commands: Commands) -> None:
     run.add_argument("scenario", metavar="SCENARIO", help="a scenario file, or a shipped scenario's name")
     run.add_argument("--runs", metavar="DIR", help="where a failed run's logs and captures are kept")
     run.add_argument("--json", action="store_true", help="the result as JSON")
-    run.set_defaults(handler=cmd_run)
+    run.set_defaults(handler=cmd_run, after_interrupt=OWN_LAB_REMOVED)

@@ -4,30 +4,59 @@ import argparse
 import json
 import sys
 
-from netlab.addresses import parse_endpoint
-from netlab.cli.common import Commands, add_lab_option, print_json, require_privileges
+from netlab.addresses import ip_version, parse_endpoint
+from netlab.cli.common import UP_LAB_KEPT, Commands, add_lab_option, print_json, require_privileges
 from netlab.cli.labs import node_namespace
-from netlab.errors import AddressError, UsageError
+from netlab.errors import AddressError, PacketError, UsageError
+from netlab.programs.crafted import MIN_FRAGMENT, check_port, check_size
 
 
-def cmd_send(args: argparse.Namespace) -> int:
-    import ipaddress
-
-    from netlab.lab.detached import attach
-    from netlab.traffic.payload import make_payload
-
-    require_privileges()
+def _checked_send_options(args: argparse.Namespace) -> tuple[str, int, int]:
+    """(destination, port, IP version) of `netlab send`, every option checked before a lab is touched:
+    UsageError (64) naming the option and its value otherwise."""
     try:
         dst, dport = parse_endpoint(args.to)
     except AddressError as error:
         raise UsageError(f"netlab send: --to: {error}") from None
-    version = ipaddress.ip_address(dst).version
+    version = ip_version(dst)
+    if args.src is not None:
+        try:
+            source_version = ip_version(args.src)
+        except AddressError as error:
+            raise UsageError(f"netlab send: --src: {error}") from None
+        if source_version != version:
+            raise UsageError(
+                f"netlab send: --src {args.src!r} is IPv{source_version} but --to {args.to!r} is IPv{version}"
+            )
+    try:
+        check_port(args.sport, "--sport")
+        if args.size is not None:
+            check_size(args.size, version)
+    except PacketError as error:
+        raise UsageError(f"netlab send: {'--' if str(error).startswith('size') else ''}{error}") from None
+    if args.count < 1:
+        raise UsageError(f"netlab send: --count {args.count!r}: expected 1 or more")
+    least = MIN_FRAGMENT[version]
+    if args.fragment_size != 0 and not least <= args.fragment_size <= 65535:
+        raise UsageError(
+            f"netlab send: --fragment-size {args.fragment_size!r}: expected 0 (only above the MTU) "
+            f"or {least} to 65535 for IPv{version}"
+        )
+    return dst, dport, version
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from netlab.lab.detached import attach
+    from netlab.traffic.payload import make_payload
+
+    dst, dport, version = _checked_send_options(args)
+    require_privileges()
     payload = make_payload(args.size) if args.size is not None else args.payload.encode()
     with attach(args.lab) as (lab, topology):
         node = lab[args.node]
         src = args.src
         if src is None:
-            own = [a for a in topology.addresses_of(args.node) if ipaddress.ip_address(a).version == version]
+            own = [a for a in topology.addresses_of(args.node) if ip_version(a) == version]
             if not own:
                 raise UsageError(f"node {args.node!r} has no IPv{version} address: give --src")
             src = own[0]
@@ -54,17 +83,18 @@ def cmd_sniff(args: argparse.Namespace) -> int:
 
     require_privileges()
     namespace = node_namespace(args.lab, args.node)
-    seen = 0
+    datagrams = fragments = 0
     with Sniffer(namespace) as sniffer:
         print(f"sniffing UDP on {args.node} ({namespace}); Ctrl-C stops", file=sys.stderr, flush=True)
         try:
-            for datagram in sniffer.datagrams(args.count, args.timeout):
-                seen += 1
-                text = json.dumps(datagram.to_json(), sort_keys=True) if args.json else datagram.line()
+            for seen in sniffer.datagrams(args.count, args.timeout):
+                datagrams += not seen.more_fragments
+                fragments += seen.fragment
+                text = json.dumps(seen.to_json(), sort_keys=True) if args.json else seen.line()
                 print(text, flush=True)
         except KeyboardInterrupt:
             pass
-    print(f"{seen} datagrams", file=sys.stderr)
+    print(f"{datagrams} datagrams" + (f" ({fragments} fragments)" if fragments else ""), file=sys.stderr)
     return 0
 
 
@@ -82,11 +112,11 @@ def register(commands: Commands) -> None:
     send.add_argument("--count", type=int, default=1, metavar="N", help="how many times (default 1)")
     send.add_argument("--fragment-size", type=int, default=0, metavar="BYTES", help="force fragments")
     send.add_argument("--json", action="store_true", help="describe what was sent as JSON")
-    send.set_defaults(handler=cmd_send)
+    send.set_defaults(handler=cmd_send, after_interrupt=UP_LAB_KEPT)
     sniff = commands.add_parser("sniff", help="print UDP datagrams seen on a node's interfaces")
     add_lab_option(sniff)
     sniff.add_argument("node", metavar="NODE")
     sniff.add_argument("--count", type=int, metavar="N", help="stop after N datagrams")
     sniff.add_argument("--timeout", type=float, metavar="SECONDS", help="stop after this long")
     sniff.add_argument("--json", action="store_true", help="one JSON object per line")
-    sniff.set_defaults(handler=cmd_sniff)
+    sniff.set_defaults(handler=cmd_sniff, after_interrupt=UP_LAB_KEPT)

@@ -17,12 +17,7 @@ from netlab.topology.model import Roles, Topology
 
 def roles_of(topology: Topology) -> Roles:
     """The topology's roles, or the defaults by node name; raises when no host or backend is known."""
-    roles = topology.roles or Roles(
-        host="host" if "host" in topology.nodes else None,
-        backend="backend" if "backend" in topology.nodes else None,
-    )
-    if topology.roles is None:
-        roles.clients = [name for name in topology.nodes if name not in ("host", "backend")]
+    roles = topology.roles_or_defaults()
     for role in ("host", "backend"):
         if getattr(roles, role) is None:
             raise TopologyError(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from forwarder.sockets import SO_RCVBUFFORCE  # the one home of the Linux constant the socket module lacks
+from netlab.errors import NetlabError
 from netlab.lab import netns
 
 ETH_P_ALL = 0x0003
@@ -140,7 +141,7 @@ def read_pcap(path: Path) -> list[bytes]:
     """The frames of a pcap file written by Capture (for tests and reports)."""
     data = path.read_bytes()
     if data[:4] != PCAP_HEADER[:4]:
-        raise ValueError(f"{path} is not a little-endian microsecond pcap file")
+        raise NetlabError(f"{path} is not a little-endian microsecond pcap file (magic {data[:4].hex()!r})")
     frames: list[bytes] = []
     offset = len(PCAP_HEADER)
     while offset < len(data):

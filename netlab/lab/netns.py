@@ -12,6 +12,8 @@ from typing import TypeVar
 
 from pyroute2 import netns as pyroute2_netns
 
+from netlab.errors import SystemCallError
+
 NETNS_RUN_DIR = "/var/run/netns"
 CLONE_NEWNET = 0x40000000
 
@@ -29,7 +31,7 @@ def setns(fd: int) -> None:
     """Move the calling thread (or a child before exec) into the namespace behind `fd`."""
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         error = ctypes.get_errno()
-        raise OSError(error, f"setns: {os.strerror(error)}")
+        raise SystemCallError(error, f"setns: {os.strerror(error)}")
 
 
 def create(name: str) -> None:

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from forwarder.sockets import IPV6_TRANSPARENT  # not in the socket module
-from netlab.errors import ProcessFailedError, TopologyError
+from netlab.errors import ProcessFailedError
 from netlab.lab import netns
 from netlab.lab.names import namespace_name
 from netlab.lab.process import Process, python_env
-from netlab.programs.crafted import MAX_PAYLOAD, MAX_PAYLOAD_IPV6, Crafted
+from netlab.programs.crafted import Crafted, check_size
 from netlab.traffic.payload import make_payload
 
 if TYPE_CHECKING:
@@ -99,17 +99,13 @@ class LabNode:
         the MTU are sent as fragments (or as fragments of at most `fragment_size` bytes when given).
         """
         if size is not None:
-            payload = make_payload(size)
+            payload = make_payload(check_size(size, 6 if ":" in dst else 4))
         self.send_crafted([Crafted(src, dst, sport, dport, payload, count, fragment_size)], timeout=timeout)
 
     def send_crafted(self, datagrams: Sequence[Crafted], *, timeout: float = 30.0) -> None:
         """Send several crafted datagrams, in order, with one scapy process in this node."""
         for datagram in datagrams:
-            limit = MAX_PAYLOAD if ":" not in datagram.dst else MAX_PAYLOAD_IPV6
-            if not 0 <= len(datagram.payload) <= limit:
-                raise TopologyError(
-                    f"payload of {len(datagram.payload)} bytes: a UDP payload is 0 to {limit}"
-                )
+            datagram.check()  # PacketError before any process starts
         # A file, not an argument: a 64 KiB payload in hex is longer than an argument may be.
         path = self.lab.workdir / f"{self.name}-send-{self.lab.next_serial()}.json"
         path.write_text(json.dumps([datagram.to_json() for datagram in datagrams]))

@@ -12,7 +12,7 @@ import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from netlab.errors import LabTimeoutError
+from netlab.errors import CommandNotFoundError, LabTimeoutError
 from netlab.lab import netns
 
 NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"  # util-linux
@@ -37,7 +37,7 @@ class Process:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         command = shutil.which(self.argv[0]) if "/" not in self.argv[0] else self.argv[0]
         if command is None or not os.access(command, os.X_OK):
-            raise FileNotFoundError(errno.ENOENT, f"command not found: {self.argv[0]!r}")
+            raise CommandNotFoundError(errno.ENOENT, f"command not found: {self.argv[0]!r}")
         with open(log_path, "ab") as log:
             # nsenter joins the node's network namespace and execs the command (same pid, same fds): no
             # Python runs between fork and exec in this multi-threaded process.

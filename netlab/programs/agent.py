@@ -8,11 +8,13 @@ Datagrams larger than the outgoing interface's MTU are fragmented here (IPv4 fra
 fragment header), as a sending kernel would: scapy's layer-3 socket would otherwise refuse them.
 """
 
+import errno
 import fcntl
 import json
 import socket
 import struct
 import sys
+import time
 from typing import Any
 
 from netlab.programs.crafted import Crafted
@@ -52,14 +54,34 @@ def build(datagram: Crafted) -> list[Any]:
 
 
 def send(datagrams: list[Crafted]) -> int:
-    """Send each datagram (`count` times) at layer 3, in order, in one scapy call (one socket)."""
+    """Send each datagram (`count` times) at layer 3, in order, through one scapy socket."""
     from scapy.config import conf
-    from scapy.sendrecv import send as scapy_send
 
     conf.verb = 0
     packets = [packet for datagram in datagrams for _ in range(datagram.count) for packet in build(datagram)]
-    scapy_send(packets)
+    sock = conf.L3socket()
+    try:
+        for packet in packets:
+            send_one(sock, packet)
+    finally:
+        sock.close()
     return 0
+
+
+def send_one(sock: Any, packet: Any, patience: float = 5.0) -> None:
+    """Send one packet; when the interface's queue is full (ENOBUFS: a burst of fragments outran it, which
+    a loaded machine makes likely) try again until it drains, for at most `patience` seconds."""
+    deadline = time.monotonic() + patience
+    delay = 0.0005
+    while True:
+        try:
+            sock.send(packet)
+            return
+        except OSError as error:
+            if error.errno != errno.ENOBUFS or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)  # no event says the queue drained: back off briefly and try again
+        delay = min(delay * 2, 0.02)
 
 
 def main(argv: list[str]) -> int:

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 from forwarder.batch import IOVec, MMsgHdr, sockaddr_bytes
 
+from netlab.errors import SystemCallError
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.sendmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
 _libc.sendmmsg.restype = ctypes.c_int
@@ -49,5 +51,5 @@ class Batch:
             error = ctypes.get_errno()
             if error in (11, 105):  # EAGAIN, ENOBUFS: the queue is full; the caller tries again
                 return 0
-            raise OSError(error, os.strerror(error))
+            raise SystemCallError(error, f"sendmmsg: {os.strerror(error)}")
         return int(sent)

@@ -10,6 +10,8 @@ import ctypes
 import os
 import sys
 
+from netlab.errors import SystemCallError
+
 CLONE_NEWNS = 0x00020000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
@@ -21,7 +23,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 def _check(result: int, what: str) -> None:
     if result != 0:
         error = ctypes.get_errno()
-        raise OSError(error, f"{what}: {os.strerror(error)}")
+        raise SystemCallError(error, f"{what}: {os.strerror(error)}")
 
 
 def mount_own_sysfs() -> None:

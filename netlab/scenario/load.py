@@ -19,9 +19,9 @@ executes them. A bug report becomes one new file in fixtures/scenarios, which is
     node = "backend"
     ports = [27000]
     [reply_path]                           # optional: the notrack + stateless rewrite on the host
-    backend = "192.0.2.2"
-    backend_network = "192.0.2.0/24"
-    host_address = "198.51.100.1"
+    backend = "192.0.2.2"                  # its ports are learned from [forwarder]: a destination port
+    backend_network = "192.0.2.0/24"       # other than the listen port (53 -> 5353) has its replies'
+    host_address = "198.51.100.1"          # source port rewritten back (5353 -> 53) too
     [[traffic]]
     from = "client"
     src = "203.0.113.7"                    # spoofed; default the node's own address
@@ -33,6 +33,7 @@ executes them. A bug report becomes one new file in fixtures/scenarios, which is
     family = "ipv4"                        # optional: checked against `to`
     expect_reply = false                   # true: a connect()ed socket waits for the reply
     reply_contains = "seen=198.51.100.10:" # optional, with expect_reply
+    within = 15                            # with expect_reply: seconds to wait for it (default 15)
     [[expect.arrives]]
     at = "backend:27000"
     src = "203.0.113.7:4242"               # as netlab.traffic.expect: ip:port, [v6]:port, ip, *:port, network
@@ -52,9 +53,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from netlab.errors import ScenarioError
-from netlab.fixtures import scenario_path, topology_path
-from netlab.programs.crafted import MAX_PAYLOAD, MAX_PAYLOAD_IPV6
+from netlab.addresses import parse_endpoint, split_host_port
+from netlab.errors import FixtureNotFoundError, PacketError, ScenarioError
+from netlab.fixtures import scenario_path, topology_names, topology_path
+from netlab.programs.crafted import MAX_PAYLOAD, MAX_PAYLOAD_IPV6, MIN_FRAGMENT, check_port
 from netlab.scenario.model import (
     ArrivesSpec,
     EchoSpec,
@@ -79,7 +81,7 @@ _ECHO = {"node", "ports"}
 _REPLY = {"node", "backend", "backend_network", "host_address"}
 _TRAFFIC = {
     "from", "src", "sport", "to", "payload", "payload_hex", "size", "count", "fragment_size", "family",
-    "expect_reply", "reply_contains",
+    "expect_reply", "reply_contains", "within",
 }  # fmt: skip
 _EXPECT = {"arrives", "nothing_else", "nothing_at", "status", "exit_code", "doctor_names"}
 _ARRIVES = {"at", "src", "payload", "payload_hex", "size", "count", "within"}
@@ -98,23 +100,39 @@ def load_scenario(file_or_name: str | Path) -> Scenario:
 
 
 def _topology(reader: Reader, data: Mapping[str, Any], path: Path) -> Topology:
-    value = data.get("topology")
+    """`topology`: a shipped name, a file next to the scenario, or an inline [topology] table."""
+    expected = (
+        f"a shipped name (one of {topology_names()}), a file next to the scenario or a [topology] table"
+    )
+    if "topology" not in data:
+        raise reader.fail("top level", f"missing 'topology': expected {expected}")
+    value = data["topology"]
     if isinstance(value, dict):
         return topology_from_dict(value, source=f"{path}: topology")
     if not isinstance(value, str):
-        raise reader.fail("topology", f"expected a shipped name, a file or a table, got {value!r}")
+        raise reader.fail("topology", f"expected {expected}, got {value!r}")
     if value.endswith(".toml") or "/" in value:
         file = path.parent / value
         if not file.is_file():
             raise reader.fail("topology", f"no topology file {value!r} next to the scenario ({file})")
         return load_topology_file(file)
-    return load_topology_file(topology_path(value))
+    try:
+        return load_topology_file(topology_path(value))
+    except FixtureNotFoundError as error:
+        raise FixtureNotFoundError(f"{path}: topology: {error}") from None
 
 
 def scenario_from_dict(data: Mapping[str, Any], path: Path) -> Scenario:
     """Validate TOML-shaped scenario data read from `path`: one reader per table, then the checks that
     span tables."""
     reader = Reader(str(path))
+    topology_keys = sorted({"nodes", "links", "routes", "roles"} & set(data))
+    if topology_keys and "topology" not in data:
+        raise reader.fail(
+            "top level",
+            f"this is a topology file (it has {', '.join(topology_keys)}), not a scenario: "
+            "build it with `netlab up FILE`, or name it in a scenario's `topology`",
+        )
     reader.keys(data, _TOP, "top level")
     topology = _topology(reader, data, path)
     forwarder = _forwarder(reader, reader.table(data, "forwarder", "top level"), topology)
@@ -124,11 +142,13 @@ def scenario_from_dict(data: Mapping[str, Any], path: Path) -> Scenario:
     ]
     echo = _echo(reader, reader.table(data, "echo", "top level"), topology)
     reply_path = _reply_path(reader, reader.table(data, "reply_path", "top level"), topology)
+    if reply_path is not None and forwarder is not None:
+        reply_path.ports = _learned_ports(forwarder, reply_path.backend)
     traffic = [
         _traffic(reader, where, item, topology) for where, item in reader.tables(data, "traffic", "top level")
     ]
     expect = _expect(reader, reader.table(data, "expect", "top level") or {}, topology)
-    _check_across_tables(reader, forwarder, echo, expect)
+    _check_across_tables(reader, forwarder, expect)
     description = reader.get(data, "description", str, "top level", "")
     return Scenario(
         path.stem, str(path), description, topology, forwarder, setup, echo, reply_path, traffic, expect
@@ -203,6 +223,30 @@ def _reply_path(reader: Reader, table: dict[str, Any] | None, topology: Topology
     return ReplyPathSpec(node, **values)
 
 
+def _learned_ports(forwarder: ForwarderSpec, backend: str) -> dict[int, int]:
+    """Backend port -> host port for each of the forwarder's sockets whose destination is `backend` on a
+    port other than the socket's own: the ports the reply path must rewrite back."""
+    names = dict(zip(forwarder.fdnames or [], forwarder.listen, strict=False))
+    ports: dict[int, int] = {}
+    for index, destination in enumerate(forwarder.destinations):
+        name, equals, dest = destination.partition("=")
+        if not equals:
+            dest, listen = destination, forwarder.listen[index] if index < len(forwarder.listen) else None
+        else:
+            listen = names.get(name)
+        if listen is None:
+            continue
+        host, port = split_host_port(dest)  # a bare IPv6 literal has no port: ("2001:db8::2", "")
+        try:
+            same = ipaddress.ip_address(host) == ipaddress.ip_address(backend)
+        except ValueError:
+            continue  # a host name: the forwarder resolves it; the reply path names addresses
+        listen_port = parse_endpoint(listen)[1]
+        if same and port.isdigit() and int(port) != listen_port:
+            ports[int(port)] = listen_port
+    return ports
+
+
 def _traffic(reader: Reader, where: str, item: dict[str, Any], topology: Topology) -> TrafficSpec:
     """One [[traffic]] table: a datagram (or `count` of them) crafted from a node."""
     reader.keys(item, _TRAFFIC, where)
@@ -223,18 +267,38 @@ def _traffic(reader: Reader, where: str, item: dict[str, Any], topology: Topolog
     expect_reply = reader.get(item, "expect_reply", bool, where, False)
     if expect_reply and src is not None and src not in topology.addresses_of(node):
         raise reader.fail(f"{where}.src", f"{src!r}: a reply can only be awaited from the node's own address")
+    sport = reader.get(item, "sport", int, where, 4242)
+    try:
+        check_port(sport, "sport")
+    except PacketError as error:
+        raise reader.fail(f"{where}.sport", str(error)) from None
+    fragment_size = reader.get(item, "fragment_size", int, where, 0)
+    least = MIN_FRAGMENT[version]
+    if fragment_size != 0 and not least <= fragment_size <= 65535:
+        raise reader.fail(
+            f"{where}.fragment_size",
+            f"{fragment_size!r}: expected 0 (only above the MTU) or {least} to 65535 for IPv{version}",
+        )
     return TrafficSpec(
         node,
         src,
-        reader.get(item, "sport", int, where, 4242),
+        sport,
         dst,
         dport,
         payload if payload is not None else make_payload(size or 0),
         reader.positive(item, "count", where, 1),
-        reader.get(item, "fragment_size", int, where, 0),
+        fragment_size,
         expect_reply,
         reader.get(item, "reply_contains", str, where),
+        _reply_within(reader, where, item, expect_reply),
     )
+
+
+def _reply_within(reader: Reader, where: str, item: dict[str, Any], expect_reply: bool) -> float:
+    """`within` of a traffic item: how long to wait for its reply; only with expect_reply."""
+    if "within" in item and not expect_reply:
+        raise reader.fail(f"{where}.within", "waits for a reply: give it together with expect_reply = true")
+    return float(reader.positive(item, "within", where, 15.0))
 
 
 def _arrives(reader: Reader, where: str, item: dict[str, Any], topology: Topology) -> ArrivesSpec:
@@ -273,15 +337,8 @@ def _expect(reader: Reader, table: dict[str, Any], topology: Topology) -> Expect
     )
 
 
-def _check_across_tables(
-    reader: Reader, forwarder: ForwarderSpec | None, echo: EchoSpec | None, expect: Expectations
-) -> None:
-    """What one table alone cannot judge: ports the echo server holds, expectations needing a forwarder."""
-    listened = {arrival.at for arrival in expect.arrives} | set(expect.nothing_at)
-    if echo is not None:
-        for endpoint in sorted(listened, key=str):
-            if endpoint.node == echo.node and endpoint.port in echo.ports:
-                raise reader.fail("expect", f"{endpoint}: the echo server holds that port; use expect_reply")
+def _check_across_tables(reader: Reader, forwarder: ForwarderSpec | None, expect: Expectations) -> None:
+    """What one table alone cannot judge: expectations needing a forwarder."""
     if (expect.status or expect.exit_code is not None) and forwarder is None:
         raise reader.fail("expect", "status and exit_code need a [forwarder]")
     if expect.status and forwarder is not None and "--stats-interval" not in forwarder.args:

@@ -47,6 +47,7 @@ class ReplyPathSpec:
     backend: str
     backend_network: str
     host_address: str
+    ports: dict[int, int] = field(default_factory=dict)  # backend port -> host port, learned from [forwarder]
 
 
 @dataclass
@@ -61,6 +62,7 @@ class TrafficSpec:
     fragment_size: int = 0
     expect_reply: bool = False
     reply_contains: str | None = None
+    within: float = 15.0  # seconds to wait for the reply (a cold start of the forwarder included)
 
     def describe(self) -> str:
         src = format_endpoint(self.src, self.sport) if self.src else f"{self.node}:{self.sport}"
@@ -101,7 +103,7 @@ class Expectations:
 
 @dataclass
 class Scenario:
-    """A validated scenario, ready for netlab.scenario_run."""
+    """A validated scenario, ready for netlab.scenario.run."""
 
     name: str
     source: str

@@ -13,17 +13,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from netlab.addresses import format_endpoint
 from netlab.errors import LabTimeoutError, NetlabError
 from netlab.lab.lab import Lab
 from netlab.lab.nft import apply_ruleset
 from netlab.lab.process import python_env
+from netlab.lab.runs import default_runs_dir
 from netlab.lab.wait import wait_until
 from netlab.programs.crafted import Crafted
 from netlab.scenario.load import Endpoint, Scenario, TrafficSpec
 from netlab.service.activation import ForwarderUnderTest, hold_listen_sockets, start_forwarder
 from netlab.service.procnet import udp_ports_bound
 from netlab.service.replypath import enable_reply_path
-from netlab.traffic.expect import Inbox, expect
+from netlab.traffic.expect import EchoRecord, Inbox, expect
+from netlab.traffic.sniff import Sniffer
 
 FORWARDER_START = 15.0  # seconds for READY=1 after the first datagram (a cold Python start on a busy CI)
 QUIET = 0.3  # seconds of silence that count as "nothing else arrives"
@@ -110,19 +113,33 @@ class _Run:
                 node.run(step.value, label="background")
             else:
                 apply_ruleset(node, step.value, label="setup")
+        echo_record = lab.workdir / "echo-record.jsonl"
         if scenario.echo is not None:
             ports = scenario.echo.ports
             echo = lab[scenario.echo.node].run(
-                [sys.executable, "-m", "netlab.programs.echo", *map(str, ports)],
+                [
+                    sys.executable,
+                    "-m",
+                    "netlab.programs.echo",
+                    "--record",
+                    str(echo_record),
+                    *map(str, ports),
+                ],
                 env=python_env(),
                 label="echo",
             )
             wait_until(lambda: set(ports) <= udp_ports_bound(echo.pid), "the echo server to listen", 10)
         if scenario.reply_path is not None:
             spec = scenario.reply_path
-            enable_reply_path(lab[spec.node], spec.backend, spec.backend_network, spec.host_address)
+            node = lab[spec.node]
+            enable_reply_path(node, spec.backend, spec.backend_network, spec.host_address, spec.ports)
         for endpoint in [item.at for item in scenario.expect.arrives] + scenario.expect.nothing_at:
-            if endpoint not in self.inboxes:
+            if endpoint in self.inboxes:
+                continue
+            echo_spec = scenario.echo
+            if echo_spec is not None and endpoint.node == echo_spec.node and endpoint.port in echo_spec.ports:
+                self.inboxes[endpoint] = EchoRecord(lab[endpoint.node], endpoint.port, echo_record)
+            else:
                 self.inboxes[endpoint] = expect(lab[endpoint.node], endpoint.port)
         spec_forwarder = scenario.forwarder
         if spec_forwarder is not None:
@@ -172,15 +189,23 @@ class _Run:
         return own[0]
 
     def exchange(self, item: TrafficSpec) -> str:
-        """Send from a connect()ed socket (which accepts replies only from the address sent to); wait."""
-        sock = self.lab[item.node].udp_socket(item.src or self.own_address(item), item.sport)
+        """Send from a connect()ed socket (which accepts replies only from the address sent to); wait
+        `within` seconds. Without the reply, say what came back instead (from which address and port)."""
+        node = self.lab[item.node]
+        source = item.src or self.own_address(item)
+        sock = node.udp_socket(source, item.sport)
         sock.connect((item.dst, item.dport))
-        sock.settimeout(FORWARDER_START)
-        sock.send(item.payload)
-        try:
-            reply = sock.recv(65535)
-        except TimeoutError:
-            raise NetlabError(f"no reply from {item.dst}:{item.dport} within {FORWARDER_START}s") from None
+        sock.settimeout(item.within)
+        expected = format_endpoint(item.dst, item.dport)
+        with Sniffer(node.namespace) as sniffer:
+            sock.send(item.payload)
+            try:
+                reply = sock.recv(65535)
+            except TimeoutError:
+                raise NetlabError(
+                    f"no reply from {expected} within {item.within}s"
+                    + _other_replies(sniffer, source, item.sport, expected)
+                ) from None
         if item.reply_contains is not None and item.reply_contains.encode() not in reply:
             raise NetlabError(f"reply {reply[:80]!r} does not contain {item.reply_contains!r}")
         return f"reply {reply[:80]!r}"
@@ -261,6 +286,25 @@ class _Run:
         return "exit code 0"
 
 
+def _other_replies(sniffer: Sniffer, address: str, port: int, expected: str) -> str:
+    """What arrived for address:port from elsewhere than `expected` (a reply the connect()ed socket
+    refused), as the rest of the failure's message; empty when nothing came back at all."""
+    wanted = ipaddress.ip_address(address)
+    sources: dict[str, int] = {}
+    for seen in sniffer.datagrams(timeout=0.05):
+        if seen.direction != "in" or seen.dport != port or ipaddress.ip_address(seen.dst) != wanted:
+            continue
+        origin = format_endpoint(seen.src, seen.sport or 0)
+        if origin != expected:
+            sources[origin] = sources.get(origin, 0) + 1
+    if not sources:
+        return "; nothing came back to " + format_endpoint(address, port)
+    listed = ", ".join(
+        f"{origin} ({count} datagram{'s' if count > 1 else ''})" for origin, count in sources.items()
+    )
+    return f"; a reply came from {listed} instead, which the client's connected socket does not accept"
+
+
 def run_scenario(scenario: Scenario, lab: Lab) -> ScenarioResult:
     """Build the scenario in `lab` (empty), send its traffic, and check every expectation."""
     run = _Run(scenario, lab)
@@ -273,8 +317,6 @@ def run_scenario(scenario: Scenario, lab: Lab) -> ScenarioResult:
 
 def run_scenario_file(scenario: Scenario, runs: str | Path | None = None) -> ScenarioResult:
     """Run `scenario` in its own lab in RUNS/run-NAME-TIME (kept, with logs and pcaps, if it fails)."""
-    from netlab.pytest_plugin import default_runs_dir
-
     base = Path(runs) if runs else default_runs_dir()
     run_dir = base / f"run-{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}-{time.monotonic_ns() % 10**6}"
     with Lab(workdir=run_dir, capture=True, description=f"netlab run {scenario.source}") as lab:

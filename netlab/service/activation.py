@@ -7,6 +7,7 @@ with LISTEN_FDS/LISTEN_PID, which it passes on. Held sockets outlive the forward
 them open: a datagram sent while no forwarder runs waits in the socket for the next one.
 """
 
+import os
 import shutil
 import socket
 import sys
@@ -23,6 +24,7 @@ from netlab.service.notify import NotifyEvent, NotifyReceiver
 from netlab.service.procnet import udp_ports_bound
 
 SOCKET_ACTIVATE = "systemd-socket-activate"
+COVERAGE_VARIABLES = ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START", "COVERAGE_CORE", "COVERAGE_FILE")
 
 
 @dataclass
@@ -143,6 +145,10 @@ def start_forwarder(
         argv.append("--fdname=" + ":".join(fdnames))
     # systemd-socket-activate passes only a few variables on; the rest must be given with -E.
     child_env = {"NOTIFY_SOCKET": str(notify_path), "PYTHONPATH": python_env()["PYTHONPATH"]}
+    if not command_prefix:
+        # Under `coverage run` (tox), the forwarder is measured too. Not behind a prefix: one that drops
+        # privileges could not write the data, and one that traces system calls would see coverage's.
+        child_env.update({key: os.environ[key] for key in COVERAGE_VARIABLES if key in os.environ})
     child_env.update(env or {})
     for key, value in child_env.items():
         argv += ["-E", f"{key}={value}"]

@@ -4,6 +4,7 @@ STATUS / WATCHDOG / STOPPING with a timestamp, so tests wait for an event instea
 A path socket, not an abstract one: abstract sockets belong to a network namespace, paths do not.
 """
 
+import collections
 import contextlib
 import socket
 import threading
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from netlab.errors import LabTimeoutError
+from netlab.errors import LabTimeoutError, SystemCallError
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,9 @@ class NotifyReceiver:
             self._sock.bind(str(path))
         except OSError as error:
             self._sock.close()
-            raise OSError(error.errno, f"cannot listen for notifications on {str(path)!r}: {error}") from None
+            raise SystemCallError(
+                error.errno, f"cannot listen for notifications on {str(path)!r}: {error}"
+            ) from None
         self._closed = False
         self._thread = threading.Thread(target=self._receive, name=f"notify-{path.name}", daemon=True)
         self._thread.start()
@@ -58,6 +61,17 @@ class NotifyReceiver:
                     key, _, value = line.partition("=")
                     self.events.append(NotifyEvent(now, key, value))
                 self._condition.notify_all()
+
+    def summary(self) -> str:
+        """What arrived, one line per distinct KEY=VALUE (in order of first arrival, with how many times):
+        a forwarder repeats the same STATUS= line every interval, and a failure should show it once."""
+        with self._condition:
+            counts = collections.Counter(f"{event.key}={event.value}" for event in self.events)
+        if not counts:
+            return "    (nothing)"
+        return "\n".join(
+            f"    {line}" + (f"   (x{count})" if count > 1 else "") for line, count in counts.items()
+        )
 
     def values(self, key: str) -> list[str]:
         """Every value received for `key`, oldest first."""
@@ -89,15 +103,13 @@ class NotifyReceiver:
                         return event
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    seen = [f"{event.key}={event.value}" for event in self.events]
                     raise LabTimeoutError(
                         f"no {key}{'=' + value if isinstance(value, str) else ''} on {self.path} within "
-                        f"{timeout}s; received so far: {seen}"
+                        f"{timeout}s; received so far:\n{self.summary()}"
                     )
                 if is_alive is not None and not is_alive():
-                    seen = [f"{event.key}={event.value}" for event in self.events]
                     raise LabTimeoutError(
-                        f"the sender exited before {key} arrived on {self.path}; received: {seen}"
+                        f"the sender exited before {key} arrived on {self.path}; received:\n{self.summary()}"
                     )
                 self._condition.wait(min(remaining, 0.1) if is_alive is not None else remaining)
 

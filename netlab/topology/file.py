@@ -50,8 +50,18 @@ def load_topology_file(path: Path | str) -> Topology:
     return topology_from_dict(data, source=str(path))
 
 
+# Top-level keys only a scenario file has: seeing one, say which kind of file this is.
+_SCENARIO_KEYS = {"topology", "forwarder", "setup", "echo", "reply_path", "traffic", "expect"}
+
+
 def topology_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Topology:
     """Build and validate a Topology from TOML-shaped data; `source` prefixes every error message."""
+    scenario_keys = sorted(_SCENARIO_KEYS & set(data))
+    if scenario_keys:
+        raise TopologyError(
+            f"{source}: this is a scenario file (it has {', '.join(scenario_keys)}), not a topology: "
+            "run it with `netlab run FILE`, or give a topology (shipped name or file)"
+        )
     _check_keys(data, _TOP_KEYS, "top level", source)
     topology = Topology(source=source, description=_typed(data, "description", str, "top level", source, ""))
     nodes = _typed(data, "nodes", dict, "top level", source, {})

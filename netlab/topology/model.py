@@ -148,6 +148,17 @@ class Topology:
             for text in end.addresses
         ]
 
+    def roles_or_defaults(self) -> Roles:
+        """The `[roles]` table, or the defaults: the nodes named `host` and `backend` play those parts (when
+        they exist) and every other node is a client."""
+        if self.roles is not None:
+            return self.roles
+        return Roles(
+            host="host" if "host" in self.nodes else None,
+            backend="backend" if "backend" in self.nodes else None,
+            clients=[name for name in self.nodes if name not in ("host", "backend")],
+        )
+
     def interfaces_of(self, node: str) -> list[str]:
         """The names of `node`'s veth interfaces, in topology order."""
         return [end.ifname for link in self.links for end in (link.a, link.b) if end.node == node]

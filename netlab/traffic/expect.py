@@ -11,11 +11,13 @@ ExpectationError shows the expected datagram next to the closest one that arrive
 """
 
 import ipaddress
+import json
 import select
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from forwarder.sockets import SO_RCVBUFFORCE  # not in the socket module
@@ -186,7 +188,11 @@ class Inbox:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            select.select([self._sock], [], [], remaining)
+            self._wait(remaining)
+
+    def _wait(self, remaining: float) -> None:
+        """Block until more may have arrived, at most `remaining` seconds."""
+        select.select([self._sock], [], [], remaining)
 
     def unclaimed(self) -> list[Arrival]:
         """Arrivals no satisfied expectation has accounted for yet."""
@@ -241,14 +247,12 @@ class Inbox:
     def _listing(self, arrivals: list[Arrival], pattern: DatagramPattern | None = None) -> str:
         lines = []
         for number, arrival in enumerate(arrivals[:LISTED], 1):
-            line = (
-                f"    #{number:<3} +{arrival.time - self.opened:.3f}s  from {arrival.source:<26} "
-                f"payload {describe_payload(arrival.payload)}"
-            )
+            line = f"    #{number:<3} +{arrival.time - self.opened:.3f}s  from {arrival.source}"
             if pattern is not None:
                 differences = pattern.differences(arrival)
                 line += "   <- " + ("; ".join(differences) if differences else "matches")
             lines.append(line)
+            lines.append(f"         payload {describe_payload(arrival.payload)}")
         if len(arrivals) > LISTED:
             lines.append(f"    ... and {len(arrivals) - LISTED} more")
         return "\n".join(lines) if lines else "    (nothing)"
@@ -281,6 +285,42 @@ class Inbox:
         lines.append(f"\nwhat arrived and was not accounted for ({len(unclaimed)}):")
         lines.append(self._listing(unclaimed, pattern))
         return ExpectationError("\n".join(lines) + self._footer())
+
+
+class EchoRecord(Inbox):
+    """What arrived at a port the echo server (netlab.programs.echo --record FILE) holds: the same
+    expectations as an Inbox, read from the server's record instead of a socket of its own, so an echo
+    server and an arrival expectation can share a port."""
+
+    POLL = 0.01  # seconds between looks at the record file (it has no file descriptor to wait on)
+
+    def __init__(self, node: "LabNode", port: int, record: Path) -> None:
+        self.node = node
+        self.port = port
+        self.record = record
+        self.where = f"{node.name} udp [::]:{port} (the echo server's record)"
+        self.opened = time.monotonic()
+        self.arrived = []
+        self._claimed = set()
+        self._offset = 0
+
+    def _read_available(self) -> None:
+        try:
+            with self.record.open("rb") as handle:
+                handle.seek(self._offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return
+        complete = data[: data.rfind(b"\n") + 1]  # a line being written is read next time
+        self._offset += len(complete)
+        for line in complete.splitlines():
+            entry = json.loads(line)
+            if entry["port"] == self.port:
+                payload = bytes.fromhex(entry["payload"])
+                self.arrived.append(Arrival(_normalize(entry["src"]), entry["sport"], payload, entry["time"]))
+
+    def _wait(self, remaining: float) -> None:
+        time.sleep(min(remaining, self.POLL))
 
 
 @dataclass
@@ -340,4 +380,4 @@ def expect(node: "LabNode", port: int, *, address: str | None = None) -> Inbox:
     return Inbox(node, port, address)
 
 
-__all__ = ["ANY", "Arrival", "DatagramExpectation", "Inbox", "SourcePattern", "expect"]
+__all__ = ["ANY", "Arrival", "DatagramExpectation", "EchoRecord", "Inbox", "SourcePattern", "expect"]

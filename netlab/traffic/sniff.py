@@ -3,7 +3,8 @@
 One AF_PACKET socket made inside the node's namespace sees every interface there, both directions, so it
 records from the moment it exists (no tcpdump process to wait for). Only the headers are decoded here:
 Ethernet, IPv4 or IPv6 (with a fragment header), UDP. A non-first fragment has no UDP header: it is
-reported as a fragment without ports.
+reported as a fragment without ports. Datagrams are counted, not packets: a fragmented datagram counts
+once, at its last fragment (the one without the more-fragments flag).
 """
 
 import ipaddress
@@ -39,6 +40,7 @@ class Seen:
     fragment: bool
     payload: bytes
     time: float
+    more_fragments: bool = False  # a fragment that is not the datagram's last: not counted as a datagram
 
     def line(self) -> str:
         """One human-readable line."""
@@ -71,25 +73,27 @@ def decode(frame: bytes, interface: str, direction: str, now: float) -> Seen | N
         flags_offset = struct.unpack_from("!H", packet, 6)[0]
         fragment = bool(flags_offset & 0x3FFF)
         first = flags_offset & 0x1FFF == 0
+        more = bool(flags_offset & 0x2000)
         src, dst = str(ipaddress.IPv4Address(packet[12:16])), str(ipaddress.IPv4Address(packet[16:20]))
         udp = packet[header:]
     elif ethertype == ETHERTYPE_IPV6 and len(packet) >= 40:
         src, dst = str(ipaddress.IPv6Address(packet[8:24])), str(ipaddress.IPv6Address(packet[24:40]))
-        following, udp, first = packet[6], packet[40:], True
+        following, udp, first, more = packet[6], packet[40:], True, False
         if following == IPV6_FRAGMENT and len(udp) >= 8:
             fragment = True
-            first = struct.unpack_from("!H", udp, 2)[0] & 0xFFF8 == 0
+            offset_flags = struct.unpack_from("!H", udp, 2)[0]
+            first, more = offset_flags & 0xFFF8 == 0, bool(offset_flags & 1)
             following, udp = udp[0], udp[8:]
         if following != PROTO_UDP:
             return None
     else:
         return None
     if not first:
-        return Seen(interface, direction, src, dst, None, None, None, True, b"", now)
+        return Seen(interface, direction, src, dst, None, None, None, True, b"", now, more)
     if len(udp) < 8:
         return None
     sport, dport, length = struct.unpack_from("!HHH", udp)
-    return Seen(interface, direction, src, dst, sport, dport, length - 8, fragment, bytes(udp[8:]), now)
+    return Seen(interface, direction, src, dst, sport, dport, length - 8, fragment, bytes(udp[8:]), now, more)
 
 
 class Sniffer:
@@ -108,12 +112,13 @@ class Sniffer:
         self.close()
 
     def datagrams(self, count: int | None = None, timeout: float | None = None) -> Iterator[Seen]:
-        """Yield what is seen until `count` datagrams were yielded or `timeout` seconds passed (or ever)."""
+        """Yield every packet seen (fragments too) until `count` whole datagrams were seen (a fragmented
+        one counts at its last fragment) or `timeout` seconds passed (or ever)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        yielded = 0
+        counted = 0
         with selectors.DefaultSelector() as selector:
             selector.register(self.sock, selectors.EVENT_READ)
-            while count is None or yielded < count:
+            while count is None or counted < count:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return
@@ -126,7 +131,7 @@ class Sniffer:
                 direction = "out" if packet_type == PACKET_OUTGOING else "in"
                 seen = decode(frame, interface, direction, time.time())
                 if seen is not None:
-                    yielded += 1
+                    counted += not seen.more_fragments
                     yield seen
 
 
