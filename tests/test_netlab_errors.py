@@ -192,8 +192,8 @@ def test_each_error_kind_has_its_documented_exit_code(error: NetlabError, code: 
 
 
 def test_an_unknown_bench_contender_is_a_usage_error_before_any_lab() -> None:
-    with pytest.raises(UsageError, match="unknown contender 'nginx': expected one of"):
-        run_bench(Settings(contenders=["nginx"]))
+    with pytest.raises(UsageError, match="unknown contender 'nginxx': expected one of"):
+        run_bench(Settings(contenders=["nginxx"]))
 
 
 def test_a_file_that_is_not_a_pcap_is_a_netlab_error_naming_it(tmp_path: Path) -> None:

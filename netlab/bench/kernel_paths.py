@@ -218,7 +218,6 @@ class KernelPaths:
             "size": self.payload,
             "duration": duration,
             "cpu": 0,
-            "checksum": True,
         }
         output = self.bench.sender.check(
             [sys.executable, "-m", "netlab.programs.blaster", json.dumps(options)],

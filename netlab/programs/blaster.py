@@ -2,7 +2,9 @@
 
 It sends prebuilt IPv4/UDP packets through one raw socket with sendmmsg, rotating the source port over
 `flows` flows so flows interleave as real clients do, flat out or paced to a rate, for a duration or a
-count of datagrams, and prints a JSON summary (sent, seconds, cpu).
+count of datagrams, and prints a JSON summary (sent, seconds, cpu). With `proxy_v2` every datagram starts
+with a PROXY protocol v2 header naming its own source, as a load balancer in front of go-mmproxy (or of a
+forwarder reading PROXY v2) would send it.
 Usage: python -m netlab.programs.blaster '<json options>'
 """
 
@@ -17,6 +19,9 @@ from dataclasses import dataclass
 from netlab.programs.mmsg import Batch, sockaddr_in
 
 BATCH = 512
+PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+PROXY_V2_PROXY_COMMAND = 0x21  # version 2, command PROXY
+PROXY_V2_INET_DGRAM = 0x12  # AF_INET over SOCK_DGRAM
 
 
 @dataclass
@@ -33,29 +38,30 @@ class BlastOptions:
     duration: float = 1.0
     cpu: int | None = None
     count: int = 0  # stop after this many datagrams (or at `duration`, whichever comes first); 0: no limit
-    checksum: bool = False  # a real UDP checksum (as clients send; GRO never coalesces zero checksums)
+    proxy_v2: bool = False  # prefix each payload with a PROXY v2 header naming src:sport -> dst:dport
 
 
 def internet_checksum(data: bytes) -> int:
-    """The RFC 1071 one's complement sum of `data`, complemented."""
+    """The ones' complement sum of RFC 1071 over `data` (padded to even length), complemented."""
     if len(data) % 2:
         data += b"\0"
     total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
+    while total > 0xFFFF:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
 
 
-def udp_packet(
-    src: str, dst: str, sport: int, dport: int, payload: bytes, *, checksum: bool = False
-) -> bytes:
-    """An IPv4+UDP packet for an IP_HDRINCL raw socket (the kernel fills in the IP checksum and id;
-    a zero UDP checksum means "none" over IPv4, else it is computed as a client's stack would)."""
-    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
-    if checksum:
-        pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 17, len(udp))
-        value = internet_checksum(pseudo + udp) or 0xFFFF  # 0 would mean "no checksum"
-        udp = udp[:6] + struct.pack("!H", value) + udp[8:]
+def udp_packet(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
+    """An IPv4+UDP packet for an IP_HDRINCL raw socket (the kernel fills in the IP checksum and id).
+
+    The UDP checksum is computed, as a real client's stack does: a zero ("none") checksum would be turned
+    into a wrong one by nftables rewriting the ports (the benchmark's kernel echo does), and is rare."""
+    length = 8 + len(payload)
+    pseudo = (
+        socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, socket.IPPROTO_UDP, length)
+    )
+    checksum = internet_checksum(pseudo + struct.pack("!HHHH", sport, dport, length, 0) + payload) or 0xFFFF
+    udp = struct.pack("!HHHH", sport, dport, length, checksum) + payload
     ip = struct.pack(
         "!BBHHHBBH4s4s",
         0x45,
@@ -72,21 +78,30 @@ def udp_packet(
     return ip + udp
 
 
+def proxy_v2_header(src: str, sport: int, dst: str, dport: int) -> bytes:
+    """A PROXY protocol v2 header (28 bytes) saying the datagram comes from src:sport and was sent to
+    dst:dport (IPv4, UDP); the proxy strips it and presents src:sport to its backend."""
+    addresses = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!HH", sport, dport)
+    fixed = struct.pack("!BBH", PROXY_V2_PROXY_COMMAND, PROXY_V2_INET_DGRAM, len(addresses))
+    return PROXY_V2_SIGNATURE + fixed + addresses
+
+
+def flow_payload(options: BlastOptions, sport: int, payload: bytes) -> bytes:
+    """What one flow's datagrams carry: the payload, behind a PROXY v2 header when asked for."""
+    if not options.proxy_v2:
+        return payload
+    return proxy_v2_header(options.src, sport, options.dst, options.dport) + payload
+
+
 def blast(options: BlastOptions) -> dict[str, float]:
     """Send until `duration` has passed; return counts and the CPU time the sender used."""
     if options.cpu is not None:
         os.sched_setaffinity(0, {options.cpu})
     payload = bytes(options.size)
+    ports = [options.first_port + index % options.flows for index in range(max(BATCH, options.flows))]
     packets = [
-        udp_packet(
-            options.src,
-            options.dst,
-            options.first_port + index % options.flows,
-            options.dport,
-            payload,
-            checksum=options.checksum,
-        )
-        for index in range(max(BATCH, options.flows) if options.flows > 1 else BATCH)
+        udp_packet(options.src, options.dst, port, options.dport, flow_payload(options, port, payload))
+        for port in ports
     ]
     batches = [
         Batch(packets[start : start + BATCH], sockaddr_in(options.dst, 0))
