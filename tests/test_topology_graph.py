@@ -33,9 +33,9 @@ def drawing(name: str) -> str:
 
 def drawing_problems(topology: Topology, text: str) -> list[str]:
     """What a drawing says that the topology does not have, or leaves out: every node must be named, every
-    interface address (of veth ends and of devices such as bridges) written; every address or network written must be an interface address, a link's
-    network, a route's destination or a spoofed range (an example source from one, say), and an address
-    on a link's network must be an interface's."""
+    interface address (of veth ends and of devices such as bridges) written; every address or network
+    written must be an interface address, a link's network, a route's destination or a spoofed range (an
+    example source from one, say), and an address on a link's network must be an interface's."""
     problems = [f"node {node!r} is not drawn" for node in topology.nodes if not _named(node, text)]
     interfaces = {
         ipaddress.ip_interface(address)
