@@ -151,6 +151,7 @@ CONTENDERS = {
         Contender("kernel-dnat", kernel_dnat, userspace=False, relays_replies=True),
         Contender("per-datagram", per_datagram_reference),
         Contender("forwarder", forwarder_with()),
+        Contender("forwarder-gso", forwarder_with("--gso")),
         Contender("forwarder-single", forwarder_with("--receive", "single")),
         Contender(
             "nginx",

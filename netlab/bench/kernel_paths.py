@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from netlab.bench.lab import BACKEND_ADDRESS, HOST_ADDRESS, PORT, SENDER_ADDRESS, BenchLab
+from netlab.bench.lab import BACKEND_ADDRESS, HOST_ADDRESS, PORT, SENDER_ADDRESS, BenchLab, Case
 from netlab.lab.lab import Lab
 from netlab.lab.nft import counter_values
 from netlab.lab.offload import set_features
@@ -145,7 +145,7 @@ class KernelPaths:
         with self.features("to-backend", {"tx-udp-segmentation": not strategy.segment_on_host}):
             packets0, octets0 = self.counter()
             output = self.bench.host.check(self._program(options), timeout=duration + 60, label="send-paths")
-            self.bench.settle()
+            self.bench.settle(Case(self.payload, 1))  # forward-only: the backend counter
             packets1, octets1 = self.counter()
         result = json.loads(output.strip().splitlines()[-1])
         packets = packets1 - packets0
@@ -185,7 +185,7 @@ class KernelPaths:
                 packets0, octets0 = self.counter()
                 blast = self.blast(duration)
                 process.wait(duration + 30)
-                self.bench.settle()
+                self.bench.settle(Case(self.payload, 1))  # forward-only: the backend counter
                 packets1, octets1 = self.counter()
             finally:
                 if setup.threaded:
