@@ -14,6 +14,8 @@ import socket
 from collections.abc import Callable
 from typing import NamedTuple
 
+from forwarder.core import sockaddr_bytes
+
 BATCH = 64
 MSG_DONTWAIT = 0x40
 MSG_TRUNC = socket.MSG_TRUNC
@@ -55,17 +57,6 @@ class Slot(NamedTuple):
     flags: int
     name: int
     data: int
-
-
-def decode_sockaddr(raw: bytes | memoryview) -> tuple[str, int] | tuple[str, int, int, int]:
-    """A raw struct sockaddr_in / sockaddr_in6 as the tuple the socket module would give."""
-    family = int.from_bytes(raw[0:2], "little")
-    port = int.from_bytes(raw[2:4], "big")
-    if family == socket.AF_INET:
-        return (socket.inet_ntop(socket.AF_INET, raw[4:8]), port)
-    flowinfo = int.from_bytes(raw[4:8], "big")
-    scope = int.from_bytes(raw[24:28], "little")
-    return (socket.inet_ntop(socket.AF_INET6, raw[8:24]), port, flowinfo, scope)
 
 
 class BatchReceiver:
@@ -132,20 +123,6 @@ class BatchReceiver:
             raise OSError(error, os.strerror(error))
         self._used = count
         return count
-
-
-def sockaddr_bytes(family: socket.AddressFamily, address: tuple[str, int]) -> bytes:
-    """The struct sockaddr_in / sockaddr_in6 for (address, port)."""
-    port = address[1].to_bytes(2, "big")
-    if family == socket.AF_INET:
-        return (
-            socket.AF_INET.to_bytes(2, "little")
-            + port
-            + socket.inet_pton(socket.AF_INET, address[0])
-            + bytes(8)
-        )
-    packed = socket.inet_pton(socket.AF_INET6, address[0])
-    return socket.AF_INET6.to_bytes(2, "little") + port + bytes(4) + packed + bytes(4)
 
 
 class BatchSender:

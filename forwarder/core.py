@@ -24,6 +24,9 @@ class DropReason(enum.Enum):
     LOCAL_SOURCE = "local-source"
     ZERO_PORT = "zero-port"
     LINK_LOCAL_SOURCE = "link-local-source"
+    UNSPECIFIED_SOURCE = "unspecified-source"
+    BROADCAST_SOURCE = "broadcast-source"
+    MULTICAST_SOURCE = "multicast-source"
     SEND_ERROR = "send-error"
     RECEIVE_ERROR = "receive-error"
 
@@ -48,13 +51,21 @@ def plain_address(host: str) -> Address:
     return address
 
 
+LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
 def presentable_source(
-    client: SockAddr, destination_family: socket.AddressFamily
+    client: SockAddr,
+    destination_family: socket.AddressFamily,
+    is_broadcast: Callable[[str], bool] | None = None,
 ) -> tuple[str, int] | DropReason:
     """The (address, port) to bind to so the backend sees `client`, or why that cannot be done.
 
     A v4-mapped IPv6 client (from a dual-stack listener) is presented as plain IPv4 to an IPv4 backend.
-    Source port 0 is legal on the wire but cannot be bound (the kernel would pick another port).
+    Source port 0 is legal on the wire but cannot be bound (the kernel would pick another port). The
+    unspecified address, broadcast and multicast addresses can be bound, but then the kernel picks the
+    source (the host's own address): they are dropped before any bind. `is_broadcast` tells whether an IPv4
+    address is the directed broadcast of one of the host's subnets (the limited broadcast always is).
     """
     if int(client[1]) == 0:
         return DropReason.ZERO_PORT
@@ -62,11 +73,47 @@ def presentable_source(
     wanted = 4 if destination_family == socket.AF_INET else 6
     if address.version != wanted:
         return DropReason.FAMILY_MISMATCH
+    if address.is_unspecified:
+        return DropReason.UNSPECIFIED_SOURCE
+    if address.is_multicast:
+        return DropReason.MULTICAST_SOURCE
+    if address == LIMITED_BROADCAST or (address.version == 4 and is_broadcast and is_broadcast(str(address))):
+        return DropReason.BROADCAST_SOURCE
     if address.is_loopback:
         return DropReason.LOOPBACK_SOURCE
     if address.version == 6 and address.is_link_local:  # valid on the client's link only, not the backend's
         return DropReason.LINK_LOCAL_SOURCE
     return (str(address), int(client[1]))
+
+
+def decode_sockaddr(raw: bytes | memoryview) -> SockAddr:
+    """A raw struct sockaddr_in / sockaddr_in6 (as recvmmsg writes it) as the tuple the socket module
+    would give."""
+    family = int.from_bytes(raw[0:2], "little")
+    port = int.from_bytes(raw[2:4], "big")
+    if family == socket.AF_INET:
+        return (socket.inet_ntop(socket.AF_INET, raw[4:8]), port)
+    flowinfo = int.from_bytes(raw[4:8], "big")
+    scope = int.from_bytes(raw[24:28], "little")
+    return (socket.inet_ntop(socket.AF_INET6, raw[8:24]), port, flowinfo, scope)
+
+
+def sockaddr_bytes(family: socket.AddressFamily, address: SockAddr) -> bytes:
+    """The struct sockaddr_in / sockaddr_in6 for a socket-module address tuple: the inverse of
+    decode_sockaddr (flow info and scope id included when given)."""
+    port = int(address[1]).to_bytes(2, "big")
+    host = str(address[0]).partition("%")[0]
+    if family == socket.AF_INET:
+        return socket.AF_INET.to_bytes(2, "little") + port + socket.inet_pton(socket.AF_INET, host) + bytes(8)
+    flowinfo = int(address[2]) if len(address) > 2 else 0
+    scope = int(address[3]) if len(address) > 3 else 0
+    return (
+        socket.AF_INET6.to_bytes(2, "little")
+        + port
+        + flowinfo.to_bytes(4, "big")
+        + socket.inet_pton(socket.AF_INET6, host)
+        + scope.to_bytes(4, "little")
+    )
 
 
 def served_families(
@@ -116,15 +163,20 @@ def drop_key(reason: DropReason, detail: str = "") -> str:
 
 @dataclass(slots=True)
 class Counters:
-    """Forwarded datagrams and drops by reason (and errno): this interval's, and the totals since start."""
+    """Forwarded datagrams and drops by reason (and errno): this interval's, and the totals of the intervals
+    before it. This is the one home of the counts: STATUS= and the metrics file both read them here."""
 
     forwarded: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     total_forwarded: int = 0
-    total_dropped: int = 0
+    total_dropped: Counter[str] = field(default_factory=Counter)
 
     def drop(self, reason: DropReason, detail: str = "") -> None:
         self.dropped[drop_key(reason, detail)] += 1
+
+    def since_start(self) -> tuple[int, Counter[str]]:
+        """Forwarded and dropped (by reason) since start, this interval included."""
+        return self.total_forwarded + self.forwarded, self.total_dropped + self.dropped
 
     def summary(self, seconds: float, flows: int | None = None) -> str:
         """The STATUS= line: this interval's forwarded count and drops by reason, then the totals."""
@@ -134,7 +186,7 @@ class Counters:
             text += " (" + ", ".join(f"{key} {count}" for key, count in sorted(self.dropped.items())) + ")"
         text += (
             f"; since start {self.total_forwarded + self.forwarded} forwarded,"
-            f" {self.total_dropped + dropped} dropped"
+            f" {sum(self.total_dropped.values()) + dropped} dropped"
         )
         if flows is not None:
             text += f"; {flows} flows"
@@ -143,7 +195,7 @@ class Counters:
     def reset(self) -> None:
         """Start a new interval, keeping the totals."""
         self.total_forwarded += self.forwarded
-        self.total_dropped += sum(self.dropped.values())
+        self.total_dropped.update(self.dropped)
         self.forwarded = 0
         self.dropped.clear()
 
@@ -152,22 +204,28 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
-class _Entry(Generic[V]):
-    __slots__ = ("last_used", "referenced", "value")
+class Entry:
+    """What a FlowTable holds: anything with these two fields (a flow subclasses it)."""
 
-    def __init__(self, value: V, now: float) -> None:
-        self.value = value
-        self.last_used = now
+    __slots__ = ("last_used", "referenced")
+
+    def __init__(self) -> None:
+        self.last_used = 0.0
         self.referenced = False  # used since it was inserted or last given a second chance
 
 
-class FlowTable(Generic[K, V]):
+E = TypeVar("E", bound=Entry)
+
+
+class FlowTable(Generic[K, E]):
     """A bounded map of flows with second-chance (CLOCK) eviction, an approximation of LRU, and an idle
     timeout.
 
     A hit is one dict lookup plus two attribute stores, instead of reordering on every hit. When full, the
     oldest-inserted entry is evicted unless it was referenced since it was inserted or last spared, in
     which case it is spared once: its bit is cleared, it moves to the back, and the next one is considered.
+    `lookup` is that dict lookup itself (the dict's own get, no call of ours): a caller on a hot path may use
+    it and mark a hit as `get` does, `entry.last_used = now; entry.referenced = True`.
     """
 
     def __init__(self, capacity: int, idle_timeout: float) -> None:
@@ -175,7 +233,8 @@ class FlowTable(Generic[K, V]):
             raise ValueError(f"capacity {capacity!r} must be at least 1")
         self.capacity = capacity
         self.idle_timeout = idle_timeout
-        self._entries: dict[K, _Entry[V]] = {}
+        self._entries: dict[K, E] = {}
+        self.lookup: Callable[[K], E | None] = self._entries.get
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -183,18 +242,19 @@ class FlowTable(Generic[K, V]):
     def __contains__(self, key: object) -> bool:
         return key in self._entries
 
-    def get(self, key: K, now: float) -> V | None:
-        """The value for `key`, marked as used at `now`, or None."""
+    def get(self, key: K, now: float) -> E | None:
+        """The entry for `key`, marked as used at `now`, or None."""
         entry = self._entries.get(key)
         if entry is None:
             return None
         entry.last_used = now
         entry.referenced = True
-        return entry.value
+        return entry
 
-    def add(self, key: K, value: V, now: float) -> list[V]:
-        """Insert `key` (not present); return the values evicted to make room, for the caller to close."""
-        evicted: list[V] = []
+    def add(self, key: K, entry: E, now: float) -> list[E]:
+        """Insert `entry` as used at `now` under `key` (not present); return the entries evicted to make
+        room, for the caller to close."""
+        evicted: list[E] = []
         entries = self._entries
         while len(entries) >= self.capacity:
             oldest_key = next(iter(entries))
@@ -203,25 +263,30 @@ class FlowTable(Generic[K, V]):
                 oldest.referenced = False  # second chance
                 entries[oldest_key] = oldest
             else:
-                evicted.append(oldest.value)
-        entries[key] = _Entry(value, now)
+                evicted.append(oldest)
+        entry.last_used = now
+        entry.referenced = False
+        entries[key] = entry
         return evicted
 
-    def remove(self, key: K) -> V | None:
-        entry = self._entries.pop(key, None)
-        return None if entry is None else entry.value
+    def remove(self, key: K) -> E | None:
+        return self._entries.pop(key, None)
 
-    def expire(self, now: float) -> list[V]:
-        """Remove and return the values idle for longer than the idle timeout."""
+    def expire(self, now: float) -> list[E]:
+        """Remove and return the entries idle for longer than the idle timeout."""
         limit = now - self.idle_timeout
         stale = [key for key, entry in self._entries.items() if entry.last_used < limit]
-        return [self._entries.pop(key).value for key in stale]
+        return [self._entries.pop(key) for key in stale]
 
-    def clear(self) -> list[V]:
-        """Remove and return every value."""
-        values = [entry.value for entry in self._entries.values()]
+    def clear(self) -> list[E]:
+        """Remove and return every entry."""
+        entries = list(self._entries.values())
         self._entries.clear()
-        return values
+        return entries
+
+    def values(self) -> list[E]:
+        """The entries, oldest inserted first (a snapshot: the table may change while iterating)."""
+        return list(self._entries.values())
 
     def __iter__(self) -> Iterator[K]:
         """The keys, oldest inserted first (a snapshot: the table may change while iterating)."""

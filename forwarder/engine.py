@@ -1,6 +1,7 @@
-"""The socket loop: receive on the listening sockets into one preallocated buffer, hand each datagram to
-the Sender, count the outcome, and keep the service manager informed (READY, STATUS, WATCHDOG, STOPPING).
-Decisions come from forwarder.core; sending as the client is forwarder.sender's job.
+"""The socket loop around the forwarding machine: a receive strategy drains each listening socket and asks
+the machine what to do with every datagram; the engine does it (opens and closes flow sockets, sends, logs
+drops, rate-limited) and reports back; it keeps the service manager informed (READY, STATUS, WATCHDOG,
+STOPPING). Every decision and every count is the machine's (forwarder.machine).
 """
 
 import errno
@@ -10,32 +11,59 @@ import signal
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from forwarder import receive
 from forwarder.activation import ListeningSocket
-from forwarder.batch import MSG_TRUNC, NAME_LENGTH, BatchReceiver, BatchSender, decode_sockaddr
-from forwarder.core import Counters, DropReason, drop_key
+from forwarder.batch import BATCH
+from forwarder.core import Counters, decode_sockaddr
 from forwarder.destination import Destination
 from forwarder.logs import RepeatSummary
+from forwarder.machine import (
+    Action,
+    CloseFlows,
+    Drop,
+    Flow,
+    ForwardingMachine,
+    OpenFlow,
+    Path,
+    SendOnce,
+)
 from forwarder.metrics import MetricsFile
 from forwarder.notify import Notifier
-from forwarder.sender import Sender, errno_name
+from forwarder.sender import open_flow_socket, open_once_socket
 
 # Larger than any UDP payload (65507 B over IPv4, 65527 B over IPv6), so MSG_TRUNC means "not UDP-sized".
 RECEIVE_BUFFER = 65536
-# A socket is drained until EAGAIN, but at most this many datagrams at a time, so that under a flood the
-# other sockets, STATUS= and WATCHDOG=1 still get their turn (the selector reports the socket again).
-MAX_BATCH = 4096
+# The longest single wait of the selector: epoll_wait takes int milliseconds (about 24.8 days at most), and
+# a longer interval (--stats-interval 3e6) raised OverflowError. Waking once an hour costs nothing.
+MAX_WAIT = 3600.0
 
 log = logging.getLogger("forwarder")
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Datagrams arriving on `listener` go to `destination`."""
+    """Datagrams arriving on `listener` go to `destination`; `path` is how the machine knows the pair."""
 
     listener: ListeningSocket
     destination: Destination
+    path: Path = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.listener.label, self.destination))
+
+
+class _Client:
+    """A drop's client for the log line, decoded only if the line is written."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes | None) -> None:
+        self.raw = raw
+
+    def __str__(self) -> str:
+        return "?" if self.raw is None else str(decode_sockaddr(self.raw))
 
 
 class Engine:
@@ -45,159 +73,90 @@ class Engine:
         self,
         routes: Sequence[Route],
         notifier: Notifier,
-        sender: Sender,
+        machine: ForwardingMachine | None = None,
         *,
+        receive_strategy: str = "batch",
+        batch: int = BATCH,
+        buffer_size: int = RECEIVE_BUFFER,
         stats_interval: float = 10.0,
         watchdog_interval: float | None = None,
-        buffer_size: int = RECEIVE_BUFFER,
-        receiver: BatchReceiver | None = None,
         metrics: MetricsFile | None = None,
     ) -> None:
         self.routes = list(routes)
         self.notifier = notifier
-        self.sender = sender
+        self.machine = machine if machine is not None else ForwardingMachine()
         self.stats_interval = stats_interval
         self.watchdog_interval = watchdog_interval
-        self.counters = Counters()
         self.repeats = RepeatSummary(log)
-        self._view = memoryview(bytearray(buffer_size))
-        self.receiver = receiver
-        self.batch_sender = BatchSender.create(receiver) if receiver is not None else None
-        self.drain = self.drain_batch if receiver is not None else self.drain_single
+        self.strategy = receive.create(receive_strategy, self, batch, buffer_size)
         self.metrics = metrics
         self._stopping = False
 
-    def _drop(self, reason: DropReason, detail: str, client: object, route: Route) -> None:
-        self.counters.drop(reason, detail)
-        key = drop_key(reason, detail)
+    @property
+    def counters(self) -> Counters:
+        return self.machine.counters
+
+    def drain(self, route: Route) -> None:
+        """Handle what is queued on `route`'s listening socket (up to receive.MAX_BATCH datagrams)."""
+        self.strategy.drain(route, time.monotonic())
+
+    # --- executing the machine's actions ----------------------------------------------------------------
+
+    def execute(self, route: Route, action: Action, payload: memoryview) -> None:
+        """Do what the machine said for one datagram, and report how it went."""
+        kind = action.__class__
+        if kind is Flow:
+            self.send(action, payload)  # type: ignore[arg-type]
+        elif kind is OpenFlow:
+            self._open_and_send(action.flow, payload)  # type: ignore[union-attr]
+        elif kind is SendOnce:
+            self._send_once(action, payload)  # type: ignore[arg-type]
+        else:
+            self.log_drop(action)  # type: ignore[arg-type]
+
+    def send(self, flow: Flow, payload: memoryview) -> None:
+        """The one place a datagram is sent on a flow's socket (runs of several leave by sendmmsg)."""
+        try:
+            flow.handle.sendto(payload, flow.path.target)  # type: ignore[union-attr]
+        except OSError as error:
+            self.log_drop(self.machine.send_failed(flow.path, flow.client, error.errno or errno.EIO))
+
+    def _open_and_send(self, flow: Flow, payload: memoryview) -> None:
+        try:
+            sock = open_flow_socket(flow.source, flow.path.destination.family)
+        except OSError as error:
+            self.log_drop(self.machine.open_failed(flow, error.errno or errno.EIO))
+            return
+        evicted = self.machine.flow_opened(flow, sock)
+        if evicted is not None:
+            self.close_flows(evicted)
+        self.send(flow, payload)
+
+    def _send_once(self, action: SendOnce, payload: memoryview) -> None:
+        try:
+            with open_once_socket(action.source, action.path.destination.family) as sock:
+                sock.sendto(payload, action.path.target)
+        except OSError as error:
+            self.log_drop(self.machine.send_once_failed(action, error.errno or errno.EIO))
+
+    def close_flows(self, action: CloseFlows) -> None:
+        """Close the sockets of flows the machine let go."""
+        for flow in action.flows:
+            if flow.handle is not None:
+                flow.handle.close()
+
+    def log_drop(self, drop: Drop) -> None:
+        """Log a drop the machine counted: the first of its kind in an interval at once, the rest summed."""
         self.repeats.report(
-            key,
+            drop.key,
             "dropped datagram (%s) from %s on %s to %s",
-            key,
-            client,
-            route.listener.name,
-            route.destination,
+            drop.key,
+            _Client(drop.client),
+            drop.path.name,
+            drop.path.destination,
         )
 
-    def drain_single(self, route: Route) -> None:
-        """Receive (one datagram per call) and forward until the socket would block, or MAX_BATCH."""
-        sock = route.listener.sock
-        view = self._view
-        buffers = [view]
-        destination = route.destination
-        send = self.sender.send
-        counters = self.counters
-        now = time.monotonic()
-        for _ in range(MAX_BATCH):
-            try:
-                size, _, flags, client = sock.recvmsg_into(buffers)
-            except BlockingIOError:
-                return
-            except OSError as error:
-                name = errno.errorcode.get(error.errno or 0, str(error.errno))
-                self._drop(DropReason.RECEIVE_ERROR, name, "?", route)
-                return
-            if flags & socket.MSG_TRUNC:
-                self._drop(DropReason.TRUNCATED, "", client, route)
-                continue
-            outcome = send(view[:size], client, destination, now)
-            if outcome is None:
-                counters.forwarded += 1
-            else:
-                self._drop(outcome[0], outcome[1], client, route)
-
-    def drain_batch(self, route: Route) -> None:
-        """Receive with recvmmsg and forward until the socket would block, or MAX_BATCH datagrams.
-
-        This is the hot path. A datagram whose flow is open costs a flow-key lookup; consecutive datagrams
-        of one flow leave in one sendmmsg (a lone one with sendto). New flows, drops and errors
-        go through the Sender and _drop as on the slow path.
-        """
-        receiver = self.receiver
-        assert receiver is not None
-        fd = route.listener.sock.fileno()
-        name_length = NAME_LENGTH[route.listener.family]
-        destination = route.destination
-        target = destination.sockaddr
-        flow = self.sender.flows.get
-        send_raw = self.sender.send_raw
-        u32, data, names, slots = receiver.u32, receiver.view, receiver.name_view, receiver.slots
-        if self.batch_sender is not None:
-            self.batch_sender.aim(destination.family, target)
-        now = time.monotonic()
-        handled = 0
-        while handled < MAX_BATCH:
-            try:
-                count = receiver.receive(fd)
-            except OSError as error:
-                self._drop(DropReason.RECEIVE_ERROR, errno_name(error), "?", route)
-                return
-            # A run: consecutive datagrams (run_first, run_first + run_length) of the flow socket run_sock.
-            run_sock: socket.socket | None = None
-            run_first = run_length = 0
-            for index, (length, flags, name, offset) in enumerate(slots[:count]):
-                if u32[flags] & MSG_TRUNC:
-                    self._drop(
-                        DropReason.TRUNCATED, "", decode_sockaddr(names[name : name + name_length]), route
-                    )
-                    continue
-                raw = bytes(names[name : name + name_length])
-                sock = flow((target, raw), now)
-                # A run covers consecutive slots only: a slot dropped in between ends it, so a run can never
-                # stretch over a datagram of another client.
-                if sock is not None and sock is run_sock and index == run_first + run_length:
-                    run_length += 1
-                    continue
-                if run_sock is not None:
-                    self._send_run(route, run_sock, run_first, run_length)
-                    run_sock = None
-                if sock is not None:
-                    run_sock, run_first, run_length = sock, index, 1
-                    continue
-                # A new flow; opening it may evict (close) others, so no run is pending here.
-                outcome = send_raw(data[offset : offset + u32[length]], raw, destination, now)
-                if outcome is None:
-                    self.counters.forwarded += 1
-                else:
-                    self._drop(outcome[0], outcome[1], decode_sockaddr(raw), route)
-            if run_sock is not None:
-                self._send_run(route, run_sock, run_first, run_length)
-            handled += count
-            if count < receiver.batch:
-                return
-
-    def _send_run(self, route: Route, sock: socket.socket, first: int, length: int) -> None:
-        """Send received datagrams first..first+length-1 (one open flow); count or drop each one."""
-        receiver = self.receiver
-        assert receiver is not None
-        batch_sender = self.batch_sender
-        while length:
-            if length == 1 or batch_sender is None:
-                slot = receiver.slots[first]
-                try:
-                    sock.sendto(
-                        receiver.view[slot.data : slot.data + receiver.u32[slot.length]],
-                        route.destination.sockaddr,
-                    )
-                except OSError as error:
-                    self._drop_slot(route, first, errno_name(error))
-                else:
-                    self.counters.forwarded += 1
-                first, length = first + 1, length - 1
-                continue
-            sent, error_number = batch_sender.send_run(sock.fileno(), first, length)
-            self.counters.forwarded += sent
-            first, length = first + sent, length - sent
-            if error_number:
-                self._drop_slot(route, first, errno_name(OSError(error_number, "")))
-                first, length = first + 1, length - 1
-
-    def _drop_slot(self, route: Route, index: int, detail: str) -> None:
-        receiver = self.receiver
-        assert receiver is not None
-        start = receiver.slots[index].name
-        raw = receiver.name_view[start : start + NAME_LENGTH[route.listener.family]]
-        self._drop(DropReason.SEND_ERROR, detail, decode_sockaddr(raw), route)
+    # --- the loop -------------------------------------------------------------------------------------------
 
     def stop(self, *_: object) -> None:
         """Ask the loop to finish (signal handler for SIGTERM and SIGINT)."""
@@ -205,11 +164,22 @@ class Engine:
 
     def report_status(self) -> None:
         """Send this interval's STATUS= line, summarise repeated log lines, start a new interval."""
+        flows = len(self.machine.flows)
         if self.metrics is not None:  # first, so the file is current when STATUS= arrives
-            self.metrics.update(self.counters, len(self.sender.flows))
-        self.notifier.notify(STATUS=self.counters.summary(self.stats_interval, len(self.sender.flows)))
+            self.metrics.write(self.counters, flows)
+        self.notifier.notify(STATUS=self.counters.summary(self.stats_interval, flows))
         self.repeats.flush(self.stats_interval)
         self.counters.reset()
+
+    def expire(self, now: float) -> int:
+        """Close the flows the machine expires at `now`; return how many."""
+        stale = self.machine.expire(now)
+        self.close_flows(stale)
+        return len(stale.flows)
+
+    def close(self) -> None:
+        """Close every flow socket."""
+        self.close_flows(self.machine.close())
 
     def run(self) -> None:
         """Forward until asked to stop; then send STOPPING=1."""
@@ -224,7 +194,9 @@ class Engine:
                 selector.register(route.listener.sock, selectors.EVENT_READ, route)
             selector.register(wake_read, selectors.EVENT_READ, None)
             self.notifier.notify(READY="1", STATUS="Up and running.")
-            log.info("forwarding %s", ", ".join(f"{r.listener.name} -> {r.destination}" for r in self.routes))
+            log.info(
+                "forwarding %s", ", ".join(f"{r.listener.label} -> {r.destination}" for r in self.routes)
+            )
             self._loop(selector, wake_read)
             self.report_status()  # the last, partial interval: its counts and repeated log lines are kept
             self.notifier.notify(STOPPING="1", STATUS="Stopping.")
@@ -235,14 +207,15 @@ class Engine:
                 signal.signal(sig, handler)
             wake_read.close()
             wake_write.close()
-            self.sender.close()
+            self.close()
 
     def _loop(self, selector: selectors.BaseSelector, wake_read: socket.socket) -> None:
         now = time.monotonic()
         next_report = now + self.stats_interval
-        sweep_interval = max(self.sender.flows.idle_timeout / 2, 0.01)
+        sweep_interval = max(self.machine.flows.idle_timeout / 2, 0.01)
         next_sweep = now + sweep_interval
         next_watchdog = now if self.watchdog_interval is not None else float("inf")
+        strategy = self.strategy
         while not self._stopping:
             now = time.monotonic()
             if now >= next_watchdog and self.watchdog_interval is not None:
@@ -252,14 +225,14 @@ class Engine:
                 self.report_status()
                 next_report = now + self.stats_interval
             if now >= next_sweep:
-                self.sender.expire(now)
+                self.expire(now)
                 next_sweep = now + sweep_interval
-            timeout = max(0.0, min(next_report, next_sweep, next_watchdog) - now)
+            timeout = max(0.0, min(next_report - now, next_sweep - now, next_watchdog - now, MAX_WAIT))
             for key, _ in selector.select(timeout):
                 if key.data is None:
                     _empty(wake_read)
                 else:
-                    self.drain(key.data)
+                    strategy.drain(key.data, time.monotonic())
 
 
 def _empty(sock: socket.socket) -> None:

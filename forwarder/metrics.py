@@ -8,7 +8,6 @@ import contextlib
 import logging
 import os
 import socket
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -65,25 +64,19 @@ def listen_label(sockets: Sequence[socket.socket]) -> str:
 
 
 class MetricsFile:
-    """Keeps the totals since start (STATUS= counts per interval) and writes them to `path` when told."""
+    """Writes the machine's counters (totals since start) to `path` when told; keeps no counts itself."""
 
     def __init__(self, path: Path, labels: Mapping[str, str] | None = None) -> None:
         self.path = path
         self.labels = dict(labels or {})
-        self.forwarded = 0
-        self.dropped: Counter[str] = Counter()
         self._failing = False
 
-    def update(self, interval: Counters, flows: int) -> None:
-        """Add an interval's counts (before they are reset) and rewrite the file."""
-        self.forwarded += interval.forwarded
-        self.dropped.update(interval.dropped)
-        self.write(flows)
-
-    def write(self, flows: int) -> None:
+    def write(self, counters: Counters, flows: int) -> None:
+        """Rewrite the file with the totals since start (the current interval included) and open flows."""
+        forwarded, dropped = counters.since_start()
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")  # not *.prom: never collected
         try:
-            temporary.write_text(exposition(self.forwarded, self.dropped, flows, self.labels))
+            temporary.write_text(exposition(forwarded, dropped, flows, self.labels))
             os.replace(temporary, self.path)
         except OSError as error:
             if not self._failing:

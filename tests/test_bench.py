@@ -8,8 +8,11 @@ import json
 
 import pytest
 
-from netlab.bench import Case, Run, Settings, open_flows, run_bench, summarize
-from netlab.blaster import udp_packet
+from netlab.bench.lab import Case, Run
+from netlab.bench.run import Settings, run_bench
+from netlab.bench.stats import summarize
+from netlab.programs.blaster import udp_packet
+from netlab.service.status import open_flows
 
 
 def test_summary_ratios_are_relative_to_kernel_dnat_with_rps_and_to_the_per_datagram_reference() -> None:

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from netlab import netns
-from netlab.demo import run_demo
+from netlab.lab import netns
+from netlab.scenario.demo import run_demo
 
 pytestmark = pytest.mark.privileged
 

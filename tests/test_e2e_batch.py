@@ -11,7 +11,8 @@ import signal
 import pytest
 
 from netlab import Lab, expect, start_forwarder
-from netlab.topologies import seed_deployment
+from netlab.lab.nft import apply_ruleset
+from netlab.topology.shipped import seed_deployment
 
 pytestmark = pytest.mark.privileged
 
@@ -35,9 +36,7 @@ def test_a_refused_datagram_in_the_middle_of_a_run_costs_only_itself(lab: Lab) -
     client.send_fast(src="198.51.100.10", sport=4242, dst="198.51.100.1", dport=27000, payloads=[b"open"])
     backend.datagram(src="198.51.100.10:4242", payload=b"open").arrives(within=5)
     forwarder.wait_ready()
-    rules = lab.workdir / "refuse-x.nft"
-    rules.write_text(REFUSE_X)
-    lab["host"].check(["nft", "-f", str(rules)])
+    apply_ruleset(lab["host"], REFUSE_X)
 
     payloads = [b"ok%02d" % n for n in range(20)] + [b"X"] + [b"ok%02d" % n for n in range(21, 41)]
     os.kill(forwarder.process.pid, signal.SIGSTOP)  # let the burst queue up: it is then read as batches

@@ -7,14 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from forwarder.batch import (
-    MSG_TRUNC,
-    NAME_LENGTH,
-    BatchReceiver,
-    BatchSender,
-    decode_sockaddr,
-    sockaddr_bytes,
-)
+from forwarder.batch import MSG_TRUNC, NAME_LENGTH, BatchReceiver, BatchSender
+from forwarder.core import decode_sockaddr, sockaddr_bytes
 
 
 @pytest.fixture
@@ -148,3 +142,14 @@ def test_a_run_that_fails_reports_the_errno_of_its_first_unsent_datagram(
 def test_sockaddr_bytes_round_trip_through_decode() -> None:
     assert decode_sockaddr(sockaddr_bytes(socket.AF_INET, ("192.0.2.2", 27000))) == ("192.0.2.2", 27000)
     assert decode_sockaddr(sockaddr_bytes(socket.AF_INET6, ("2001:db8::2", 53))) == ("2001:db8::2", 53, 0, 0)
+    scoped = ("fe80::7", 53, 5, 2)  # flow info and scope id survive: the single path's keys match the batch's
+    assert decode_sockaddr(sockaddr_bytes(socket.AF_INET6, scoped)) == scoped
+
+
+def test_the_single_paths_encoding_of_a_received_address_is_the_raw_sockaddr_recvmmsg_writes(
+    receiver: BatchReceiver, v6: socket.socket
+) -> None:
+    client = send_from(socket.AF_INET6, "::1", v6, [b"x"])
+    assert receiver.receive(v6.fileno()) == 1
+    raw = bytes(receiver.name_view[0 : NAME_LENGTH[socket.AF_INET6]])
+    assert sockaddr_bytes(socket.AF_INET6, client) == raw  # type: ignore[arg-type]

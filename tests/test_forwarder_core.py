@@ -8,12 +8,14 @@ import pytest
 from forwarder.core import (
     Counters,
     DropReason,
+    Entry,
     FlowTable,
     duplicates,
     is_loop,
     presentable_source,
     served_families,
 )
+from forwarder.sockets import probe_broadcast
 
 
 def test_ipv4_client_is_presented_as_itself() -> None:
@@ -43,6 +45,60 @@ def test_a_client_with_source_port_zero_is_dropped_because_binding_port_zero_pic
 
 def test_a_link_local_ipv6_client_is_dropped_because_its_address_is_meaningless_off_its_link() -> None:
     assert presentable_source(("fe80::7%eth0", 4242, 0, 2), socket.AF_INET6) is DropReason.LINK_LOCAL_SOURCE
+
+
+@pytest.mark.parametrize(
+    ("client", "family"),
+    [
+        (("0.0.0.0", 4242), socket.AF_INET),
+        (("::ffff:0.0.0.0", 4242, 0, 0), socket.AF_INET),
+        (("::", 4242, 0, 0), socket.AF_INET6),
+    ],
+)
+def test_an_unspecified_client_is_dropped_because_the_kernel_would_pick_the_source(
+    client: tuple[str, int], family: socket.AddressFamily
+) -> None:
+    assert presentable_source(client, family) is DropReason.UNSPECIFIED_SOURCE
+
+
+@pytest.mark.parametrize(
+    ("client", "family"),
+    [
+        (("224.0.0.1", 4242), socket.AF_INET),
+        (("239.1.2.3", 4242), socket.AF_INET),
+        (("ff02::1", 4242, 0, 0), socket.AF_INET6),
+    ],
+)
+def test_a_multicast_client_is_dropped_because_the_kernel_would_pick_the_source(
+    client: tuple[str, int], family: socket.AddressFamily
+) -> None:
+    assert presentable_source(client, family) is DropReason.MULTICAST_SOURCE
+
+
+def test_the_limited_broadcast_client_is_dropped_without_asking_the_host() -> None:
+    assert presentable_source(("255.255.255.255", 4242), socket.AF_INET) is DropReason.BROADCAST_SOURCE
+
+
+def test_a_directed_broadcast_of_a_host_subnet_is_dropped_and_other_addresses_are_presented() -> None:
+    asked: list[str] = []
+
+    def is_broadcast(address: str) -> bool:
+        asked.append(address)
+        return address == "198.51.100.255"
+
+    assert (
+        presentable_source(("198.51.100.255", 53), socket.AF_INET, is_broadcast)
+        is DropReason.BROADCAST_SOURCE
+    )
+    assert presentable_source(("::ffff:198.51.100.255", 53, 0, 0), socket.AF_INET, is_broadcast) is (
+        DropReason.BROADCAST_SOURCE
+    )
+    assert presentable_source(("203.0.113.255", 53), socket.AF_INET, is_broadcast) == ("203.0.113.255", 53)
+    assert presentable_source(("2001:db8::ff", 53, 0, 0), socket.AF_INET6, is_broadcast) == (
+        "2001:db8::ff",
+        53,
+    )
+    assert asked == ["198.51.100.255", "198.51.100.255", "203.0.113.255"]  # IPv6 has no broadcast
 
 
 def test_status_line_counts_forwarded_and_drops_by_reason() -> None:
@@ -101,40 +157,63 @@ def test_local_destination_on_the_port_of_a_wildcard_listener_is_a_loop() -> Non
     assert not is_loop(("192.0.2.1", 53), ("::", 53), frozenset({socket.AF_INET6}), local_is({"192.0.2.1"}))
 
 
-def test_flow_table_hit_returns_the_value_and_misses_return_none() -> None:
-    table: FlowTable[str, int] = FlowTable(4, 30)
-    assert table.add("a", 1, now=0) == []
-    assert table.get("a", now=1) == 1
+class Item(Entry):
+    """A table entry with a name, standing in for a flow."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+
+def names(entries: list[Item]) -> list[str]:
+    return [entry.name for entry in entries]
+
+
+def test_flow_table_hit_returns_the_entry_and_misses_return_none() -> None:
+    table: FlowTable[str, Item] = FlowTable(4, 30)
+    a = Item("A")
+    assert table.add("a", a, now=0) == []
+    assert table.get("a", now=1) is a
     assert table.get("b", now=1) is None
 
 
+def test_flow_table_lookup_is_the_plain_dict_lookup_of_the_hot_path() -> None:
+    table: FlowTable[str, Item] = FlowTable(4, 30)
+    a = Item("A")
+    table.add("a", a, now=0)
+    assert table.lookup("a") is a
+    assert table.lookup("b") is None
+
+
 def test_flow_table_evicts_the_least_recently_used_flow_when_full() -> None:
-    table: FlowTable[str, str] = FlowTable(2, 30)
-    table.add("a", "A", now=0)
-    table.add("b", "B", now=1)
+    table: FlowTable[str, Item] = FlowTable(2, 30)
+    table.add("a", Item("A"), now=0)
+    table.add("b", Item("B"), now=1)
     table.get("a", now=2)  # a is now more recent than b
-    assert table.add("c", "C", now=3) == ["B"]
+    assert names(table.add("c", Item("C"), now=3)) == ["B"]
     assert set(table) == {"a", "c"}
-    assert table.add("d", "D", now=4) == ["A"]  # a's use was before c's insertion
+    assert names(table.add("d", Item("D"), now=4)) == ["A"]  # a's use was before c's insertion
     assert set(table) == {"c", "d"}
 
 
 def test_flow_table_spares_a_flow_hit_in_the_same_instant_it_was_opened() -> None:
     # The engine takes one timestamp per batch: a flow opened and hit within it is in use, not idle.
-    table: FlowTable[str, str] = FlowTable(2, 30)
-    table.add("hot", "H", now=5)
+    table: FlowTable[str, Item] = FlowTable(2, 30)
+    table.add("hot", Item("H"), now=5)
     table.get("hot", now=5)
-    table.add("b", "B", now=5)
-    assert table.add("c", "C", now=5) == ["B"]
+    table.add("b", Item("B"), now=5)
+    assert names(table.add("c", Item("C"), now=5)) == ["B"]
     assert set(table) == {"hot", "c"}
 
 
 def test_flow_table_expires_flows_idle_longer_than_the_timeout() -> None:
-    table: FlowTable[str, str] = FlowTable(8, 10)
-    table.add("old", "O", now=0)
-    table.add("busy", "B", now=0)
+    table: FlowTable[str, Item] = FlowTable(8, 10)
+    table.add("old", Item("O"), now=0)
+    table.add("busy", Item("B"), now=0)
     table.get("busy", now=15)
-    assert table.expire(now=20) == ["O"]
+    assert names(table.expire(now=20)) == ["O"]
     assert list(table) == ["busy"]
 
 
@@ -145,3 +224,10 @@ def test_flow_table_needs_room_for_one_flow() -> None:
 
 def test_duplicates_lists_each_repeated_name_once() -> None:
     assert duplicates(["a", "b", "a", "c", "a", "b"]) == ["a", "b"]
+
+
+def test_the_broadcast_probe_tells_a_subnet_broadcast_from_an_ordinary_address() -> None:
+    # 127.0.0.0/8 on lo has the broadcast route 127.255.255.255 on every Linux host.
+    assert probe_broadcast("127.255.255.255") is True
+    assert probe_broadcast("127.0.0.255") is False
+    assert probe_broadcast("127.0.0.1") is False

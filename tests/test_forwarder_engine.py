@@ -12,31 +12,28 @@ from collections.abc import Iterator
 import pytest
 
 from forwarder.activation import ListeningSocket
-from forwarder.batch import BatchReceiver, decode_sockaddr, sockaddr_bytes
-from forwarder.core import DropReason, SockAddr
+from forwarder.core import DropReason, SockAddr, decode_sockaddr, sockaddr_bytes
 from forwarder.destination import Destination
 from forwarder.engine import Engine, Route
+from forwarder.machine import Action, Drop, Flow, ForwardingMachine, OpenFlow
 from forwarder.notify import Notifier
-from forwarder.sender import FlowKey, Outcome, Sender
 
 
-class RecordingSender(Sender):
-    """A real Sender that also records what the engine handed it."""
+class RecordingEngine(Engine):
+    """A real Engine that also records every datagram its receive strategy handed on: payload, client,
+    and what the machine made of it (a drop's reason, or the kind of send)."""
 
-    def __init__(self) -> None:
-        super().__init__(max_flows=8, idle_timeout=60)
-        self.handed: list[tuple[bytes, SockAddr]] = []
+    handed: list[tuple[bytes, SockAddr, str]]
 
-    def _send(
-        self,
-        payload: memoryview,
-        key: FlowKey,
-        client: SockAddr | bytes,
-        destination: Destination,
-        now: float,
-    ) -> Outcome:
-        self.handed.append((bytes(payload), decode_sockaddr(client) if isinstance(client, bytes) else client))
-        return super()._send(payload, key, client, destination, now)
+    def execute(self, route: Route, action: Action, payload: memoryview) -> None:
+        client = action.flow.client if isinstance(action, OpenFlow) else action.client
+        outcome = action.key if isinstance(action, Drop) else type(action).__name__
+        self.handed.append((bytes(payload), decode_sockaddr(client) if client else ("?", 0), outcome))
+        super().execute(route, action, payload)
+
+    def send(self, flow: Flow, payload: memoryview) -> None:
+        self.handed.append((bytes(payload), decode_sockaddr(flow.client), "send"))
+        super().send(flow, payload)
 
 
 @pytest.fixture(params=["single", "batch"])
@@ -54,14 +51,19 @@ def listener() -> Iterator[socket.socket]:
 
 def engine_for(
     listener: socket.socket, buffer_size: int, mode: str = "single"
-) -> tuple[Engine, RecordingSender, Route]:
-    sender = RecordingSender()
+) -> tuple[RecordingEngine, RecordingEngine, Route]:
     route = Route(ListeningSocket(listener, "test"), Destination(socket.AF_INET, "192.0.2.2", 53))
-    receiver = BatchReceiver.create(batch=8, buffer_size=buffer_size) if mode == "batch" else None
-    if mode == "batch":
-        assert receiver is not None, "this libc has recvmmsg: the batch path must be tested"
-    engine = Engine([route], Notifier({}), sender, buffer_size=buffer_size, receiver=receiver)
-    return engine, sender, route
+    engine = RecordingEngine(
+        [route],
+        Notifier({}),
+        ForwardingMachine(max_flows=8, idle_timeout=60),
+        receive_strategy=mode,
+        batch=8,
+        buffer_size=buffer_size,
+    )
+    engine.handed = []
+    assert type(engine.strategy).__name__ == ("BatchReceive" if mode == "batch" else "SingleReceive")
+    return engine, engine, route
 
 
 def send_all(target: socket.socket, payloads: list[bytes]) -> SockAddr:
@@ -79,15 +81,18 @@ def test_a_truncated_datagram_is_dropped_and_counted_never_forwarded(
     engine, sender, route = engine_for(listener, buffer_size=64, mode=mode)
     client = send_all(listener, [b"x" * 100, b"fits"])
     engine.drain(route)
-    assert sender.handed == [(b"fits", client)]
+    # The cut datagram is dropped as truncated; the one that fits goes on (and its loopback source is
+    # then refused: nothing in this test can be sent).
+    assert sender.handed == [(b"x" * 64, client, "truncated"), (b"fits", client, "loopback-source")]
     assert engine.counters.dropped["truncated"] == 1
+    assert engine.counters.forwarded == 0
 
 
 def test_an_empty_datagram_is_handed_on_not_ignored(listener: socket.socket, mode: str) -> None:
     engine, sender, route = engine_for(listener, buffer_size=64, mode=mode)
     client = send_all(listener, [b""])
     engine.drain(route)
-    assert sender.handed == [(b"", client)]
+    assert sender.handed == [(b"", client, "loopback-source")]
 
 
 def test_draining_continues_after_drops_until_the_socket_is_empty(listener: socket.socket, mode: str) -> None:
@@ -95,7 +100,7 @@ def test_draining_continues_after_drops_until_the_socket_is_empty(listener: sock
     payloads = [bytes([n]) * n for n in range(1, 21)]
     send_all(listener, payloads)
     engine.drain(route)
-    assert [payload for payload, _ in sender.handed] == payloads
+    assert [payload for payload, _, _ in sender.handed] == payloads
     # A loopback client cannot be presented as a source: every one is dropped and counted, none stops it.
     assert engine.counters.dropped == {DropReason.LOOPBACK_SOURCE.value: 20}
     with pytest.raises(BlockingIOError):
@@ -138,10 +143,11 @@ def test_a_truncated_datagram_between_two_of_one_open_flow_ends_the_run_and_cost
         listener.setblocking(False)
         destination = Destination(socket.AF_INET, "127.0.0.1", backend.getsockname()[1])
         route = Route(ListeningSocket(listener, "test"), destination)
-        sender = Sender(max_flows=8, idle_timeout=60, is_local=lambda _: False)
-        sender.flows.add((destination.sockaddr, sockaddr_bytes(socket.AF_INET, a.getsockname())), a_flow, 0.0)
-        receiver = BatchReceiver.create(batch=8, buffer_size=16)
-        engine = Engine([route], Notifier({}), sender, receiver=receiver)
+        machine = ForwardingMachine(max_flows=8, idle_timeout=60)
+        raw = sockaddr_bytes(socket.AF_INET, a.getsockname())
+        machine.flow_opened(Flow((destination.sockaddr, raw), route.path, a.getsockname()), a_flow)
+        engine = Engine([route], Notifier({}), machine, batch=8, buffer_size=16)
+        assert type(engine.strategy).__name__ == "BatchReceive"
         a.sendto(b"A1", listener.getsockname())
         c.sendto(b"C" * 40, listener.getsockname())
         a.sendto(b"A2", listener.getsockname())

@@ -13,7 +13,7 @@ from e2e_helpers import status_has
 from forwarder.core import Counters, DropReason
 from forwarder.metrics import MetricsFile, escape, exposition, listen_label
 from netlab import Lab, start_forwarder
-from netlab.topologies import seed_deployment
+from netlab.topology.shipped import seed_deployment
 
 # A sample line of the text format: name, optional {labels}, value.
 SAMPLE = re.compile(
@@ -82,12 +82,12 @@ def test_totals_add_up_across_intervals_and_the_file_is_replaced_whole(tmp_path:
     counters = Counters()
     counters.forwarded = 10
     counters.drop(DropReason.SEND_ERROR, "EPERM")
-    metrics.update(counters, 3)
+    metrics.write(counters, 3)
     counters.reset()
     counters.forwarded = 5
     counters.drop(DropReason.SEND_ERROR, "EPERM")
     counters.drop(DropReason.TRUNCATED)
-    metrics.update(counters, 2)
+    metrics.write(counters, 2)
 
     text = path.read_text()
     assert "transparent_udp_forwarder_datagrams_forwarded_total 15\n" in text
@@ -114,9 +114,9 @@ def test_a_failing_write_is_logged_once_until_it_works_again(tmp_path: Path) -> 
     logger.addHandler(recorded)
     try:
         for _ in range(3):
-            metrics.write(0)
+            metrics.write(Counters(), 0)
         path.parent.mkdir()
-        metrics.write(7)
+        metrics.write(Counters(), 7)
     finally:
         logger.removeHandler(recorded)
     assert len(recorded.messages) == 2, recorded.messages
@@ -150,3 +150,22 @@ def test_the_forwarder_writes_its_counters_to_the_metrics_file(lab: Lab) -> None
     assert 'transparent_udp_forwarder_flows{listen="198.51.100.1:27000"} 1\n' in text
     assert_valid_exposition(text)
     assert forwarder.stop() == 0
+
+
+def test_a_target_that_became_a_directory_is_a_warning_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "forwarder.prom"
+    metrics = MetricsFile(path)
+    metrics.write(Counters(), 1)
+    path.unlink()
+    path.mkdir()  # replaced by a directory while running: os.replace cannot write over it
+    recorded = Recorded()
+    logger = logging.getLogger("forwarder")
+    logger.addHandler(recorded)
+    try:
+        metrics.write(Counters(), 2)
+        metrics.write(Counters(), 3)
+    finally:
+        logger.removeHandler(recorded)
+    assert len(recorded.messages) == 1, recorded.messages
+    assert recorded.messages[0].startswith(f"cannot write metrics file {str(path)!r}: ")
+    assert sorted(item.name for item in tmp_path.iterdir()) == ["forwarder.prom"]  # no temporary file left

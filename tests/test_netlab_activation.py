@@ -10,11 +10,11 @@ import time
 import pytest
 
 from netlab import Lab, start_forwarder
-from netlab.activation import hold_listen_sockets
 from netlab.errors import LabTimeoutError
-from netlab.expect import expect
-from netlab.notify import NotifyReceiver
-from netlab.topologies import seed_deployment
+from netlab.service.activation import hold_listen_sockets
+from netlab.service.notify import NotifyReceiver
+from netlab.topology.shipped import seed_deployment
+from netlab.traffic.expect import expect
 
 pytestmark = pytest.mark.privileged
 

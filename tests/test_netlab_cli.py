@@ -11,28 +11,28 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from netlab import Lab, netns, registry
-from netlab.cli import main
-from netlab.lab import python_env
-from netlab.topologies import seed_deployment
+from netlab import Lab
+from netlab.cli.main import main
+from netlab.lab import netns, registry
+from netlab.lab.process import python_env
+from netlab.topology.shipped import seed_deployment
 
-LOCK = Path(tempfile.gettempdir()) / "netlab-cli-tests.lock"
 
-
-def netlab(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """The CLI in a subprocess (for commands whose children write to the terminal)."""
+def netlab(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The CLI in a subprocess (for commands whose children write to the terminal), `env` added to ours."""
     return subprocess.run(
         [sys.executable, "-m", "netlab", *args],
         input=stdin,
         capture_output=True,
         text=True,
-        env=python_env({"SHELL": "/bin/sh"}),
+        env=python_env({"SHELL": "/bin/sh", **(env or {})}),
         timeout=60,
         check=False,
     )
@@ -51,18 +51,24 @@ def remove(lab_id: str) -> None:
             record.delete()
 
 
+def lock_path() -> Path:
+    """The lock of this session's CLI tests, in its own registry: other sessions' labs are not seen."""
+    registry.REGISTRY_DIR.mkdir(parents=True, exist_ok=True)
+    return registry.REGISTRY_DIR / "cli-tests.lock"
+
+
 @pytest.fixture
 def lab_lock() -> Iterator[None]:
     """Shared: several tests may have labs up at once, but none while an exclusive test runs."""
-    with open(LOCK, "a") as handle:
+    with open(lock_path(), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_SH)
         yield
 
 
 @pytest.fixture
 def only_lab() -> Iterator[None]:
-    """Exclusive: no other test of this module has a lab up meanwhile."""
-    with open(LOCK, "a") as handle:
+    """Exclusive: no other test of this session has a lab up meanwhile."""
+    with open(lock_path(), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
@@ -128,7 +134,8 @@ def test_up_of_an_unknown_topology_exits_66_naming_the_shipped_ones(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert main(["up", "no-such-topology"]) == 66
-    assert "shipped topologies: ['dual-stack', 'seed', 'seed-ipv6']" in capsys.readouterr().err
+    shipped = "shipped topologies: ['demo', 'dual-stack', 'faults', 'seed', 'seed-ipv6']"
+    assert shipped in capsys.readouterr().err
 
 
 @pytest.mark.privileged
@@ -210,29 +217,29 @@ def test_shell_runs_the_commands_it_reads_inside_the_node(up_lab: str) -> None:
 
 @pytest.mark.privileged
 def test_send_crafts_a_spoofed_datagram_that_sniff_sees_on_the_backend(up_lab: str) -> None:
-    sniffer = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "netlab", "sniff", "--lab", up_lab, "backend", "--count", "1", "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=python_env(),
-    )
-    try:
-        assert sniffer.stderr is not None
-        assert sniffer.stderr.readline().startswith("sniffing UDP on backend")  # recording from here on
-        sent = netlab(
-            "send", "--lab", up_lab, "--from", "client", "--src", "203.0.113.7", "--to", "192.0.2.2:27000",
-            "--payload", "hello", "--json",
-        )  # fmt: skip
-        assert sent.returncode == 0, sent.stderr
-        assert json.loads(sent.stdout) == {
-            "from": "client", "src": "203.0.113.7", "sport": 4242, "to": "192.0.2.2:27000", "size": 5,
-            "count": 1,
-        }  # fmt: skip
-        out, err = sniffer.communicate(timeout=20)
-    finally:
-        sniffer.kill()
-        sniffer.wait()
+    ) as sniffer:  # closes its pipes even when the test fails
+        try:
+            assert sniffer.stderr is not None
+            assert sniffer.stderr.readline().startswith("sniffing UDP on backend")  # recording from here on
+            sent = netlab(
+                "send", "--lab", up_lab, "--from", "client", "--src", "203.0.113.7",
+                "--to", "192.0.2.2:27000", "--payload", "hello", "--json",
+            )  # fmt: skip
+            assert sent.returncode == 0, sent.stderr
+            assert json.loads(sent.stdout) == {
+                "from": "client", "src": "203.0.113.7", "sport": 4242, "to": "192.0.2.2:27000", "size": 5,
+                "count": 1,
+            }  # fmt: skip
+            out, err = sniffer.communicate(timeout=20)
+        finally:
+            sniffer.kill()
+            sniffer.wait()
     assert sniffer.returncode == 0, err
     seen = json.loads(out)
     assert (seen["interface"], seen["direction"], seen["src"], seen["sport"]) == (
@@ -335,6 +342,28 @@ def test_down_all_removes_every_lab_made_by_up(only_lab: None, capsys: pytest.Ca
     finally:
         for lab_id in made:
             remove(lab_id)
+
+
+@pytest.mark.privileged
+def test_down_all_leaves_a_lab_made_outside_the_test_session_alone(
+    only_lab: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A lab someone made with their own registry: seen from the machine's default registry, its
+    # namespaces belong to nobody; this session must not judge them at all.
+    outside = {"NETLAB_REGISTRY": str(tmp_path / "registry")}
+    made = netlab("up", "seed", env=outside)
+    assert made.returncode == 0, made.stderr
+    lab_id = made.stdout.strip()
+    try:
+        namespaces = [f"nl-{lab_id}-{node}" for node in ("client", "host", "backend")]
+        assert all(netns.exists(name) for name in namespaces)
+
+        assert main(["down", "--all"]) == 0
+        registry.reap_stale()
+
+        assert all(netns.exists(name) for name in namespaces)
+    finally:
+        assert netlab("down", lab_id, env=outside).returncode == 0
 
 
 # -- netlab run

@@ -8,8 +8,8 @@ import pytest
 
 from netlab import Lab
 from netlab.errors import ExpectationError, NetlabError
-from netlab.expect import ANY, Inbox, SourcePattern, expect
-from netlab.topologies import dual_stack, seed_deployment
+from netlab.topology.shipped import dual_stack, seed_deployment
+from netlab.traffic.expect import ANY, Inbox, SourcePattern, expect
 
 HOST = "198.51.100.1"
 

@@ -3,7 +3,7 @@
 import ipaddress
 import struct
 
-from netlab.sniff import decode
+from netlab.traffic.sniff import decode
 
 
 def ipv4_frame(

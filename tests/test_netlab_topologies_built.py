@@ -5,9 +5,9 @@ import pytest
 from pyroute2 import IPRoute
 
 from netlab import Lab
-from netlab.expect import expect
 from netlab.fixtures import load_topology
-from netlab.topology_file import topology_from_dict
+from netlab.topology.file import topology_from_dict
+from netlab.traffic.expect import expect
 
 pytestmark = pytest.mark.privileged
 

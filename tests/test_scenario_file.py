@@ -6,7 +6,7 @@ import pytest
 
 from netlab.errors import FixtureNotFoundError, ScenarioError, TopologyError
 from netlab.fixtures import scenario_names
-from netlab.scenario import load_scenario
+from netlab.scenario.load import load_scenario
 
 VALID = """
 topology = "seed"

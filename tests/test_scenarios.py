@@ -8,8 +8,8 @@ import pytest
 
 from netlab import Lab
 from netlab.fixtures import scenario_names, scenario_path
-from netlab.scenario import load_scenario
-from netlab.scenario_run import run_scenario
+from netlab.scenario.load import load_scenario
+from netlab.scenario.run import run_scenario
 
 
 def test_at_least_ten_scenarios_ship_and_each_says_which_behaviour_it_pins() -> None:

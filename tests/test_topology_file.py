@@ -8,8 +8,8 @@ import pytest
 from netlab import TopologyError
 from netlab.errors import FixtureNotFoundError
 from netlab.fixtures import load_topology, topology_names, topology_path
-from netlab.topologies import seed_deployment
-from netlab.topology_file import load_topology_file
+from netlab.topology.file import load_topology_file
+from netlab.topology.shipped import seed_deployment
 
 SEED_LIKE = """
 [nodes.client]

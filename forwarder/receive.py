@@ -1,0 +1,168 @@
+"""The two receive strategies behind one interface, `drain(route, now)`: `single` (one recvmsg per
+datagram, the standard library only) and `batch` (recvmmsg through ctypes, and consecutive datagrams of
+one flow out with one sendmmsg). Both give the machine the same metadata, with the client as its raw struct
+sockaddr, the one flow key; everything but a hit goes to the executor (the engine).
+"""
+
+from typing import TYPE_CHECKING, Protocol
+
+from forwarder.batch import NAME_LENGTH, BatchReceiver, BatchSender
+from forwarder.core import bounded_put, sockaddr_bytes
+from forwarder.machine import Action, Drop, Flow, ForwardingMachine
+
+if TYPE_CHECKING:
+    from forwarder.engine import Route
+
+# A socket is drained until EAGAIN, but at most this many datagrams at a time, so that under a flood the
+# other sockets, STATUS= and WATCHDOG=1 still get their turn (the selector reports the socket again).
+MAX_BATCH = 4096
+# Raw sockaddrs of recent clients on the single path, so that a hit costs a dict lookup, not an encoding.
+NAME_CACHE_SIZE = 4096
+
+
+class Executor(Protocol):
+    """What a strategy needs of the engine: do an action, send on a flow, log a drop."""
+
+    machine: ForwardingMachine
+
+    def execute(self, route: "Route", action: Action, payload: memoryview) -> None: ...
+
+    def send(self, flow: Flow, payload: memoryview) -> None: ...
+
+    def log_drop(self, drop: Drop) -> None: ...
+
+
+class Strategy(Protocol):
+    """Receive what is queued on a route's listening socket and get every datagram handled."""
+
+    def drain(self, route: "Route", now: float) -> None: ...
+
+
+class SingleReceive:
+    """One recvmsg per datagram into one preallocated buffer."""
+
+    def __init__(self, executor: Executor, buffer_size: int) -> None:
+        self.executor = executor
+        self._view = memoryview(bytearray(buffer_size))
+        self._names: dict[object, bytes] = {}
+
+    def drain(self, route: "Route", now: float) -> None:
+        """Receive and handle until the socket would block, or MAX_BATCH datagrams."""
+        sock = route.listener.sock
+        family = sock.family
+        path = route.path
+        view = self._view
+        buffers = [view]
+        names = self._names
+        executor = self.executor
+        receive = executor.machine.receive
+        for _ in range(MAX_BATCH):
+            try:
+                size, _, flags, client = sock.recvmsg_into(buffers)
+            except BlockingIOError:
+                return
+            except OSError as error:
+                executor.log_drop(executor.machine.receive_failed(path, error.errno or 0))
+                return
+            raw = names.get(client)
+            if raw is None:
+                raw = sockaddr_bytes(family, client)
+                bounded_put(names, client, raw, NAME_CACHE_SIZE)
+            action = receive(path, raw, size, flags, now)
+            if action.__class__ is Flow:
+                executor.send(action, view[:size])
+            else:
+                executor.execute(route, action, view[:size])
+
+
+class BatchReceive:
+    """recvmmsg up to a batch per call; a run of consecutive datagrams of one open flow leaves in one
+    sendmmsg (a lone one through the executor's send)."""
+
+    def __init__(self, executor: Executor, receiver: BatchReceiver) -> None:
+        self.executor = executor
+        self.receiver = receiver
+        self.sender = BatchSender.create(receiver)
+
+    @classmethod
+    def create(cls, executor: Executor, batch: int, buffer_size: int) -> "BatchReceive | None":
+        """The strategy, or None where libc has no recvmmsg."""
+        receiver = BatchReceiver.create(batch, buffer_size)
+        return None if receiver is None else cls(executor, receiver)
+
+    def drain(self, route: "Route", now: float) -> None:
+        """Receive and handle until the socket would block, or MAX_BATCH datagrams.
+
+        This is the hot path: a datagram of an open flow costs the machine's one dict lookup; consecutive
+        datagrams of one flow are sent together. A run covers consecutive slots only: any other action in
+        between (a drop, a new flow) ends it, so a run never stretches over another client's datagram, and
+        a flow a new one evicts has no run pending.
+        """
+        receiver = self.receiver
+        executor = self.executor
+        receive = executor.machine.receive
+        fd = route.listener.sock.fileno()
+        name_length = NAME_LENGTH[route.listener.family]
+        path = route.path
+        u32, data, names, slots = receiver.u32, receiver.view, receiver.name_view, receiver.slots
+        if self.sender is not None:
+            self.sender.aim(path.destination.family, path.target)
+        handled = 0
+        while handled < MAX_BATCH:
+            try:
+                count = receiver.receive(fd)
+            except OSError as error:
+                executor.log_drop(executor.machine.receive_failed(path, error.errno or 0))
+                return
+            run: Flow | None = None
+            run_first = run_length = 0
+            for index in range(count):
+                length, flags, name, offset = slots[index]
+                action = receive(path, bytes(names[name : name + name_length]), u32[length], u32[flags], now)
+                if action is run:
+                    run_length += 1
+                    continue
+                if action.__class__ is Flow:
+                    if run is not None:
+                        self._send_run(run, run_first, run_length)
+                    run, run_first, run_length = action, index, 1
+                    continue
+                if run is not None:
+                    self._send_run(run, run_first, run_length)
+                    run = None
+                executor.execute(route, action, data[offset : offset + u32[length]])
+            if run is not None:
+                self._send_run(run, run_first, run_length)
+            handled += count
+            if count < receiver.batch:
+                return
+
+    def _send_run(self, flow: Flow, first: int, length: int) -> None:
+        """Send received datagrams first..first+length-1 (all of `flow`); a failed one costs only itself."""
+        receiver = self.receiver
+        sender = self.sender
+        executor = self.executor
+        slots, u32, data = receiver.slots, receiver.u32, receiver.view
+        while length:
+            if length == 1 or sender is None or flow.handle is None:
+                slot = slots[first]
+                executor.send(flow, data[slot.data : slot.data + u32[slot.length]])
+                first, length = first + 1, length - 1
+                continue
+            sent, error_number = sender.send_run(flow.handle.fileno(), first, length)
+            first, length = first + sent, length - sent
+            if error_number:
+                executor.log_drop(executor.machine.send_failed(flow.path, flow.client, error_number))
+                first, length = first + 1, length - 1
+
+
+def create(name: str, executor: Executor, batch: int, buffer_size: int) -> Strategy:
+    """The strategy called `name` ('batch' or 'single'); 'batch' falls back to 'single' where libc lacks
+    recvmmsg."""
+    if name == "batch":
+        strategy = BatchReceive.create(executor, batch, buffer_size)
+        if strategy is not None:
+            return strategy
+    elif name != "single":
+        raise ValueError(f"receive strategy {name!r}: expected 'batch' or 'single'")
+    return SingleReceive(executor, buffer_size)

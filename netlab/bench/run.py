@@ -1,0 +1,96 @@
+"""`netlab bench`: the forwarder's speed as ratios measured in one run, on one topology.
+
+    client (sender) 198.51.100.10 --- 198.51.100.1 [host: contender] 192.0.2.1 --- 192.0.2.2 backend
+
+Contenders take turns on the host, interleaved and repeated: the kernel's nftables DNAT (with and without
+RPS), the C original's per-datagram algorithm in Python (netlab.programs.per_datagram), and the forwarder.
+The load comes from netlab.programs.blaster (raw socket + sendmmsg, pinned to CPU 0); its solo rate is
+measured and reported.
+Delivered datagrams are counted by an nftables counter at the backend (kernel, not a userspace receiver).
+"""
+
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from netlab.bench.contenders import CONTENDERS
+from netlab.bench.lab import BenchLab, Case, Run
+from netlab.bench.memory import measure_flow_memory
+from netlab.bench.report import json_document, memory_line, text_report, thousands
+from netlab.bench.stats import summarize
+from netlab.errors import UsageError
+from netlab.lab.lab import Lab
+
+
+@dataclass
+class Settings:
+    """How much to measure: the quick mode is a smoke test of seconds, the full mode gives the figures."""
+
+    cases: list[Case] = field(default_factory=lambda: [Case(64, 1), Case(64, 1000)])
+    runs: int = 1
+    duration: float = 0.5
+    contenders: list[str] = field(default_factory=list)
+    loss_tests: bool = False
+    memory_flows: int = 0  # measure what this many open flows cost (0: skip)
+
+    @classmethod
+    def quick(cls) -> "Settings":
+        return cls()
+
+    @classmethod
+    def full(cls) -> "Settings":
+        cases = [Case(64, 1), Case(64, 1000), Case(1200, 1), Case(1200, 1000)]
+        return cls(cases=cases, runs=3, duration=2.0, loss_tests=True, memory_flows=100_000)
+
+
+def run_bench(
+    settings: Settings, out: TextIO = sys.stdout, progress: TextIO = sys.stderr, as_json: bool = False
+) -> int:
+    """Run every contender on every case, interleaved and repeated; print the table (or JSON)."""
+    names = settings.contenders or list(CONTENDERS)
+    unknown = [name for name in names if name not in CONTENDERS]
+    if unknown:
+        raise UsageError(f"unknown contender {unknown[0]!r}: expected one of {sorted(CONTENDERS)}")
+    runs: list[Run] = []
+    loss_runs: list[Run] = []
+    total = settings.runs * len(settings.cases) * len(names)
+    with Lab(description="netlab bench") as lab:
+        bench = BenchLab(lab)
+        solo = {str(case): bench.sender_solo_rate(case, settings.duration) for case in settings.cases}
+        print(f"sender alone: {', '.join(f'{k} {thousands(v)}/s' for k, v in solo.items())}", file=progress)
+        done = 0
+        for repetition in range(settings.runs):
+            for case in settings.cases:
+                for name in names:
+                    done += 1
+                    run = bench.measure(CONTENDERS[name], case, settings.duration)
+                    runs.append(run)
+                    print(
+                        f"[{done}/{total}] run {repetition + 1} {case!s:<17} {name:<16} "
+                        f"{thousands(run.delivered_per_second)}/s delivered, loss {run.loss:.2%}",
+                        file=progress,
+                        flush=True,
+                    )
+        summaries = summarize(runs)
+        if settings.loss_tests and "forwarder" in names:
+            for summary in summaries:
+                if summary.contender != "forwarder" or summary.case.payload != 64:
+                    continue
+                for rate in (0.8 * summary.median_delivered_per_s, 100_000.0):
+                    run = bench.measure(CONTENDERS["forwarder"], summary.case, settings.duration, rate=rate)
+                    loss_runs.append(run)
+                    print(
+                        f"[loss] {summary.case!s:<17} forwarder at {thousands(rate)}/s offered: "
+                        f"loss {run.loss:.3%} ({run.offered - run.delivered} of {run.offered})",
+                        file=progress,
+                        flush=True,
+                    )
+        memory = measure_flow_memory(bench, settings.memory_flows) if settings.memory_flows else None
+        if memory is not None:
+            print(f"[memory] {memory_line(memory)}", file=progress, flush=True)
+    if as_json:
+        print(json.dumps(json_document(summaries, solo, runs, loss_runs, memory), indent=2), file=out)
+    else:
+        print(text_report(summaries, solo, loss_runs, memory), file=out)
+    return 0

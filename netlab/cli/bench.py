@@ -1,0 +1,38 @@
+"""`netlab bench`: the forwarder's speed as ratios to kernel DNAT and the C original's algorithm."""
+
+import argparse
+
+from netlab.cli.common import OWN_LAB_REMOVED, Commands, require_privileges
+
+CONTENDER_NAMES = ["kernel-dnat+rps", "kernel-dnat", "per-datagram", "forwarder", "forwarder-single"]
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from netlab.bench.run import Settings, run_bench
+
+    require_privileges()
+    settings = Settings.full() if args.full else Settings.quick()
+    if args.runs is not None:
+        settings.runs = args.runs
+    if args.duration is not None:
+        settings.duration = args.duration
+    settings.contenders = args.contender or []  # empty: every contender
+    return run_bench(settings, as_json=args.json)
+
+
+def register(commands: Commands) -> None:
+    """Add bench."""
+    bench = commands.add_parser("bench", help="measure the forwarder against kernel DNAT and the C algorithm")
+    mode = bench.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="a smoke run of seconds (the default)")
+    mode.add_argument("--full", action="store_true", help="4 cases x 3 interleaved runs, plus loss tests")
+    bench.add_argument("--json", action="store_true", help="machine-readable results on stdout")
+    bench.add_argument("--runs", type=int, help="repetitions of every case and contender")
+    bench.add_argument("--duration", type=float, help="seconds of traffic per run")
+    bench.add_argument(
+        "--contender",
+        action="append",
+        choices=CONTENDER_NAMES,
+        help="measure only these (repeatable); default all",
+    )
+    bench.set_defaults(handler=cmd_bench, after_interrupt=OWN_LAB_REMOVED)

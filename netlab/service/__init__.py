@@ -1,0 +1,2 @@
+"""The forwarder as a service: started under systemd-socket-activate, its sd_notify messages received,
+the host's reply path set up, and its bound sockets read from /proc/PID/net/udp."""

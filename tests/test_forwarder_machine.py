@@ -1,0 +1,226 @@
+"""The forwarding state machine without sockets or privileges: every drop reason, flows opened and hit,
+eviction, idle expiry, local sources, and failures reported back by the engine.
+
+The machine never touches the handle the engine gives it for a flow, so a plain object stands in for it.
+"""
+
+import errno
+import socket
+from typing import cast
+
+import pytest
+
+from forwarder.core import sockaddr_bytes
+from forwarder.destination import Destination
+from forwarder.machine import (
+    CloseFlows,
+    Drop,
+    Flow,
+    ForwardingMachine,
+    OpenFlow,
+    Path,
+    SendOnce,
+)
+
+V4 = Path("dns", Destination(socket.AF_INET, "192.0.2.2", 53))
+V6 = Path("dns6", Destination(socket.AF_INET6, "2001:db8:2::2", 53))
+OTHER = Path("game", Destination(socket.AF_INET, "192.0.2.2", 27015))
+
+
+def v4(address: str, port: int) -> bytes:
+    return sockaddr_bytes(socket.AF_INET, (address, port))
+
+
+def v6(address: str, port: int, scope: int = 0) -> bytes:
+    return sockaddr_bytes(socket.AF_INET6, (address, port, 0, scope))
+
+
+def handle() -> socket.socket:
+    return cast(socket.socket, object())
+
+
+class Addresses:
+    """A locality probe answering from a set the test changes; counts how often it was told to forget."""
+
+    def __init__(self, *local: str) -> None:
+        self.local = set(local)
+        self.forgotten = 0
+
+    def __call__(self, address: str) -> bool:
+        return address in self.local
+
+    def forget(self) -> None:
+        self.forgotten += 1
+
+
+def opened(machine: ForwardingMachine, path: Path, client: bytes, now: float) -> Flow:
+    """Receive a first datagram and report its flow opened, as the engine would."""
+    action = machine.receive(path, client, 10, 0, now)
+    assert isinstance(action, OpenFlow)
+    assert machine.flow_opened(action.flow, handle()) is None
+    return action.flow
+
+
+@pytest.mark.parametrize(
+    ("path", "client", "reason"),
+    [
+        (V4, v4("203.0.113.7", 0), "zero-port"),
+        (V4, v4("127.0.0.1", 4242), "loopback-source"),
+        (V6, v6("::1", 4242), "loopback-source"),
+        (V6, v6("fe80::7", 4242, scope=2), "link-local-source"),
+        (V4, v6("2001:db8::7", 4242), "family-mismatch"),
+        (V6, v4("203.0.113.7", 4242), "family-mismatch"),
+        (V6, v6("::ffff:203.0.113.7", 4242), "family-mismatch"),
+    ],
+    ids=["port-0", "127.0.0.1", "::1", "fe80::7", "v6-to-v4", "v4-to-v6", "v4-mapped-to-v6"],
+)
+def test_a_client_that_cannot_be_presented_is_dropped_by_reason_and_counted(
+    path: Path, client: bytes, reason: str
+) -> None:
+    machine = ForwardingMachine()
+    assert machine.receive(path, client, 10, 0, 1.0) == Drop(reason, path, client)
+    assert (machine.counters.forwarded, machine.counters.dropped) == (0, {reason: 1})
+    assert len(machine.flows) == 0
+
+
+def test_a_truncated_datagram_is_dropped_even_on_an_open_flow() -> None:
+    machine = ForwardingMachine()
+    client = v4("203.0.113.7", 4242)
+    opened(machine, V4, client, 1.0)
+    action = machine.receive(V4, client, 100, socket.MSG_TRUNC, 2.0)
+    assert isinstance(action, Drop)
+    assert action.key == "truncated"
+    assert (machine.counters.forwarded, machine.counters.dropped) == (1, {"truncated": 1})
+
+
+def test_the_first_datagram_opens_a_flow_presenting_the_client_and_the_next_ones_hit_it() -> None:
+    machine = ForwardingMachine()
+    client = v4("203.0.113.7", 4242)
+    first = machine.receive(V4, client, 10, 0, 1.0)
+    assert isinstance(first, OpenFlow)
+    assert first.flow.source == ("203.0.113.7", 4242)
+    assert len(machine.flows) == 0  # kept only once the engine has its socket
+    machine.flow_opened(first.flow, handle())
+
+    assert machine.receive(V4, client, 10, 0, 2.0) is first.flow
+    assert machine.receive(V4, client, 10, 0, 3.0) is first.flow
+    assert machine.counters.forwarded == 3
+    assert first.flow.last_used == 3.0
+
+
+def test_a_v4_mapped_client_of_a_dual_stack_socket_is_presented_as_plain_ipv4() -> None:
+    action = ForwardingMachine().receive(V4, v6("::ffff:203.0.113.7", 4242), 10, 0, 1.0)
+    assert isinstance(action, OpenFlow)
+    assert action.flow.source == ("203.0.113.7", 4242)
+
+
+def test_an_ipv6_client_is_presented_without_its_flow_info() -> None:
+    action = ForwardingMachine().receive(V6, v6("2001:db8:113::7", 4242), 10, 0, 1.0)
+    assert isinstance(action, OpenFlow)
+    assert action.flow.source == ("2001:db8:113::7", 4242)
+
+
+def test_one_client_gets_a_flow_per_destination() -> None:
+    machine = ForwardingMachine()
+    client = v4("203.0.113.7", 4242)
+    to_dns = opened(machine, V4, client, 1.0)
+    to_game = opened(machine, OTHER, client, 1.0)
+    assert to_dns is not to_game
+    assert machine.receive(OTHER, client, 10, 0, 2.0) is to_game
+    assert len(machine.flows) == 2
+
+
+def test_a_local_source_is_sent_once_and_never_kept() -> None:
+    machine = ForwardingMachine(is_local=Addresses("198.51.100.1"))
+    client = v4("198.51.100.1", 5000)
+    for now in (1.0, 2.0):
+        assert machine.receive(V4, client, 10, 0, now) == SendOnce(V4, client, ("198.51.100.1", 5000))
+    assert machine.counters.forwarded == 2
+    assert len(machine.flows) == 0
+
+
+@pytest.mark.parametrize(
+    ("error_number", "reason"),
+    [
+        (errno.EADDRINUSE, "local-source:EADDRINUSE"),
+        (errno.EINVAL, "local-source:EINVAL"),
+        (errno.ENOBUFS, "send-error:ENOBUFS"),
+    ],
+)
+def test_a_failed_one_shot_send_is_a_local_source_drop_only_for_its_own_errors(
+    error_number: int, reason: str
+) -> None:
+    machine = ForwardingMachine(is_local=Addresses("198.51.100.1"))
+    action = machine.receive(V4, v4("198.51.100.1", 5000), 10, 0, 1.0)
+    assert isinstance(action, SendOnce)
+    assert machine.send_once_failed(action, error_number).key == reason
+    assert (machine.counters.forwarded, machine.counters.dropped) == (0, {reason: 1})
+
+
+def test_a_flow_that_cannot_be_opened_is_a_send_error_and_is_not_kept() -> None:
+    machine = ForwardingMachine()
+    client = v4("203.0.113.7", 4242)
+    action = machine.receive(V4, client, 10, 0, 1.0)
+    assert isinstance(action, OpenFlow)
+    assert machine.open_failed(action.flow, errno.EMFILE) == Drop("send-error:EMFILE", V4, client)
+    assert (machine.counters.forwarded, machine.counters.dropped) == (0, {"send-error:EMFILE": 1})
+    assert isinstance(machine.receive(V4, client, 10, 0, 2.0), OpenFlow)  # tried again next time
+
+
+def test_a_failed_send_takes_the_datagram_back_from_forwarded_and_counts_it_by_errno() -> None:
+    machine = ForwardingMachine()
+    client = v4("203.0.113.7", 4242)
+    flow = opened(machine, V4, client, 1.0)
+    machine.receive(V4, client, 10, 0, 2.0)
+    assert machine.send_failed(flow.path, client, errno.EPERM) == Drop("send-error:EPERM", V4, client)
+    assert (machine.counters.forwarded, machine.counters.dropped) == (1, {"send-error:EPERM": 1})
+    assert len(machine.flows) == 1  # a failed send never closes the flow
+
+
+def test_a_failed_receive_is_counted_by_errno() -> None:
+    machine = ForwardingMachine()
+    assert machine.receive_failed(V4, errno.ENOMEM) == Drop("receive-error:ENOMEM", V4, None)
+    assert machine.counters.dropped == {"receive-error:ENOMEM": 1}
+
+
+def test_opening_a_flow_beyond_max_flows_evicts_the_least_recently_used_one() -> None:
+    machine = ForwardingMachine(max_flows=2)
+    a, b, c = v4("203.0.113.1", 1), v4("203.0.113.2", 2), v4("203.0.113.3", 3)
+    flow_a = opened(machine, V4, a, 1.0)
+    flow_b = opened(machine, V4, b, 2.0)
+    machine.receive(V4, a, 10, 0, 3.0)  # a is used again: b is the one to go
+    action = machine.receive(V4, c, 10, 0, 4.0)
+    assert isinstance(action, OpenFlow)
+
+    assert machine.flow_opened(action.flow, handle()) == CloseFlows((flow_b,))
+    assert {flow.source for flow in machine.flows.values()} == {("203.0.113.1", 1), ("203.0.113.3", 3)}
+    assert machine.receive(V4, a, 10, 0, 5.0) is flow_a
+
+
+def test_idle_flows_expire_and_a_used_one_stays() -> None:
+    machine = ForwardingMachine(idle_timeout=5)
+    idle = opened(machine, V4, v4("203.0.113.1", 1), 100.0)
+    busy = opened(machine, V4, v4("203.0.113.2", 2), 100.0)
+    machine.receive(V4, busy.client, 10, 0, 103.0)
+
+    assert machine.expire(104.0) == CloseFlows(())
+    assert machine.expire(106.0) == CloseFlows((idle,))
+    assert list(machine.flows.values()) == [busy]
+
+
+def test_a_flow_whose_source_became_local_is_closed_at_the_next_sweep_with_fresh_answers() -> None:
+    addresses = Addresses()
+    machine = ForwardingMachine(is_local=addresses)
+    flow = opened(machine, V4, v4("203.0.113.7", 4242), 1.0)
+    addresses.local.add("203.0.113.7")
+
+    assert machine.expire(2.0) == CloseFlows((flow,))
+    assert addresses.forgotten == 1
+    assert len(machine.flows) == 0
+
+
+def test_close_hands_back_every_flow() -> None:
+    machine = ForwardingMachine()
+    flows = [opened(machine, V4, v4("203.0.113.1", port), 1.0) for port in (1, 2, 3)]
+    assert machine.close() == CloseFlows(tuple(flows))
+    assert len(machine.flows) == 0
