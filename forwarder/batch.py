@@ -139,8 +139,10 @@ class BatchSender:
         self._iovecs = (IOVec * batch)()
         self._headers = (MMsgHdr * batch)()
         data_address = ctypes.addressof(receiver._arrays[0])
+        self._bases = [data_address + index * receiver.buffer_size for index in range(batch)]
+        self._moved: set[int] = set()  # slots whose iovec starts after a PROXY header now
         for index in range(batch):
-            self._iovecs[index].iov_base = data_address + index * receiver.buffer_size
+            self._iovecs[index].iov_base = self._bases[index]
             header = self._headers[index].msg_hdr
             header.msg_iov = ctypes.addressof(self._iovecs[index])
             header.msg_iovlen = 1
@@ -176,12 +178,26 @@ class BatchSender:
             header.msg_namelen = len(name)
         self._destination = destination
 
-    def send_run(self, fd: int, first: int, count: int) -> tuple[int, int]:
-        """Send received datagrams first..first+count-1 from `fd`. Returns (sent, errno): when errno is not
-        0, datagram first+sent failed with it and the ones after it were not tried."""
+    def send_run(
+        self, fd: int, first: int, count: int, skips: dict[int, int] | None = None
+    ) -> tuple[int, int]:
+        """Send received datagrams first..first+count-1 from `fd`, datagram i without its first `skips[i]`
+        bytes when given (a PROXY header: the iovec starts after it, nothing is copied). Returns (sent,
+        errno): when errno is not 0, datagram first+sent failed with it and the ones after it were not
+        tried."""
         u32, iov, slots = self._receiver_u32, self._iov_u64, self._slots
         for index in range(first, first + count):
             iov[2 * index + 1] = u32[slots[index].length]
+        if skips or self._moved:
+            bases, moved = self._bases, self._moved
+            for index in range(first, first + count):
+                skip = skips.get(index, 0) if skips else 0
+                iov[2 * index] = bases[index] + skip  # or back where it was: an earlier run moved it
+                iov[2 * index + 1] -= skip
+                if skip:
+                    moved.add(index)
+                else:
+                    moved.discard(index)
         sent: int = self._sendmmsg(fd, self._address + first * _SIZE, count, 0)
         if sent < 0:
             return 0, ctypes.get_errno()

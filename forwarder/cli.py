@@ -3,6 +3,7 @@ the engine. Every failure becomes a one-line error and a sysexits(3) code (see t
 """
 
 import argparse
+import ipaddress
 import logging
 import math
 import os
@@ -36,6 +37,7 @@ from forwarder.machine import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FLOWS, Forwardin
 from forwarder.mapping import assign, check_form
 from forwarder.metrics import MetricsFile, listen_label
 from forwarder.notify import Notifier, watchdog_interval
+from forwarder.proxy_protocol import Network, TrustedSources
 from forwarder.sockets import (
     BroadcastAddresses,
     LocalAddresses,
@@ -112,6 +114,18 @@ def _metrics_path(text: str) -> Path:
     return path
 
 
+def _network(text: str) -> Network:
+    """A network whose senders' PROXY headers are believed: ADDRESS/PREFIX without host bits, or one
+    address. Host bits are refused, not masked: a trust list must say exactly whom it trusts."""
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"{shown(text)} is not a network ({error}): expected a CIDR such as 192.0.2.0/24 or "
+            "2001:db8::/64, or one address"
+        ) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
@@ -167,6 +181,17 @@ def build_parser() -> argparse.ArgumentParser:
         default="batch",
         help="batch: up to 64 datagrams per recvmmsg call (default; falls back to single where libc lacks "
         "recvmmsg); single: one recvmsg per datagram",
+    )
+    parser.add_argument(
+        "--proxy-protocol-from",
+        type=_network,
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="datagrams from these senders (load balancers) must start with a PROXY protocol v2 header: "
+        "it is removed and the client it names is presented to the backend (LOCAL: the sender itself); "
+        "a datagram without a valid one is dropped and counted by reason. Others are forwarded as they "
+        "are: their headers are payload, never believed. Repeatable",
     )
     parser.add_argument(
         "--receive-buffer",
@@ -309,6 +334,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             args.flow_idle_timeout,
             LocalAddresses(),
             BroadcastAddresses(),
+            TrustedSources(args.proxy_protocol_from) if args.proxy_protocol_from else None,
         )
         engine = Engine(
             routes,

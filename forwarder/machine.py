@@ -4,7 +4,9 @@ which flows to keep, what a failure is counted as); it never touches a socket. T
 executes the actions and reports what happened, so everything here is tested without sockets or privileges.
 
     engine                                 machine
-    receive(path, client, size, flags) ->  an action: the open Flow (send on it), OpenFlow, SendOnce, Drop
+    receive(path, client, size, flags) ->  an action: the open Flow (send on it), OpenFlow, SendOnce, Drop,
+                                           or READ_HEADER (a trusted sender: the machine needs the bytes)
+    receive_proxied(path, client, data) -> (one of those actions, bytes of PROXY header to skip)
     flow_opened / open_failed /        ->  CloseFlows (evicted to make room) or a Drop (the failure counted)
     send_failed / send_once_failed
     expire(now)                        ->  CloseFlows (idle, or their source became local)
@@ -12,24 +14,36 @@ executes the actions and reports what happened, so everything here is tested wit
 A datagram is counted as forwarded when the machine hands out the action that sends it; a failure event
 (always reported in the same drain, before the next STATUS=) takes it back and counts the drop instead, so
 the hot path costs one counter increment and no event.
+
+PROXY protocol (--proxy-protocol-from): a sender in a trusted network never has a flow under its own raw
+sockaddr, so its datagrams miss the flow table and cost one cached "trusted?" answer before their header is
+read; an untrusted sender's hit costs nothing more than before. A header's client gets a flow keyed by the
+client (PROXIED + its sockaddr, a key no raw sockaddr can be), so one load balancer's clients get their
+own flows under the same --max-flows and idle rules.
 """
 
 import errno
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from forwarder.core import (
     Counters,
     DropReason,
     Entry,
     FlowTable,
+    bounded_put,
     decode_sockaddr,
     drop_key,
     presentable_source,
+    sockaddr_bytes,
 )
 from forwarder.destination import Destination
+from forwarder.proxy_protocol import Command, HeaderProblem, parse
+
+if TYPE_CHECKING:
+    from forwarder.proxy_protocol import TrustedSources
 
 MSG_TRUNC = socket.MSG_TRUNC
 DEFAULT_MAX_FLOWS = 4096
@@ -37,6 +51,10 @@ DEFAULT_IDLE_TIMEOUT = 60.0
 
 # The one flow key of every receive strategy: (destination address, client's raw struct sockaddr).
 FlowKey = tuple[tuple[str, int], bytes]
+# The second half of a flow key of a client named by a PROXY header: this prefix, then its sockaddr. A raw
+# sockaddr starts with its family (2 or 10, little-endian), so it never starts with this.
+PROXIED = b"proxied:"
+HEADER_CACHE_SIZE = 4096
 
 
 class LocalProbe(Protocol):
@@ -68,11 +86,14 @@ class Flow(Entry):
 
     __slots__ = ("client", "handle", "key", "path", "source")
 
-    def __init__(self, key: FlowKey, path: Path, source: tuple[str, int]) -> None:
+    def __init__(
+        self, key: FlowKey, path: Path, source: tuple[str, int], client: bytes | None = None
+    ) -> None:
         super().__init__()
         self.key = key
         self.path = path
-        self.client = key[1]  # raw sockaddr, as received
+        # The sender's raw sockaddr, as received: the client, or the load balancer that named it.
+        self.client = key[1] if client is None else client
         self.source = source  # the (address, port) presented to the backend
         self.handle: socket.socket | None = None
 
@@ -113,7 +134,19 @@ class CloseFlows:
     flows: tuple[Flow, ...]
 
 
-Action = Flow | OpenFlow | SendOnce | Drop
+class ReadHeader:
+    """The action "this sender is trusted: give me its datagram" (receive_proxied); one instance."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "READ_HEADER"
+
+
+READ_HEADER = ReadHeader()
+
+Action = Flow | OpenFlow | SendOnce | Drop | ReadHeader
+ProxiedAction = Flow | OpenFlow | SendOnce | Drop
 
 
 def errno_name(error_number: int) -> str:
@@ -130,6 +163,7 @@ class ForwardingMachine:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         is_local: LocalProbe | None = None,
         is_broadcast: LocalProbe | None = None,
+        trusted: "TrustedSources | None" = None,
     ) -> None:
         self.flows: FlowTable[FlowKey, Flow] = FlowTable(max_flows, idle_timeout)
         self.counters = Counters()
@@ -137,6 +171,11 @@ class ForwardingMachine:
         # Whether an IPv4 address is a directed broadcast of one of the host's subnets.
         self.is_broadcast: LocalProbe = is_broadcast if is_broadcast is not None else _NothingLocal()
         self._lookup: Callable[[FlowKey], Flow | None] = self.flows.lookup
+        # Whether a sender's PROXY headers are believed (--proxy-protocol-from); None: nobody's are.
+        self.trusted = trusted
+        # A PROXY header seen before (its exact bytes) -> (the path it came on, its client's flow key, the
+        # source presented or why not): a load balancer repeats one header for every datagram of a client.
+        self._headers: dict[bytes, tuple[Path, FlowKey, tuple[str, int] | DropReason]] = {}
 
     # --- datagram metadata in, an action out -----------------------------------------------------------
 
@@ -155,16 +194,70 @@ class ForwardingMachine:
         return self._first(path, client, now)
 
     def _first(self, path: Path, client: bytes, now: float) -> Action:
-        """The first datagram of a flow (or of a client that never gets one)."""
+        """The first datagram of a flow (or of a client that never gets one), or of a trusted sender."""
+        if self.trusted is not None and self.trusted(client):
+            return READ_HEADER
         source = presentable_source(decode_sockaddr(client), path.destination.family, self.is_broadcast)
+        return self._open(path, client, (path.target, client), source, now)
+
+    def _open(
+        self,
+        path: Path,
+        client: bytes,
+        key: FlowKey,
+        source: tuple[str, int] | DropReason,
+        now: float,
+    ) -> ProxiedAction:
+        """Open a flow presenting `source` under `key` (a one-shot send for a local one), or drop."""
         if isinstance(source, DropReason):
             return self._drop(path, client, source.value)
         self.counters.forwarded += 1
         if self.is_local(source[0]):
             return SendOnce(path, client, source)
-        flow = Flow((path.target, client), path, source)
+        flow = Flow(key, path, source, client)
         flow.last_used = now
         return OpenFlow(flow)
+
+    def receive_proxied(
+        self, path: Path, client: bytes, data: memoryview, flags: int, now: float
+    ) -> tuple[ProxiedAction, int]:
+        """The action for a datagram from a trusted `client` (after READ_HEADER), and how many bytes of
+        PROXY header precede its payload. The header's client is presented (every rule of a client
+        applies to it); LOCAL presents the sender itself; a header that is not believed is a drop named
+        by its problem."""
+        if flags & MSG_TRUNC:
+            return self._drop(path, client, drop_key(DropReason.TRUNCATED)), 0
+        header = bytes(data[: 16 + (data[14] << 8 | data[15])]) if len(data) >= 16 else b""
+        known = self._headers.get(header)
+        if known is not None and known[0] is path:
+            return self._hit_or_open(path, client, known[1], known[2], now), len(header)
+        parsed = parse(data)
+        if isinstance(parsed, HeaderProblem):
+            return self._drop(path, client, parsed.value), 0
+        family = path.destination.family
+        if parsed.command is Command.LOCAL:  # no client behind: the sender itself, in a flow of its own
+            source = presentable_source(decode_sockaddr(client), family, self.is_broadcast)
+            key = (path.target, PROXIED + client)
+            return self._hit_or_open(path, client, key, source, now), parsed.length
+        assert parsed.source is not None
+        source = presentable_source(parsed.source, family, self.is_broadcast)
+        named = parsed.source if isinstance(source, DropReason) else source
+        key = (path.target, PROXIED + sockaddr_bytes(_family_of(named[0]), named))
+        bounded_put(self._headers, header, (path, key, source), HEADER_CACHE_SIZE)
+        return self._hit_or_open(path, client, key, source, now), parsed.length
+
+    def _hit_or_open(
+        self, path: Path, client: bytes, key: FlowKey, source: tuple[str, int] | DropReason, now: float
+    ) -> ProxiedAction:
+        """The flow of a header's client, marked as used; or a new one (or a drop) as for any client."""
+        flow = self._lookup(key)
+        if flow is None:
+            return self._open(path, client, key, source, now)
+        flow.last_used = now
+        flow.referenced = True
+        flow.client = client  # replies go to the load balancer that sent the latest datagram
+        self.counters.forwarded += 1
+        return flow
 
     def receive_failed(self, path: Path, error_number: int) -> Drop:
         """Receiving from `path`'s listening socket failed."""
@@ -213,6 +306,7 @@ class ForwardingMachine:
         stale = self.flows.expire(now)
         self.is_local.forget()
         self.is_broadcast.forget()
+        self._headers.clear()  # their sources were judged with the answers just forgotten
         for flow in self.flows.values():
             address = flow.source[0]
             if self.is_local(address) or (":" not in address and self.is_broadcast(address)):
@@ -223,6 +317,10 @@ class ForwardingMachine:
     def close(self) -> CloseFlows:
         """Every flow, at shutdown."""
         return CloseFlows(tuple(self.flows.clear()))
+
+
+def _family_of(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
 
 
 class _NothingLocal:

@@ -8,9 +8,13 @@ anything else is a HeaderProblem naming what was wrong, which the forwarder coun
 """
 
 import enum
+import ipaddress
 import socket
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from forwarder.core import bounded_put, decode_sockaddr, plain_address
 
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 FIXED_LENGTH = 16  # signature, version and command, family and transport, length
@@ -18,6 +22,9 @@ VERSION = 2
 ADDRESS_LENGTH = {1: 12, 2: 36, 3: 216}  # INET, INET6, UNIX: both addresses and, for IP, both ports
 TLV_CRC32C = 0x03
 TLV_NOOP = 0x04
+TRUST_CACHE_SIZE = 4096
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 SourceAddress = tuple[str, int]
 
@@ -167,3 +174,21 @@ def crc32c(data: bytes | bytearray) -> int:
     for byte in data:
         value = table[(value ^ byte) & 0xFF] ^ (value >> 8)
     return value ^ 0xFFFFFFFF
+
+
+class TrustedSources:
+    """Answers "are headers from this sender believed?" for a raw sockaddr, from a bounded cache: the
+    sender's address (a v4-mapped one as IPv4) is in one of `networks` (--proxy-protocol-from). The first
+    datagram of a sender costs an address check; the next ones one dict lookup."""
+
+    def __init__(self, networks: Iterable[Network]) -> None:
+        self.networks = tuple(networks)
+        self._answers: dict[bytes, bool] = {}
+
+    def __call__(self, client: bytes) -> bool:
+        answer = self._answers.get(client)
+        if answer is None:
+            address = plain_address(str(decode_sockaddr(client)[0]))
+            answer = any(address in network for network in self.networks)
+            bounded_put(self._answers, client, answer, TRUST_CACHE_SIZE)
+        return answer

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from forwarder.batch import NAME_LENGTH, BatchReceiver, BatchSender
 from forwarder.core import bounded_put, sockaddr_bytes
-from forwarder.machine import Action, Drop, Flow, ForwardingMachine
+from forwarder.machine import READ_HEADER, Action, Drop, Flow, ForwardingMachine
 
 if TYPE_CHECKING:
     from forwarder.engine import Route
@@ -69,10 +69,13 @@ class SingleReceive:
                 raw = sockaddr_bytes(family, client)
                 bounded_put(names, client, raw, NAME_CACHE_SIZE)
             action = receive(path, raw, size, flags, now)
+            skip = 0
+            if action is READ_HEADER:
+                action, skip = executor.machine.receive_proxied(path, raw, view[:size], flags, now)
             if action.__class__ is Flow:
-                executor.send(action, view[:size])
+                executor.send(action, view[skip:size])
             else:
-                executor.execute(route, action, view[:size])
+                executor.execute(route, action, view[skip:size])
 
 
 class BatchReceive:
@@ -96,7 +99,8 @@ class BatchReceive:
         This is the hot path: a datagram of an open flow costs the machine's one dict lookup; consecutive
         datagrams of one flow are sent together. A run covers consecutive slots only: any other action in
         between (a drop, a new flow) ends it, so a run never stretches over another client's datagram, and
-        a flow a new one evicts has no run pending.
+        a flow a new one evicts has no run pending. A datagram of a trusted sender leaves without its PROXY
+        header: its iovec starts after it (`skips`, filled only for such datagrams).
         """
         receiver = self.receiver
         executor = self.executor
@@ -116,29 +120,44 @@ class BatchReceive:
                 return
             run: Flow | None = None
             run_first = run_length = 0
+            skips: dict[int, int] = {}
             for index in range(count):
                 length, flags, name, offset = slots[index]
-                action = receive(path, bytes(names[name : name + name_length]), u32[length], u32[flags], now)
+                client = bytes(names[name : name + name_length])
+                action = receive(path, client, u32[length], u32[flags], now)
+                if action is READ_HEADER:
+                    end = offset + u32[length]
+                    action, skip = executor.machine.receive_proxied(
+                        path, client, data[offset:end], u32[flags], now
+                    )
+                    if action.__class__ is not Flow:
+                        if run is not None:
+                            self._send_run(run, run_first, run_length, skips)
+                            run = None
+                        executor.execute(route, action, data[offset + skip : end])
+                        continue
+                    skips[index] = skip
                 if action is run:
                     run_length += 1
                     continue
                 if action.__class__ is Flow:
                     if run is not None:
-                        self._send_run(run, run_first, run_length)
+                        self._send_run(run, run_first, run_length, skips)
                     run, run_first, run_length = action, index, 1
                     continue
                 if run is not None:
-                    self._send_run(run, run_first, run_length)
+                    self._send_run(run, run_first, run_length, skips)
                     run = None
                 executor.execute(route, action, data[offset : offset + u32[length]])
             if run is not None:
-                self._send_run(run, run_first, run_length)
+                self._send_run(run, run_first, run_length, skips)
             handled += count
             if count < receiver.batch:
                 return
 
-    def _send_run(self, flow: Flow, first: int, length: int) -> None:
-        """Send received datagrams first..first+length-1 (all of `flow`); a failed one costs only itself."""
+    def _send_run(self, flow: Flow, first: int, length: int, skips: dict[int, int]) -> None:
+        """Send received datagrams first..first+length-1 (all of `flow`), each without the first `skips[i]`
+        bytes (its PROXY header) when given; a failed one costs only itself."""
         receiver = self.receiver
         sender = self.sender
         executor = self.executor
@@ -146,10 +165,10 @@ class BatchReceive:
         while length:
             if length == 1 or sender is None or flow.handle is None:
                 slot = slots[first]
-                executor.send(flow, data[slot.data : slot.data + u32[slot.length]])
+                executor.send(flow, data[slot.data + skips.get(first, 0) : slot.data + u32[slot.length]])
                 first, length = first + 1, length - 1
                 continue
-            sent, error_number = sender.send_run(flow.handle.fileno(), first, length)
+            sent, error_number = sender.send_run(flow.handle.fileno(), first, length, skips)
             first, length = first + sent, length - sent
             if error_number:
                 executor.log_drop(executor.machine.send_failed(flow.path, flow.client, error_number))

@@ -1,0 +1,73 @@
+"""PROXY protocol v2 end to end under systemd-socket-activate: a load balancer's header names the client the
+backend sees (--proxy-protocol-from), an untrusted sender's header is payload, a bad header from the load
+balancer is dropped and counted.
+
+    client node: 198.51.100.10 (the load balancer, trusted) and crafted sources 203.0.113.0/24
+    host 198.51.100.1 (forwarder) 192.0.2.1 --- 192.0.2.2 backend           (fixtures/topologies/seed.toml)
+"""
+
+import socket
+
+import pytest
+from e2e_helpers import status_has
+
+from netlab import Lab, start_forwarder
+from netlab.topology.shipped import seed_deployment
+
+from forwarder.proxy_protocol import build, build_local
+
+pytestmark = pytest.mark.privileged
+
+LISTEN = "198.51.100.1:27000"
+TARGET = ("198.51.100.1", 27000)
+TRUST = ["--proxy-protocol-from", "198.51.100.8/29", "--stats-interval", "0.2"]
+
+
+def backend_socket(lab: Lab) -> socket.socket:
+    sock = lab["backend"].udp_socket("192.0.2.2", 27000)
+    sock.settimeout(10)
+    return sock
+
+
+def load_balancer(lab: Lab) -> socket.socket:
+    sock = lab["client"].udp_socket("198.51.100.10", 0)
+    sock.settimeout(10)
+    return sock
+
+
+def test_the_backend_sees_the_client_a_trusted_load_balancers_header_names(lab: Lab) -> None:
+    lab.build(seed_deployment())
+    backend = backend_socket(lab)
+    forwarder = start_forwarder(lab["host"], [LISTEN], ["192.0.2.2:27000"], args=TRUST)
+    lb = load_balancer(lab)
+
+    lb.sendto(build(("203.0.113.7", 4242), TARGET) + b"hello", TARGET)
+    assert backend.recvfrom(65535) == (b"hello", ("203.0.113.7", 4242))
+    forwarder.wait_ready()
+    lb.sendto(build(("203.0.113.8", 5353), TARGET) + b"another client", TARGET)
+    assert backend.recvfrom(65535) == (b"another client", ("203.0.113.8", 5353))
+    lb.sendto(build_local() + b"health check", TARGET)
+    assert backend.recvfrom(65535) == (b"health check", lb.getsockname())
+    forwarder.wait_status(status_has("since start 3 forwarded, 0 dropped; 3 flows"))
+
+
+def test_an_untrusted_senders_header_is_payload_and_a_bad_one_from_the_load_balancer_is_dropped(
+    lab: Lab,
+) -> None:
+    lab.build(seed_deployment())
+    backend = backend_socket(lab)
+    forwarder = start_forwarder(lab["host"], [LISTEN], ["192.0.2.2:27000"], args=TRUST)
+    lb = load_balancer(lab)
+    lb.sendto(build(("203.0.113.7", 4242), TARGET) + b"wake", TARGET)
+    assert backend.recvfrom(65535)[0] == b"wake"
+    forwarder.wait_ready()
+
+    forged = build(("192.0.2.99", 1), TARGET) + b"believe me"
+    lab["client"].send_udp(src="203.0.113.50", dst=TARGET[0], sport=4000, dport=TARGET[1], payload=forged)
+    assert backend.recvfrom(65535) == (forged, ("203.0.113.50", 4000))
+    lb.sendto(b"no header", TARGET)
+    lb.sendto(build(("203.0.113.7", 0), TARGET) + b"port 0", TARGET)
+    forwarder.wait_status(status_has("proxy-header-missing 1"))
+    forwarder.wait_status(status_has("zero-port 1"))
+    lb.sendto(build(("203.0.113.7", 4242), TARGET) + b"after", TARGET)
+    assert backend.recvfrom(65535) == (b"after", ("203.0.113.7", 4242))
