@@ -11,10 +11,9 @@ import socket
 import pytest
 from e2e_helpers import status_has
 
+from forwarder.proxy_protocol import build, build_local
 from netlab import Lab, start_forwarder
 from netlab.topology.shipped import seed_deployment
-
-from forwarder.proxy_protocol import build, build_local
 
 pytestmark = pytest.mark.privileged
 
