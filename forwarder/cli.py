@@ -21,10 +21,12 @@ from forwarder.machine import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FLOWS, Forwardin
 from forwarder.mapping import assign, check_form
 from forwarder.metrics import MetricsFile, listen_label
 from forwarder.notify import Notifier, watchdog_interval
+from forwarder.routecheck import reply_route_warning
 from forwarder.sockets import (
     LocalAddresses,
     bind_listener,
     check_transparent_capability,
+    is_wildcard,
     listener_families,
     set_receive_buffer,
 )
@@ -104,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
         "recvmmsg); single: one recvmsg per datagram",
     )
     parser.add_argument(
+        "--reply",
+        choices=["direct", "relay"],
+        default="direct",
+        help="direct: the backend's replies go straight to the clients (the host rewrites their source; "
+        "default); relay: the host routes them to the forwarder, which sends each from the address the "
+        "client sent to (see the README's routing recipe)",
+    )
+    parser.add_argument(
         "--receive-buffer",
         type=_positive(int),
         metavar="BYTES",
@@ -116,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="write the counters as Prometheus metrics to PATH (node_exporter's textfile collector) every "
         "--stats-interval",
+    )
+    parser.add_argument(  # for measuring the two kinds of relay flow sockets against each other
+        "--relay-sockets", choices=["connected", "unconnected"], default="connected", help=argparse.SUPPRESS
     )
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default info"
@@ -139,8 +152,11 @@ def open_listeners(listen: Sequence[str], specs: Sequence[DestinationSpec]) -> l
     return [bind_listener(host, port, text) for (host, port), text in zip(addresses, listen, strict=True)]
 
 
-def build_routes(listeners: Sequence[ListeningSocket], specs: Sequence[DestinationSpec]) -> list[Route]:
-    """Pair each listening socket with its destination, resolve it, and check the socket can serve it."""
+def build_routes(
+    listeners: Sequence[ListeningSocket], specs: Sequence[DestinationSpec], relay: bool = False
+) -> list[Route]:
+    """Pair each listening socket with its destination, resolve it, and check the socket can serve it. In
+    relay mode a wildcard listener reads each datagram's local address (the reply's source)."""
     routes = []
     for listener, spec in zip(listeners, assign([item.name for item in listeners], specs), strict=True):
         destination = resolve(spec, listener.family, listener.port)
@@ -153,7 +169,7 @@ def build_routes(listeners: Sequence[ListeningSocket], specs: Sequence[Destinati
                 f"{' and '.join(sorted(family.name for family in families))} clients: "
                 "expected a destination of a family its clients can be presented in"
             )
-        routes.append(Route(listener, destination))
+        routes.append(Route(listener, destination, pktinfo=relay and is_wildcard(listener.sock)))
     return routes
 
 
@@ -169,6 +185,18 @@ def refuse_loops(routes: Sequence[Route]) -> None:
                     f"destination {str(route.destination)!r} of socket {route.listener.name!r} is our own "
                     f"listening socket {other.listener.name!r}: expected a backend, not a loop"
                 )
+
+
+def warn_of_reply_routes(routes: Sequence[Route]) -> None:
+    """Relay mode: log a warning for each destination whose replies the kernel would not deliver here."""
+    is_local = LocalAddresses()
+    for destination in dict.fromkeys(route.destination for route in routes):
+        try:
+            warning = reply_route_warning(destination, is_local)
+        except OSError as error:
+            warning = f"--reply relay: cannot check the route of replies from {destination}: {error}"
+        if warning is not None:
+            log.warning("%s", warning)
 
 
 def fit_max_flows(wanted: int, listeners: int) -> int:
@@ -206,14 +234,17 @@ def run(argv: Sequence[str] | None = None) -> int:
     listeners = open_listeners(args.listen, specs)
     notifier = Notifier()
     try:
-        routes = build_routes(listeners, specs)
+        relay = args.reply == "relay"
+        routes = build_routes(listeners, specs, relay)
         refuse_loops(routes)
         check_transparent_capability({route.destination.family for route in routes})
+        if relay:
+            warn_of_reply_routes(routes)
         if args.receive_buffer is not None:
             for listener in listeners:
                 set_receive_buffer(listener.sock, args.receive_buffer)
         machine = ForwardingMachine(
-            fit_max_flows(args.max_flows, len(listeners)), args.flow_idle_timeout, LocalAddresses()
+            fit_max_flows(args.max_flows, len(listeners)), args.flow_idle_timeout, LocalAddresses(), relay
         )
         engine = Engine(
             routes,
@@ -223,6 +254,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             stats_interval=args.stats_interval,
             watchdog_interval=watchdog_interval(os.environ),
             metrics=metrics_file(args.metrics_file, listeners),
+            connect_flows=args.relay_sockets == "connected",
         )
         engine.run()
     finally:
