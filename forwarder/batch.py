@@ -46,6 +46,7 @@ class MMsgHdr(ctypes.Structure):
 _SIZE = ctypes.sizeof(MMsgHdr)
 _NAMELEN_OFFSET = MsgHdr.msg_namelen.offset
 _FLAGS_OFFSET = MsgHdr.msg_flags.offset
+_CONTROLLEN_OFFSET = MsgHdr.msg_controllen.offset
 _LEN_OFFSET = MMsgHdr.msg_len.offset
 
 
@@ -60,12 +61,23 @@ class Slot(NamedTuple):
 
 
 class BatchReceiver:
-    """Receives up to BATCH datagrams with one recvmmsg call; the buffers are reused for every call."""
+    """Receives up to BATCH datagrams with one recvmmsg call; the buffers are reused for every call.
 
-    def __init__(self, recvmmsg: Callable[..., int], batch: int = BATCH, buffer_size: int = 65536) -> None:
+    With `control_size`, each datagram also gets that much room for ancillary data (IP_PKTINFO): the
+    control message of datagram i starts at `controls[i]` in `control_view`, and `u32[control_lengths[i]]`
+    is its length (0 when there is none)."""
+
+    def __init__(
+        self,
+        recvmmsg: Callable[..., int],
+        batch: int = BATCH,
+        buffer_size: int = 65536,
+        control_size: int = 0,
+    ) -> None:
         self._recvmmsg = recvmmsg
         self.batch = batch
         self.buffer_size = buffer_size
+        self.control_size = control_size
         self.data = bytearray(buffer_size * batch)
         self.names = bytearray(NAME_SPACE * batch)
         data_array = (ctypes.c_char * len(self.data)).from_buffer(self.data)
@@ -80,9 +92,20 @@ class BatchReceiver:
             header.msg_iovlen = 1
             header.msg_name = ctypes.addressof(names_array) + index * NAME_SPACE
             header.msg_namelen = NAME_SPACE
-        self._arrays = (data_array, names_array)  # keep the exported buffers alive with this object
+        self.control = bytearray(max(control_size, 1) * batch)
+        control_array = (ctypes.c_char * len(self.control)).from_buffer(self.control)
+        if control_size:
+            for index in range(batch):
+                header = self._headers[index].msg_hdr
+                header.msg_control = ctypes.addressof(control_array) + index * control_size
+                header.msg_controllen = control_size
+        self._arrays = (data_array, names_array, control_array)  # keep the exported buffers alive with us
         self._address = ctypes.addressof(self._headers)
         self.u32 = memoryview(self._headers).cast("B").cast("I")
+        self.control_view = memoryview(self.control)
+        self.controls = [index * control_size for index in range(batch)]
+        # The low half of each size_t msg_controllen (little-endian), in u32; the high half stays 0.
+        self.control_lengths = [(index * _SIZE + _CONTROLLEN_OFFSET) // 4 for index in range(batch)]
         self.view = memoryview(self.data)
         self.name_view = memoryview(self.names)
         self._namelen_indexes = [(index * _SIZE + _NAMELEN_OFFSET) // 4 for index in range(batch)]
@@ -98,7 +121,9 @@ class BatchReceiver:
         ]
 
     @classmethod
-    def create(cls, batch: int = BATCH, buffer_size: int = 65536) -> "BatchReceiver | None":
+    def create(
+        cls, batch: int = BATCH, buffer_size: int = 65536, control_size: int = 0
+    ) -> "BatchReceiver | None":
         """A receiver, or None when this libc has no recvmmsg (the engine then receives one at a time)."""
         try:
             libc = ctypes.CDLL(None, use_errno=True)
@@ -107,13 +132,16 @@ class BatchReceiver:
             return None
         recvmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p)
         recvmmsg.restype = ctypes.c_int
-        return cls(recvmmsg, batch, buffer_size)
+        return cls(recvmmsg, batch, buffer_size, control_size)
 
     def receive(self, fd: int) -> int:
         """Receive what is queued on `fd`, up to a batch, without blocking; 0 when nothing is queued."""
         u32 = self.u32
         for index in self._namelen_indexes[: self._used]:  # in/out: the kernel shortened them last time
             u32[index] = NAME_SPACE
+        if self.control_size:
+            for index in self.control_lengths[: self._used]:  # in/out too
+                u32[index] = self.control_size
         count: int = self._recvmmsg(fd, self._address, self.batch, MSG_DONTWAIT, None)
         if count < 0:
             self._used = 0
@@ -164,18 +192,22 @@ class BatchSender:
         sendmmsg.restype = ctypes.c_int
         return cls(sendmmsg, receiver)
 
-    def aim(self, family: socket.AddressFamily, destination: tuple[str, int]) -> None:
-        """Send the following runs to `destination` (cheap when it is the same as before)."""
+    def aim(self, family: socket.AddressFamily, destination: tuple[str, int] | None) -> None:
+        """Send the following runs to `destination`, or with no address (connected sockets) for None;
+        cheap when it is the same as before."""
         if destination == self._destination:
             return
-        name = self._names.get(destination)
-        if name is None:
-            raw = sockaddr_bytes(family, destination)
-            name = self._names[destination] = ctypes.create_string_buffer(raw, len(raw))
+        address, length = 0, 0
+        if destination is not None:
+            name = self._names.get(destination)
+            if name is None:
+                raw = sockaddr_bytes(family, destination)
+                name = self._names[destination] = ctypes.create_string_buffer(raw, len(raw))
+            address, length = ctypes.addressof(name), len(name)
         for index in range(len(self._headers)):
             header = self._headers[index].msg_hdr
-            header.msg_name = ctypes.addressof(name)
-            header.msg_namelen = len(name)
+            header.msg_name = address
+            header.msg_namelen = length
         self._destination = destination
 
     def send_run(

@@ -38,11 +38,13 @@ from forwarder.mapping import assign, check_form
 from forwarder.metrics import MetricsFile, listen_label
 from forwarder.notify import Notifier, watchdog_interval
 from forwarder.proxy_protocol import Network, TrustedSources
+from forwarder.routecheck import reply_route_warning
 from forwarder.sockets import (
     BroadcastAddresses,
     LocalAddresses,
     bind_listener,
     check_transparent_capability,
+    is_wildcard,
     listener_families,
     set_receive_buffer,
 )
@@ -194,6 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
         "are: their headers are payload, never believed. Repeatable",
     )
     parser.add_argument(
+        "--reply",
+        choices=["direct", "relay"],
+        default="direct",
+        help="direct: the backend's replies go straight to the clients (the host rewrites their source; "
+        "default); relay: the host routes them to the forwarder, which sends each from the address the "
+        "client sent to (see the README's routing recipe)",
+    )
+    parser.add_argument(
         "--receive-buffer",
         type=_buffer_size,
         metavar="BYTES",
@@ -206,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="write the counters as Prometheus metrics to PATH (node_exporter's textfile collector) every "
         "--stats-interval",
+    )
+    parser.add_argument(  # for measuring the two kinds of relay flow sockets against each other
+        "--relay-sockets", choices=["connected", "unconnected"], default="connected", help=argparse.SUPPRESS
     )
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default info"
@@ -234,11 +247,13 @@ def build_routes(
     specs: Sequence[DestinationSpec],
     prefer_family: socket.AddressFamily | None = None,
     is_broadcast: Callable[[str], bool] | None = None,
+    relay: bool = False,
 ) -> list[Route]:
     """Pair each listening socket with its destination, resolve it, and check the socket can serve it.
 
     A host name resolves to the listening socket's family when it has an address of it, or to
-    `prefer_family` when the socket's clients can be of that family too (a dual-stack socket).
+    `prefer_family` when the socket's clients can be of that family too (a dual-stack socket). In relay
+    mode a wildcard listener reads each datagram's local address (the reply's source).
     """
     is_broadcast = BroadcastAddresses() if is_broadcast is None else is_broadcast
     routes = []
@@ -270,7 +285,7 @@ def build_routes(
                 destination,
                 other,
             )
-        routes.append(Route(listener, destination))
+        routes.append(Route(listener, destination, pktinfo=relay and is_wildcard(listener.sock)))
     return routes
 
 
@@ -286,6 +301,18 @@ def refuse_loops(routes: Sequence[Route]) -> None:
                     f"destination {str(route.destination)!r} of socket {route.listener.label!r} is our own "
                     f"listening socket {other.listener.label!r}: expected a backend, not a loop"
                 )
+
+
+def warn_of_reply_routes(routes: Sequence[Route]) -> None:
+    """Relay mode: log a warning for each destination whose replies the kernel would not deliver here."""
+    is_local = LocalAddresses()
+    for destination in dict.fromkeys(route.destination for route in routes):
+        try:
+            warning = reply_route_warning(destination, is_local)
+        except OSError as error:
+            warning = f"--reply relay: cannot check the route of replies from {destination}: {error}"
+        if warning is not None:
+            log.warning("%s", warning)
 
 
 def fit_max_flows(wanted: int, listeners: int) -> int:
@@ -323,9 +350,12 @@ def run(argv: Sequence[str] | None = None) -> int:
     listeners = open_listeners(args.listen, specs)
     notifier = Notifier()
     try:
-        routes = build_routes(listeners, specs, FAMILIES.get(args.prefer_family))
+        relay = args.reply == "relay"
+        routes = build_routes(listeners, specs, FAMILIES.get(args.prefer_family), relay=relay)
         refuse_loops(routes)
         check_transparent_capability({route.destination.family for route in routes})
+        if relay:
+            warn_of_reply_routes(routes)
         if args.receive_buffer is not None:
             for listener in listeners:
                 set_receive_buffer(listener.sock, args.receive_buffer)
@@ -334,7 +364,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             args.flow_idle_timeout,
             LocalAddresses(),
             BroadcastAddresses(),
-            TrustedSources(args.proxy_protocol_from) if args.proxy_protocol_from else None,
+            trusted=TrustedSources(args.proxy_protocol_from) if args.proxy_protocol_from else None,
+            relay=relay,
         )
         engine = Engine(
             routes,
@@ -344,6 +375,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             stats_interval=args.stats_interval,
             watchdog_interval=watchdog_interval(os.environ),
             metrics=metrics_file(args.metrics_file, listeners),
+            connect_flows=args.relay_sockets == "connected",
         )
         engine.run()
     finally:

@@ -9,7 +9,9 @@ executes the actions and reports what happened, so everything here is tested wit
     receive_proxied(path, client, data) -> (one of those actions, bytes of PROXY header to skip)
     flow_opened / open_failed /        ->  CloseFlows (evicted to make room) or a Drop (the failure counted)
     send_failed / send_once_failed
-    expire(now)                        ->  CloseFlows (idle, or their source became local)
+    reply_received(flow, source, ...)  ->  the Flow whose client gets the reply (relay it), or a Drop
+    reply_send_failed / icmp_error     ->  a Drop / the name the error is counted as
+    expire(now)                        ->  CloseFlows (idle in both directions, or source became local)
 
 A datagram is counted as forwarded when the machine hands out the action that sends it; a failure event
 (always reported in the same drain, before the next STATUS=) takes it back and counts the drop instead, so
@@ -33,6 +35,7 @@ from forwarder.core import (
     DropReason,
     Entry,
     FlowTable,
+    SockAddr,
     bounded_put,
     decode_sockaddr,
     drop_key,
@@ -40,6 +43,7 @@ from forwarder.core import (
     sockaddr_bytes,
 )
 from forwarder.destination import Destination
+from forwarder.icmp import QueuedError
 from forwarder.proxy_protocol import Command, HeaderProblem, parse
 
 if TYPE_CHECKING:
@@ -80,21 +84,30 @@ class Path:
 class Flow(Entry):
     """One client's flow to one destination, with the socket the engine opened for it (`handle`).
 
-    Returned by `receive`, the flow is also the action "send this datagram on the flow's open socket": the
-    hot path allocates nothing.
+    Returned by `receive`, the flow is also the action "send this datagram on the flow's open socket"; by
+    `reply_received`, "relay this reply to the flow's client": the hot paths allocate nothing.
     """
 
-    __slots__ = ("client", "handle", "key", "path", "source")
+    __slots__ = ("address", "client", "handle", "key", "local", "path", "source")
 
     def __init__(
-        self, key: FlowKey, path: Path, source: tuple[str, int], client: bytes | None = None
+        self,
+        key: FlowKey,
+        path: Path,
+        source: tuple[str, int],
+        address: SockAddr | None = None,
+        local: bytes | None = None,
+        *,
+        client: bytes | None = None,
     ) -> None:
         super().__init__()
         self.key = key
         self.path = path
-        # The sender's raw sockaddr, as received: the client, or the load balancer that named it.
+        # The sender's raw sockaddr, as received (the client, or the load balancer that named it), decoded.
         self.client = key[1] if client is None else client
+        self.address = address if address is not None else decode_sockaddr(self.client)
         self.source = source  # the (address, port) presented to the backend
+        self.local = local  # the raw address the client sent to (IP_PKTINFO), on a wildcard listener
         self.handle: socket.socket | None = None
 
     def __repr__(self) -> str:
@@ -120,11 +133,13 @@ class SendOnce:
 
 @dataclass(frozen=True, slots=True)
 class Drop:
-    """Nothing to send: the datagram was dropped (and counted) as `key`; the engine logs it, rate-limited."""
+    """Nothing to send: the datagram (or the backend's reply to `client`) was dropped, and counted, as
+    `key`; the engine logs it, rate-limited."""
 
     key: str
     path: Path
     client: bytes | None  # raw sockaddr; None when unknown (a failed receive)
+    reply: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,10 +178,13 @@ class ForwardingMachine:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         is_local: LocalProbe | None = None,
         is_broadcast: LocalProbe | None = None,
+        *,
         trusted: "TrustedSources | None" = None,
+        relay: bool = False,
     ) -> None:
         self.flows: FlowTable[FlowKey, Flow] = FlowTable(max_flows, idle_timeout)
-        self.counters = Counters()
+        self.relay = relay  # --reply relay: replies arriving on flow sockets go back to the clients
+        self.counters = Counters(relay=relay)
         self.is_local: LocalProbe = is_local if is_local is not None else _NothingLocal()
         # Whether an IPv4 address is a directed broadcast of one of the host's subnets.
         self.is_broadcast: LocalProbe = is_broadcast if is_broadcast is not None else _NothingLocal()
@@ -179,8 +197,11 @@ class ForwardingMachine:
 
     # --- datagram metadata in, an action out -----------------------------------------------------------
 
-    def receive(self, path: Path, client: bytes, size: int, flags: int, now: float) -> Action:
-        """The action for a datagram of `size` bytes from `client` (raw sockaddr) that arrived on `path`.
+    def receive(
+        self, path: Path, client: bytes, size: int, flags: int, now: float, *, local: bytes | None = None
+    ) -> Action:
+        """The action for a datagram of `size` bytes from `client` (raw sockaddr) that arrived on `path`;
+        `local` is the raw address it was sent to, when the engine asks (relay mode, wildcard listener).
 
         The hot path: an open flow is one dict lookup, returned as its own action."""
         if flags & MSG_TRUNC:
@@ -190,23 +211,28 @@ class ForwardingMachine:
             flow.last_used = now
             flow.referenced = True
             self.counters.forwarded += 1
+            if local is not None:
+                flow.local = local  # replies leave from the address the client used last
             return flow
-        return self._first(path, client, now)
+        return self._first(path, client, now, local)
 
-    def _first(self, path: Path, client: bytes, now: float) -> Action:
+    def _first(self, path: Path, client: bytes, now: float, local: bytes | None) -> Action:
         """The first datagram of a flow (or of a client that never gets one), or of a trusted sender."""
         if self.trusted is not None and self.trusted(client):
             return READ_HEADER
-        source = presentable_source(decode_sockaddr(client), path.destination.family, self.is_broadcast)
-        return self._open(path, client, (path.target, client), source, now)
+        address = decode_sockaddr(client)
+        source = presentable_source(address, path.destination.family, self.is_broadcast)
+        return self._open(path, client, (path.target, client), source, now, address, local)
 
-    def _open(
+    def _open(  # noqa: PLR0917
         self,
         path: Path,
         client: bytes,
         key: FlowKey,
         source: tuple[str, int] | DropReason,
         now: float,
+        address: SockAddr | None,
+        local: bytes | None,
     ) -> ProxiedAction:
         """Open a flow presenting `source` under `key` (a one-shot send for a local one), or drop."""
         if isinstance(source, DropReason):
@@ -214,23 +240,30 @@ class ForwardingMachine:
         self.counters.forwarded += 1
         if self.is_local(source[0]):
             return SendOnce(path, client, source)
-        flow = Flow(key, path, source, client)
+        flow = Flow(key, path, source, address, local, client=client)
         flow.last_used = now
         return OpenFlow(flow)
 
     def receive_proxied(
-        self, path: Path, client: bytes, data: memoryview, flags: int, now: float
+        self,
+        path: Path,
+        client: bytes,
+        data: memoryview,
+        flags: int,
+        now: float,
+        *,
+        local: bytes | None = None,
     ) -> tuple[ProxiedAction, int]:
         """The action for a datagram from a trusted `client` (after READ_HEADER), and how many bytes of
         PROXY header precede its payload. The header's client is presented (every rule of a client
         applies to it); LOCAL presents the sender itself; a header that is not believed is a drop named
-        by its problem."""
+        by its problem. Replies of the flow go back to the sender (`client`), from `local`."""
         if flags & MSG_TRUNC:
             return self._drop(path, client, drop_key(DropReason.TRUNCATED)), 0
         header = bytes(data[: 16 + (data[14] << 8 | data[15])]) if len(data) >= 16 else b""
         known = self._headers.get(header)
         if known is not None and known[0] is path:
-            return self._hit_or_open(path, client, known[1], known[2], now), len(header)
+            return self._hit_or_open(path, client, known[1], known[2], now, local), len(header)
         parsed = parse(data)
         if isinstance(parsed, HeaderProblem):
             return self._drop(path, client, parsed.value), 0
@@ -238,24 +271,34 @@ class ForwardingMachine:
         if parsed.command is Command.LOCAL:  # no client behind: the sender itself, in a flow of its own
             source = presentable_source(decode_sockaddr(client), family, self.is_broadcast)
             key = (path.target, PROXIED + client)
-            return self._hit_or_open(path, client, key, source, now), parsed.length
+            return self._hit_or_open(path, client, key, source, now, local), parsed.length
         assert parsed.source is not None
         source = presentable_source(parsed.source, family, self.is_broadcast)
         named = parsed.source if isinstance(source, DropReason) else source
         key = (path.target, PROXIED + sockaddr_bytes(_family_of(named[0]), named))
         bounded_put(self._headers, header, (path, key, source), HEADER_CACHE_SIZE)
-        return self._hit_or_open(path, client, key, source, now), parsed.length
+        return self._hit_or_open(path, client, key, source, now, local), parsed.length
 
-    def _hit_or_open(
-        self, path: Path, client: bytes, key: FlowKey, source: tuple[str, int] | DropReason, now: float
+    def _hit_or_open(  # noqa: PLR0917
+        self,
+        path: Path,
+        client: bytes,
+        key: FlowKey,
+        source: tuple[str, int] | DropReason,
+        now: float,
+        local: bytes | None,
     ) -> ProxiedAction:
         """The flow of a header's client, marked as used; or a new one (or a drop) as for any client."""
         flow = self._lookup(key)
         if flow is None:
-            return self._open(path, client, key, source, now)
+            return self._open(path, client, key, source, now, None, local)
         flow.last_used = now
         flow.referenced = True
-        flow.client = client  # replies go to the load balancer that sent the latest datagram
+        if flow.client != client:  # replies go to the load balancer that sent the latest datagram
+            flow.client = client
+            flow.address = decode_sockaddr(client)
+        if local is not None:
+            flow.local = local
         self.counters.forwarded += 1
         return flow
 
@@ -296,6 +339,58 @@ class ForwardingMachine:
     def _drop(self, path: Path, client: bytes | None, key: str) -> Drop:
         self.counters.dropped[key] += 1
         return Drop(key, path, client)
+
+    # --- the backend's replies ------------------------------------------------------------------------------
+
+    def reply_received(
+        self, flow: Flow, source: SockAddr, size: int, flags: int, now: float
+    ) -> "Flow | Drop":
+        """A datagram of `size` bytes from `source` arrived on `flow`'s socket: the flow whose client it is
+        relayed to (it counts as use of that flow), or why not.
+
+        Two flows of one client to two destinations share the client's address and port; an unconnected
+        socket may receive the other destination's reply, so the reply goes to the flow of its source. A
+        reply whose flow is gone (evicted) is never sent anywhere else."""
+        if not self.relay:
+            return self._reply_drop(flow, DropReason.REPLY_IN_DIRECT_MODE)
+        if flags & MSG_TRUNC:
+            return self._reply_drop(flow, DropReason.REPLY_TRUNCATED)
+        backend = (str(source[0]), int(source[1]))
+        if backend != flow.path.target:
+            other = self._lookup((backend, flow.key[1]))
+            if other is None:
+                return self._reply_drop(flow, DropReason.REPLY_UNMATCHED)
+            flow = other
+        flow.last_used = now
+        flow.referenced = True
+        self.counters.relayed += 1
+        return flow
+
+    def reply_send_failed(self, flow: Flow, error_number: int) -> Drop:
+        """Relaying a reply (counted as relayed) to `flow`'s client failed."""
+        self.counters.relayed -= 1
+        return self._reply_drop(flow, DropReason.REPLY_SEND_ERROR, errno_name(error_number))
+
+    def reply_receive_failed(self, flow: Flow, error_number: int) -> Drop:
+        """Receiving from `flow`'s socket failed with an error that is not a queued ICMP error."""
+        return self._reply_drop(flow, DropReason.REPLY_RECEIVE_ERROR, errno_name(error_number))
+
+    def replies_unmatched(self, flow: Flow, count: int) -> None:
+        """`count` replies were still queued on `flow`'s socket when the flow was closed (evicted)."""
+        if count:
+            self.counters.reply_dropped[DropReason.REPLY_UNMATCHED.value] += count
+
+    def icmp_error(self, flow: Flow, error: QueuedError) -> str:
+        """An ICMP error about `flow`'s datagrams (from its socket's error queue): count it by type; the
+        name it was counted as is returned for the log."""
+        name = error.name
+        self.counters.icmp_errors[name] += 1
+        return name
+
+    def _reply_drop(self, flow: Flow, reason: DropReason, detail: str = "") -> Drop:
+        key = drop_key(reason, detail)
+        self.counters.reply_dropped[key] += 1
+        return Drop(key, flow.path, flow.client, reply=True)
 
     # --- time -----------------------------------------------------------------------------------------------
 

@@ -4,11 +4,14 @@ one flow out with one sendmmsg). Both give the machine the same metadata, with t
 sockaddr, the one flow key; everything but a hit goes to the executor (the engine).
 """
 
+import socket
 from typing import TYPE_CHECKING, Protocol
 
 from forwarder.batch import NAME_LENGTH, BatchReceiver, BatchSender
 from forwarder.core import bounded_put, sockaddr_bytes
+from forwarder.icmp import PENDING_ERRORS
 from forwarder.machine import READ_HEADER, Action, Drop, Flow, ForwardingMachine
+from forwarder.sockets import IP_PKTINFO
 
 if TYPE_CHECKING:
     from forwarder.engine import Route
@@ -18,6 +21,21 @@ if TYPE_CHECKING:
 MAX_BATCH = 4096
 # Raw sockaddrs of recent clients on the single path, so that a hit costs a dict lookup, not an encoding.
 NAME_CACHE_SIZE = 4096
+# Ancillary room for one IP_PKTINFO / IPV6_PKTINFO message (struct in6_pktinfo is the larger, 20 bytes).
+PKTINFO_SPACE = socket.CMSG_SPACE(20)
+# Where the local address is in a received pktinfo message's data: (offset, length) of in_pktinfo's
+# ipi_spec_dst, and of in6_pktinfo's ipi6_addr (v4-mapped for an IPv4 client of a dual-stack socket).
+PKTINFO_ADDRESS = {socket.AF_INET: (4, 4), socket.AF_INET6: (0, 16)}
+_PKTINFO_KINDS = {(socket.IPPROTO_IP, IP_PKTINFO), (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO)}
+
+
+def pktinfo_local(ancillary: list[tuple[int, int, bytes]], family: socket.AddressFamily) -> bytes | None:
+    """The raw local address a datagram was sent to, from recvmsg's ancillary data (or None)."""
+    offset, length = PKTINFO_ADDRESS[family]
+    for level, kind, data in ancillary:
+        if (level, kind) in _PKTINFO_KINDS and len(data) >= offset + length:
+            return bytes(data[offset : offset + length])
+    return None
 
 
 class Executor(Protocol):
@@ -56,9 +74,10 @@ class SingleReceive:
         names = self._names
         executor = self.executor
         receive = executor.machine.receive
+        control = PKTINFO_SPACE if route.pktinfo else 0
         for _ in range(MAX_BATCH):
             try:
-                size, _, flags, client = sock.recvmsg_into(buffers)
+                size, ancillary, flags, client = sock.recvmsg_into(buffers, control)
             except BlockingIOError:
                 return
             except OSError as error:
@@ -68,10 +87,16 @@ class SingleReceive:
             if raw is None:
                 raw = sockaddr_bytes(family, client)
                 bounded_put(names, client, raw, NAME_CACHE_SIZE)
-            action = receive(path, raw, size, flags, now)
+            local = pktinfo_local(ancillary, family) if ancillary else None
+            if local is not None:
+                action = receive(path, raw, size, flags, now, local=local)
+            else:
+                action = receive(path, raw, size, flags, now)
             skip = 0
             if action is READ_HEADER:
-                action, skip = executor.machine.receive_proxied(path, raw, view[:size], flags, now)
+                action, skip = executor.machine.receive_proxied(
+                    path, raw, view[:size], flags, now, local=local
+                )
             if action.__class__ is Flow:
                 executor.send(action, view[skip:size])
             else:
@@ -82,16 +107,26 @@ class BatchReceive:
     """recvmmsg up to a batch per call; a run of consecutive datagrams of one open flow leaves in one
     sendmmsg (a lone one through the executor's send)."""
 
-    def __init__(self, executor: Executor, receiver: BatchReceiver) -> None:
+    def __init__(self, executor: Executor, receiver: BatchReceiver, connected: bool = False) -> None:
         self.executor = executor
         self.receiver = receiver
         self.sender = BatchSender.create(receiver)
+        self.connected = connected  # flow sockets are connected: runs are sent without an address
 
     @classmethod
-    def create(cls, executor: Executor, batch: int, buffer_size: int) -> "BatchReceive | None":
-        """The strategy, or None where libc has no recvmmsg."""
-        receiver = BatchReceiver.create(batch, buffer_size)
-        return None if receiver is None else cls(executor, receiver)
+    def create(
+        cls,
+        executor: Executor,
+        batch: int,
+        buffer_size: int,
+        *,
+        pktinfo: bool = False,
+        connected: bool = False,
+    ) -> "BatchReceive | None":
+        """The strategy (with room for pktinfo messages when some listener needs them), or None where libc
+        has no recvmmsg."""
+        receiver = BatchReceiver.create(batch, buffer_size, PKTINFO_SPACE if pktinfo else 0)
+        return None if receiver is None else cls(executor, receiver, connected)
 
     def drain(self, route: "Route", now: float) -> None:
         """Receive and handle until the socket would block, or MAX_BATCH datagrams.
@@ -109,8 +144,16 @@ class BatchReceive:
         name_length = NAME_LENGTH[route.listener.family]
         path = route.path
         u32, data, names, slots = receiver.u32, receiver.view, receiver.name_view, receiver.slots
+        pktinfo = route.pktinfo
+        control_view, controls, control_lengths = (
+            receiver.control_view,
+            receiver.controls,
+            receiver.control_lengths,
+        )
+        start, length_of_local = PKTINFO_ADDRESS[route.listener.family]
+        start += socket.CMSG_LEN(0)  # past the cmsghdr: the only control message is the pktinfo one
         if self.sender is not None:
-            self.sender.aim(path.destination.family, path.target)
+            self.sender.aim(path.destination.family, None if self.connected else path.target)
         handled = 0
         while handled < MAX_BATCH:
             try:
@@ -121,22 +164,24 @@ class BatchReceive:
             run: Flow | None = None
             run_first = run_length = 0
             skips: dict[int, int] = {}
+            local: bytes | None = None
             for index in range(count):
                 length, flags, name, offset = slots[index]
                 client = bytes(names[name : name + name_length])
-                action = receive(path, client, u32[length], u32[flags], now)
-                if action is READ_HEADER:
-                    end = offset + u32[length]
-                    action, skip = executor.machine.receive_proxied(
-                        path, client, data[offset:end], u32[flags], now
+                if pktinfo:
+                    at = controls[index] + start
+                    local = (
+                        bytes(control_view[at : at + length_of_local])
+                        if u32[control_lengths[index]]
+                        else None
                     )
-                    if action.__class__ is not Flow:
-                        if run is not None:
-                            self._send_run(run, run_first, run_length, skips)
-                            run = None
-                        executor.execute(route, action, data[offset + skip : end])
-                        continue
-                    skips[index] = skip
+                    action = receive(path, client, u32[length], u32[flags], now, local=local)
+                else:
+                    action = receive(path, client, u32[length], u32[flags], now)
+                if action is READ_HEADER:
+                    action, skips[index] = executor.machine.receive_proxied(
+                        path, client, data[offset : offset + u32[length]], u32[flags], now, local=local
+                    )
                 if action is run:
                     run_length += 1
                     continue
@@ -148,7 +193,7 @@ class BatchReceive:
                 if run is not None:
                     self._send_run(run, run_first, run_length, skips)
                     run = None
-                executor.execute(route, action, data[offset : offset + u32[length]])
+                executor.execute(route, action, data[offset + skips.get(index, 0) : offset + u32[length]])
             if run is not None:
                 self._send_run(run, run_first, run_length, skips)
             handled += count
@@ -162,6 +207,7 @@ class BatchReceive:
         sender = self.sender
         executor = self.executor
         slots, u32, data = receiver.slots, receiver.u32, receiver.view
+        retried = -1
         while length:
             if length == 1 or sender is None or flow.handle is None:
                 slot = slots[first]
@@ -171,15 +217,27 @@ class BatchReceive:
             sent, error_number = sender.send_run(flow.handle.fileno(), first, length, skips)
             first, length = first + sent, length - sent
             if error_number:
+                if error_number in PENDING_ERRORS and retried != first:  # an earlier ICMP error, reported now
+                    retried = first
+                    continue
                 executor.log_drop(executor.machine.send_failed(flow.path, flow.client, error_number))
                 first, length = first + 1, length - 1
 
 
-def create(name: str, executor: Executor, batch: int, buffer_size: int) -> Strategy:
+def create(
+    name: str,
+    executor: Executor,
+    batch: int,
+    buffer_size: int,
+    *,
+    pktinfo: bool = False,
+    connected: bool = False,
+) -> Strategy:
     """The strategy called `name` ('batch' or 'single'); 'batch' falls back to 'single' where libc lacks
-    recvmmsg."""
+    recvmmsg. `pktinfo`: some listener needs each datagram's local address; `connected`: flow sockets are
+    connected to their destination."""
     if name == "batch":
-        strategy = BatchReceive.create(executor, batch, buffer_size)
+        strategy = BatchReceive.create(executor, batch, buffer_size, pktinfo=pktinfo, connected=connected)
         if strategy is not None:
             return strategy
     elif name != "single":
