@@ -158,22 +158,29 @@ class BatchSender:
 
     A run of n datagrams from one client to one destination costs one system call instead of n. The
     headers point at the receiver's slots once and for all; a run only sets its lengths and destination.
+    `prefixed` (--send-proxy-protocol): each message has two iovecs, the flow's PROXY header, then the
+    datagram as received.
     """
 
-    def __init__(self, sendmmsg: Callable[..., int], receiver: BatchReceiver) -> None:
+    def __init__(self, sendmmsg: Callable[..., int], receiver: BatchReceiver, prefixed: bool = False) -> None:
         self._sendmmsg = sendmmsg
         self._receiver = receiver  # its buffers are what the headers point into: keep them alive
         batch = receiver.batch
-        self._iovecs = (IOVec * batch)()
+        stride = 2 if prefixed else 1
+        self._iovecs = (IOVec * (batch * stride))()
         self._headers = (MMsgHdr * batch)()
         data_address = ctypes.addressof(receiver._arrays[0])
         self._bases = [data_address + index * receiver.buffer_size for index in range(batch)]
         self._moved: set[int] = set()  # slots whose iovec starts after a PROXY header now
+        # Where in the u64 view of the iovecs each message's data iovec starts (base; its length follows),
+        # and, when prefixed, its header iovec.
+        self._data_at = [2 * (index * stride + stride - 1) for index in range(batch)]
+        self._prefix_at = [2 * index * stride for index in range(batch)] if prefixed else []
         for index in range(batch):
-            self._iovecs[index].iov_base = self._bases[index]
+            self._iovecs[index * stride + stride - 1].iov_base = self._bases[index]
             header = self._headers[index].msg_hdr
-            header.msg_iov = ctypes.addressof(self._iovecs[index])
-            header.msg_iovlen = 1
+            header.msg_iov = ctypes.addressof(self._iovecs[index * stride])
+            header.msg_iovlen = stride
         self._address = ctypes.addressof(self._headers)
         self._iov_u64 = memoryview(self._iovecs).cast("B").cast("Q")
         self._receiver_u32 = receiver.u32
@@ -182,7 +189,7 @@ class BatchSender:
         self._destination: tuple[str, int] | None = None
 
     @classmethod
-    def create(cls, receiver: BatchReceiver) -> "BatchSender | None":
+    def create(cls, receiver: BatchReceiver, prefixed: bool = False) -> "BatchSender | None":
         """A sender for `receiver`'s buffers, or None when this libc has no sendmmsg."""
         try:
             sendmmsg = ctypes.CDLL(None, use_errno=True).sendmmsg
@@ -190,7 +197,7 @@ class BatchSender:
             return None
         sendmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
         sendmmsg.restype = ctypes.c_int
-        return cls(sendmmsg, receiver)
+        return cls(sendmmsg, receiver, prefixed)
 
     def aim(self, family: socket.AddressFamily, destination: tuple[str, int] | None) -> None:
         """Send the following runs to `destination`, or with no address (connected sockets) for None;
@@ -211,25 +218,37 @@ class BatchSender:
         self._destination = destination
 
     def send_run(
-        self, fd: int, first: int, count: int, skips: dict[int, int] | None = None
+        self,
+        fd: int,
+        first: int,
+        count: int,
+        skips: dict[int, int] | None = None,
+        prefix: bytearray | None = None,
     ) -> tuple[int, int]:
         """Send received datagrams first..first+count-1 from `fd`, datagram i without its first `skips[i]`
-        bytes when given (a PROXY header: the iovec starts after it, nothing is copied). Returns (sent,
-        errno): when errno is not 0, datagram first+sent failed with it and the ones after it were not
-        tried."""
-        u32, iov, slots = self._receiver_u32, self._iov_u64, self._slots
+        bytes when given (a PROXY header: the iovec starts after it, nothing is copied), each after
+        `prefix` on a prefixed sender (the flow's PROXY header, also not copied). Returns (sent, errno):
+        when errno is not 0, datagram first+sent failed with it and the ones after it were not tried."""
+        u32, iov, slots, data_at = self._receiver_u32, self._iov_u64, self._slots, self._data_at
         for index in range(first, first + count):
-            iov[2 * index + 1] = u32[slots[index].length]
+            iov[data_at[index] + 1] = u32[slots[index].length]
         if skips or self._moved:
             bases, moved = self._bases, self._moved
             for index in range(first, first + count):
                 skip = skips.get(index, 0) if skips else 0
-                iov[2 * index] = bases[index] + skip  # or back where it was: an earlier run moved it
-                iov[2 * index + 1] -= skip
+                iov[data_at[index]] = bases[index] + skip  # or back where it was: an earlier run moved it
+                iov[data_at[index] + 1] -= skip
                 if skip:
                     moved.add(index)
                 else:
                     moved.discard(index)
+        if self._prefix_at:
+            address = ctypes.addressof(ctypes.c_char.from_buffer(prefix)) if prefix else 0
+            size = len(prefix) if prefix else 0
+            for index in range(first, first + count):
+                at = self._prefix_at[index]
+                iov[at] = address
+                iov[at + 1] = size
         sent: int = self._sendmmsg(fd, self._address + first * _SIZE, count, 0)
         if sent < 0:
             return 0, ctypes.get_errno()

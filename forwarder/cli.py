@@ -198,10 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--reply",
         choices=["direct", "relay"],
-        default="direct",
         help="direct: the backend's replies go straight to the clients (the host rewrites their source; "
         "default); relay: the host routes them to the forwarder, which sends each from the address the "
-        "client sent to (see the README's routing recipe)",
+        "client sent to (see the README's routing recipe); --send-proxy-protocol implies relay",
+    )
+    parser.add_argument(
+        "--send-proxy-protocol",
+        action="store_true",
+        help="send from this host's own address (no IP_TRANSPARENT, no CAP_NET_ADMIN), each datagram after "
+        "a PROXY protocol v2 header naming the client and the address it sent to; the backend's replies "
+        "are relayed to the client from the listening socket",
     )
     parser.add_argument(
         "--receive-buffer",
@@ -344,18 +350,27 @@ def metrics_file(path: Path | None, listeners: Sequence[ListeningSocket]) -> Met
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, set up and forward until stopped; raises ForwarderError on bad input."""
     args = build_parser().parse_args(argv)
+    if args.send_proxy_protocol and args.reply == "direct":
+        raise UsageError(
+            "--reply direct with --send-proxy-protocol: the backend answers this host's address, so "
+            "replies can only be relayed; expected --reply relay or no --reply"
+        )
     logs.configure(args.log_level)
     specs = [parse_destination(text) for text in args.destinations]
     check_form(specs)
     listeners = open_listeners(args.listen, specs)
     notifier = Notifier()
     try:
-        relay = args.reply == "relay"
+        send_header = args.send_proxy_protocol
+        relay = args.reply == "relay" or send_header
         routes = build_routes(listeners, specs, FAMILIES.get(args.prefer_family), relay=relay)
         refuse_loops(routes)
-        check_transparent_capability({route.destination.family for route in routes})
-        if relay:
-            warn_of_reply_routes(routes)
+        # With --send-proxy-protocol nothing binds a client's address (no capability needed) and replies
+        # come back to this host's own address (no relay routing to check).
+        if not send_header:
+            check_transparent_capability({route.destination.family for route in routes})
+            if relay:
+                warn_of_reply_routes(routes)
         if args.receive_buffer is not None:
             for listener in listeners:
                 set_receive_buffer(listener.sock, args.receive_buffer)
@@ -366,6 +381,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             BroadcastAddresses(),
             trusted=TrustedSources(args.proxy_protocol_from) if args.proxy_protocol_from else None,
             relay=relay,
+            send_header=send_header,
         )
         engine = Engine(
             routes,

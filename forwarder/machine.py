@@ -39,12 +39,13 @@ from forwarder.core import (
     bounded_put,
     decode_sockaddr,
     drop_key,
+    plain_address,
     presentable_source,
     sockaddr_bytes,
 )
 from forwarder.destination import Destination
 from forwarder.icmp import QueuedError
-from forwarder.proxy_protocol import Command, HeaderProblem, parse
+from forwarder.proxy_protocol import Command, HeaderProblem, build, parse
 
 if TYPE_CHECKING:
     from forwarder.proxy_protocol import TrustedSources
@@ -71,10 +72,12 @@ class LocalProbe(Protocol):
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Path:
-    """Datagrams arriving on the listening socket `name` go to `destination`."""
+    """Datagrams arriving on the listening socket `name` go to `destination`; `listen` is that socket's
+    address (for the PROXY header of --send-proxy-protocol when no IP_PKTINFO tells a better one)."""
 
     name: str
     destination: Destination
+    listen: tuple[str, int] | None = None
     target: tuple[str, int] = field(init=False)  # destination.sockaddr, computed once: it keys every flow
 
     def __post_init__(self) -> None:
@@ -88,7 +91,7 @@ class Flow(Entry):
     `reply_received`, "relay this reply to the flow's client": the hot paths allocate nothing.
     """
 
-    __slots__ = ("address", "client", "handle", "key", "local", "path", "source")
+    __slots__ = ("address", "client", "handle", "header", "key", "local", "path", "source")
 
     def __init__(
         self,
@@ -109,6 +112,8 @@ class Flow(Entry):
         self.source = source  # the (address, port) presented to the backend
         self.local = local  # the raw address the client sent to (IP_PKTINFO), on a wildcard listener
         self.handle: socket.socket | None = None
+        # --send-proxy-protocol: the PROXY header every datagram of the flow gets, built once.
+        self.header: bytearray | None = None
 
     def __repr__(self) -> str:
         return f"Flow({self.source[0]}:{self.source[1]} -> {self.path.destination})"
@@ -181,16 +186,22 @@ class ForwardingMachine:
         *,
         trusted: "TrustedSources | None" = None,
         relay: bool = False,
+        send_header: bool = False,
     ) -> None:
         self.flows: FlowTable[FlowKey, Flow] = FlowTable(max_flows, idle_timeout)
-        self.relay = relay  # --reply relay: replies arriving on flow sockets go back to the clients
-        self.counters = Counters(relay=relay)
+        # --reply relay (implied by --send-proxy-protocol): replies arriving on flow sockets go back to
+        # the clients.
+        self.relay = relay or send_header
+        self.counters = Counters(relay=self.relay)
         self.is_local: LocalProbe = is_local if is_local is not None else _NothingLocal()
         # Whether an IPv4 address is a directed broadcast of one of the host's subnets.
         self.is_broadcast: LocalProbe = is_broadcast if is_broadcast is not None else _NothingLocal()
         self._lookup: Callable[[FlowKey], Flow | None] = self.flows.lookup
         # Whether a sender's PROXY headers are believed (--proxy-protocol-from); None: nobody's are.
         self.trusted = trusted
+        # --send-proxy-protocol: flows send from the host's own address, each datagram after a PROXY header
+        # naming the client, so a local client needs no one-shot socket, and replies are relayed.
+        self.send_header = send_header
         # A PROXY header seen before (its exact bytes) -> (the path it came on, its client's flow key, the
         # source presented or why not): a load balancer repeats one header for every datagram of a client.
         self._headers: dict[bytes, tuple[Path, FlowKey, tuple[str, int] | DropReason]] = {}
@@ -221,7 +232,7 @@ class ForwardingMachine:
         if self.trusted is not None and self.trusted(client):
             return READ_HEADER
         address = decode_sockaddr(client)
-        source = presentable_source(address, path.destination.family, self.is_broadcast)
+        source = self._presentable(address, path.destination.family)
         return self._open(path, client, (path.target, client), source, now, address, local)
 
     def _open(  # noqa: PLR0917
@@ -237,12 +248,29 @@ class ForwardingMachine:
         """Open a flow presenting `source` under `key` (a one-shot send for a local one), or drop."""
         if isinstance(source, DropReason):
             return self._drop(path, client, source.value)
+        if self.send_header:
+            header = _proxy_header(source, local, path)
+            if header is None:
+                return self._drop(path, client, DropReason.FAMILY_MISMATCH.value)
+            self.counters.forwarded += 1
+            flow = Flow(key, path, source, address, local, client=client)
+            flow.header = header
+            flow.last_used = now
+            return OpenFlow(flow)
         self.counters.forwarded += 1
         if self.is_local(source[0]):
             return SendOnce(path, client, source)
         flow = Flow(key, path, source, address, local, client=client)
         flow.last_used = now
         return OpenFlow(flow)
+
+    def _presentable(self, client: SockAddr, family: socket.AddressFamily) -> tuple[str, int] | DropReason:
+        """presentable_source; with --send-proxy-protocol a loopback or link-local client is named in a
+        header, never bound, so it can be forwarded too (its replies leave from the listening socket)."""
+        source = presentable_source(client, family, self.is_broadcast)
+        if self.send_header and source in _NAMEABLE:
+            return (str(plain_address(str(client[0]))), int(client[1]))
+        return source
 
     def receive_proxied(
         self,
@@ -269,11 +297,11 @@ class ForwardingMachine:
             return self._drop(path, client, parsed.value), 0
         family = path.destination.family
         if parsed.command is Command.LOCAL:  # no client behind: the sender itself, in a flow of its own
-            source = presentable_source(decode_sockaddr(client), family, self.is_broadcast)
+            source = self._presentable(decode_sockaddr(client), family)
             key = (path.target, PROXIED + client)
             return self._hit_or_open(path, client, key, source, now, local), parsed.length
         assert parsed.source is not None
-        source = presentable_source(parsed.source, family, self.is_broadcast)
+        source = self._presentable(parsed.source, family)
         named = parsed.source if isinstance(source, DropReason) else source
         key = (path.target, PROXIED + sockaddr_bytes(_family_of(named[0]), named))
         bounded_put(self._headers, header, (path, key, source), HEADER_CACHE_SIZE)
@@ -402,6 +430,8 @@ class ForwardingMachine:
         self.is_local.forget()
         self.is_broadcast.forget()
         self._headers.clear()  # their sources were judged with the answers just forgotten
+        if self.send_header:  # no flow socket is bound to its client's address
+            return CloseFlows(tuple(stale))
         for flow in self.flows.values():
             address = flow.source[0]
             if self.is_local(address) or (":" not in address and self.is_broadcast(address)):
@@ -412,6 +442,25 @@ class ForwardingMachine:
     def close(self) -> CloseFlows:
         """Every flow, at shutdown."""
         return CloseFlows(tuple(self.flows.clear()))
+
+
+# Sources that cannot be bound (so the transparent modes drop them) but can be named in a header.
+_NAMEABLE = (DropReason.LOOPBACK_SOURCE, DropReason.LINK_LOCAL_SOURCE)
+
+
+def _proxy_header(source: tuple[str, int], local: bytes | None, path: Path) -> bytearray | None:
+    """The PROXY header of a flow presenting `source`: its destination is the address the client sent
+    to (`local`, from IP_PKTINFO, a v4-mapped one as IPv4), else the listening socket's address; both
+    with the listening socket's port. None when the two cannot share one header (no such listener)."""
+    if path.listen is None:
+        return None
+    host, port = path.listen
+    if local is not None:
+        host = socket.inet_ntop(socket.AF_INET6 if len(local) == 16 else socket.AF_INET, local)
+    destination = str(plain_address(host))
+    if _family_of(destination) != _family_of(source[0]):
+        return None
+    return bytearray(build(source, (destination, port)))
 
 
 def _family_of(address: str) -> socket.AddressFamily:

@@ -107,10 +107,12 @@ class BatchReceive:
     """recvmmsg up to a batch per call; a run of consecutive datagrams of one open flow leaves in one
     sendmmsg (a lone one through the executor's send)."""
 
-    def __init__(self, executor: Executor, receiver: BatchReceiver, connected: bool = False) -> None:
+    def __init__(
+        self, executor: Executor, receiver: BatchReceiver, connected: bool = False, prefixed: bool = False
+    ) -> None:
         self.executor = executor
         self.receiver = receiver
-        self.sender = BatchSender.create(receiver)
+        self.sender = BatchSender.create(receiver, prefixed)
         self.connected = connected  # flow sockets are connected: runs are sent without an address
 
     @classmethod
@@ -122,11 +124,12 @@ class BatchReceive:
         *,
         pktinfo: bool = False,
         connected: bool = False,
+        prefixed: bool = False,
     ) -> "BatchReceive | None":
         """The strategy (with room for pktinfo messages when some listener needs them), or None where libc
         has no recvmmsg."""
         receiver = BatchReceiver.create(batch, buffer_size, PKTINFO_SPACE if pktinfo else 0)
-        return None if receiver is None else cls(executor, receiver, connected)
+        return None if receiver is None else cls(executor, receiver, connected, prefixed)
 
     def drain(self, route: "Route", now: float) -> None:
         """Receive and handle until the socket would block, or MAX_BATCH datagrams.
@@ -214,7 +217,7 @@ class BatchReceive:
                 executor.send(flow, data[slot.data + skips.get(first, 0) : slot.data + u32[slot.length]])
                 first, length = first + 1, length - 1
                 continue
-            sent, error_number = sender.send_run(flow.handle.fileno(), first, length, skips)
+            sent, error_number = sender.send_run(flow.handle.fileno(), first, length, skips, flow.header)
             first, length = first + sent, length - sent
             if error_number:
                 if error_number in PENDING_ERRORS and retried != first:  # an earlier ICMP error, reported now
@@ -232,12 +235,15 @@ def create(
     *,
     pktinfo: bool = False,
     connected: bool = False,
+    prefixed: bool = False,
 ) -> Strategy:
     """The strategy called `name` ('batch' or 'single'); 'batch' falls back to 'single' where libc lacks
     recvmmsg. `pktinfo`: some listener needs each datagram's local address; `connected`: flow sockets are
-    connected to their destination."""
+    connected to their destination; `prefixed`: every datagram leaves after its flow's PROXY header."""
     if name == "batch":
-        strategy = BatchReceive.create(executor, batch, buffer_size, pktinfo=pktinfo, connected=connected)
+        strategy = BatchReceive.create(
+            executor, batch, buffer_size, pktinfo=pktinfo, connected=connected, prefixed=prefixed
+        )
         if strategy is not None:
             return strategy
     elif name != "single":

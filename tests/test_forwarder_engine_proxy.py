@@ -84,3 +84,45 @@ def test_a_trusted_senders_datagrams_leave_without_their_header_and_the_slots_ar
     assert machine.counters.dropped == {"proxy-header-truncated": 1}
     assert machine.counters.forwarded == 13
     engine.close()
+
+
+@pytest.mark.parametrize("wildcard", [False, True], ids=["bound", "wildcard"])
+def test_the_sending_mode_prefixes_a_header_from_the_hosts_address_and_relays_the_reply(
+    mode: str, wildcard: bool
+) -> None:
+    listener = udp("0.0.0.0" if wildcard else "127.0.0.1")
+    listener.setblocking(False)
+    backend, client = udp(), udp()
+    backend.settimeout(5)
+    client.settimeout(5)
+    port = listener.getsockname()[1]
+    engine: Engine | None = None
+    try:
+        route = Route(
+            ListeningSocket(listener, "test"),
+            Destination(socket.AF_INET, *backend.getsockname()),
+            pktinfo=wildcard,
+        )
+        machine = ForwardingMachine(send_header=True)
+        engine = Engine([route], Notifier({}), machine, receive_strategy=mode, batch=8)
+        for payload in (b"one", b"two", b"three"):  # a new flow, then a run of two
+            client.sendto(payload, ("127.0.0.1", port))
+        engine.drain(route)
+
+        header = build(client.getsockname(), ("127.0.0.1", port))
+        arrived = [backend.recvfrom(65535) for _ in range(3)]
+        assert [data for data, _ in arrived] == [header + b"one", header + b"two", header + b"three"]
+        sender = arrived[0][1]
+        assert sender[0] == "127.0.0.1"
+        assert sender != client.getsockname()  # the host's own address and port, not the client's
+
+        backend.sendto(b"reply", sender)
+        (flow,) = machine.flows.values()
+        engine.flow_ready(flow, 2.0)
+        assert client.recvfrom(65535) == (b"reply", ("127.0.0.1", port))
+        assert (machine.counters.forwarded, machine.counters.relayed) == (3, 1)
+    finally:
+        if engine is not None:
+            engine.close()
+        for sock in (listener, backend, client):
+            sock.close()

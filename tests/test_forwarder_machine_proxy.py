@@ -229,3 +229,60 @@ def test_a_trusted_sender_never_gets_a_flow_under_its_own_address() -> None:
     m = machine()
     opened(m, V4, LB, build_local())
     assert m.receive(V4, LB, 16, 0, 2.0) is READ_HEADER  # its next datagram is read again
+
+
+# --- --send-proxy-protocol --------------------------------------------------------------------------------
+
+LISTENING = Path("dns", Destination(socket.AF_INET, "192.0.2.2", 53), ("198.51.100.1", 53))
+DUAL = Path("dns", Destination(socket.AF_INET, "192.0.2.2", 53), ("::", 53))
+CLIENT = sockaddr_bytes(socket.AF_INET, ("203.0.113.7", 4242))
+
+
+def test_a_flow_of_the_sending_mode_carries_a_header_naming_the_client_and_the_address_it_sent_to() -> None:
+    m = ForwardingMachine(send_header=True)
+    action = m.receive(LISTENING, CLIENT, 10, 0, 1.0)
+    assert isinstance(action, OpenFlow)
+    assert action.flow.header == build(("203.0.113.7", 4242), ("198.51.100.1", 53))
+    assert m.relay  # replies come back to the host's own address and are relayed
+
+
+def test_on_a_wildcard_listener_the_header_names_the_address_pktinfo_tells() -> None:
+    m = ForwardingMachine(send_header=True)
+    mapped = sockaddr_bytes(socket.AF_INET6, ("::ffff:203.0.113.7", 4242, 0, 0))
+    local = socket.inet_pton(socket.AF_INET6, "::ffff:198.51.100.1")
+    action = m.receive(DUAL, mapped, 10, 0, 1.0, local=local)
+    assert isinstance(action, OpenFlow)
+    # v4-mapped client and address, presented as IPv4: an IPv4 header.
+    assert action.flow.header == build(("203.0.113.7", 4242), ("198.51.100.1", 53))
+
+
+def test_a_header_that_cannot_name_both_ends_in_one_family_is_a_family_mismatch() -> None:
+    m = ForwardingMachine(send_header=True)
+    local = socket.inet_pton(socket.AF_INET6, "2001:db8:51::1")
+    assert m.receive(DUAL, CLIENT, 10, 0, 1.0, local=local) == Drop("family-mismatch", DUAL, CLIENT)
+
+
+def test_a_local_client_of_the_sending_mode_gets_a_kept_flow_that_no_sweep_closes() -> None:
+    class Everything:
+        def __call__(self, address: str) -> bool:
+            return True
+
+        def forget(self) -> None:
+            pass
+
+    m = ForwardingMachine(send_header=True, is_local=Everything())
+    action = m.receive(LISTENING, CLIENT, 10, 0, 1.0)
+    assert isinstance(action, OpenFlow)  # nothing binds its address: no one-shot socket
+    m.flow_opened(action.flow, cast(socket.socket, object()))
+    assert m.expire(2.0) == CloseFlows(())
+
+
+def test_with_a_load_balancer_in_front_the_header_sent_names_the_client_its_header_named() -> None:
+    trusted = TrustedSources([ipaddress.ip_network("198.51.100.16/28")])
+    m = ForwardingMachine(trusted=trusted, send_header=True)
+    datagram = via(LB, ("203.0.113.9", 999)) + b"!"
+    action, skip = proxied(m, LISTENING, LB, datagram)
+    assert isinstance(action, OpenFlow)
+    assert action.flow.header == build(("203.0.113.9", 999), ("198.51.100.1", 53))
+    assert action.flow.client == LB
+    assert datagram[skip:] == b"payload!"
