@@ -47,6 +47,7 @@ from forwarder.sockets import (
     is_wildcard,
     listener_families,
     set_receive_buffer,
+    source_toward,
 )
 
 PROG = "systemd-transparent-udp-forwarderd"
@@ -382,6 +383,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             trusted=TrustedSources(args.proxy_protocol_from) if args.proxy_protocol_from else None,
             relay=relay,
             send_header=send_header,
+            source_toward=source_toward,
         )
         engine = Engine(
             routes,

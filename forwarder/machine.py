@@ -187,6 +187,7 @@ class ForwardingMachine:
         trusted: "TrustedSources | None" = None,
         relay: bool = False,
         send_header: bool = False,
+        source_toward: Callable[[str], str | None] | None = None,
     ) -> None:
         self.flows: FlowTable[FlowKey, Flow] = FlowTable(max_flows, idle_timeout)
         # --reply relay (implied by --send-proxy-protocol): replies arriving on flow sockets go back to
@@ -202,6 +203,9 @@ class ForwardingMachine:
         # --send-proxy-protocol: flows send from the host's own address, each datagram after a PROXY header
         # naming the client, so a local client needs no one-shot socket, and replies are relayed.
         self.send_header = send_header
+        # The host's address toward a client: the header's destination when a wildcard listener's datagram
+        # came without IP_PKTINFO (it was queued before the option was set).
+        self.source_toward = source_toward
         # A PROXY header seen before (its exact bytes) -> (the path it came on, its client's flow key, the
         # source presented or why not): a load balancer repeats one header for every datagram of a client.
         self._headers: dict[bytes, tuple[Path, FlowKey, tuple[str, int] | DropReason]] = {}
@@ -249,7 +253,7 @@ class ForwardingMachine:
         if isinstance(source, DropReason):
             return self._drop(path, client, source.value)
         if self.send_header:
-            header = _proxy_header(source, local, path)
+            header = _proxy_header(source, local, path, self.source_toward)
             if header is None:
                 return self._drop(path, client, DropReason.FAMILY_MISMATCH.value)
             self.counters.forwarded += 1
@@ -448,15 +452,25 @@ class ForwardingMachine:
 _NAMEABLE = (DropReason.LOOPBACK_SOURCE, DropReason.LINK_LOCAL_SOURCE)
 
 
-def _proxy_header(source: tuple[str, int], local: bytes | None, path: Path) -> bytearray | None:
+def _proxy_header(
+    source: tuple[str, int],
+    local: bytes | None,
+    path: Path,
+    source_toward: Callable[[str], str | None] | None,
+) -> bytearray | None:
     """The PROXY header of a flow presenting `source`: its destination is the address the client sent
-    to (`local`, from IP_PKTINFO, a v4-mapped one as IPv4), else the listening socket's address; both
-    with the listening socket's port. None when the two cannot share one header (no such listener)."""
+    to (`local`, from IP_PKTINFO, a v4-mapped one as IPv4), else the listening socket's address (for a
+    wildcard one, the host's address toward the client); both with the listening socket's port. None when
+    the two cannot share one header."""
     if path.listen is None:
         return None
     host, port = path.listen
-    if local is not None:
+    # A datagram queued before IP_PKTINFO was set (the one that activated the service) has pktinfo too,
+    # but an unspecified address in it.
+    if local is not None and any(local):
         host = socket.inet_ntop(socket.AF_INET6 if len(local) == 16 else socket.AF_INET, local)
+    if source_toward is not None and plain_address(host).is_unspecified:
+        host = source_toward(source[0]) or host
     destination = str(plain_address(host))
     if _family_of(destination) != _family_of(source[0]):
         return None

@@ -70,3 +70,42 @@ def test_an_untrusted_senders_header_is_payload_and_a_bad_one_from_the_load_bala
     forwarder.wait_status(status_has("zero-port 1"))
     lb.sendto(build(("203.0.113.7", 4242), TARGET) + b"after", TARGET)
     assert backend.recvfrom(65535) == (b"after", ("203.0.113.7", 4242))
+
+
+NO_CAPABILITY = ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"]
+
+
+def test_sending_mode_without_any_capability_prefixes_the_header_and_relays_the_reply(lab: Lab) -> None:
+    lab.build(seed_deployment())
+    backend = backend_socket(lab)
+    forwarder = start_forwarder(
+        lab["host"],
+        ["0.0.0.0:27000"],
+        ["192.0.2.2:27000"],
+        args=["--send-proxy-protocol", "--stats-interval", "0.2"],
+        command_prefix=NO_CAPABILITY,
+    )
+    client = lab["client"].udp_socket("198.51.100.10", 4242)
+    client.settimeout(10)
+    client.connect(TARGET)  # accepts the reply only from the address it sent to
+
+    client.send(b"question")
+    data, sender = backend.recvfrom(65535)
+    assert data == build(("198.51.100.10", 4242), TARGET) + b"question"
+    assert sender[0] == "192.0.2.1"  # the host's own address: nothing was spoofed
+    backend.sendto(b"answer", sender)
+    assert client.recv(65535) == b"answer"
+    forwarder.wait_status(status_has("1 replies relayed"))
+
+
+def test_load_balancer_in_front_and_header_to_the_backend_together(lab: Lab) -> None:
+    lab.build(seed_deployment())
+    backend = backend_socket(lab)
+    start_forwarder(lab["host"], [LISTEN], ["192.0.2.2:27000"], args=[*TRUST, "--send-proxy-protocol"])
+    lb = load_balancer(lab)
+
+    lb.sendto(build(("203.0.113.7", 4242), TARGET) + b"through both", TARGET)
+    data, sender = backend.recvfrom(65535)
+    assert data == build(("203.0.113.7", 4242), TARGET) + b"through both"
+    backend.sendto(b"back", sender)
+    assert lb.recvfrom(65535) == (b"back", TARGET)  # replies go to the load balancer, without a header

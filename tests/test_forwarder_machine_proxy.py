@@ -286,3 +286,12 @@ def test_with_a_load_balancer_in_front_the_header_sent_names_the_client_its_head
     assert action.flow.header == build(("203.0.113.9", 999), ("198.51.100.1", 53))
     assert action.flow.client == LB
     assert datagram[skip:] == b"payload!"
+
+
+def test_without_a_usable_pktinfo_address_the_header_names_the_hosts_address_toward_the_client() -> None:
+    # The activating datagram was queued before IP_PKTINFO was set: its pktinfo names 0.0.0.0.
+    m = ForwardingMachine(send_header=True, source_toward={"203.0.113.7": "198.51.100.1"}.get)
+    wildcard = Path("dns", Destination(socket.AF_INET, "192.0.2.2", 53), ("0.0.0.0", 53))
+    action = m.receive(wildcard, CLIENT, 10, 0, 1.0, local=bytes(4))
+    assert isinstance(action, OpenFlow)
+    assert action.flow.header == build(("203.0.113.7", 4242), ("198.51.100.1", 53))
