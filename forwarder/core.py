@@ -16,7 +16,8 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class DropReason(enum.Enum):
-    """Why a datagram was not forwarded; the value is the word used in STATUS= and logs."""
+    """Why a datagram was not forwarded, or a reply not relayed; the value is the word used in STATUS=,
+    the metrics file and logs."""
 
     TRUNCATED = "truncated"
     FAMILY_MISMATCH = "family-mismatch"
@@ -29,6 +30,12 @@ class DropReason(enum.Enum):
     MULTICAST_SOURCE = "multicast-source"
     SEND_ERROR = "send-error"
     RECEIVE_ERROR = "receive-error"
+    # A reply from the backend (relay mode) that never reached its client.
+    REPLY_TRUNCATED = "reply-truncated"
+    REPLY_UNMATCHED = "reply-unmatched"
+    REPLY_IN_DIRECT_MODE = "reply-in-direct-mode"
+    REPLY_SEND_ERROR = "reply-send-error"
+    REPLY_RECEIVE_ERROR = "reply-receive-error"
 
 
 def decimal(text: str) -> int | None:
@@ -161,33 +168,76 @@ def drop_key(reason: DropReason, detail: str = "") -> str:
     return f"{reason.value}:{detail}" if detail else reason.value
 
 
+def _reasons(counts: Counter[str]) -> str:
+    """' (a 1, b 2)' for the keys with a count, sorted; '' when there are none."""
+    if not counts:
+        return ""
+    return " (" + ", ".join(f"{key} {count}" for key, count in sorted(counts.items())) + ")"
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """The counts since start, for the metrics file."""
+
+    forwarded: int
+    dropped: Counter[str]
+    relayed: int
+    reply_dropped: Counter[str]
+    icmp_errors: Counter[str]
+
+
 @dataclass(slots=True)
 class Counters:
-    """Forwarded datagrams and drops by reason (and errno): this interval's, and the totals of the intervals
-    before it. This is the one home of the counts: STATUS= and the metrics file both read them here."""
+    """Forwarded datagrams and drops by reason (and errno), replies relayed and reply drops by reason, ICMP
+    errors reported on flow sockets by type: this interval's, and the totals of the intervals before it.
+    This is the one home of the counts: STATUS= and the metrics file both read them here. `relay` says
+    the replies are counted at all (--reply relay), so STATUS= names them even while they are 0."""
 
+    relay: bool = False
     forwarded: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
+    relayed: int = 0
+    reply_dropped: Counter[str] = field(default_factory=Counter)
+    icmp_errors: Counter[str] = field(default_factory=Counter)
     total_forwarded: int = 0
     total_dropped: Counter[str] = field(default_factory=Counter)
+    total_relayed: int = 0
+    total_reply_dropped: Counter[str] = field(default_factory=Counter)
+    total_icmp_errors: Counter[str] = field(default_factory=Counter)
 
     def drop(self, reason: DropReason, detail: str = "") -> None:
         self.dropped[drop_key(reason, detail)] += 1
 
-    def since_start(self) -> tuple[int, Counter[str]]:
-        """Forwarded and dropped (by reason) since start, this interval included."""
-        return self.total_forwarded + self.forwarded, self.total_dropped + self.dropped
+    def since_start(self) -> Totals:
+        """The counts since start, this interval included."""
+        return Totals(
+            self.total_forwarded + self.forwarded,
+            self.total_dropped + self.dropped,
+            self.total_relayed + self.relayed,
+            self.total_reply_dropped + self.reply_dropped,
+            self.total_icmp_errors + self.icmp_errors,
+        )
 
     def summary(self, seconds: float, flows: int | None = None) -> str:
-        """The STATUS= line: this interval's forwarded count and drops by reason, then the totals."""
+        """The STATUS= line: this interval's forwarded count and drops by reason (then its replies and
+        ICMP errors, when there are any to tell), then the totals."""
         dropped = sum(self.dropped.values())
         text = f"{self.forwarded} datagrams forwarded in the last {seconds:g} seconds, {dropped} dropped"
-        if self.dropped:
-            text += " (" + ", ".join(f"{key} {count}" for key, count in sorted(self.dropped.items())) + ")"
-        text += (
-            f"; since start {self.total_forwarded + self.forwarded} forwarded,"
-            f" {sum(self.total_dropped.values()) + dropped} dropped"
-        )
+        text += _reasons(self.dropped)
+        totals = self.since_start()
+        replies = self.relay or totals.relayed or totals.reply_dropped
+        if replies:
+            reply_dropped = sum(self.reply_dropped.values())
+            text += f"; {self.relayed} replies relayed, {reply_dropped} dropped{_reasons(self.reply_dropped)}"
+        if self.icmp_errors:
+            text += f"; {sum(self.icmp_errors.values())} ICMP errors{_reasons(self.icmp_errors)}"
+        text += f"; since start {totals.forwarded} forwarded, {sum(totals.dropped.values())} dropped"
+        if replies:
+            text += (
+                f", {totals.relayed} replies relayed, {sum(totals.reply_dropped.values())} replies dropped"
+            )
+        if totals.icmp_errors:
+            text += f", {sum(totals.icmp_errors.values())} ICMP errors"
         if flows is not None:
             text += f"; {flows} flows"
         return text + "."
@@ -196,8 +246,13 @@ class Counters:
         """Start a new interval, keeping the totals."""
         self.total_forwarded += self.forwarded
         self.total_dropped.update(self.dropped)
-        self.forwarded = 0
+        self.total_relayed += self.relayed
+        self.total_reply_dropped.update(self.reply_dropped)
+        self.total_icmp_errors.update(self.icmp_errors)
+        self.forwarded = self.relayed = 0
         self.dropped.clear()
+        self.reply_dropped.clear()
+        self.icmp_errors.clear()
 
 
 K = TypeVar("K")

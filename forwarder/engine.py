@@ -1,6 +1,8 @@
 """The socket loop around the forwarding machine: a receive strategy drains each listening socket and asks
 the machine what to do with every datagram; the engine does it (opens and closes flow sockets, sends, logs
-drops, rate-limited) and reports back; it keeps the service manager informed (READY, STATUS, WATCHDOG,
+drops, rate-limited) and reports back. It watches the flow sockets too: their error queues (ICMP errors
+about the backend, in both modes) and, in relay mode, the backend's replies, which it sends to the client
+from the listening socket the client used. It keeps the service manager informed (READY, STATUS, WATCHDOG,
 STOPPING). Every decision and every count is the machine's (forwarder.machine).
 """
 
@@ -16,8 +18,9 @@ from dataclasses import dataclass, field
 from forwarder import receive
 from forwarder.activation import ListeningSocket
 from forwarder.batch import BATCH
-from forwarder.core import Counters, decode_sockaddr
+from forwarder.core import Counters, bounded_put, decode_sockaddr, plain_address
 from forwarder.destination import Destination
+from forwarder.icmp import CONTROL_SIZE, MSG_ERRQUEUE, PENDING_ERRORS, parse_queued_error
 from forwarder.logs import RepeatSummary
 from forwarder.machine import (
     Action,
@@ -31,27 +34,35 @@ from forwarder.machine import (
 )
 from forwarder.metrics import MetricsFile
 from forwarder.notify import Notifier
-from forwarder.sender import open_flow_socket, open_once_socket
+from forwarder.sender import open_flow_socket, open_once_socket, open_plain_flow_socket
+from forwarder.sockets import IP_PKTINFO, set_receive_pktinfo
 
 # Larger than any UDP payload (65507 B over IPv4, 65527 B over IPv6), so MSG_TRUNC means "not UDP-sized".
 RECEIVE_BUFFER = 65536
 # The longest single wait of the selector: epoll_wait takes int milliseconds (about 24.8 days at most), and
 # a longer interval (--stats-interval 3e6) raised OverflowError. Waking once an hour costs nothing.
 MAX_WAIT = 3600.0
+# A flow socket is read until EAGAIN, but at most this many replies (or queued errors) at a time.
+MAX_REPLIES = 256
 
 log = logging.getLogger("forwarder")
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Datagrams arriving on `listener` go to `destination`; `path` is how the machine knows the pair."""
+    """Datagrams arriving on `listener` go to `destination`; `path` is how the machine knows the pair.
+    With `pktinfo` (relay mode on a wildcard listener) each datagram's local address is read, so that the
+    reply leaves from the address the client sent to."""
 
     listener: ListeningSocket
     destination: Destination
+    pktinfo: bool = False
     path: Path = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Path(self.listener.label, self.destination))
+        bound = self.listener.sock.getsockname()
+        listen = (str(plain_address(str(bound[0]))), int(bound[1]))
+        object.__setattr__(self, "path", Path(self.listener.label, self.destination, listen))
 
 
 class _Client:
@@ -81,6 +92,7 @@ class Engine:
         stats_interval: float = 10.0,
         watchdog_interval: float | None = None,
         metrics: MetricsFile | None = None,
+        connect_flows: bool = False,
         gso: bool = False,
     ) -> None:
         self.routes = list(routes)
@@ -89,9 +101,29 @@ class Engine:
         self.stats_interval = stats_interval
         self.watchdog_interval = watchdog_interval
         self.repeats = RepeatSummary(log)
-        self.strategy = receive.create(receive_strategy, self, batch, buffer_size, gso)
+        # Connected flow sockets only carry replies in relay mode; in direct mode early demux would steal
+        # the replies the host must forward (see forwarder.sender).
+        self.connect_flows = (connect_flows and self.machine.relay) or self.machine.send_header
+        for route in self.routes:
+            if route.pktinfo:
+                set_receive_pktinfo(route.listener.sock)
+        self.strategy = receive.create(
+            receive_strategy,
+            self,
+            batch,
+            buffer_size,
+            pktinfo=any(route.pktinfo for route in self.routes),
+            connected=self.connect_flows,
+            prefixed=self.machine.send_header,
+            gso=gso,
+        )
         self.metrics = metrics
         self._stopping = False
+        self._route_of = {route.path: route for route in self.routes}
+        self._selector: selectors.BaseSelector | None = None  # while running: flow sockets are watched
+        self._reply_view = memoryview(bytearray(buffer_size))
+        self._reply_buffers = [self._reply_view]
+        self._pktinfo_control: dict[tuple[int, bytes], list[tuple[int, int, bytes]]] = {}
 
     @property
     def counters(self) -> Counters:
@@ -116,21 +148,40 @@ class Engine:
             self.log_drop(action)  # type: ignore[arg-type]
 
     def send(self, flow: Flow, payload: memoryview) -> None:
-        """The one place a datagram is sent on a flow's socket (runs of several leave by sendmmsg)."""
-        try:
-            flow.handle.sendto(payload, flow.path.target)  # type: ignore[union-attr]
-        except OSError as error:
-            self.log_drop(self.machine.send_failed(flow.path, flow.client, error.errno or errno.EIO))
+        """The one place a datagram is sent on a flow's socket (runs of several leave by sendmmsg). A send
+        failing with an ICMP error left pending by an earlier datagram is tried once more."""
+        for attempt in (1, 2):
+            try:
+                if flow.header is not None:  # two iovecs: the flow's header, then the payload (no copy)
+                    flow.handle.sendmsg((flow.header, payload))  # type: ignore[union-attr]
+                elif self.connect_flows:
+                    flow.handle.send(payload)  # type: ignore[union-attr]
+                else:
+                    flow.handle.sendto(payload, flow.path.target)  # type: ignore[union-attr]
+            except OSError as error:
+                if attempt == 1 and error.errno in PENDING_ERRORS:
+                    continue
+                self.log_drop(self.machine.send_failed(flow.path, flow.client, error.errno or errno.EIO))
+            return
 
     def _open_and_send(self, flow: Flow, payload: memoryview) -> None:
         try:
-            sock = open_flow_socket(flow.source, flow.path.destination.family)
+            if self.machine.send_header:
+                sock = open_plain_flow_socket(flow.path.destination.family, flow.path.target)
+            else:
+                sock = open_flow_socket(
+                    flow.source,
+                    flow.path.destination.family,
+                    flow.path.target if self.connect_flows else None,
+                )
         except OSError as error:
             self.log_drop(self.machine.open_failed(flow, error.errno or errno.EIO))
             return
         evicted = self.machine.flow_opened(flow, sock)
         if evicted is not None:
             self.close_flows(evicted)
+        if self._selector is not None:
+            self._selector.register(sock, selectors.EVENT_READ, flow)
         self.send(flow, payload)
 
     def _send_once(self, action: SendOnce, payload: memoryview) -> None:
@@ -140,14 +191,33 @@ class Engine:
         except OSError as error:
             self.log_drop(self.machine.send_once_failed(action, error.errno or errno.EIO))
 
-    def close_flows(self, action: CloseFlows) -> None:
-        """Close the sockets of flows the machine let go."""
+    def close_flows(self, action: CloseFlows, *, drain: bool = True) -> None:
+        """Close the sockets of flows the machine let go. In relay mode replies still queued on them are
+        counted first (`drain`): they can never reach their client now."""
         for flow in action.flows:
-            if flow.handle is not None:
-                flow.handle.close()
+            sock = flow.handle
+            if sock is None:
+                continue
+            if self._selector is not None:
+                self._selector.unregister(sock)
+            if drain and self.machine.relay:
+                self.read_errors(flow)
+                self.machine.replies_unmatched(flow, _discard_queued(sock))
+            flow.handle = None
+            sock.close()
 
     def log_drop(self, drop: Drop) -> None:
         """Log a drop the machine counted: the first of its kind in an interval at once, the rest summed."""
+        if drop.reply:
+            self.repeats.report(
+                drop.key,
+                "dropped reply (%s) from %s to %s on %s",
+                drop.key,
+                drop.path.destination,
+                _Client(drop.client),
+                drop.path.name,
+            )
+            return
         self.repeats.report(
             drop.key,
             "dropped datagram (%s) from %s on %s to %s",
@@ -156,6 +226,81 @@ class Engine:
             drop.path.name,
             drop.path.destination,
         )
+
+    # --- the flow sockets: errors, and the backend's replies -----------------------------------------------
+
+    def flow_ready(self, flow: Flow, now: float) -> None:
+        """`flow`'s socket is readable: count what its error queue holds, then relay (or count) replies."""
+        sock = flow.handle
+        if sock is None:  # closed since the selector reported it (evicted by a new flow)
+            return
+        machine = self.machine
+        self.read_errors(flow)
+        buffers, view = self._reply_buffers, self._reply_view
+        for _ in range(MAX_REPLIES):
+            try:
+                size, _, flags, source = sock.recvmsg_into(buffers)
+            except BlockingIOError:
+                return
+            except OSError as error:  # a pending ICMP error: its details wait in the error queue
+                if not self.read_errors(flow):
+                    self.log_drop(machine.reply_receive_failed(flow, error.errno or errno.EIO))
+                continue
+            action = machine.reply_received(flow, source, size, flags, now)
+            if action.__class__ is Flow:
+                self.relay(action, view[:size])
+            else:
+                self.log_drop(action)  # type: ignore[arg-type]
+
+    def read_errors(self, flow: Flow) -> int:
+        """Read `flow`'s error queue; count (and log, rate-limited) each ICMP error; return how many."""
+        sock = flow.handle
+        count = 0
+        while sock is not None and count < MAX_REPLIES:
+            try:
+                _, ancillary, _, _ = sock.recvmsg(1, CONTROL_SIZE, MSG_ERRQUEUE)
+            except OSError:  # EAGAIN: the queue is empty
+                return count
+            count += 1
+            error = parse_queued_error(ancillary)
+            if error is None:
+                continue
+            name = self.machine.icmp_error(flow, error)
+            self.repeats.report(
+                "icmp:" + name,
+                "ICMP error (%s) from %s about datagrams of %s to %s on %s",
+                name,
+                error.offender or "?",
+                _Client(flow.client),
+                flow.path.destination,
+                flow.path.name,
+            )
+        return count
+
+    def relay(self, flow: Flow, payload: memoryview) -> None:
+        """Send a reply to `flow`'s client from the listening socket it used, from the address it sent to."""
+        route = self._route_of[flow.path]
+        listener = route.listener.sock
+        try:
+            if route.pktinfo and flow.local is not None:
+                listener.sendmsg(
+                    [payload], self._source_control(listener.family, flow.local), 0, flow.address
+                )
+            else:
+                listener.sendto(payload, flow.address)
+        except OSError as error:
+            self.log_drop(self.machine.reply_send_failed(flow, error.errno or errno.EIO))
+
+    def _source_control(self, family: int, local: bytes) -> list[tuple[int, int, bytes]]:
+        """The IP_PKTINFO / IPV6_PKTINFO message choosing `local` as a reply's source (built once each)."""
+        control = self._pktinfo_control.get((family, local))
+        if control is None:
+            if family == socket.AF_INET6:  # struct in6_pktinfo: the address, then ifindex 0 (any)
+                control = [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, local + bytes(4))]
+            else:  # struct in_pktinfo: ifindex 0, ipi_spec_dst (the source), ipi_addr (ignored)
+                control = [(socket.IPPROTO_IP, IP_PKTINFO, bytes(4) + local + bytes(4))]
+            bounded_put(self._pktinfo_control, (family, local), control, 1024)
+        return control
 
     # --- the loop -------------------------------------------------------------------------------------------
 
@@ -179,8 +324,8 @@ class Engine:
         return len(stale.flows)
 
     def close(self) -> None:
-        """Close every flow socket."""
-        self.close_flows(self.machine.close())
+        """Close every flow socket (at shutdown: after the last STATUS=, nothing more is counted)."""
+        self.close_flows(self.machine.close(), drain=False)
 
     def run(self) -> None:
         """Forward until asked to stop; then send STOPPING=1."""
@@ -194,6 +339,10 @@ class Engine:
             for route in self.routes:
                 selector.register(route.listener.sock, selectors.EVENT_READ, route)
             selector.register(wake_read, selectors.EVENT_READ, None)
+            for flow in self.machine.flows.values():  # opened before the loop (tests drain by hand)
+                if flow.handle is not None:
+                    selector.register(flow.handle, selectors.EVENT_READ, flow)
+            self._selector = selector
             self.notifier.notify(READY="1", STATUS="Up and running.")
             log.info(
                 "forwarding %s", ", ".join(f"{r.listener.label} -> {r.destination}" for r in self.routes)
@@ -202,6 +351,7 @@ class Engine:
             self.report_status()  # the last, partial interval: its counts and repeated log lines are kept
             self.notifier.notify(STOPPING="1", STATUS="Stopping.")
         finally:
+            self._selector = None
             selector.close()
             signal.set_wakeup_fd(previous_wakeup)
             for sig, handler in previous.items():
@@ -230,10 +380,27 @@ class Engine:
                 next_sweep = now + sweep_interval
             timeout = max(0.0, min(next_report - now, next_sweep - now, next_watchdog - now, MAX_WAIT))
             for key, _ in selector.select(timeout):
-                if key.data is None:
+                data = key.data
+                if data.__class__ is Flow:
+                    self.flow_ready(data, time.monotonic())
+                elif data is None:
                     _empty(wake_read)
                 else:
-                    strategy.drain(key.data, time.monotonic())
+                    strategy.drain(data, time.monotonic())
+
+
+def _discard_queued(sock: socket.socket) -> int:
+    """Read and drop the datagrams queued on `sock` (its error queue was read before); return how many."""
+    count = 0
+    for _ in range(MAX_REPLIES):
+        try:
+            sock.recv(1, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            break
+        except OSError:  # a pending socket error, reported once: the data behind it is still there
+            continue
+        count += 1
+    return count
 
 
 def _empty(sock: socket.socket) -> None:

@@ -11,7 +11,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from forwarder.core import Counters
+from forwarder.core import Counters, Totals
 
 PREFIX = "transparent_udp_forwarder"
 
@@ -27,28 +27,43 @@ def _labels(labels: Mapping[str, str]) -> str:
     return ",".join(f'{name}="{escape(value)}"' for name, value in labels.items())
 
 
-def exposition(
-    forwarded: int, dropped: Mapping[str, int], flows: int, labels: Mapping[str, str] | None = None
-) -> str:
-    """The metrics in the Prometheus text format (version 0.0.4): totals since start, and open flows."""
+def exposition(totals: Totals, flows: int, labels: Mapping[str, str] | None = None) -> str:
+    """The metrics in the Prometheus text format (version 0.0.4): totals since start, and open flows.
+    A family counted by reason (or type) has a sample per reason seen, none before the first."""
     common = _labels(labels or {})
 
     def sample(name: str, value: int, extra: str = "") -> str:
         label_text = ",".join(part for part in (common, extra) if part)
         return f"{PREFIX}_{name}{{{label_text}}} {value}" if label_text else f"{PREFIX}_{name} {value}"
 
+    def family(name: str, kind: str, text: str) -> list[str]:
+        return [f"# HELP {PREFIX}_{name} {text}", f"# TYPE {PREFIX}_{name} {kind}"]
+
+    def by(name: str, label: str, counts: Mapping[str, int]) -> list[str]:
+        return [sample(name, count, f'{label}="{escape(key)}"') for key, count in sorted(counts.items())]
+
     lines = [
-        f"# HELP {PREFIX}_datagrams_forwarded_total Datagrams forwarded since the forwarder started.",
-        f"# TYPE {PREFIX}_datagrams_forwarded_total counter",
-        sample("datagrams_forwarded_total", forwarded),
-        f"# HELP {PREFIX}_datagrams_dropped_total Datagrams dropped since the forwarder started, by reason.",
-        f"# TYPE {PREFIX}_datagrams_dropped_total counter",
-        *(
-            sample("datagrams_dropped_total", count, f'reason="{escape(reason)}"')
-            for reason, count in sorted(dropped.items())
+        *family("datagrams_forwarded_total", "counter", "Datagrams forwarded since the forwarder started."),
+        sample("datagrams_forwarded_total", totals.forwarded),
+        *family(
+            "datagrams_dropped_total", "counter", "Datagrams dropped since the forwarder started, by reason."
         ),
-        f"# HELP {PREFIX}_flows Per-flow sockets open.",
-        f"# TYPE {PREFIX}_flows gauge",
+        *by("datagrams_dropped_total", "reason", totals.dropped),
+        *family(
+            "replies_relayed_total",
+            "counter",
+            "Backend replies relayed to clients since start.",
+        ),
+        sample("replies_relayed_total", totals.relayed),
+        *family("replies_dropped_total", "counter", "Backend replies not relayed since start, by reason."),
+        *by("replies_dropped_total", "reason", totals.reply_dropped),
+        *family(
+            "icmp_errors_total",
+            "counter",
+            "ICMP errors on the per-flow sockets since start, by type.",
+        ),
+        *by("icmp_errors_total", "type", totals.icmp_errors),
+        *family("flows", "gauge", "Per-flow sockets open."),
         sample("flows", flows),
     ]
     return "\n".join(lines) + "\n"
@@ -73,10 +88,10 @@ class MetricsFile:
 
     def write(self, counters: Counters, flows: int) -> None:
         """Rewrite the file with the totals since start (the current interval included) and open flows."""
-        forwarded, dropped = counters.since_start()
+        totals = counters.since_start()
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")  # not *.prom: never collected
         try:
-            temporary.write_text(exposition(forwarded, dropped, flows, self.labels))
+            temporary.write_text(exposition(totals, flows, self.labels))
             os.replace(temporary, self.path)
         except OSError as error:
             if not self._failing:

@@ -4,12 +4,15 @@ one flow out with one sendmmsg). Both give the machine the same metadata, with t
 sockaddr, the one flow key; everything but a hit goes to the executor (the engine).
 """
 
+import socket
 from typing import TYPE_CHECKING, Protocol
 
 from forwarder.batch import NAME_LENGTH, BatchReceiver, BatchSender
 from forwarder.core import bounded_put, sockaddr_bytes
 from forwarder.gso import MAX_PAYLOAD, plan_runs
-from forwarder.machine import Action, Drop, Flow, ForwardingMachine
+from forwarder.icmp import PENDING_ERRORS
+from forwarder.machine import READ_HEADER, Action, Drop, Flow, ForwardingMachine
+from forwarder.sockets import IP_PKTINFO
 
 if TYPE_CHECKING:
     from forwarder.engine import Route
@@ -19,6 +22,21 @@ if TYPE_CHECKING:
 MAX_BATCH = 4096
 # Raw sockaddrs of recent clients on the single path, so that a hit costs a dict lookup, not an encoding.
 NAME_CACHE_SIZE = 4096
+# Ancillary room for one IP_PKTINFO / IPV6_PKTINFO message (struct in6_pktinfo is the larger, 20 bytes).
+PKTINFO_SPACE = socket.CMSG_SPACE(20)
+# Where the local address is in a received pktinfo message's data: (offset, length) of in_pktinfo's
+# ipi_spec_dst, and of in6_pktinfo's ipi6_addr (v4-mapped for an IPv4 client of a dual-stack socket).
+PKTINFO_ADDRESS = {socket.AF_INET: (4, 4), socket.AF_INET6: (0, 16)}
+_PKTINFO_KINDS = {(socket.IPPROTO_IP, IP_PKTINFO), (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO)}
+
+
+def pktinfo_local(ancillary: list[tuple[int, int, bytes]], family: socket.AddressFamily) -> bytes | None:
+    """The raw local address a datagram was sent to, from recvmsg's ancillary data (or None)."""
+    offset, length = PKTINFO_ADDRESS[family]
+    for level, kind, data in ancillary:
+        if (level, kind) in _PKTINFO_KINDS and len(data) >= offset + length:
+            return bytes(data[offset : offset + length])
+    return None
 
 
 class Executor(Protocol):
@@ -57,9 +75,10 @@ class SingleReceive:
         names = self._names
         executor = self.executor
         receive = executor.machine.receive
+        control = PKTINFO_SPACE if route.pktinfo else 0
         for _ in range(MAX_BATCH):
             try:
-                size, _, flags, client = sock.recvmsg_into(buffers)
+                size, ancillary, flags, client = sock.recvmsg_into(buffers, control)
             except BlockingIOError:
                 return
             except OSError as error:
@@ -69,33 +88,58 @@ class SingleReceive:
             if raw is None:
                 raw = sockaddr_bytes(family, client)
                 bounded_put(names, client, raw, NAME_CACHE_SIZE)
-            action = receive(path, raw, size, flags, now)
-            if action.__class__ is Flow:
-                executor.send(action, view[:size])
+            local = pktinfo_local(ancillary, family) if ancillary else None
+            if local is not None:
+                action = receive(path, raw, size, flags, now, local=local)
             else:
-                executor.execute(route, action, view[:size])
+                action = receive(path, raw, size, flags, now)
+            skip = 0
+            if action is READ_HEADER:
+                action, skip = executor.machine.receive_proxied(
+                    path, raw, view[:size], flags, now, local=local
+                )
+            if action.__class__ is Flow:
+                executor.send(action, view[skip:size])
+            else:
+                executor.execute(route, action, view[skip:size])
 
 
 class BatchReceive:
     """recvmmsg up to a batch per call; a run of consecutive datagrams of one open flow leaves in one
     sendmmsg (a lone one through the executor's send)."""
 
-    def __init__(self, executor: Executor, receiver: BatchReceiver, gso: bool = False) -> None:
+    def __init__(
+        self,
+        executor: Executor,
+        receiver: BatchReceiver,
+        connected: bool = False,
+        prefixed: bool = False,
+        gso: bool = False,
+    ) -> None:
         self.executor = executor
         self.receiver = receiver
-        self.sender = BatchSender.create(receiver)
+        self.sender = BatchSender.create(receiver, prefixed)
+        self.connected = connected  # flow sockets are connected: runs are sent without an address
         # Runs of equal-size datagrams as one UDP GSO send (--gso); None when off or unavailable.
-        self.segmenting = (
-            self.sender if gso and self.sender is not None and self.sender.enable_gso() else None
-        )
+        sender = self.sender
+        self.segmenting = sender if gso and sender is not None and sender.enable_gso() else None
 
     @classmethod
     def create(
-        cls, executor: Executor, batch: int, buffer_size: int, gso: bool = False
+        cls,
+        executor: Executor,
+        batch: int,
+        buffer_size: int,
+        *,
+        pktinfo: bool = False,
+        connected: bool = False,
+        prefixed: bool = False,
+        gso: bool = False,
     ) -> "BatchReceive | None":
-        """The strategy, or None where libc has no recvmmsg."""
-        receiver = BatchReceiver.create(batch, buffer_size)
-        return None if receiver is None else cls(executor, receiver, gso)
+        """The strategy (with room for pktinfo messages when some listener needs them), or None where libc
+        has no recvmmsg."""
+        receiver = BatchReceiver.create(batch, buffer_size, PKTINFO_SPACE if pktinfo else 0)
+        return None if receiver is None else cls(executor, receiver, connected, prefixed, gso)
 
     def drain(self, route: "Route", now: float) -> None:
         """Receive and handle until the socket would block, or MAX_BATCH datagrams.
@@ -103,7 +147,8 @@ class BatchReceive:
         This is the hot path: a datagram of an open flow costs the machine's one dict lookup; consecutive
         datagrams of one flow are sent together. A run covers consecutive slots only: any other action in
         between (a drop, a new flow) ends it, so a run never stretches over another client's datagram, and
-        a flow a new one evicts has no run pending.
+        a flow a new one evicts has no run pending. A datagram of a trusted sender leaves without its PROXY
+        header: its iovec starts after it (`skips`, filled only for such datagrams).
         """
         receiver = self.receiver
         executor = self.executor
@@ -112,8 +157,16 @@ class BatchReceive:
         name_length = NAME_LENGTH[route.listener.family]
         path = route.path
         u32, data, names, slots = receiver.u32, receiver.view, receiver.name_view, receiver.slots
+        pktinfo = route.pktinfo
+        control_view, controls, control_lengths = (
+            receiver.control_view,
+            receiver.controls,
+            receiver.control_lengths,
+        )
+        start, length_of_local = PKTINFO_ADDRESS[route.listener.family]
+        start += socket.CMSG_LEN(0)  # past the cmsghdr: the only control message is the pktinfo one
         if self.sender is not None:
-            self.sender.aim(path.destination.family, path.target)
+            self.sender.aim(path.destination.family, None if self.connected else path.target)
         handled = 0
         while handled < MAX_BATCH:
             try:
@@ -123,33 +176,50 @@ class BatchReceive:
                 return
             run: Flow | None = None
             run_first = run_length = 0
+            skips: dict[int, int] = {}
+            local: bytes | None = None
             for index in range(count):
                 length, flags, name, offset = slots[index]
-                action = receive(path, bytes(names[name : name + name_length]), u32[length], u32[flags], now)
+                client = bytes(names[name : name + name_length])
+                if pktinfo:
+                    at = controls[index] + start
+                    local = (
+                        bytes(control_view[at : at + length_of_local])
+                        if u32[control_lengths[index]]
+                        else None
+                    )
+                    action = receive(path, client, u32[length], u32[flags], now, local=local)
+                else:
+                    action = receive(path, client, u32[length], u32[flags], now)
+                if action is READ_HEADER:
+                    action, skips[index] = executor.machine.receive_proxied(
+                        path, client, data[offset : offset + u32[length]], u32[flags], now, local=local
+                    )
                 if action is run:
                     run_length += 1
                     continue
                 if action.__class__ is Flow:
                     if run is not None:
-                        self._send_run(run, run_first, run_length)
+                        self._send_run(run, run_first, run_length, skips)
                     run, run_first, run_length = action, index, 1
                     continue
                 if run is not None:
-                    self._send_run(run, run_first, run_length)
+                    self._send_run(run, run_first, run_length, skips)
                     run = None
-                executor.execute(route, action, data[offset : offset + u32[length]])
+                executor.execute(route, action, data[offset + skips.get(index, 0) : offset + u32[length]])
             if run is not None:
-                self._send_run(run, run_first, run_length)
+                self._send_run(run, run_first, run_length, skips)
             handled += count
             if count < receiver.batch:
                 return
 
-    def _send_run(self, flow: Flow, first: int, length: int) -> None:
-        """Send received datagrams first..first+length-1 (all of `flow`): with GSO, each stretch of equal
-        sizes as one send; whatever GSO does not take (or refuses) as below, datagram by datagram."""
+    def _send_run(self, flow: Flow, first: int, length: int, skips: dict[int, int]) -> None:
+        """Send received datagrams first..first+length-1 (all of `flow`): with GSO (and no PROXY header to
+        skip), each stretch of equal sizes as one send; whatever GSO does not take or refuses, as
+        _send_each does."""
         sender = self.segmenting
-        if sender is None or sender.gso is None or length == 1 or flow.handle is None:
-            self._send_each(flow, first, length)
+        if sender is None or sender.gso is None or length == 1 or flow.handle is None or skips:
+            self._send_each(flow, first, length, skips)
             return
         u32, slots = self.receiver.u32, self.receiver.slots
         largest = sender.gso.largest
@@ -158,32 +228,51 @@ class BatchReceive:
         most = MAX_PAYLOAD[flow.path.destination.family]
         for start, count, segment in plan_runs(lengths, max_payload=most):
             if count == 1 or segment > largest or sender.send_segmented(fd, first + start, count, segment):
-                self._send_each(flow, first + start, count)
+                self._send_each(flow, first + start, count, skips)
 
-    def _send_each(self, flow: Flow, first: int, length: int) -> None:
-        """Send received datagrams first..first+length-1 (all of `flow`); a failed one costs only itself."""
+    def _send_each(self, flow: Flow, first: int, length: int, skips: dict[int, int]) -> None:
+        """Send received datagrams first..first+length-1 (all of `flow`), each without the first `skips[i]`
+        bytes (its PROXY header) when given; a failed one costs only itself."""
         receiver = self.receiver
         sender = self.sender
         executor = self.executor
         slots, u32, data = receiver.slots, receiver.u32, receiver.view
+        retried = -1
         while length:
             if length == 1 or sender is None or flow.handle is None:
                 slot = slots[first]
-                executor.send(flow, data[slot.data : slot.data + u32[slot.length]])
+                executor.send(flow, data[slot.data + skips.get(first, 0) : slot.data + u32[slot.length]])
                 first, length = first + 1, length - 1
                 continue
-            sent, error_number = sender.send_run(flow.handle.fileno(), first, length)
+            sent, error_number = sender.send_run(flow.handle.fileno(), first, length, skips, flow.header)
             first, length = first + sent, length - sent
             if error_number:
+                if error_number in PENDING_ERRORS and retried != first:  # an earlier ICMP error, reported now
+                    retried = first
+                    continue
                 executor.log_drop(executor.machine.send_failed(flow.path, flow.client, error_number))
                 first, length = first + 1, length - 1
 
 
-def create(name: str, executor: Executor, batch: int, buffer_size: int, gso: bool = False) -> Strategy:
+def create(
+    name: str,
+    executor: Executor,
+    batch: int,
+    buffer_size: int,
+    *,
+    pktinfo: bool = False,
+    connected: bool = False,
+    prefixed: bool = False,
+    gso: bool = False,
+) -> Strategy:
     """The strategy called `name` ('batch' or 'single'); 'batch' falls back to 'single' where libc lacks
-    recvmmsg. `gso` (batch only) sends runs of equal-size datagrams of one flow with UDP GSO."""
+    recvmmsg. `pktinfo`: some listener needs each datagram's local address; `connected`: flow sockets are
+    connected to their destination; `prefixed`: every datagram leaves after its flow's PROXY header;
+    `gso` (batch only): runs of equal-size datagrams of one flow leave as one UDP GSO send."""
     if name == "batch":
-        strategy = BatchReceive.create(executor, batch, buffer_size, gso)
+        strategy = BatchReceive.create(
+            executor, batch, buffer_size, pktinfo=pktinfo, connected=connected, prefixed=prefixed, gso=gso
+        )
         if strategy is not None:
             return strategy
     elif name != "single":

@@ -3,6 +3,7 @@ family of clients a listening socket can have, and binding `--listen` sockets ou
 """
 
 import errno
+import ipaddress
 import socket
 from collections.abc import Callable
 
@@ -12,6 +13,9 @@ from forwarder.errors import MissingPermissionError, OperatingSystemError
 
 IP_TRANSPARENT = 19
 IPV6_TRANSPARENT = 75
+IP_RECVERR = 11
+IP_PKTINFO = 8  # not exported by the socket module before Python 3.12
+IPV6_RECVERR = 25
 SO_RCVBUFFORCE = 33  # not exported by the socket module
 LOCAL_CACHE_SIZE = 1024
 
@@ -27,6 +31,28 @@ def set_transparent(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
     else:
         sock.setsockopt(socket.IPPROTO_IP, IP_TRANSPARENT, 1)
+
+
+def set_receive_errors(sock: socket.socket) -> None:
+    """Queue ICMP errors about this socket's datagrams (read with MSG_ERRQUEUE), even when unconnected."""
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+
+
+def is_wildcard(sock: socket.socket) -> bool:
+    """True for a socket bound to 0.0.0.0 or :: (it receives on every local address)."""
+    return ipaddress.ip_address(str(sock.getsockname()[0]).partition("%")[0]).is_unspecified
+
+
+def set_receive_pktinfo(sock: socket.socket) -> None:
+    """Have every datagram tell the local address it was sent to (IP_PKTINFO / IPV6_RECVPKTINFO; an IPv6
+    socket also tells it, v4-mapped, for IPv4 clients of a dual-stack socket)."""
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
 
 
 def check_transparent_capability(families: set[socket.AddressFamily]) -> None:
@@ -54,6 +80,19 @@ def probe_local(address: str) -> bool:
                 return False
             raise
     return True
+
+
+def source_toward(address: str) -> str | None:
+    """The address this host sends from to `address` (a connect()ed UDP socket's name: no datagram is
+    sent), or None when there is no route. It stands in for the address a client sent to when IP_PKTINFO
+    could not tell it: a datagram queued before the option was set (the one that activated the service)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((address, 9))
+        except OSError:
+            return None
+        return str(probe.getsockname()[0])
 
 
 def probe_broadcast(address: str) -> bool:
@@ -130,6 +169,9 @@ def bind_listener(host: str, port: int, text: str) -> ListeningSocket:
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        # As systemd does for .socket units: without it, a flow socket bound to a client's address on the
+        # same port (a client with source port 53 of a wildcard listener on 53) fails with EADDRINUSE.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
     except OSError as error:
         sock.close()

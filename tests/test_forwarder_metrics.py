@@ -5,12 +5,13 @@ replacement of the file, a failing write that never stops forwarding, and the fo
 import logging
 import re
 import socket
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from e2e_helpers import status_has
 
-from forwarder.core import Counters, DropReason
+from forwarder.core import Counters, DropReason, Totals
 from forwarder.metrics import MetricsFile, escape, exposition, listen_label
 from netlab import Lab, start_forwarder
 from netlab.topology.shipped import seed_deployment
@@ -33,8 +34,34 @@ def assert_valid_exposition(text: str) -> None:
         assert re.split(r"[{ ]", line, maxsplit=1)[0] in typed, line
 
 
-def test_the_exposition_names_totals_drops_by_reason_and_flows() -> None:
-    text = exposition(40, {"send-error:EPERM": 2, "family-mismatch": 1}, 5, {"listen": "[::]:27015"})
+def totals(
+    forwarded: int = 0,
+    dropped: dict[str, int] | None = None,
+    relayed: int = 0,
+    reply_dropped: dict[str, int] | None = None,
+    icmp_errors: dict[str, int] | None = None,
+) -> Totals:
+    return Totals(
+        forwarded,
+        Counter(dropped or {}),
+        relayed,
+        Counter(reply_dropped or {}),
+        Counter(icmp_errors or {}),
+    )
+
+
+def test_the_exposition_names_totals_drops_by_reason_replies_icmp_errors_and_flows() -> None:
+    text = exposition(
+        totals(
+            40,
+            {"send-error:EPERM": 2, "family-mismatch": 1},
+            38,
+            {"reply-unmatched": 1},
+            {"backend-unreachable": 3},
+        ),
+        5,
+        {"listen": "[::]:27015"},
+    )
     assert text == (
         "# HELP transparent_udp_forwarder_datagrams_forwarded_total Datagrams forwarded since the forwarder"
         " started.\n"
@@ -45,6 +72,18 @@ def test_the_exposition_names_totals_drops_by_reason_and_flows() -> None:
         "# TYPE transparent_udp_forwarder_datagrams_dropped_total counter\n"
         'transparent_udp_forwarder_datagrams_dropped_total{listen="[::]:27015",reason="family-mismatch"} 1\n'
         'transparent_udp_forwarder_datagrams_dropped_total{listen="[::]:27015",reason="send-error:EPERM"} 2\n'
+        "# HELP transparent_udp_forwarder_replies_relayed_total Backend replies relayed to clients since"
+        " start.\n"
+        "# TYPE transparent_udp_forwarder_replies_relayed_total counter\n"
+        'transparent_udp_forwarder_replies_relayed_total{listen="[::]:27015"} 38\n'
+        "# HELP transparent_udp_forwarder_replies_dropped_total Backend replies not relayed since start, by"
+        " reason.\n"
+        "# TYPE transparent_udp_forwarder_replies_dropped_total counter\n"
+        'transparent_udp_forwarder_replies_dropped_total{listen="[::]:27015",reason="reply-unmatched"} 1\n'
+        "# HELP transparent_udp_forwarder_icmp_errors_total ICMP errors on the per-flow sockets since start,"
+        " by type.\n"
+        "# TYPE transparent_udp_forwarder_icmp_errors_total counter\n"
+        'transparent_udp_forwarder_icmp_errors_total{listen="[::]:27015",type="backend-unreachable"} 3\n'
         "# HELP transparent_udp_forwarder_flows Per-flow sockets open.\n"
         "# TYPE transparent_udp_forwarder_flows gauge\n"
         'transparent_udp_forwarder_flows{listen="[::]:27015"} 5\n'
@@ -53,15 +92,17 @@ def test_the_exposition_names_totals_drops_by_reason_and_flows() -> None:
 
 
 def test_without_labels_and_drops_the_exposition_is_still_valid() -> None:
-    text = exposition(0, {}, 0)
+    text = exposition(totals(), 0)
     assert "transparent_udp_forwarder_datagrams_forwarded_total 0\n" in text
+    assert "transparent_udp_forwarder_replies_relayed_total 0\n" in text
     assert "datagrams_dropped_total{" not in text
+    assert "icmp_errors_total{" not in text
     assert_valid_exposition(text)
 
 
 def test_label_values_are_escaped() -> None:
     assert escape('a\\b"c\nd') == 'a\\\\b\\"c\\nd'
-    assert_valid_exposition(exposition(1, {'x"\n\\': 1}, 0, {"listen": "a\\b"}))
+    assert_valid_exposition(exposition(totals(1, {'x"\n\\': 1}), 0, {"listen": "a\\b"}))
 
 
 def test_listen_label_names_every_listening_address() -> None:

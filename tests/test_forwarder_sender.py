@@ -126,11 +126,13 @@ def test_an_evicted_flow_socket_is_closed(lab: Lab, backend: socket.socket) -> N
     forwarder.forward(b"a", ("203.0.113.1", 1001), BACKEND, 1)
     evicted = forwarder.flow(("203.0.113.1", 1001))
     assert evicted is not None
-    assert evicted.handle is not None
+    sock = evicted.handle
+    assert sock is not None
 
     forwarder.forward(b"b", ("203.0.113.2", 1002), BACKEND, 2)
 
-    assert evicted.handle.fileno() == -1
+    assert sock.fileno() == -1
+    assert evicted.handle is None
     assert len(forwarder.machine.flows) == 1
 
 
@@ -140,11 +142,12 @@ def test_idle_flows_are_closed_after_the_idle_timeout(lab: Lab, backend: socket.
     forwarder.forward(b"a", ("203.0.113.1", 1001), BACKEND, 100)
     flow = forwarder.flow(("203.0.113.1", 1001))
     assert flow is not None
-    assert flow.handle is not None
+    sock = flow.handle
+    assert sock is not None
 
     assert forwarder.engine.expire(104) == 0
     assert forwarder.engine.expire(106) == 1
-    assert flow.handle.fileno() == -1
+    assert sock.fileno() == -1
     assert len(forwarder.machine.flows) == 0
 
 
@@ -189,14 +192,15 @@ def test_a_flow_whose_source_became_local_is_closed_at_the_next_sweep(
     forwarder.forward(b"x", client, BACKEND, 1)
     flow = forwarder.flow(client)
     assert flow is not None
-    assert flow.handle is not None
+    sock = flow.handle
+    assert sock is not None
 
     addresses.local.add("203.0.113.7")  # e.g. the address was added to one of the host's interfaces
     assert forwarder.engine.expire(2) == 1
 
     assert addresses.forgotten == 1  # the sweep asks again instead of trusting an old answer
     assert len(forwarder.machine.flows) == 0
-    assert flow.handle.fileno() == -1  # closed: a local program can bind that port again
+    assert sock.fileno() == -1  # closed: a local program can bind that port again
 
 
 @pytest.mark.privileged
@@ -209,14 +213,15 @@ def test_a_flow_whose_source_became_a_subnet_broadcast_is_closed_at_the_next_swe
     forwarder.forward(b"x", client, BACKEND, 1)
     flow = forwarder.flow(client)
     assert flow is not None
-    assert flow.handle is not None
+    sock = flow.handle
+    assert sock is not None
 
     broadcasts.local.add("203.0.113.255")  # e.g. 203.0.113.0/24 was added to one of the host's interfaces
     assert forwarder.engine.expire(2) == 1
 
     assert broadcasts.forgotten == 1
     assert len(forwarder.machine.flows) == 0
-    assert flow.handle.fileno() == -1
+    assert sock.fileno() == -1
     forwarder.forward(b"y", client, BACKEND, 3)
     assert forwarder.machine.counters.dropped == {DropReason.BROADCAST_SOURCE.value: 1}
 

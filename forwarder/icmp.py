@@ -1,0 +1,110 @@
+"""ICMP errors reported on a flow socket's error queue (IP_RECVERR / IPV6_RECVERR, read with MSG_ERRQUEUE):
+the kernel's struct sock_extended_err decoded, and named the way STATUS= and the metrics count them. Pure:
+the engine reads the queue, this says what an entry means.
+
+A port unreachable from the backend (the backend host is up but nothing listens: a stopped service) is
+`backend-unreachable`; the others are named by ICMP type and code, one vocabulary for ICMP and ICMPv6.
+"""
+
+import errno
+import socket
+import struct
+from dataclasses import dataclass
+
+from forwarder.core import decode_sockaddr
+
+IP_RECVERR = 11
+IPV6_RECVERR = 25
+MSG_ERRQUEUE = 0x2000
+SO_EE_ORIGIN_LOCAL = 1
+SO_EE_ORIGIN_ICMP = 2
+SO_EE_ORIGIN_ICMP6 = 3
+# struct sock_extended_err: ee_errno, ee_origin, ee_type, ee_code, ee_pad, ee_info, ee_data.
+_EXTENDED_ERROR = struct.Struct("=IBBBBII")
+# Room for the struct, the offender's struct sockaddr_in6, and the cmsg header around them.
+CONTROL_SIZE = socket.CMSG_SPACE(_EXTENDED_ERROR.size + 28)
+
+# With IP_RECVERR every ICMP error is also left pending on the socket (sk_err), and the next send fails
+# with it, once, instead of sending: such a send is tried again (the error is counted from the queue).
+PENDING_ERRORS = frozenset(
+    {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EPROTO, errno.EMSGSIZE}
+)
+
+BACKEND_UNREACHABLE = "backend-unreachable"
+_ICMP = {
+    (3, 0): "net-unreachable",
+    (3, 1): "host-unreachable",
+    (3, 2): "protocol-unreachable",
+    (3, 3): BACKEND_UNREACHABLE,
+    (3, 4): "packet-too-big",
+    (3, 9): "admin-prohibited",
+    (3, 10): "admin-prohibited",
+    (3, 13): "admin-prohibited",
+}
+_ICMP_TYPES = {11: "time-exceeded", 12: "parameter-problem"}
+_ICMP6 = {
+    (1, 0): "net-unreachable",
+    (1, 1): "admin-prohibited",
+    (1, 3): "host-unreachable",
+    (1, 4): BACKEND_UNREACHABLE,
+    (1, 5): "admin-prohibited",
+    (1, 6): "admin-prohibited",
+}
+_ICMP6_TYPES = {2: "packet-too-big", 3: "time-exceeded", 4: "parameter-problem"}
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedError:
+    """One entry of a socket's error queue."""
+
+    error_number: int
+    origin: int
+    type: int
+    code: int
+    offender: str | None  # the address that sent the ICMP error, when the kernel says
+
+    @property
+    def name(self) -> str:
+        """What it is counted as: backend-unreachable, host-unreachable, ... or icmp-T-C / local-ERRNO."""
+        if self.origin == SO_EE_ORIGIN_ICMP:
+            return _ICMP.get((self.type, self.code)) or _ICMP_TYPES.get(
+                self.type, f"icmp-{self.type}-{self.code}"
+            )
+        if self.origin == SO_EE_ORIGIN_ICMP6:
+            return _ICMP6.get((self.type, self.code)) or _ICMP6_TYPES.get(
+                self.type, f"icmp6-{self.type}-{self.code}"
+            )
+        return "local-" + errno.errorcode.get(self.error_number, str(self.error_number))
+
+
+def parse_queued_error(ancillary: list[tuple[int, int, bytes]]) -> QueuedError | None:
+    """The error in the ancillary data of one MSG_ERRQUEUE read, or None when it carries none."""
+    for level, kind, data in ancillary:
+        if (level, kind) not in ((socket.IPPROTO_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_RECVERR)):
+            continue
+        if len(data) < _EXTENDED_ERROR.size:
+            return None
+        error_number, origin, icmp_type, code, _, _, _ = _EXTENDED_ERROR.unpack_from(data)
+        offender = None
+        name = data[_EXTENDED_ERROR.size :]
+        family = int.from_bytes(name[0:2], "little") if len(name) >= 2 else 0
+        if (family == socket.AF_INET and len(name) >= 8) or (family == socket.AF_INET6 and len(name) >= 28):
+            offender = str(decode_sockaddr(name)[0])
+        return QueuedError(error_number, origin, icmp_type, code, offender)
+    return None
+
+
+def extended_error(
+    error_number: int, origin: int, icmp_type: int, code: int, offender: tuple[int, str] | None = None
+) -> bytes:
+    """A struct sock_extended_err (and offender sockaddr) as the kernel writes it: for tests, and the
+    inverse of parse_queued_error."""
+    data = _EXTENDED_ERROR.pack(error_number, origin, icmp_type, code, 0, 0, 0)
+    if offender is not None:
+        family, address = offender
+        packed = socket.inet_pton(family, address)
+        if family == socket.AF_INET:
+            data += socket.AF_INET.to_bytes(2, "little") + bytes(2) + packed + bytes(8)
+        else:
+            data += socket.AF_INET6.to_bytes(2, "little") + bytes(6) + packed + bytes(4)
+    return data
