@@ -261,6 +261,11 @@ def forwarder_single(bench: BenchLab, case: Case) -> Any:
     return socket_activated(bench, None, [*FORWARDER_ARGS, "--receive", "single"])
 
 
+def forwarder_relay(bench: BenchLab, case: Case) -> Any:
+    """Relay mode's forward path (connected flow sockets); the bench's backend never answers."""
+    return socket_activated(bench, None, [*FORWARDER_ARGS, "--reply", "relay"])
+
+
 def kib_field(path: str, name: str) -> int:
     """A `Name:   N kB` field of a /proc file, in KiB."""
     with open(path) as handle:
@@ -327,6 +332,7 @@ CONTENDERS = {
     "per-datagram": Contender("per-datagram", per_datagram_reference, rps=False),
     "forwarder": Contender("forwarder", forwarder, rps=False),
     "forwarder-single": Contender("forwarder-single", forwarder_single, rps=False),
+    "forwarder-relay": Contender("forwarder-relay", forwarder_relay, rps=False),
 }
 BASELINE = "kernel-dnat+rps"
 REFERENCE = "per-datagram"

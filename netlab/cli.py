@@ -328,7 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--contender",
         action="append",
-        choices=["kernel-dnat+rps", "kernel-dnat", "per-datagram", "forwarder", "forwarder-single"],
+        choices=[
+            "kernel-dnat+rps",
+            "kernel-dnat",
+            "per-datagram",
+            "forwarder",
+            "forwarder-single",
+            "forwarder-relay",
+        ],
         help="measure only these (repeatable); default all",
     )
     bench.set_defaults(handler=cmd_bench)

@@ -57,6 +57,7 @@ def test_quick_bench_measures_every_contender_and_reports_json() -> None:
         "per-datagram",
         "forwarder",
         "forwarder-single",
+        "forwarder-relay",
     }
     for name, case in contenders.items():
         assert case["median_delivered_per_s"] > 0, name
