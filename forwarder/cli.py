@@ -231,9 +231,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the counters as Prometheus metrics to PATH (node_exporter's textfile collector) every "
         "--stats-interval",
     )
-    parser.add_argument(  # for measuring the two kinds of relay flow sockets against each other
-        "--relay-sockets", choices=["connected", "unconnected"], default="connected", help=argparse.SUPPRESS
-    )
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default info"
     )
@@ -401,7 +398,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             stats_interval=args.stats_interval,
             watchdog_interval=watchdog_interval(os.environ),
             metrics=metrics_file(args.metrics_file, listeners),
-            connect_flows=args.relay_sockets == "connected",
+            connect_flows=relay,
         )
         engine.run()
     finally:

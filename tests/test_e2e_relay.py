@@ -9,15 +9,27 @@ The host does not forward at all (ip_forward=0): in relay mode nothing needs it.
 """
 
 import socket
+import sys
 import threading
+import time
 
 import pytest
 from e2e_helpers import status_has
 
+from forwarder.activation import ListeningSocket
+from forwarder.core import sockaddr_bytes
+from forwarder.destination import Destination
+from forwarder.engine import Engine, Route
+from forwarder.machine import Flow, ForwardingMachine
+from forwarder.notify import Notifier
 from forwarder.sockets import IP_PKTINFO
 from netlab import Lab, hold_listen_sockets, start_forwarder
+from netlab.lab import netns
 from netlab.lab.node import LabNode
+from netlab.lab.process import python_env
+from netlab.lab.wait import wait_until
 from netlab.relayroute import enable_reassembly, install_relay_route, route_backend_errors
+from netlab.service.procnet import udp_ports_bound
 from netlab.topology.model import Topology
 
 pytestmark = pytest.mark.privileged
@@ -146,7 +158,7 @@ def test_with_pass_packet_info_even_the_activating_datagrams_reply_leaves_from_t
 
 
 def test_a_client_with_source_port_53_gets_its_reply_on_port_53(relay_lab: Lab) -> None:
-    # Its flow socket is bound to 198.51.100.10:53 next to the host's own 0.0.0.0:53.
+    # Its flow socket is bound to 198.51.100.10:53 next to the host's own 0.0.0.0:53 (SO_REUSEADDR on both).
     forwarder = start_forwarder(relay_lab["host"], ["0.0.0.0:53"], ["192.0.2.2:5353"], args=RELAY)
     sock = client_socket(relay_lab, "198.51.100.10", 53)
 
@@ -154,6 +166,37 @@ def test_a_client_with_source_port_53_gets_its_reply_on_port_53(relay_lab: Lab) 
 
     assert sock.recvfrom(65535) == (b"seen=198.51.100.10:53;from 53", ("198.51.100.1", 53))
     forwarder.wait_status(status_has("since start 1 forwarded, 0 dropped, 1 replies relayed"))
+
+
+def test_with_listen_a_client_with_source_port_53_is_served_too(relay_lab: Lab) -> None:
+    # --listen binds the socket itself; without SO_REUSEADDR on it the flow socket's bind would fail.
+    process = relay_lab["host"].run(
+        [sys.executable, "-m", "forwarder", "--listen", "0.0.0.0:53", "--reply", "relay", "192.0.2.2:5353"],
+        label="forwarder",
+        env=python_env(),
+    )
+    wait_until(lambda: 53 in udp_ports_bound(process.pid), "the forwarder to listen", 10)
+    sock = client_socket(relay_lab, "198.51.100.10", 53)
+
+    sock.sendto(b"from 53", ("198.51.100.1", 53))
+
+    assert sock.recvfrom(65535) == (b"seen=198.51.100.10:53;from 53", ("198.51.100.1", 53)), process.output()
+
+
+def test_the_metrics_file_counts_relayed_replies(relay_lab: Lab) -> None:
+    path = relay_lab.workdir / "forwarder.prom"
+    forwarder = start_forwarder(
+        relay_lab["host"], ["198.51.100.1:53"], ["192.0.2.2:5353"], args=[*RELAY, "--metrics-file", str(path)]
+    )
+    sock = client_socket(relay_lab, "198.51.100.10")
+    for payload in (b"one", b"two"):
+        sock.sendto(payload, ("198.51.100.1", 53))
+        sock.recvfrom(100)
+    forwarder.wait_status(status_has("2 replies relayed, 0 replies dropped"))
+
+    text = path.read_text()
+    assert 'transparent_udp_forwarder_replies_relayed_total{listen="198.51.100.1:53"} 2\n' in text
+    assert 'transparent_udp_forwarder_datagrams_forwarded_total{listen="198.51.100.1:53"} 2\n' in text
 
 
 @pytest.mark.parametrize(
@@ -269,3 +312,108 @@ def test_datagrams_to_a_stopped_backend_are_counted_as_backend_unreachable(lab: 
     forwarder.wait_status(status_has("ICMP errors (backend-unreachable "))
     forwarder.wait_status(status_has("since start 3 forwarded, 0 dropped"))
     assert "ICMP error (backend-unreachable) from 192.0.2.2" in forwarder.process.output()
+
+
+# --- the engine in the host, fed by hand: what happens to replies is exact, not timing ---------------------
+
+
+class Relay:
+    """The engine and machine in relay mode in the host node, with one route, fed datagrams by hand."""
+
+    def __init__(self, lab: Lab, max_flows: int = 8, buffer_size: int = 65536) -> None:
+        self.lab = lab
+        listener = lab["host"].udp_socket("198.51.100.1", 53)
+        listener.setblocking(False)
+        self.route = Route(ListeningSocket(listener, "dns"), Destination(socket.AF_INET, "192.0.2.2", 5353))
+        self.machine = ForwardingMachine(max_flows, 60, relay=True)
+        self.engine = Engine(
+            [self.route], Notifier({}), self.machine, buffer_size=buffer_size, connect_flows=True
+        )
+        lab.defer(self.engine.close)
+
+    def forward(self, client: socket.socket, payload: bytes) -> Flow:
+        """Forward `payload` as if `client` had sent it; return its flow."""
+        raw = sockaddr_bytes(socket.AF_INET, client.getsockname())
+        action = self.machine.receive(self.route.path, raw, len(payload), 0, time.monotonic())
+        netns.run_in(
+            self.lab["host"].namespace, lambda: self.engine.execute(self.route, action, memoryview(payload))
+        )
+        flow = self.machine.flows.lookup((self.route.path.target, raw))
+        assert flow is not None
+        assert flow.handle is not None
+        return flow
+
+    def reply_waiting(self, flow: Flow) -> None:
+        """Wait until a reply is queued on `flow`'s socket (the engine is not polling it)."""
+        sock = flow.handle
+        assert sock is not None
+
+        def queued() -> bool:
+            try:
+                sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return False
+            return True
+
+        wait_until(queued, f"a reply queued on {flow}", 5)
+
+    def replies_handled(self, flow: Flow, count: int) -> None:
+        """Let the engine read `flow`'s socket until `count` replies were relayed or dropped."""
+
+        def handled() -> bool:
+            netns.run_in(self.lab["host"].namespace, lambda: self.engine.flow_ready(flow, time.monotonic()))
+            counters = self.machine.counters
+            return counters.relayed + sum(counters.reply_dropped.values()) >= count
+
+        wait_until(handled, f"{count} replies handled", 5)
+
+
+@pytest.fixture
+def relay_host(lab: Lab) -> Lab:
+    lab.build(relay_deployment())
+    install_relay_route(lab["host"], "192.0.2.2", 5353)
+    return lab
+
+
+def test_a_reply_larger_than_the_receive_buffer_is_counted_not_cut(relay_host: Lab) -> None:
+    backend = relay_host["backend"].udp_socket("192.0.2.2", 5353)
+    relay = Relay(relay_host, buffer_size=1024)
+    client = client_socket(relay_host, "198.51.100.10")
+    flow = relay.forward(client, b"ask")
+    backend.settimeout(5)
+    _, asker = backend.recvfrom(100)
+
+    backend.sendto(b"x" * 1200, asker)  # one packet: no fragments
+    backend.sendto(b"fits", asker)
+    relay.replies_handled(flow, 2)
+
+    assert client.recvfrom(100) == (b"fits", ("198.51.100.1", 53))
+    client.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        client.recvfrom(100)
+    assert (relay.machine.counters.relayed, relay.machine.counters.reply_dropped) == (
+        1,
+        {"reply-truncated": 1},
+    )
+
+
+def test_replies_still_queued_when_their_flow_is_evicted_are_counted_unmatched(relay_host: Lab) -> None:
+    backend = relay_host["backend"].udp_socket("192.0.2.2", 5353)
+    backend.settimeout(5)
+    relay = Relay(relay_host, max_flows=1)
+    first, second = client_socket(relay_host, "198.51.100.10"), client_socket(relay_host, "198.51.100.10")
+    evicted = relay.forward(first, b"one")
+    _, asker = backend.recvfrom(100)
+    backend.sendto(b"late", asker)
+    relay.reply_waiting(evicted)
+    sock = evicted.handle
+
+    relay.forward(second, b"two")  # the flow table holds one flow: the first one goes
+
+    assert evicted.handle is None
+    assert sock is not None
+    assert sock.fileno() == -1
+    assert relay.machine.counters.reply_dropped == {"reply-unmatched": 1}
+    first.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        first.recvfrom(100)  # never sent anywhere

@@ -123,6 +123,49 @@ def test_totals_since_start_survive_the_interval_reset() -> None:
     )
 
 
+def test_in_relay_mode_the_status_line_counts_replies_and_their_drops_next_to_the_datagrams() -> None:
+    counters = Counters(relay=True)
+    counters.forwarded = 12
+    counters.relayed = 11
+    counters.reply_dropped["reply-unmatched"] += 1
+    assert counters.summary(10, flows=5) == (
+        "12 datagrams forwarded in the last 10 seconds, 0 dropped; 11 replies relayed, 1 dropped"
+        " (reply-unmatched 1); since start 12 forwarded, 0 dropped, 11 replies relayed, 1 replies dropped;"
+        " 5 flows."
+    )
+    counters.reset()
+    assert counters.summary(10) == (
+        "0 datagrams forwarded in the last 10 seconds, 0 dropped; 0 replies relayed, 0 dropped;"
+        " since start 12 forwarded, 0 dropped, 11 replies relayed, 1 replies dropped."
+    )
+
+
+def test_icmp_errors_are_in_the_status_line_once_there_are_any_and_in_the_totals_after() -> None:
+    counters = Counters()
+    assert "ICMP" not in counters.summary(10)
+    counters.icmp_errors["backend-unreachable"] += 3
+    assert counters.summary(10) == (
+        "0 datagrams forwarded in the last 10 seconds, 0 dropped; 3 ICMP errors (backend-unreachable 3);"
+        " since start 0 forwarded, 0 dropped, 3 ICMP errors."
+    )
+    counters.reset()
+    assert counters.summary(10) == (
+        "0 datagrams forwarded in the last 10 seconds, 0 dropped; since start 0 forwarded, 0 dropped,"
+        " 3 ICMP errors."
+    )
+
+
+def test_the_totals_since_start_include_the_current_interval() -> None:
+    counters = Counters(relay=True)
+    counters.forwarded, counters.relayed = 2, 1
+    counters.drop(DropReason.TRUNCATED)
+    counters.reset()
+    counters.forwarded = 3
+    counters.drop(DropReason.TRUNCATED)
+    totals = counters.since_start()
+    assert (totals.forwarded, totals.dropped, totals.relayed) == (5, {"truncated": 2}, 1)
+
+
 @pytest.mark.parametrize(
     ("family", "bound", "v6only", "expected"),
     [

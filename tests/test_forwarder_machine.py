@@ -12,6 +12,7 @@ import pytest
 
 from forwarder.core import sockaddr_bytes
 from forwarder.destination import Destination
+from forwarder.icmp import SO_EE_ORIGIN_ICMP, QueuedError
 from forwarder.machine import (
     CloseFlows,
     Drop,
@@ -224,3 +225,121 @@ def test_close_hands_back_every_flow() -> None:
     flows = [opened(machine, V4, v4("203.0.113.1", port), 1.0) for port in (1, 2, 3)]
     assert machine.close() == CloseFlows(tuple(flows))
     assert len(machine.flows) == 0
+
+
+# --- replies (relay mode) ---------------------------------------------------------------------------------
+
+BACKEND = ("192.0.2.2", 53)
+
+
+def relaying(**options: object) -> ForwardingMachine:
+    return ForwardingMachine(relay=True, **options)  # type: ignore[arg-type]
+
+
+def test_a_reply_from_the_flows_destination_is_relayed_to_its_client_and_counted() -> None:
+    machine = relaying()
+    flow = opened(machine, V4, v4("203.0.113.7", 4242), 1.0)
+    assert machine.reply_received(flow, BACKEND, 100, 0, 2.0) is flow
+    assert flow.address == ("203.0.113.7", 4242)
+    assert (machine.counters.relayed, machine.counters.reply_dropped) == (1, {})
+
+
+def test_a_reply_counts_as_use_so_the_idle_timeout_spans_both_directions() -> None:
+    machine = relaying(idle_timeout=5)
+    flow = opened(machine, V4, v4("203.0.113.7", 4242), 100.0)
+    machine.reply_received(flow, BACKEND, 10, 0, 104.0)  # the client went quiet; the backend did not
+    assert machine.expire(106.0) == CloseFlows(())
+    assert machine.expire(110.0) == CloseFlows((flow,))
+
+
+def test_a_reply_keeps_its_flow_from_eviction_like_a_datagram_does() -> None:
+    machine = relaying(max_flows=2)
+    quiet_client = opened(machine, V4, v4("203.0.113.1", 1), 1.0)
+    answered = opened(machine, V4, v4("203.0.113.2", 2), 2.0)
+    machine.reply_received(answered, BACKEND, 10, 0, 3.0)
+    action = machine.receive(V4, v4("203.0.113.3", 3), 10, 0, 4.0)
+    assert isinstance(action, OpenFlow)
+    assert machine.flow_opened(action.flow, handle()) == CloseFlows((quiet_client,))
+
+
+def test_a_reply_arriving_on_the_socket_a_client_shares_goes_to_the_flow_of_its_source() -> None:
+    # One client, two destinations: unconnected sockets bound to the same address and port may each
+    # receive the other destination's reply.
+    machine = relaying()
+    client = v4("203.0.113.7", 4242)
+    to_dns = opened(machine, V4, client, 1.0)
+    to_game = opened(machine, OTHER, client, 1.0)
+    assert machine.reply_received(to_dns, ("192.0.2.2", 27015), 10, 0, 2.0) is to_game
+
+
+def test_a_reply_whose_flow_was_evicted_is_counted_unmatched_and_sent_nowhere() -> None:
+    machine = relaying(max_flows=1)
+    client = v4("203.0.113.7", 4242)
+    to_dns = opened(machine, V4, client, 1.0)
+    to_game = machine.receive(OTHER, client, 10, 0, 2.0)
+    assert isinstance(to_game, OpenFlow)
+    machine.flow_opened(to_game.flow, handle())  # evicts the flow to dns
+
+    drop = machine.reply_received(to_game.flow, BACKEND, 10, 0, 3.0)  # dns answers on the shared port
+
+    assert drop == Drop("reply-unmatched", OTHER, client, reply=True)
+    assert (machine.counters.relayed, machine.counters.reply_dropped) == (0, {"reply-unmatched": 1})
+    assert to_dns not in machine.flows.values()
+
+
+def test_replies_still_queued_on_a_closed_flow_are_counted_unmatched() -> None:
+    machine = relaying()
+    flow = opened(machine, V4, v4("203.0.113.7", 4242), 1.0)
+    machine.replies_unmatched(flow, 3)
+    machine.replies_unmatched(flow, 0)
+    assert machine.counters.reply_dropped == {"reply-unmatched": 3}
+
+
+def test_a_truncated_reply_is_counted_never_relayed() -> None:
+    machine = relaying()
+    flow = opened(machine, V4, v4("203.0.113.7", 4242), 1.0)
+    drop = machine.reply_received(flow, BACKEND, 70000, socket.MSG_TRUNC, 2.0)
+    assert isinstance(drop, Drop)
+    assert drop.key == "reply-truncated"
+    assert machine.counters.relayed == 0
+
+
+def test_a_reply_that_cannot_be_sent_is_taken_back_and_counted_by_errno() -> None:
+    machine = relaying()
+    flow = opened(machine, V4, v4("203.0.113.7", 4242), 1.0)
+    machine.reply_received(flow, BACKEND, 10, 0, 2.0)
+    assert machine.reply_send_failed(flow, errno.EAGAIN).key == "reply-send-error:EAGAIN"
+    assert (machine.counters.relayed, machine.counters.reply_dropped) == (0, {"reply-send-error:EAGAIN": 1})
+
+
+def test_in_direct_mode_a_datagram_arriving_on_a_flow_socket_is_counted_not_relayed() -> None:
+    machine = ForwardingMachine()
+    flow = opened(machine, V4, v4("203.0.113.7", 4242), 1.0)
+    drop = machine.reply_received(flow, BACKEND, 10, 0, 2.0)
+    assert isinstance(drop, Drop)
+    assert drop.key == "reply-in-direct-mode"
+    assert machine.counters.reply_dropped == {"reply-in-direct-mode": 1}
+
+
+def test_the_local_address_a_client_sent_to_is_kept_and_follows_its_latest_datagram() -> None:
+    machine = relaying()
+    client = v4("203.0.113.7", 4242)
+    first = machine.receive(V4, client, 10, 0, 1.0, local=b"\xc6\x33\x64\x01")
+    assert isinstance(first, OpenFlow)
+    assert first.flow.local == b"\xc6\x33\x64\x01"
+    machine.flow_opened(first.flow, handle())
+    machine.receive(V4, client, 10, 0, 2.0, local=b"\xc6\x33\x64\x02")
+    assert first.flow.local == b"\xc6\x33\x64\x02"
+    machine.receive(V4, client, 10, 0, 3.0)  # no pktinfo (a datagram queued before it was asked for)
+    assert first.flow.local == b"\xc6\x33\x64\x02"
+
+
+def test_icmp_errors_are_counted_by_the_name_of_their_type() -> None:
+    machine = ForwardingMachine()
+    flow = opened(machine, V4, v4("203.0.113.7", 4242), 1.0)
+    unreachable = QueuedError(errno.ECONNREFUSED, SO_EE_ORIGIN_ICMP, 3, 3, "192.0.2.2")
+    assert machine.icmp_error(flow, unreachable) == "backend-unreachable"
+    machine.icmp_error(flow, unreachable)
+    machine.icmp_error(flow, QueuedError(errno.EHOSTUNREACH, SO_EE_ORIGIN_ICMP, 11, 0, "192.0.2.1"))
+    assert machine.counters.icmp_errors == {"backend-unreachable": 2, "time-exceeded": 1}
+    assert machine.counters.forwarded == 1  # the datagrams left: an ICMP error never takes one back

@@ -394,6 +394,12 @@ def test_unknown_log_level_is_a_usage_error() -> None:
     assert "invalid choice: 'loud'" in one_error_line(result)
 
 
+def test_an_unknown_reply_mode_is_a_usage_error_naming_the_value() -> None:
+    result = launch([], ["--reply", "bounce", "192.0.2.2"], env={})
+    assert result.returncode == 64
+    assert "invalid choice: 'bounce' (choose from 'direct', 'relay')" in one_error_line(result)
+
+
 def test_listen_on_an_address_in_use_is_an_os_error(udp4: socket.socket) -> None:
     held = f"127.0.0.1:{udp4.getsockname()[1]}"
     result = launch([], ["--listen", held, "192.0.2.2"], env={})

@@ -195,6 +195,17 @@ def test_socket_units_buffer_dozens_of_reassembled_64k_datagrams(name: str) -> N
     assert settings["Socket.Transparent"] == ["true"]
 
 
+def test_the_socket_template_passes_packet_info_so_a_relayed_first_reply_leaves_from_the_address_asked() -> (
+    None
+):
+    assert parse_unit(UNITS / "transparent-udp-forwarder@.socket")["Socket.PassPacketInfo"] == ["yes"]
+
+
+def test_the_hardened_service_may_ask_the_kernel_for_routes_for_the_relay_check() -> None:
+    families = parse_unit(UNITS / HARDENED)["Service.RestrictAddressFamilies"][-1].split()
+    assert "AF_NETLINK" in families
+
+
 def test_avorion_service_has_one_destination_per_listening_socket_in_the_same_order() -> None:
     ports = [
         value.rpartition(":")[2] for value in parse_unit(UNITS / AVORION_SOCKET)["Socket.ListenDatagram"]

@@ -152,6 +152,8 @@ CONTENDERS = {
         Contender("per-datagram", per_datagram_reference),
         Contender("forwarder", forwarder_with()),
         Contender("forwarder-gso", forwarder_with("--gso")),
+        # Relay mode: connected flow sockets; in echo cases it carries the replies back itself.
+        Contender("forwarder-relay", forwarder_with("--reply", "relay"), relays_replies=True),
         Contender("forwarder-single", forwarder_with("--receive", "single")),
         Contender(
             "nginx",
