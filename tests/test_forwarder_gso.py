@@ -1,13 +1,16 @@
 """UDP GSO runs (forwarder.gso): how a sequence of datagrams of one flow is cut into runs, that a run sent
 over loopback arrives as separate, intact datagrams, and the fallbacks when a GSO send is refused."""
 
+import ctypes
 import errno
 import socket
 from collections.abc import Iterator, Sequence
 
 import pytest
 
-from forwarder.gso import MAX_SEGMENTS, GsoSender, Run, plan_runs, probe_gso
+from forwarder import gso as gso_module
+from forwarder.batch import IOVec
+from forwarder.gso import MAX_SEGMENTS, BatchGso, GsoSender, Run, plan_runs, probe_gso
 
 
 def test_equal_datagrams_form_one_run_closed_by_a_shorter_one() -> None:
@@ -97,3 +100,52 @@ def test_a_refused_run_fails_whole_with_its_errno() -> None:
     gso = GsoSender(enabled=True)
     assert gso.send(sock, [b"ab", b"cd"], ("192.0.2.2", 9)) == (0, errno.EPERM)  # type: ignore[arg-type]
     assert sock.plain == []
+
+
+class RefusingSendmsg:
+    """A libc sendmsg stand-in that fails every call with `error` (as the kernel would) and counts calls."""
+
+    def __init__(self, error: int) -> None:
+        self.error = error
+        self.calls = 0
+
+    def __call__(self, fd: int, header: int, flags: int) -> int:
+        self.calls += 1
+        ctypes.set_errno(self.error)
+        return -1
+
+
+def test_a_run_beyond_the_path_mtu_makes_larger_segments_skip_gso_from_then_on() -> None:
+    refusing = RefusingSendmsg(errno.EMSGSIZE)
+    gso = BatchGso(refusing, (IOVec * 4)())
+    assert gso.send(3, 0, 2, 3000) == errno.EMSGSIZE
+    assert gso.largest == 2999  # the engine sends runs of 3000 B and more datagram by datagram now
+    assert gso.send(3, 0, 2, 1200) == errno.EMSGSIZE
+    assert gso.largest == 1199
+
+
+@pytest.mark.parametrize("error", [errno.EIO, errno.ENOPROTOOPT])
+def test_a_device_without_segmentation_turns_gso_off(error: int) -> None:
+    gso = BatchGso(RefusingSendmsg(error), (IOVec * 4)())
+    assert gso.send(3, 0, 2, 64) == error
+    assert gso.largest == 0  # no segment size fits: every run goes datagram by datagram
+
+
+def test_another_error_leaves_gso_on_for_the_next_run() -> None:
+    gso = BatchGso(RefusingSendmsg(errno.EPERM), (IOVec * 4)())  # a firewall refused this run
+    assert gso.send(3, 0, 2, 64) == errno.EPERM
+    assert gso.largest > 64
+
+
+def test_without_udp_segment_in_the_kernel_there_is_no_batch_gso(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gso_module, "probe_gso", lambda: False)
+    assert BatchGso.create((IOVec * 4)()) is None
+
+
+def test_a_kernel_refusing_udp_segment_is_probed_as_without_gso(monkeypatch: pytest.MonkeyPatch) -> None:
+    class NoSegment(socket.socket):
+        def setsockopt(self, *args: object) -> None:
+            raise OSError(errno.ENOPROTOOPT, "Protocol not available")
+
+    monkeypatch.setattr(socket, "socket", NoSegment)
+    assert probe_gso() is False

@@ -4,6 +4,7 @@ unconnected and reused, capped with LRU eviction, closed when idle, never kept f
 client 198.51.100.10 --- 198.51.100.1 [host: Sender] 192.0.2.1 --- 192.0.2.2 backend
 """
 
+import os
 import socket
 import subprocess
 import sys
@@ -18,10 +19,12 @@ from forwarder.destination import Destination
 from forwarder.engine import Engine, Route
 from forwarder.machine import Flow, ForwardingMachine, LocalProbe
 from forwarder.notify import Notifier
+from forwarder.sender import open_flow_socket, open_plain_flow_socket
 from forwarder.sockets import BroadcastAddresses, LocalAddresses
 from netlab import Lab
 from netlab.lab import netns
 from netlab.lab.process import python_env
+from netlab.pytest_plugin import require_privileges
 from netlab.topology.shipped import seed_deployment
 
 T = TypeVar("T")
@@ -274,3 +277,25 @@ def test_max_flows_is_lowered_to_fit_the_open_file_limit() -> None:
     )
     assert result.stdout.split() == ["134", "10"]
     assert result.stderr.splitlines() == ["--max-flows 4096 lowered to 134 to fit RLIMIT_NOFILE 200"]
+
+
+def socket_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_plain_flow_socket_that_cannot_reach_its_peer_is_closed_not_leaked() -> None:
+    before = socket_count()
+    with pytest.raises(socket.gaierror, match="family"):
+        open_plain_flow_socket(socket.AF_INET, ("::1", 53))  # an IPv6 peer for an IPv4 socket
+    assert socket_count() == before
+
+
+@pytest.mark.privileged
+def test_a_flow_socket_whose_source_port_is_held_is_closed_not_leaked() -> None:
+    require_privileges()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:  # no SO_REUSEADDR: nobody shares it
+        holder.bind(("127.0.0.1", 0))
+        before = socket_count()
+        with pytest.raises(OSError, match="in use"):
+            open_flow_socket(holder.getsockname(), socket.AF_INET)
+        assert socket_count() == before
