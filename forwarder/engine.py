@@ -118,6 +118,8 @@ class Engine:
             prefixed=self.machine.send_header,
             gso=gso,
         )
+        if self.machine.relay:  # the replies' turn comes after at most RELAY_BATCH datagrams
+            self.strategy.limit = receive.RELAY_BATCH
         self.metrics = metrics
         self._stopping = False
         self._route_of = {route.path: route for route in self.routes}
@@ -131,7 +133,7 @@ class Engine:
         return self.machine.counters
 
     def drain(self, route: Route) -> None:
-        """Handle what is queued on `route`'s listening socket (up to receive.MAX_BATCH datagrams)."""
+        """Handle what is queued on `route`'s listening socket (up to the strategy's limit)."""
         self.strategy.drain(route, time.monotonic())
 
     # --- executing the machine's actions ----------------------------------------------------------------

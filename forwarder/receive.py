@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 # A socket is drained until EAGAIN, but at most this many datagrams at a time, so that under a flood the
 # other sockets, STATUS= and WATCHDOG=1 still get their turn (the selector reports the socket again).
 MAX_BATCH = 4096
+# With replies relayed, at most this many per turn: in one turn a flow socket is read for at most
+# engine.MAX_REPLIES replies and can queue only a few hundred in its receive buffer, so with one busy flow a
+# listener drained 4096 at a time would starve its replies (measured: 3k of 136k/s echoed at one flow).
+RELAY_BATCH = 256
 # Raw sockaddrs of recent clients on the single path, so that a hit costs a dict lookup, not an encoding.
 NAME_CACHE_SIZE = 4096
 # Ancillary room for one IP_PKTINFO / IPV6_PKTINFO message (struct in6_pktinfo is the larger, 20 bytes).
@@ -54,6 +58,8 @@ class Executor(Protocol):
 class Strategy(Protocol):
     """Receive what is queued on a route's listening socket and get every datagram handled."""
 
+    limit: int  # datagrams handled per drain at most, so that other sockets get their turn
+
     def drain(self, route: "Route", now: float) -> None: ...
 
 
@@ -62,11 +68,12 @@ class SingleReceive:
 
     def __init__(self, executor: Executor, buffer_size: int) -> None:
         self.executor = executor
+        self.limit = MAX_BATCH
         self._view = memoryview(bytearray(buffer_size))
         self._names: dict[object, bytes] = {}
 
     def drain(self, route: "Route", now: float) -> None:
-        """Receive and handle until the socket would block, or MAX_BATCH datagrams."""
+        """Receive and handle until the socket would block, or `limit` datagrams."""
         sock = route.listener.sock
         family = sock.family
         path = route.path
@@ -76,7 +83,7 @@ class SingleReceive:
         executor = self.executor
         receive = executor.machine.receive
         control = PKTINFO_SPACE if route.pktinfo else 0
-        for _ in range(MAX_BATCH):
+        for _ in range(self.limit):
             try:
                 size, ancillary, flags, client = sock.recvmsg_into(buffers, control)
             except BlockingIOError:
@@ -117,6 +124,7 @@ class BatchReceive:
         gso: bool = False,
     ) -> None:
         self.executor = executor
+        self.limit = MAX_BATCH
         self.receiver = receiver
         self.sender = BatchSender.create(receiver, prefixed)
         self.connected = connected  # flow sockets are connected: runs are sent without an address
@@ -142,7 +150,7 @@ class BatchReceive:
         return None if receiver is None else cls(executor, receiver, connected, prefixed, gso)
 
     def drain(self, route: "Route", now: float) -> None:
-        """Receive and handle until the socket would block, or MAX_BATCH datagrams.
+        """Receive and handle until the socket would block, or `limit` datagrams.
 
         This is the hot path: a datagram of an open flow costs the machine's one dict lookup; consecutive
         datagrams of one flow are sent together. A run covers consecutive slots only: any other action in
@@ -168,7 +176,7 @@ class BatchReceive:
         if self.sender is not None:
             self.sender.aim(path.destination.family, None if self.connected else path.target)
         handled = 0
-        while handled < MAX_BATCH:
+        while handled < self.limit:
             try:
                 count = receiver.receive(fd)
             except OSError as error:
