@@ -20,6 +20,7 @@ from types import TracebackType
 from pyroute2 import IPRoute
 
 from netlab import netns, registry
+from netlab.bridge import build_bridge
 from netlab.capture import Capture
 from netlab.crafted import MAX_PAYLOAD, MAX_PAYLOAD_IPV6, Crafted
 from netlab.errors import LabTimeoutError, ProcessFailedError, TopologyError, UnknownNodeError
@@ -344,6 +345,11 @@ class Lab:
                     self.captures.add(self[end.node].namespace, end.node, end.ifname)
             for end in (link.a, link.b):
                 self._configure_interface(end.node, end.ifname, end.addresses, link.mtu)
+        for bridge in topology.bridges:
+            build_bridge(self, bridge)
+            if self.capture_enabled:
+                for name, ifname, _ in bridge.ends():
+                    self.captures.add(self[name].namespace, name, ifname)
         for route in topology.routes:
             self._add_route(route.node, route.destination, route.via)
         for name in topology.nodes:
@@ -379,6 +385,14 @@ class Lab:
                 return all(index in link_local for index in indexes)
 
             wait_until(usable, f"the links {ifnames} of {node!r} to be up", timeout)
+
+    def build_veth(self, a: str, a_ifname: str, b: str, b_ifname: str) -> None:
+        """A veth pair between two nodes of this lab (for netlab.bridge); addresses come separately."""
+        self._build_link(a, a_ifname, b, b_ifname, None)
+
+    def configure_interface(self, node: str, ifname: str, addresses: list[str], mtu: int | None) -> None:
+        """Addresses, MTU and state up for an interface of a node (for netlab.bridge)."""
+        self._configure_interface(node, ifname, addresses, mtu)
 
     def _build_link(self, a: str, a_ifname: str, b: str, b_ifname: str, mtu: int | None) -> None:
         # The pair is created inside node a with its peer placed straight into node b, so no interface

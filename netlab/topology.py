@@ -9,6 +9,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
+from netlab.bridge import Bridge, BridgePort
 from netlab.errors import TopologyError, UnknownNodeError
 from netlab.names import IFNAMSIZ
 
@@ -93,6 +94,7 @@ class Topology:
     nodes: dict[str, Node] = field(default_factory=dict)
     links: list[Link] = field(default_factory=list)
     routes: list[Route] = field(default_factory=list)
+    bridges: list[Bridge] = field(default_factory=list)
     source: str = "<code>"
     description: str = ""
     roles: Roles | None = None
@@ -133,24 +135,42 @@ class Topology:
         )
         return self
 
+    def bridge(
+        self,
+        node: str,
+        ifname: str,
+        ports: list[BridgePort],
+        *,
+        addresses: list[str] | None = None,
+        mtu: int | None = None,
+        label: str = "",
+    ) -> "Topology":
+        """A Linux bridge `ifname` in `node` with containers on it (netlab.bridge)."""
+        self.bridges.append(Bridge(node, ifname, list(addresses or []), list(ports), mtu, label))
+        return self
+
     def route(self, node: str, destination: str, via: str, *, label: str = "") -> "Topology":
         """Add a route in `node`."""
         self.routes.append(Route(node, destination, via, label))
         return self
 
+    def ends(self) -> list[tuple[str, str, list[str]]]:
+        """(node, interface, addresses) of every addressed interface: link ends, bridges and their ports."""
+        ends = [(end.node, end.ifname, end.addresses) for link in self.links for end in (link.a, link.b)]
+        return ends + [end for bridge in self.bridges for end in bridge.ends()]
+
     def addresses_of(self, node: str) -> list[str]:
         """Every address (without prefix) configured on `node`, in topology order."""
         return [
             str(ipaddress.ip_interface(text).ip)
-            for link in self.links
-            for end in (link.a, link.b)
-            if end.node == node
-            for text in end.addresses
+            for name, _, addresses in self.ends()
+            if name == node
+            for text in addresses
         ]
 
     def interfaces_of(self, node: str) -> list[str]:
-        """The names of `node`'s veth interfaces, in topology order."""
-        return [end.ifname for link in self.links for end in (link.a, link.b) if end.node == node]
+        """The names of `node`'s interfaces (veths, bridges), in topology order."""
+        return [ifname for name, ifname, _ in self.ends() if name == node]
 
     def _require_node(self, node: str, element: str) -> None:
         if node not in self.nodes:
@@ -203,6 +223,21 @@ class Topology:
                 isinstance(link.mtu, bool) or not isinstance(link.mtu, int) or not 68 <= link.mtu <= 65535
             ):
                 raise self._fail(link.label, f"mtu {link.mtu!r} must be an integer from 68 to 65535")
+        for bridge in self.bridges:
+            bridge.validate(self._require_node, self._fail)
+            for name, ifname, addresses in bridge.ends():
+                if (name, ifname) in seen_ifnames:
+                    raise self._fail(bridge.label, f"node {name!r} already has an interface {ifname!r}")
+                seen_ifnames.add((name, ifname))
+                for text in addresses:
+                    interface = parse_interface(text, f"{self.source}: {bridge.label}")
+                    require_lab_address(interface.ip, f"{self.source}: {bridge.label}", text)
+                    if str(interface.ip) in seen_addresses:
+                        raise self._fail(
+                            bridge.label,
+                            f"address {text!r} is already used on {seen_addresses[str(interface.ip)]}",
+                        )
+                    seen_addresses[str(interface.ip)] = f"{name}/{ifname}"
         self._validate_roles()
         for route in self.routes:
             self._require_node(route.node, route.label)

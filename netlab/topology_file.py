@@ -7,6 +7,10 @@
     a = { node = "client", addresses = ["198.51.100.10/24"] }
     b = { node = "host", ifname = "eth0", addresses = ["198.51.100.1/24"] }
     mtu = 1500
+    [[links]]                                # kind = "bridge": a Linux bridge with containers (netlab.bridge)
+    kind = "bridge"
+    bridge = { node = "host", ifname = "docker0", addresses = ["192.0.2.1/24"] }
+    ports = [{ node = "web", addresses = ["192.0.2.2/24"] }]   # ifname "eth0", host_ifname "veth-web"
     [[routes]]                               # to = CIDR or "default" (family of via)
     node = "client"
     to = "default"
@@ -25,13 +29,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from netlab.bridge import BridgePort
 from netlab.errors import TopologyError
 from netlab.topology import Roles, Topology
 
 _TOP_KEYS = {"description", "nodes", "links", "routes", "roles"}
 _ROLE_KEYS = {"host", "backend", "clients", "spoofed"}
 _NODE_KEYS = {"sysctl"}
-_LINK_KEYS = {"a", "b", "mtu"}
+_LINK_KEYS = {"kind", "a", "b", "mtu"}
+_BRIDGE_KEYS = {"kind", "bridge", "ports", "mtu"}
+_PORT_KEYS = {"node", "ifname", "addresses", "host_ifname"}
 _END_KEYS = {"node", "ifname", "addresses"}
 _ROUTE_KEYS = {"node", "to", "via"}
 
@@ -73,6 +80,14 @@ def topology_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Topol
         element = f"links[{index}]"
         if not isinstance(link, dict):
             raise TopologyError(f"{source}: {element}: expected a table, got {link!r}")
+        kind = link.get("kind", "veth")
+        if kind == "bridge":
+            _bridge(topology, link, element, source)
+            continue
+        if kind != "veth":
+            raise TopologyError(
+                f"{source}: {element}.kind: {kind!r}: expected 'veth' (the default) or 'bridge'"
+            )
         _check_keys(link, _LINK_KEYS, element, source)
         a = _endpoint(link, "a", element, source)
         b = _endpoint(link, "b", element, source)
@@ -125,6 +140,43 @@ def _roles(data: Mapping[str, Any], source: str) -> Roles | None:
             raise TopologyError(f"{source}: roles.{key}: expected a list of strings, got {values!r}")
         setattr(roles, key, list(values))
     return roles
+
+
+def _bridge(topology: Topology, link: Mapping[str, Any], element: str, source: str) -> None:
+    _check_keys(link, _BRIDGE_KEYS, element, source)
+    bridge = link.get("bridge")
+    if not isinstance(bridge, dict):
+        raise TopologyError(
+            f'{source}: {element}.bridge: expected {{ node = "NAME", ifname = "docker0", addresses = [...]'
+            f" }}, got {bridge!r}"
+        )
+    end = _endpoint(link, "bridge", element, source)
+    if end["ifname"] is None:
+        raise TopologyError(f'{source}: {element}.bridge.ifname: the bridge needs a name, e.g. "docker0"')
+    ports = []
+    for index, port in enumerate(_typed(link, "ports", list, element, source, [])):
+        where = f"{element}.ports[{index}]"
+        if not isinstance(port, dict):
+            raise TopologyError(f"{source}: {where}: expected a table, got {port!r}")
+        _check_keys(port, _PORT_KEYS, where, source)
+        for key in ("node", "ifname", "host_ifname"):
+            if key in port and not isinstance(port[key], str):
+                raise TopologyError(f"{source}: {where}.{key}: expected a string, got {port[key]!r}")
+        if "node" not in port:
+            raise TopologyError(f"{source}: {where}.node: expected a node name")
+        ports.append(
+            BridgePort(
+                port["node"],
+                port.get("ifname", "eth0"),
+                list(_typed(port, "addresses", list, where, source, [])),
+                port.get("host_ifname", ""),
+            )
+        )
+    mtu = link.get("mtu")
+    if mtu is not None and (isinstance(mtu, bool) or not isinstance(mtu, int) or not 68 <= mtu <= 65535):
+        raise TopologyError(f"{source}: {element}.mtu: {mtu!r} must be an integer from 68 to 65535")
+    label = f"{element} (bridge {end['ifname']!r} in {end['node']!r})"
+    topology.bridge(end["node"], end["ifname"], ports, addresses=end["addresses"], mtu=mtu, label=label)
 
 
 def _endpoint(link: Mapping[str, Any], side: str, element: str, source: str) -> dict[str, Any]:

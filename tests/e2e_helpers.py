@@ -57,9 +57,9 @@ def _echo_forever(sock: socket.socket) -> None:
             return
 
 
-def start_echo(lab: Lab, address: str, port: int) -> None:
-    """A UDP echo server in the backend, answering every datagram to its sender until the lab closes."""
-    sock = lab["backend"].udp_socket(address, port)
+def start_echo(lab: Lab, address: str, port: int, node: str = "backend") -> None:
+    """A UDP echo server in `node`, answering every datagram to its sender until the lab closes."""
+    sock = lab[node].udp_socket(address, port)
     threading.Thread(target=_echo_forever, args=(sock,), daemon=True).start()
 
 

@@ -32,11 +32,11 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_shipped_topologies_include_the_seed_its_ipv6_twin_and_dual_stack() -> None:
-    assert {"seed", "seed-ipv6", "dual-stack"} <= set(topology_names())
+def test_shipped_topologies_include_the_seed_its_ipv6_twin_dual_stack_and_docker_bridge() -> None:
+    assert {"seed", "seed-ipv6", "dual-stack", "docker-bridge"} <= set(topology_names())
 
 
-@pytest.mark.parametrize("name", ["seed", "seed-ipv6", "dual-stack"])
+@pytest.mark.parametrize("name", ["seed", "seed-ipv6", "dual-stack", "docker-bridge"])
 def test_each_shipped_topology_starts_with_a_drawing_and_an_address_plan(name: str) -> None:
     text = topology_path(name).read_text()
     header = text.split("\n\n")[0] + text.split("\n\n")[1]
@@ -70,6 +70,57 @@ def test_a_file_parses_links_with_mtu_and_default_interface_names(tmp_path: Path
     topology = load_topology_file(write(tmp_path, SEED_LIKE))
     (link,) = topology.links
     assert (link.a.ifname, link.b.ifname, link.mtu) == ("to-host", "to-client", 1400)
+
+
+def test_a_bridge_link_puts_containers_on_a_bridge_in_the_host() -> None:
+    topology = load_topology("docker-bridge")
+    (bridge,) = topology.bridges
+    assert (bridge.node, bridge.ifname, bridge.addresses) == ("host", "docker0", ["192.0.2.1/24"])
+    assert [(port.node, port.ifname, port.host_ifname) for port in bridge.ports] == [
+        ("web", "eth0", "veth-web"),
+        ("other", "eth0", "veth-other"),
+    ]
+    assert topology.addresses_of("host") == ["198.51.100.1", "192.0.2.1"]
+    assert topology.interfaces_of("web") == ["eth0"]
+
+
+BRIDGE_LIKE = """
+[nodes.host]
+[nodes.web]
+[[links]]
+kind = "bridge"
+bridge = { node = "host", ifname = "docker0", addresses = ["192.0.2.1/24"] }
+ports = [{ node = "web", addresses = ["192.0.2.2/24"] }]
+"""
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (
+            ('kind = "bridge"', 'kind = "hub"'),
+            "links[0].kind: 'hub': expected 'veth' (the default) or 'bridge'",
+        ),
+        ((' ifname = "docker0",', ""), "links[0].bridge.ifname: the bridge needs a name"),
+        (('{ node = "web",', '{ node = "host",'), "port 'host' is the bridge's own node"),
+        (('{ node = "web",', '{ node = "wbe",'), "names unknown node 'wbe'"),
+        (("ports = [", "ports = [] #"), "a bridge needs at least one port"),
+        (('"192.0.2.2/24"', '"192.0.2.1/24"'), "address '192.0.2.1/24' is already used on host/docker0"),
+        (('"docker0"', '"a-very-long-bridge"'), "interface name 'a-very-long-bridge' must be 1 to 15"),
+        (
+            ('addresses = ["192.0.2.2/24"] }', 'addresses = ["192.0.2.2/24"], speed = 1 }'),
+            "unknown key 'speed'",
+        ),
+    ],
+)
+def test_a_bad_bridge_is_refused_naming_the_element_and_the_value(
+    tmp_path: Path, change: tuple[str, str], fragment: str
+) -> None:
+    old, new = change
+    assert old in BRIDGE_LIKE
+    with pytest.raises(TopologyError) as caught:
+        load_topology_file(write(tmp_path, BRIDGE_LIKE.replace(old, new, 1)))
+    assert fragment in str(caught.value)
 
 
 def test_unknown_fixture_names_the_known_ones() -> None:
