@@ -22,6 +22,11 @@ executes them. A bug report becomes one new file in fixtures/scenarios, which is
     backend = "192.0.2.2"
     backend_network = "192.0.2.0/24"
     host_address = "198.51.100.1"
+    # mode = "relay"                       # instead: route the backend's replies to the forwarder
+    #                                      # (netlab.relayroute) and run it with --reply relay; then
+    # ports = [5353]                       # the backend's reply ports (default: its destinations' ports)
+    # icmp_errors = true                   # also deliver the backend's ICMP errors to the flow sockets
+    # reassemble = true                    # connection tracking on, so fragmented replies match the rule
     [[traffic]]
     from = "client"
     src = "203.0.113.7"                    # spoofed; default the node's own address
@@ -53,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from forwarder.destination import parse_destination
 from netlab.crafted import MAX_PAYLOAD, MAX_PAYLOAD_IPV6
 from netlab.errors import ScenarioError
 from netlab.fixtures import scenario_path, topology_path
@@ -64,7 +70,7 @@ _FORWARDER = {"node", "listen", "destinations", "fdnames", "args", "held_sockets
 _SETUP = {"node", "sysctl", "command", "background", "nft"}
 _SETUP_ACTIONS = ("sysctl", "command", "background", "nft")
 _ECHO = {"node", "ports"}
-_REPLY = {"node", "backend", "backend_network", "host_address"}
+_REPLY = {"node", "mode", "backend", "backend_network", "host_address", "ports", "icmp_errors", "reassemble"}
 _TRAFFIC = {
     "from", "src", "sport", "to", "payload", "payload_hex", "size", "count", "fragment_size", "family",
     "expect_reply", "reply_contains",
@@ -111,8 +117,12 @@ class EchoSpec:
 class ReplyPathSpec:
     node: str
     backend: str
-    backend_network: str
-    host_address: str
+    backend_network: str = ""
+    host_address: str = ""
+    mode: str = "direct"  # "relay": relay routing on the host, the forwarder runs with --reply relay
+    ports: list[int] = field(default_factory=list)
+    icmp_errors: bool = False
+    reassemble: bool = False
 
 
 @dataclass
@@ -327,6 +337,62 @@ def _topology(reader: _Reader, data: Mapping[str, Any], path: Path) -> Topology:
     return load_topology_file(topology_path(value))
 
 
+def _reply_path(
+    reader: _Reader,
+    table: Mapping[str, Any],
+    topology: Topology,
+    host: str,
+    forwarder: "ForwarderSpec | None",
+) -> ReplyPathSpec:
+    reader.keys(table, _REPLY, "reply_path")
+    mode = reader.get(table, "mode", str, "reply_path", "direct")
+    if mode not in ("direct", "relay"):
+        raise reader.fail("reply_path.mode", f"{mode!r}: expected 'direct' or 'relay'")
+    needed = ("backend", "backend_network", "host_address") if mode == "direct" else ("backend",)
+    values = {key: reader.get(table, key, str, "reply_path") for key in needed}
+    missing = [key for key, value in values.items() if value is None]
+    if missing:
+        raise reader.fail("reply_path", f"missing {missing}")
+    spec = ReplyPathSpec(reader.node(table, "node", "reply_path", topology, host), mode=mode, **values)
+    if mode == "direct":
+        return spec
+    for key in ("backend_network", "host_address"):
+        if key in table:
+            raise reader.fail(f"reply_path.{key}", "is for mode = 'direct' (the source rewrite)")
+    ports = reader.get(table, "ports", list, "reply_path", None)
+    if ports is None:
+        ports = _backend_ports(spec.backend, forwarder)
+        if not ports:
+            raise reader.fail(
+                "reply_path.ports",
+                f"no [forwarder] destination is the backend {spec.backend!r}: give ports = [PORT]",
+            )
+    if not ports or not all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in ports):
+        raise reader.fail("reply_path.ports", f"expected a list of UDP ports, got {ports!r}")
+    spec.ports = list(ports)
+    spec.icmp_errors = reader.get(table, "icmp_errors", bool, "reply_path", False)
+    spec.reassemble = reader.get(table, "reassemble", bool, "reply_path", False)
+    return spec
+
+
+def _backend_ports(backend: str, forwarder: "ForwarderSpec | None") -> list[int]:
+    """The ports of the forwarder's destinations at `backend` (a destination without a port uses its
+    socket's)."""
+    if forwarder is None:
+        return []
+    wanted = ipaddress.ip_address(backend)
+    ports = []
+    for text, listen in zip(forwarder.destinations, forwarder.listen, strict=False):
+        spec = parse_destination(text)
+        try:
+            if ipaddress.ip_address(spec.host) != wanted:
+                continue
+        except ValueError:
+            continue
+        ports.append(spec.port if spec.port is not None else int(listen.rpartition(":")[2]))
+    return sorted(set(ports))
+
+
 def scenario_from_dict(data: Mapping[str, Any], path: Path) -> Scenario:
     """Validate TOML-shaped scenario data read from `path`."""
     reader = _Reader(str(path))
@@ -384,15 +450,7 @@ def scenario_from_dict(data: Mapping[str, Any], path: Path) -> Scenario:
     reply_path = None
     table = reader.table(data, "reply_path", "top level")
     if table is not None:
-        reader.keys(table, _REPLY, "reply_path")
-        values = {
-            key: reader.get(table, key, str, "reply_path")
-            for key in ("backend", "backend_network", "host_address")
-        }
-        missing = [key for key, value in values.items() if value is None]
-        if missing:
-            raise reader.fail("reply_path", f"missing {missing}")
-        reply_path = ReplyPathSpec(reader.node(table, "node", "reply_path", topology, default_host), **values)
+        reply_path = _reply_path(reader, table, topology, default_host, forwarder)
 
     traffic = []
     for where, item in reader.tables(data, "traffic", "top level"):

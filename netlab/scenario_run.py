@@ -18,8 +18,9 @@ from netlab.crafted import Crafted
 from netlab.errors import LabTimeoutError, NetlabError
 from netlab.expect import Inbox, expect
 from netlab.lab import Lab, python_env, wait_until
+from netlab.relayroute import enable_reassembly, install_relay_route, route_backend_errors
 from netlab.replypath import enable_reply_path
-from netlab.scenario import Endpoint, Scenario, TrafficSpec
+from netlab.scenario import Endpoint, ReplyPathSpec, Scenario, TrafficSpec
 
 FORWARDER_START = 15.0  # seconds for READY=1 after the first datagram (a cold Python start on a busy CI)
 QUIET = 0.3  # seconds of silence that count as "nothing else arrives"
@@ -115,8 +116,7 @@ class _Run:
             )
             wait_until(lambda: set(ports) <= udp_ports_bound(echo.pid), "the echo server to listen", 10)
         if scenario.reply_path is not None:
-            spec = scenario.reply_path
-            enable_reply_path(lab[spec.node], spec.backend, spec.backend_network, spec.host_address)
+            prepare_reply_path(lab, scenario.reply_path)
         for endpoint in [item.at for item in scenario.expect.arrives] + scenario.expect.nothing_at:
             if endpoint not in self.inboxes:
                 self.inboxes[endpoint] = expect(lab[endpoint.node], endpoint.port)
@@ -129,7 +129,7 @@ class _Run:
                 spec_forwarder.listen,
                 spec_forwarder.destinations,
                 fdnames=spec_forwarder.fdnames,
-                args=spec_forwarder.args,
+                args=forwarder_args(scenario),
                 sockets=held,
             )
 
@@ -255,6 +255,30 @@ class _Run:
         if code != 0:
             raise NetlabError(f"exit code {code} after SIGTERM; log:\n{self.forwarder.process.output()}")
         return "exit code 0"
+
+
+def prepare_reply_path(lab: Lab, spec: ReplyPathSpec) -> None:
+    """Direct: the notrack + source rewrite rules; relay: the relay routing (and what the spec adds)."""
+    host = lab[spec.node]
+    if spec.mode == "direct":
+        enable_reply_path(host, spec.backend, spec.backend_network, spec.host_address)
+        return
+    for port in spec.ports:
+        install_relay_route(host, spec.backend, port)
+    if spec.icmp_errors:
+        route_backend_errors(host, [spec.backend])
+    if spec.reassemble:
+        enable_reassembly(host)
+
+
+def forwarder_args(scenario: Scenario) -> list[str]:
+    """The forwarder's arguments; a relay reply path runs it with --reply relay unless it says otherwise."""
+    assert scenario.forwarder is not None
+    args = list(scenario.forwarder.args)
+    relay = scenario.reply_path is not None and scenario.reply_path.mode == "relay"
+    if relay and "--reply" not in args:
+        args += ["--reply", "relay"]
+    return args
 
 
 def run_scenario(scenario: Scenario, lab: Lab) -> ScenarioResult:

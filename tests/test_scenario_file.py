@@ -102,3 +102,49 @@ def test_an_inline_topology_error_names_the_scenario_file(tmp_path: Path) -> Non
 def test_a_missing_scenario_names_the_shipped_ones() -> None:
     with pytest.raises(FixtureNotFoundError, match=r"no scenarios fixture 'no-such'.*zero-length-datagram"):
         load_scenario("no-such")
+
+
+def test_a_relay_reply_path_takes_the_backends_ports_from_the_forwarders_destinations(tmp_path: Path) -> None:
+    text = (
+        VALID.replace('"192.0.2.2:27000"]', '"192.0.2.2:5353"]')
+        + '[reply_path]\nmode = "relay"\nbackend = "192.0.2.2"\n'
+    )
+    spec = load_scenario(write(tmp_path, text)).reply_path
+    assert spec is not None
+    assert (spec.mode, spec.node, spec.backend, spec.ports) == ("relay", "host", "192.0.2.2", [5353])
+    assert (spec.icmp_errors, spec.reassemble) == (False, False)
+
+
+def test_a_relay_scenario_runs_the_forwarder_with_reply_relay(tmp_path: Path) -> None:
+    from netlab.scenario_run import forwarder_args
+
+    text = VALID + '[reply_path]\nmode = "relay"\nbackend = "192.0.2.2"\n'
+    assert forwarder_args(load_scenario(write(tmp_path, text)))[-2:] == ["--reply", "relay"]
+    assert "--reply" not in forwarder_args(load_scenario(write(tmp_path, VALID)))
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        (
+            'mode = "bounce"\nbackend = "192.0.2.2"',
+            r"reply_path.mode: 'bounce': expected 'direct' or 'relay'",
+        ),
+        ('backend = "192.0.2.2"', r"reply_path: missing \['backend_network', 'host_address'\]"),
+        (
+            'mode = "relay"\nbackend = "192.0.2.2"\nhost_address = "198.51.100.1"',
+            r"reply_path.host_address: is for mode = 'direct'",
+        ),
+        (
+            'mode = "relay"\nbackend = "192.0.2.9"',
+            r"reply_path.ports: no \[forwarder\] destination is the backend",
+        ),
+        (
+            'mode = "relay"\nbackend = "192.0.2.2"\nports = [0]',
+            r"reply_path.ports: expected a list of UDP ports",
+        ),
+    ],
+)
+def test_a_bad_reply_path_is_refused(tmp_path: Path, table: str, message: str) -> None:
+    with pytest.raises(ScenarioError, match=message):
+        load_scenario(write(tmp_path, VALID + "[reply_path]\n" + table + "\n"))
