@@ -82,7 +82,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from netlab.demo import run_demo  # imports pyroute2 only when needed
 
     _require_privileges()
-    return run_demo()
+    return run_demo(reply=args.reply)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -317,6 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="netlab", description="A network lab for the transparent UDP forwarder.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     demo = commands.add_parser("demo", help="run the seed deployment end to end and show what happened")
+    demo.add_argument(
+        "--reply",
+        choices=["direct", "relay"],
+        default="direct",
+        help="the forwarder's reply mode: direct (the host rewrites the replies' source) or relay (the "
+        "backend answers on other ports, the forwarder relays the replies)",
+    )
     demo.set_defaults(handler=cmd_demo)
     bench = commands.add_parser("bench", help="measure the forwarder against kernel DNAT and the C algorithm")
     mode = bench.add_mutually_exclusive_group()

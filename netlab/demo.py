@@ -6,7 +6,9 @@
 
 systemd-socket-activate holds the host's four UDP ports (IPv4 and IPv6) and starts the forwarder on the
 first datagram; the reply-path rules make the backend's answers leave with the host's address. Each client
-sends from a connect()ed socket, which accepts a reply only from the address it sent to.
+sends from a connect()ed socket, which accepts a reply only from the address it sent to. With `--reply
+relay` the backend listens on other ports (37000 ...), the host routes its replies to the forwarder
+(netlab.relayroute) and the forwarder sends them back itself.
 """
 
 import sys
@@ -16,10 +18,12 @@ from typing import TextIO
 from netlab.activation import start_forwarder, udp_ports_bound
 from netlab.errors import NetlabError
 from netlab.lab import Lab, LabNode, python_env, wait_until
+from netlab.relayroute import install_relay_route
 from netlab.replypath import enable_reply_path
 from netlab.topology import Topology
 
 PORTS = (27000, 27003, 27020, 27021)
+RELAY_OFFSET = 10000  # in relay mode the backend answers on port + 10000: another port than the host's
 HOST_V4, HOST_V6 = "198.51.100.1", "2001:db8:1::1"
 BACKEND_V4, BACKEND_V6 = "192.0.2.2", "2001:db8:2::2"
 
@@ -88,24 +92,43 @@ def client_exchange(node: LabNode, source: str, host: str, port: int) -> Row:
     return row
 
 
-def run_demo(out: TextIO = sys.stdout) -> int:
-    """Run the demo, print progress and the result table; return 0 only when every row is right."""
+def run_demo(out: TextIO = sys.stdout, reply: str = "direct") -> int:
+    """Run the demo (`reply`: the forwarder's --reply mode), print progress and the result table; return 0
+    only when every row is right."""
 
     def say(text: str) -> None:
         print(text, file=out, flush=True)
 
+    relay = reply == "relay"
+    backend_ports = [port + RELAY_OFFSET if relay else port for port in PORTS]
     with Lab(description="netlab demo") as lab:
         say(f"[1/5] building lab {lab.lab_id}: three clients -- host -- dual-stack backend")
         lab.build(demo_topology())
-        say("[2/5] starting a UDP echo server in the backend and the reply-path rules on the host")
-        echo = lab["backend"].run([sys.executable, "-m", "netlab.echo", *map(str, PORTS)], env=python_env())
-        wait_until(lambda: set(PORTS) <= udp_ports_bound(echo.pid), "the echo server to listen", 10)
-        enable_reply_path(lab["host"], BACKEND_V4, "192.0.2.0/24", HOST_V4)
-        enable_reply_path(lab["host"], BACKEND_V6, "2001:db8:2::/64", HOST_V6)
+        echo = lab["backend"].run(
+            [sys.executable, "-m", "netlab.echo", *map(str, backend_ports)], env=python_env()
+        )
+        wait_until(lambda: set(backend_ports) <= udp_ports_bound(echo.pid), "the echo server to listen", 10)
+        if relay:
+            ports = ", ".join(map(str, backend_ports))
+            say(
+                f"[2/5] a UDP echo server in the backend on other ports ({ports}) and the relay routing on "
+                "the host (only the backend's replies go to the forwarder)"
+            )
+            for port in backend_ports:
+                install_relay_route(lab["host"], BACKEND_V4, port)
+                install_relay_route(lab["host"], BACKEND_V6, port)
+        else:
+            say("[2/5] starting a UDP echo server in the backend and the reply-path rules on the host")
+            enable_reply_path(lab["host"], BACKEND_V4, "192.0.2.0/24", HOST_V4)
+            enable_reply_path(lab["host"], BACKEND_V6, "2001:db8:2::/64", HOST_V6)
         listen = [_endpoint(HOST_V4, port) for port in PORTS] + [_endpoint(HOST_V6, port) for port in PORTS]
-        destinations = [_endpoint(BACKEND_V4, p) for p in PORTS] + [_endpoint(BACKEND_V6, p) for p in PORTS]
+        destinations = [_endpoint(BACKEND_V4, p) for p in backend_ports] + [
+            _endpoint(BACKEND_V6, p) for p in backend_ports
+        ]
         say(f"[3/5] systemd-socket-activate holds {len(listen)} UDP sockets on the host; no forwarder yet")
-        forwarder = start_forwarder(lab["host"], listen, destinations, args=["--stats-interval", "1"])
+        forwarder = start_forwarder(
+            lab["host"], listen, destinations, args=["--stats-interval", "1", "--reply", reply]
+        )
 
         say("[4/5] sending: the first datagram starts the forwarder")
         rows = [
@@ -144,5 +167,6 @@ def run_demo(out: TextIO = sys.stdout) -> int:
         return 1
     say(
         "demo passed: the backend saw every client's own address and port, and every reply came from the host"
+        + (" (relayed by the forwarder from the backend's other ports)" if relay else "")
     )
     return 0
