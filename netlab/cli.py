@@ -113,6 +113,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             backend_address=args.backend,
             host_address=args.address,
             clients=args.client or [],
+            reply=args.reply,
+            backend_ports=args.backend_port or [],
         )
         findings = diagnose(deployment)
     else:
@@ -123,7 +125,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
         _require_privileges()
         with attach(args.lab) as (lab, topology):
-            findings = diagnose_lab(lab, topology)
+            findings = diagnose_lab(lab, topology, args.reply, args.backend_port)
     if args.json:
         _print_json([finding.__dict__ for finding in findings])
     else:
@@ -403,6 +405,18 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--backend", metavar="ADDRESS", help="with --machine: the backend's address")
     doctor.add_argument("--address", metavar="ADDRESS", help="with --machine: the address clients send to")
     doctor.add_argument("--client", action="append", metavar="ADDRESS", help="with --machine: a client")
+    doctor.add_argument(
+        "--reply",
+        choices=["direct", "relay"],
+        help="the forwarder's reply mode to check for (default: as the running forwarder says, else direct)",
+    )
+    doctor.add_argument(
+        "--backend-port",
+        action="append",
+        type=int,
+        metavar="PORT",
+        help="relay mode: a port the backend answers from (default: the running forwarder's destinations)",
+    )
     doctor.add_argument("--json", action="store_true", help="the findings as JSON")
     doctor.set_defaults(handler=cmd_doctor)
     return parser

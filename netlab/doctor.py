@@ -50,6 +50,8 @@ class Deployment:
     host_address: str  # the address clients send to, which replies must come from
     clients: Sequence[str] = field(default_factory=list)
     host_backend_address: str = "HOST_ADDRESS_ON_BACKEND_NETWORK"  # the backend's gateway, for fix hints
+    reply: str | None = None  # "direct" or "relay"; None: as the running forwarder says (netlab.doctor_relay)
+    backend_ports: list[int] = field(default_factory=list)  # relay: the ports the backend answers from
 
 
 def _netns_ipr(namespace: str | None) -> IPRoute:
@@ -202,6 +204,8 @@ def check_capability(deployment: Deployment) -> Finding:
 
 
 def check_forwarding(deployment: Deployment) -> list[Finding]:
+    if deployment.reply == "relay":  # the replies are delivered to the forwarder, not routed
+        return []
     findings = []
     families = {_family(address) for address in [deployment.backend_address, *deployment.clients]}
     for version, key in ((4, "net.ipv4.ip_forward"), (6, "net.ipv6.conf.all.forwarding")):
@@ -291,6 +295,8 @@ def _statements(ruleset: list[dict[str, Any]]) -> list[tuple[dict[str, Any], lis
 
 
 def check_reply_path(deployment: Deployment) -> list[Finding]:
+    if deployment.reply == "relay":  # the forwarder sends the replies itself: nothing to rewrite
+        return []
     ruleset = deployment.host.ruleset()
     rules = _statements(ruleset)
     stateful = [rule for rule, expr in rules if any("masquerade" in e or "snat" in e for e in expr)]
@@ -349,8 +355,11 @@ CHECKS: list[Callable[[Deployment], Finding | list[Finding]]] = [
 
 def diagnose(deployment: Deployment) -> list[Finding]:
     """Run every check; a check that cannot run reports itself as a finding instead of crashing."""
+    from netlab.doctor_relay import RELAY_CHECKS, resolve_mode
+
+    resolve_mode(deployment)
     findings: list[Finding] = []
-    for check in CHECKS:
+    for check in [*CHECKS, *RELAY_CHECKS]:
         try:
             result = check(deployment)
         except Exception as error:  # a broken probe must not hide the other checks

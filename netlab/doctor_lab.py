@@ -43,8 +43,11 @@ def _shared(topology: Topology, a: str, b: str) -> list[tuple[str, str]]:
     ]
 
 
-def deployments_of(lab: Lab, topology: Topology) -> list[Deployment]:
-    """One Deployment per address family of the host--backend link."""
+def deployments_of(
+    lab: Lab, topology: Topology, reply: str | None = None, backend_ports: list[int] | None = None
+) -> list[Deployment]:
+    """One Deployment per address family of the host--backend link (`reply` and `backend_ports`: relay
+    mode's, else as the running forwarder says)."""
     roles = roles_of(topology)
     host, backend = str(roles.host), str(roles.backend)
     deployments = []
@@ -74,6 +77,8 @@ def deployments_of(lab: Lab, topology: Topology) -> list[Deployment]:
                 host_address=client_facing[0] if client_facing else str(ipaddress.ip_interface(host_side).ip),
                 clients=clients,
                 host_backend_address=str(ipaddress.ip_interface(host_side).ip),
+                reply=reply,
+                backend_ports=list(backend_ports or []),
             )
         )
     if not deployments:
@@ -81,10 +86,12 @@ def deployments_of(lab: Lab, topology: Topology) -> list[Deployment]:
     return deployments
 
 
-def diagnose_lab(lab: Lab, topology: Topology) -> list[Finding]:
+def diagnose_lab(
+    lab: Lab, topology: Topology, reply: str | None = None, backend_ports: list[int] | None = None
+) -> list[Finding]:
     """Every finding of every family's Deployment, each reported once."""
     findings: list[Finding] = []
-    for deployment in deployments_of(lab, topology):
+    for deployment in deployments_of(lab, topology, reply, backend_ports):
         for finding in diagnose(deployment):
             if finding not in findings:
                 findings.append(finding)

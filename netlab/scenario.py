@@ -27,6 +27,8 @@ executes them. A bug report becomes one new file in fixtures/scenarios, which is
     # ports = [5353]                       # the backend's reply ports (default: its destinations' ports)
     # icmp_errors = true                   # also deliver the backend's ICMP errors to the flow sockets
     # reassemble = true                    # connection tracking on, so fragmented replies match the rule
+    # backend = ["192.0.2.2", "2001:db8:2::2"]  # relay: a list for the IPv6 twin
+    # match = "reply-port"                 # relay: or "udp" / "everything", rules too wide (for the doctor)
     [[traffic]]
     from = "client"
     src = "203.0.113.7"                    # spoofed; default the node's own address
@@ -70,7 +72,11 @@ _FORWARDER = {"node", "listen", "destinations", "fdnames", "args", "held_sockets
 _SETUP = {"node", "sysctl", "command", "background", "nft"}
 _SETUP_ACTIONS = ("sysctl", "command", "background", "nft")
 _ECHO = {"node", "ports"}
-_REPLY = {"node", "mode", "backend", "backend_network", "host_address", "ports", "icmp_errors", "reassemble"}
+_REPLY = {
+    "node", "mode", "backend", "backend_network", "host_address", "ports", "icmp_errors", "reassemble",
+    "match",
+}  # fmt: skip
+_MATCHES = ("reply-port", "udp", "everything")
 _TRAFFIC = {
     "from", "src", "sport", "to", "payload", "payload_hex", "size", "count", "fragment_size", "family",
     "expect_reply", "reply_contains",
@@ -123,6 +129,8 @@ class ReplyPathSpec:
     ports: list[int] = field(default_factory=list)
     icmp_errors: bool = False
     reassemble: bool = False
+    backends: list[str] = field(default_factory=list)  # relay: every backend (the IPv6 twin too)
+    match: str = "reply-port"  # relay: what the rule selects; "udp" and "everything" are broken set-ups
 
 
 @dataclass
@@ -348,6 +356,14 @@ def _reply_path(
     mode = reader.get(table, "mode", str, "reply_path", "direct")
     if mode not in ("direct", "relay"):
         raise reader.fail("reply_path.mode", f"{mode!r}: expected 'direct' or 'relay'")
+    backends = [table["backend"]] if isinstance(table.get("backend"), str) else table.get("backend")
+    if (
+        mode == "relay"
+        and isinstance(backends, list)
+        and backends
+        and all(isinstance(b, str) for b in backends)
+    ):
+        table = {**table, "backend": backends[0]}  # relay mode takes a list: one backend per family
     needed = ("backend", "backend_network", "host_address") if mode == "direct" else ("backend",)
     values = {key: reader.get(table, key, str, "reply_path") for key in needed}
     missing = [key for key, value in values.items() if value is None]
@@ -359,9 +375,13 @@ def _reply_path(
     for key in ("backend_network", "host_address"):
         if key in table:
             raise reader.fail(f"reply_path.{key}", "is for mode = 'direct' (the source rewrite)")
+    spec.backends = list(backends or [spec.backend])
+    spec.match = reader.get(table, "match", str, "reply_path", "reply-port")
+    if spec.match not in _MATCHES:
+        raise reader.fail("reply_path.match", f"{spec.match!r}: expected one of {list(_MATCHES)}")
     ports = reader.get(table, "ports", list, "reply_path", None)
     if ports is None:
-        ports = _backend_ports(spec.backend, forwarder)
+        ports = sorted({port for backend in spec.backends for port in _backend_ports(backend, forwarder)})
         if not ports:
             raise reader.fail(
                 "reply_path.ports",

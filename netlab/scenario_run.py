@@ -263,10 +263,14 @@ def prepare_reply_path(lab: Lab, spec: ReplyPathSpec) -> None:
     if spec.mode == "direct":
         enable_reply_path(host, spec.backend, spec.backend_network, spec.host_address)
         return
-    for port in spec.ports:
-        install_relay_route(host, spec.backend, port)
+    for backend in spec.backends:
+        if spec.match == "reply-port":
+            for port in spec.ports:
+                install_relay_route(host, backend, port)
+        else:
+            install_relay_route(host, backend, None, udp_only=spec.match == "udp")
     if spec.icmp_errors:
-        route_backend_errors(host, [spec.backend])
+        route_backend_errors(host, spec.backends)
     if spec.reassemble:
         enable_reassembly(host)
 

@@ -87,7 +87,9 @@ def test_a_usage_error_exits_64(capsys: pytest.CaptureFixture[str]) -> None:
     assert "netlab: the following arguments are required: NODE" in capsys.readouterr().err
 
 
-def test_demo_with_an_unknown_reply_mode_is_a_usage_error_naming_it(capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_with_an_unknown_reply_mode_is_a_usage_error_naming_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["demo", "--reply", "bounce"])
     assert exited.value.code == 64
