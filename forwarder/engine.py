@@ -6,6 +6,7 @@ from the listening socket the client used. It keeps the service manager informed
 STOPPING). Every decision and every count is the machine's (forwarder.machine).
 """
 
+import contextlib
 import errno
 import logging
 import selectors
@@ -184,7 +185,8 @@ class Engine:
             if sock is None:
                 continue
             if self._selector is not None:
-                self._selector.unregister(sock)
+                with contextlib.suppress(KeyError):  # a flow opened before the loop, never watched
+                    self._selector.unregister(sock)
             if drain and self.machine.relay:
                 self.read_errors(flow)
                 self.machine.replies_unmatched(flow, _discard_queued(sock))
