@@ -10,18 +10,29 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 
 from forwarder.core import decimal
-from forwarder.errors import ConfigurationError
+from forwarder.errors import ConfigurationError, shown
 
 SD_LISTEN_FDS_START = 3
 _ACTIVATION_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 
 
+UNNAMED = "unknown"  # the name sd_listen_fds_with_names(3) reports when LISTEN_FDNAMES gives none
+
+
+def address_text(sock: socket.socket) -> str:
+    """The address a socket is bound to, as `192.0.2.1:53` or `[2001:db8::1]:53`."""
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
+
+
 @dataclass(frozen=True, slots=True)
 class ListeningSocket:
-    """One inherited datagram socket, with the name systemd gave it (FileDescriptorName=)."""
+    """One inherited datagram socket, with the name systemd gave it (FileDescriptorName=); `named` is False
+    when it gave none (systemd-socket-activate without --fdname sets no LISTEN_FDNAMES)."""
 
     sock: socket.socket
     name: str
+    named: bool = True
 
     @property
     def family(self) -> socket.AddressFamily:
@@ -31,43 +42,48 @@ class ListeningSocket:
     def port(self) -> int:
         return int(self.sock.getsockname()[1])
 
+    @property
+    def label(self) -> str:
+        """How logs and messages name the socket: its name, or its address when it has none."""
+        return self.name if self.named else address_text(self.sock)
 
-def _adopt(fd: int, name: str) -> ListeningSocket:
-    """Wrap fd as a socket after checking it is an AF_INET/AF_INET6 datagram socket."""
+
+def _adopt(fd: int, name: str, named: bool) -> ListeningSocket:
+    """Wrap fd as a socket after checking it is a bound AF_INET/AF_INET6 UDP socket."""
+    which = f"inherited fd {fd} ({shown(name)})" if named else f"inherited fd {fd}"
     try:
         mode = os.fstat(fd).st_mode
     except OSError as error:
-        raise ConfigurationError(f"inherited fd {fd} ({name!r}) is not open: {error.strerror}") from None
+        raise ConfigurationError(f"{which} is not open: {error.strerror}") from None
     if not stat.S_ISSOCK(mode):
-        raise ConfigurationError(f"inherited fd {fd} ({name!r}) is not a socket: expected a UDP socket")
+        raise ConfigurationError(f"{which} is not a socket: expected a UDP socket")
     os.set_inheritable(fd, False)  # as sd_listen_fds(3) does: children must not inherit the sockets
     sock = socket.socket(fileno=fd)
     if sock.family not in (socket.AF_INET, socket.AF_INET6):
         family = sock.family.name if isinstance(sock.family, socket.AddressFamily) else sock.family
         sock.detach()
-        raise ConfigurationError(
-            f"inherited fd {fd} ({name!r}) is an {family} socket: expected AF_INET or AF_INET6"
-        )
+        raise ConfigurationError(f"{which} is an {family} socket: expected AF_INET or AF_INET6")
     if sock.type != socket.SOCK_DGRAM:
         kind = sock.type.name if isinstance(sock.type, socket.SocketKind) else sock.type
         sock.detach()
-        raise ConfigurationError(
-            f"inherited fd {fd} ({name!r}) is a {kind} socket: expected SOCK_DGRAM (ListenDatagram=)"
-        )
+        raise ConfigurationError(f"{which} is a {kind} socket: expected SOCK_DGRAM (ListenDatagram=)")
     if sock.proto != socket.IPPROTO_UDP:  # e.g. UDP-Lite or an ICMP "ping" socket: datagrams, not UDP
         protocol = sock.proto
         sock.detach()
-        raise ConfigurationError(
-            f"inherited fd {fd} ({name!r}) is a datagram socket of IP protocol {protocol}: expected UDP (17)"
-        )
+        raise ConfigurationError(f"{which} is a datagram socket of IP protocol {protocol}: expected UDP (17)")
+    if sock.getsockname()[1] == 0:  # never bound: it would receive nothing, and logs would say port 0
+        sock.detach()
+        raise ConfigurationError(f"{which} is a UDP socket bound to no port: expected a listening socket")
     sock.setblocking(False)
-    return ListeningSocket(sock, name)
+    return ListeningSocket(sock, name, named)
 
 
 def listen_sockets(environ: MutableMapping[str, str], pid: int | None = None) -> list[ListeningSocket]:
     """Return the sockets passed by socket activation and remove the variables from `environ`.
 
-    The variables are removed so that no child we might start believes the sockets are its own.
+    The variables are removed so that no child we might start believes the sockets are its own. A socket
+    without a name is labelled by its address in logs; without LISTEN_FDNAMES every socket is called
+    'unknown', as sd_listen_fds_with_names(3) does.
     """
     pid = os.getpid() if pid is None else pid
     listen_pid = environ.get("LISTEN_PID")
@@ -82,17 +98,22 @@ def listen_sockets(environ: MutableMapping[str, str], pid: int | None = None) ->
             "under systemd-socket-activate, or pass --listen ADDR:PORT"
         )
     if decimal(listen_pid) != pid:
-        raise ConfigurationError(f"LISTEN_PID={listen_pid!r} is not our pid {pid}: the sockets are not ours")
+        raise ConfigurationError(
+            f"LISTEN_PID={shown(listen_pid)} is not our pid {pid}: the sockets are not ours"
+        )
     count = decimal(listen_fds)
     if count is None:
-        raise ConfigurationError(f"LISTEN_FDS={listen_fds!r} is not a number: expected a count of sockets")
+        raise ConfigurationError(
+            f"LISTEN_FDS={shown(listen_fds)} is not a number: expected a count of sockets"
+        )
     if count == 0:
         raise ConfigurationError("no systemd sockets received (LISTEN_FDS=0)")
 
     names = fd_names.split(":") if fd_names else []
     if names and len(names) != count:
         raise ConfigurationError(
-            f"LISTEN_FDNAMES={fd_names!r} names {len(names)} sockets but LISTEN_FDS={count}"
+            f"LISTEN_FDNAMES={shown(fd_names or '')} names {len(names)} sockets but LISTEN_FDS={count}"
         )
-    names = names or ["unknown"] * count
-    return [_adopt(SD_LISTEN_FDS_START + index, names[index]) for index in range(count)]
+    if not names:
+        return [_adopt(SD_LISTEN_FDS_START + index, UNNAMED, False) for index in range(count)]
+    return [_adopt(SD_LISTEN_FDS_START + index, name, bool(name)) for index, name in enumerate(names)]

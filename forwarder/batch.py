@@ -12,9 +12,12 @@ import errno
 import os
 import socket
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from forwarder.core import sockaddr_bytes
+
+if TYPE_CHECKING:
+    from forwarder.gso import BatchGso
 
 BATCH = 64
 MSG_DONTWAIT = 0x40
@@ -178,6 +181,8 @@ class BatchSender:
         self._slots = receiver.slots
         self._names: dict[tuple[str, int], ctypes.Array[ctypes.c_char]] = {}
         self._destination: tuple[str, int] | None = None
+        self._name: ctypes.Array[ctypes.c_char] | None = None
+        self.gso: BatchGso | None = None  # set by enable_gso(): runs of equal sizes leave as one GSO send
 
     @classmethod
     def create(cls, receiver: BatchReceiver) -> "BatchSender | None":
@@ -196,6 +201,7 @@ class BatchSender:
         if destination == self._destination:
             return
         address, length = 0, 0
+        name = None
         if destination is not None:
             name = self._names.get(destination)
             if name is None:
@@ -207,6 +213,28 @@ class BatchSender:
             header.msg_name = address
             header.msg_namelen = length
         self._destination = destination
+        self._name = name
+        if self.gso is not None:
+            self.gso.aim(address, length)
+
+    def enable_gso(self) -> bool:
+        """Send runs of equal-size datagrams with UDP GSO from now on, where the kernel has it."""
+        from forwarder.gso import BatchGso  # gso builds on this module's structures
+
+        self.gso = BatchGso.create(self._iovecs)
+        if self.gso is not None and self._name is not None:
+            self.gso.aim(ctypes.addressof(self._name), len(self._name))
+        return self.gso is not None
+
+    def send_segmented(self, fd: int, first: int, count: int, segment: int) -> int:
+        """Send received datagrams first..first+count-1 (all `segment` bytes but the last, which may be
+        shorter) as one GSO send; 0, or the errno (nothing of the run was sent)."""
+        gso = self.gso
+        assert gso is not None
+        u32, iov, slots = self._receiver_u32, self._iov_u64, self._slots
+        for index in range(first, first + count):
+            iov[2 * index + 1] = u32[slots[index].length]
+        return gso.send(fd, first, count, segment)
 
     def send_run(self, fd: int, first: int, count: int) -> tuple[int, int]:
         """Send received datagrams first..first+count-1 from `fd`. Returns (sent, errno): when errno is not

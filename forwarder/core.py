@@ -25,6 +25,9 @@ class DropReason(enum.Enum):
     LOCAL_SOURCE = "local-source"
     ZERO_PORT = "zero-port"
     LINK_LOCAL_SOURCE = "link-local-source"
+    UNSPECIFIED_SOURCE = "unspecified-source"
+    BROADCAST_SOURCE = "broadcast-source"
+    MULTICAST_SOURCE = "multicast-source"
     SEND_ERROR = "send-error"
     RECEIVE_ERROR = "receive-error"
     # A reply from the backend (relay mode) that never reached its client.
@@ -55,13 +58,21 @@ def plain_address(host: str) -> Address:
     return address
 
 
+LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
 def presentable_source(
-    client: SockAddr, destination_family: socket.AddressFamily
+    client: SockAddr,
+    destination_family: socket.AddressFamily,
+    is_broadcast: Callable[[str], bool] | None = None,
 ) -> tuple[str, int] | DropReason:
     """The (address, port) to bind to so the backend sees `client`, or why that cannot be done.
 
     A v4-mapped IPv6 client (from a dual-stack listener) is presented as plain IPv4 to an IPv4 backend.
-    Source port 0 is legal on the wire but cannot be bound (the kernel would pick another port).
+    Source port 0 is legal on the wire but cannot be bound (the kernel would pick another port). The
+    unspecified address, broadcast and multicast addresses can be bound, but then the kernel picks the
+    source (the host's own address): they are dropped before any bind. `is_broadcast` tells whether an IPv4
+    address is the directed broadcast of one of the host's subnets (the limited broadcast always is).
     """
     if int(client[1]) == 0:
         return DropReason.ZERO_PORT
@@ -69,6 +80,12 @@ def presentable_source(
     wanted = 4 if destination_family == socket.AF_INET else 6
     if address.version != wanted:
         return DropReason.FAMILY_MISMATCH
+    if address.is_unspecified:
+        return DropReason.UNSPECIFIED_SOURCE
+    if address.is_multicast:
+        return DropReason.MULTICAST_SOURCE
+    if address == LIMITED_BROADCAST or (address.version == 4 and is_broadcast and is_broadcast(str(address))):
+        return DropReason.BROADCAST_SOURCE
     if address.is_loopback:
         return DropReason.LOOPBACK_SOURCE
     if address.version == 6 and address.is_link_local:  # valid on the client's link only, not the backend's

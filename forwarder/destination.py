@@ -6,10 +6,11 @@ Parsing is pure; resolution happens once at start-up, never per datagram.
 
 import ipaddress
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from forwarder.core import decimal
-from forwarder.errors import UnknownHostError, UsageError
+from forwarder.core import LIMITED_BROADCAST, decimal
+from forwarder.errors import ConfigurationError, UnknownHostError, UsageError, shown
 
 _EXPECTED = "expected host, host:port, [ipv6], [ipv6]:port or NAME=one of those"
 
@@ -46,7 +47,7 @@ def parse_port(text: str, context: str) -> int:
     """Parse a UDP port number (1..65535); `context` is the whole argument, quoted in the error."""
     port = decimal(text)
     if port is None or not 1 <= port <= 65535:
-        raise UsageError(f"bad port {text!r} in {context!r}: expected an integer from 1 to 65535")
+        raise UsageError(f"bad port {shown(text)} in {shown(context)}: expected an integer from 1 to 65535")
     return port
 
 
@@ -63,20 +64,21 @@ def parse_destination(text: str) -> DestinationSpec:
     fd_name: str | None = None
     body = text
     if "=" in text:
-        fd_name, _, body = text.partition("=")
+        # A destination never contains '=', a socket name may (systemd allows it): split at the last one.
+        fd_name, _, body = text.rpartition("=")
         if not fd_name:
-            raise UsageError(f"empty socket name in {text!r}: {_EXPECTED}")
+            raise UsageError(f"empty socket name in {shown(text)}: expected NAME=DEST with a NAME, or a DEST")
     if not body:
-        raise UsageError(f"empty destination {text!r}: {_EXPECTED}")
+        raise UsageError(f"empty destination {shown(text)}: {_EXPECTED}")
 
     if body.startswith("["):
         inside, closing, rest = body[1:].partition("]")
         if not closing or not _is_ipv6(inside):
-            raise UsageError(f"bad bracketed IPv6 address in {text!r}: {_EXPECTED}")
+            raise UsageError(f"bad bracketed IPv6 address in {shown(text)}: {_EXPECTED}")
         if rest == "":
             return DestinationSpec(text, inside, None, fd_name)
         if not rest.startswith(":"):
-            raise UsageError(f"unexpected {rest!r} after ']' in {text!r}: {_EXPECTED}")
+            raise UsageError(f"unexpected {shown(rest)} after ']' in {shown(text)}: {_EXPECTED}")
         return DestinationSpec(text, inside, parse_port(rest[1:], text), fd_name)
 
     if body.count(":") >= 2:
@@ -84,16 +86,16 @@ def parse_destination(text: str) -> DestinationSpec:
         head, _, tail = body.rpartition(":")
         if _is_ipv6(head) and tail.isdigit():
             raise UsageError(
-                f"ambiguous IPv6 destination {text!r}: write [{body}] for the address "
+                f"ambiguous IPv6 destination {shown(text)}: write [{body}] for the address "
                 f"or [{head}]:{tail} for address and port"
             )
         if not _is_ipv6(body):
-            raise UsageError(f"bad IPv6 address {body!r} in {text!r}: {_EXPECTED}")
+            raise UsageError(f"bad IPv6 address {shown(body)} in {shown(text)}: {_EXPECTED}")
         return DestinationSpec(text, body, None, fd_name)
 
     host, colon, port_text = body.partition(":")
     if not host:
-        raise UsageError(f"empty host in {text!r}: {_EXPECTED}")
+        raise UsageError(f"empty host in {shown(text)}: {_EXPECTED}")
     port = parse_port(port_text, text) if colon else None
     return DestinationSpec(text, host, port, fd_name)
 
@@ -102,32 +104,98 @@ def parse_listen(text: str) -> tuple[str, int]:
     """Parse a `--listen` address: `ADDR:PORT` or `[V6ADDR]:PORT`; the port is required."""
     expected = "expected ADDR:PORT or [IPV6]:PORT, e.g. 0.0.0.0:53 or [::]:53"
     if "=" in text:
-        raise UsageError(f"bad --listen address {text!r}: {expected}")
+        raise UsageError(f"bad --listen address {shown(text)}: {expected}")
     spec = parse_destination(text)
     if spec.port is None:
-        raise UsageError(f"--listen address {text!r} has no port: {expected}")
+        raise UsageError(f"--listen address {shown(text)} has no port: {expected}")
     try:
         ipaddress.ip_address(spec.host)
     except ValueError:
-        raise UsageError(f"--listen address {text!r} is not a numeric IP address: {expected}") from None
+        raise UsageError(f"--listen address {shown(text)} is not a numeric IP address: {expected}") from None
     return spec.host, spec.port
 
 
-def resolve(spec: DestinationSpec, preferred: socket.AddressFamily, default_port: int) -> Destination:
-    """Resolve `spec` once, preferring the listening socket's family and falling back to any family."""
+def _shorthand_ipv4(host: str) -> str | None:
+    """The address inet_aton(3) reads in `host` when it is a shorthand or legacy IPv4 form ('192.0.2' is
+    192.0.0.2, '3221225986' is 192.0.2.2, '010.0.0.1' is 8.0.0.1), else None (a dotted quad or a name)."""
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    try:
+        return socket.inet_ntoa(socket.inet_aton(host))
+    except (OSError, UnicodeError, ValueError):
+        return None
+
+
+def lookup(spec: DestinationSpec, default_port: int) -> dict[socket.AddressFamily, Destination]:
+    """Resolve `spec` once: its first address of each family, in the resolver's order.
+
+    A v4-mapped IPv6 literal ([::ffff:192.0.2.2]) is the IPv4 destination it stands for. A shorthand IPv4
+    form is refused as ambiguous (78): the resolver would silently read it as another address.
+    """
+    shorthand = _shorthand_ipv4(spec.host)
+    if shorthand is not None:
+        raise ConfigurationError(
+            f"destination {shown(spec.text)} has the shorthand IPv4 address {shown(spec.host)}, which the "
+            f"resolver reads as {shorthand}: expected four decimal numbers (such as {shorthand}) or a name"
+        )
     port = spec.port if spec.port is not None else default_port
-    for family in (preferred, socket.AF_UNSPEC):
-        try:
-            infos = socket.getaddrinfo(spec.host, port, family, socket.SOCK_DGRAM)
-        except (socket.gaierror, UnicodeError):
+    try:
+        infos = socket.getaddrinfo(spec.host, port, socket.AF_UNSPEC, socket.SOCK_DGRAM)
+    except (socket.gaierror, UnicodeError):
+        infos = []
+    found: dict[socket.AddressFamily, Destination] = {}
+    link_local = False
+    for info_family, _, _, _, sockaddr in infos:
+        if info_family not in (socket.AF_INET, socket.AF_INET6):
             continue
-        for info_family, _, _, _, sockaddr in infos:
-            if info_family == socket.AF_INET6 and ipaddress.IPv6Address(str(sockaddr[0])).is_link_local:
-                # A link-local address needs its interface on every send; backends have routable ones.
-                raise UsageError(
-                    f"destination {spec.text!r} is an IPv6 link-local address: expected a global or "
-                    "unique-local backend address"
-                )
-            if info_family in (socket.AF_INET, socket.AF_INET6):
-                return Destination(socket.AddressFamily(info_family), str(sockaddr[0]), port)
-    raise UnknownHostError(f"cannot resolve host {spec.host!r} of destination {spec.text!r}")
+        address = ipaddress.ip_address(str(sockaddr[0]).partition("%")[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        elif isinstance(address, ipaddress.IPv6Address) and address.is_link_local:
+            link_local = True  # needs its interface on every send; backends have routable addresses
+            continue
+        family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+        found.setdefault(family, Destination(family, str(address), port))
+    if not found and link_local:
+        raise UsageError(
+            f"destination {shown(spec.text)} is an IPv6 link-local address: expected a global or "
+            "unique-local backend address"
+        )
+    if not found:
+        raise UnknownHostError(f"cannot resolve host {shown(spec.host)} of destination {shown(spec.text)}")
+    return found
+
+
+def pick(found: dict[socket.AddressFamily, Destination], preferred: socket.AddressFamily) -> Destination:
+    """The destination of the `preferred` family when there is one, else the resolver's first."""
+    return found.get(preferred) or next(iter(found.values()))
+
+
+def resolve(spec: DestinationSpec, preferred: socket.AddressFamily, default_port: int) -> Destination:
+    """Resolve `spec` once, preferring `preferred` (the listening socket's family) over the others."""
+    return pick(lookup(spec, default_port), preferred)
+
+
+def check_destination(
+    spec: DestinationSpec, destination: Destination, is_broadcast: Callable[[str], bool]
+) -> None:
+    """Refuse a destination no datagram can usefully be sent to as a client: the unspecified address (the
+    kernel would send it to this host), broadcast (`is_broadcast`: a directed broadcast of a local subnet)
+    and multicast (one link's group, chosen by whichever route comes first), each a configuration error."""
+    address = ipaddress.ip_address(destination.address)
+    if address.is_unspecified:
+        what = "the unspecified address"
+    elif address.is_multicast:
+        what = "a multicast address"
+    elif address == LIMITED_BROADCAST:
+        what = "the limited broadcast address"
+    elif address.version == 4 and is_broadcast(str(address)):
+        what = "the broadcast address of one of this host's subnets"
+    else:
+        return
+    raise ConfigurationError(
+        f"destination {shown(spec.text)} ({destination}) is {what}: expected the unicast address of a backend"
+    )

@@ -42,6 +42,9 @@ from forwarder.sockets import IP_PKTINFO, set_receive_pktinfo
 RECEIVE_BUFFER = 65536
 # A flow socket is read until EAGAIN, but at most this many replies (or queued errors) at a time.
 MAX_REPLIES = 256
+# The longest single wait of the selector: epoll_wait takes int milliseconds (about 24.8 days at most), and
+# a longer interval (--stats-interval 3e6) raised OverflowError. Waking once an hour costs nothing.
+MAX_WAIT = 3600.0
 
 log = logging.getLogger("forwarder")
 
@@ -58,7 +61,7 @@ class Route:
     path: Path = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Path(self.listener.name, self.destination))
+        object.__setattr__(self, "path", Path(self.listener.label, self.destination))
 
 
 class _Client:
@@ -89,6 +92,7 @@ class Engine:
         watchdog_interval: float | None = None,
         metrics: MetricsFile | None = None,
         connect_flows: bool = False,
+        gso: bool = False,
     ) -> None:
         self.routes = list(routes)
         self.notifier = notifier
@@ -109,6 +113,7 @@ class Engine:
             buffer_size,
             pktinfo=any(route.pktinfo for route in self.routes),
             connected=self.connect_flows,
+            gso=gso,
         )
         self.metrics = metrics
         self._stopping = False
@@ -331,7 +336,9 @@ class Engine:
                     selector.register(flow.handle, selectors.EVENT_READ, flow)
             self._selector = selector
             self.notifier.notify(READY="1", STATUS="Up and running.")
-            log.info("forwarding %s", ", ".join(f"{r.listener.name} -> {r.destination}" for r in self.routes))
+            log.info(
+                "forwarding %s", ", ".join(f"{r.listener.label} -> {r.destination}" for r in self.routes)
+            )
             self._loop(selector, wake_read)
             self.report_status()  # the last, partial interval: its counts and repeated log lines are kept
             self.notifier.notify(STOPPING="1", STATUS="Stopping.")
@@ -363,7 +370,7 @@ class Engine:
             if now >= next_sweep:
                 self.expire(now)
                 next_sweep = now + sweep_interval
-            timeout = max(0.0, min(next_report, next_sweep, next_watchdog) - now)
+            timeout = max(0.0, min(next_report - now, next_sweep - now, next_watchdog - now, MAX_WAIT))
             for key, _ in selector.select(timeout):
                 data = key.data
                 if data.__class__ is Flow:

@@ -5,6 +5,16 @@ Messages name the offending value with !r and say what was expected, so one line
 
 import os
 
+# Values longer than this are cut in messages: a 5000-digit LISTEN_FDS must not fill the journal.
+SHOWN_LENGTH = 60
+
+
+def shown(value: str, limit: int = SHOWN_LENGTH) -> str:
+    """`value` as messages quote it: its repr, cut after `limit` characters with the full length named."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
 
 class ForwarderError(Exception):
     """The forwarder cannot run as configured."""

@@ -144,12 +144,15 @@ class ForwardingMachine:
         max_flows: int = DEFAULT_MAX_FLOWS,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         is_local: LocalProbe | None = None,
+        is_broadcast: LocalProbe | None = None,
         relay: bool = False,
     ) -> None:
         self.flows: FlowTable[FlowKey, Flow] = FlowTable(max_flows, idle_timeout)
         self.relay = relay  # --reply relay: replies arriving on flow sockets go back to the clients
         self.counters = Counters(relay=relay)
         self.is_local: LocalProbe = is_local if is_local is not None else _NothingLocal()
+        # Whether an IPv4 address is a directed broadcast of one of the host's subnets.
+        self.is_broadcast: LocalProbe = is_broadcast if is_broadcast is not None else _NothingLocal()
         self._lookup: Callable[[FlowKey], Flow | None] = self.flows.lookup
 
     # --- datagram metadata in, an action out -----------------------------------------------------------
@@ -176,7 +179,7 @@ class ForwardingMachine:
     def _first(self, path: Path, client: bytes, now: float, local: bytes | None) -> Action:
         """The first datagram of a flow (or of a client that never gets one)."""
         address = decode_sockaddr(client)
-        source = presentable_source(address, path.destination.family)
+        source = presentable_source(address, path.destination.family, self.is_broadcast)
         if isinstance(source, DropReason):
             return self._drop(path, client, source.value)
         self.counters.forwarded += 1
@@ -280,11 +283,14 @@ class ForwardingMachine:
 
     def expire(self, now: float) -> CloseFlows:
         """The flows idle for longer than the idle timeout, and those whose source address has become local
-        to this host since they were opened (a local program must be free to bind it): out of the table."""
+        to this host (a local program must be free to bind it), or a broadcast address of it, since they
+        were opened: out of the table."""
         stale = self.flows.expire(now)
         self.is_local.forget()
+        self.is_broadcast.forget()
         for flow in self.flows.values():
-            if self.is_local(flow.source[0]):
+            address = flow.source[0]
+            if self.is_local(address) or (":" not in address and self.is_broadcast(address)):
                 self.flows.remove(flow.key)
                 stale.append(flow)
         return CloseFlows(tuple(stale))
@@ -295,7 +301,7 @@ class ForwardingMachine:
 
 
 class _NothingLocal:
-    """The probe of a machine told nothing: no address is local."""
+    """The probe of a machine told nothing: no address is local (or a broadcast address)."""
 
     def __call__(self, address: str) -> bool:
         return False

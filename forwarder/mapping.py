@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from forwarder.core import duplicates
 from forwarder.destination import DestinationSpec
-from forwarder.errors import ConfigurationError, UsageError
+from forwarder.errors import ConfigurationError, UsageError, shown
 
 
 def check_form(specs: Sequence[DestinationSpec]) -> None:
@@ -16,12 +16,12 @@ def check_form(specs: Sequence[DestinationSpec]) -> None:
     if named and len(named) != len(specs):
         positional = next(spec for spec in specs if spec.fd_name is None)
         raise UsageError(
-            f"destination {positional.text!r} has no NAME= but {named[0].text!r} has: "
+            f"destination {shown(positional.text)} has no NAME= but {shown(named[0].text)} has: "
             "expected all destinations positional (DEST...) or all named (NAME=DEST...)"
         )
     repeated = duplicates(spec.fd_name for spec in named if spec.fd_name is not None)
     if repeated:
-        raise UsageError(f"socket name {repeated[0]!r} is given more than one destination")
+        raise UsageError(f"socket name {shown(repeated[0])} is given more than one destination")
 
 
 def assign(socket_names: Sequence[str], specs: Sequence[DestinationSpec]) -> list[DestinationSpec]:
@@ -37,17 +37,26 @@ def assign(socket_names: Sequence[str], specs: Sequence[DestinationSpec]) -> lis
     repeated = duplicates(socket_names)
     if repeated:
         raise ConfigurationError(
-            f"socket name {repeated[0]!r} is used by more than one socket (LISTEN_FDNAMES), so NAME=DEST "
-            "cannot tell them apart: give each socket its own FileDescriptorName= or use positional DESTs"
+            f"socket name {shown(repeated[0])} is used by more than one socket (LISTEN_FDNAMES), so "
+            "NAME=DEST cannot tell them apart: give each socket its own FileDescriptorName= or use "
+            "positional DESTs"
         )
     by_name = {spec.fd_name: spec for spec in specs}
-    unknown = [name for name in by_name if name not in socket_names]
+    unknown = [name for name in by_name if name is not None and name not in socket_names]
     if unknown:
+        names = ", ".join(shown(name) for name in socket_names[:8]) + (
+            ", ..." if len(socket_names) > 8 else ""
+        )
         raise ConfigurationError(
-            f"no socket is named {unknown[0]!r}: the sockets are named {list(socket_names)!r} "
-            "(FileDescriptorName=)"
+            f"no socket is named {shown(unknown[0])}: the sockets are named {names} (FileDescriptorName=)"
         )
     missing = [name for name in socket_names if name not in by_name]
+    if "" in missing:  # `=DEST` is no way to name it: an empty NAME is refused
+        position = socket_names.index("") + 1
+        raise ConfigurationError(
+            f"socket {position} of {len(socket_names)} has an empty name in LISTEN_FDNAMES, so NAME=DEST "
+            "cannot name it: give it a FileDescriptorName= or use positional DESTs"
+        )
     if missing:
-        raise ConfigurationError(f"socket {missing[0]!r} has no destination: expected {missing[0]}=DEST")
+        raise ConfigurationError(f"socket {shown(missing[0])} has no destination: expected {missing[0]}=DEST")
     return [by_name[name] for name in socket_names]

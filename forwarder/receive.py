@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from forwarder.batch import NAME_LENGTH, BatchReceiver, BatchSender
 from forwarder.core import bounded_put, sockaddr_bytes
+from forwarder.gso import MAX_PAYLOAD, plan_runs
 from forwarder.icmp import PENDING_ERRORS
 from forwarder.machine import Action, Drop, Flow, ForwardingMachine
 from forwarder.sockets import IP_PKTINFO
@@ -101,11 +102,17 @@ class BatchReceive:
     """recvmmsg up to a batch per call; a run of consecutive datagrams of one open flow leaves in one
     sendmmsg (a lone one through the executor's send)."""
 
-    def __init__(self, executor: Executor, receiver: BatchReceiver, connected: bool = False) -> None:
+    def __init__(
+        self, executor: Executor, receiver: BatchReceiver, *, connected: bool = False, gso: bool = False
+    ) -> None:
         self.executor = executor
         self.receiver = receiver
         self.sender = BatchSender.create(receiver)
         self.connected = connected  # flow sockets are connected: runs are sent without an address
+        # Runs of equal-size datagrams as one UDP GSO send (--gso); None when off or unavailable.
+        self.segmenting = (
+            self.sender if gso and self.sender is not None and self.sender.enable_gso() else None
+        )
 
     @classmethod
     def create(
@@ -116,11 +123,12 @@ class BatchReceive:
         *,
         pktinfo: bool = False,
         connected: bool = False,
+        gso: bool = False,
     ) -> "BatchReceive | None":
         """The strategy (with room for pktinfo messages when some listener needs them), or None where libc
         has no recvmmsg."""
         receiver = BatchReceiver.create(batch, buffer_size, PKTINFO_SPACE if pktinfo else 0)
-        return None if receiver is None else cls(executor, receiver, connected)
+        return None if receiver is None else cls(executor, receiver, connected=connected, gso=gso)
 
     def drain(self, route: "Route", now: float) -> None:
         """Receive and handle until the socket would block, or MAX_BATCH datagrams.
@@ -196,6 +204,22 @@ class BatchReceive:
                 return
 
     def _send_run(self, flow: Flow, first: int, length: int) -> None:
+        """Send received datagrams first..first+length-1 (all of `flow`): with GSO, each stretch of equal
+        sizes as one send; whatever GSO does not take (or refuses) as below, datagram by datagram."""
+        sender = self.segmenting
+        if sender is None or sender.gso is None or length == 1 or flow.handle is None:
+            self._send_each(flow, first, length)
+            return
+        u32, slots = self.receiver.u32, self.receiver.slots
+        largest = sender.gso.largest
+        fd = flow.handle.fileno()
+        lengths = [u32[slots[index].length] for index in range(first, first + length)]
+        most = MAX_PAYLOAD[flow.path.destination.family]
+        for start, count, segment in plan_runs(lengths, max_payload=most):
+            if count == 1 or segment > largest or sender.send_segmented(fd, first + start, count, segment):
+                self._send_each(flow, first + start, count)
+
+    def _send_each(self, flow: Flow, first: int, length: int) -> None:
         """Send received datagrams first..first+length-1 (all of `flow`); a failed one costs only itself."""
         receiver = self.receiver
         sender = self.sender
@@ -226,12 +250,16 @@ def create(
     *,
     pktinfo: bool = False,
     connected: bool = False,
+    gso: bool = False,
 ) -> Strategy:
     """The strategy called `name` ('batch' or 'single'); 'batch' falls back to 'single' where libc lacks
     recvmmsg. `pktinfo`: some listener needs each datagram's local address; `connected`: flow sockets are
-    connected to their destination."""
+    connected to their destination; `gso` (batch only): runs of equal-size datagrams of one flow leave as
+    one UDP GSO send."""
     if name == "batch":
-        strategy = BatchReceive.create(executor, batch, buffer_size, pktinfo=pktinfo, connected=connected)
+        strategy = BatchReceive.create(
+            executor, batch, buffer_size, pktinfo=pktinfo, connected=connected, gso=gso
+        )
         if strategy is not None:
             return strategy
     elif name != "single":

@@ -5,6 +5,7 @@ family of clients a listening socket can have, and binding `--listen` sockets ou
 import errno
 import ipaddress
 import socket
+from collections.abc import Callable
 
 from forwarder.activation import ListeningSocket
 from forwarder.core import bounded_put, served_families
@@ -81,10 +82,30 @@ def probe_local(address: str) -> bool:
     return True
 
 
-class LocalAddresses:
-    """Answers "is this source address local?" with one probe per address, from a bounded cache."""
+def probe_broadcast(address: str) -> bool:
+    """True when the IPv4 `address` is a broadcast address for this host: the limited broadcast or the
+    directed broadcast of one of its subnets (in our network namespace).
 
-    def __init__(self, capacity: int = LOCAL_CACHE_SIZE) -> None:
+    The kernel refuses to connect() a UDP socket without SO_BROADCAST to a destination whose route is a
+    broadcast one (EACCES), and connects to any other address (or fails for another reason). Unlike a
+    bind, which also succeeds for a broadcast address, this tells the two apart.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((address, 9))
+        except PermissionError:
+            return True
+        except OSError:
+            return False
+    return False
+
+
+class _Answers:
+    """One probe per address, from a bounded cache that `forget()` empties so changes are seen again."""
+
+    def __init__(self, probe: Callable[[str], bool], when_in_doubt: bool, capacity: int) -> None:
+        self.probe = probe
+        self.when_in_doubt = when_in_doubt
         self.capacity = capacity
         self._answers: dict[str, bool] = {}
 
@@ -92,15 +113,31 @@ class LocalAddresses:
         answer = self._answers.get(address)
         if answer is None:
             try:
-                answer = probe_local(address)
+                answer = self.probe(address)
             except OSError:
-                answer = True  # when in doubt, treat it as local: never keep a socket for it
+                answer = self.when_in_doubt
             bounded_put(self._answers, address, answer, self.capacity)
         return answer
 
     def forget(self) -> None:
         """Drop the answers, so addresses added to or removed from the host are seen again."""
         self._answers.clear()
+
+
+class LocalAddresses(_Answers):
+    """Answers "is this source address local?" with one probe per address, from a bounded cache."""
+
+    def __init__(self, capacity: int = LOCAL_CACHE_SIZE) -> None:
+        # When in doubt, treat it as local: never keep a socket for it.
+        super().__init__(probe_local, True, capacity)
+
+
+class BroadcastAddresses(_Answers):
+    """Answers "is this IPv4 address a broadcast address of this host?" (the directed broadcast of one of
+    its subnets) with one probe per address, from a bounded cache refreshed like LocalAddresses."""
+
+    def __init__(self, capacity: int = LOCAL_CACHE_SIZE) -> None:
+        super().__init__(probe_broadcast, False, capacity)
 
 
 def listener_families(listener: ListeningSocket) -> frozenset[socket.AddressFamily]:

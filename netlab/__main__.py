@@ -1,5 +1,5 @@
 """`python -m netlab`: the same entry point as the `netlab` command."""
 
-from netlab.cli import main
+from netlab.cli.main import main
 
 raise SystemExit(main())

@@ -1,4 +1,6 @@
-"""Errors of netlab: one base with kinds that name the offending value and what was expected."""
+"""Errors of netlab: one base with kinds that name the offending value and what was expected. Every error
+netlab raises is one of these (a kind may also be the built-in error it refines, e.g. ValueError), and the
+`netlab` command maps each kind to its exit code (netlab.cli.common)."""
 
 
 class NetlabError(Exception):
@@ -25,6 +27,19 @@ class ProcessFailedError(NetlabError):
     """A process the lab started exited when it should not have, or with the wrong code."""
 
 
+class CommandNotFoundError(ProcessFailedError, FileNotFoundError):
+    """A program the lab was asked to start does not exist (or is not executable)."""
+
+
+class SystemCallError(NetlabError, OSError):
+    """A system call the lab made failed (setns, bind, mount, ...); errno and the call are in the message."""
+
+
+class PacketError(NetlabError, ValueError):
+    """A datagram that cannot be made as asked: a payload too large for UDP, a port out of range, a
+    source of the other family than the destination, a negative fragment size, a count below 1."""
+
+
 class ExpectationError(NetlabError, AssertionError):
     """What arrived differs from what a test expected; the message shows both side by side."""
 
@@ -43,6 +58,10 @@ class UnknownLabError(NetlabError):
 
 class ScenarioError(NetlabError):
     """A scenario file is invalid: the message names the file, the element and the bad value."""
+
+
+class AddressError(NetlabError, ValueError):
+    """An address, port or ADDRESS:PORT that does not parse; the message names it and the syntax expected."""
 
 
 class UsageError(NetlabError):

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from netlab.errors import FixtureNotFoundError
-from netlab.topology import Topology
+from netlab.topology.model import Topology
 
 
 def fixtures_dir() -> Path:
@@ -44,7 +44,7 @@ def topology_names() -> list[str]:
 
 def load_topology(name: str) -> Topology:
     """Read and validate the shipped topology `name`."""
-    from netlab.topology_file import load_topology_file
+    from netlab.topology.file import load_topology_file
 
     return load_topology_file(topology_path(name))
 

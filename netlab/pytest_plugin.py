@@ -3,11 +3,19 @@
 Privileged tests skip off-root with a reason naming the missing capability. In CI (CI set) a missing
 capability fails the test instead: a privileged test must never skip quietly there.
 
-Each test using `lab` gets a run directory, RUNS/WORKER-TEST_ID, holding its process logs and one pcap per
-node interface. It is removed when the test passes and kept when it fails; the failure report then ends
-with a "netlab run directory" section naming it. RUNS is --netlab-runs, $NETLAB_RUNS or /tmp/netlab-runs.
+Each test using `lab` gets a run directory of its own, RUNS/WORKER-TEST_ID-RANDOM, holding its process
+logs and one pcap per node interface. It is removed when the test passes and kept when it fails; the
+failure report then ends with a "netlab run directory" section naming it. RUNS is --netlab-runs,
+$NETLAB_RUNS or /tmp/netlab-runs.
+
+A session keeps its labs in a registry of its own, /run/netlab/suites/PID-START (PID: the process that
+started the session; its xdist workers and every process a test starts inherit it through
+$NETLAB_REGISTRY), so it never sees, reaps or removes a lab made outside it. At its end it removes what
+its tests left behind; a session that collected lab tests first reaps the registries of sessions that
+were killed.
 """
 
+import contextlib
 import os
 import re
 import shutil
@@ -17,12 +25,14 @@ from pathlib import Path
 
 import pytest
 
-from netlab import registry
-from netlab.lab import Lab
-from netlab.privileges import missing_reason
+from netlab.lab import registry
+from netlab.lab.lab import Lab
+from netlab.lab.privileges import missing_reason
+from netlab.lab.runs import default_runs_dir
 
 RUN_DIR = pytest.StashKey[Path]()
 FAILED = pytest.StashKey[bool]()
+SESSION_REGISTRY = pytest.StashKey[contextlib.ExitStack]()
 SECTION = "netlab run directory"
 
 
@@ -38,12 +48,80 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "privileged: needs CAP_NET_ADMIN and CAP_SYS_ADMIN to build network namespaces"
     )
+    if Path(os.environ.get("NETLAB_REGISTRY", "/")).parent == registry.SUITES:
+        return  # an xdist worker, or pytest run by a test: the session's registry is already chosen
+    pid = os.getpid()
+    directory = registry.SUITES / f"{pid}-{registry.process_start_time(pid)}"
+    stack = contextlib.ExitStack()
+    stack.enter_context(registry.registry_at(directory))
+    stack.enter_context(environment("NETLAB_REGISTRY", str(directory)))
+    config.stash[SESSION_REGISTRY] = stack
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    # Labs of a killed earlier run are reaped before this run makes its own; a worker-only run does it too.
-    if missing_reason() is None:
-        registry.reap_stale()
+def pytest_unconfigure(config: pytest.Config) -> None:
+    stack = config.stash.get(SESSION_REGISTRY, None)
+    if stack is None:
+        return
+    with stack:
+        # Every test process is gone: what their labs left behind (a `netlab up` a test did not take down,
+        # a lab of a test process killed mid-test) is this session's to remove.
+        if registry.REGISTRY_DIR.is_dir() and missing_reason() is None:
+            reap_ended_session(registry.REGISTRY_DIR)
+
+
+@contextlib.contextmanager
+def environment(name: str, value: str) -> Iterator[None]:
+    """Set $name for the block (for this process and every process it starts), then restore it."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
+def reap_ended_session(directory: Path) -> list[str]:
+    """Remove the labs of a test session that has ended whose owner is gone, `netlab up` ones included
+    (they were made for that session alone), then its registry once no lab is left in it. Labs whose owner
+    still runs (a test process that outlived its session) are left, and so is the registry holding them."""
+    with registry.registry_at(directory):
+        removed = registry.reap_stale(detached_too=True)
+        if not registry.load_records():
+            shutil.rmtree(directory, ignore_errors=True)
+    return removed
+
+
+def session_owner_alive(directory: Path) -> bool:
+    """Whether the process that started the session of registry SUITES/PID-START still runs."""
+    pid, _, start = directory.name.partition("-")
+    if not pid.isdigit():
+        return True  # not a session's registry: not ours to judge
+    return str(registry.process_start_time(int(pid))) == start
+
+
+def reap_killed_sessions() -> list[str]:
+    """Reap the registries of test sessions that were killed (their starting process is gone)."""
+    if not registry.SUITES.is_dir():
+        return []
+    removed: list[str] = []
+    for directory in sorted(registry.SUITES.iterdir()):
+        if directory.is_dir() and not session_owner_alive(directory):
+            removed += reap_ended_session(directory)
+    return removed
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # Only a session with lab tests reaps, before its first lab: any other pytest run on the machine (the
+    # plugin loads in all of them once netlab is installed) leaves every lab alone.
+    uses_labs = any(
+        item.get_closest_marker("privileged") is not None or "lab" in getattr(item, "fixturenames", ())
+        for item in session.items
+    )
+    if uses_labs and missing_reason() is None:
+        reap_killed_sessions()
 
 
 def require_privileges() -> None:
@@ -81,12 +159,6 @@ def pytest_runtest_makereport(
     return report
 
 
-def default_runs_dir() -> Path:
-    """$NETLAB_RUNS, else /tmp/netlab-runs: where failed runs keep their logs and pcaps."""
-    chosen = os.environ.get("NETLAB_RUNS")
-    return Path(chosen) if chosen else Path(tempfile.gettempdir()) / "netlab-runs"
-
-
 def runs_dir(config: pytest.Config) -> Path:
     """The directory that holds the run directories of failed tests."""
     chosen = config.getoption("--netlab-runs")
@@ -104,8 +176,11 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     """An empty lab (build it with `lab.build(topology)`) that captures every interface, torn down after
     the test, pass or fail; its run directory is kept only if the test failed."""
     require_privileges()
-    run_dir = runs_dir(request.config) / run_dir_name(request.node.nodeid)
-    shutil.rmtree(run_dir, ignore_errors=True)  # a previous run's leftovers of the same test
+    runs = runs_dir(request.config)
+    runs.mkdir(parents=True, exist_ok=True)
+    # Unique, so that nothing another session (or an earlier run) keeps there is touched.
+    run_dir = Path(tempfile.mkdtemp(prefix=run_dir_name(request.node.nodeid) + "-", dir=runs))
+    run_dir.chmod(0o755)
     request.node.stash[RUN_DIR] = run_dir
     with Lab(workdir=run_dir, capture=True, description=request.node.nodeid) as running:
         yield running

@@ -1,25 +1,52 @@
-"""`netlab bench` in its smoke form: every contender runs, is counted at the backend, and gets its ratios.
+"""`netlab bench`: every available contender runs, is counted at the backend (or, echoed, at the client),
+and gets its ratios; peers whose package is missing are skipped with a line; `--contenders` parsing.
 
 No speed is asserted here (machines are noisy; figures come from the shipped benchmark, not from tests).
 """
 
 import io
 import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
 
 import pytest
 
-from netlab.bench import Case, Run, Settings, open_flows, run_bench, summarize
-from netlab.blaster import udp_packet
+from netlab.bench import contenders as contenders_module
+from netlab.bench.contenders import CONTENDERS, PEERS, nginx_config
+from netlab.bench.lab import Case, Contender, Run, session_cpu_seconds
+from netlab.bench.report import text_report
+from netlab.bench.run import Settings, available, parse_contenders, run_bench
+from netlab.bench.stats import summarize
+from netlab.cli.main import main
+from netlab.errors import UsageError
+from netlab.programs.blaster import (
+    PROXY_V2_SIGNATURE,
+    BlastOptions,
+    flow_payload,
+    internet_checksum,
+    proxy_v2_header,
+    udp_packet,
+)
+from netlab.service.status import open_flows
+
+ONE_FLOW = Case(64, 1)
+
+
+def run(name: str, delivered: int, case: Case = ONE_FLOW) -> Run:
+    return Run(name, case, offered=1000, delivered=delivered, seconds=1.0, busy_cpu_seconds=0.5)
 
 
 def test_summary_ratios_are_relative_to_kernel_dnat_with_rps_and_to_the_per_datagram_reference() -> None:
-    case = Case(64, 1)
     runs = [
-        Run("kernel-dnat+rps", case, offered=1000, delivered=1000, seconds=1.0, busy_cpu_seconds=0.5),
-        Run("per-datagram", case, offered=1000, delivered=100, seconds=1.0, busy_cpu_seconds=0.5),
-        Run("forwarder", case, offered=1000, delivered=500, seconds=1.0, busy_cpu_seconds=0.5),
-        Run("forwarder", case, offered=1000, delivered=700, seconds=1.0, busy_cpu_seconds=0.5),
-        Run("forwarder", case, offered=1000, delivered=600, seconds=1.0, busy_cpu_seconds=0.5),
+        run("kernel-dnat+rps", 1000),
+        run("per-datagram", 100),
+        run("forwarder", 500),
+        run("forwarder", 700),
+        run("forwarder", 600),
     ]
     forwarder = next(summary for summary in summarize(runs) if summary.contender == "forwarder")
     assert forwarder.median_delivered_per_s == 600
@@ -27,6 +54,34 @@ def test_summary_ratios_are_relative_to_kernel_dnat_with_rps_and_to_the_per_data
     assert forwarder.ratio_to_kernel_dnat_rps == pytest.approx(0.6)
     assert forwarder.ratio_to_per_datagram == pytest.approx(6.0)
     assert forwarder.median_loss == pytest.approx(0.4)
+
+
+def test_summary_ratios_to_each_peer_are_taken_within_the_same_case() -> None:
+    echo = Case(64, 1, echo=True)
+    runs = [run("forwarder", 600), run("nginx", 300), run("go-mmproxy", 200), run("nginx", 100, echo)]
+    summaries = summarize(runs)
+    forwarder = next(s for s in summaries if s.contender == "forwarder")
+    assert forwarder.ratio_to_peers == pytest.approx({"nginx": 2.0, "go-mmproxy": 3.0})
+    echoed_nginx = next(s for s in summaries if s.case == echo)
+    assert echoed_nginx.ratio_to_peers == {"nginx": 1.0}  # not divided by the forward-only case's figures
+
+
+def test_summaries_list_contenders_in_the_order_of_the_contender_table() -> None:
+    runs = [run(name, 100) for name in reversed(CONTENDERS)]
+    assert [summary.contender for summary in summarize(runs)] == list(CONTENDERS)
+
+
+def test_the_text_report_has_a_ratio_column_per_peer_measured_and_says_what_was_skipped() -> None:
+    summaries = summarize([run("forwarder", 600), run("nginx", 300)])
+    report = text_report(
+        summaries, {"64 B x 1 flow": 1000.0}, [], None, {"go-mmproxy": "go-mmproxy not found"}
+    )
+    header = report.splitlines()[0]
+    assert "x nginx" in header
+    assert "x go-mmproxy" not in header
+    assert "own us/dg" in header
+    assert "core us/dg" in header
+    assert "skipped go-mmproxy: go-mmproxy not found" in report.splitlines()
 
 
 def test_the_flow_count_is_read_from_the_end_of_the_status_line() -> None:
@@ -43,27 +98,129 @@ def test_blaster_packets_carry_the_flow_ports_and_the_payload_length() -> None:
     assert int.from_bytes(packet[2:4], "big") == len(packet)
 
 
+def test_blaster_packets_carry_a_valid_udp_checksum() -> None:
+    packet = udp_packet("198.51.100.10", "198.51.100.1", 10001, 27000, b"odd length payload!")
+    udp = packet[20:]
+    pseudo = packet[12:20] + struct.pack("!BBH", 0, socket.IPPROTO_UDP, len(udp))
+    assert udp[6:8] != b"\0\0"
+    assert internet_checksum(pseudo + udp) == 0  # the receiver's check: the sum over all of it is 0xFFFF
+
+
+def test_the_proxy_v2_header_names_the_datagrams_source_and_destination() -> None:
+    header = proxy_v2_header("198.51.100.10", 10001, "198.51.100.1", 27000)
+    assert header[:12] == PROXY_V2_SIGNATURE
+    assert header[12:16] == bytes([0x21, 0x12]) + (12).to_bytes(2, "big")  # v2 PROXY, INET DGRAM, 12 bytes
+    assert header[16:28] == socket.inet_aton("198.51.100.10") + socket.inet_aton(
+        "198.51.100.1"
+    ) + bytes.fromhex("27116978")
+    assert len(header) == 28
+
+
+def test_with_proxy_v2_each_flows_payload_starts_with_a_header_naming_its_own_port() -> None:
+    options = BlastOptions(src="198.51.100.10", dst="198.51.100.1", dport=27000, proxy_v2=True)
+    payload = flow_payload(options, 10007, b"data")
+    assert payload == proxy_v2_header("198.51.100.10", 10007, "198.51.100.1", 27000) + b"data"
+    plain = BlastOptions(src="198.51.100.10", dst="198.51.100.1", dport=27000)
+    assert flow_payload(plain, 10007, b"data") == b"data"
+
+
+def test_contenders_parse_in_order_once_each() -> None:
+    assert parse_contenders("nginx, forwarder,nginx") == ["nginx", "forwarder"]
+
+
+@pytest.mark.parametrize("text", ["nginx,bogus", "", "forwarder,"])
+def test_an_unknown_contender_is_a_usage_error_naming_it_and_the_choices(text: str) -> None:
+    bad = next(name.strip() for name in text.split(",") if name.strip() not in CONTENDERS)
+    with pytest.raises(UsageError, match=f"unknown contender {bad!r}") as error:
+        parse_contenders(text)
+    assert all(name in str(error.value) for name in CONTENDERS)
+
+
+def test_the_bench_command_exits_64_on_an_unknown_contender(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--contenders", "forwarder,nginxx"]) == os.EX_USAGE
+    message = capsys.readouterr().err
+    assert "'nginxx'" in message
+    assert "go-mmproxy" in message
+    assert len(message.splitlines()) == 1
+
+
+def test_a_contender_whose_package_is_missing_is_skipped_with_a_line_naming_the_package(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    absent = Contender(
+        "nginx", contenders_module.nginx, requires=("/nonexistent/nginx",), package="nginx-light"
+    )
+    monkeypatch.setitem(contenders_module.CONTENDERS, "nginx", absent)
+    progress = io.StringIO()
+    names, skipped = available(["forwarder", "nginx"], progress)
+    assert names == ["forwarder"]
+    assert skipped == {"nginx": "/nonexistent/nginx not found (install the Debian package nginx-light)"}
+    assert progress.getvalue() == f"skipping nginx: {skipped['nginx']}\n"
+
+
+def test_echo_cases_are_run_only_by_contenders_that_relay_replies() -> None:
+    echo, plain = Case(64, 1, echo=True), Case(64, 1)
+    relaying = {name for name, contender in CONTENDERS.items() if contender.runs(echo)}
+    assert relaying == {"kernel-dnat+rps", "kernel-dnat", "nginx", "go-mmproxy"}
+    assert all(contender.runs(plain) for contender in CONTENDERS.values())
+
+
+def test_nginx_keeps_sessions_for_the_run_and_binds_the_clients_address() -> None:
+    config = nginx_config("/run/x")
+    assert "proxy_bind $remote_addr:$remote_port transparent;" in config
+    assert "proxy_responses" not in config  # 0 would end every session after one datagram
+    assert "worker_processes 1;" in config
+    assert "user root;" in config
+
+
+def test_session_cpu_counts_the_busy_descendants_of_a_session() -> None:
+    # The leader sleeps; a child of it (same session, as nginx's worker is) burns 0.3 s of CPU, then sleeps.
+    burn = (
+        "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\ntime.sleep(30)"
+    )
+    leader = (
+        f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', {burn!r}])\ntime.sleep(30)"
+    )
+    process = subprocess.Popen([sys.executable, "-c", leader], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while session_cpu_seconds(process.pid) < 0.3 and time.monotonic() < deadline:
+            time.sleep(0.05)  # sampling a counter that grows
+        assert session_cpu_seconds(process.pid) >= 0.3
+    finally:
+        os.killpg(process.pid, 9)
+        process.wait()
+
+
 @pytest.mark.privileged
 @pytest.mark.slow
-def test_quick_bench_measures_every_contender_and_reports_json() -> None:
-    out = io.StringIO()
-    settings = Settings(cases=[Case(64, 100)], runs=1, duration=0.2, memory_flows=300)
-    assert run_bench(settings, out=out, progress=io.StringIO(), as_json=True) == 0
+def test_quick_bench_measures_every_available_contender_and_reports_json() -> None:
+    out, progress = io.StringIO(), io.StringIO()
+    cases = [Case(64, 100), Case(64, 10, echo=True)]
+    settings = Settings(cases=cases, runs=1, duration=0.2, memory_flows=300)
+    assert run_bench(settings, out=out, progress=progress, as_json=True) == 0
     document = json.loads(out.getvalue())
-    contenders = {case["contender"]: case for case in document["cases"]}
-    assert set(contenders) == {
-        "kernel-dnat+rps",
-        "kernel-dnat",
-        "per-datagram",
-        "forwarder",
-        "forwarder-single",
-        "forwarder-relay",
-    }
-    for name, case in contenders.items():
+    skipped = document["skipped"]
+    for name in skipped:
+        assert f"skipping {name}: " in progress.getvalue()
+    measured = {(case["contender"], case["case"]["echo"]): case for case in document["cases"]}
+    expected = {(name, False) for name in CONTENDERS if name not in skipped}
+    expected |= {(name, True) for name, c in CONTENDERS.items() if c.relays_replies and name not in skipped}
+    assert set(measured) == expected
+    peers = {peer for peer in PEERS if peer not in skipped}
+    for (name, _), case in measured.items():
         assert case["median_delivered_per_s"] > 0, name
+        assert case["median_cpu_us_per_datagram"] > 0, name
         assert case["ratio_to_kernel_dnat_rps"] is not None, name
-        assert case["ratio_to_per_datagram"] is not None, name
+        assert set(case["ratio_to_peers"]) == peers, name
+    for name, case in measured.items():
+        if name[1] is False:
+            assert case["ratio_to_per_datagram"] is not None, name
+    userspace = [run for run in document["runs"] if CONTENDERS[run["contender"]].userspace]
+    assert all(run["process_cpu_seconds"] > 0 for run in userspace)
+    echoed = [run for run in document["runs"] if run["case"]["echo"]]
+    assert all(run["forwarded"] > 0 and run["delivered"] > 0 for run in echoed)
     assert document["sender_solo_per_s"]["64 B x 100 flows"] > 0
     memory = document["flow_memory"]
-    assert memory["flows"] == 300
+    assert 0 < memory["flows"] <= 300  # the flows the blast opened (all of them unless datagrams were lost)
     assert memory["rss_kib_after"] >= memory["rss_kib_before"] > 0

@@ -7,11 +7,13 @@ Each test breaks one thing in an otherwise healthy lab and asserts the doctor na
 
 import pytest
 
-from netlab import Lab, Topology
-from netlab.doctor import Deployment, Finding, NamespaceProbe, diagnose
-from netlab.lab import wait_until
-from netlab.replypath import enable_reply_path
-from netlab.topologies import seed_deployment
+from netlab import Lab, Topology, load_topology
+from netlab.doctor.checks import Deployment, Finding, diagnose
+from netlab.doctor.probes import NamespaceProbe
+from netlab.lab.nft import apply_ruleset
+from netlab.lab.wait import wait_until
+from netlab.service.replypath import enable_reply_path
+from netlab.topology.shipped import seed_deployment
 
 pytestmark = pytest.mark.privileged
 
@@ -50,12 +52,11 @@ def test_missing_ip_forward_is_named_with_the_sysctl_that_fixes_it(lab: Lab) -> 
 
 def test_stateful_masquerade_is_named_as_the_conntrack_reply_trap(lab: Lab) -> None:
     lab.build(seed_deployment())
-    rules = lab.workdir / "masquerade.nft"
-    rules.write_text(
+    apply_ruleset(
+        lab["host"],
         "table ip nat { chain postrouting { type nat hook postrouting priority srcnat; "
-        "ip saddr 192.0.2.2 masquerade; }; }\n"
+        "ip saddr 192.0.2.2 masquerade; }; }\n",
     )
-    lab["host"].check(["nft", "-f", str(rules)])
     [finding] = problems(lab)
     assert finding.check == "conntrack reply trap"
     assert "notrack" in finding.fix
@@ -113,22 +114,14 @@ def test_forwarder_without_cap_net_admin_is_named_with_the_unit_setting(lab: Lab
 
 
 def test_missing_ipv6_forwarding_is_named(lab: Lab) -> None:
-    topology = (
-        Topology()
-        .node("client")
-        .node("host")
-        .node("backend")
-        .link("client", "host", a_addresses=["2001:db8:1::10/64"], b_addresses=["2001:db8:1::1/64"])
-        .link("host", "backend", a_addresses=["2001:db8:2::1/64"], b_addresses=["2001:db8:2::2/64"])
-        .route("backend", "default", via="2001:db8:2::1")
-    )
-    lab.build(topology)
+    lab.build(load_topology("seed-ipv6"))
+    lab["host"].sysctl("net.ipv6.conf.all.forwarding", "0")
     deployment = Deployment(
         host=NamespaceProbe("host", lab["host"].namespace),
         backend=NamespaceProbe("backend", lab["backend"].namespace),
         backend_address="2001:db8:2::2",
-        host_address="2001:db8:1::1",
-        clients=["2001:db8:1::10"],
+        host_address="2001:db8:51::1",
+        clients=["2001:db8:51::10"],
     )
     checks = {finding.check: finding for finding in diagnose(deployment)}
     assert not checks["IPv6 forwarding"].ok

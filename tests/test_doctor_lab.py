@@ -3,7 +3,7 @@
 import pytest
 
 from netlab import Lab, load_topology, topology_from_dict
-from netlab.doctor_lab import deployments_of, roles_of
+from netlab.doctor.lab import deployments_of, roles_of
 from netlab.errors import TopologyError, UnknownNodeError
 
 

@@ -1,101 +1,136 @@
-"""`netlab doctor` in relay mode: the forwarder's command line says the mode and the backend's reply ports;
-the kernel says whether those replies, and only those, are delivered to the host; each missing piece comes
-with its fix. The scenarios doctor-relay-* break one thing each through `netlab run`; these tests pin the
-findings' words and fixes.
+"""`netlab doctor` in relay mode (`forwarder --reply relay`): it reads the mode from the forwarder's command
+line, asks the kernel where a reply of the backend would go, and names a missing rule, a rule that
+swallows all of the backend's traffic and a missing IPv6 twin, each with commands that fix it.
 
-    client 198.51.100.10 --- 198.51.100.1 [host] 192.0.2.1 --- 192.0.2.2 backend (answers from 5353)
+    client 198.51.100.10, 2001:db8:51::10 --- [host] --- 192.0.2.2, 2001:db8:2::2 backend (dual-stack.toml)
 """
+
+import shlex
+from collections.abc import Mapping
 
 import pytest
 
-from netlab import Lab
-from netlab.doctor import Deployment, Finding, NamespaceProbe, diagnose
-from netlab.doctor_relay import _tracks_connections, relay_settings
-from netlab.relayroute import enable_reassembly, install_relay_route
-from netlab.topologies import seed_deployment
+from netlab import Lab, load_topology, start_forwarder
+from netlab.doctor.checks import Deployment, Finding, diagnose, reply_mode
+from netlab.doctor.probes import NamespaceProbe, reply_mode_of
+from netlab.service.relay import install_local_relay_routing, install_relay_routing
+
+V4 = {"backend": "192.0.2.2", "host": "198.51.100.1", "gateway": "192.0.2.1", "clients": ["198.51.100.10"]}
+V6 = {
+    "backend": "2001:db8:2::2",
+    "host": "2001:db8:51::1",
+    "gateway": "2001:db8:2::1",
+    "clients": ["2001:db8:51::10"],
+}
 
 
-def test_the_mode_and_the_reply_ports_are_read_off_the_forwarders_command_line() -> None:
-    argv = [
-        "--stats-interval",
-        "0.2",
-        "--reply",
-        "relay",
-        "192.0.2.2:5353",
-        "dns=192.0.2.2:53",
-        "192.0.2.9:1",
-    ]
-    assert relay_settings(argv, "192.0.2.2") == (True, [53, 5353])
-    assert relay_settings(["--reply=relay", "[2001:db8:2::2]:5353"], "2001:db8:2::2") == (True, [5353])
-    assert relay_settings(["192.0.2.2:27000"], "192.0.2.2") == (False, [27000])
+@pytest.mark.parametrize(
+    ("argv", "mode"),
+    [
+        (["python3", "-m", "forwarder", "192.0.2.2:53"], "direct"),
+        (["python3", "-m", "forwarder", "--reply", "relay", "192.0.2.2:53"], "relay"),
+        (["systemd-transparent-udp-forwarderd", "--reply=relay", "192.0.2.2:53"], "relay"),
+        (["python3", "-m", "forwarder", "--reply", "direct", "192.0.2.2:53"], "direct"),
+    ],
+)
+def test_the_reply_mode_is_read_from_the_forwarders_option_in_both_spellings(
+    argv: list[str], mode: str
+) -> None:
+    assert reply_mode_of(argv) == mode
 
 
-def test_connection_tracking_is_recognised_in_a_ct_rule_or_a_nat_chain() -> None:
-    ct_rule = {"rule": {"expr": [{"match": {"left": {"ct": {"key": "state"}}, "right": ["established"]}}]}}
-    nat_chain = {"chain": {"type": "nat", "hook": "postrouting"}}
-    plain = {"rule": {"expr": [{"match": {"left": {"payload": {"field": "saddr"}}, "right": "192.0.2.2"}}]}}
-    assert _tracks_connections([ct_rule])
-    assert _tracks_connections([nat_chain])
-    assert not _tracks_connections([plain])
+def deployment(lab: Lab, family: Mapping[str, object], **overrides: object) -> Deployment:
+    settings: dict[str, object] = {
+        "host": NamespaceProbe("host", lab["host"].namespace),
+        "backend": NamespaceProbe("backend", lab["backend"].namespace),
+        "backend_address": family["backend"],
+        "host_address": family["host"],
+        "clients": family["clients"],
+        "host_backend_address": family["gateway"],
+        "reply_mode": "relay",
+        "backend_ports": [5353],
+    }
+    settings.update(overrides)
+    return Deployment(**settings)  # type: ignore[arg-type]
 
 
-def relay_deployment(lab: Lab) -> Deployment:
-    return Deployment(
-        host=NamespaceProbe("host", lab["host"].namespace),
-        backend=NamespaceProbe("backend", lab["backend"].namespace),
-        backend_address="192.0.2.2",
-        host_address="198.51.100.1",
-        clients=["198.51.100.10", "203.0.113.7"],
-        host_backend_address="192.0.2.1",
-        reply="relay",
-        backend_ports=[5353],
-    )
+def problems(target: Deployment) -> list[Finding]:
+    return [finding for finding in diagnose(target) if not finding.ok]
 
 
-def problems(lab: Lab) -> list[Finding]:
-    return [finding for finding in diagnose(relay_deployment(lab)) if not finding.ok]
+def apply_fix(lab: Lab, finding: Finding) -> None:
+    """Run the finding's fix in the host, as an operator pasting it would."""
+    for command in finding.fix.split(" && "):
+        lab["host"].check(shlex.split(command.removeprefix("netlab exec host -- ")))
 
 
 @pytest.mark.privileged
-def test_a_healthy_relay_set_up_has_no_findings_and_needs_no_reply_rewrite(lab: Lab) -> None:
-    lab.build(seed_deployment())
-    install_relay_route(lab["host"], "192.0.2.2", 5353)
-    enable_reassembly(lab["host"])
-    assert problems(lab) == []
+def test_the_doctor_reads_relay_mode_from_a_forwarder_waiting_for_its_first_datagram(lab: Lab) -> None:
+    lab.build(load_topology("seed"))
+    start_forwarder(lab["host"], ["198.51.100.1:27000"], ["192.0.2.2:5353"], args=["--reply", "relay"])
+    target = deployment(lab, V4, reply_mode=None, backend_ports=())
 
-
-@pytest.mark.privileged
-def test_a_missing_relay_rule_is_named_with_the_rules_to_add(lab: Lab) -> None:
-    lab.build(seed_deployment())
-    enable_reassembly(lab["host"])
-    [finding] = problems(lab)
+    assert reply_mode(target) == "relay"
+    [finding] = problems(target)
     assert finding.check == "relay rule"
-    assert "replies from 192.0.2.2:5353 are not delivered to host's sockets: the kernel forwards them" in (
-        finding.detail
-    )
+    assert "ip rule add from 192.0.2.2 ipproto udp sport 5353 lookup 100" in finding.fix  # from its DEST
+
+
+@pytest.mark.privileged
+def test_without_a_forwarder_the_doctor_checks_the_direct_reply_path(lab: Lab) -> None:
+    lab.build(load_topology("seed"))
+    target = deployment(lab, V4, reply_mode=None)
+    assert reply_mode(target) == "direct"
+    assert [finding.check for finding in problems(target)] == ["reply source rewrite"]
+
+
+@pytest.mark.privileged
+def test_a_missing_relay_rule_is_named_and_its_fix_heals_it(lab: Lab) -> None:
+    lab.build(load_topology("dual-stack"))
+    [finding] = problems(deployment(lab, V4))
+    assert finding.check == "relay rule"
     assert finding.fix == (
         "netlab exec host -- ip rule add from 192.0.2.2 ipproto udp sport 5353 lookup 100 && "
-        "ip route add local 0.0.0.0/0 dev lo table 100"
+        "netlab exec host -- ip route add local 0.0.0.0/0 dev lo table 100"
     )
+    apply_fix(lab, finding)
+    assert problems(deployment(lab, V4)) == []
 
 
 @pytest.mark.privileged
-def test_a_rule_for_all_of_the_backends_udp_is_named_as_swallowing_its_traffic(lab: Lab) -> None:
-    lab.build(seed_deployment())
-    install_relay_route(lab["host"], "192.0.2.2", None)  # ipproto udp, any port
-    enable_reassembly(lab["host"])
-    [finding] = problems(lab)
-    assert finding.check == "relay rule swallows backend traffic"
-    assert finding.fix.endswith(
-        "ip rule del from 192.0.2.2 lookup 100 && "
-        "ip rule add from 192.0.2.2 ipproto udp sport 5353 lookup 100"
+def test_a_rule_swallowing_all_of_the_backends_traffic_is_named_and_its_fix_narrows_it(lab: Lab) -> None:
+    lab.build(load_topology("dual-stack"))
+    install_relay_routing(lab["host"], "192.0.2.2", 5353)
+    lab["host"].check(
+        ["ip", "rule", "add", "priority", "50", "from", "192.0.2.2", "ipproto", "udp", "lookup", "100"]
     )
+    [finding] = problems(deployment(lab, V4))
+    assert finding.check == "relay rule scope"
+    assert "DNS lookups" in finding.detail
+    assert finding.fix.startswith("netlab exec host -- ip rule del priority 50 && ")
+    apply_fix(lab, finding)
+    assert problems(deployment(lab, V4)) == []
 
 
 @pytest.mark.privileged
-def test_without_reassembly_the_fix_is_a_connection_tracking_rule(lab: Lab) -> None:
-    lab.build(seed_deployment())
-    install_relay_route(lab["host"], "192.0.2.2", 5353)
-    [finding] = problems(lab)
-    assert finding.check == "relay reassembly"
-    assert "ct state" in finding.fix
+def test_an_ipv4_relay_rule_without_its_ipv6_twin_is_named_and_its_fix_adds_the_twin(lab: Lab) -> None:
+    lab.build(load_topology("dual-stack"))
+    install_relay_routing(lab["host"], "192.0.2.2", 5353)
+    assert problems(deployment(lab, V4)) == []
+    [finding] = problems(deployment(lab, V6))
+    assert finding.check == "relay rule IPv6 twin"
+    assert finding.fix == (
+        "netlab exec host -- ip -6 rule add from 2001:db8:2::2 ipproto udp sport 5353 lookup 100 && "
+        "netlab exec host -- ip -6 route add local ::/0 dev lo table 100"
+    )
+    apply_fix(lab, finding)
+    assert problems(deployment(lab, V6)) == []
+
+
+@pytest.mark.privileged
+def test_a_backend_on_the_host_itself_needs_the_loopback_rule(lab: Lab) -> None:
+    lab.build(load_topology("dual-stack"))
+    local = deployment(lab, {**V4, "backend": "127.0.0.1"}, backend=None)
+    assert [finding.check for finding in problems(local)] == ["relay rule"]
+    install_local_relay_routing(lab["host"], versions=[4])
+    assert problems(local) == []

@@ -2,19 +2,20 @@
 named sockets, payload sizes up to the protocol maximum, held flows that must not steal replies, host-local
 clients, and per-errno drops that never stop the loop.
 
-Topology and address plan: see e2e_helpers.dual_stack_deployment (IPv4 tests use the seed deployment).
+Topology and address plan: see fixtures/topologies/dual-stack.toml (IPv4 tests use the seed deployment).
 """
 
 import socket
 from pathlib import Path
 
 import pytest
-from e2e_helpers import dual_stack_deployment, start_echo, status_has
+from e2e_helpers import start_echo, status_has
 
-from netlab import Lab, start_forwarder
-from netlab.activation import udp_sockets_bound
-from netlab.replypath import enable_reply_path
-from netlab.topologies import seed_deployment
+from netlab import Lab, load_topology, start_forwarder
+from netlab.lab.nft import apply_ruleset
+from netlab.service.procnet import udp_sockets_bound
+from netlab.service.replypath import enable_reply_path
+from netlab.topology.shipped import seed_deployment
 
 pytestmark = pytest.mark.privileged
 
@@ -36,12 +37,12 @@ def client_socket(lab: Lab, address: str) -> socket.socket:
 
 
 def test_ipv6_backend_sees_the_client_address_and_port(lab: Lab) -> None:
-    lab.build(dual_stack_deployment())
+    lab.build(load_topology("dual-stack"))
     backend = backend_socket(lab, "2001:db8:2::2")
-    forwarder = start_forwarder(lab["host"], ["[2001:db8:1::1]:27000"], ["[2001:db8:2::2]"])
-    client = client_socket(lab, "2001:db8:1::10")
+    forwarder = start_forwarder(lab["host"], ["[2001:db8:51::1]:27000"], ["[2001:db8:2::2]"])
+    client = client_socket(lab, "2001:db8:51::10")
 
-    client.sendto(b"six", ("2001:db8:1::1", 27000))
+    client.sendto(b"six", ("2001:db8:51::1", 27000))
 
     payload, source = backend.recvfrom(65535)
     assert (payload, source[:2]) == (b"six", client.getsockname()[:2])
@@ -49,16 +50,16 @@ def test_ipv6_backend_sees_the_client_address_and_port(lab: Lab) -> None:
 
 
 def test_dual_stack_listener_presents_ipv4_clients_as_plain_ipv4_and_drops_ipv6_ones(lab: Lab) -> None:
-    lab.build(dual_stack_deployment())
+    lab.build(load_topology("dual-stack"))
     backend = backend_socket(lab, "192.0.2.2")
     forwarder = start_forwarder(lab["host"], ["[::]:27000"], ["192.0.2.2:27000"], args=FAST_STATUS)
     v4_client = client_socket(lab, "198.51.100.10")
-    v6_client = client_socket(lab, "2001:db8:1::10")
+    v6_client = client_socket(lab, "2001:db8:51::10")
 
     v4_client.sendto(b"four", ("198.51.100.1", 27000))
     assert backend.recvfrom(65535) == (b"four", v4_client.getsockname())
     forwarder.wait_ready()
-    v6_client.sendto(b"six", ("2001:db8:1::1", 27000))
+    v6_client.sendto(b"six", ("2001:db8:51::1", 27000))
 
     forwarder.notify.wait_for("STATUS", status_has("family-mismatch 1"), timeout=10)
     backend.settimeout(0.5)
@@ -102,13 +103,13 @@ def test_named_sockets_map_by_file_descriptor_name_in_any_order(lab: Lab) -> Non
     [("v4", 0), ("v4", 1), ("v4", 1472), ("v4", 1473), ("v4", 65507), ("v6", 0), ("v6", 65527)],
 )
 def test_payloads_up_to_the_protocol_maximum_arrive_intact(lab: Lab, family: str, size: int) -> None:
-    lab.build(dual_stack_deployment())
+    lab.build(load_topology("dual-stack"))
     if family == "v4":
         client_address, listen, backend_address = "198.51.100.10", LISTEN, "192.0.2.2"
         destination, target = "192.0.2.2:27000", ("198.51.100.1", 27000)
     else:
-        client_address, listen, backend_address = "2001:db8:1::10", "[2001:db8:1::1]:27000", "2001:db8:2::2"
-        destination, target = "[2001:db8:2::2]:27000", ("2001:db8:1::1", 27000)
+        client_address, listen, backend_address = "2001:db8:51::10", "[2001:db8:51::1]:27000", "2001:db8:2::2"
+        destination, target = "[2001:db8:2::2]:27000", ("2001:db8:51::1", 27000)
     backend = backend_socket(lab, backend_address)
     forwarder = start_forwarder(lab["host"], [listen], [destination])
     client = client_socket(lab, client_address)
@@ -166,16 +167,15 @@ def test_an_error_on_one_destination_is_counted_by_errno_logged_once_and_never_s
 ) -> None:
     lab.build(seed_deployment())
     backend = backend_socket(lab, "192.0.2.2")
-    ruleset = tmp_path / "drop-27001.nft"
-    ruleset.write_text(
+    apply_ruleset(
+        lab["host"],
         "table inet forwarder_test {\n"
         "    chain output {\n"
         "        type filter hook output priority filter; policy accept;\n"
         "        udp dport 27001 drop\n"
         "    }\n"
-        "}\n"
+        "}\n",
     )
-    lab["host"].check(["nft", "-f", str(ruleset)])
     forwarder = start_forwarder(
         lab["host"], [LISTEN, "198.51.100.1:27001"], ["192.0.2.2:27000", "192.0.2.2:27001"], args=FAST_STATUS
     )
@@ -195,3 +195,78 @@ def test_an_error_on_one_destination_is_counted_by_errno_logged_once_and_never_s
     log = forwarder.process.output()
     assert log.count("dropped datagram (send-error:EPERM)") == 1
     assert "send-error:EPERM: 19 more in the last 0.2 seconds" in log
+
+
+def nothing_but(backend: socket.socket, client: socket.socket, target: tuple[str, int]) -> None:
+    """Send a datagram from `client` and require it to be the next (and only) one at `backend`: whatever was
+    sent to that listener before it was dropped, not forwarded."""
+    client.sendto(b"after", target)
+    assert backend.recvfrom(65535)[:1] == (b"after",)
+
+
+def test_a_datagram_from_the_unspecified_ipv6_address_is_dropped_not_sent_from_the_host(lab: Lab) -> None:
+    lab.build(load_topology("dual-stack"))
+    backend = backend_socket(lab, "2001:db8:2::2")
+    forwarder = start_forwarder(
+        lab["host"], ["[2001:db8:51::1]:27000"], ["[2001:db8:2::2]"], args=FAST_STATUS
+    )
+    client = client_socket(lab, "2001:db8:51::10")
+    client.sendto(b"wake", ("2001:db8:51::1", 27000))
+    assert backend.recvfrom(65535)[0] == b"wake"
+    forwarder.wait_ready()
+
+    # The kernel delivers a datagram from :: (the source of duplicate address detection) to the listener;
+    # bound to ::, a one-shot socket would have sent it from the host's own address.
+    lab["client"].send_udp(src="::", dst="2001:db8:51::1", sport=4242, dport=27000, payload=b"unspecified")
+
+    forwarder.notify.wait_for("STATUS", status_has("unspecified-source 1"), timeout=10)
+    nothing_but(backend, client, ("2001:db8:51::1", 27000))
+
+
+def test_a_datagram_to_the_limited_broadcast_from_0_0_0_0_is_dropped_as_unspecified(lab: Lab) -> None:
+    lab.build(seed_deployment())
+    backend = backend_socket(lab, "192.0.2.2")
+    forwarder = start_forwarder(lab["host"], ["0.0.0.0:27000"], ["192.0.2.2:27000"], args=FAST_STATUS)
+    client = client_socket(lab, "198.51.100.10")
+    client.sendto(b"wake", ("198.51.100.1", 27000))
+    assert backend.recvfrom(65535)[0] == b"wake"
+    forwarder.wait_ready()
+
+    # 0.0.0.0 is a legal source only towards 255.255.255.255 (a DHCP client's first packet); a wildcard
+    # listener receives it.
+    lab["client"].send_udp(src="0.0.0.0", dst="255.255.255.255", sport=68, dport=27000, payload=b"dhcp")
+
+    forwarder.notify.wait_for("STATUS", status_has("unspecified-source 1"), timeout=10)
+    nothing_but(backend, client, ("198.51.100.1", 27000))
+
+
+def test_a_datagram_from_the_client_subnets_broadcast_address_is_dropped_not_sent_from_the_host(
+    lab: Lab,
+) -> None:
+    # Without reverse-path filtering the host accepts 198.51.100.255 as a source; bound to that address, a
+    # socket's datagrams leave with the host's own address.
+    lab.build(seed_deployment().sysctl("host", "net.ipv4.conf.all.rp_filter", "0"))
+    lab["host"].sysctl("net.ipv4.conf.to-client.rp_filter", "0")
+    backend = backend_socket(lab, "192.0.2.2")
+    forwarder = start_forwarder(lab["host"], [LISTEN], ["192.0.2.2:27000"], args=FAST_STATUS)
+    client = client_socket(lab, "198.51.100.10")
+    client.sendto(b"wake", ("198.51.100.1", 27000))
+    assert backend.recvfrom(65535)[0] == b"wake"
+    forwarder.wait_ready()
+
+    lab["client"].send_udp(src="198.51.100.255", dst="198.51.100.1", sport=4242, dport=27000, payload=b"b")
+
+    forwarder.notify.wait_for("STATUS", status_has("broadcast-source 1"), timeout=10)
+    nothing_but(backend, client, ("198.51.100.1", 27000))
+
+
+def test_a_v4_mapped_destination_on_a_dual_stack_listener_serves_ipv4_clients(lab: Lab) -> None:
+    lab.build(load_topology("dual-stack"))
+    backend = backend_socket(lab, "192.0.2.2")
+    forwarder = start_forwarder(lab["host"], ["[::]:27000"], ["[::ffff:192.0.2.2]:27000"])
+    client = client_socket(lab, "198.51.100.10")
+
+    client.sendto(b"mapped", ("198.51.100.1", 27000))  # was dropped as family-mismatch, every one
+
+    assert backend.recvfrom(65535) == (b"mapped", client.getsockname())
+    forwarder.wait_ready()

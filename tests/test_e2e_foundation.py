@@ -7,7 +7,7 @@ spoofed client source: 203.0.113.7:4242; forwarder listens on 198.51.100.1:27000
 import pytest
 
 from netlab import Lab, start_forwarder
-from netlab.topologies import seed_deployment
+from netlab.topology.shipped import seed_deployment
 
 pytestmark = pytest.mark.privileged
 

@@ -8,9 +8,9 @@ import socket
 import pytest
 from e2e_helpers import start_echo
 
-from netlab import Lab, start_forwarder
-from netlab.replypath import enable_reply_path, reply_path_ruleset
-from netlab.topologies import seed_deployment
+from netlab import Lab, TopologyError, start_forwarder
+from netlab.service.replypath import enable_reply_path, reply_path_ruleset
+from netlab.topology.shipped import seed_deployment
 
 pytestmark = pytest.mark.privileged
 
@@ -47,5 +47,5 @@ def test_without_the_reply_path_rules_the_connected_client_gets_nothing(lab: Lab
 
 
 def test_ruleset_refuses_mixed_families() -> None:
-    with pytest.raises(ValueError, match="differ in family"):
+    with pytest.raises(TopologyError, match="differ in family"):
         reply_path_ruleset("192.0.2.2", "192.0.2.0/24", "2001:db8::1")

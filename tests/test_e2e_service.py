@@ -14,10 +14,12 @@ import pytest
 from e2e_helpers import status_has
 
 from netlab import Lab, start_forwarder
-from netlab.activation import SOCKET_ACTIVATE, ForwarderUnderTest, udp_ports_bound
-from netlab.lab import python_env, wait_until
-from netlab.notify import NotifyReceiver
-from netlab.topologies import seed_deployment
+from netlab.lab.process import python_env
+from netlab.lab.wait import wait_until
+from netlab.service.activation import SOCKET_ACTIVATE, ForwarderUnderTest
+from netlab.service.notify import NotifyReceiver
+from netlab.service.procnet import udp_ports_bound
+from netlab.topology.shipped import seed_deployment
 
 pytestmark = pytest.mark.privileged
 
@@ -59,7 +61,7 @@ def test_ready_status_watchdog_and_stopping_reach_the_notify_socket(lab: Lab) ->
     assert forwarder.stop() == 0
     assert forwarder.notify.values("STOPPING") == ["1"]
     assert forwarder.notify.values("READY") == ["1"]
-    assert "INFO forwarding unknown -> 192.0.2.2:27000" in forwarder.process.output()
+    assert "INFO forwarding 198.51.100.1:27000 -> 192.0.2.2:27000" in forwarder.process.output()
 
 
 def test_sigint_also_stops_cleanly_with_exit_zero_and_log_level_hides_info(lab: Lab) -> None:

@@ -18,7 +18,6 @@ import shutil
 import signal
 import socket
 import sys
-import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,10 +28,8 @@ from e2e_helpers import (
     blaster_summary,
     count_arrivals,
     count_departures,
-    drops_by_reason,
     start_blaster,
     status_has,
-    status_totals,
 )
 from pyroute2 import IPRoute
 
@@ -41,11 +38,17 @@ from forwarder.destination import Destination
 from forwarder.engine import Engine, Route
 from forwarder.machine import ForwardingMachine
 from forwarder.notify import Notifier
-from netlab import Lab, netns, start_forwarder
-from netlab.activation import ForwarderUnderTest
-from netlab.lab import LabNode, python_env, wait_until
-from netlab.notify import NotifyEvent
-from netlab.topology import Topology
+from forwarder.sockets import SO_RCVBUFFORCE  # root may exceed net.core.rmem_max with it
+from netlab import Lab, load_topology, start_forwarder
+from netlab.lab import netns
+from netlab.lab.nft import apply_ruleset, counter_packets, delete_table
+from netlab.lab.node import LabNode
+from netlab.lab.process import python_env
+from netlab.lab.wait import wait_until
+from netlab.service.activation import ForwarderUnderTest
+from netlab.service.notify import NotifyEvent
+from netlab.service.status import drops_by_reason, status_totals
+from netlab.topology.model import Topology
 
 pytestmark = pytest.mark.privileged
 
@@ -54,27 +57,11 @@ HOST = "198.51.100.1"
 BACKEND = ("192.0.2.2", 27000)
 SPARE = ("192.0.2.130", 27001)
 INTERVAL = 0.2
-SO_RCVBUFFORCE = 33  # not in Python's socket module; root may exceed net.core.rmem_max with it
 
 
 def faults_deployment() -> Topology:
-    """The seed deployment with a second, spare backend on a link of its own (see the module docstring)."""
-    return (
-        Topology()
-        .node("client")
-        .node("host")
-        .node("backend")
-        .node("spare")
-        .sysctl("host", "net.ipv4.ip_forward", "1")
-        # Every ICMP error the backend sends is counted, none held back by its rate limit.
-        .sysctl("backend", "net.ipv4.icmp_ratelimit", "0")
-        .link("client", "host", a_addresses=["198.51.100.10/24"], b_addresses=["198.51.100.1/24"])
-        .link("host", "backend", a_addresses=["192.0.2.1/25"], b_addresses=["192.0.2.2/25"])
-        .link("host", "spare", a_addresses=["192.0.2.129/25"], b_addresses=["192.0.2.130/25"])
-        .route("client", "default", via="198.51.100.1")
-        .route("backend", "default", via="192.0.2.1")
-        .route("spare", "default", via="192.0.2.129")
-    )
+    """The seed deployment plus a spare backend on a link of its own (fixtures/topologies/faults.toml)."""
+    return load_topology("faults")
 
 
 def received(sock: socket.socket, count: int) -> list[tuple[bytes, tuple[str, int]]]:
@@ -154,12 +141,6 @@ def assert_quiet_log(forwarder: ForwarderUnderTest, extra_lines: int = 1) -> Non
     assert len(log.splitlines()) <= allowed, log
 
 
-def nft(node: LabNode, ruleset: str) -> None:
-    path = node.lab.workdir / f"{node.name}-{node.lab.next_serial()}.nft"
-    path.write_text(textwrap.dedent(ruleset))
-    node.check(["nft", "-f", str(path)])
-
-
 def snmp(node: LabNode) -> dict[str, int]:
     """The node's /proc/net/snmp counters as {'Udp.InErrors': n, 'Ip.ReasmFails': n, ...}."""
     lines = node.check(["cat", "/proc/net/snmp"]).splitlines()
@@ -173,7 +154,7 @@ def snmp(node: LabNode) -> dict[str, int]:
 
 def test_an_unreachable_backend_is_counted_by_errno_and_the_other_route_keeps_forwarding(lab: Lab) -> None:
     scene = Scene.start(lab)
-    nft(
+    apply_ruleset(
         lab["backend"],
         """
         table inet icmp_out {
@@ -187,8 +168,7 @@ def test_an_unreachable_backend_is_counted_by_errno_and_the_other_route_keeps_fo
     )
 
     def icmp_sent() -> int:
-        output = lab["backend"].check(["nft", "list", "counter", "inet", "icmp_out", "unreachable"])
-        return int(output.split("packets ")[1].split()[0])
+        return counter_packets(lab["backend"], "inet", "icmp_out", "unreachable")
 
     # Nothing listens on the backend's port: it answers each datagram with ICMP port unreachable, addressed
     # to the client (the source the forwarder presented). The flow sockets are unconnected, so the kernel
@@ -274,7 +254,7 @@ def test_a_firewall_rejecting_the_sends_is_counted_as_eperm_and_forwarding_resum
     scene = Scene.start(lab)
     backend = lab["backend"].udp_socket(*BACKEND)
     backend.settimeout(10)
-    nft(
+    apply_ruleset(
         lab["host"],
         f"""
         table inet firewall {{
@@ -289,7 +269,7 @@ def test_a_firewall_rejecting_the_sends_is_counted_as_eperm_and_forwarding_resum
     scene.check_spare_route(b"spare still works")
     scene.wait_totals(forwarded=2, dropped=30)
 
-    lab["host"].check(["nft", "delete", "table", "inet", "firewall"])
+    delete_table(lab["host"], "inet", "firewall")
     scene.send(BACKEND[1], b"allowed")
     assert backend.recvfrom(65535) == (b"allowed", scene.client.getsockname())
     scene.wait_totals(forwarded=3, dropped=30)

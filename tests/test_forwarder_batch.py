@@ -38,7 +38,7 @@ def v6() -> Iterator[socket.socket]:
 def received(receiver: BatchReceiver, sock: socket.socket) -> list[tuple[bytes, object, bool]]:
     """(payload, decoded sender, truncated) for what one receive() call returned."""
     count = receiver.receive(sock.fileno())
-    out = []
+    out: list[tuple[bytes, object, bool]] = []
     for length, flags, name, offset in receiver.slots[:count]:
         raw = bytes(receiver.name_view[name : name + NAME_LENGTH[sock.family]])
         payload = bytes(receiver.view[offset : offset + receiver.u32[length]])

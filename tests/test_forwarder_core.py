@@ -15,6 +15,7 @@ from forwarder.core import (
     presentable_source,
     served_families,
 )
+from forwarder.sockets import probe_broadcast
 
 
 def test_ipv4_client_is_presented_as_itself() -> None:
@@ -44,6 +45,60 @@ def test_a_client_with_source_port_zero_is_dropped_because_binding_port_zero_pic
 
 def test_a_link_local_ipv6_client_is_dropped_because_its_address_is_meaningless_off_its_link() -> None:
     assert presentable_source(("fe80::7%eth0", 4242, 0, 2), socket.AF_INET6) is DropReason.LINK_LOCAL_SOURCE
+
+
+@pytest.mark.parametrize(
+    ("client", "family"),
+    [
+        (("0.0.0.0", 4242), socket.AF_INET),
+        (("::ffff:0.0.0.0", 4242, 0, 0), socket.AF_INET),
+        (("::", 4242, 0, 0), socket.AF_INET6),
+    ],
+)
+def test_an_unspecified_client_is_dropped_because_the_kernel_would_pick_the_source(
+    client: tuple[str, int], family: socket.AddressFamily
+) -> None:
+    assert presentable_source(client, family) is DropReason.UNSPECIFIED_SOURCE
+
+
+@pytest.mark.parametrize(
+    ("client", "family"),
+    [
+        (("224.0.0.1", 4242), socket.AF_INET),
+        (("239.1.2.3", 4242), socket.AF_INET),
+        (("ff02::1", 4242, 0, 0), socket.AF_INET6),
+    ],
+)
+def test_a_multicast_client_is_dropped_because_the_kernel_would_pick_the_source(
+    client: tuple[str, int], family: socket.AddressFamily
+) -> None:
+    assert presentable_source(client, family) is DropReason.MULTICAST_SOURCE
+
+
+def test_the_limited_broadcast_client_is_dropped_without_asking_the_host() -> None:
+    assert presentable_source(("255.255.255.255", 4242), socket.AF_INET) is DropReason.BROADCAST_SOURCE
+
+
+def test_a_directed_broadcast_of_a_host_subnet_is_dropped_and_other_addresses_are_presented() -> None:
+    asked: list[str] = []
+
+    def is_broadcast(address: str) -> bool:
+        asked.append(address)
+        return address == "198.51.100.255"
+
+    assert (
+        presentable_source(("198.51.100.255", 53), socket.AF_INET, is_broadcast)
+        is DropReason.BROADCAST_SOURCE
+    )
+    assert presentable_source(("::ffff:198.51.100.255", 53, 0, 0), socket.AF_INET, is_broadcast) is (
+        DropReason.BROADCAST_SOURCE
+    )
+    assert presentable_source(("203.0.113.255", 53), socket.AF_INET, is_broadcast) == ("203.0.113.255", 53)
+    assert presentable_source(("2001:db8::ff", 53, 0, 0), socket.AF_INET6, is_broadcast) == (
+        "2001:db8::ff",
+        53,
+    )
+    assert asked == ["198.51.100.255", "198.51.100.255", "203.0.113.255"]  # IPv6 has no broadcast
 
 
 def test_status_line_counts_forwarded_and_drops_by_reason() -> None:
@@ -212,3 +267,10 @@ def test_flow_table_needs_room_for_one_flow() -> None:
 
 def test_duplicates_lists_each_repeated_name_once() -> None:
     assert duplicates(["a", "b", "a", "c", "a", "b"]) == ["a", "b"]
+
+
+def test_the_broadcast_probe_tells_a_subnet_broadcast_from_an_ordinary_address() -> None:
+    # 127.0.0.0/8 on lo has the broadcast route 127.255.255.255 on every Linux host.
+    assert probe_broadcast("127.255.255.255") is True
+    assert probe_broadcast("127.0.0.255") is False
+    assert probe_broadcast("127.0.0.1") is False

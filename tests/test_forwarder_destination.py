@@ -1,10 +1,21 @@
 """Destination parsing: every accepted form, and one-line errors naming the bad value."""
 
+import logging
 import socket
+from collections.abc import Iterator
 
 import pytest
 
-from forwarder.destination import DestinationSpec, parse_destination, parse_listen, resolve
+from forwarder.activation import ListeningSocket
+from forwarder.cli import build_routes
+from forwarder.destination import (
+    Destination,
+    DestinationSpec,
+    lookup,
+    parse_destination,
+    parse_listen,
+    resolve,
+)
 from forwarder.errors import UnknownHostError, UsageError
 
 
@@ -91,3 +102,77 @@ def test_a_link_local_destination_is_refused_as_usage_naming_it() -> None:
     with pytest.raises(UsageError, match=r"'\[fe80::2\]:53' is an IPv6 link-local address") as caught:
         resolve(parse_destination("[fe80::2]:53"), socket.AF_INET6, 53)
     assert caught.value.exit_code == 64
+
+
+def test_a_socket_name_may_contain_equals_signs_the_destination_never_does() -> None:
+    spec = parse_destination("dns=v4=192.0.2.2:53")
+    assert (spec.fd_name, spec.host, spec.port) == ("dns=v4", "192.0.2.2", 53)
+
+
+def test_a_v4_mapped_literal_resolves_to_the_plain_ipv4_destination() -> None:
+    found = lookup(parse_destination("[::ffff:192.0.2.2]:5353"), 27015)
+    assert found == {socket.AF_INET: Destination(socket.AF_INET, "192.0.2.2", 5353)}
+
+
+def both_families(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every name resolve to 2001:db8::2 and 192.0.2.2, in that order (as a resolver preferring IPv6)."""
+
+    def getaddrinfo(host: str, port: int, *_: object) -> list[tuple[object, ...]]:
+        return [
+            (socket.AF_INET6, socket.SOCK_DGRAM, 17, "", ("2001:db8::2", port, 0, 0)),
+            (socket.AF_INET, socket.SOCK_DGRAM, 17, "", ("192.0.2.2", port)),
+        ]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@pytest.fixture
+def dual_stack() -> Iterator[ListeningSocket]:
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::", 0))
+        yield ListeningSocket(sock, "dual")
+
+
+def test_a_name_of_both_families_on_a_dual_stack_socket_warns_which_clients_are_dropped(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, dual_stack: ListeningSocket
+) -> None:
+    both_families(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="forwarder"):
+        routes = build_routes([dual_stack], [parse_destination("backend.example:53")], None, lambda _: False)
+    assert routes[0].destination == Destination(socket.AF_INET6, "2001:db8::2", 53)
+    [warning] = caplog.messages
+    assert "destination 'backend.example:53' has IPv4 and IPv6 addresses and socket 'dual'" in warning
+    assert "using [2001:db8::2]:53" in warning
+    assert "going to 192.0.2.2:53" in warning
+    assert "--prefer-family ipv4|ipv6" in warning
+
+
+@pytest.mark.parametrize(
+    ("prefer", "expected"), [(socket.AF_INET, "192.0.2.2"), (socket.AF_INET6, "2001:db8::2")]
+)
+def test_prefer_family_picks_the_family_of_a_name_on_a_dual_stack_socket_without_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    dual_stack: ListeningSocket,
+    prefer: socket.AddressFamily,
+    expected: str,
+) -> None:
+    both_families(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="forwarder"):
+        routes = build_routes(
+            [dual_stack], [parse_destination("backend.example:53")], prefer, lambda _: False
+        )
+    assert routes[0].destination == Destination(prefer, expected, 53)
+    assert caplog.messages == []
+
+
+def test_prefer_family_never_picks_a_family_the_socket_cannot_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    both_families(monkeypatch)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        listener = ListeningSocket(sock, "v4")
+        routes = build_routes(
+            [listener], [parse_destination("backend.example:53")], socket.AF_INET6, lambda _: False
+        )
+    assert routes[0].destination == Destination(socket.AF_INET, "192.0.2.2", 53)

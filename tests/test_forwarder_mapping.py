@@ -39,7 +39,8 @@ def test_mixing_forms_is_a_usage_error() -> None:
 
 def test_unknown_name_is_a_configuration_error_listing_the_names() -> None:
     with pytest.raises(
-        ConfigurationError, match=r"no socket is named 'dsn': the sockets are named \['dns'\]"
+        ConfigurationError,
+        match=r"no socket is named 'dsn': the sockets are named 'dns' \(FileDescriptorName=\)",
     ):
         assign(["dns"], specs("dsn=192.0.2.3"))
 

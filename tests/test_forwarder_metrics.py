@@ -14,7 +14,7 @@ from e2e_helpers import status_has
 from forwarder.core import Counters, DropReason, Totals
 from forwarder.metrics import MetricsFile, escape, exposition, listen_label
 from netlab import Lab, start_forwarder
-from netlab.topologies import seed_deployment
+from netlab.topology.shipped import seed_deployment
 
 # A sample line of the text format: name, optional {labels}, value.
 SAMPLE = re.compile(
@@ -191,3 +191,22 @@ def test_the_forwarder_writes_its_counters_to_the_metrics_file(lab: Lab) -> None
     assert 'transparent_udp_forwarder_flows{listen="198.51.100.1:27000"} 1\n' in text
     assert_valid_exposition(text)
     assert forwarder.stop() == 0
+
+
+def test_a_target_that_became_a_directory_is_a_warning_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "forwarder.prom"
+    metrics = MetricsFile(path)
+    metrics.write(Counters(), 1)
+    path.unlink()
+    path.mkdir()  # replaced by a directory while running: os.replace cannot write over it
+    recorded = Recorded()
+    logger = logging.getLogger("forwarder")
+    logger.addHandler(recorded)
+    try:
+        metrics.write(Counters(), 2)
+        metrics.write(Counters(), 3)
+    finally:
+        logger.removeHandler(recorded)
+    assert len(recorded.messages) == 1, recorded.messages
+    assert recorded.messages[0].startswith(f"cannot write metrics file {str(path)!r}: ")
+    assert sorted(item.name for item in tmp_path.iterdir()) == ["forwarder.prom"]  # no temporary file left

@@ -13,15 +13,16 @@ from typing import TypeVar
 import pytest
 
 from forwarder.activation import ListeningSocket
-from forwarder.core import sockaddr_bytes
+from forwarder.core import DropReason, sockaddr_bytes
 from forwarder.destination import Destination
 from forwarder.engine import Engine, Route
 from forwarder.machine import Flow, ForwardingMachine, LocalProbe
 from forwarder.notify import Notifier
-from forwarder.sockets import LocalAddresses
-from netlab import Lab, netns
-from netlab.lab import python_env
-from netlab.topologies import seed_deployment
+from forwarder.sockets import BroadcastAddresses, LocalAddresses
+from netlab import Lab
+from netlab.lab import netns
+from netlab.lab.process import python_env
+from netlab.topology.shipped import seed_deployment
 
 T = TypeVar("T")
 BACKEND = Destination(socket.AF_INET, "192.0.2.2", 27000)
@@ -44,10 +45,15 @@ class Forwarder:
     """The engine and machine, fed datagrams directly (as a receive strategy would) in the host node."""
 
     def __init__(
-        self, lab: Lab, max_flows: int, idle_timeout: float, is_local: LocalProbe | None = None
+        self,
+        lab: Lab,
+        max_flows: int,
+        idle_timeout: float,
+        is_local: LocalProbe | None = None,
+        is_broadcast: LocalProbe | None = None,
     ) -> None:
         self.lab = lab
-        self.machine = ForwardingMachine(max_flows, idle_timeout, is_local)
+        self.machine = ForwardingMachine(max_flows, idle_timeout, is_local, is_broadcast)
         self.routes: dict[Destination, Route] = {}
         self.engine = Engine([], Notifier({}), self.machine)
         lab.defer(self.engine.close)
@@ -195,6 +201,42 @@ def test_a_flow_whose_source_became_local_is_closed_at_the_next_sweep(
     assert addresses.forgotten == 1  # the sweep asks again instead of trusting an old answer
     assert len(forwarder.machine.flows) == 0
     assert sock.fileno() == -1  # closed: a local program can bind that port again
+
+
+@pytest.mark.privileged
+def test_a_flow_whose_source_became_a_subnet_broadcast_is_closed_at_the_next_sweep(
+    lab: Lab, backend: socket.socket
+) -> None:
+    broadcasts = ChangingAddresses()
+    forwarder = Forwarder(lab, max_flows=8, idle_timeout=60, is_broadcast=broadcasts)
+    client = ("203.0.113.255", 4242)
+    forwarder.forward(b"x", client, BACKEND, 1)
+    flow = forwarder.flow(client)
+    assert flow is not None
+    assert flow.handle is not None
+
+    broadcasts.local.add("203.0.113.255")  # e.g. 203.0.113.0/24 was added to one of the host's interfaces
+    assert forwarder.engine.expire(2) == 1
+
+    assert broadcasts.forgotten == 1
+    assert len(forwarder.machine.flows) == 0
+    assert flow.handle.fileno() == -1
+    forwarder.forward(b"y", client, BACKEND, 3)
+    assert forwarder.machine.counters.dropped == {DropReason.BROADCAST_SOURCE.value: 1}
+
+
+@pytest.mark.privileged
+def test_a_host_subnets_broadcast_source_is_dropped_before_anything_is_bound(
+    lab: Lab, backend: socket.socket
+) -> None:
+    forwarder = Forwarder(lab, max_flows=8, idle_timeout=60, is_broadcast=BroadcastAddresses())
+
+    in_host(lab, lambda: forwarder.forward(b"b", ("198.51.100.255", 4242), BACKEND, 1))
+
+    assert forwarder.machine.counters.dropped == {DropReason.BROADCAST_SOURCE.value: 1}
+    assert len(forwarder.machine.flows) == 0
+    in_host(lab, lambda: forwarder.forward(b"u", ("203.0.113.7", 4242), BACKEND, 1))
+    assert backend.recvfrom(100) == (b"u", ("203.0.113.7", 4242))  # the first one never arrived
 
 
 @pytest.mark.privileged

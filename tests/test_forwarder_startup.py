@@ -7,14 +7,17 @@ CAP_NET_ADMIN with setpriv (that one needs root to drop a capability it has).
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import pytest
 
-from netlab.lab import python_env
+from netlab.lab.process import python_env
 
 LAUNCH = r"""
 import fcntl, json, os, sys
@@ -67,6 +70,40 @@ def launch(
         timeout=30,
         check=False,
     )
+
+
+def run_until_waiting(
+    fds: Sequence[int], argv: Sequence[str], notify_path: Path, timeout: float = 20.0
+) -> subprocess.CompletedProcess[str]:
+    """Start the forwarder with `fds`, wait for READY=1 and then until it sleeps in epoll_wait (past the
+    first wait of its loop), stop it with SIGTERM and return how it ended. Fails if it exits by itself."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(str(notify_path))
+        manager.settimeout(timeout)
+        activation = {"LISTEN_PID": "{pid}", "LISTEN_FDS": str(len(fds)), "NOTIFY_SOCKET": str(notify_path)}
+        child_env = python_env()
+        for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "JOURNAL_STREAM"):
+            child_env.pop(key, None)
+        argv = [sys.executable, "-c", LAUNCH, json.dumps(list(fds)), json.dumps(activation), "main", *argv]
+        with subprocess.Popen(
+            argv, pass_fds=tuple(fds), env=child_env, stderr=subprocess.PIPE, text=True
+        ) as process:
+            try:
+                while b"READY=1" not in manager.recv(4096):
+                    pass
+                deadline = time.monotonic() + timeout
+                wchan = Path(f"/proc/{process.pid}/wchan")
+                while process.poll() is None and wchan.read_text() != "do_epoll_wait":
+                    assert time.monotonic() < deadline, "the forwarder never waited in epoll_wait"
+                    time.sleep(0.01)
+                assert process.poll() is None, f"exited {process.returncode} after READY=1"
+                process.send_signal(signal.SIGTERM)
+                _, stderr = process.communicate(timeout=timeout)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.communicate()
+    return subprocess.CompletedProcess(argv, process.returncode, "", stderr)
 
 
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -151,7 +188,7 @@ def test_a_listen_fd_that_is_not_open_is_refused(udp4: socket.socket) -> None:
         [udp4.fileno()], ["192.0.2.2", "192.0.2.3"], env={"LISTEN_PID": "{pid}", "LISTEN_FDS": "2"}
     )
     assert result.returncode == 78
-    assert "inherited fd 4 ('unknown') is not open" in one_error_line(result)
+    assert "inherited fd 4 is not open" in one_error_line(result)
 
 
 def test_more_sockets_than_destinations_is_refused(udp4: socket.socket) -> None:
@@ -186,7 +223,7 @@ def test_a_fd_that_is_not_a_socket_is_refused() -> None:
         os.close(read_end)
         os.close(write_end)
     assert result.returncode == 78
-    assert "inherited fd 3 ('unknown') is not a socket" in one_error_line(result)
+    assert "inherited fd 3 is not a socket" in one_error_line(result)
 
 
 def test_an_af_unix_datagram_socket_is_refused() -> None:
@@ -239,7 +276,10 @@ def test_a_socket_name_given_twice_is_a_usage_error(udp4: socket.socket) -> None
 def test_ipv6_destination_for_an_ipv4_socket_is_refused(udp4: socket.socket) -> None:
     result = launch([udp4.fileno()], ["[2001:db8::2]:53"])
     assert result.returncode == 78
-    assert "is AF_INET6 but socket 'unknown'" in one_error_line(result)
+    # Unnamed (no LISTEN_FDNAMES), the socket is named by its address.
+    assert f"is AF_INET6 but socket '127.0.0.1:{udp4.getsockname()[1]}' only has AF_INET clients" in (
+        one_error_line(result)
+    )
 
 
 def test_ipv4_destination_for_a_v6only_socket_is_refused(udp6_v6only: socket.socket) -> None:
@@ -289,6 +329,50 @@ def test_stats_interval_must_be_a_positive_number(value: str) -> None:
     result = launch([], ["--stats-interval", value, "192.0.2.2"], env={})
     assert result.returncode == 64
     assert f"--stats-interval: {value!r}" in one_error_line(result)
+
+
+@pytest.mark.parametrize("option", ["--stats-interval", "--flow-idle-timeout"])
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e999"])
+def test_a_non_finite_interval_is_a_usage_error_naming_it(option: str, value: str) -> None:
+    result = launch([], [f"{option}={value}", "192.0.2.2"], env={})
+    assert result.returncode == 64
+    assert f"{option}: {value!r} is not a finite number of seconds" in one_error_line(result)
+
+
+@pytest.mark.parametrize("option", ["--stats-interval", "--flow-idle-timeout"])
+@pytest.mark.parametrize("value", ["1e-300", "0.049"])
+def test_an_interval_below_the_minimum_is_a_usage_error_naming_the_minimum(option: str, value: str) -> None:
+    result = launch([], [option, value, "192.0.2.2"], env={})
+    assert result.returncode == 64
+    assert f"{option}: {value!r} must be at least 0.05 seconds" in one_error_line(result)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running the forwarder needs CAP_NET_ADMIN (IP_TRANSPARENT)")
+def test_intervals_longer_than_epoll_can_wait_run_and_stop_cleanly(
+    udp4: socket.socket, tmp_path: Path
+) -> None:
+    # Both intervals above the ~24.8 days epoll_wait accepts: the first wait raised OverflowError.
+    argv = ["--stats-interval", "3e6", "--flow-idle-timeout", "6e6", "192.0.2.2:53"]
+    result = run_until_waiting([udp4.fileno()], argv, tmp_path / "notify.sock")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("value", ["3000000000", "2147483648", "0", "-5"])
+def test_a_receive_buffer_out_of_range_is_a_usage_error_naming_it(value: str) -> None:
+    result = launch([], ["--receive-buffer", value, "192.0.2.2"], env={})
+    assert result.returncode == 64
+    line = one_error_line(result)
+    assert f"--receive-buffer: {value!r}" in line
+    assert "expected 1 to 2147483647 bytes" in line
+
+
+@pytest.mark.parametrize("path", ["", "/", ".", "{tmp}", "{tmp}/"])
+def test_a_metrics_file_that_names_no_file_is_refused_at_start_up(path: str, tmp_path: Path) -> None:
+    path = path.replace("{tmp}", str(tmp_path))
+    result = launch([], ["--metrics-file", path, "192.0.2.2"], env={})
+    assert result.returncode == 64
+    assert f"--metrics-file: {path!r} is " in one_error_line(result)
 
 
 def test_unknown_log_level_is_a_usage_error() -> None:
@@ -352,3 +436,112 @@ def test_missing_cap_net_admin_exits_77_with_the_ambient_capabilities_hint(udp4:
     result = launch([udp4.fileno()], ["192.0.2.2:53"], prefix=drop)
     assert result.returncode == 77
     assert "AmbientCapabilities=CAP_NET_ADMIN" in one_error_line(result)
+
+
+@pytest.mark.parametrize(
+    ("family", "destination", "expected"),
+    [
+        (4, "0.0.0.0:53", "(0.0.0.0:53) is the unspecified address"),
+        (6, "[::]:53", "([::]:53) is the unspecified address"),
+        (4, "255.255.255.255:53", "(255.255.255.255:53) is the limited broadcast address"),
+        # lo's 127.0.0.0/8 has the directed broadcast 127.255.255.255 on every Linux host.
+        (
+            4,
+            "127.255.255.255:53",
+            "(127.255.255.255:53) is the broadcast address of one of this host's subnets",
+        ),
+        (4, "224.0.0.1:53", "(224.0.0.1:53) is a multicast address"),
+        (6, "[ff02::1]:53", "([ff02::1]:53) is a multicast address"),
+    ],
+)
+def test_a_destination_that_is_no_single_backend_is_refused_naming_it(
+    udp4: socket.socket, udp6_v6only: socket.socket, family: int, destination: str, expected: str
+) -> None:
+    listener = udp4 if family == 4 else udp6_v6only
+    result = launch([listener.fileno()], [destination])
+    assert result.returncode == 78
+    line = one_error_line(result)
+    assert f"destination {destination!r} {expected}" in line
+    assert "expected the unicast address of a backend" in line
+
+
+@pytest.mark.parametrize(
+    ("destination", "host", "read_as"),
+    [
+        ("192.0.2:5353", "192.0.2", "192.0.0.2"),
+        ("3221225986", "3221225986", "192.0.2.2"),
+        ("0xc0000202:53", "0xc0000202", "192.0.2.2"),
+        ("010.0.0.1:53", "010.0.0.1", "8.0.0.1"),
+    ],
+)
+def test_a_shorthand_ipv4_destination_is_refused_as_ambiguous(
+    udp4: socket.socket, destination: str, host: str, read_as: str
+) -> None:
+    result = launch([udp4.fileno()], [destination])
+    assert result.returncode == 78
+    assert (
+        f"destination {destination!r} has the shorthand IPv4 address {host!r}, which the resolver reads as "
+        f"{read_as}"
+    ) in one_error_line(result)
+
+
+def test_a_v4_mapped_destination_is_the_ipv4_destination_it_stands_for(udp6_v6only: socket.socket) -> None:
+    # An IPv6-only socket cannot serve it: refused at start-up instead of dropping every datagram.
+    result = launch([udp6_v6only.fileno()], ["[::ffff:192.0.2.2]:5353"])
+    assert result.returncode == 78
+    assert "'[::ffff:192.0.2.2]:5353' (192.0.2.2:5353) is AF_INET but socket" in one_error_line(result)
+
+
+def test_a_socket_name_containing_an_equals_sign_can_be_named(udp4: socket.socket) -> None:
+    env = {"LISTEN_PID": "{pid}", "LISTEN_FDS": "1", "LISTEN_FDNAMES": "dns=v4"}
+    # An IPv6 destination makes start-up fail after mapping, with the socket's name in the message.
+    result = launch([udp4.fileno()], ["dns=v4=[2001:db8::2]:53"], env=env)
+    assert result.returncode == 78
+    assert "is AF_INET6 but socket 'dns=v4' bound to 127.0.0.1:" in one_error_line(result)
+
+
+def test_a_socket_with_an_empty_name_cannot_be_named_and_the_error_says_what_to_do(
+    udp4: socket.socket,
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as second:
+        second.bind(("127.0.0.1", 0))
+        env = {"LISTEN_PID": "{pid}", "LISTEN_FDS": "2", "LISTEN_FDNAMES": "game:"}
+        result = launch([udp4.fileno(), second.fileno()], ["game=192.0.2.2"], env=env)
+    assert result.returncode == 78
+    line = one_error_line(result)
+    assert "socket 2 of 2 has an empty name in LISTEN_FDNAMES, so NAME=DEST cannot name it" in line
+    assert "=DEST" not in line.replace("NAME=DEST", "")  # never suggests the refused `=DEST`
+
+
+def test_an_empty_socket_name_on_the_command_line_is_refused_without_contradiction() -> None:
+    result = launch([], ["=192.0.2.2"], env={})
+    assert result.returncode == 64
+    assert "empty socket name in '=192.0.2.2': expected NAME=DEST with a NAME, or a DEST" in one_error_line(
+        result
+    )
+
+
+def test_a_5000_digit_listen_fds_is_cut_in_the_message(udp4: socket.socket) -> None:
+    result = launch([udp4.fileno()], ["192.0.2.2"], env={"LISTEN_PID": "{pid}", "LISTEN_FDS": "9" * 5000})
+    assert result.returncode == 78
+    line = one_error_line(result)
+    assert f"LISTEN_FDS={'9' * 60!r}... (5000 characters) is not a number" in line
+    assert len(line) < 200
+
+
+def test_an_unbound_inherited_socket_is_refused() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as unbound:
+        result = launch([unbound.fileno()], ["192.0.2.2"])
+    assert result.returncode == 78
+    assert "inherited fd 3 is a UDP socket bound to no port: expected a listening socket" in one_error_line(
+        result
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running the forwarder needs CAP_NET_ADMIN (IP_TRANSPARENT)")
+def test_a_socket_systemd_gave_no_name_is_named_by_its_address_in_the_log(
+    udp4: socket.socket, tmp_path: Path
+) -> None:
+    result = run_until_waiting([udp4.fileno()], ["192.0.2.2:53"], tmp_path / "notify.sock")
+    assert result.returncode == 0, result.stderr
+    assert f"forwarding 127.0.0.1:{udp4.getsockname()[1]} -> 192.0.2.2:53" in result.stderr

@@ -2,9 +2,9 @@
 (presentable sources, the flow table) never fail with anything but their documented errors and keep their
 promises; and, in a lab, datagrams of random sizes and families arrive exactly as sent.
 
-The lab test (e2e_helpers.dual_stack_deployment), one forwarder listening on both families:
+The lab test (fixtures/topologies/dual-stack.toml), one forwarder listening on both families:
 
-    client 198.51.100.10 2001:db8:1::10 --- [host: forwarder] --- 192.0.2.2 2001:db8:2::2 backend
+    client 198.51.100.10 2001:db8:51::10 --- [host: forwarder] --- 192.0.2.2 2001:db8:2::2 backend
 """
 
 import ipaddress
@@ -17,18 +17,18 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import pytest
-from e2e_helpers import dual_stack_deployment
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from forwarder.core import DropReason, Entry, FlowTable, decimal, presentable_source
+from forwarder.core import DropReason, Entry, FlowTable, decimal, plain_address, presentable_source
 from forwarder.destination import Destination, parse_destination, parse_listen
-from forwarder.errors import UsageError
+from forwarder.errors import UsageError, shown
 from forwarder.logs import stderr_is_journal
 from forwarder.notify import watchdog_interval
-from netlab import Lab, start_forwarder
-from netlab.lab import python_env
+from netlab import Lab, load_topology, start_forwarder
+from netlab.lab.process import python_env
+from netlab.programs.crafted import Crafted
 
 T = TypeVar("T")
 # No example database: runs leave nothing behind in the checkout.
@@ -39,7 +39,8 @@ FUZZ = settings(database=None, max_examples=300, deadline=None)
 LABEL = st.from_regex(r"[a-z]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
 HOST_NAMES = st.lists(LABEL, min_size=1, max_size=4).map(".".join)
 PORTS = st.integers(1, 65535)
-FD_NAMES = st.text(alphabet=string.ascii_letters + string.digits + "-_.@", min_size=1, max_size=16)
+# systemd allows any printable ASCII but ':' in FileDescriptorName=, '=' included.
+FD_NAMES = st.text(alphabet=string.ascii_letters + string.digits + "-_.@=", min_size=1, max_size=16)
 # Text made of the characters that matter to the parser, so the fuzzer meets the hard cases often.
 TRICKY = st.text(alphabet="[]:=%.0123456789abcdefx:²٣ \t", max_size=40)
 LONG_PORTS = st.tuples(st.sampled_from(["h:", "[::1]:", "a=h:"]), st.integers(1, 6000)).map(
@@ -56,7 +57,8 @@ def test_parsing_any_destination_gives_a_spec_or_a_usage_error(text: str) -> Non
         result = outcome(parse, text)
         if isinstance(result, UsageError):
             assert result.exit_code == 64
-            assert repr(text) in str(result)
+            assert shown(text) in str(result)
+            assert len(str(result)) < 400  # long input is cut, never echoed in full
 
 
 def outcome(parse: Callable[[str], T], text: str) -> T | UsageError:
@@ -242,6 +244,12 @@ def test_an_ipv4_client_plain_or_v4_mapped_is_presented_as_plain_ipv4_to_an_ipv4
         assert result is DropReason.ZERO_PORT
     elif family == socket.AF_INET6:
         assert result is DropReason.FAMILY_MISMATCH
+    elif address.is_unspecified:
+        assert result is DropReason.UNSPECIFIED_SOURCE
+    elif address.is_multicast:
+        assert result is DropReason.MULTICAST_SOURCE
+    elif address == ipaddress.IPv4Address("255.255.255.255"):
+        assert result is DropReason.BROADCAST_SOURCE
     elif address.is_loopback:
         assert result is DropReason.LOOPBACK_SOURCE
     else:
@@ -260,12 +268,39 @@ def test_an_ipv6_client_is_presented_without_scope_to_an_ipv6_backend_only(
         assert result is DropReason.ZERO_PORT
     elif family == socket.AF_INET:
         assert result is DropReason.FAMILY_MISMATCH
+    elif address.is_unspecified:
+        assert result is DropReason.UNSPECIFIED_SOURCE
+    elif address.is_multicast:
+        assert result is DropReason.MULTICAST_SOURCE
     elif address.is_loopback:
         assert result is DropReason.LOOPBACK_SOURCE
     elif address.is_link_local:
         assert result is DropReason.LINK_LOCAL_SOURCE
     else:
         assert result == (str(address), port)
+
+
+@FUZZ
+@given(
+    st.one_of(st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str)),
+    CLIENT_PORTS,
+    FAMILIES,
+    st.frozensets(st.ip_addresses(v=4).map(str), max_size=3),
+)
+def test_the_source_presented_is_exactly_the_client_or_nothing(
+    address: str, port: int, family: socket.AddressFamily, broadcasts: frozenset[str]
+) -> None:
+    client = (address, port, 0, 0) if ":" in address else (address, port)
+    result = presentable_source(client, family, broadcasts.__contains__)
+    if isinstance(result, DropReason):
+        return
+    presented = ipaddress.ip_address(result[0])
+    assert (presented, result[1]) == (plain_address(address), port)
+    # Never an address the kernel would replace with one of the host's own.
+    assert not presented.is_unspecified
+    assert not presented.is_multicast
+    assert str(presented) not in broadcasts
+    assert presented != ipaddress.IPv4Address("255.255.255.255")
 
 
 class Serial(Entry):
@@ -373,20 +408,20 @@ DATAGRAMS = st.lists(
 def test_datagrams_of_random_sizes_and_families_arrive_exactly_as_sent() -> None:
     # One lab for every example: hypothesis runs the inner function many times within this one test.
     with Lab() as lab:
-        lab.build(dual_stack_deployment())
+        lab.build(load_topology("dual-stack"))
         backends = {
             "v4": lab["backend"].udp_socket("192.0.2.2", 27000),
             "v6": lab["backend"].udp_socket("2001:db8:2::2", 27000),
         }
         clients = {
             "v4": lab["client"].udp_socket("198.51.100.10", 0),
-            "v6": lab["client"].udp_socket("2001:db8:1::10", 0),
+            "v6": lab["client"].udp_socket("2001:db8:51::10", 0),
         }
-        targets = {"v4": ("198.51.100.1", 27000), "v6": ("2001:db8:1::1", 27000)}
+        targets = {"v4": ("198.51.100.1", 27000), "v6": ("2001:db8:51::1", 27000)}
         for sock in backends.values():
             sock.settimeout(10)
         forwarder = start_forwarder(
-            lab["host"], ["198.51.100.1:27000", "[2001:db8:1::1]:27000"], ["192.0.2.2", "[2001:db8:2::2]"]
+            lab["host"], ["198.51.100.1:27000", "[2001:db8:51::1]:27000"], ["192.0.2.2", "[2001:db8:2::2]"]
         )
         clients["v4"].sendto(b"wake", targets["v4"])
         assert backends["v4"].recvfrom(65535)[0] == b"wake"
@@ -403,4 +438,87 @@ def test_datagrams_of_random_sizes_and_families_arrive_exactly_as_sent() -> None
                 assert source[:2] == clients[family].getsockname()[:2]
 
         arrive_as_sent()
+        assert forwarder.is_running(), forwarder.process.output()
+
+
+# --- any source address through the lab ----------------------------------------------------------------
+
+# Sources the kernel or the forwarder must not turn into the host's own: unspecified, broadcast (limited,
+# and the directed broadcast of the client link 198.51.100.0/24), multicast, loopback, link-local, the
+# host's own addresses; and ordinary clients from the documentation prefixes.
+V4_SOURCES = st.one_of(
+    st.sampled_from(
+        [
+            *("0.0.0.0", "255.255.255.255", "198.51.100.255", "192.0.2.255", "224.0.0.1", "239.1.2.3"),
+            *("127.0.0.1", "198.51.100.1", "192.0.2.1", "198.51.100.10"),
+        ]
+    ),
+    st.ip_addresses(v=4, network="203.0.113.0/24").map(str),
+)
+V6_SOURCES = st.one_of(
+    st.sampled_from(["::", "ff02::1", "ff0e::1", "::1", "fe80::10", "2001:db8:51::1", "::ffff:198.51.100.7"]),
+    st.ip_addresses(v=6, network="2001:db8:113::/48").map(str),
+)
+SOURCES = st.lists(
+    st.one_of(st.tuples(V4_SOURCES, st.integers(0, 65535)), st.tuples(V6_SOURCES, st.integers(0, 65535))),
+    min_size=1,
+    max_size=8,
+)
+
+
+def same_endpoint(seen: tuple[str, int], sent: tuple[str, int]) -> bool:
+    """Whether a backend's recvfrom address is the crafted source (scope ids and v4 mapping aside)."""
+    return (plain_address(seen[0]), seen[1]) == (plain_address(sent[0]), sent[1])
+
+
+@pytest.mark.privileged
+def test_whatever_the_source_the_backend_sees_exactly_the_client_or_nothing() -> None:
+    with Lab() as lab:
+        lab.build(
+            load_topology("dual-stack")
+            # A datagram from the client link's broadcast address reaches the forwarder only without
+            # reverse-path filtering (new namespaces start with 0; set it so the test does not depend on it).
+            .sysctl("host", "net.ipv4.conf.all.rp_filter", "0")
+            .sysctl("host", "net.ipv4.conf.default.rp_filter", "0")
+        )
+        backends = {
+            4: lab["backend"].udp_socket("192.0.2.2", 27000),
+            6: lab["backend"].udp_socket("2001:db8:2::2", 27000),
+        }
+        clients = {
+            4: lab["client"].udp_socket("198.51.100.10", 0),
+            6: lab["client"].udp_socket("2001:db8:51::10", 0),
+        }
+        targets = {4: ("198.51.100.1", 27000), 6: ("2001:db8:51::1", 27000)}
+        for sock in backends.values():
+            sock.settimeout(10)
+        forwarder = start_forwarder(
+            lab["host"], ["198.51.100.1:27000", "[2001:db8:51::1]:27000"], ["192.0.2.2", "[2001:db8:2::2]"]
+        )
+        clients[4].sendto(b"wake", targets[4])
+        assert backends[4].recvfrom(65535)[0] == b"wake"
+        forwarder.wait_ready()
+
+        @settings(database=None, max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+        @given(SOURCES)
+        @example([("::", 4242), ("198.51.100.255", 4242), ("0.0.0.0", 4242)])  # the host's address came out
+        def exactly_the_client_or_nothing(sources: list[tuple[str, int]]) -> None:
+            crafted = []
+            for index, (source, port) in enumerate(sources):
+                version = 6 if ":" in source else 4
+                crafted.append(Crafted(source, targets[version][0], port, 27000, f"crafted-{index}".encode()))
+            lab["client"].send_crafted(crafted)
+            for version, backend in backends.items():
+                # One listener's datagrams are forwarded in order: when this one arrives, every crafted one
+                # before it has been forwarded or dropped.
+                clients[version].sendto(b"sentinel", targets[version])
+                while True:
+                    payload, seen = backend.recvfrom(65535)
+                    if payload == b"sentinel":
+                        assert same_endpoint(seen, clients[version].getsockname())
+                        break
+                    index = int(payload.removeprefix(b"crafted-"))
+                    assert same_endpoint(seen, sources[index]), (payload, seen, sources[index])
+
+        exactly_the_client_or_nothing()
         assert forwarder.is_running(), forwarder.process.output()

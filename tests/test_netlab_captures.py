@@ -6,16 +6,16 @@ from pathlib import Path
 import pytest
 
 from netlab import Lab
-from netlab.capture import read_pcap
+from netlab.lab.capture import read_pcap
 from netlab.pytest_plugin import run_dir_name
-from netlab.topologies import seed_deployment
+from netlab.topology.shipped import seed_deployment
 
 pytestmark = pytest.mark.privileged
 
 INNER = """
 import pytest
-from netlab.expect import expect
-from netlab.topologies import seed_deployment
+from netlab.traffic.expect import expect
+from netlab.topology.shipped import seed_deployment
 
 pytestmark = pytest.mark.privileged
 
@@ -49,13 +49,18 @@ def test_every_interface_is_recorded_to_its_own_pcap(lab: Lab) -> None:
     )
 
 
-def test_a_failing_test_keeps_its_run_directory_and_the_report_names_it(
+def test_a_failing_test_keeps_a_run_directory_of_its_own_and_the_report_names_it(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     checkout = Path(__file__).resolve().parent.parent
     monkeypatch.setenv("PYTHONPATH", str(checkout))
     monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
     runs = tmp_path / "runs"
+    # What another session running the same tests keeps under the same name must survive this run.
+    others = [runs / run_dir_name(f"test_inner.py::{name}", "main") for name in ("test_fails", "test_passes")]
+    for other in others:
+        (other / "captures").mkdir(parents=True)
+        (other / "captures" / "host-to-client.pcap").write_bytes(b"another session's capture")
     pytester.makepyfile(test_inner=INNER)
 
     result = pytester.runpytest_subprocess(
@@ -65,13 +70,12 @@ def test_a_failing_test_keeps_its_run_directory_and_the_report_names_it(
         "no:benchmark",
         "-p",
         "no:cacheprovider",
-        "--netlab-runs",
-        str(runs),
+        f"--netlab-runs={runs}",  # one argument: an existing directory would count in choosing rootdir
     )
 
     result.assert_outcomes(passed=1, failed=1)
-    failed_dir = runs / run_dir_name("test_inner.py::test_fails", "main")
-    passed_dir = runs / run_dir_name("test_inner.py::test_passes", "main")
+    (failed_dir,) = set(runs.glob(run_dir_name("test_inner.py::test_fails", "main") + "-*"))
+    assert not list(runs.glob(run_dir_name("test_inner.py::test_passes", "main") + "-*"))
     result.stdout.fnmatch_lines(
         ["*netlab run directory*", f"*logs and captures of this test are kept in {failed_dir}"]
     )
@@ -84,7 +88,8 @@ def test_a_failing_test_keeps_its_run_directory_and_the_report_names_it(
         "host-to-backend.pcap",
         "host-to-client.pcap",
     ]
-    assert not passed_dir.exists()
+    for other in others:
+        assert (other / "captures" / "host-to-client.pcap").read_bytes() == b"another session's capture"
 
 
 def test_run_directory_names_carry_the_worker_and_a_file_safe_test_id() -> None:

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from netlab import Lab, Process, netns, registry
-from netlab.capture import read_pcap
-from netlab.lab import python_env, wait_until
-from netlab.topologies import seed_deployment
+from netlab import Lab, Process
+from netlab.lab import netns, registry
+from netlab.lab.capture import read_pcap
+from netlab.lab.process import python_env
+from netlab.lab.wait import wait_until
+from netlab.topology.shipped import seed_deployment
 
 pytestmark = pytest.mark.privileged
 
@@ -43,7 +45,7 @@ def test_a_killed_owner_leaves_only_stale_namespaces_and_processes_that_the_next
         """
         import sys, time
         from netlab import Lab
-        from netlab.topologies import seed_deployment
+        from netlab.topology.shipped import seed_deployment
         lab = Lab().__enter__()
         lab.build(seed_deployment())
         processes = [node.run(["sleep", "300"]) for node in lab.nodes.values()]
@@ -64,7 +66,12 @@ def test_a_killed_owner_leaves_only_stale_namespaces_and_processes_that_the_next
         assert all(directory.is_dir() for directory in scratch)
         assert len(namespaces) == len(pids) == 3
         assert all(netns.exists(name) for name in namespaces)
-        assert all(pid in netns.pids_in(name) for pid, name in zip(pids, namespaces, strict=True))
+        # Each process enters its node (nsenter) just after it starts: wait for that, not for a moment.
+        wait_until(
+            lambda: all(pid in netns.pids_in(name) for pid, name in zip(pids, namespaces, strict=True)),
+            "every process to be inside its node",
+            10,
+        )
     finally:
         os.kill(owner.pid, signal.SIGKILL)
         owner.wait()

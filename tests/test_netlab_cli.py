@@ -11,28 +11,28 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from netlab import Lab, netns, registry
-from netlab.cli import main
-from netlab.lab import python_env
-from netlab.topologies import seed_deployment
+from netlab import Lab
+from netlab.cli.main import main
+from netlab.lab import netns, registry
+from netlab.lab.process import python_env
+from netlab.topology.shipped import seed_deployment
 
-LOCK = Path(tempfile.gettempdir()) / "netlab-cli-tests.lock"
 
-
-def netlab(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """The CLI in a subprocess (for commands whose children write to the terminal)."""
+def netlab(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The CLI in a subprocess (for commands whose children write to the terminal), `env` added to ours."""
     return subprocess.run(
         [sys.executable, "-m", "netlab", *args],
         input=stdin,
         capture_output=True,
         text=True,
-        env=python_env({"SHELL": "/bin/sh"}),
+        env=python_env({"SHELL": "/bin/sh", **(env or {})}),
         timeout=60,
         check=False,
     )
@@ -51,18 +51,24 @@ def remove(lab_id: str) -> None:
             record.delete()
 
 
+def lock_path() -> Path:
+    """The lock of this session's CLI tests, in its own registry: other sessions' labs are not seen."""
+    registry.REGISTRY_DIR.mkdir(parents=True, exist_ok=True)
+    return registry.REGISTRY_DIR / "cli-tests.lock"
+
+
 @pytest.fixture
 def lab_lock() -> Iterator[None]:
     """Shared: several tests may have labs up at once, but none while an exclusive test runs."""
-    with open(LOCK, "a") as handle:
+    with open(lock_path(), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_SH)
         yield
 
 
 @pytest.fixture
 def only_lab() -> Iterator[None]:
-    """Exclusive: no other test of this module has a lab up meanwhile."""
-    with open(LOCK, "a") as handle:
+    """Exclusive: no other test of this session has a lab up meanwhile."""
+    with open(lock_path(), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
@@ -106,6 +112,39 @@ def test_doctor_machine_options_without_machine_are_a_usage_error(capsys: pytest
     assert "go with --machine" in capsys.readouterr().err
 
 
+def test_doctor_with_an_unknown_reply_mode_is_a_usage_error_naming_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["doctor", "--machine", "--reply", "relai"])
+    assert exited.value.code == 64
+    assert "invalid choice: 'relai'" in capsys.readouterr().err
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize(
+    ("backend", "rule"),
+    [
+        ("192.0.2.2:5353", "ip rule add from 192.0.2.2 ipproto udp sport 5353 lookup 100"),
+        ("[2001:db8::2]:5353", "ip -6 rule add from 2001:db8::2 ipproto udp sport 5353 lookup 100"),
+    ],
+)
+def test_doctor_on_the_machine_in_relay_mode_names_the_relay_rule_for_the_backends_port(
+    capsys: pytest.CaptureFixture[str], backend: str, rule: str
+) -> None:
+    address = "198.51.100.1" if "." in backend else "2001:db8::1"
+    assert (
+        main(
+            ["doctor", "--machine", "--reply", "relay", "--backend", backend, "--address", address, "--json"]
+        )
+        == 1
+    )
+    findings = {finding["check"]: finding for finding in json.loads(capsys.readouterr().out)}
+    assert "reply source rewrite" not in findings  # direct mode's check does not apply
+    assert findings["relay rule"]["ok"] is False
+    assert findings["relay rule"]["fix"].startswith(rule)
+
+
 @pytest.mark.privileged
 def test_a_lab_that_does_not_exist_exits_68_naming_the_existing_ones(
     up_lab: str, capsys: pytest.CaptureFixture[str]
@@ -137,7 +176,8 @@ def test_up_of_an_unknown_topology_exits_66_naming_the_shipped_ones(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert main(["up", "no-such-topology"]) == 66
-    assert "shipped topologies: ['dual-stack', 'seed', 'seed-ipv6']" in capsys.readouterr().err
+    shipped = "shipped topologies: ['demo', 'docker-bridge', 'dual-stack', 'faults', 'seed', 'seed-ipv6']"
+    assert shipped in capsys.readouterr().err
 
 
 @pytest.mark.privileged
@@ -219,29 +259,29 @@ def test_shell_runs_the_commands_it_reads_inside_the_node(up_lab: str) -> None:
 
 @pytest.mark.privileged
 def test_send_crafts_a_spoofed_datagram_that_sniff_sees_on_the_backend(up_lab: str) -> None:
-    sniffer = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "netlab", "sniff", "--lab", up_lab, "backend", "--count", "1", "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=python_env(),
-    )
-    try:
-        assert sniffer.stderr is not None
-        assert sniffer.stderr.readline().startswith("sniffing UDP on backend")  # recording from here on
-        sent = netlab(
-            "send", "--lab", up_lab, "--from", "client", "--src", "203.0.113.7", "--to", "192.0.2.2:27000",
-            "--payload", "hello", "--json",
-        )  # fmt: skip
-        assert sent.returncode == 0, sent.stderr
-        assert json.loads(sent.stdout) == {
-            "from": "client", "src": "203.0.113.7", "sport": 4242, "to": "192.0.2.2:27000", "size": 5,
-            "count": 1,
-        }  # fmt: skip
-        out, err = sniffer.communicate(timeout=20)
-    finally:
-        sniffer.kill()
-        sniffer.wait()
+    ) as sniffer:  # closes its pipes even when the test fails
+        try:
+            assert sniffer.stderr is not None
+            assert sniffer.stderr.readline().startswith("sniffing UDP on backend")  # recording from here on
+            sent = netlab(
+                "send", "--lab", up_lab, "--from", "client", "--src", "203.0.113.7",
+                "--to", "192.0.2.2:27000", "--payload", "hello", "--json",
+            )  # fmt: skip
+            assert sent.returncode == 0, sent.stderr
+            assert json.loads(sent.stdout) == {
+                "from": "client", "src": "203.0.113.7", "sport": 4242, "to": "192.0.2.2:27000", "size": 5,
+                "count": 1,
+            }  # fmt: skip
+            out, err = sniffer.communicate(timeout=20)
+        finally:
+            sniffer.kill()
+            sniffer.wait()
     assert sniffer.returncode == 0, err
     seen = json.loads(out)
     assert (seen["interface"], seen["direction"], seen["src"], seen["sport"]) == (
@@ -256,6 +296,32 @@ def test_send_crafts_a_spoofed_datagram_that_sniff_sees_on_the_backend(up_lab: s
         5,
         b"hello".hex(),
     )
+
+
+@pytest.mark.privileged
+def test_sniff_counts_a_fragmented_datagram_once(up_lab: str) -> None:
+    sniffer = subprocess.Popen(
+        [sys.executable, "-m", "netlab", "sniff", "--lab", up_lab, "backend", "--count", "2", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=python_env(),
+    )
+    try:
+        assert sniffer.stderr is not None
+        assert sniffer.stderr.readline().startswith("sniffing UDP on backend")
+        for body in (["--size", "3000"], ["--payload", "small"]):
+            sent = netlab("send", "--lab", up_lab, "--from", "client", "--to", "192.0.2.2:27000", *body)
+            assert sent.returncode == 0, sent.stderr
+        out, err = sniffer.communicate(timeout=20)
+    finally:
+        sniffer.kill()
+        sniffer.wait()
+    assert sniffer.returncode == 0, err
+    seen = [json.loads(line) for line in out.splitlines()]
+    assert [item["fragment"] for item in seen] == [True, True, True, False]  # 3000 B: three fragments
+    assert [item["more_fragments"] for item in seen] == [True, True, False, False]
+    assert err.endswith("2 datagrams (3 fragments)\n")
 
 
 @pytest.mark.privileged
@@ -344,6 +410,28 @@ def test_down_all_removes_every_lab_made_by_up(only_lab: None, capsys: pytest.Ca
     finally:
         for lab_id in made:
             remove(lab_id)
+
+
+@pytest.mark.privileged
+def test_down_all_leaves_a_lab_made_outside_the_test_session_alone(
+    only_lab: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A lab someone made with their own registry: seen from the machine's default registry, its
+    # namespaces belong to nobody; this session must not judge them at all.
+    outside = {"NETLAB_REGISTRY": str(tmp_path / "registry")}
+    made = netlab("up", "seed", env=outside)
+    assert made.returncode == 0, made.stderr
+    lab_id = made.stdout.strip()
+    try:
+        namespaces = [f"nl-{lab_id}-{node}" for node in ("client", "host", "backend")]
+        assert all(netns.exists(name) for name in namespaces)
+
+        assert main(["down", "--all"]) == 0
+        registry.reap_stale()
+
+        assert all(netns.exists(name) for name in namespaces)
+    finally:
+        assert netlab("down", lab_id, env=outside).returncode == 0
 
 
 # -- netlab run

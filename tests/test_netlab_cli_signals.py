@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from netlab import cli
-from netlab.lab import python_env
+from netlab.cli import main as cli
+from netlab.lab.process import python_env
 
 
 def test_a_forked_helper_dies_on_sigterm_instead_of_running_the_cli() -> None:

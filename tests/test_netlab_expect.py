@@ -8,8 +8,8 @@ import pytest
 
 from netlab import Lab
 from netlab.errors import ExpectationError, NetlabError
-from netlab.expect import ANY, Inbox, SourcePattern, expect
-from netlab.topologies import dual_stack, seed_deployment
+from netlab.topology.shipped import dual_stack, seed_deployment
+from netlab.traffic.expect import ANY, Inbox, SourcePattern, expect
 
 HOST = "198.51.100.1"
 
@@ -106,7 +106,7 @@ def test_nothing_else_fails_listing_the_extra_datagram(lab: Lab, inbox: Inbox) -
     send(lab, b"two")
     expectation = inbox.datagram(payload=b"one").arrives(within=2)
     with pytest.raises(
-        ExpectationError, match=r"but 1 more datagram\(s\) arrived:\n    #1 .* payload b'two'"
+        ExpectationError, match=r"but 1 more datagram\(s\) arrived:\n    #1 .*\n         payload b'two'"
     ):
         expectation.and_nothing_else()
 

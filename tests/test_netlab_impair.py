@@ -5,9 +5,9 @@ import pytest
 
 from netlab import Lab
 from netlab.errors import ImpairmentUnavailableError, NetlabError
-from netlab.expect import expect
-from netlab.impair import add_delay, link_loss, loss_ruleset, netem_available
-from netlab.topologies import seed_deployment
+from netlab.topology.shipped import seed_deployment
+from netlab.traffic.expect import expect
+from netlab.traffic.impair import add_delay, link_loss, loss_ruleset, netem_available
 
 pytestmark = pytest.mark.privileged
 

@@ -8,12 +8,12 @@ import struct
 import pytest
 
 from netlab import Lab
-from netlab.capture import read_pcap
-from netlab.crafted import Crafted
-from netlab.errors import NetlabError
-from netlab.expect import expect
-from netlab.lab import make_payload
-from netlab.topologies import dual_stack
+from netlab.errors import PacketError
+from netlab.lab.capture import read_pcap
+from netlab.programs.crafted import Crafted
+from netlab.topology.shipped import dual_stack
+from netlab.traffic.expect import expect
+from netlab.traffic.payload import make_payload
 
 pytestmark = pytest.mark.privileged
 
@@ -91,5 +91,9 @@ def test_the_fast_sender_spoofs_its_source_without_scapy(lab: Lab, version: int)
 
 def test_a_payload_too_large_for_udp_is_refused_naming_its_size(lab: Lab) -> None:
     lab.build(dual_stack())
-    with pytest.raises(NetlabError, match="payload of 65508 bytes: a UDP payload is 0 to 65507"):
+    with pytest.raises(PacketError, match="size 65508: a UDP payload over IPv4 is 0 to 65507 bytes"):
         lab["client"].send_udp(src="203.0.113.7", dst="198.51.100.1", sport=1, dport=2, size=65508)
+    with pytest.raises(PacketError, match="size 65528: a UDP payload over IPv6 is 0 to 65527 bytes"):
+        lab["client"].send_udp(
+            src="2001:db8:51::10", dst="2001:db8:51::1", sport=1, dport=2, payload=bytes(65528)
+        )

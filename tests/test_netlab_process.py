@@ -6,10 +6,11 @@ from unittest import mock
 
 import pytest
 
-from netlab import Lab, netns
+from netlab import Lab
 from netlab.errors import LabTimeoutError, ProcessFailedError
-from netlab.lab import wait_until
-from netlab.topologies import seed_deployment
+from netlab.lab import netns
+from netlab.lab.wait import wait_until
+from netlab.topology.shipped import seed_deployment
 
 pytestmark = pytest.mark.privileged
 

@@ -3,7 +3,7 @@
 import ipaddress
 import struct
 
-from netlab.sniff import decode
+from netlab.traffic.sniff import decode
 
 
 def ipv4_frame(
@@ -77,3 +77,27 @@ def test_frames_that_are_not_udp_are_ignored() -> None:
     tcp[14 + 9] = 6
     assert decode(bytes(tcp), "eth0", "in", 1.0) is None
     assert decode(b"\x00" * 12 + b"\x08\x06" + b"\x00" * 28, "eth0", "in", 1.0) is None  # ARP
+
+
+def test_only_the_last_fragment_of_a_datagram_closes_it() -> None:
+    first = decode(ipv4_frame(b"x" * 16, flags_offset=0x2000, length=3000), "eth0", "in", 1.0)
+    middle = decode(ipv4_frame(b"x" * 16, flags_offset=0x2000 | 185, udp=False), "eth0", "in", 1.0)
+    last = decode(ipv4_frame(b"x" * 16, flags_offset=370, udp=False), "eth0", "in", 1.0)
+    whole = decode(ipv4_frame(b"hello"), "eth0", "in", 1.0)
+    assert first is not None
+    assert middle is not None
+    assert last is not None
+    assert whole is not None
+    assert [seen.more_fragments for seen in (first, middle, last, whole)] == [True, True, False, False]
+    assert [seen.fragment for seen in (first, middle, last, whole)] == [True, True, True, False]
+
+
+def test_an_ipv6_fragment_header_says_whether_more_fragments_follow() -> None:
+    more = decode(ipv6_frame(b"v6", fragment_offset=0), "eth0", "in", 1.0)
+    assert more is not None
+    assert more.more_fragments
+    frame = bytearray(ipv6_frame(b"v6", fragment_offset=100))
+    frame[14 + 40 + 3] &= 0xFE  # clear the M flag: the last fragment
+    last = decode(bytes(frame), "eth0", "in", 1.0)
+    assert last is not None
+    assert not last.more_fragments

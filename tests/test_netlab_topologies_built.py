@@ -5,9 +5,9 @@ import pytest
 from pyroute2 import IPRoute
 
 from netlab import Lab
-from netlab.expect import expect
 from netlab.fixtures import load_topology
-from netlab.topology_file import topology_from_dict
+from netlab.topology.file import topology_from_dict
+from netlab.traffic.expect import expect
 
 pytestmark = pytest.mark.privileged
 
@@ -33,21 +33,6 @@ def test_the_client_reaches_the_backend_through_the_host(lab: Lab, name: str, ba
     lab["client"].send_fast(dst=backend, dport=9000, payloads=[b"routed"])
     client = load_topology(name).addresses_of("client")[0]
     inbox.datagram(src=client, payload=b"routed").arrives(within=5).and_nothing_else()
-
-
-def test_a_bridge_holds_each_containers_veth_and_the_containers_reach_each_other(lab: Lab) -> None:
-    lab.build(load_topology("docker-bridge"))
-    with IPRoute(netns=lab["host"].namespace) as ipr:
-        (bridge,) = ipr.get_links(ifname="docker0")
-        ports = {
-            link.get_attr("IFLA_IFNAME")
-            for link in ipr.get_links()
-            if link.get_attr("IFLA_MASTER") == bridge["index"]
-        }
-    assert ports == {"veth-web", "veth-other"}
-    inbox = expect(lab["other"], port=9000)
-    lab["web"].send_fast(dst="192.0.2.3", dport=9000, payloads=[b"bridged"])
-    inbox.datagram(src="192.0.2.2", payload=b"bridged").arrives(within=5).and_nothing_else()
 
 
 def test_a_link_gets_its_mtu_on_both_ends(lab: Lab) -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from netlab.errors import FixtureNotFoundError, ScenarioError, TopologyError
 from netlab.fixtures import scenario_names
-from netlab.scenario import load_scenario
+from netlab.scenario.load import load_scenario
 
 VALID = """
 topology = "seed"
@@ -104,47 +104,120 @@ def test_a_missing_scenario_names_the_shipped_ones() -> None:
         load_scenario("no-such")
 
 
-def test_a_relay_reply_path_takes_the_backends_ports_from_the_forwarders_destinations(tmp_path: Path) -> None:
-    text = (
-        VALID.replace('"192.0.2.2:27000"]', '"192.0.2.2:5353"]')
-        + '[reply_path]\nmode = "relay"\nbackend = "192.0.2.2"\n'
-    )
-    spec = load_scenario(write(tmp_path, text)).reply_path
-    assert spec is not None
-    assert (spec.mode, spec.node, spec.backend, spec.ports) == ("relay", "host", "192.0.2.2", [5353])
-    assert (spec.icmp_errors, spec.reassemble) == (False, False)
+RELAY = """
+topology = "dual-stack"
+[forwarder]
+listen = ["198.51.100.1:27000", "[2001:db8:51::1]:27000"]
+destinations = ["192.0.2.2:5353", "[2001:db8:2::2]:5353", "dns=192.0.2.2:5354"]
+[reply_path]
+mode = "relay"
+"""
 
 
-def test_a_relay_scenario_runs_the_forwarder_with_reply_relay(tmp_path: Path) -> None:
-    from netlab.scenario_run import forwarder_args
+def test_relay_mode_takes_the_backends_and_ports_from_the_destinations_and_adds_reply_relay(
+    tmp_path: Path,
+) -> None:
+    scenario = load_scenario(write(tmp_path, RELAY))
+    assert scenario.reply_path is not None
+    assert scenario.reply_path.mode == "relay"
+    assert scenario.reply_path.relay == {"192.0.2.2": [5353, 5354], "2001:db8:2::2": [5353]}
+    assert scenario.forwarder is not None
+    assert scenario.forwarder.args[-2:] == ["--reply", "relay"]
 
-    text = VALID + '[reply_path]\nmode = "relay"\nbackend = "192.0.2.2"\n'
-    assert forwarder_args(load_scenario(write(tmp_path, text)))[-2:] == ["--reply", "relay"]
-    assert "--reply" not in forwarder_args(load_scenario(write(tmp_path, VALID)))
+
+def test_relay_mode_with_a_backend_and_ports_routes_exactly_those(tmp_path: Path) -> None:
+    text = RELAY + 'backend = "2001:db8:2::2"\nports = [5353, 6000]\n'
+    scenario = load_scenario(write(tmp_path, text))
+    assert scenario.reply_path is not None
+    assert scenario.reply_path.relay == {"2001:db8:2::2": [5353, 6000]}
+
+
+def test_the_reply_path_mode_defaults_to_direct(tmp_path: Path) -> None:
+    scenario = load_scenario("reply-path-reply-received")
+    assert scenario.reply_path is not None
+    assert scenario.reply_path.mode == "direct"
+    assert scenario.forwarder is not None
+    assert "--reply" not in scenario.forwarder.args
 
 
 @pytest.mark.parametrize(
-    ("table", "message"),
+    ("extra", "message"),
     [
+        ('mode = "relai"', r"reply_path.mode: 'relai': expected one of \['direct', 'relay'\]"),
+        ('host_address = "198.51.100.1"', r'reply_path.host_address: goes with mode = "direct"'),
+        ("ports = [5353]", r"reply_path.ports: needs backend = ADDRESS"),
+        ('backend = "192.0.2.2"\nports = [70000]', r"reply_path.ports: port 70000"),
+        ('backend = "192.0.2.2"\nports = []', r"reply_path.ports: \[\]: expected at least one port"),
         (
-            'mode = "bounce"\nbackend = "192.0.2.2"',
-            r"reply_path.mode: 'bounce': expected 'direct' or 'relay'",
+            'backend = "192.0.2.9"',
+            r"needs backend and ports, or a \[forwarder\] with ADDRESS:PORT destinations on",
         ),
-        ('backend = "192.0.2.2"', r"reply_path: missing \['backend_network', 'host_address'\]"),
-        (
-            'mode = "relay"\nbackend = "192.0.2.2"\nhost_address = "198.51.100.1"',
-            r"reply_path.host_address: is for mode = 'direct'",
-        ),
-        (
-            'mode = "relay"\nbackend = "192.0.2.9"',
-            r"reply_path.ports: no \[forwarder\] destination is the backend",
-        ),
-        (
-            'mode = "relay"\nbackend = "192.0.2.2"\nports = [0]',
-            r"reply_path.ports: expected a list of UDP ports",
-        ),
+        ('backend = "backend"', r"reply_path.backend: bad address 'backend'"),
     ],
 )
-def test_a_bad_reply_path_is_refused(tmp_path: Path, table: str, message: str) -> None:
+def test_a_bad_relay_reply_path_is_refused_naming_the_element_and_value(
+    tmp_path: Path, extra: str, message: str
+) -> None:
+    text = (
+        RELAY.replace('mode = "relay"\n', "")
+        + ("" if extra.startswith("mode") else 'mode = "relay"\n')
+        + extra
+    )
     with pytest.raises(ScenarioError, match=message):
-        load_scenario(write(tmp_path, VALID + "[reply_path]\n" + table + "\n"))
+        load_scenario(write(tmp_path, text))
+
+
+def test_relay_mode_refuses_forwarder_args_asking_for_direct_replies(tmp_path: Path) -> None:
+    text = RELAY.replace("[reply_path]", 'args = ["--reply", "direct"]\n[reply_path]')
+    with pytest.raises(ScenarioError, match=r"forwarder.args: \['--reply', 'direct'\] contradict"):
+        load_scenario(write(tmp_path, text))
+
+
+def test_ports_are_refused_in_direct_mode(tmp_path: Path) -> None:
+    text = 'topology = "seed"\n[reply_path]\nbackend = "192.0.2.2"\nports = [53]\n'
+    with pytest.raises(ScenarioError, match=r'reply_path.ports: goes with mode = "relay"'):
+        load_scenario(write(tmp_path, text))
+
+
+FORWARDS_53_TO_5353 = """
+topology = "dual-stack"
+[forwarder]
+listen = ["198.51.100.1:53", "[2001:db8:51::1]:53", "198.51.100.1:27000", "198.51.100.1:123"]
+destinations = ["192.0.2.2:5353", "[2001:db8:2::2]:5354", "192.0.2.2", "192.0.2.9:1123"]
+[reply_path]
+backend = "192.0.2.2"
+backend_network = "192.0.2.0/24"
+host_address = "198.51.100.1"
+"""
+
+
+def test_the_reply_path_learns_the_backend_ports_that_differ_from_the_hosts(tmp_path: Path) -> None:
+    scenario = load_scenario(write(tmp_path, FORWARDS_53_TO_5353))
+    assert scenario.reply_path is not None
+    # Only destinations at the reply path's backend whose port differs from the listen port's.
+    assert scenario.reply_path.ports == {5353: 53}
+
+
+def test_named_destinations_are_matched_to_their_sockets_for_learned_ports(tmp_path: Path) -> None:
+    text = FORWARDS_53_TO_5353.replace(
+        'destinations = ["192.0.2.2:5353", "[2001:db8:2::2]:5354", "192.0.2.2", "192.0.2.9:1123"]',
+        'fdnames = ["dns", "dns6", "game", "ntp"]\n'
+        'destinations = ["game=192.0.2.2:27001", "dns=192.0.2.2:5353", "ntp=192.0.2.2:123",'
+        ' "dns6=[2001:db8:2::2]"]',
+    )
+    scenario = load_scenario(write(tmp_path, text))
+    assert scenario.reply_path is not None
+    assert scenario.reply_path.ports == {5353: 53, 27001: 27000}
+
+
+def test_an_arrival_may_be_expected_at_a_port_the_echo_server_holds(tmp_path: Path) -> None:
+    text = VALID + '[echo]\nnode = "backend"\nports = [27000]\n'
+    scenario = load_scenario(write(tmp_path, text))
+    assert scenario.echo is not None
+    assert [arrival.at.port for arrival in scenario.expect.arrives] == [27000]
+
+
+def test_within_of_a_traffic_item_needs_expect_reply(tmp_path: Path) -> None:
+    text = VALID.replace('payload = "hi"\n', 'payload = "hi"\nwithin = 5\n', 1)
+    with pytest.raises(ScenarioError, match=r"traffic\[0\].within: waits for a reply"):
+        load_scenario(write(tmp_path, text))

@@ -17,15 +17,17 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
 from netlab import Lab, start_forwarder
-from netlab.lab import wait_until
-from netlab.notify import NotifyReceiver
-from netlab.topologies import seed_deployment
+from netlab.lab.wait import wait_until
+from netlab.service.notify import NotifyReceiver
+from netlab.topology.shipped import seed_deployment
 
 UNITS = Path(__file__).resolve().parent.parent / "fixtures" / "systemd"
+FORWARDER_PACKAGE = Path(__file__).resolve().parent.parent / "forwarder"
 HARDENED = "transparent-udp-forwarder@.service"
 AVORION_SOCKET = "proxy-to-avorion-udp.socket"
 AVORION_SERVICE = "proxy-to-avorion-udp.service"
@@ -181,7 +183,7 @@ def receive_buffer_bytes(text: str) -> int:
     """A systemd size ('4M', '262144', '512K') in bytes (K/M/G are powers of 1024)."""
     found = re.fullmatch(r"(\d+)([KMG]?)", text)
     assert found, f"ReceiveBuffer={text!r} is not a size"
-    return int(found[1]) * 1024 ** " KMG".index(found[2] or " ")
+    return int(found[1]) * int(1024 ** " KMG".index(found[2] or " "))
 
 
 @pytest.mark.parametrize("name", [AVORION_SOCKET, "transparent-udp-forwarder@.socket"])
@@ -251,6 +253,34 @@ def notify_for_nobody(lab: Lab) -> NotifyReceiver:
     return receiver
 
 
+class NobodyForwarder(NamedTuple):
+    """How to start the forwarder as uid `nobody`: `program` and `env` for start_forwarder."""
+
+    program: list[str]
+    env: dict[str, str]
+
+
+@pytest.fixture
+def forwarder_for_nobody(lab: Lab, notify_for_nobody: NotifyReceiver) -> NobodyForwarder:
+    """The forwarder as `nobody` runs: the system Python on a copy of the package in a directory anyone may
+    read, since the checkout and its virtualenv may be private (a clone in root's 0700 home directory); the
+    forwarder needs nothing but the standard library."""
+    python = shutil.which("python3", path=os.defpath)
+    assert python is not None, f"no python3 in {os.defpath}: install the Debian package 'python3'"
+    directory = Path(tempfile.mkdtemp(prefix="netlab-forwarder-"))
+    lab.defer(shutil.rmtree, directory, True)
+    (directory / "forwarder").mkdir(parents=True)
+    for source in FORWARDER_PACKAGE.glob("*.py"):  # new files: readable whatever the checkout's modes
+        (directory / "forwarder" / source.name).write_bytes(source.read_bytes())
+    for path in (directory, directory / "forwarder"):
+        path.chmod(0o755)
+    # -P: the copy on PYTHONPATH, never a `forwarder` package in the working directory (the checkout).
+    return NobodyForwarder(
+        [python, "-P", "-m", "forwarder"],
+        {"NOTIFY_SOCKET": str(notify_for_nobody.path), "PYTHONPATH": str(directory)},
+    )
+
+
 def process_status(pid: int) -> dict[str, str]:
     """/proc/PID/status as a mapping."""
     with open(f"/proc/{pid}/status") as handle:
@@ -259,7 +289,7 @@ def process_status(pid: int) -> dict[str, str]:
 
 @pytest.mark.privileged
 def test_forwarder_as_nobody_with_only_cap_net_admin_forwards_the_spoofed_source(
-    lab: Lab, notify_for_nobody: NotifyReceiver
+    lab: Lab, notify_for_nobody: NotifyReceiver, forwarder_for_nobody: NobodyForwarder
 ) -> None:
     lab.build(seed_deployment())
     backend = lab["backend"].udp_socket("192.0.2.2", 27000)
@@ -268,8 +298,9 @@ def test_forwarder_as_nobody_with_only_cap_net_admin_forwards_the_spoofed_source
         lab["host"],
         [LISTEN],
         ["192.0.2.2:27000"],
-        env={"NOTIFY_SOCKET": str(notify_for_nobody.path)},
+        env=forwarder_for_nobody.env,
         command_prefix=drop_privileges("+net_admin"),
+        program=forwarder_for_nobody.program,
     )
 
     lab["client"].send_udp(src="203.0.113.7", dst="198.51.100.1", sport=4242, dport=27000, payload=b"first")
@@ -290,15 +321,16 @@ def test_forwarder_as_nobody_with_only_cap_net_admin_forwards_the_spoofed_source
 
 @pytest.mark.privileged
 def test_forwarder_as_nobody_without_cap_net_admin_exits_77_naming_the_capability(
-    lab: Lab, notify_for_nobody: NotifyReceiver
+    lab: Lab, notify_for_nobody: NotifyReceiver, forwarder_for_nobody: NobodyForwarder
 ) -> None:
     lab.build(seed_deployment())
     forwarder = start_forwarder(
         lab["host"],
         [LISTEN],
         ["192.0.2.2:27000"],
-        env={"NOTIFY_SOCKET": str(notify_for_nobody.path)},
+        env=forwarder_for_nobody.env,
         command_prefix=drop_privileges(""),
+        program=forwarder_for_nobody.program,
     )
 
     lab["client"].send_udp(src="203.0.113.7", dst="198.51.100.1", sport=4242, dport=27000, payload=b"x")

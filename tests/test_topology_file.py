@@ -1,6 +1,7 @@
 """Topology files: the shipped ones load and agree with the Python names; bad files fail naming the file,
 the element and the bad value."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -8,8 +9,8 @@ import pytest
 from netlab import TopologyError
 from netlab.errors import FixtureNotFoundError
 from netlab.fixtures import load_topology, topology_names, topology_path
-from netlab.topologies import seed_deployment
-from netlab.topology_file import load_topology_file
+from netlab.topology.file import load_topology_file
+from netlab.topology.shipped import seed_deployment
 
 SEED_LIKE = """
 [nodes.client]
@@ -32,17 +33,108 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_shipped_topologies_include_the_seed_its_ipv6_twin_dual_stack_and_docker_bridge() -> None:
+def test_shipped_topologies_include_the_seed_its_ipv6_twin_and_dual_stack() -> None:
     assert {"seed", "seed-ipv6", "dual-stack", "docker-bridge"} <= set(topology_names())
 
 
-@pytest.mark.parametrize("name", ["seed", "seed-ipv6", "dual-stack", "docker-bridge"])
+BOXED = ["seed", "seed-ipv6", "dual-stack", "docker-bridge"]
+
+
+@pytest.mark.parametrize("name", BOXED)
 def test_each_shipped_topology_starts_with_a_drawing_and_an_address_plan(name: str) -> None:
     text = topology_path(name).read_text()
     header = text.split("\n\n")[0] + text.split("\n\n")[1]
     assert text.startswith("#")
     assert "+----" in header
     assert "Address plan" in text.split("description")[0]
+
+
+@pytest.mark.parametrize("name", BOXED)
+def test_every_address_of_a_shipped_topology_is_in_its_drawing_and_address_plan(name: str) -> None:
+    topology = load_topology(name)
+    header = topology_path(name).read_text().split("description")[0]
+    for node in topology.nodes:
+        for address in topology.addresses_of(node):
+            assert re.search(rf"(?<![0-9a-f:.]){re.escape(address)}(?![0-9a-f:.])", header), (name, address)
+
+
+def test_the_docker_bridge_topology_puts_the_hosts_address_on_the_bridge_and_the_veths_in_it() -> None:
+    topology = load_topology("docker-bridge")
+    (bridge,) = topology.devices
+    assert (bridge.node, bridge.name, bridge.kind) == ("host", "docker0", "bridge")
+    assert bridge.addresses == ["192.0.2.1/24", "2001:db8:2::1/64"]
+    ports = [end for link in topology.links for end in (link.a, link.b) if end.master == "docker0"]
+    assert [(end.node, end.ifname, end.addresses) for end in ports] == [
+        ("host", "veth-c1", []),
+        ("host", "veth-c2", []),
+    ]
+    assert topology.addresses_on(ports[0]) == bridge.addresses
+    assert topology.interfaces_of("host") == ["to-client", "veth-c1", "veth-c2", "docker0"]
+    assert topology.addresses_of("host") == ["198.51.100.1", "2001:db8:51::1", "192.0.2.1", "2001:db8:2::1"]
+
+
+BRIDGED = """
+[nodes.host]
+[nodes.c1]
+[[devices]]
+node = "host"
+name = "docker0"
+kind = "bridge"
+addresses = ["192.0.2.1/24"]
+[[links]]
+a = { node = "host", ifname = "veth-c1", master = "docker0" }
+b = { node = "c1", addresses = ["192.0.2.2/24"] }
+"""
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (
+            ('kind = "bridge"', 'kind = "vlan"'),
+            "devices[0] (vlan 'docker0' in 'host'): kind 'vlan': expected one of ['bridge']",
+        ),
+        (('kind = "bridge"', "kind = 1"), "devices[0].kind: expected a string, got 1"),
+        (
+            ('name = "docker0"', 'name = "docker0-is-too-long"'),
+            "device name 'docker0-is-too-long' must be 1 to 15",
+        ),
+        (
+            ('node = "host"\nname', 'node = "hots"\nname'),
+            "devices[0] (bridge 'docker0' in 'hots') names unknown node 'hots'",
+        ),
+        (
+            ('master = "docker0"', 'master = "br0"'),
+            "links[0] (host<->c1): master 'br0' is not a bridge of node 'host' (its bridges: ['docker0'])",
+        ),
+        (
+            ('master = "docker0" }', 'master = "docker0", addresses = ["192.0.2.9/24"] }'),
+            "host/veth-c1 is a port of bridge 'docker0': a port carries no addresses, put ['192.0.2.9/24']",
+        ),
+        (('master = "docker0"', "master = 7"), "links[0].a.master: expected a bridge name, got 7"),
+        (
+            ('addresses = ["192.0.2.1/24"]', 'addresses = ["192.0.2.2/24"]'),
+            "address '192.0.2.2/24' is already used on host/docker0",
+        ),
+        (
+            ('addresses = ["192.0.2.1/24"]', 'addresses = ["10.0.0.1/8"]'),
+            "address '10.0.0.1/8' is outside the lab's address ranges",
+        ),
+        (('kind = "bridge"', 'kind = "bridge"\nstp = true'), "devices[0]: unknown key 'stp'"),
+        (('ifname = "veth-c1", ', 'ifname = "docker0", '), "node 'host' already has an interface 'docker0'"),
+    ],
+)
+def test_a_bad_device_or_bridge_port_is_refused_naming_the_file_the_element_and_the_value(
+    tmp_path: Path, change: tuple[str, str], fragment: str
+) -> None:
+    old, new = change
+    assert old in BRIDGED
+    path = write(tmp_path, BRIDGED.replace(old, new, 1))
+    with pytest.raises(TopologyError) as caught:
+        load_topology_file(path)
+    message = str(caught.value)
+    assert message.startswith(str(path))
+    assert fragment in message
 
 
 def test_seed_deployment_is_the_seed_file_with_the_documented_address_plan() -> None:
@@ -70,57 +162,6 @@ def test_a_file_parses_links_with_mtu_and_default_interface_names(tmp_path: Path
     topology = load_topology_file(write(tmp_path, SEED_LIKE))
     (link,) = topology.links
     assert (link.a.ifname, link.b.ifname, link.mtu) == ("to-host", "to-client", 1400)
-
-
-def test_a_bridge_link_puts_containers_on_a_bridge_in_the_host() -> None:
-    topology = load_topology("docker-bridge")
-    (bridge,) = topology.bridges
-    assert (bridge.node, bridge.ifname, bridge.addresses) == ("host", "docker0", ["192.0.2.1/24"])
-    assert [(port.node, port.ifname, port.host_ifname) for port in bridge.ports] == [
-        ("web", "eth0", "veth-web"),
-        ("other", "eth0", "veth-other"),
-    ]
-    assert topology.addresses_of("host") == ["198.51.100.1", "192.0.2.1"]
-    assert topology.interfaces_of("web") == ["eth0"]
-
-
-BRIDGE_LIKE = """
-[nodes.host]
-[nodes.web]
-[[links]]
-kind = "bridge"
-bridge = { node = "host", ifname = "docker0", addresses = ["192.0.2.1/24"] }
-ports = [{ node = "web", addresses = ["192.0.2.2/24"] }]
-"""
-
-
-@pytest.mark.parametrize(
-    ("change", "fragment"),
-    [
-        (
-            ('kind = "bridge"', 'kind = "hub"'),
-            "links[0].kind: 'hub': expected 'veth' (the default) or 'bridge'",
-        ),
-        ((' ifname = "docker0",', ""), "links[0].bridge.ifname: the bridge needs a name"),
-        (('{ node = "web",', '{ node = "host",'), "port 'host' is the bridge's own node"),
-        (('{ node = "web",', '{ node = "wbe",'), "names unknown node 'wbe'"),
-        (("ports = [", "ports = [] #"), "a bridge needs at least one port"),
-        (('"192.0.2.2/24"', '"192.0.2.1/24"'), "address '192.0.2.1/24' is already used on host/docker0"),
-        (('"docker0"', '"a-very-long-bridge"'), "interface name 'a-very-long-bridge' must be 1 to 15"),
-        (
-            ('addresses = ["192.0.2.2/24"] }', 'addresses = ["192.0.2.2/24"], speed = 1 }'),
-            "unknown key 'speed'",
-        ),
-    ],
-)
-def test_a_bad_bridge_is_refused_naming_the_element_and_the_value(
-    tmp_path: Path, change: tuple[str, str], fragment: str
-) -> None:
-    old, new = change
-    assert old in BRIDGE_LIKE
-    with pytest.raises(TopologyError) as caught:
-        load_topology_file(write(tmp_path, BRIDGE_LIKE.replace(old, new, 1)))
-    assert fragment in str(caught.value)
 
 
 def test_unknown_fixture_names_the_known_ones() -> None:

@@ -13,14 +13,14 @@ import time
 import pytest
 from e2e_helpers import blaster_summary, count_arrivals, count_departures, start_blaster
 
+from forwarder.sockets import SO_RCVBUFFORCE
 from netlab import Lab, start_forwarder
-from netlab.activation import hold_listen_sockets
-from netlab.lab import LabNode
-from netlab.topologies import seed_deployment
+from netlab.lab.node import LabNode
+from netlab.service.activation import hold_listen_sockets
+from netlab.topology.shipped import seed_deployment
 
 pytestmark = pytest.mark.privileged
 
-SO_RCVBUFFORCE = 33  # not in Python's socket module
 RECEIVE_BUFFER = 8 << 20  # as ReceiveBuffer= in the socket unit: room for the seconds a restart takes
 RESTARTS = 3
 RATE = 4000  # datagrams per second: far below what the forwarder handles

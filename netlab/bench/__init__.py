@@ -1,0 +1,1 @@
+"""`netlab bench`: its lab, the contenders, statistics and the report."""

@@ -1,0 +1,175 @@
+"""The contenders of `netlab bench`: kernel DNAT (with and without RPS), the per-datagram reference, the
+forwarder in both receive modes, and the peers from Debian's archive, nginx (stream module, transparent
+`proxy_bind`) and go-mmproxy (PROXY v2 in, transparent out). Each is a context manager that starts it on
+the host and tears it down; every userspace contender is pinned to the same core (CONTENDER_CPU).
+
+Adding a contender is one entry in CONTENDERS. The forwarder's reply relay and PROXY v2 modes, once the
+forwarder has them, are `forwarder_with("--reply", "relay")` with `relays_replies=True`, and
+`forwarder_with(<its PROXY v2 option>)` with `proxy_v2=True` (the sender then prefixes the header).
+"""
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+from netlab.bench.lab import (
+    BACKEND_ADDRESS,
+    CONTENDER_CPU,
+    HOST_ADDRESS,
+    HOST_DNAT,
+    PORT,
+    SENDER_ADDRESS,
+    BenchLab,
+    Case,
+    Contender,
+)
+from netlab.lab.nft import delete_table
+from netlab.lab.process import Process
+from netlab.service.activation import ForwarderUnderTest, start_forwarder
+
+PINNED = ["taskset", "--cpu-list", str(CONTENDER_CPU)]  # execs, so pids (LISTEN_PID) stay the same
+NGINX = "/usr/sbin/nginx"
+NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+GO_MMPROXY = "go-mmproxy"
+Setup = Callable[[BenchLab, Case], AbstractContextManager[Any]]
+
+
+@contextmanager
+def kernel_dnat(bench: BenchLab, case: Case) -> Iterator[None]:
+    bench.nft(bench.host, HOST_DNAT)
+    try:
+        yield
+    finally:
+        delete_table(bench.host, "ip", "netlab_dnat")
+
+
+@contextmanager
+def socket_activated(
+    bench: BenchLab, program: list[str] | None, args: list[str], command_prefix: list[str] | None = None
+) -> Iterator[ForwarderUnderTest]:
+    process = start_forwarder(
+        bench.host,
+        [f"{HOST_ADDRESS}:{PORT}"],
+        [f"{BACKEND_ADDRESS}:{PORT}"],
+        args=args,
+        program=program,
+        command_prefix=command_prefix or (),
+    )
+    try:
+        bench.sender.send_udp(src=SENDER_ADDRESS, dst=HOST_ADDRESS, sport=9999, dport=PORT, payload=b"wake")
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
+@contextmanager
+def per_datagram_reference(bench: BenchLab, case: Case) -> Iterator[Process]:
+    program = [sys.executable, "-m", "netlab.programs.per_datagram"]
+    with socket_activated(bench, program, [], command_prefix=PINNED) as started:
+        yield started.process
+
+
+FORWARDER_ARGS = ["--log-level", "warning", "--receive-buffer", str(4 << 20), "--max-flows", "4096"]
+
+
+def forwarder_with(*extra: str) -> Setup:
+    """The forwarder, socket-activated and pinned, with `extra` arguments after the benchmark's own."""
+
+    @contextmanager
+    def setup(bench: BenchLab, case: Case) -> Iterator[Process]:
+        with socket_activated(bench, None, [*FORWARDER_ARGS, *extra], command_prefix=PINNED) as started:
+            yield started.process
+
+    return setup
+
+
+def nginx_config(run_dir: str) -> str:
+    """nginx's stream proxy as a transparent UDP forwarder: one worker, root (IP_TRANSPARENT), sessions kept
+    for the whole run (proxy_responses unset: any number of replies; proxy_timeout longer than a run)."""
+    return f"""load_module {NGINX_STREAM_MODULE};
+user root;
+worker_processes 1;
+worker_rlimit_nofile 65536;
+daemon off;
+pid {run_dir}/nginx.pid;
+error_log {run_dir}/error.log warn;
+events {{
+    worker_connections 16384;
+}}
+stream {{
+    server {{
+        listen {HOST_ADDRESS}:{PORT} udp;
+        proxy_pass {BACKEND_ADDRESS}:{PORT};
+        proxy_bind $remote_addr:$remote_port transparent;
+        proxy_timeout 10m;
+    }}
+}}
+"""
+
+
+@contextmanager
+def nginx(bench: BenchLab, case: Case) -> Iterator[Process]:
+    run_dir = bench.lab.workdir / f"nginx-{bench.lab.next_serial()}"
+    run_dir.mkdir()
+    config = run_dir / "nginx.conf"
+    config.write_text(nginx_config(str(run_dir)))
+    argv = [*PINNED, NGINX, "-p", str(run_dir), "-e", str(run_dir / "error.log"), "-c", str(config)]
+    process = bench.host.run(argv, label="nginx")
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@contextmanager
+def go_mmproxy(bench: BenchLab, case: Case) -> Iterator[Process]:
+    argv = [
+        *PINNED,
+        GO_MMPROXY,
+        "-p",
+        "udp",
+        "-l",
+        f"{HOST_ADDRESS}:{PORT}",
+        "-4",
+        f"{BACKEND_ADDRESS}:{PORT}",
+    ]
+    process = bench.host.run([*argv, "-close-after", "600"], label="go-mmproxy")
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+CONTENDERS = {
+    contender.name: contender
+    for contender in [
+        Contender("kernel-dnat+rps", kernel_dnat, rps=True, userspace=False, relays_replies=True),
+        # Userspace contenders run without RPS: the host's receive work then stays on the sender's core and
+        # leaves the other core to the forwarding process (RPS would put both on CPU 1).
+        Contender("kernel-dnat", kernel_dnat, userspace=False, relays_replies=True),
+        Contender("per-datagram", per_datagram_reference),
+        Contender("forwarder", forwarder_with()),
+        Contender("forwarder-gso", forwarder_with("--gso")),
+        Contender("forwarder-single", forwarder_with("--receive", "single")),
+        Contender(
+            "nginx",
+            nginx,
+            relays_replies=True,
+            requires=(NGINX, NGINX_STREAM_MODULE),
+            package="nginx-light and libnginx-mod-stream",
+        ),
+        Contender(
+            "go-mmproxy",
+            go_mmproxy,
+            relays_replies=True,
+            proxy_v2=True,
+            requires=(GO_MMPROXY,),
+            package="go-mmproxy",
+        ),
+    ]
+}
+BASELINE = "kernel-dnat+rps"
+REFERENCE = "per-datagram"
+PEERS = ("nginx", "go-mmproxy")  # the ratios every contender gets besides BASELINE and REFERENCE

@@ -1,0 +1,77 @@
+"""What open flows cost the forwarder: its RSS and the kernel's slab memory, measured with many flows open."""
+
+import resource
+import time
+from dataclasses import dataclass
+
+from netlab.bench.contenders import FORWARDER_ARGS, socket_activated
+from netlab.bench.lab import BenchLab, Case
+from netlab.errors import LabTimeoutError
+from netlab.service.activation import ForwarderUnderTest
+from netlab.service.notify import NotifyEvent
+from netlab.service.status import open_flows
+
+
+def kib_field(path: str, name: str) -> int:
+    """A `Name:   N kB` field of a /proc file, in KiB."""
+    with open(path) as handle:
+        for line in handle:
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    raise LabTimeoutError(f"no {name} in {path}")
+
+
+@dataclass
+class FlowMemory:
+    """What `flows` open flows cost: the forwarder's RSS and the kernel's slab memory (socket structures)."""
+
+    flows: int
+    rss_kib_before: int
+    rss_kib_after: int
+    slab_kib_delta: int
+
+    @property
+    def rss_bytes_per_flow(self) -> float:
+        return (self.rss_kib_after - self.rss_kib_before) * 1024 / self.flows
+
+    @property
+    def kernel_bytes_per_flow(self) -> float:
+        return self.slab_kib_delta * 1024 / self.flows
+
+
+def wait_status_after(forwarder: ForwarderUnderTest, moment: float) -> NotifyEvent:
+    """The first STATUS= with a flow count the forwarder sends after `moment` (time.monotonic())."""
+    return forwarder.notify.wait_for(
+        "STATUS", lambda value: open_flows(value) > 0, timeout=20, after=moment, is_alive=forwarder.is_running
+    )
+
+
+def measure_flow_memory(bench: BenchLab, flows: int = 100_000) -> FlowMemory:
+    """Open `flows` flows in one forwarder (its cap raised to fit) and read its RSS and the slab growth.
+
+    Each flow is a socket, so RLIMIT_NOFILE bounds the count; without CAP_SYS_RESOURCE the hard limit
+    cannot be raised, and the measurement uses as many flows as it allows (the report says how many).
+    On a loaded machine a flow's datagrams may all be lost; the count is then the flows the forwarder
+    reports open once the traffic has settled, not the flows sent.
+    """
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY:
+        flows = min(flows, hard - 1024)
+    prefix = ["prlimit", f"--nofile={flows + 1024}:{flows + 1024}", "--"]
+    args = [*FORWARDER_ARGS, "--max-flows", str(flows + 16), "--stats-interval", "1"]
+    bench.set_rps(False)
+    with socket_activated(bench, None, args, command_prefix=prefix) as forwarder:
+        status = f"/proc/{forwarder.process.pid}/status"
+        # The activating datagram opened a flow already: count only the flows the blast adds.
+        initial = open_flows(wait_status_after(forwarder, time.monotonic()).value)
+        rss_before = kib_field(status, "VmRSS")
+        slab_before = kib_field("/proc/meminfo", "Slab")
+        # Every flow sends a few datagrams, paced well below saturation so that none is lost to overload.
+        bench.blast(Case(64, flows), duration=max(2.0, flows / 50_000), rate=50_000)
+        bench.settle(Case(64, flows))
+        settled = time.monotonic()
+        # A STATUS= written after the traffic settled (every second) carries the final flow count.
+        final = open_flows(wait_status_after(forwarder, settled).value)
+        rss_after = kib_field(status, "VmRSS")
+        slab_after = kib_field("/proc/meminfo", "Slab")
+    return FlowMemory(final - initial, rss_before, rss_after, slab_after - slab_before)

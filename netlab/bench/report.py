@@ -1,0 +1,131 @@
+"""The benchmark's report: a table for people, or a JSON document for machines."""
+
+import math
+from dataclasses import asdict
+from typing import Any
+
+from netlab.bench.contenders import PEERS
+from netlab.bench.lab import Run
+from netlab.bench.memory import FlowMemory
+from netlab.bench.stats import Summary
+
+
+def thousands(value: float) -> str:
+    """A rate as people read it: 218456.0 -> '218k'."""
+    return f"{value / 1000:.0f}k"
+
+
+def ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def us(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2f}"
+
+
+def format_table(summaries: list[Summary], solo: dict[str, float]) -> str:
+    """One line per case and contender: rates, loss, CPU per datagram and the ratios."""
+    peers = [peer for peer in PEERS if any(s.contender == peer for s in summaries)]
+    lines = [
+        f"{'case':<24} {'contender':<16} {'offered/s':>9} {'delivered/s':>11} {'min-max':>11} {'loss':>7} "
+        f"{'CPU us/dg':>9} {'core us/dg':>10} {'own us/dg':>9} {'x DNAT+RPS':>10} "
+        + "".join(f"{'x ' + peer:>13} " for peer in peers)
+        + f"{'x per-dgram':>11}"
+    ]
+    for s in summaries:
+        spread = f"{thousands(s.min_delivered_per_s)}-{thousands(s.max_delivered_per_s)}"
+        lines.append(
+            f"{s.case!s:<24} {s.contender:<16} {thousands(s.median_offered_per_s):>9} "
+            f"{thousands(s.median_delivered_per_s):>11} {spread:>11} {s.median_loss:>7.2%} "
+            f"{s.median_cpu_us_per_datagram:>9.2f} {s.median_core_us_per_datagram:>10.2f} "
+            f"{us(s.median_process_us_per_datagram):>9} "
+            f"{ratio(s.ratio_to_kernel_dnat_rps):>10} "
+            + "".join(f"{ratio(s.ratio_to_peers.get(peer)):>13} " for peer in peers)
+            + f"{ratio(s.ratio_to_per_datagram):>11}"
+        )
+    lines.append(
+        "sender alone (host drops on arrival): " + ", ".join(f"{k} {thousands(v)}/s" for k, v in solo.items())
+    )
+    lines.append(
+        "CPU us/dg: all cores' busy time per delivered datagram; core us/dg: the contenders' core alone; "
+        "own us/dg: the contender's processes (the kernel's inline work in their system calls included); "
+        "echo cases count the replies delivered back at the client"
+    )
+    return "\n".join(lines)
+
+
+def memory_line(memory: FlowMemory) -> str:
+    rss = (memory.rss_kib_after - memory.rss_kib_before) / 1024
+    rss_100k = (memory.rss_kib_before * 1024 + 100_000 * memory.rss_bytes_per_flow) / 2**20
+    kernel_100k = 100_000 * memory.kernel_bytes_per_flow / 2**20
+    return (
+        f"{memory.flows} open flows: forwarder RSS {memory.rss_kib_before / 1024:.1f} -> "
+        f"{memory.rss_kib_after / 1024:.1f} MiB (+{rss:.1f} MiB, {memory.rss_bytes_per_flow:.0f} B/flow); "
+        f"kernel slab +{memory.slab_kib_delta / 1024:.1f} MiB ({memory.kernel_bytes_per_flow:.0f} B/flow); "
+        f"at 100000 flows: RSS ~{rss_100k:.0f} MiB, kernel ~{kernel_100k:.0f} MiB"
+    )
+
+
+def text_report(
+    summaries: list[Summary],
+    solo: dict[str, float],
+    loss_runs: list[Run],
+    memory: FlowMemory | None,
+    skipped: dict[str, str] | None = None,
+) -> str:
+    """The table, then the skipped contenders and the memory and loss lines of a full run."""
+    lines = [format_table(summaries, solo)]
+    lines += [f"skipped {name}: {reason}" for name, reason in (skipped or {}).items()]
+    if memory is not None:
+        lines.append(memory_line(memory))
+    lines += [
+        f"loss at {thousands(run.rate_limit)}/s offered, {run.case}: {run.loss:.3%} "
+        f"({run.offered - run.delivered} of {run.offered} lost)"
+        for run in loss_runs
+    ]
+    return "\n".join(lines)
+
+
+def json_document(
+    summaries: list[Summary],
+    solo: dict[str, float],
+    runs: list[Run],
+    loss_runs: list[Run],
+    memory: FlowMemory | None,
+    *,
+    skipped: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Everything measured, for machines: summaries per case, every run, loss runs, flow memory, and the
+    contenders skipped (with why)."""
+    return {
+        "skipped": dict(skipped or {}),
+        "flow_memory": None
+        if memory is None
+        else asdict(memory)
+        | {
+            "rss_bytes_per_flow": memory.rss_bytes_per_flow,
+            "kernel_bytes_per_flow": memory.kernel_bytes_per_flow,
+        },
+        "sender_solo_per_s": solo,
+        "cases": [asdict(summary) for summary in summaries],
+        "loss": [
+            {
+                "case": asdict(run.case),
+                "offered_per_s": run.rate_limit,
+                "sent": run.offered,
+                "delivered": run.delivered,
+                "loss": run.loss,
+            }
+            for run in loss_runs
+        ],
+        "runs": [
+            asdict(run)
+            | {
+                "delivered_per_s": run.delivered_per_second,
+                "cpu_us_per_datagram": run.cpu_us_per_datagram,
+                "core_us_per_datagram": run.core_us_per_datagram,
+                "process_us_per_datagram": run.process_us_per_datagram,
+            }
+            for run in runs
+        ],
+    }

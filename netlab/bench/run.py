@@ -1,0 +1,128 @@
+"""`netlab bench`: the forwarder's speed as ratios measured in one run, on one topology.
+
+    client (sender) 198.51.100.10 --- 198.51.100.1 [host: contender] 192.0.2.1 --- 192.0.2.2 backend
+
+Contenders take turns on the host, interleaved and repeated: the kernel's nftables DNAT (with and without
+RPS), the C original's per-datagram algorithm in Python (netlab.programs.per_datagram), the forwarder, and
+the peers nginx and go-mmproxy (skipped, with a line saying so, where their package is missing). Every
+userspace contender is pinned to CPU 1. The load comes from netlab.programs.blaster (raw socket + sendmmsg,
+pinned to CPU 0); its solo rate is measured and reported.
+Delivered datagrams are counted by an nftables counter at the backend (kernel, not a userspace receiver);
+in an echo case the backend's kernel answers each one and the client's counter counts the replies, for
+the contenders that relay replies.
+"""
+
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from netlab.bench.contenders import CONTENDERS
+from netlab.bench.lab import BenchLab, Case, Run
+from netlab.bench.memory import measure_flow_memory
+from netlab.bench.report import json_document, memory_line, text_report, thousands
+from netlab.bench.stats import summarize
+from netlab.errors import UsageError
+from netlab.lab.lab import Lab
+
+
+@dataclass
+class Settings:
+    """How much to measure: the quick mode is a smoke test of seconds, the full mode gives the figures."""
+
+    cases: list[Case] = field(default_factory=lambda: [Case(64, 1), Case(64, 1000), Case(64, 1, echo=True)])
+    runs: int = 1
+    duration: float = 0.5
+    contenders: list[str] = field(default_factory=list)
+    loss_tests: bool = False
+    memory_flows: int = 0  # measure what this many open flows cost (0: skip)
+
+    @classmethod
+    def quick(cls) -> "Settings":
+        return cls()
+
+    @classmethod
+    def full(cls) -> "Settings":
+        cases = [Case(64, 1), Case(64, 1000), Case(1200, 1), Case(1200, 1000)]
+        cases += [Case(64, 1, echo=True), Case(64, 1000, echo=True)]
+        return cls(cases=cases, runs=3, duration=2.0, loss_tests=True, memory_flows=100_000)
+
+
+def parse_contenders(text: str) -> list[str]:
+    """`--contenders a,b`: known names, in the order given, each once; UsageError naming a bad value."""
+    names = [name.strip() for name in text.split(",")]
+    for name in names:
+        if name not in CONTENDERS:
+            raise UsageError(
+                f"unknown contender {name!r}: expected a comma-separated list of {', '.join(CONTENDERS)}"
+            )
+    return list(dict.fromkeys(names))
+
+
+def available(names: list[str], progress: TextIO) -> tuple[list[str], dict[str, str]]:
+    """The contenders of `names` that can run here, and why each other one is skipped (said on `progress`)."""
+    skipped = {name: reason for name in names if (reason := CONTENDERS[name].missing()) is not None}
+    for name, reason in skipped.items():
+        print(f"skipping {name}: {reason}", file=progress, flush=True)
+    return [name for name in names if name not in skipped], skipped
+
+
+def run_bench(
+    settings: Settings, out: TextIO = sys.stdout, progress: TextIO = sys.stderr, as_json: bool = False
+) -> int:
+    """Run every contender on every case, interleaved and repeated; print the table (or JSON)."""
+    unknown = [name for name in settings.contenders if name not in CONTENDERS]
+    if unknown:
+        raise UsageError(f"unknown contender {unknown[0]!r}: expected one of {', '.join(CONTENDERS)}")
+    names, skipped = available(settings.contenders or list(CONTENDERS), progress)
+    runs: list[Run] = []
+    loss_runs: list[Run] = []
+    plan = [(case, name) for case in settings.cases for name in names if CONTENDERS[name].runs(case)]
+    total = settings.runs * len(plan)
+    with Lab(description="netlab bench") as lab:
+        bench = BenchLab(lab)
+        solo = {
+            str(case): bench.sender_solo_rate(case, settings.duration)
+            for case in settings.cases
+            if not case.echo
+        }
+        print(f"sender alone: {', '.join(f'{k} {thousands(v)}/s' for k, v in solo.items())}", file=progress)
+        done = 0
+        for repetition in range(settings.runs):
+            for case, name in plan:
+                done += 1
+                run = bench.measure(CONTENDERS[name], case, settings.duration)
+                runs.append(run)
+                print(
+                    f"[{done}/{total}] run {repetition + 1} {case!s:<24} {name:<16} "
+                    f"{thousands(run.delivered_per_second)}/s delivered, loss {run.loss:.2%}, CPU us/dg "
+                    f"{run.cpu_us_per_datagram:.2f} machine, {run.core_us_per_datagram:.2f} core, "
+                    f"{run.process_us_per_datagram:.2f} own",
+                    file=progress,
+                    flush=True,
+                )
+        summaries = summarize(runs)
+        if settings.loss_tests and "forwarder" in names:
+            for summary in summaries:
+                if summary.contender != "forwarder" or summary.case.payload != 64 or summary.case.echo:
+                    continue
+                for rate in (0.8 * summary.median_delivered_per_s, 100_000.0):
+                    run = bench.measure(CONTENDERS["forwarder"], summary.case, settings.duration, rate=rate)
+                    loss_runs.append(run)
+                    print(
+                        f"[loss] {summary.case!s:<17} forwarder at {thousands(rate)}/s offered: "
+                        f"loss {run.loss:.3%} ({run.offered - run.delivered} of {run.offered})",
+                        file=progress,
+                        flush=True,
+                    )
+        memory = measure_flow_memory(bench, settings.memory_flows) if settings.memory_flows else None
+        if memory is not None:
+            print(f"[memory] {memory_line(memory)}", file=progress, flush=True)
+    if as_json:
+        print(
+            json.dumps(json_document(summaries, solo, runs, loss_runs, memory, skipped=skipped), indent=2),
+            file=out,
+        )
+    else:
+        print(text_report(summaries, solo, loss_runs, memory, skipped), file=out)
+    return 0

@@ -1,0 +1,1 @@
+"""`netlab doctor`: checks of what a transparent forward needs, probes of a namespace or this machine."""

@@ -1,0 +1,255 @@
+"""Where the doctor's checks look: a lab node's namespace or this machine's own, read-only (sysctls, routes,
+policy rules and the kernel's route for a given packet, the nftables ruleset, and the capabilities and
+command lines of the forwarder processes running there)."""
+
+import ipaddress
+import json
+import os
+import socket
+from typing import Any, Protocol
+
+from pyroute2 import IPRoute
+
+from netlab.service.relay import RouteAnswer, route_for_packet
+
+
+class Probe(Protocol):
+    """Where checks look: a lab node, or this machine's own network namespace."""
+
+    name: str
+
+    def read_sysctl(self, key: str) -> str | None: ...
+    def route_get(self, destination: str) -> dict[str, Any] | None: ...
+    def ruleset(self) -> list[dict[str, Any]]: ...
+    def forwarder_capabilities(self) -> list[int]: ...
+    def forwarder_command_lines(self) -> list[list[str]]: ...
+    def packet_route(
+        self, src: str, dst: str, sport: int, proto: int, iif: int | None
+    ) -> RouteAnswer | None: ...
+    def rules(self, version: int) -> list["Rule"]: ...
+    def local_default_tables(self, version: int) -> set[int]: ...
+    def fix(self, command: str) -> str: ...
+
+
+class Rule(dict[str, Any]):
+    """A policy rule as the doctor reads it: src (network or None), ip_proto, sport ((first, last) or
+    None), iif, table, priority."""
+
+
+def _rules(namespace: str | None, version: int) -> list[Rule]:
+    family = socket.AF_INET if version == 4 else socket.AF_INET6
+    found = []
+    with _netns_ipr(namespace) as ipr:
+        for message in ipr.get_rules(family=family):
+            source = message.get_attr("FRA_SRC")
+            sport = message.get_attr("FRA_SPORT_RANGE")
+            found.append(
+                Rule(
+                    src=ipaddress.ip_network(f"{source}/{message['src_len']}", strict=False)
+                    if source
+                    else None,
+                    ip_proto=message.get_attr("FRA_IP_PROTO"),
+                    sport=tuple(int(port) for port in sport.split(":")) if sport else None,
+                    iif=message.get_attr("FRA_IIFNAME"),
+                    table=message.get_attr("FRA_TABLE") or message["table"],
+                    priority=message.get_attr("FRA_PRIORITY") or 0,
+                )
+            )
+    return found
+
+
+def _local_default_tables(namespace: str | None, version: int) -> set[int]:
+    """The tables a rule looks up that hold `local 0.0.0.0/0` (or `local ::/0`): where a relay rule sends
+    the replies."""
+    family = socket.AF_INET if version == 4 else socket.AF_INET6
+    tables = {int(rule["table"]) for rule in _rules(namespace, version)}
+    with _netns_ipr(namespace) as ipr:
+        return {
+            table
+            for table in tables
+            for route in ipr.get_routes(family=family, table=table)
+            if route["type"] == 2 and route["dst_len"] == 0  # RTN_LOCAL
+        }
+
+
+def _netns_ipr(namespace: str | None) -> IPRoute:
+    return IPRoute(netns=namespace) if namespace else IPRoute()
+
+
+def route_via(namespace: str | None, destination: str) -> dict[str, Any] | None:
+    """The kernel's route for `destination` in `namespace` (None for this one): oif, gateway, ifname."""
+    with _netns_ipr(namespace) as ipr:
+        try:
+            answer = ipr.route("get", dst=destination)
+        except Exception:  # pyroute2 raises NetlinkError for "no route"
+            return None
+        if not answer:
+            return None
+        oif = answer[0].get("RTA_OIF")
+        ifname = None
+        if oif is not None:
+            links = ipr.link("get", index=oif)
+            ifname = links[0].get("IFLA_IFNAME") if links else None
+        return {"oif": oif, "gateway": answer[0].get("RTA_GATEWAY"), "ifname": ifname}
+
+
+def is_forwarder(argv: list[bytes]) -> bool:
+    """True for `systemd-transparent-udp-forwarderd ...` and `python -m forwarder ...` command lines."""
+    if argv and os.path.basename(argv[0]) == b"systemd-transparent-udp-forwarderd":
+        return True
+    return (
+        len(argv) >= 3
+        and os.path.basename(argv[0]).startswith(b"python")
+        and argv[1:3] == [b"-m", b"forwarder"]
+    )
+
+
+def _command_lines(namespace_inode: tuple[int, int] | None) -> list[tuple[int, list[bytes]]]:
+    """(pid, argv) of every process, in the namespace with that (dev, inode), or anywhere if None."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")[:-1]
+            if namespace_inode is not None:
+                status = os.stat(f"/proc/{entry}/ns/net")
+                if (status.st_dev, status.st_ino) != namespace_inode:
+                    continue
+        except OSError:
+            continue
+        found.append((int(entry), argv))
+    return found
+
+
+def forwarder_pids(namespace_inode: tuple[int, int] | None) -> list[int]:
+    """Pids of forwarder processes, in the namespace with that (dev, inode), or anywhere if None."""
+    return [pid for pid, argv in _command_lines(namespace_inode) if is_forwarder(argv)]
+
+
+def forwarder_command_lines(namespace_inode: tuple[int, int] | None) -> list[list[str]]:
+    """The command lines of forwarders, running or still waiting under systemd-socket-activate for their
+    first datagram (the part of the activator's command line that starts the forwarder)."""
+    found = []
+    for _, argv in _command_lines(namespace_inode):
+        waiting = argv and os.path.basename(argv[0]) == b"systemd-socket-activate"
+        for start in range(len(argv) if waiting else 1):
+            if is_forwarder(argv[start:]):
+                found.append([os.fsdecode(arg) for arg in argv[start:]])
+                break
+    return found
+
+
+def reply_mode_of(argv: list[str]) -> str:
+    """The `--reply` mode a forwarder command line asks for: 'direct' (the default) or 'relay'."""
+    mode = "direct"
+    for index, arg in enumerate(argv):
+        if arg == "--reply" and index + 1 < len(argv):
+            mode = argv[index + 1]
+        elif arg.startswith("--reply="):
+            mode = arg.removeprefix("--reply=")
+    return mode
+
+
+def capabilities_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+class NamespaceProbe:
+    """Checks inside a lab node (a named network namespace)."""
+
+    def __init__(self, name: str, namespace: str) -> None:
+        self.name = name
+        self.namespace = namespace
+
+    def read_sysctl(self, key: str) -> str | None:
+        from netlab.lab import netns
+
+        try:
+            return netns.read_sysctl(self.namespace, key)
+        except FileNotFoundError:
+            return None
+
+    def route_get(self, destination: str) -> dict[str, Any] | None:
+        return route_via(self.namespace, destination)
+
+    def ruleset(self) -> list[dict[str, Any]]:
+        from netlab.lab import netns
+
+        return netns.run_in(self.namespace, _list_ruleset)
+
+    def forwarder_capabilities(self) -> list[int]:
+        from netlab.lab import netns
+
+        return [capabilities_of(pid) for pid in forwarder_pids(netns.inode(self.namespace))]
+
+    def forwarder_command_lines(self) -> list[list[str]]:
+        from netlab.lab import netns
+
+        return forwarder_command_lines(netns.inode(self.namespace))
+
+    def packet_route(self, src: str, dst: str, sport: int, proto: int, iif: int | None) -> RouteAnswer | None:
+        return route_for_packet(self.namespace, src, dst, sport, 40000, proto, iif)
+
+    def rules(self, version: int) -> list[Rule]:
+        return _rules(self.namespace, version)
+
+    def local_default_tables(self, version: int) -> set[int]:
+        return _local_default_tables(self.namespace, version)
+
+    def fix(self, command: str) -> str:
+        return f"netlab exec {self.name} -- {command}"
+
+
+class MachineProbe:
+    """Checks in this process's own network namespace (`netlab doctor --machine`)."""
+
+    name = "this machine"
+
+    def read_sysctl(self, key: str) -> str | None:
+        try:
+            with open("/proc/sys/" + key.replace(".", "/")) as handle:
+                return handle.read().strip()
+        except FileNotFoundError:
+            return None
+
+    def route_get(self, destination: str) -> dict[str, Any] | None:
+        return route_via(None, destination)
+
+    def ruleset(self) -> list[dict[str, Any]]:
+        return _list_ruleset()
+
+    def forwarder_capabilities(self) -> list[int]:
+        status = os.stat("/proc/self/ns/net")
+        return [capabilities_of(pid) for pid in forwarder_pids((status.st_dev, status.st_ino))]
+
+    def forwarder_command_lines(self) -> list[list[str]]:
+        status = os.stat("/proc/self/ns/net")
+        return forwarder_command_lines((status.st_dev, status.st_ino))
+
+    def packet_route(self, src: str, dst: str, sport: int, proto: int, iif: int | None) -> RouteAnswer | None:
+        return route_for_packet(None, src, dst, sport, 40000, proto, iif)
+
+    def rules(self, version: int) -> list[Rule]:
+        return _rules(None, version)
+
+    def local_default_tables(self, version: int) -> set[int]:
+        return _local_default_tables(None, version)
+
+    def fix(self, command: str) -> str:
+        return command
+
+
+def _list_ruleset() -> list[dict[str, Any]]:
+    """The nftables ruleset as JSON objects (reads it with `nft -j`, in the caller's namespace)."""
+    import subprocess
+
+    result = subprocess.run(["nft", "-j", "list", "ruleset"], capture_output=True, text=True, check=False)
+    if result.returncode != 0 or not result.stdout.strip():
+        return []
+    return list(json.loads(result.stdout).get("nftables", []))

@@ -1,0 +1,396 @@
+"""The relay reply path (`forwarder --reply relay`): policy routing on the host that delivers the backend's
+replies to the forwarder's per-flow sockets instead of forwarding them to the client.
+
+A rule picks only the replies (from the backend's address, UDP, from the ports it serves) and sends them
+to a table whose one route is `local 0.0.0.0/0 dev lo` (`local ::/0 dev lo` for IPv6), so the kernel
+delivers them locally, where an unconnected IP_TRANSPARENT socket bound to the client's address and port
+receives them. The backend's other traffic (other ports, TCP, ICMP) keeps the main table. A backend on
+the host itself needs go-mmproxy's form instead: `from 127.0.0.1/8 iif lo lookup N` (and `::1`).
+Everything is done with pyroute2 inside the node; `relay_commands` spells the same as `ip` commands.
+"""
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyroute2 import AsyncIPRoute, IPRoute
+from pyroute2.netlink import NLM_F_REQUEST
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_GETROUTE
+from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+from forwarder.sockets import IPV6_TRANSPARENT  # not in the socket module
+from netlab.errors import AddressError, SystemCallError
+from netlab.lab import netns
+from netlab.lab.nft import apply_ruleset
+from netlab.lab.node import LabNode
+
+RELAY_TABLE = 100
+RELAY_PRIORITY = 100  # ahead of the main table's rule (32766)
+RTN_LOCAL = 2
+RT_SCOPE_HOST = 254
+RTM_F_LOOKUP_TABLE = 0x1000
+IPPROTO_UDP = 17
+EEXIST, ESRCH, ENOENT = 17, 3, 2
+_FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
+_LOCAL_SOURCES = {4: "127.0.0.0/8", 6: "::1/128"}
+ROUTE_TYPES = {1: "unicast", 2: "local", 3: "broadcast", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
+
+PortRange = tuple[int, int]
+
+
+def port_ranges(ports: int | PortRange | Sequence[int | PortRange]) -> list[PortRange]:
+    """Normalize a port, a (first, last) range or a list of them to ranges; AddressError on a bad one."""
+    items: Sequence[Any] = [ports] if isinstance(ports, int | tuple) else ports
+    ranges = []
+    for item in items:
+        first, last = (item, item) if isinstance(item, int) else item
+        for port in (first, last):
+            if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+                raise AddressError(f"relay port {item!r}: expected a port or (first, last) of 1 to 65535")
+        if first > last:
+            raise AddressError(f"relay port range {item!r}: the first port is above the last")
+        ranges.append((first, last))
+    if not ranges:
+        raise AddressError("relay routing needs at least one backend port")
+    return ranges
+
+
+def _ip(version: int) -> str:
+    return "ip" if version == 4 else "ip -6"
+
+
+def _source(backend: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(backend, strict=False)
+    except ValueError:
+        raise AddressError(f"relay backend {backend!r}: expected an address or a network") from None
+
+
+def _sport(first: int, last: int) -> str:
+    return str(first) if first == last else f"{first}-{last}"
+
+
+def local_route_command(version: int, table: int = RELAY_TABLE) -> str:
+    """`ip route add local 0.0.0.0/0 dev lo table N` (or its IPv6 twin)."""
+    return f"{_ip(version)} route add local {'0.0.0.0/0' if version == 4 else '::/0'} dev lo table {table}"
+
+
+def rule_command(
+    backend: str, first: int, last: int, table: int = RELAY_TABLE, shown_port: str | int | None = None
+) -> str:
+    """`ip rule add from BACKEND ipproto udp sport PORT[-LAST] lookup N` (or its IPv6 twin); `shown_port`
+    replaces the port text (a placeholder when the port is not known)."""
+    source = _source(backend)
+    shown = str(source.network_address) if source.prefixlen == source.max_prefixlen else str(source)
+    sport = _sport(first, last) if shown_port is None else str(shown_port)
+    return f"{_ip(source.version)} rule add from {shown} ipproto udp sport {sport} lookup {table}"
+
+
+def relay_commands(
+    backend: str, ports: int | PortRange | Sequence[int | PortRange], table: int = RELAY_TABLE
+) -> list[str]:
+    """The `ip` commands an operator types for the relay routing of `backend`'s replies from `ports`."""
+    version = _source(backend).version
+    rules = [rule_command(backend, first, last, table) for first, last in port_ranges(ports)]
+    return [*rules, local_route_command(version, table)]
+
+
+def local_backend_commands(version: int, table: int = RELAY_TABLE) -> list[str]:
+    """go-mmproxy's routing for a backend on the host itself (`--net=host`): loopback-sourced traffic."""
+    return [
+        f"{_ip(version)} rule add from {_LOCAL_SOURCES[version]} iif lo lookup {table}",
+        local_route_command(version, table),
+    ]
+
+
+@dataclass
+class RelayRouting:
+    """The rules (and local routes) one install_* call added to a node; `remove()` takes them out again."""
+
+    node: LabNode
+    commands: list[str]
+    rules: list[dict[str, Any]] = field(default_factory=list)
+    routes: list[dict[str, Any]] = field(default_factory=list)
+
+    def remove(self) -> None:
+        """Delete what was added (rules first, then the local routes this call created)."""
+        with IPRoute(netns=self.node.namespace) as ipr:
+            for rule in self.rules:
+                _tolerate(lambda rule=rule: ipr.rule("del", **rule), ENOENT, ESRCH)
+            for route in self.routes:
+                _tolerate(lambda route=route: ipr.route("del", **route), ESRCH, ENOENT)
+        self.rules.clear()
+        self.routes.clear()
+
+
+def _tolerate(call: Any, *codes: int) -> bool:
+    """Run a netlink call; False if it failed with one of `codes` (already there / already gone)."""
+    try:
+        call()
+    except NetlinkError as error:
+        if error.code in codes:
+            return False
+        raise SystemCallError(error.code, f"netlink: {error}") from None
+    return True
+
+
+def _add(ipr: IPRoute, routing: RelayRouting, version: int, rules: list[dict[str, Any]], table: int) -> None:
+    family = _FAMILY[version]
+    with_lo = ipr.link_lookup(ifname="lo")[0]
+    route = {
+        "dst": "0.0.0.0" if version == 4 else "::",
+        "dst_len": 0,
+        "family": family,
+        "type": "local",
+        "scope": RT_SCOPE_HOST,
+        "table": table,
+        "oif": with_lo,
+    }
+    if _tolerate(lambda: ipr.route("add", **route), EEXIST):
+        routing.routes.append(route)
+    for selector in rules:
+        rule = {"family": family, "table": table, **selector}
+        ipr.rule("add", **rule)
+        routing.rules.append(rule)
+
+
+def install_relay_routing(
+    node: LabNode,
+    backend: str,
+    ports: int | PortRange | Sequence[int | PortRange],
+    *,
+    table: int = RELAY_TABLE,
+    priority: int = RELAY_PRIORITY,
+) -> RelayRouting:
+    """Route `backend`'s UDP replies from `ports` into `node` itself (table `table`, rules at `priority`).
+
+    `backend` is an address (or a network of backends); call once per family for a dual-stack backend.
+    Only UDP from those source ports is picked: the backend's own lookups and other traffic still leave
+    through the main table.
+    """
+    source = _source(backend)
+    ranges = port_ranges(ports)
+    routing = RelayRouting(node, relay_commands(backend, ranges, table))
+    rules = [
+        {
+            "src": str(source.network_address),
+            "src_len": source.prefixlen,
+            "ip_proto": IPPROTO_UDP,
+            "sport_range": f"{first}:{last}",
+            "priority": priority,
+        }
+        for first, last in ranges
+    ]
+    with IPRoute(netns=node.namespace) as ipr:
+        _add(ipr, routing, source.version, rules, table)
+    return routing
+
+
+def install_local_relay_routing(
+    node: LabNode,
+    *,
+    versions: Sequence[int] = (4, 6),
+    table: int = RELAY_TABLE,
+    priority: int = RELAY_PRIORITY,
+) -> RelayRouting:
+    """go-mmproxy's routing for a backend on `node` itself: traffic from loopback sources that the host
+    sends (`iif lo`) is delivered locally, so a reply from 127.0.0.1:5353 reaches the per-flow socket."""
+    routing = RelayRouting(node, [c for version in versions for c in local_backend_commands(version, table)])
+    with IPRoute(netns=node.namespace) as ipr:
+        for version in versions:
+            source = ipaddress.ip_network(_LOCAL_SOURCES[version])
+            rule = {
+                "src": str(source.network_address),
+                "src_len": source.prefixlen,
+                "iifname": "lo",
+                "priority": priority,
+            }
+            _add(ipr, routing, version, [rule], table)
+    return routing
+
+
+ERRORS_MARK = 0x5E1A  # fwmark of the backend's ICMP errors, routed to the relay table
+REASSEMBLY_TABLE = "netlab_relay_reassembly"
+ERRORS_TABLE = "netlab_relay_errors"
+
+
+def reassembly_ruleset() -> str:
+    """An nftables table whose one rule uses connection tracking, so the host reassembles fragments before
+    routing: only the first fragment of a reply carries its UDP ports, and a rule matching `sport` would
+    send the others past the forwarder. A host with a stateful firewall (Docker's) has this already."""
+    return f"""\
+        table inet {REASSEMBLY_TABLE} {{
+            chain prerouting {{
+                type filter hook prerouting priority filter; policy accept;
+                ct state new,established,related,untracked counter
+            }}
+        }}
+        """
+
+
+def enable_reassembly(node: LabNode) -> None:
+    """Load reassembly_ruleset() into `node` (it goes with the node's namespace)."""
+    apply_ruleset(node, reassembly_ruleset(), label="reassembly")
+
+
+def backend_errors_ruleset(backends: Sequence[str], mark: int = ERRORS_MARK) -> str:
+    """An nftables table marking the ICMP errors `backends` send about datagrams the forwarder sent them
+    (so addressed to a client): only errors, the backends' own pings and echo replies stay unmarked."""
+    rules = []
+    for backend in backends:
+        if _source(backend).version == 4:
+            kinds = "destination-unreachable, time-exceeded, parameter-problem"
+            rules.append(f"ip saddr {backend} icmp type {{ {kinds} }} meta mark set {mark:#x}")
+        else:
+            kinds = "destination-unreachable, packet-too-big, time-exceeded, parameter-problem"
+            rules.append(f"ip6 saddr {backend} icmpv6 type {{ {kinds} }} meta mark set {mark:#x}")
+    body = "".join(f"                {rule}\n" for rule in rules)
+    return f"""\
+        table inet {ERRORS_TABLE} {{
+            chain prerouting {{
+                type filter hook prerouting priority mangle; policy accept;
+{body}            }}
+        }}
+        """
+
+
+def route_backend_errors(
+    node: LabNode, backends: Sequence[str], *, table: int = RELAY_TABLE, priority: int = RELAY_PRIORITY
+) -> RelayRouting:
+    """Deliver the ICMP errors of `backends` to the forwarder's flow sockets on `node`, in both reply modes
+    (that is how the forwarder sees a stopped backend): backend_errors_ruleset() and a fwmark rule to the
+    relay table per family."""
+    apply_ruleset(node, backend_errors_ruleset(backends), label="relay-errors")
+    versions = sorted({_source(backend).version for backend in backends})
+    routing = RelayRouting(
+        node,
+        [f"{_ip(v)} rule add fwmark {ERRORS_MARK:#x} lookup {table}" for v in versions]
+        + [local_route_command(v, table) for v in versions],
+    )
+    with IPRoute(netns=node.namespace) as ipr:
+        for version in versions:
+            _add(ipr, routing, version, [{"fwmark": ERRORS_MARK, "priority": priority}], table)
+    return routing
+
+
+def flow_socket(node: LabNode, client: str, port: int) -> socket.socket:
+    """A socket like the forwarder's per-flow one in relay mode: UDP, IP_TRANSPARENT, bound to the client's
+    address and port in `node`, and not connected (a connected one would steal replies in direct mode);
+    the lab closes it. Lets a test see where the backend's replies go without running the forwarder."""
+    version = ipaddress.ip_address(client).version
+    sock = node.open_socket(_FAMILY[version], socket.SOCK_DGRAM)
+    level, option = (
+        (socket.SOL_IP, socket.IP_TRANSPARENT) if version == 4 else (socket.IPPROTO_IPV6, IPV6_TRANSPARENT)
+    )
+    sock.setsockopt(level, option, 1)
+    sock.bind((client, port))
+    return sock
+
+
+# pyroute2's rtmsg stops at RTA_EXPIRES (23); a route query by protocol and ports needs 27 to 29.
+class _PortRouteMessage(rtmsg):  # type: ignore[misc]
+    # pyroute2 compiles nla_map once per class into name-mangled class attributes, which a subclass
+    # inherits: without this reset, an rtmsg used first would make this class encode with its table.
+    _nlmsg_base__compiled_nla = False
+    nla_map = (
+        *rtmsg.nla_map,
+        ("RTA_PAD", "hex"),
+        ("RTA_UID", "uint32"),
+        ("RTA_TTL_PROPAGATE", "uint8"),
+        ("RTA_IP_PROTO", "uint8"),
+        ("RTA_SPORT", "be16"),
+        ("RTA_DPORT", "be16"),
+    )
+
+
+@dataclass(frozen=True)
+class RouteAnswer:
+    """The kernel's route for one packet: its type ('local' means delivered to this host), table, oif."""
+
+    type: str
+    table: int | None
+    oif: int | None
+
+
+def route_for_packet(  # noqa: PLR0917
+    namespace: str | None,
+    src: str,
+    dst: str,
+    sport: int,
+    dport: int,
+    proto: int = IPPROTO_UDP,
+    iif: int | None = None,
+) -> RouteAnswer | None:
+    """Ask the kernel (RTM_GETROUTE) how it routes a packet src:sport -> dst:dport of `proto` arriving on
+    interface `iif` (None: sent by the host itself), in `namespace` (None: this one); None if unroutable.
+    The policy rules see the protocol and ports, so this is the relay rule's own verdict."""
+    version = ipaddress.ip_address(dst).version
+    message = _PortRouteMessage()
+    message["family"] = _FAMILY[version]
+    message["dst_len"] = message["src_len"] = 32 if version == 4 else 128
+    attrs: list[tuple[str, Any]] = [
+        ("RTA_DST", dst),
+        ("RTA_SRC", src),
+        ("RTA_IP_PROTO", proto),
+        ("RTA_SPORT", sport),
+        ("RTA_DPORT", dport),
+    ]
+    if iif is not None:
+        attrs.append(("RTA_IIF", iif))
+    message["attrs"] = attrs
+
+    message["flags"] = RTM_F_LOOKUP_TABLE  # answer with the table the rules chose
+
+    async def ask() -> list[Any]:
+        # In this thread's namespace: pyroute2's netns= proxy re-encodes the message with its own rtmsg,
+        # which drops the protocol and port attributes.
+        async with AsyncIPRoute() as ipr:
+            answers = await ipr.nlm_request(message, msg_type=RTM_GETROUTE, msg_flags=NLM_F_REQUEST)
+            return [answer async for answer in answers]
+
+    try:
+        if namespace is None:
+            answers = asyncio.run(ask())
+        else:
+            answers = netns.run_in(namespace, lambda: asyncio.run(ask()))
+    except NetlinkError:
+        return None  # ENETUNREACH, EHOSTUNREACH, EINVAL (a martian): no route
+    if not answers:
+        return None
+    answer = answers[0]
+    return RouteAnswer(
+        ROUTE_TYPES.get(answer["type"], str(answer["type"])),
+        answer.get_attr("RTA_TABLE"),
+        answer.get_attr("RTA_OIF"),
+    )
+
+
+def is_relayed(  # noqa: PLR0917
+    namespace: str | None, backend: str, client: str, sport: int, dport: int = 40000, iif: int | None = None
+) -> bool:
+    """True when a UDP reply backend:sport -> client:dport would be delivered locally (to the forwarder)."""
+    answer = route_for_packet(namespace, backend, client, sport, dport, IPPROTO_UDP, iif)
+    return answer is not None and answer.type == "local"
+
+
+__all__ = [
+    "RELAY_PRIORITY",
+    "RELAY_TABLE",
+    "RelayRouting",
+    "RouteAnswer",
+    "backend_errors_ruleset",
+    "enable_reassembly",
+    "flow_socket",
+    "install_local_relay_routing",
+    "install_relay_routing",
+    "is_relayed",
+    "local_backend_commands",
+    "reassembly_ruleset",
+    "relay_commands",
+    "route_backend_errors",
+    "route_for_packet",
+]

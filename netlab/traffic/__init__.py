@@ -1,0 +1,1 @@
+"""Traffic: crafting and sending datagrams, expectations on what arrives, sniffing, impairing links."""

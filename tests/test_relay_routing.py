@@ -1,0 +1,233 @@
+"""Relay routing (netlab.service.relay), without the forwarder: the host's policy rule delivers only the
+backend's replies to an unconnected transparent socket bound to the client's address, as the forwarder's
+per-flow socket is in `--reply relay`; everything else the backend sends is still routed to the client.
+
+    client 198.51.100.10      --- 198.51.100.1   [host] 192.0.2.1     --- 192.0.2.2     backend
+           2001:db8:51::10    --- 2001:db8:51::1        2001:db8:2::1 --- 2001:db8:2::2
+    (fixtures/topologies/dual-stack.toml; the backend "replies" from port 27000 to the client's 4242)
+"""
+
+import contextlib
+import socket
+
+import pytest
+
+from netlab import AddressError, Lab, load_topology
+from netlab.lab.node import LabNode
+from netlab.service.relay import (
+    flow_socket,
+    install_local_relay_routing,
+    install_relay_routing,
+    is_relayed,
+    local_backend_commands,
+    port_ranges,
+    relay_commands,
+    route_for_packet,
+)
+from netlab.traffic.expect import expect
+
+FAMILIES = {
+    "ipv4": {"client": "198.51.100.10", "backend": "192.0.2.2", "loopback": "127.0.0.1"},
+    "ipv6": {"client": "2001:db8:51::10", "backend": "2001:db8:2::2", "loopback": "::1"},
+}
+PORT, CLIENT_PORT = 27000, 4242
+
+
+def test_relay_commands_spell_one_rule_per_port_range_and_the_local_route() -> None:
+    assert relay_commands("192.0.2.2", [27000, (27010, 27020)]) == [
+        "ip rule add from 192.0.2.2 ipproto udp sport 27000 lookup 100",
+        "ip rule add from 192.0.2.2 ipproto udp sport 27010-27020 lookup 100",
+        "ip route add local 0.0.0.0/0 dev lo table 100",
+    ]
+    assert relay_commands("2001:db8:2::2", 53, table=7) == [
+        "ip -6 rule add from 2001:db8:2::2 ipproto udp sport 53 lookup 7",
+        "ip -6 route add local ::/0 dev lo table 7",
+    ]
+
+
+def test_a_backend_on_the_host_itself_gets_go_mmproxys_loopback_rule() -> None:
+    assert local_backend_commands(4) == [
+        "ip rule add from 127.0.0.0/8 iif lo lookup 100",
+        "ip route add local 0.0.0.0/0 dev lo table 100",
+    ]
+    assert local_backend_commands(6)[0] == "ip -6 rule add from ::1/128 iif lo lookup 100"
+
+
+@pytest.mark.parametrize(
+    ("ports", "message"),
+    [
+        (0, r"relay port 0: expected a port"),
+        ((27010, 27000), r"relay port range \(27010, 27000\): the first port is above the last"),
+        ([], r"at least one backend port"),
+        ([True], r"relay port True"),
+    ],
+)
+def test_bad_relay_ports_are_refused_naming_the_value(ports: object, message: str) -> None:
+    with pytest.raises(AddressError, match=message):
+        port_ranges(ports)  # type: ignore[arg-type]
+
+
+def test_a_bad_backend_is_refused_naming_it() -> None:
+    with pytest.raises(AddressError, match=r"relay backend 'backend': expected an address or a network"):
+        relay_commands("backend", 53)
+
+
+def backend_sends(lab: Lab, family: str, sport: int, payload: bytes) -> None:
+    """The backend sends `payload` from its address:sport to the client's address:4242."""
+    addresses = FAMILIES[family]
+    sock = lab["backend"].udp_socket(addresses["backend"], sport)
+    sock.sendto(payload, (addresses["client"], CLIENT_PORT))
+    sock.close()
+
+
+def receives(sock: socket.socket, timeout: float = 3.0) -> tuple[bytes, str] | None:
+    """What `sock` receives within `timeout` (payload, source address), or None."""
+    sock.settimeout(timeout)
+    try:
+        data, peer = sock.recvfrom(65535)
+    except TimeoutError:
+        return None
+    return data, peer[0]
+
+
+def host_iif(node: LabNode) -> int:
+    from pyroute2 import IPRoute
+
+    with IPRoute(netns=node.namespace) as ipr:
+        return int(ipr.link_lookup(ifname="to-backend")[0])
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("family", FAMILIES)
+def test_with_relay_routing_the_hosts_transparent_socket_receives_the_backends_reply(
+    lab: Lab, family: str
+) -> None:
+    lab.build(load_topology("dual-stack"))
+    addresses = FAMILIES[family]
+    client = expect(lab["client"], port=CLIENT_PORT)
+    flow = flow_socket(lab["host"], addresses["client"], CLIENT_PORT)
+    install_relay_routing(lab["host"], addresses["backend"], PORT)
+
+    backend_sends(lab, family, PORT, b"reply")
+
+    assert receives(flow) == (b"reply", addresses["backend"])
+    client.nothing(quiet=0.5)
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("family", FAMILIES)
+def test_without_relay_routing_the_backends_reply_passes_the_host_to_the_client(
+    lab: Lab, family: str
+) -> None:
+    lab.build(load_topology("dual-stack"))
+    addresses = FAMILIES[family]
+    client = expect(lab["client"], port=CLIENT_PORT)
+    flow = flow_socket(lab["host"], addresses["client"], CLIENT_PORT)
+
+    backend_sends(lab, family, PORT, b"reply")
+
+    client.datagram(src=addresses["backend"], payload=b"reply").arrives(within=3).and_nothing_else()
+    assert receives(flow, timeout=0.3) is None
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("family", FAMILIES)
+def test_relay_routing_leaves_the_backends_udp_from_other_ports_routed_to_the_client(
+    lab: Lab, family: str
+) -> None:
+    lab.build(load_topology("dual-stack"))
+    addresses = FAMILIES[family]
+    client = expect(lab["client"], port=CLIENT_PORT)
+    flow = flow_socket(lab["host"], addresses["client"], CLIENT_PORT)
+    install_relay_routing(lab["host"], addresses["backend"], [PORT, (27010, 27020)])
+
+    backend_sends(lab, family, 27001, b"own lookup")
+    backend_sends(lab, family, 27021, b"own update")
+
+    client.datagram(payload=b"own lookup").arrives(within=3)
+    client.datagram(payload=b"own update").arrives(within=3).and_nothing_else()
+    assert receives(flow, timeout=0.3) is None
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("family", FAMILIES)
+def test_relay_routing_leaves_the_backends_tcp_from_the_relayed_port_routed_to_the_client(
+    lab: Lab, family: str
+) -> None:
+    lab.build(load_topology("dual-stack"))
+    addresses = FAMILIES[family]
+    kind = socket.AF_INET if family == "ipv4" else socket.AF_INET6
+    listener = lab["client"].open_socket(kind, socket.SOCK_STREAM)
+    listener.bind((addresses["client"], CLIENT_PORT))
+    listener.listen(1)
+    install_relay_routing(lab["host"], addresses["backend"], PORT)
+
+    connection = lab["backend"].open_socket(kind, socket.SOCK_STREAM)
+    connection.bind((addresses["backend"], PORT))  # the very source port the rule relays for UDP
+    connection.settimeout(5)
+    connection.connect((addresses["client"], CLIENT_PORT))
+    connection.sendall(b"tcp")
+    listener.settimeout(5)
+    accepted, peer = listener.accept()
+    lab.defer(accepted.close)
+    assert peer[:2] == (addresses["backend"], PORT)
+    assert accepted.recv(16) == b"tcp"
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_kernel_answers_local_for_a_relayed_reply_and_unicast_for_the_rest(lab: Lab, family: str) -> None:
+    lab.build(load_topology("dual-stack"))
+    addresses, host = FAMILIES[family], lab["host"]
+    iif = host_iif(host)
+    relayed = (host.namespace, addresses["backend"], addresses["client"], PORT)
+    assert not is_relayed(*relayed, iif=iif)
+
+    install_relay_routing(host, addresses["backend"], PORT, table=123)
+
+    assert is_relayed(*relayed, iif=iif)
+    answer = route_for_packet(host.namespace, addresses["backend"], addresses["client"], PORT, 4242, iif=iif)
+    assert answer is not None
+    assert answer.table == 123
+    assert not is_relayed(host.namespace, addresses["backend"], addresses["client"], PORT + 1, iif=iif)
+    tcp = route_for_packet(host.namespace, addresses["backend"], addresses["client"], PORT, 4242, 6, iif)
+    assert tcp is not None
+    assert tcp.type == "unicast"
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("family", FAMILIES)
+def test_removing_the_relay_routing_sends_the_reply_to_the_client_again(lab: Lab, family: str) -> None:
+    lab.build(load_topology("dual-stack"))
+    addresses = FAMILIES[family]
+    client = expect(lab["client"], port=CLIENT_PORT)
+    flow = flow_socket(lab["host"], addresses["client"], CLIENT_PORT)
+    routing = install_relay_routing(lab["host"], addresses["backend"], PORT)
+
+    routing.remove()
+    backend_sends(lab, family, PORT, b"after")
+
+    client.datagram(payload=b"after").arrives(within=3).and_nothing_else()
+    assert receives(flow, timeout=0.3) is None
+    host = lab["host"]
+    assert not is_relayed(host.namespace, addresses["backend"], addresses["client"], PORT, iif=host_iif(host))
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_backend_on_the_host_itself_reaches_the_flow_socket_with_the_loopback_rule(
+    lab: Lab, family: str
+) -> None:
+    lab.build(load_topology("dual-stack"))
+    addresses, host = FAMILIES[family], lab["host"]
+    flow = flow_socket(host, addresses["client"], CLIENT_PORT)
+    backend = host.udp_socket(addresses["loopback"], 5353)  # `--net=host`: the backend on the host
+    # IPv4 refuses a loopback source on a route off the host at once (EINVAL); IPv6 drops it.
+    with contextlib.suppress(OSError):
+        backend.sendto(b"too early", (addresses["client"], CLIENT_PORT))
+    assert receives(flow, timeout=0.3) is None
+
+    install_local_relay_routing(host)
+    backend.sendto(b"local reply", (addresses["client"], CLIENT_PORT))
+
+    assert receives(flow) == (b"local reply", addresses["loopback"])
