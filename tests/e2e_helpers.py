@@ -1,10 +1,8 @@
 """Shared pieces of the forwarder's end-to-end tests: an echo backend, kernel counters of arrivals, the
 blaster in the background, and STATUS= predicates."""
 
-import functools
 import json
 import socket
-import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -29,26 +27,6 @@ def start_echo(lab: Lab, address: str, port: int) -> None:
     """A UDP echo server in the backend, answering every datagram to its sender until the lab closes."""
     sock = lab["backend"].udp_socket(address, port)
     threading.Thread(target=_echo_forever, args=(sock,), daemon=True).start()
-
-
-@functools.cache
-def forwarder_supports_relay() -> bool:
-    """Whether this checkout's forwarder has `--reply` (issue 10's relay mode): its --help says so.
-
-    Temporary: the relay end-to-end tests were written before the forwarder side landed and skip
-    without it; the skip goes when both are merged."""
-    result = subprocess.run(
-        [sys.executable, "-m", "forwarder", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=python_env(),
-    )
-    return "--reply" in result.stdout
-
-
-NEEDS_RELAY_FORWARDER = "the forwarder has no --reply relay yet (issue 10, forwarder side)"
 
 
 def status_has(fragment: str) -> "StatusPredicate":

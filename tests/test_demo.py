@@ -4,7 +4,6 @@ import io
 import re
 
 import pytest
-from e2e_helpers import NEEDS_RELAY_FORWARDER, forwarder_supports_relay
 from pyroute2 import IPRoute
 
 from netlab import Lab, UsageError
@@ -72,7 +71,6 @@ def test_demo_passes_and_prints_what_the_backend_saw_for_each_client() -> None:
 
 
 @pytest.mark.privileged
-@pytest.mark.skipif(not forwarder_supports_relay(), reason=NEEDS_RELAY_FORWARDER)
 def test_demo_in_relay_mode_passes_with_the_same_table_and_the_backend_on_other_ports() -> None:
     out = io.StringIO()
     assert run_demo(out, reply="relay") == 0

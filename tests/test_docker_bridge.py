@@ -11,7 +11,6 @@ import socket
 import sys
 
 import pytest
-from e2e_helpers import NEEDS_RELAY_FORWARDER, forwarder_supports_relay
 from pyroute2 import IPRoute
 
 from netlab import Lab, load_topology, start_forwarder
@@ -161,7 +160,6 @@ def test_direct_mode_the_forwarder_carries_the_client_to_a_container_and_the_rep
     assert reply.startswith(f"seen={format_endpoint(addresses['client'], 4242)};".encode())
 
 
-@pytest.mark.skipif(not forwarder_supports_relay(), reason=NEEDS_RELAY_FORWARDER)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_relay_mode_the_forwarder_carries_the_client_to_a_container_on_another_port_and_back(
     lab: Lab, family: str

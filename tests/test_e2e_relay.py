@@ -117,6 +117,7 @@ def test_a_reply_from_a_backend_on_another_port_reaches_the_client_from_the_addr
 def test_a_wildcard_listener_answers_from_whichever_of_the_hosts_addresses_the_client_asked(
     relay_lab: Lab, receive: str
 ) -> None:
+    second_host_address(relay_lab)
     start_forwarder(
         relay_lab["host"], ["0.0.0.0:53"], ["192.0.2.2:5353"], args=[*RELAY, "--receive", receive]
     )

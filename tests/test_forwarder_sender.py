@@ -213,14 +213,16 @@ def test_a_flow_whose_source_became_a_subnet_broadcast_is_closed_at_the_next_swe
     forwarder.forward(b"x", client, BACKEND, 1)
     flow = forwarder.flow(client)
     assert flow is not None
-    assert flow.handle is not None
+    sock = flow.handle
+    assert sock is not None
 
     broadcasts.local.add("203.0.113.255")  # e.g. 203.0.113.0/24 was added to one of the host's interfaces
     assert forwarder.engine.expire(2) == 1
 
     assert broadcasts.forgotten == 1
     assert len(forwarder.machine.flows) == 0
-    assert flow.handle.fileno() == -1
+    assert sock.fileno() == -1
+    assert flow.handle is None
     forwarder.forward(b"y", client, BACKEND, 3)
     assert forwarder.machine.counters.dropped == {DropReason.BROADCAST_SOURCE.value: 1}
 

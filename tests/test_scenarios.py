@@ -5,7 +5,6 @@ change here. Each runs in the `lab` fixture's lab, whose run directory (logs, pc
 """
 
 import pytest
-from e2e_helpers import NEEDS_RELAY_FORWARDER, forwarder_supports_relay
 
 from netlab import Lab
 from netlab.fixtures import scenario_names, scenario_path
@@ -21,26 +20,8 @@ def test_at_least_ten_scenarios_ship_and_each_says_which_behaviour_it_pins() -> 
         assert first.startswith("# Pins "), f"{name}.toml must start with '# Pins ...', not {first!r}"
 
 
-def runs_a_relay_forwarder(name: str) -> bool:
-    """A scenario that starts the forwarder (it sends traffic) with --reply relay."""
-    scenario = load_scenario(scenario_path(name))
-    return bool(scenario.traffic) and scenario.forwarder is not None and "--reply" in scenario.forwarder.args
-
-
-# Temporary: until the forwarder side of issue 10 is merged, the relay scenarios that run it skip.
-SCENARIOS = [
-    pytest.param(
-        name,
-        marks=pytest.mark.skipif(
-            runs_a_relay_forwarder(name) and not forwarder_supports_relay(), reason=NEEDS_RELAY_FORWARDER
-        ),
-    )
-    for name in scenario_names()
-]
-
-
 @pytest.mark.privileged
-@pytest.mark.parametrize("name", SCENARIOS)
+@pytest.mark.parametrize("name", scenario_names())
 def test_scenario(name: str, lab: Lab) -> None:
     result = run_scenario(load_scenario(scenario_path(name)), lab)
     assert result.passed, result.report()
