@@ -161,31 +161,40 @@ class BatchSender:
 
     A run of n datagrams from one client to one destination costs one system call instead of n. The
     headers point at the receiver's slots once and for all; a run only sets its lengths and destination.
+    `prefixed` (--send-proxy-protocol): each message has two iovecs, the flow's PROXY header, then the
+    datagram as received.
     """
 
-    def __init__(self, sendmmsg: Callable[..., int], receiver: BatchReceiver) -> None:
+    def __init__(self, sendmmsg: Callable[..., int], receiver: BatchReceiver, prefixed: bool = False) -> None:
         self._sendmmsg = sendmmsg
         self._receiver = receiver  # its buffers are what the headers point into: keep them alive
         batch = receiver.batch
-        self._iovecs = (IOVec * batch)()
+        stride = 2 if prefixed else 1
+        self._iovecs = (IOVec * (batch * stride))()
         self._headers = (MMsgHdr * batch)()
         data_address = ctypes.addressof(receiver._arrays[0])
+        self._bases = [data_address + index * receiver.buffer_size for index in range(batch)]
+        self._moved: set[int] = set()  # slots whose iovec starts after a PROXY header now
+        # Where in the u64 view of the iovecs each message's data iovec starts (base; its length follows),
+        # and, when prefixed, its header iovec.
+        self._data_at = [2 * (index * stride + stride - 1) for index in range(batch)]
+        self._prefix_at = [2 * index * stride for index in range(batch)] if prefixed else []
         for index in range(batch):
-            self._iovecs[index].iov_base = data_address + index * receiver.buffer_size
+            self._iovecs[index * stride + stride - 1].iov_base = self._bases[index]
             header = self._headers[index].msg_hdr
-            header.msg_iov = ctypes.addressof(self._iovecs[index])
-            header.msg_iovlen = 1
+            header.msg_iov = ctypes.addressof(self._iovecs[index * stride])
+            header.msg_iovlen = stride
         self._address = ctypes.addressof(self._headers)
         self._iov_u64 = memoryview(self._iovecs).cast("B").cast("Q")
         self._receiver_u32 = receiver.u32
         self._slots = receiver.slots
         self._names: dict[tuple[str, int], ctypes.Array[ctypes.c_char]] = {}
         self._destination: tuple[str, int] | None = None
-        self._name: ctypes.Array[ctypes.c_char] | None = None
+        self._name = (0, 0)  # address and length of the struct sockaddr runs go to (0: connected sockets)
         self.gso: BatchGso | None = None  # set by enable_gso(): runs of equal sizes leave as one GSO send
 
     @classmethod
-    def create(cls, receiver: BatchReceiver) -> "BatchSender | None":
+    def create(cls, receiver: BatchReceiver, prefixed: bool = False) -> "BatchSender | None":
         """A sender for `receiver`'s buffers, or None when this libc has no sendmmsg."""
         try:
             sendmmsg = ctypes.CDLL(None, use_errno=True).sendmmsg
@@ -193,7 +202,7 @@ class BatchSender:
             return None
         sendmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
         sendmmsg.restype = ctypes.c_int
-        return cls(sendmmsg, receiver)
+        return cls(sendmmsg, receiver, prefixed)
 
     def aim(self, family: socket.AddressFamily, destination: tuple[str, int] | None) -> None:
         """Send the following runs to `destination`, or with no address (connected sockets) for None;
@@ -201,7 +210,6 @@ class BatchSender:
         if destination == self._destination:
             return
         address, length = 0, 0
-        name = None
         if destination is not None:
             name = self._names.get(destination)
             if name is None:
@@ -213,17 +221,20 @@ class BatchSender:
             header.msg_name = address
             header.msg_namelen = length
         self._destination = destination
-        self._name = name
+        self._name = (address, length)
         if self.gso is not None:
             self.gso.aim(address, length)
 
     def enable_gso(self) -> bool:
-        """Send runs of equal-size datagrams with UDP GSO from now on, where the kernel has it."""
+        """Send runs of equal-size datagrams with UDP GSO from now on, where the kernel has it (not on a
+        prefixed sender: its messages are two iovecs each)."""
         from forwarder.gso import BatchGso  # gso builds on this module's structures
 
+        if self._prefix_at:
+            return False
         self.gso = BatchGso.create(self._iovecs)
-        if self.gso is not None and self._name is not None:
-            self.gso.aim(ctypes.addressof(self._name), len(self._name))
+        if self.gso is not None:
+            self.gso.aim(*self._name)
         return self.gso is not None
 
     def send_segmented(self, fd: int, first: int, count: int, segment: int) -> int:
@@ -234,14 +245,45 @@ class BatchSender:
         u32, iov, slots = self._receiver_u32, self._iov_u64, self._slots
         for index in range(first, first + count):
             iov[2 * index + 1] = u32[slots[index].length]
+        if self._moved:  # an earlier run started these iovecs after a PROXY header: whole datagrams now
+            for index in range(first, first + count):
+                if index in self._moved:
+                    iov[2 * index] = self._bases[index]
+                    self._moved.discard(index)
         return gso.send(fd, first, count, segment)
 
-    def send_run(self, fd: int, first: int, count: int) -> tuple[int, int]:
-        """Send received datagrams first..first+count-1 from `fd`. Returns (sent, errno): when errno is not
-        0, datagram first+sent failed with it and the ones after it were not tried."""
-        u32, iov, slots = self._receiver_u32, self._iov_u64, self._slots
+    def send_run(
+        self,
+        fd: int,
+        first: int,
+        count: int,
+        skips: dict[int, int] | None = None,
+        prefix: bytearray | None = None,
+    ) -> tuple[int, int]:
+        """Send received datagrams first..first+count-1 from `fd`, datagram i without its first `skips[i]`
+        bytes when given (a PROXY header: the iovec starts after it, nothing is copied), each after
+        `prefix` on a prefixed sender (the flow's PROXY header, also not copied). Returns (sent, errno):
+        when errno is not 0, datagram first+sent failed with it and the ones after it were not tried."""
+        u32, iov, slots, data_at = self._receiver_u32, self._iov_u64, self._slots, self._data_at
         for index in range(first, first + count):
-            iov[2 * index + 1] = u32[slots[index].length]
+            iov[data_at[index] + 1] = u32[slots[index].length]
+        if skips or self._moved:
+            bases, moved = self._bases, self._moved
+            for index in range(first, first + count):
+                skip = skips.get(index, 0) if skips else 0
+                iov[data_at[index]] = bases[index] + skip  # or back where it was: an earlier run moved it
+                iov[data_at[index] + 1] -= skip
+                if skip:
+                    moved.add(index)
+                else:
+                    moved.discard(index)
+        if self._prefix_at:
+            address = ctypes.addressof(ctypes.c_char.from_buffer(prefix)) if prefix else 0
+            size = len(prefix) if prefix else 0
+            for index in range(first, first + count):
+                at = self._prefix_at[index]
+                iov[at] = address
+                iov[at + 1] = size
         sent: int = self._sendmmsg(fd, self._address + first * _SIZE, count, 0)
         if sent < 0:
             return 0, ctypes.get_errno()

@@ -3,6 +3,7 @@ the engine. Every failure becomes a one-line error and a sysexits(3) code (see t
 """
 
 import argparse
+import ipaddress
 import logging
 import math
 import os
@@ -36,6 +37,7 @@ from forwarder.machine import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FLOWS, Forwardin
 from forwarder.mapping import assign, check_form
 from forwarder.metrics import MetricsFile, listen_label
 from forwarder.notify import Notifier, watchdog_interval
+from forwarder.proxy_protocol import Network, TrustedSources
 from forwarder.routecheck import reply_route_warning
 from forwarder.sockets import (
     BroadcastAddresses,
@@ -45,6 +47,7 @@ from forwarder.sockets import (
     is_wildcard,
     listener_families,
     set_receive_buffer,
+    source_toward,
 )
 
 PROG = "systemd-transparent-udp-forwarderd"
@@ -114,6 +117,18 @@ def _metrics_path(text: str) -> Path:
     return path
 
 
+def _network(text: str) -> Network:
+    """A network whose senders' PROXY headers are believed: ADDRESS/PREFIX without host bits, or one
+    address. Host bits are refused, not masked: a trust list must say exactly whom it trusts."""
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"{shown(text)} is not a network ({error}): expected a CIDR such as 192.0.2.0/24 or "
+            "2001:db8::/64, or one address"
+        ) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
@@ -171,12 +186,29 @@ def build_parser() -> argparse.ArgumentParser:
         "recvmmsg); single: one recvmsg per datagram",
     )
     parser.add_argument(
+        "--proxy-protocol-from",
+        type=_network,
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="datagrams from these senders (load balancers) must start with a PROXY protocol v2 header: "
+        "it is removed and the client it names is presented to the backend (LOCAL: the sender itself); "
+        "a datagram without a valid one is dropped and counted by reason. Others are forwarded as they "
+        "are: their headers are payload, never believed. Repeatable",
+    )
+    parser.add_argument(
         "--reply",
         choices=["direct", "relay"],
-        default="direct",
         help="direct: the backend's replies go straight to the clients (the host rewrites their source; "
         "default); relay: the host routes them to the forwarder, which sends each from the address the "
-        "client sent to (see the README's routing recipe)",
+        "client sent to (see the README's routing recipe); --send-proxy-protocol implies relay",
+    )
+    parser.add_argument(
+        "--send-proxy-protocol",
+        action="store_true",
+        help="send from this host's own address (no IP_TRANSPARENT, no CAP_NET_ADMIN), each datagram after "
+        "a PROXY protocol v2 header naming the client and the address it sent to; the backend's replies "
+        "are relayed to the client from the listening socket",
     )
     parser.add_argument(
         "--receive-buffer",
@@ -323,18 +355,27 @@ def metrics_file(path: Path | None, listeners: Sequence[ListeningSocket]) -> Met
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, set up and forward until stopped; raises ForwarderError on bad input."""
     args = build_parser().parse_args(argv)
+    if args.send_proxy_protocol and args.reply == "direct":
+        raise UsageError(
+            "--reply direct with --send-proxy-protocol: the backend answers this host's address, so "
+            "replies can only be relayed; expected --reply relay or no --reply"
+        )
     logs.configure(args.log_level)
     specs = [parse_destination(text) for text in args.destinations]
     check_form(specs)
     listeners = open_listeners(args.listen, specs)
     notifier = Notifier()
     try:
-        relay = args.reply == "relay"
+        send_header = args.send_proxy_protocol
+        relay = args.reply == "relay" or send_header
         routes = build_routes(listeners, specs, FAMILIES.get(args.prefer_family), relay=relay)
         refuse_loops(routes)
-        check_transparent_capability({route.destination.family for route in routes})
-        if relay:
-            warn_of_reply_routes(routes)
+        # With --send-proxy-protocol nothing binds a client's address (no capability needed) and replies
+        # come back to this host's own address (no relay routing to check).
+        if not send_header:
+            check_transparent_capability({route.destination.family for route in routes})
+            if relay:
+                warn_of_reply_routes(routes)
         if args.receive_buffer is not None:
             for listener in listeners:
                 set_receive_buffer(listener.sock, args.receive_buffer)
@@ -343,7 +384,10 @@ def run(argv: Sequence[str] | None = None) -> int:
             args.flow_idle_timeout,
             LocalAddresses(),
             BroadcastAddresses(),
+            trusted=TrustedSources(args.proxy_protocol_from) if args.proxy_protocol_from else None,
             relay=relay,
+            send_header=send_header,
+            source_toward=source_toward,
         )
         engine = Engine(
             routes,

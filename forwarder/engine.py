@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from forwarder import receive
 from forwarder.activation import ListeningSocket
 from forwarder.batch import BATCH
-from forwarder.core import Counters, bounded_put, decode_sockaddr
+from forwarder.core import Counters, bounded_put, decode_sockaddr, plain_address
 from forwarder.destination import Destination
 from forwarder.icmp import CONTROL_SIZE, MSG_ERRQUEUE, PENDING_ERRORS, parse_queued_error
 from forwarder.logs import RepeatSummary
@@ -35,16 +35,16 @@ from forwarder.machine import (
 )
 from forwarder.metrics import MetricsFile
 from forwarder.notify import Notifier
-from forwarder.sender import open_flow_socket, open_once_socket
+from forwarder.sender import open_flow_socket, open_once_socket, open_plain_flow_socket
 from forwarder.sockets import IP_PKTINFO, set_receive_pktinfo
 
 # Larger than any UDP payload (65507 B over IPv4, 65527 B over IPv6), so MSG_TRUNC means "not UDP-sized".
 RECEIVE_BUFFER = 65536
-# A flow socket is read until EAGAIN, but at most this many replies (or queued errors) at a time.
-MAX_REPLIES = 256
 # The longest single wait of the selector: epoll_wait takes int milliseconds (about 24.8 days at most), and
 # a longer interval (--stats-interval 3e6) raised OverflowError. Waking once an hour costs nothing.
 MAX_WAIT = 3600.0
+# A flow socket is read until EAGAIN, but at most this many replies (or queued errors) at a time.
+MAX_REPLIES = 256
 
 log = logging.getLogger("forwarder")
 
@@ -61,7 +61,9 @@ class Route:
     path: Path = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Path(self.listener.label, self.destination))
+        bound = self.listener.sock.getsockname()
+        listen = (str(plain_address(str(bound[0]))), int(bound[1]))
+        object.__setattr__(self, "path", Path(self.listener.label, self.destination, listen))
 
 
 class _Client:
@@ -102,7 +104,7 @@ class Engine:
         self.repeats = RepeatSummary(log)
         # Connected flow sockets only carry replies in relay mode; in direct mode early demux would steal
         # the replies the host must forward (see forwarder.sender).
-        self.connect_flows = connect_flows and self.machine.relay
+        self.connect_flows = (connect_flows and self.machine.relay) or self.machine.send_header
         for route in self.routes:
             if route.pktinfo:
                 set_receive_pktinfo(route.listener.sock)
@@ -113,6 +115,7 @@ class Engine:
             buffer_size,
             pktinfo=any(route.pktinfo for route in self.routes),
             connected=self.connect_flows,
+            prefixed=self.machine.send_header,
             gso=gso,
         )
         self.metrics = metrics
@@ -150,7 +153,9 @@ class Engine:
         failing with an ICMP error left pending by an earlier datagram is tried once more."""
         for attempt in (1, 2):
             try:
-                if self.connect_flows:
+                if flow.header is not None:  # two iovecs: the flow's header, then the payload (no copy)
+                    flow.handle.sendmsg((flow.header, payload))  # type: ignore[union-attr]
+                elif self.connect_flows:
                     flow.handle.send(payload)  # type: ignore[union-attr]
                 else:
                     flow.handle.sendto(payload, flow.path.target)  # type: ignore[union-attr]
@@ -162,9 +167,14 @@ class Engine:
 
     def _open_and_send(self, flow: Flow, payload: memoryview) -> None:
         try:
-            sock = open_flow_socket(
-                flow.source, flow.path.destination.family, flow.path.target if self.connect_flows else None
-            )
+            if self.machine.send_header:
+                sock = open_plain_flow_socket(flow.path.destination.family, flow.path.target)
+            else:
+                sock = open_flow_socket(
+                    flow.source,
+                    flow.path.destination.family,
+                    flow.path.target if self.connect_flows else None,
+                )
         except OSError as error:
             self.log_drop(self.machine.open_failed(flow, error.errno or errno.EIO))
             return

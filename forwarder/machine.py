@@ -4,7 +4,9 @@ which flows to keep, what a failure is counted as); it never touches a socket. T
 executes the actions and reports what happened, so everything here is tested without sockets or privileges.
 
     engine                                 machine
-    receive(path, client, size, flags) ->  an action: the open Flow (send on it), OpenFlow, SendOnce, Drop
+    receive(path, client, size, flags) ->  an action: the open Flow (send on it), OpenFlow, SendOnce, Drop,
+                                           or READ_HEADER (a trusted sender: the machine needs the bytes)
+    receive_proxied(path, client, data) -> (one of those actions, bytes of PROXY header to skip)
     flow_opened / open_failed /        ->  CloseFlows (evicted to make room) or a Drop (the failure counted)
     send_failed / send_once_failed
     reply_received(flow, source, ...)  ->  the Flow whose client gets the reply (relay it), or a Drop
@@ -14,13 +16,19 @@ executes the actions and reports what happened, so everything here is tested wit
 A datagram is counted as forwarded when the machine hands out the action that sends it; a failure event
 (always reported in the same drain, before the next STATUS=) takes it back and counts the drop instead, so
 the hot path costs one counter increment and no event.
+
+PROXY protocol (--proxy-protocol-from): a sender in a trusted network never has a flow under its own raw
+sockaddr, so its datagrams miss the flow table and cost one cached "trusted?" answer before their header is
+read; an untrusted sender's hit costs nothing more than before. A header's client gets a flow keyed by the
+client (PROXIED + its sockaddr, a key no raw sockaddr can be), so one load balancer's clients get their
+own flows under the same --max-flows and idle rules.
 """
 
 import errno
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from forwarder.core import (
     Counters,
@@ -28,12 +36,19 @@ from forwarder.core import (
     Entry,
     FlowTable,
     SockAddr,
+    bounded_put,
     decode_sockaddr,
     drop_key,
+    plain_address,
     presentable_source,
+    sockaddr_bytes,
 )
 from forwarder.destination import Destination
 from forwarder.icmp import QueuedError
+from forwarder.proxy_protocol import Command, HeaderProblem, build, parse
+
+if TYPE_CHECKING:
+    from forwarder.proxy_protocol import TrustedSources
 
 MSG_TRUNC = socket.MSG_TRUNC
 DEFAULT_MAX_FLOWS = 4096
@@ -41,6 +56,10 @@ DEFAULT_IDLE_TIMEOUT = 60.0
 
 # The one flow key of every receive strategy: (destination address, client's raw struct sockaddr).
 FlowKey = tuple[tuple[str, int], bytes]
+# The second half of a flow key of a client named by a PROXY header: this prefix, then its sockaddr. A raw
+# sockaddr starts with its family (2 or 10, little-endian), so it never starts with this.
+PROXIED = b"proxied:"
+HEADER_CACHE_SIZE = 4096
 
 
 class LocalProbe(Protocol):
@@ -53,10 +72,12 @@ class LocalProbe(Protocol):
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Path:
-    """Datagrams arriving on the listening socket `name` go to `destination`."""
+    """Datagrams arriving on the listening socket `name` go to `destination`; `listen` is that socket's
+    address (for the PROXY header of --send-proxy-protocol when no IP_PKTINFO tells a better one)."""
 
     name: str
     destination: Destination
+    listen: tuple[str, int] | None = None
     target: tuple[str, int] = field(init=False)  # destination.sockaddr, computed once: it keys every flow
 
     def __post_init__(self) -> None:
@@ -70,7 +91,7 @@ class Flow(Entry):
     `reply_received`, "relay this reply to the flow's client": the hot paths allocate nothing.
     """
 
-    __slots__ = ("address", "client", "handle", "key", "local", "path", "source")
+    __slots__ = ("address", "client", "handle", "header", "key", "local", "path", "source")
 
     def __init__(
         self,
@@ -79,15 +100,20 @@ class Flow(Entry):
         source: tuple[str, int],
         address: SockAddr | None = None,
         local: bytes | None = None,
+        *,
+        client: bytes | None = None,
     ) -> None:
         super().__init__()
         self.key = key
         self.path = path
-        self.client = key[1]  # raw sockaddr, as received
-        self.address = address if address is not None else decode_sockaddr(key[1])  # the same, decoded
+        # The sender's raw sockaddr, as received (the client, or the load balancer that named it), decoded.
+        self.client = key[1] if client is None else client
+        self.address = address if address is not None else decode_sockaddr(self.client)
         self.source = source  # the (address, port) presented to the backend
         self.local = local  # the raw address the client sent to (IP_PKTINFO), on a wildcard listener
         self.handle: socket.socket | None = None
+        # --send-proxy-protocol: the PROXY header every datagram of the flow gets, built once.
+        self.header: bytearray | None = None
 
     def __repr__(self) -> str:
         return f"Flow({self.source[0]}:{self.source[1]} -> {self.path.destination})"
@@ -128,7 +154,19 @@ class CloseFlows:
     flows: tuple[Flow, ...]
 
 
-Action = Flow | OpenFlow | SendOnce | Drop
+class ReadHeader:
+    """The action "this sender is trusted: give me its datagram" (receive_proxied); one instance."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "READ_HEADER"
+
+
+READ_HEADER = ReadHeader()
+
+Action = Flow | OpenFlow | SendOnce | Drop | ReadHeader
+ProxiedAction = Flow | OpenFlow | SendOnce | Drop
 
 
 def errno_name(error_number: int) -> str:
@@ -145,15 +183,32 @@ class ForwardingMachine:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         is_local: LocalProbe | None = None,
         is_broadcast: LocalProbe | None = None,
+        *,
+        trusted: "TrustedSources | None" = None,
         relay: bool = False,
+        send_header: bool = False,
+        source_toward: Callable[[str], str | None] | None = None,
     ) -> None:
         self.flows: FlowTable[FlowKey, Flow] = FlowTable(max_flows, idle_timeout)
-        self.relay = relay  # --reply relay: replies arriving on flow sockets go back to the clients
-        self.counters = Counters(relay=relay)
+        # --reply relay (implied by --send-proxy-protocol): replies arriving on flow sockets go back to
+        # the clients.
+        self.relay = relay or send_header
+        self.counters = Counters(relay=self.relay)
         self.is_local: LocalProbe = is_local if is_local is not None else _NothingLocal()
         # Whether an IPv4 address is a directed broadcast of one of the host's subnets.
         self.is_broadcast: LocalProbe = is_broadcast if is_broadcast is not None else _NothingLocal()
         self._lookup: Callable[[FlowKey], Flow | None] = self.flows.lookup
+        # Whether a sender's PROXY headers are believed (--proxy-protocol-from); None: nobody's are.
+        self.trusted = trusted
+        # --send-proxy-protocol: flows send from the host's own address, each datagram after a PROXY header
+        # naming the client, so a local client needs no one-shot socket, and replies are relayed.
+        self.send_header = send_header
+        # The host's address toward a client: the header's destination when a wildcard listener's datagram
+        # came without IP_PKTINFO (it was queued before the option was set).
+        self.source_toward = source_toward
+        # A PROXY header seen before (its exact bytes) -> (the path it came on, its client's flow key, the
+        # source presented or why not): a load balancer repeats one header for every datagram of a client.
+        self._headers: dict[bytes, tuple[Path, FlowKey, tuple[str, int] | DropReason]] = {}
 
     # --- datagram metadata in, an action out -----------------------------------------------------------
 
@@ -177,17 +232,107 @@ class ForwardingMachine:
         return self._first(path, client, now, local)
 
     def _first(self, path: Path, client: bytes, now: float, local: bytes | None) -> Action:
-        """The first datagram of a flow (or of a client that never gets one)."""
+        """The first datagram of a flow (or of a client that never gets one), or of a trusted sender."""
+        if self.trusted is not None and self.trusted(client):
+            return READ_HEADER
         address = decode_sockaddr(client)
-        source = presentable_source(address, path.destination.family, self.is_broadcast)
+        source = self._presentable(address, path.destination.family)
+        return self._open(path, client, (path.target, client), source, now, address, local)
+
+    def _open(  # noqa: PLR0917
+        self,
+        path: Path,
+        client: bytes,
+        key: FlowKey,
+        source: tuple[str, int] | DropReason,
+        now: float,
+        address: SockAddr | None,
+        local: bytes | None,
+    ) -> ProxiedAction:
+        """Open a flow presenting `source` under `key` (a one-shot send for a local one), or drop."""
         if isinstance(source, DropReason):
             return self._drop(path, client, source.value)
+        if self.send_header:
+            header = _proxy_header(source, local, path, self.source_toward)
+            if header is None:
+                return self._drop(path, client, DropReason.FAMILY_MISMATCH.value)
+            self.counters.forwarded += 1
+            flow = Flow(key, path, source, address, local, client=client)
+            flow.header = header
+            flow.last_used = now
+            return OpenFlow(flow)
         self.counters.forwarded += 1
         if self.is_local(source[0]):
             return SendOnce(path, client, source)
-        flow = Flow((path.target, client), path, source, address, local)
+        flow = Flow(key, path, source, address, local, client=client)
         flow.last_used = now
         return OpenFlow(flow)
+
+    def _presentable(self, client: SockAddr, family: socket.AddressFamily) -> tuple[str, int] | DropReason:
+        """presentable_source; with --send-proxy-protocol a loopback or link-local client is named in a
+        header, never bound, so it can be forwarded too (its replies leave from the listening socket)."""
+        source = presentable_source(client, family, self.is_broadcast)
+        if self.send_header and source in _NAMEABLE:
+            return (str(plain_address(str(client[0]))), int(client[1]))
+        return source
+
+    def receive_proxied(
+        self,
+        path: Path,
+        client: bytes,
+        data: memoryview,
+        flags: int,
+        now: float,
+        *,
+        local: bytes | None = None,
+    ) -> tuple[ProxiedAction, int]:
+        """The action for a datagram from a trusted `client` (after READ_HEADER), and how many bytes of
+        PROXY header precede its payload. The header's client is presented (every rule of a client
+        applies to it); LOCAL presents the sender itself; a header that is not believed is a drop named
+        by its problem. Replies of the flow go back to the sender (`client`), from `local`."""
+        if flags & MSG_TRUNC:
+            return self._drop(path, client, drop_key(DropReason.TRUNCATED)), 0
+        header = bytes(data[: 16 + (data[14] << 8 | data[15])]) if len(data) >= 16 else b""
+        known = self._headers.get(header)
+        if known is not None and known[0] is path:
+            return self._hit_or_open(path, client, known[1], known[2], now, local), len(header)
+        parsed = parse(data)
+        if isinstance(parsed, HeaderProblem):
+            return self._drop(path, client, parsed.value), 0
+        family = path.destination.family
+        if parsed.command is Command.LOCAL:  # no client behind: the sender itself, in a flow of its own
+            source = self._presentable(decode_sockaddr(client), family)
+            key = (path.target, PROXIED + client)
+            return self._hit_or_open(path, client, key, source, now, local), parsed.length
+        assert parsed.source is not None
+        source = self._presentable(parsed.source, family)
+        named = parsed.source if isinstance(source, DropReason) else source
+        key = (path.target, PROXIED + sockaddr_bytes(_family_of(named[0]), named))
+        bounded_put(self._headers, header, (path, key, source), HEADER_CACHE_SIZE)
+        return self._hit_or_open(path, client, key, source, now, local), parsed.length
+
+    def _hit_or_open(  # noqa: PLR0917
+        self,
+        path: Path,
+        client: bytes,
+        key: FlowKey,
+        source: tuple[str, int] | DropReason,
+        now: float,
+        local: bytes | None,
+    ) -> ProxiedAction:
+        """The flow of a header's client, marked as used; or a new one (or a drop) as for any client."""
+        flow = self._lookup(key)
+        if flow is None:
+            return self._open(path, client, key, source, now, None, local)
+        flow.last_used = now
+        flow.referenced = True
+        if flow.client != client:  # replies go to the load balancer that sent the latest datagram
+            flow.client = client
+            flow.address = decode_sockaddr(client)
+        if local is not None:
+            flow.local = local
+        self.counters.forwarded += 1
+        return flow
 
     def receive_failed(self, path: Path, error_number: int) -> Drop:
         """Receiving from `path`'s listening socket failed."""
@@ -244,7 +389,7 @@ class ForwardingMachine:
             return self._reply_drop(flow, DropReason.REPLY_TRUNCATED)
         backend = (str(source[0]), int(source[1]))
         if backend != flow.path.target:
-            other = self._lookup((backend, flow.client))
+            other = self._lookup((backend, flow.key[1]))
             if other is None:
                 return self._reply_drop(flow, DropReason.REPLY_UNMATCHED)
             flow = other
@@ -288,6 +433,9 @@ class ForwardingMachine:
         stale = self.flows.expire(now)
         self.is_local.forget()
         self.is_broadcast.forget()
+        self._headers.clear()  # their sources were judged with the answers just forgotten
+        if self.send_header:  # no flow socket is bound to its client's address
+            return CloseFlows(tuple(stale))
         for flow in self.flows.values():
             address = flow.source[0]
             if self.is_local(address) or (":" not in address and self.is_broadcast(address)):
@@ -298,6 +446,39 @@ class ForwardingMachine:
     def close(self) -> CloseFlows:
         """Every flow, at shutdown."""
         return CloseFlows(tuple(self.flows.clear()))
+
+
+# Sources that cannot be bound (so the transparent modes drop them) but can be named in a header.
+_NAMEABLE = (DropReason.LOOPBACK_SOURCE, DropReason.LINK_LOCAL_SOURCE)
+
+
+def _proxy_header(
+    source: tuple[str, int],
+    local: bytes | None,
+    path: Path,
+    source_toward: Callable[[str], str | None] | None,
+) -> bytearray | None:
+    """The PROXY header of a flow presenting `source`: its destination is the address the client sent
+    to (`local`, from IP_PKTINFO, a v4-mapped one as IPv4), else the listening socket's address (for a
+    wildcard one, the host's address toward the client); both with the listening socket's port. None when
+    the two cannot share one header."""
+    if path.listen is None:
+        return None
+    host, port = path.listen
+    # A datagram queued before IP_PKTINFO was set (the one that activated the service) has pktinfo too,
+    # but an unspecified address in it.
+    if local is not None and any(local):
+        host = socket.inet_ntop(socket.AF_INET6 if len(local) == 16 else socket.AF_INET, local)
+    if source_toward is not None and plain_address(host).is_unspecified:
+        host = source_toward(source[0]) or host
+    destination = str(plain_address(host))
+    if _family_of(destination) != _family_of(source[0]):
+        return None
+    return bytearray(build(source, (destination, port)))
+
+
+def _family_of(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
 
 
 class _NothingLocal:

@@ -11,7 +11,7 @@ from forwarder.batch import NAME_LENGTH, BatchReceiver, BatchSender
 from forwarder.core import bounded_put, sockaddr_bytes
 from forwarder.gso import MAX_PAYLOAD, plan_runs
 from forwarder.icmp import PENDING_ERRORS
-from forwarder.machine import Action, Drop, Flow, ForwardingMachine
+from forwarder.machine import READ_HEADER, Action, Drop, Flow, ForwardingMachine
 from forwarder.sockets import IP_PKTINFO
 
 if TYPE_CHECKING:
@@ -88,14 +88,20 @@ class SingleReceive:
             if raw is None:
                 raw = sockaddr_bytes(family, client)
                 bounded_put(names, client, raw, NAME_CACHE_SIZE)
-            if ancillary:
-                action = receive(path, raw, size, flags, now, local=pktinfo_local(ancillary, family))
+            local = pktinfo_local(ancillary, family) if ancillary else None
+            if local is not None:
+                action = receive(path, raw, size, flags, now, local=local)
             else:
                 action = receive(path, raw, size, flags, now)
+            skip = 0
+            if action is READ_HEADER:
+                action, skip = executor.machine.receive_proxied(
+                    path, raw, view[:size], flags, now, local=local
+                )
             if action.__class__ is Flow:
-                executor.send(action, view[:size])
+                executor.send(action, view[skip:size])
             else:
-                executor.execute(route, action, view[:size])
+                executor.execute(route, action, view[skip:size])
 
 
 class BatchReceive:
@@ -103,16 +109,20 @@ class BatchReceive:
     sendmmsg (a lone one through the executor's send)."""
 
     def __init__(
-        self, executor: Executor, receiver: BatchReceiver, *, connected: bool = False, gso: bool = False
+        self,
+        executor: Executor,
+        receiver: BatchReceiver,
+        connected: bool = False,
+        prefixed: bool = False,
+        gso: bool = False,
     ) -> None:
         self.executor = executor
         self.receiver = receiver
-        self.sender = BatchSender.create(receiver)
+        self.sender = BatchSender.create(receiver, prefixed)
         self.connected = connected  # flow sockets are connected: runs are sent without an address
         # Runs of equal-size datagrams as one UDP GSO send (--gso); None when off or unavailable.
-        self.segmenting = (
-            self.sender if gso and self.sender is not None and self.sender.enable_gso() else None
-        )
+        sender = self.sender
+        self.segmenting = sender if gso and sender is not None and sender.enable_gso() else None
 
     @classmethod
     def create(
@@ -123,12 +133,13 @@ class BatchReceive:
         *,
         pktinfo: bool = False,
         connected: bool = False,
+        prefixed: bool = False,
         gso: bool = False,
     ) -> "BatchReceive | None":
         """The strategy (with room for pktinfo messages when some listener needs them), or None where libc
         has no recvmmsg."""
         receiver = BatchReceiver.create(batch, buffer_size, PKTINFO_SPACE if pktinfo else 0)
-        return None if receiver is None else cls(executor, receiver, connected=connected, gso=gso)
+        return None if receiver is None else cls(executor, receiver, connected, prefixed, gso)
 
     def drain(self, route: "Route", now: float) -> None:
         """Receive and handle until the socket would block, or MAX_BATCH datagrams.
@@ -136,7 +147,8 @@ class BatchReceive:
         This is the hot path: a datagram of an open flow costs the machine's one dict lookup; consecutive
         datagrams of one flow are sent together. A run covers consecutive slots only: any other action in
         between (a drop, a new flow) ends it, so a run never stretches over another client's datagram, and
-        a flow a new one evicts has no run pending.
+        a flow a new one evicts has no run pending. A datagram of a trusted sender leaves without its PROXY
+        header: its iovec starts after it (`skips`, filled only for such datagrams).
         """
         receiver = self.receiver
         executor = self.executor
@@ -164,8 +176,11 @@ class BatchReceive:
                 return
             run: Flow | None = None
             run_first = run_length = 0
+            skips: dict[int, int] = {}
+            local: bytes | None = None
             for index in range(count):
                 length, flags, name, offset = slots[index]
+                client = bytes(names[name : name + name_length])
                 if pktinfo:
                     at = controls[index] + start
                     local = (
@@ -173,42 +188,38 @@ class BatchReceive:
                         if u32[control_lengths[index]]
                         else None
                     )
-                    action = receive(
-                        path,
-                        bytes(names[name : name + name_length]),
-                        u32[length],
-                        u32[flags],
-                        now,
-                        local=local,
-                    )
+                    action = receive(path, client, u32[length], u32[flags], now, local=local)
                 else:
-                    action = receive(
-                        path, bytes(names[name : name + name_length]), u32[length], u32[flags], now
+                    action = receive(path, client, u32[length], u32[flags], now)
+                if action is READ_HEADER:
+                    action, skips[index] = executor.machine.receive_proxied(
+                        path, client, data[offset : offset + u32[length]], u32[flags], now, local=local
                     )
                 if action is run:
                     run_length += 1
                     continue
                 if action.__class__ is Flow:
                     if run is not None:
-                        self._send_run(run, run_first, run_length)
+                        self._send_run(run, run_first, run_length, skips)
                     run, run_first, run_length = action, index, 1
                     continue
                 if run is not None:
-                    self._send_run(run, run_first, run_length)
+                    self._send_run(run, run_first, run_length, skips)
                     run = None
-                executor.execute(route, action, data[offset : offset + u32[length]])
+                executor.execute(route, action, data[offset + skips.get(index, 0) : offset + u32[length]])
             if run is not None:
-                self._send_run(run, run_first, run_length)
+                self._send_run(run, run_first, run_length, skips)
             handled += count
             if count < receiver.batch:
                 return
 
-    def _send_run(self, flow: Flow, first: int, length: int) -> None:
-        """Send received datagrams first..first+length-1 (all of `flow`): with GSO, each stretch of equal
-        sizes as one send; whatever GSO does not take (or refuses) as below, datagram by datagram."""
+    def _send_run(self, flow: Flow, first: int, length: int, skips: dict[int, int]) -> None:
+        """Send received datagrams first..first+length-1 (all of `flow`): with GSO (and no PROXY header to
+        skip), each stretch of equal sizes as one send; whatever GSO does not take or refuses, as
+        _send_each does."""
         sender = self.segmenting
-        if sender is None or sender.gso is None or length == 1 or flow.handle is None:
-            self._send_each(flow, first, length)
+        if sender is None or sender.gso is None or length == 1 or flow.handle is None or skips:
+            self._send_each(flow, first, length, skips)
             return
         u32, slots = self.receiver.u32, self.receiver.slots
         largest = sender.gso.largest
@@ -217,10 +228,11 @@ class BatchReceive:
         most = MAX_PAYLOAD[flow.path.destination.family]
         for start, count, segment in plan_runs(lengths, max_payload=most):
             if count == 1 or segment > largest or sender.send_segmented(fd, first + start, count, segment):
-                self._send_each(flow, first + start, count)
+                self._send_each(flow, first + start, count, skips)
 
-    def _send_each(self, flow: Flow, first: int, length: int) -> None:
-        """Send received datagrams first..first+length-1 (all of `flow`); a failed one costs only itself."""
+    def _send_each(self, flow: Flow, first: int, length: int, skips: dict[int, int]) -> None:
+        """Send received datagrams first..first+length-1 (all of `flow`), each without the first `skips[i]`
+        bytes (its PROXY header) when given; a failed one costs only itself."""
         receiver = self.receiver
         sender = self.sender
         executor = self.executor
@@ -229,10 +241,10 @@ class BatchReceive:
         while length:
             if length == 1 or sender is None or flow.handle is None:
                 slot = slots[first]
-                executor.send(flow, data[slot.data : slot.data + u32[slot.length]])
+                executor.send(flow, data[slot.data + skips.get(first, 0) : slot.data + u32[slot.length]])
                 first, length = first + 1, length - 1
                 continue
-            sent, error_number = sender.send_run(flow.handle.fileno(), first, length)
+            sent, error_number = sender.send_run(flow.handle.fileno(), first, length, skips, flow.header)
             first, length = first + sent, length - sent
             if error_number:
                 if error_number in PENDING_ERRORS and retried != first:  # an earlier ICMP error, reported now
@@ -250,15 +262,16 @@ def create(
     *,
     pktinfo: bool = False,
     connected: bool = False,
+    prefixed: bool = False,
     gso: bool = False,
 ) -> Strategy:
     """The strategy called `name` ('batch' or 'single'); 'batch' falls back to 'single' where libc lacks
     recvmmsg. `pktinfo`: some listener needs each datagram's local address; `connected`: flow sockets are
-    connected to their destination; `gso` (batch only): runs of equal-size datagrams of one flow leave as
-    one UDP GSO send."""
+    connected to their destination; `prefixed`: every datagram leaves after its flow's PROXY header;
+    `gso` (batch only): runs of equal-size datagrams of one flow leave as one UDP GSO send."""
     if name == "batch":
         strategy = BatchReceive.create(
-            executor, batch, buffer_size, pktinfo=pktinfo, connected=connected, gso=gso
+            executor, batch, buffer_size, pktinfo=pktinfo, connected=connected, prefixed=prefixed, gso=gso
         )
         if strategy is not None:
             return strategy

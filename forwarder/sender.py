@@ -35,6 +35,19 @@ def open_flow_socket(
     return sock
 
 
+def open_plain_flow_socket(family: socket.AddressFamily, peer: tuple[str, int]) -> socket.socket:
+    """A non-blocking UDP socket from this host's own address (--send-proxy-protocol: no IP_TRANSPARENT,
+    no capability), connected to `peer` so that only its replies arrive, queueing ICMP errors."""
+    sock = socket.socket(family, _FLAGS)
+    try:
+        set_receive_errors(sock)
+        sock.connect(peer)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def open_once_socket(source: tuple[str, int], family: socket.AddressFamily) -> socket.socket:
     """A transparent socket bound to a local `source`, for one datagram (no SO_REUSEADDR: a local program
     holding the port must make this fail with EADDRINUSE rather than share it)."""

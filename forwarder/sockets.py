@@ -82,6 +82,19 @@ def probe_local(address: str) -> bool:
     return True
 
 
+def source_toward(address: str) -> str | None:
+    """The address this host sends from to `address` (a connect()ed UDP socket's name: no datagram is
+    sent), or None when there is no route. It stands in for the address a client sent to when IP_PKTINFO
+    could not tell it: a datagram queued before the option was set (the one that activated the service)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((address, 9))
+        except OSError:
+            return None
+        return str(probe.getsockname()[0])
+
+
 def probe_broadcast(address: str) -> bool:
     """True when the IPv4 `address` is a broadcast address for this host: the limited broadcast or the
     directed broadcast of one of its subnets (in our network namespace).

@@ -1,12 +1,11 @@
 """Reply relay (`--reply relay`) end to end, under systemd-socket-activate: the host routes the backend's
-replies to itself (netlab.service.relay), the forwarder's flow socket receives them and sends each to the
+replies to itself (netlab.relayroute), the forwarder's flow socket receives them and sends each to the
 client from the listening socket, from the exact address the client sent to.
 
-    client 198.51.100.10 2001:db8:51::10 --- 198.51.100.1 (198.51.100.2) 2001:db8:51::1 [host: forwarder]
+    client 198.51.100.10 2001:db8:1::10 --- 198.51.100.1 198.51.100.2 2001:db8:1::1 [host: forwarder]
     [host] 192.0.2.1 2001:db8:2::1 --- 192.0.2.2 2001:db8:2::2 backend (answers on 5353, not 53)
 
-dual-stack.toml, with a second host address where a test needs a multi-homed host. The host does not
-forward at all (ip_forward=0): in relay mode nothing needs it.
+The host does not forward at all (ip_forward=0): in relay mode nothing needs it.
 """
 
 import socket
@@ -16,7 +15,6 @@ import time
 
 import pytest
 from e2e_helpers import status_has
-from pyroute2 import IPRoute
 
 from forwarder.activation import ListeningSocket
 from forwarder.core import sockaddr_bytes
@@ -25,29 +23,43 @@ from forwarder.engine import Engine, Route
 from forwarder.machine import Flow, ForwardingMachine
 from forwarder.notify import Notifier
 from forwarder.sockets import IP_PKTINFO
-from netlab import Lab, hold_listen_sockets, load_topology, start_forwarder
+from netlab import Lab, hold_listen_sockets, start_forwarder
 from netlab.lab import netns
 from netlab.lab.node import LabNode
 from netlab.lab.process import python_env
 from netlab.lab.wait import wait_until
+from netlab.relayroute import enable_reassembly, install_relay_route, route_backend_errors
 from netlab.service.procnet import udp_ports_bound
-from netlab.service.relay import (
-    enable_reassembly,
-    install_local_relay_routing,
-    install_relay_routing,
-    route_backend_errors,
-)
+from netlab.topology.model import Topology
 
 pytestmark = pytest.mark.privileged
 
 RELAY = ["--reply", "relay", "--stats-interval", "0.2"]
 
 
-def second_host_address(lab: Lab) -> None:
-    """198.51.100.2 next to 198.51.100.1 on the host's client link: a multi-homed host."""
-    with IPRoute(netns=lab["host"].namespace) as ipr:
-        index = ipr.link_lookup(ifname="to-client")[0]
-        ipr.addr("add", index=index, address="198.51.100.2", prefixlen=24)
+def relay_deployment() -> Topology:
+    return (
+        Topology()
+        .node("client")
+        .node("host")
+        .node("backend")
+        .link(
+            "client",
+            "host",
+            a_addresses=["198.51.100.10/24", "2001:db8:1::10/64"],
+            b_addresses=["198.51.100.1/24", "198.51.100.2/24", "2001:db8:1::1/64"],
+        )
+        .link(
+            "host",
+            "backend",
+            a_addresses=["192.0.2.1/24", "2001:db8:2::1/64"],
+            b_addresses=["192.0.2.2/24", "2001:db8:2::2/64"],
+        )
+        .route("client", "default", via="198.51.100.1")
+        .route("client", "default", via="2001:db8:1::1")
+        .route("backend", "default", via="192.0.2.1")
+        .route("backend", "default", via="2001:db8:2::1")
+    )
 
 
 def _answer_forever(sock: socket.socket) -> None:
@@ -81,12 +93,12 @@ def client_socket(lab: Lab, address: str, port: int = 0) -> socket.socket:
 
 @pytest.fixture
 def relay_lab(lab: Lab) -> Lab:
-    lab.build(load_topology("dual-stack"))
+    lab.build(relay_deployment())
     lab["host"].sysctl("net.ipv4.ip_forward", "0")
     start_answering(lab["backend"], "192.0.2.2", 5353)
     start_answering(lab["backend"], "2001:db8:2::2", 5353)
-    install_relay_routing(lab["host"], "192.0.2.2", 5353)
-    install_relay_routing(lab["host"], "2001:db8:2::2", 5353)
+    install_relay_route(lab["host"], "192.0.2.2", 5353)
+    install_relay_route(lab["host"], "2001:db8:2::2", 5353)
     return lab
 
 
@@ -94,9 +106,9 @@ def relay_lab(lab: Lab) -> Lab:
     ("listen", "destination", "client", "asked"),
     [
         ("198.51.100.1:53", "192.0.2.2:5353", "198.51.100.10", ("198.51.100.1", 53)),
-        ("[2001:db8:51::1]:53", "[2001:db8:2::2]:5353", "2001:db8:51::10", ("2001:db8:51::1", 53, 0, 0)),
+        ("[2001:db8:1::1]:53", "[2001:db8:2::2]:5353", "2001:db8:1::10", ("2001:db8:1::1", 53, 0, 0)),
         ("[::]:53", "192.0.2.2:5353", "198.51.100.10", ("198.51.100.1", 53)),
-        ("[::]:53", "[2001:db8:2::2]:5353", "2001:db8:51::10", ("2001:db8:51::1", 53, 0, 0)),
+        ("[::]:53", "[2001:db8:2::2]:5353", "2001:db8:1::10", ("2001:db8:1::1", 53, 0, 0)),
     ],
     ids=["ipv4", "ipv6", "dual-stack-ipv4-client", "dual-stack-ipv6-client"],
 )
@@ -117,7 +129,6 @@ def test_a_reply_from_a_backend_on_another_port_reaches_the_client_from_the_addr
 def test_a_wildcard_listener_answers_from_whichever_of_the_hosts_addresses_the_client_asked(
     relay_lab: Lab, receive: str
 ) -> None:
-    second_host_address(relay_lab)
     start_forwarder(
         relay_lab["host"], ["0.0.0.0:53"], ["192.0.2.2:5353"], args=[*RELAY, "--receive", receive]
     )
@@ -136,7 +147,6 @@ def test_a_wildcard_listener_answers_from_whichever_of_the_hosts_addresses_the_c
 def test_with_pass_packet_info_even_the_activating_datagrams_reply_leaves_from_the_address_asked(
     relay_lab: Lab,
 ) -> None:
-    second_host_address(relay_lab)
     held = hold_listen_sockets(relay_lab["host"], ["0.0.0.0:53"])
     held.sockets[0].setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)  # what PassPacketInfo=yes does
     start_forwarder(relay_lab["host"], [], ["192.0.2.2:5353"], args=RELAY, sockets=held)
@@ -193,7 +203,7 @@ def test_the_metrics_file_counts_relayed_replies(relay_lab: Lab) -> None:
     ("listen", "destination", "client", "host"),
     [
         ("198.51.100.1:53", "192.0.2.2:5353", "198.51.100.10", "198.51.100.1"),
-        ("[2001:db8:51::1]:53", "[2001:db8:2::2]:5353", "2001:db8:51::10", "2001:db8:51::1"),
+        ("[2001:db8:1::1]:53", "[2001:db8:2::2]:5353", "2001:db8:1::10", "2001:db8:1::1"),
     ],
     ids=["ipv4", "ipv6"],
 )
@@ -222,10 +232,10 @@ def test_the_backends_own_traffic_is_still_routed_normally(relay_lab: Lab) -> No
     relay_lab["host"].sysctl("net.ipv6.conf.all.forwarding", "1")
     start_forwarder(relay_lab["host"], ["198.51.100.1:53"], ["192.0.2.2:5353"], args=RELAY)
     outside = client_socket(relay_lab, "198.51.100.10", 7000)  # e.g. a resolver the backend asks
-    outside6 = client_socket(relay_lab, "2001:db8:51::10", 7000)
+    outside6 = client_socket(relay_lab, "2001:db8:1::10", 7000)
 
     # From another port than the one the replies come from, in both families: forwarded, not swallowed.
-    for address, receiver in (("198.51.100.10", outside), ("2001:db8:51::10", outside6)):
+    for address, receiver in (("198.51.100.10", outside), ("2001:db8:1::10", outside6)):
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         backend = relay_lab["backend"].open_socket(family)
         backend.sendto(b"own lookup", (address, 7000))
@@ -237,7 +247,7 @@ def test_the_backends_own_traffic_is_still_routed_normally(relay_lab: Lab) -> No
 
 
 def test_without_the_relay_rule_the_forwarder_warns_at_start_naming_the_rule_to_add(lab: Lab) -> None:
-    lab.build(load_topology("dual-stack"))
+    lab.build(relay_deployment())
     start_answering(lab["backend"], "192.0.2.2", 5353)
     forwarder = start_forwarder(lab["host"], ["198.51.100.1:53"], ["192.0.2.2:5353"], args=RELAY)
     client_socket(lab, "198.51.100.10").sendto(b"start", ("198.51.100.1", 53))
@@ -255,7 +265,7 @@ def test_without_the_relay_rule_the_forwarder_warns_at_start_naming_the_rule_to_
 def test_with_the_relay_rule_the_forwarder_starts_without_a_warning(relay_lab: Lab) -> None:
     forwarder = start_forwarder(
         relay_lab["host"],
-        ["198.51.100.1:53", "[2001:db8:51::1]:53"],
+        ["198.51.100.1:53", "[2001:db8:1::1]:53"],
         ["192.0.2.2:5353", "[2001:db8:2::2]:5353"],
         args=RELAY,
     )
@@ -266,9 +276,9 @@ def test_with_the_relay_rule_the_forwarder_starts_without_a_warning(relay_lab: L
 
 def test_a_backend_on_the_host_itself_answers_through_the_relay(lab: Lab) -> None:
     # go-mmproxy's set-up: ip rule add from 127.0.0.0/8 iif lo lookup 100, local 0.0.0.0/0 dev lo table 100.
-    lab.build(load_topology("dual-stack"))
+    lab.build(relay_deployment())
     start_answering(lab["host"], "127.0.0.1", 5353)
-    install_local_relay_routing(lab["host"], versions=(4,))
+    install_relay_route(lab["host"], "127.0.0.1")
     forwarder = start_forwarder(lab["host"], ["198.51.100.1:53"], ["127.0.0.1:5353"], args=RELAY)
     sock = client_socket(lab, "198.51.100.10")
 
@@ -285,9 +295,9 @@ def test_a_backend_on_the_host_itself_answers_through_the_relay(lab: Lab) -> Non
 @pytest.mark.parametrize("mode", ["direct", "relay"])
 def test_datagrams_to_a_stopped_backend_are_counted_as_backend_unreachable(lab: Lab, mode: str) -> None:
     # The backend's ICMP errors are addressed to the client; the host delivers them to the flow socket.
-    lab.build(load_topology("dual-stack"))
+    lab.build(relay_deployment())
     lab["host"].sysctl("net.ipv4.ip_forward", "1")
-    install_relay_routing(lab["host"], "192.0.2.2", 5353)
+    install_relay_route(lab["host"], "192.0.2.2", 5353)
     route_backend_errors(lab["host"], ["192.0.2.2"])
     forwarder = start_forwarder(
         lab["host"],
@@ -360,8 +370,8 @@ class Relay:
 
 @pytest.fixture
 def relay_host(lab: Lab) -> Lab:
-    lab.build(load_topology("dual-stack"))
-    install_relay_routing(lab["host"], "192.0.2.2", 5353)
+    lab.build(relay_deployment())
+    install_relay_route(lab["host"], "192.0.2.2", 5353)
     return lab
 
 

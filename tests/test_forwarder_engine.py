@@ -26,7 +26,7 @@ class RecordingEngine(Engine):
     handed: list[tuple[bytes, SockAddr, str]]
 
     def execute(self, route: Route, action: Action, payload: memoryview) -> None:
-        client = action.flow.client if isinstance(action, OpenFlow) else action.client
+        client = action.flow.client if isinstance(action, OpenFlow) else getattr(action, "client", None)
         outcome = action.key if isinstance(action, Drop) else type(action).__name__
         self.handed.append((bytes(payload), decode_sockaddr(client) if client else ("?", 0), outcome))
         super().execute(route, action, payload)

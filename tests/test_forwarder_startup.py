@@ -73,7 +73,11 @@ def launch(
 
 
 def run_until_waiting(
-    fds: Sequence[int], argv: Sequence[str], notify_path: Path, timeout: float = 20.0
+    fds: Sequence[int],
+    argv: Sequence[str],
+    notify_path: Path,
+    timeout: float = 20.0,
+    prefix: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
     """Start the forwarder with `fds`, wait for READY=1 and then until it sleeps in epoll_wait (past the
     first wait of its loop), stop it with SIGTERM and return how it ended. Fails if it exits by itself."""
@@ -84,7 +88,16 @@ def run_until_waiting(
         child_env = python_env()
         for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "JOURNAL_STREAM"):
             child_env.pop(key, None)
-        argv = [sys.executable, "-c", LAUNCH, json.dumps(list(fds)), json.dumps(activation), "main", *argv]
+        argv = [
+            *prefix,
+            sys.executable,
+            "-c",
+            LAUNCH,
+            json.dumps(list(fds)),
+            json.dumps(activation),
+            "main",
+            *argv,
+        ]
         with subprocess.Popen(
             argv, pass_fds=tuple(fds), env=child_env, stderr=subprocess.PIPE, text=True
         ) as process:
@@ -545,3 +558,34 @@ def test_a_socket_systemd_gave_no_name_is_named_by_its_address_in_the_log(
     result = run_until_waiting([udp4.fileno()], ["192.0.2.2:53"], tmp_path / "notify.sock")
     assert result.returncode == 0, result.stderr
     assert f"forwarding 127.0.0.1:{udp4.getsockname()[1]} -> 192.0.2.2:53" in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping a capability needs root (CAP_SETPCAP)")
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is not installed")
+def test_send_proxy_protocol_starts_without_any_capability(udp4: socket.socket, tmp_path: Path) -> None:
+    drop = ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"]  # root without a capability
+    argv = ["--send-proxy-protocol", "192.0.2.2:53"]
+    result = run_until_waiting([udp4.fileno()], argv, tmp_path / "notify.sock", prefix=drop)
+    assert result.returncode == 0, result.stderr
+    assert "IP_TRANSPARENT" not in result.stderr
+
+
+def test_send_proxy_protocol_with_reply_direct_exits_64_naming_both(udp4: socket.socket) -> None:
+    result = launch([udp4.fileno()], ["--send-proxy-protocol", "--reply", "direct", "192.0.2.2:53"])
+    assert result.returncode == 64
+    assert "--reply direct with --send-proxy-protocol" in one_error_line(result)
+
+
+@pytest.mark.parametrize("network", ["198.51.100.1/24", "198.51.100.0/33", "lb.example", ""])
+def test_a_bad_proxy_protocol_network_exits_64_naming_it(udp4: socket.socket, network: str) -> None:
+    result = launch([udp4.fileno()], ["--proxy-protocol-from", network, "192.0.2.2:53"])
+    assert result.returncode == 64
+    assert f"--proxy-protocol-from: {network!r} is not a network" in one_error_line(result)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running the forwarder needs CAP_NET_ADMIN (IP_TRANSPARENT)")
+def test_proxy_protocol_in_and_out_together_start(udp4: socket.socket, tmp_path: Path) -> None:
+    argv = ["--proxy-protocol-from", "198.51.100.0/24", "--proxy-protocol-from", "2001:db8::/32",
+            "--send-proxy-protocol", "192.0.2.2:53"]  # fmt: skip
+    result = run_until_waiting([udp4.fileno()], argv, tmp_path / "notify.sock")
+    assert result.returncode == 0, result.stderr

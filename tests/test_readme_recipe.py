@@ -19,8 +19,9 @@ LARGE = 3000  # the echo's reply (b"echo:" + this) spans three 1500-byte fragmen
 
 
 def readme_recipe() -> str:
-    """The first code block of the README's "The reply path" section that defines an nftables table."""
-    section = README.read_text().split("### The reply path", 1)[1].split("\n### ", 1)[0]
+    """The first code block of the README's section on direct replies that defines an nftables table."""
+    section = README.read_text().split("#### Direct: the host rewrites the replies' source", 1)[1]
+    section = section.split("\n#### ", 1)[0]
     blocks = re.findall(r"^```\n(.*?)^```$", section, re.S | re.M)
     [recipe] = [str(block) for block in blocks if block.startswith("table inet ")]
     return recipe

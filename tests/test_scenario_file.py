@@ -221,3 +221,43 @@ def test_within_of_a_traffic_item_needs_expect_reply(tmp_path: Path) -> None:
     text = VALID.replace('payload = "hi"\n', 'payload = "hi"\nwithin = 5\n', 1)
     with pytest.raises(ScenarioError, match=r"traffic\[0\].within: waits for a reply"):
         load_scenario(write(tmp_path, text))
+
+
+def test_a_proxy_header_table_puts_the_header_it_describes_before_the_payload(tmp_path: Path) -> None:
+    from forwarder.proxy_protocol import HeaderProblem, build, build_local, parse
+
+    text = VALID.replace(
+        'payload = "hi"\n[[expect',
+        'payload = "hi"\nproxy_header = { src = "203.0.113.7:4242", dst = "198.51.100.1:27000" }\n[[expect',
+    )
+    [traffic] = load_scenario(write(tmp_path, text)).traffic
+    assert traffic.payload == build(("203.0.113.7", 4242), ("198.51.100.1", 27000)) + b"hi"
+    local = load_scenario(
+        write(
+            tmp_path,
+            VALID.replace('payload = "hi"\n[[expect', 'proxy_header = { command = "local" }\n[[expect'),
+        )
+    )
+    assert local.traffic[0].payload == build_local()
+    bad = VALID.replace(
+        'payload = "hi"\n[[expect',
+        'proxy_header = { src = "203.0.113.7:4242", dst = "198.51.100.1:27000", transport = 1 }\n[[expect',
+    )
+    assert parse(load_scenario(write(tmp_path, bad)).traffic[0].payload) is HeaderProblem.TRANSPORT
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('{ src = "203.0.113.7:4242" }', r"traffic\[0\]\.proxy_header: needs src"),
+        ('{ src = "203.0.113.7:1", dst = "[2001:db8::1]:2" }', "must be of one address family"),
+        ('{ command = "local", version = 16 }', r"proxy_header\.version: 16: expected 0 to 15"),
+        ('{ command = "ask" }', r"proxy_header\.command: 'ask'"),
+        ('{ command = "local", cut = 99 }', r"proxy_header\.cut: 99"),
+        ('{ command = "local", colour = 1 }', "colour"),
+    ],
+)
+def test_a_bad_proxy_header_table_names_the_field(tmp_path: Path, table: str, message: str) -> None:
+    text = VALID.replace('payload = "hi"\n[[expect', f"proxy_header = {table}\n[[expect")
+    with pytest.raises(ScenarioError, match=message):
+        load_scenario(write(tmp_path, text))

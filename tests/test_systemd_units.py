@@ -398,3 +398,26 @@ def test_forwarder_makes_only_system_calls_the_hardened_unit_allows(lab: Lab, tm
     used = {line for line in lines if re.fullmatch(r"[a-z0-9_]+", line) and line not in ("syscall", "total")}
     assert {"setsockopt", "sendto", "recvfrom"} & used, f"strace recorded no socket calls: {lines}"
     assert used - allowed_syscalls(UNITS / HARDENED) == set()
+
+
+PROXY_PROTOCOL = "proxy-protocol-udp-forwarder@.service"
+
+
+def test_proxy_protocol_service_without_capabilities_has_an_exposure_well_under_1_5(tmp_path: Path) -> None:
+    # 1.1: what is left is the host's network (PrivateNetwork=, AF_INET/AF_INET6, AF_UNIX for the notify
+    # socket), the host's root directory and ProtectClock='s /dev/rtc read access.
+    install_for_checking(tmp_path)
+
+    exposure = exposure_of(tmp_path / instance_name(UNITS / PROXY_PROTOCOL))
+    assert exposure <= 1.1
+    assert exposure < exposure_of(tmp_path / instance_name(UNITS / HARDENED))
+
+
+def test_proxy_protocol_service_holds_no_capability_and_sends_headers() -> None:
+    settings = parse_unit(UNITS / PROXY_PROTOCOL)
+    assert effective_list(settings["Service.CapabilityBoundingSet"]) == set()
+    assert effective_list(settings["Service.AmbientCapabilities"]) == set()
+    assert settings["Service.PrivateUsers"] == ["yes"]
+    assert "--send-proxy-protocol" in shlex.split(settings["Service.ExecStart"][0])
+    socket_unit = parse_unit(UNITS / PROXY_PROTOCOL.replace(".service", ".socket"))
+    assert "Socket.Transparent" not in socket_unit

@@ -3,9 +3,9 @@ forwarder in both receive modes, and the peers from Debian's archive, nginx (str
 `proxy_bind`) and go-mmproxy (PROXY v2 in, transparent out). Each is a context manager that starts it on
 the host and tears it down; every userspace contender is pinned to the same core (CONTENDER_CPU).
 
-Adding a contender is one entry in CONTENDERS. The forwarder's reply relay is `forwarder-relay`
-(`--reply relay`, `relays_replies=True`); a PROXY v2 mode, once the forwarder has one, is
-`forwarder_with(<its option>)` with `proxy_v2=True` (the sender then prefixes the header).
+Adding a contender is one entry in CONTENDERS. The forwarder's reply relay and PROXY v2 modes, once the
+forwarder has them, are `forwarder_with("--reply", "relay")` with `relays_replies=True`, and
+`forwarder_with(<its PROXY v2 option>)` with `proxy_v2=True` (the sender then prefixes the header).
 """
 
 import sys
@@ -152,9 +152,9 @@ CONTENDERS = {
         Contender("per-datagram", per_datagram_reference),
         Contender("forwarder", forwarder_with()),
         Contender("forwarder-gso", forwarder_with("--gso")),
-        Contender("forwarder-single", forwarder_with("--receive", "single")),
-        # Relay mode: its flow sockets connected, the backend's replies (echo cases) relayed by the forwarder.
+        # Relay mode: connected flow sockets; in echo cases it carries the replies back itself.
         Contender("forwarder-relay", forwarder_with("--reply", "relay"), relays_replies=True),
+        Contender("forwarder-single", forwarder_with("--receive", "single")),
         Contender(
             "nginx",
             nginx,

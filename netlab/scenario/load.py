@@ -34,6 +34,8 @@ executes them. A bug report becomes one new file in fixtures/scenarios, which is
     count = 1
     fragment_size = 0
     family = "ipv4"                        # optional: checked against `to`
+    proxy_header = { src = "203.0.113.7:4242", dst = "198.51.100.1:27000" }  # a PROXY v2 header first
+                                           # (netlab.scenario.proxyheader; also in expect.arrives)
     expect_reply = false                   # true: a connect()ed socket waits for the reply
     reply_contains = "seen=198.51.100.10:" # optional, with expect_reply
     within = 15                            # with expect_reply: seconds to wait for it (default 15)
@@ -71,6 +73,7 @@ from netlab.scenario.model import (
     SetupStep,
     TrafficSpec,
 )
+from netlab.scenario.proxyheader import proxy_header
 from netlab.scenario.reader import Reader, address_port
 from netlab.topology.file import load_topology_file, topology_from_dict
 from netlab.topology.model import Topology
@@ -85,10 +88,10 @@ _REPLY = {"node", "mode", "backend", "backend_network", "host_address", "ports"}
 _REPLY_MODES = ("direct", "relay")
 _TRAFFIC = {
     "from", "src", "sport", "to", "payload", "payload_hex", "size", "count", "fragment_size", "family",
-    "expect_reply", "reply_contains", "within",
+    "expect_reply", "reply_contains", "within", "proxy_header",
 }  # fmt: skip
 _EXPECT = {"arrives", "nothing_else", "nothing_at", "status", "exit_code", "doctor_names"}
-_ARRIVES = {"at", "src", "payload", "payload_hex", "size", "count", "within"}
+_ARRIVES = {"at", "src", "payload", "payload_hex", "size", "count", "within", "proxy_header"}
 
 
 def load_scenario(file_or_name: str | Path) -> Scenario:
@@ -358,7 +361,7 @@ def _traffic(reader: Reader, where: str, item: dict[str, Any], topology: Topolog
         sport,
         dst,
         dport,
-        payload if payload is not None else make_payload(size or 0),
+        _with_header(reader, item, where, payload if payload is not None else make_payload(size or 0)),
         reader.positive(item, "count", where, 1),
         fragment_size,
         expect_reply,
@@ -381,6 +384,8 @@ def _arrives(reader: Reader, where: str, item: dict[str, Any], topology: Topolog
     payload, size = reader.payload(item, where, MAX_PAYLOAD_IPV6)
     if size is not None:  # the very bytes a traffic item's `size = N` sends: arriving intact
         payload = make_payload(size)
+    if "proxy_header" in item:
+        payload = _with_header(reader, item, where, payload or b"")
     return ArrivesSpec(
         at,
         reader.get(item, "src", str, where),
@@ -389,6 +394,12 @@ def _arrives(reader: Reader, where: str, item: dict[str, Any], topology: Topolog
         reader.positive(item, "count", where, 1),
         float(reader.positive(item, "within", where, 3.0)),
     )
+
+
+def _with_header(reader: Reader, item: dict[str, Any], where: str, payload: bytes) -> bytes:
+    """`payload` after the PROXY v2 header of the item's `proxy_header` table, if it has one."""
+    table = reader.table(item, "proxy_header", where)
+    return payload if table is None else proxy_header(reader, table, where) + payload
 
 
 def _expect(reader: Reader, table: dict[str, Any], topology: Topology) -> Expectations:

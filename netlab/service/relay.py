@@ -25,7 +25,6 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 from forwarder.sockets import IPV6_TRANSPARENT  # not in the socket module
 from netlab.errors import AddressError, SystemCallError
 from netlab.lab import netns
-from netlab.lab.nft import apply_ruleset
 from netlab.lab.node import LabNode
 
 RELAY_TABLE = 100
@@ -213,70 +212,6 @@ def install_local_relay_routing(
     return routing
 
 
-ERRORS_MARK = 0x5E1A  # fwmark of the backend's ICMP errors, routed to the relay table
-REASSEMBLY_TABLE = "netlab_relay_reassembly"
-ERRORS_TABLE = "netlab_relay_errors"
-
-
-def reassembly_ruleset() -> str:
-    """An nftables table whose one rule uses connection tracking, so the host reassembles fragments before
-    routing: only the first fragment of a reply carries its UDP ports, and a rule matching `sport` would
-    send the others past the forwarder. A host with a stateful firewall (Docker's) has this already."""
-    return f"""\
-        table inet {REASSEMBLY_TABLE} {{
-            chain prerouting {{
-                type filter hook prerouting priority filter; policy accept;
-                ct state new,established,related,untracked counter
-            }}
-        }}
-        """
-
-
-def enable_reassembly(node: LabNode) -> None:
-    """Load reassembly_ruleset() into `node` (it goes with the node's namespace)."""
-    apply_ruleset(node, reassembly_ruleset(), label="reassembly")
-
-
-def backend_errors_ruleset(backends: Sequence[str], mark: int = ERRORS_MARK) -> str:
-    """An nftables table marking the ICMP errors `backends` send about datagrams the forwarder sent them
-    (so addressed to a client): only errors, the backends' own pings and echo replies stay unmarked."""
-    rules = []
-    for backend in backends:
-        if _source(backend).version == 4:
-            kinds = "destination-unreachable, time-exceeded, parameter-problem"
-            rules.append(f"ip saddr {backend} icmp type {{ {kinds} }} meta mark set {mark:#x}")
-        else:
-            kinds = "destination-unreachable, packet-too-big, time-exceeded, parameter-problem"
-            rules.append(f"ip6 saddr {backend} icmpv6 type {{ {kinds} }} meta mark set {mark:#x}")
-    body = "".join(f"                {rule}\n" for rule in rules)
-    return f"""\
-        table inet {ERRORS_TABLE} {{
-            chain prerouting {{
-                type filter hook prerouting priority mangle; policy accept;
-{body}            }}
-        }}
-        """
-
-
-def route_backend_errors(
-    node: LabNode, backends: Sequence[str], *, table: int = RELAY_TABLE, priority: int = RELAY_PRIORITY
-) -> RelayRouting:
-    """Deliver the ICMP errors of `backends` to the forwarder's flow sockets on `node`, in both reply modes
-    (that is how the forwarder sees a stopped backend): backend_errors_ruleset() and a fwmark rule to the
-    relay table per family."""
-    apply_ruleset(node, backend_errors_ruleset(backends), label="relay-errors")
-    versions = sorted({_source(backend).version for backend in backends})
-    routing = RelayRouting(
-        node,
-        [f"{_ip(v)} rule add fwmark {ERRORS_MARK:#x} lookup {table}" for v in versions]
-        + [local_route_command(v, table) for v in versions],
-    )
-    with IPRoute(netns=node.namespace) as ipr:
-        for version in versions:
-            _add(ipr, routing, version, [{"fwmark": ERRORS_MARK, "priority": priority}], table)
-    return routing
-
-
 def flow_socket(node: LabNode, client: str, port: int) -> socket.socket:
     """A socket like the forwarder's per-flow one in relay mode: UDP, IP_TRANSPARENT, bound to the client's
     address and port in `node`, and not connected (a connected one would steal replies in direct mode);
@@ -382,15 +317,11 @@ __all__ = [
     "RELAY_TABLE",
     "RelayRouting",
     "RouteAnswer",
-    "backend_errors_ruleset",
-    "enable_reassembly",
     "flow_socket",
     "install_local_relay_routing",
     "install_relay_routing",
     "is_relayed",
     "local_backend_commands",
-    "reassembly_ruleset",
     "relay_commands",
-    "route_backend_errors",
     "route_for_packet",
 ]
