@@ -36,7 +36,7 @@ from forwarder.machine import (
 from forwarder.metrics import MetricsFile
 from forwarder.notify import Notifier
 from forwarder.sender import open_flow_socket, open_once_socket, open_plain_flow_socket
-from forwarder.sockets import IP_PKTINFO, set_receive_pktinfo
+from forwarder.sockets import IP_PKTINFO, set_receive_buffer, set_receive_pktinfo
 
 # Larger than any UDP payload (65507 B over IPv4, 65527 B over IPv6), so MSG_TRUNC means "not UDP-sized".
 RECEIVE_BUFFER = 65536
@@ -45,6 +45,10 @@ RECEIVE_BUFFER = 65536
 MAX_WAIT = 3600.0
 # A flow socket is read until EAGAIN, but at most this many replies (or queued errors) at a time.
 MAX_REPLIES = 256
+# The receive queue of a relaying flow socket (SO_RCVBUFFORCE, as the units' ReceiveBuffer=4M): the default
+# 208 KiB holds about 250 small replies, fewer than arrive while a listener is drained under load. A limit,
+# not an allocation: memory is used only by replies waiting.
+RELAY_FLOW_BUFFER = 4 << 20
 
 log = logging.getLogger("forwarder")
 
@@ -117,6 +121,7 @@ class Engine:
             connected=self.connect_flows,
             prefixed=self.machine.send_header,
             gso=gso,
+            budget=receive.RELAY_BATCH if self.machine.relay else receive.MAX_BATCH,
         )
         self.metrics = metrics
         self._stopping = False
@@ -178,6 +183,9 @@ class Engine:
         except OSError as error:
             self.log_drop(self.machine.open_failed(flow, error.errno or errno.EIO))
             return
+        if self.machine.relay:  # room for a burst of replies while a listener is drained
+            with contextlib.suppress(OSError):
+                set_receive_buffer(sock, RELAY_FLOW_BUFFER)
         evicted = self.machine.flow_opened(flow, sock)
         if evicted is not None:
             self.close_flows(evicted)

@@ -17,6 +17,8 @@ from forwarder.destination import Destination
 from forwarder.engine import Engine, Route
 from forwarder.machine import Action, Drop, Flow, ForwardingMachine, OpenFlow
 from forwarder.notify import Notifier
+from forwarder.receive import RELAY_BATCH
+from forwarder.sockets import set_receive_buffer
 
 
 class RecordingEngine(Engine):
@@ -160,3 +162,19 @@ def test_a_truncated_datagram_between_two_of_one_open_flow_ends_the_run_and_cost
             backend.recv(64)
     assert engine.counters.forwarded == 2
     assert engine.counters.dropped == {"truncated": 1}
+
+
+@pytest.mark.parametrize(("relay", "handled"), [(False, 300), (True, RELAY_BATCH)])
+def test_with_replies_to_relay_a_listener_is_drained_in_shorter_turns(
+    listener: socket.socket, mode: str, relay: bool, handled: int
+) -> None:
+    # The backend's replies wait in the flow sockets while a listener is drained: in relay mode a turn
+    # is short, so they are read before their queues fill.
+    set_receive_buffer(listener, 1 << 20)
+    route = Route(ListeningSocket(listener, "test"), Destination(socket.AF_INET, "192.0.2.2", 53))
+    engine = Engine([route], Notifier({}), ForwardingMachine(relay=relay), receive_strategy=mode)
+    send_all(listener, [b"x"] * 300)
+
+    engine.drain(route)
+
+    assert sum(engine.counters.dropped.values()) == handled  # loopback sources: each one counted
