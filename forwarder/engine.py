@@ -153,22 +153,21 @@ class Engine:
         else:
             self.log_drop(action)  # type: ignore[arg-type]
 
-    def send(self, flow: Flow, payload: memoryview) -> None:
+    def send(self, flow: Flow, payload: memoryview, retried: bool = False) -> None:
         """The one place a datagram is sent on a flow's socket (runs of several leave by sendmmsg). A send
         failing with an ICMP error left pending by an earlier datagram is tried once more."""
-        for attempt in (1, 2):
-            try:
-                if flow.header is not None:  # two iovecs: the flow's header, then the payload (no copy)
-                    flow.handle.sendmsg((flow.header, payload))  # type: ignore[union-attr]
-                elif self.connect_flows:
-                    flow.handle.send(payload)  # type: ignore[union-attr]
-                else:
-                    flow.handle.sendto(payload, flow.path.target)  # type: ignore[union-attr]
-            except OSError as error:
-                if attempt == 1 and error.errno in PENDING_ERRORS:
-                    continue
-                self.log_drop(self.machine.send_failed(flow.path, flow.client, error.errno or errno.EIO))
-            return
+        try:
+            if flow.header is not None:  # two iovecs: the flow's header, then the payload (no copy)
+                flow.handle.sendmsg((flow.header, payload))  # type: ignore[union-attr]
+            elif self.connect_flows:
+                flow.handle.send(payload)  # type: ignore[union-attr]
+            else:
+                flow.handle.sendto(payload, flow.path.target)  # type: ignore[union-attr]
+        except OSError as error:
+            if not retried and error.errno in PENDING_ERRORS:
+                self.send(flow, payload, True)
+                return
+            self.log_drop(self.machine.send_failed(flow.path, flow.client, error.errno or errno.EIO))
 
     def _open_and_send(self, flow: Flow, payload: memoryview) -> None:
         try:

@@ -226,6 +226,12 @@ class BatchReceive:
         """Send received datagrams first..first+length-1 (all of `flow`): with GSO (and no PROXY header to
         skip), each stretch of equal sizes as one send; whatever GSO does not take or refuses, as
         _send_each does."""
+        if length == 1:  # a lone datagram (every one, with many flows interleaved): straight to the send
+            receiver = self.receiver
+            slot = receiver.slots[first]
+            view = receiver.view[slot.data + skips.get(first, 0) : slot.data + receiver.u32[slot.length]]
+            self.executor.send(flow, view)
+            return
         sender = self.segmenting
         if sender is None or sender.gso is None or length == 1 or flow.handle is None or skips:
             self._send_each(flow, first, length, skips)
