@@ -36,7 +36,7 @@ from forwarder.machine import (
 from forwarder.metrics import MetricsFile
 from forwarder.notify import Notifier
 from forwarder.sender import open_flow_socket, open_once_socket, open_plain_flow_socket
-from forwarder.sockets import IP_PKTINFO, set_receive_pktinfo
+from forwarder.sockets import IP_PKTINFO, set_receive_buffer, set_receive_pktinfo
 
 # Larger than any UDP payload (65507 B over IPv4, 65527 B over IPv6), so MSG_TRUNC means "not UDP-sized".
 RECEIVE_BUFFER = 65536
@@ -45,6 +45,10 @@ RECEIVE_BUFFER = 65536
 MAX_WAIT = 3600.0
 # A flow socket is read until EAGAIN, but at most this many replies (or queued errors) at a time.
 MAX_REPLIES = 256
+# The receive queue of a relaying flow socket (SO_RCVBUFFORCE, as the units' ReceiveBuffer=4M): the default
+# 208 KiB holds about 250 small replies, fewer than arrive while a listener is drained under load. A limit,
+# not an allocation: memory is used only by replies waiting.
+RELAY_FLOW_BUFFER = 4 << 20
 
 log = logging.getLogger("forwarder")
 
@@ -117,9 +121,8 @@ class Engine:
             connected=self.connect_flows,
             prefixed=self.machine.send_header,
             gso=gso,
+            budget=receive.RELAY_BATCH if self.machine.relay else receive.MAX_BATCH,
         )
-        if self.machine.relay:  # the replies' turn comes after at most RELAY_BATCH datagrams
-            self.strategy.limit = receive.RELAY_BATCH
         self.metrics = metrics
         self._stopping = False
         self._route_of = {route.path: route for route in self.routes}
@@ -150,22 +153,21 @@ class Engine:
         else:
             self.log_drop(action)  # type: ignore[arg-type]
 
-    def send(self, flow: Flow, payload: memoryview) -> None:
+    def send(self, flow: Flow, payload: memoryview, retried: bool = False) -> None:
         """The one place a datagram is sent on a flow's socket (runs of several leave by sendmmsg). A send
         failing with an ICMP error left pending by an earlier datagram is tried once more."""
-        for attempt in (1, 2):
-            try:
-                if flow.header is not None:  # two iovecs: the flow's header, then the payload (no copy)
-                    flow.handle.sendmsg((flow.header, payload))  # type: ignore[union-attr]
-                elif self.connect_flows:
-                    flow.handle.send(payload)  # type: ignore[union-attr]
-                else:
-                    flow.handle.sendto(payload, flow.path.target)  # type: ignore[union-attr]
-            except OSError as error:
-                if attempt == 1 and error.errno in PENDING_ERRORS:
-                    continue
-                self.log_drop(self.machine.send_failed(flow.path, flow.client, error.errno or errno.EIO))
-            return
+        try:
+            if flow.header is not None:  # two iovecs: the flow's header, then the payload (no copy)
+                flow.handle.sendmsg((flow.header, payload))  # type: ignore[union-attr]
+            elif self.connect_flows:
+                flow.handle.send(payload)  # type: ignore[union-attr]
+            else:
+                flow.handle.sendto(payload, flow.path.target)  # type: ignore[union-attr]
+        except OSError as error:
+            if not retried and error.errno in PENDING_ERRORS:
+                self.send(flow, payload, True)
+                return
+            self.log_drop(self.machine.send_failed(flow.path, flow.client, error.errno or errno.EIO))
 
     def _open_and_send(self, flow: Flow, payload: memoryview) -> None:
         try:
@@ -180,6 +182,9 @@ class Engine:
         except OSError as error:
             self.log_drop(self.machine.open_failed(flow, error.errno or errno.EIO))
             return
+        if self.machine.relay:  # room for a burst of replies while a listener is drained
+            with contextlib.suppress(OSError):
+                set_receive_buffer(sock, RELAY_FLOW_BUFFER)
         evicted = self.machine.flow_opened(flow, sock)
         if evicted is not None:
             self.close_flows(evicted)

@@ -20,9 +20,9 @@ if TYPE_CHECKING:
 # A socket is drained until EAGAIN, but at most this many datagrams at a time, so that under a flood the
 # other sockets, STATUS= and WATCHDOG=1 still get their turn (the selector reports the socket again).
 MAX_BATCH = 4096
-# With replies relayed, at most this many per turn: in one turn a flow socket is read for at most
-# engine.MAX_REPLIES replies and can queue only a few hundred in its receive buffer, so with one busy flow a
-# listener drained 4096 at a time would starve its replies (measured: 3k of 136k/s echoed at one flow).
+# With replies to relay, a listener gets at most this many datagrams per wake-up: the backend's replies wait
+# in the flow sockets meanwhile, and a long drain (4096 datagrams, tens of milliseconds) would let their
+# queues fill and the kernel drop replies the forwarder never sees.
 RELAY_BATCH = 256
 # Raw sockaddrs of recent clients on the single path, so that a hit costs a dict lookup, not an encoding.
 NAME_CACHE_SIZE = 4096
@@ -58,22 +58,20 @@ class Executor(Protocol):
 class Strategy(Protocol):
     """Receive what is queued on a route's listening socket and get every datagram handled."""
 
-    limit: int  # datagrams handled per drain at most, so that other sockets get their turn
-
     def drain(self, route: "Route", now: float) -> None: ...
 
 
 class SingleReceive:
     """One recvmsg per datagram into one preallocated buffer."""
 
-    def __init__(self, executor: Executor, buffer_size: int) -> None:
+    def __init__(self, executor: Executor, buffer_size: int, budget: int = MAX_BATCH) -> None:
         self.executor = executor
-        self.limit = MAX_BATCH
+        self.budget = budget  # datagrams per drain at most
         self._view = memoryview(bytearray(buffer_size))
         self._names: dict[object, bytes] = {}
 
     def drain(self, route: "Route", now: float) -> None:
-        """Receive and handle until the socket would block, or `limit` datagrams."""
+        """Receive and handle until the socket would block, or `budget` datagrams."""
         sock = route.listener.sock
         family = sock.family
         path = route.path
@@ -83,7 +81,7 @@ class SingleReceive:
         executor = self.executor
         receive = executor.machine.receive
         control = PKTINFO_SPACE if route.pktinfo else 0
-        for _ in range(self.limit):
+        for _ in range(self.budget):
             try:
                 size, ancillary, flags, client = sock.recvmsg_into(buffers, control)
             except BlockingIOError:
@@ -122,9 +120,11 @@ class BatchReceive:
         connected: bool = False,
         prefixed: bool = False,
         gso: bool = False,
+        *,
+        budget: int = MAX_BATCH,
     ) -> None:
         self.executor = executor
-        self.limit = MAX_BATCH
+        self.budget = budget  # datagrams per drain at most (whole recvmmsg batches)
         self.receiver = receiver
         self.sender = BatchSender.create(receiver, prefixed)
         self.connected = connected  # flow sockets are connected: runs are sent without an address
@@ -143,14 +143,15 @@ class BatchReceive:
         connected: bool = False,
         prefixed: bool = False,
         gso: bool = False,
+        budget: int = MAX_BATCH,
     ) -> "BatchReceive | None":
         """The strategy (with room for pktinfo messages when some listener needs them), or None where libc
         has no recvmmsg."""
         receiver = BatchReceiver.create(batch, buffer_size, PKTINFO_SPACE if pktinfo else 0)
-        return None if receiver is None else cls(executor, receiver, connected, prefixed, gso)
+        return None if receiver is None else cls(executor, receiver, connected, prefixed, gso, budget=budget)
 
     def drain(self, route: "Route", now: float) -> None:
-        """Receive and handle until the socket would block, or `limit` datagrams.
+        """Receive and handle until the socket would block, or `budget` datagrams.
 
         This is the hot path: a datagram of an open flow costs the machine's one dict lookup; consecutive
         datagrams of one flow are sent together. A run covers consecutive slots only: any other action in
@@ -176,7 +177,7 @@ class BatchReceive:
         if self.sender is not None:
             self.sender.aim(path.destination.family, None if self.connected else path.target)
         handled = 0
-        while handled < self.limit:
+        while handled < self.budget:
             try:
                 count = receiver.receive(fd)
             except OSError as error:
@@ -225,6 +226,12 @@ class BatchReceive:
         """Send received datagrams first..first+length-1 (all of `flow`): with GSO (and no PROXY header to
         skip), each stretch of equal sizes as one send; whatever GSO does not take or refuses, as
         _send_each does."""
+        if length == 1:  # a lone datagram (every one, with many flows interleaved): straight to the send
+            receiver = self.receiver
+            slot = receiver.slots[first]
+            view = receiver.view[slot.data + skips.get(first, 0) : slot.data + receiver.u32[slot.length]]
+            self.executor.send(flow, view)
+            return
         sender = self.segmenting
         if sender is None or sender.gso is None or length == 1 or flow.handle is None or skips:
             self._send_each(flow, first, length, skips)
@@ -272,17 +279,26 @@ def create(
     connected: bool = False,
     prefixed: bool = False,
     gso: bool = False,
+    budget: int = MAX_BATCH,
 ) -> Strategy:
     """The strategy called `name` ('batch' or 'single'); 'batch' falls back to 'single' where libc lacks
     recvmmsg. `pktinfo`: some listener needs each datagram's local address; `connected`: flow sockets are
     connected to their destination; `prefixed`: every datagram leaves after its flow's PROXY header;
-    `gso` (batch only): runs of equal-size datagrams of one flow leave as one UDP GSO send."""
+    `gso` (batch only): runs of equal-size datagrams of one flow leave as one UDP GSO send; `budget`: the
+    datagrams one drain handles at most."""
     if name == "batch":
         strategy = BatchReceive.create(
-            executor, batch, buffer_size, pktinfo=pktinfo, connected=connected, prefixed=prefixed, gso=gso
+            executor,
+            batch,
+            buffer_size,
+            pktinfo=pktinfo,
+            connected=connected,
+            prefixed=prefixed,
+            gso=gso,
+            budget=budget,
         )
         if strategy is not None:
             return strategy
     elif name != "single":
         raise ValueError(f"receive strategy {name!r}: expected 'batch' or 'single'")
-    return SingleReceive(executor, buffer_size)
+    return SingleReceive(executor, buffer_size, budget)

@@ -22,7 +22,7 @@ from forwarder.destination import Destination
 from forwarder.engine import Engine, Route
 from forwarder.machine import Flow, ForwardingMachine
 from forwarder.notify import Notifier
-from forwarder.sockets import IP_PKTINFO
+from forwarder.sockets import IP_PKTINFO, set_receive_buffer
 from netlab import Lab, hold_listen_sockets, start_forwarder
 from netlab.lab import netns
 from netlab.lab.node import LabNode
@@ -417,3 +417,23 @@ def test_replies_still_queued_when_their_flow_is_evicted_are_counted_unmatched(r
     first.settimeout(0.2)
     with pytest.raises(TimeoutError):
         first.recvfrom(100)  # never sent anywhere
+
+
+def test_a_burst_of_replies_waits_in_the_flow_socket_and_every_one_is_relayed(relay_host: Lab) -> None:
+    # 1500 replies arrive while the engine is busy elsewhere (here: not reading at all): the flow
+    # socket's queue holds them (the default 208 KiB would hold about 250) and each one is relayed.
+    backend = relay_host["backend"].udp_socket("192.0.2.2", 5353)
+    backend.settimeout(5)
+    relay = Relay(relay_host)
+    client = client_socket(relay_host, "198.51.100.10")
+    set_receive_buffer(client, 4 << 20)
+    flow = relay.forward(client, b"ask")
+    _, asker = backend.recvfrom(100)
+
+    for serial in range(1500):
+        backend.sendto(serial.to_bytes(2, "big") + bytes(62), asker)
+    relay.replies_handled(flow, 1500)
+
+    assert (relay.machine.counters.relayed, relay.machine.counters.reply_dropped) == (1500, {})
+    received = {client.recv(100)[:2] for _ in range(1500)}
+    assert len(received) == 1500

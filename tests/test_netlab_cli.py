@@ -93,6 +93,15 @@ def test_a_usage_error_exits_64(capsys: pytest.CaptureFixture[str]) -> None:
     assert "netlab: the following arguments are required: NODE" in capsys.readouterr().err
 
 
+def test_demo_with_an_unknown_reply_mode_is_a_usage_error_naming_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["demo", "--reply", "bounce"])
+    assert exited.value.code == 64
+    assert "invalid choice: 'bounce'" in capsys.readouterr().err
+
+
 def test_doctor_on_the_machine_without_addresses_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["doctor", "--machine"]) == 64
     assert "needs --backend ADDRESS and --address ADDRESS" in capsys.readouterr().err
