@@ -20,8 +20,8 @@ from forwarder.proxy_protocol import build
 from netlab import Lab, start_forwarder
 from netlab.lab.node import LabNode
 from netlab.lab.wait import wait_until
-from netlab.relayroute import install_relay_route
 from netlab.service.procnet import udp_ports_bound
+from netlab.service.relayroute import install_relay_route
 from netlab.topology.shipped import seed_deployment
 
 pytestmark = [

@@ -1,5 +1,5 @@
-"""netlab.relayroute: relay mode's routing on a host node, made with pyroute2: the rule's selectors, the
-local table, and removal."""
+"""netlab.service.relayroute: relay mode's routing on a host node, made with pyroute2: the rule's
+selectors, the local table, and removal."""
 
 import socket
 
@@ -7,7 +7,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from netlab import Lab
-from netlab.relayroute import backend_errors_ruleset, install_relay_route, relay_rule
+from netlab.service.relayroute import backend_errors_ruleset, install_relay_route, relay_rule
 from netlab.topology.shipped import seed_deployment
 
 
