@@ -155,6 +155,12 @@ CONTENDERS = {
         # Relay mode: connected flow sockets; in echo cases it carries the replies back itself.
         Contender("forwarder-relay", forwarder_with("--reply", "relay"), relays_replies=True),
         Contender("forwarder-single", forwarder_with("--receive", "single")),
+        # PROXY v2 in, as go-mmproxy: the sender prefixes every datagram with a header naming its source.
+        Contender(
+            "forwarder-proxy-v2",
+            forwarder_with("--proxy-protocol-from", f"{SENDER_ADDRESS}/32"),
+            proxy_v2=True,
+        ),
         Contender(
             "nginx",
             nginx,

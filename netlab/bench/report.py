@@ -27,7 +27,7 @@ def format_table(summaries: list[Summary], solo: dict[str, float]) -> str:
     """One line per case and contender: rates, loss, CPU per datagram and the ratios."""
     peers = [peer for peer in PEERS if any(s.contender == peer for s in summaries)]
     lines = [
-        f"{'case':<24} {'contender':<16} {'offered/s':>9} {'delivered/s':>11} {'min-max':>11} {'loss':>7} "
+        f"{'case':<24} {'contender':<18} {'offered/s':>9} {'delivered/s':>11} {'min-max':>11} {'loss':>7} "
         f"{'CPU us/dg':>9} {'core us/dg':>10} {'own us/dg':>9} {'x DNAT+RPS':>10} "
         + "".join(f"{'x ' + peer:>13} " for peer in peers)
         + f"{'x per-dgram':>11}"
@@ -35,7 +35,7 @@ def format_table(summaries: list[Summary], solo: dict[str, float]) -> str:
     for s in summaries:
         spread = f"{thousands(s.min_delivered_per_s)}-{thousands(s.max_delivered_per_s)}"
         lines.append(
-            f"{s.case!s:<24} {s.contender:<16} {thousands(s.median_offered_per_s):>9} "
+            f"{s.case!s:<24} {s.contender:<18} {thousands(s.median_offered_per_s):>9} "
             f"{thousands(s.median_delivered_per_s):>11} {spread:>11} {s.median_loss:>7.2%} "
             f"{s.median_cpu_us_per_datagram:>9.2f} {s.median_core_us_per_datagram:>10.2f} "
             f"{us(s.median_process_us_per_datagram):>9} "

@@ -94,7 +94,7 @@ def run_bench(
                 run = bench.measure(CONTENDERS[name], case, settings.duration)
                 runs.append(run)
                 print(
-                    f"[{done}/{total}] run {repetition + 1} {case!s:<24} {name:<16} "
+                    f"[{done}/{total}] run {repetition + 1} {case!s:<24} {name:<18} "
                     f"{thousands(run.delivered_per_second)}/s delivered, loss {run.loss:.2%}, CPU us/dg "
                     f"{run.cpu_us_per_datagram:.2f} machine, {run.core_us_per_datagram:.2f} core, "
                     f"{run.process_us_per_datagram:.2f} own",
