@@ -287,11 +287,15 @@ class Engine:
         return count
 
     def relay(self, flow: Flow, payload: memoryview) -> None:
-        """Send a reply to `flow`'s client from the listening socket it used, from the address it sent to."""
+        """Send a reply to `flow`'s client from the listening socket it used, from the address it sent to.
+        When that address is unknown (its datagram's control messages were cut short) the reply is
+        dropped rather than sent from an address the client did not ask."""
         route = self._route_of[flow.path]
         listener = route.listener.sock
         try:
             if route.pktinfo and flow.local is not None:
+                if not flow.local:
+                    raise OSError(errno.EADDRNOTAVAIL, "the address the client sent to is unknown")
                 listener.sendmsg(
                     [payload], self._source_control(listener.family, flow.local), 0, flow.address
                 )

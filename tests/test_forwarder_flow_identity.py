@@ -68,7 +68,9 @@ def test_a_flow_to_another_backend_is_another_flow() -> None:
 
 
 def test_a_headers_client_and_the_same_address_and_port_without_a_header_share_one_flow() -> None:
-    machine = ForwardingMachine(relay=True, trusted=TrustedSources([ipaddress.ip_network("198.51.100.16/28")]))
+    machine = ForwardingMachine(
+        relay=True, trusted=TrustedSources([ipaddress.ip_network("198.51.100.16/28")])
+    )
     datagram = build(("203.0.113.7", 4242), ("198.51.100.1", 27000)) + b"payload"
     machine.receive(FIRST, LB, len(datagram), 0, 1.0)
     action, _ = machine.receive_proxied(FIRST, LB, memoryview(datagram), 0, 1.0)
