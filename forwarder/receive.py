@@ -238,12 +238,6 @@ class BatchReceive:
         path = route.path
         u32, data, names, slots = receiver.u32, receiver.view, receiver.name_view, receiver.slots
         pktinfo = route.pktinfo
-        control_view, controls, control_lengths = (
-            receiver.control_view,
-            receiver.controls,
-            receiver.control_lengths,
-        )
-        family = route.listener.family
         if self.sender is not None:
             self.sender.aim(path.destination.family, None if self.connected else path.target)
         handled = 0
@@ -261,12 +255,7 @@ class BatchReceive:
                 length, flags, name, offset = slots[index]
                 client = bytes(names[name : name + name_length])
                 if pktinfo:
-                    at = controls[index]
-                    local = pktinfo_in_control(
-                        control_view[at : at + u32[control_lengths[index]]], family, u32[flags]
-                    )
-                    if local is UNKNOWN_LOCAL:
-                        CONTROL_TRUNCATED(route.listener.label)
+                    local = self._local(index, route)
                     action = receive(path, client, u32[length], u32[flags], now, local=local)
                 else:
                     action = receive(path, client, u32[length], u32[flags], now)
@@ -291,6 +280,21 @@ class BatchReceive:
             handled += count
             if count < receiver.batch:
                 return
+
+    def _local(self, index: int, route: "Route") -> bytes | None:
+        """The local address datagram `index` was sent to, from its control messages (see
+        pktinfo_in_control)."""
+        receiver = self.receiver
+        at = receiver.controls[index]
+        u32 = receiver.u32
+        local = pktinfo_in_control(
+            receiver.control_view[at : at + u32[receiver.control_lengths[index]]],
+            route.listener.family,
+            u32[receiver.slots[index].flags],
+        )
+        if local is UNKNOWN_LOCAL:
+            CONTROL_TRUNCATED(route.listener.label)
+        return local
 
     def _send_run(self, flow: Flow, first: int, length: int, skips: dict[int, int]) -> None:
         """Send received datagrams first..first+length-1 (all of `flow`): with GSO (and no PROXY header to
