@@ -260,7 +260,7 @@ class ForwardingMachine:
         source = self._presentable(address, path.destination.family)
         action = self._open(path, client, key, source, now, address, local)
         if action.__class__ is OpenFlow:
-            action.flow.senders.append(sender)  # type: ignore[union-attr]
+            action.flow.senders.append(sender)
         return action
 
     @staticmethod
