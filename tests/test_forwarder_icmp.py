@@ -40,14 +40,14 @@ def test_an_icmpv6_port_unreachable_is_backend_unreachable_too() -> None:
         (SO_EE_ORIGIN_ICMP, 3, 4, "packet-too-big"),
         (SO_EE_ORIGIN_ICMP, 3, 13, "admin-prohibited"),
         (SO_EE_ORIGIN_ICMP, 11, 0, "time-exceeded"),
-        (SO_EE_ORIGIN_ICMP, 3, 7, "icmp-3-7"),
+        (SO_EE_ORIGIN_ICMP, 3, 7, "icmp-other"),
         (SO_EE_ORIGIN_ICMP6, 1, 3, "host-unreachable"),
         (SO_EE_ORIGIN_ICMP6, 1, 1, "admin-prohibited"),
         (SO_EE_ORIGIN_ICMP6, 2, 0, "packet-too-big"),
-        (SO_EE_ORIGIN_ICMP6, 1, 2, "icmp6-1-2"),
+        (SO_EE_ORIGIN_ICMP6, 1, 2, "icmp6-other"),
     ],
 )
-def test_other_icmp_errors_are_named_by_type_and_code(
+def test_icmp_errors_are_named_by_type_and_code_and_the_rest_is_other(
     origin: int, icmp_type: int, code: int, name: str
 ) -> None:
     assert QueuedError(errno.EHOSTUNREACH, origin, icmp_type, code, None).name == name
@@ -67,3 +67,22 @@ def test_an_error_without_an_offender_address_parses() -> None:
     error = parse_queued_error([(socket.IPPROTO_IP, IP_RECVERR, extended_error(0, SO_EE_ORIGIN_ICMP, 3, 3))])
     assert error is not None
     assert error.offender is None
+
+
+@pytest.mark.parametrize(
+    ("origin", "other"), [(SO_EE_ORIGIN_ICMP, "icmp-other"), (SO_EE_ORIGIN_ICMP6, "icmp6-other")]
+)
+def test_every_type_and_code_a_spoofer_can_send_falls_into_a_fixed_set_of_names(
+    origin: int, other: str
+) -> None:
+    # 256 spoofed ICMPv6 codes made 254 names: 254 warning lines and 254 permanent metrics series.
+    names = {
+        QueuedError(0, origin, icmp_type, code, None).name for icmp_type in range(256) for code in range(256)
+    }
+    assert other in names
+    assert len(names) <= 10
+    assert not any(name[-1].isdigit() for name in names)
+
+
+def test_a_local_error_of_an_unknown_errno_is_local_other() -> None:
+    assert QueuedError(4000, SO_EE_ORIGIN_LOCAL, 0, 0, None).name == "local-other"
