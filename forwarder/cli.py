@@ -252,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_metrics_path,
         metavar="PATH",
         help="write the counters as Prometheus metrics to PATH (node_exporter's textfile collector) every "
-        "--stats-interval",
+        "--stats-interval and on SIGUSR1 or SIGHUP; an existing PATH must be a regular file, and its "
+        "directory writable at start-up",
     )
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default info"
