@@ -16,6 +16,7 @@ from typing import NoReturn
 
 from forwarder import __version__, logs
 from forwarder.activation import ListeningSocket, address_text, listen_sockets
+from forwarder.batch import BATCH
 from forwarder.core import is_loop
 from forwarder.destination import (
     DestinationSpec,
@@ -26,7 +27,6 @@ from forwarder.destination import (
     pick,
 )
 from forwarder.engine import Engine, Route
-from forwarder.batch import BATCH
 from forwarder.errors import (
     ConfigurationError,
     ForwarderError,

@@ -47,7 +47,9 @@ def open_raw_socket(family: socket.AddressFamily) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.IPPROTO_UDP)
     try:
         program = ctypes.create_string_buffer(_DROP_ALL, len(_DROP_ALL))
-        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, struct.pack("@HxxxxxxP", 1, ctypes.addressof(program)))
+        sock.setsockopt(
+            socket.SOL_SOCKET, SO_ATTACH_FILTER, struct.pack("@HxxxxxxP", 1, ctypes.addressof(program))
+        )
         _discard(sock)  # copies queued before the filter was attached
         set_transparent(sock)
         set_receive_errors(sock)
@@ -107,7 +109,10 @@ class RawFlow:
         self.control = (header + self.pktinfo).ljust(CONTROL_SPACE[family], b"\0")
         backend = socket.inet_pton(family, destination[0])
         self.partial = (
-            int.from_bytes(address, "big") + int.from_bytes(backend, "big") + socket.IPPROTO_UDP + sum(self.ports)
+            int.from_bytes(address, "big")
+            + int.from_bytes(backend, "big")
+            + socket.IPPROTO_UDP
+            + sum(self.ports)
         )
 
 

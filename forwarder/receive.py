@@ -159,7 +159,14 @@ class BatchReceive:
         return cls(executor, receiver, connected, prefixed, gso, budget=budget, raw=raw)
 
     def drain(self, route: "Route", now: float) -> None:
-        """Receive and handle until the socket would block, or `budget` datagrams.
+        """Receive and handle until the socket would block, or `budget` datagrams."""
+        if self.raw is not None:
+            self._drain_raw(route, now, self.raw)
+        else:
+            self._drain_runs(route, now)
+
+    def _drain_runs(self, route: "Route", now: float) -> None:
+        """drain() with a socket per flow.
 
         This is the hot path: a datagram of an open flow costs the machine's one dict lookup; consecutive
         datagrams of one flow are sent together. A run covers consecutive slots only: any other action in
@@ -167,9 +174,6 @@ class BatchReceive:
         a flow a new one evicts has no run pending. A datagram of a trusted sender leaves without its PROXY
         header: its iovec starts after it (`skips`, filled only for such datagrams).
         """
-        if self.raw is not None:
-            self._drain_raw(route, now, self.raw)
-            return
         receiver = self.receiver
         executor = self.executor
         receive = executor.machine.receive
