@@ -71,7 +71,9 @@ def next_udp(sock: socket.socket, port: int) -> UDP:
 
 def recomputed(udp: UDP) -> int:
     """The checksum scapy computes for the captured datagram (with its IP header's addresses)."""
-    packet = udp.underlayer.copy()
+    below = udp.underlayer
+    assert below is not None
+    packet = below.copy()
     del packet[UDP].chksum
     return int(packet.__class__(bytes(packet))[UDP].chksum)
 
