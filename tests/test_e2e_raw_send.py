@@ -66,7 +66,8 @@ def next_udp(sock: socket.socket, port: int) -> UDP:
     while True:
         packet = Ether(sock.recv(65535))
         if UDP in packet and packet[UDP].dport == port:
-            return packet[UDP]
+            udp: UDP = packet[UDP]
+            return udp
 
 
 def recomputed(udp: UDP) -> int:
