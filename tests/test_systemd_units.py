@@ -87,7 +87,7 @@ def install_for_checking(directory: Path) -> list[Path]:
     """Copy every unit into `directory` as systemd would load it here, and return the copies.
 
     Templates become an instance; ExecStart= runs this checkout's forwarder (`python -m forwarder`)
-    instead of the console script, which need not be installed in /usr/local on the test machine.
+    instead of the daemon in /usr/sbin, which need not be installed on the test machine.
     """
     here = f"{shlex.quote(sys.executable)} -m forwarder"
     copies = []
