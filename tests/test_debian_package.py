@@ -154,7 +154,7 @@ def test_the_package_depends_on_python3_3_11_and_nothing_else(package: Path) -> 
 
 def test_the_package_is_lintian_clean(package: Path) -> None:
     result = subprocess.run(
-        ["lintian", "--info", str(package)],
+        ["lintian", "--display-info", str(package)],
         capture_output=True,
         text=True,
         timeout=300,
