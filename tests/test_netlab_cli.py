@@ -168,7 +168,7 @@ def test_an_invalid_scenario_exits_78_naming_file_element_and_value(
     assert main(["run", str(path)]) == 78
     err = capsys.readouterr().err
     assert (
-        f"{path}: traffic[0].from: unknown node 'nobody'; known nodes: ['backend', 'client', 'host']" in err
+        f"{path}:3: traffic[0].from: unknown node 'nobody'; known nodes: ['backend', 'client', 'host']" in err
     )
 
 
