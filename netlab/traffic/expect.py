@@ -380,4 +380,15 @@ def expect(node: "LabNode", port: int, *, address: str | None = None) -> Inbox:
     return Inbox(node, port, address)
 
 
-__all__ = ["ANY", "Arrival", "DatagramExpectation", "EchoRecord", "Inbox", "SourcePattern", "expect"]
+__all__ = [
+    "ANY",
+    "Arrival",
+    "DatagramExpectation",
+    "DatagramPattern",
+    "EchoRecord",
+    "Inbox",
+    "SourcePattern",
+    "describe_payload",
+    "expect",
+    "payload_context",
+]
