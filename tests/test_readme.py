@@ -37,3 +37,19 @@ def test_every_path_the_readme_names_exists() -> None:
         if re.search(r"[A-Z]{3,}", path):  # a template such as fixtures/scenarios/bug-NNN.toml
             continue
         assert list(ROOT.glob(path)), f"the README names {path}, which is not in the repository"
+
+
+def _shipped_list() -> str:
+    """The README's list of shipped scenarios: from 'Shipped' in the Scenarios section to the next heading."""
+    section = README[README.index("### Scenarios") :]
+    start = section.index("\nShipped")
+    return section[start : section.index("\n#", start)]
+
+
+def test_the_readme_lists_every_shipped_scenario_and_no_other() -> None:
+    from netlab.fixtures import scenario_names
+
+    listed = set(re.findall(r"`([a-z0-9-]+)`", _shipped_list()))
+    shipped = set(scenario_names())
+    assert sorted(shipped - listed) == [], "shipped scenarios the README does not list"
+    assert sorted(listed - shipped) == [], "the README lists scenarios that do not ship"
