@@ -303,7 +303,9 @@ def test_lines_are_counted_past_multi_line_strings_that_look_like_tables(tmp_pat
 
 
 def test_a_scenario_without_a_forwarder_is_refused_naming_the_table(tmp_path: Path) -> None:
-    text = VALID.replace('[forwarder]\nlisten = ["198.51.100.1:27000"]\ndestinations = ["192.0.2.2:27000"]\n', "")
+    text = VALID.replace(
+        '[forwarder]\nlisten = ["198.51.100.1:27000"]\ndestinations = ["192.0.2.2:27000"]\n', ""
+    )
     with pytest.raises(ScenarioError, match=r"bug-1234.toml: top level: missing \[forwarder\]"):
         load_scenario(write(tmp_path, text))
 
@@ -317,8 +319,16 @@ def test_a_doctor_scenario_needs_no_forwarder() -> None:
 @pytest.mark.parametrize(
     ("old", "new", "element"),
     [
-        ('destinations = ["192.0.2.2:27000"]', 'destinations = ["10.0.0.2:27000"]', "forwarder.destinations[0]"),
-        ('destinations = ["192.0.2.2:27000"]', 'destinations = ["game=[2001:4860::8888]:53"]', "forwarder.destinations[0]"),
+        (
+            'destinations = ["192.0.2.2:27000"]',
+            'destinations = ["10.0.0.2:27000"]',
+            "forwarder.destinations[0]",
+        ),
+        (
+            'destinations = ["192.0.2.2:27000"]',
+            'destinations = ["game=[2001:4860::8888]:53"]',
+            "forwarder.destinations[0]",
+        ),
         ('to = "198.51.100.1:27000"', 'to = "8.8.8.8:27000"', "traffic[0].to"),
         ('src = "203.0.113.7"', 'src = "192.168.1.7"', "traffic[0].src"),
         ('listen = ["198.51.100.1:27000"]', 'listen = ["172.16.0.1:27000"]', "forwarder.listen[0]"),
@@ -328,5 +338,7 @@ def test_addresses_outside_the_documentation_ranges_are_refused(
     tmp_path: Path, old: str, new: str, element: str
 ) -> None:
     path = write(tmp_path, VALID.replace(old, new))
-    with pytest.raises(ScenarioError, match=rf"{re.escape(element)}: address .* is outside the lab's address"):
+    with pytest.raises(
+        ScenarioError, match=rf"{re.escape(element)}: address .* is outside the lab's address"
+    ):
         load_scenario(path)

@@ -60,12 +60,15 @@ def test_a_reply_that_never_comes_says_nothing_came_back(lab: Lab) -> None:
 
 @pytest.mark.privileged
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])
-def test_a_fragmented_relay_reply_without_reassembly_says_reassembly_is_missing(family: str, lab: Lab) -> None:
+def test_a_fragmented_relay_reply_without_reassembly_says_reassembly_is_missing(
+    family: str, lab: Lab
+) -> None:
     scenario = load_scenario("relay-fragmented-reply-intact")
     scenario.setup = []  # no connection tracking on the host: fragments are routed one by one
     if family == "ipv6":
         scenario.topology = load_topology("dual-stack")
-        assert scenario.forwarder is not None and scenario.reply_path is not None
+        assert scenario.forwarder is not None
+        assert scenario.reply_path is not None
         scenario.forwarder.listen = ["[2001:db8:51::1]:27000"]
         scenario.forwarder.destinations = ["[2001:db8:2::2]:5353"]
         scenario.reply_path.relay = {"2001:db8:2::2": [5353]}

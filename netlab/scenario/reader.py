@@ -10,7 +10,6 @@ from netlab.errors import AddressError, ScenarioError
 from netlab.scenario.model import Endpoint
 from netlab.topology.model import Topology
 
-
 _HEADER = re.compile(r"\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
 _KEY_PART = r'(?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\')'
 _KEY = re.compile(rf"\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*=")
