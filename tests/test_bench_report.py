@@ -3,6 +3,7 @@ line saying quick figures are a smoke test, and `--plot` drawing the ratios of a
 `--json` document (tests/fixtures: fixtures/bench/synthetic-quick-run.json, made-up figures)."""
 
 import json
+import tomllib
 import sys
 from pathlib import Path
 from typing import Any
@@ -156,3 +157,14 @@ def test_plot_without_matplotlib_exits_69_naming_the_plot_extra(
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert main(["bench", "--plot", str(tmp_path / "x.svg"), "--from", str(saved_run())]) == 69
     assert "transparent-udp-forwarder[plot]" in capsys.readouterr().err
+
+
+def test_matplotlib_comes_only_with_the_plot_extra_never_with_the_forwarder_or_the_lab() -> None:
+    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())[
+        "project"
+    ]
+    assert not any("matplotlib" in requirement for requirement in project["dependencies"])
+    extras = project["optional-dependencies"]
+    assert [r for r in extras["plot"] if r.startswith("matplotlib")]
+    assert not any("matplotlib" in requirement for requirement in extras["lab"])
+    assert any("[lab,plot]" in requirement for requirement in extras["test"])
