@@ -3,8 +3,8 @@ line saying quick figures are a smoke test, and `--plot` drawing the ratios of a
 `--json` document (tests/fixtures: fixtures/bench/synthetic-quick-run.json, made-up figures)."""
 
 import json
-import tomllib
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
