@@ -13,6 +13,7 @@ import pytest
 
 from forwarder import __version__, errors
 from forwarder.core import DropReason
+from forwarder.engine import OTHER_SIGNALS, STOP_SIGNALS
 from forwarder.proxy_protocol import HeaderProblem
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,6 +149,12 @@ def test_the_man_page_names_every_drop_reason_and_exit_code(page: Path) -> None:
     exit_status = section_of(text, "EXIT STATUS")
     assert sorted(code for code in codes if not re.search(rf"^\s+{code}\s", exit_status, re.M)) == []
     assert len(codes) >= 5
+
+
+def test_the_man_page_says_what_every_signal_the_forwarder_handles_does(page: Path) -> None:
+    signals = section_of(render(page).stdout, "SIGNALS")
+
+    assert [sig.name for sig in (*STOP_SIGNALS, *OTHER_SIGNALS) if sig.name not in signals] == []
 
 
 def test_the_generator_refuses_a_template_without_its_options_line() -> None:
