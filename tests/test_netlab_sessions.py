@@ -128,23 +128,19 @@ def test_only_killed_sessions_are_reaped_and_of_them_only_labs_whose_owner_is_go
     assert running_leftover.exists()  # a live session's own: it reaps that itself
 
 
-def test_the_machine_wide_reaper_leaves_the_namespaces_of_test_sessions_alone(
+def test_unrecorded_namespaces_are_those_no_registry_names_the_sessions_included(
     suites: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The machine's registry judges every `nl-` namespace no record claims; a session's labs are recorded
-    # in the session's registry. Which namespaces exist, and what is destroyed, are stand-ins here: the
-    # real reaper would judge every other lab on this machine.
+    # Which namespaces exist is a stand-in here: the real list holds every other lab on this machine.
     write_record(suites / "4242-1", ["nl-session-host"], owner_pid=os.getpid())
     default = tmp_path / "default"
+    write_record(default, ["nl-machine-host"], owner_pid=os.getpid())
     monkeypatch.setattr(registry, "DEFAULT_REGISTRY", default)
     monkeypatch.setattr(registry, "REGISTRY_DIR", default)
-    monkeypatch.setattr(netns, "list_names", lambda: ["nl-session-host", "nl-nobodys-host"])
-    monkeypatch.setattr(netns, "exists", lambda name: True)
-    destroyed: list[str] = []
-    monkeypatch.setattr(registry, "destroy_namespace", destroyed.append)
+    names = ["nl-session-host", "nl-machine-host", "nl-by-hand", "other"]
+    monkeypatch.setattr(netns, "list_names", lambda: names)
 
-    assert registry.reap_stale() == ["nl-nobodys-host"]
-    assert destroyed == ["nl-nobodys-host"]
+    assert registry.orphans() == ["nl-by-hand"]
 
 
 @pytest.mark.privileged
