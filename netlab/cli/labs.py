@@ -51,10 +51,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from netlab.lab.detached import up
+    from netlab.lab.detached import load_for_up, up
 
+    loaded = load_for_up(args.file)  # a bad argument is reported before the privilege check, as in `run`
     require_privileges()
-    lab_id = up(args.file)
+    lab_id = up(loaded)
     if args.json:
         print_json({"id": lab_id})
     else:
