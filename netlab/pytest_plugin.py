@@ -1,7 +1,8 @@
 """pytest plugin (entry point `pytest11`): the `lab` fixture, the `privileged` marker and run directories.
 
 Privileged tests skip off-root with a reason naming the missing capability. In CI (CI set) a missing
-capability fails the test instead: a privileged test must never skip quietly there.
+capability fails the test instead, in one line naming the fix: a privileged test must never skip quietly
+there. `-m "not privileged"` selects only the unprivileged part.
 
 Each test using `lab` gets a run directory of its own, RUNS/WORKER-TEST_ID-RANDOM, holding its process
 logs and one pcap per node interface. It is removed when the test passes and kept when it fails; the
@@ -124,13 +125,22 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         reap_killed_sessions()
 
 
+UNPRIVILEGED_PART = '-m "not privileged"'
+
+
 def require_privileges() -> None:
-    """Skip (or in CI fail) the current test when the lab's capabilities are missing."""
+    """Skip (or in CI fail) the current test when the lab's capabilities are missing.
+
+    The CI failure is one line naming the capability and both fixes, with no traceback: in CI every
+    privileged test fails alike, and twenty lines of this plugin each would bury the reason."""
     reason = missing_reason()
     if reason is None:
         return
     if os.environ.get("CI"):
-        pytest.fail(f"privileged test cannot run in CI: {reason}")
+        pytest.fail(
+            f"CI is set and this privileged test {reason}; or run only the unprivileged part: {UNPRIVILEGED_PART}",
+            pytrace=False,
+        )
     pytest.skip(reason)
 
 

@@ -164,3 +164,44 @@ def test_only_a_session_with_lab_tests_reaps_killed_sessions(
 
     result.assert_outcomes(passed=1)
     assert leftover.exists() != reaps
+
+
+def run_inner_pytest_unprivileged(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """pytest on `directory` with CI=true and without the lab's capabilities (dropped when root)."""
+    drop = ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"] if os.geteuid() == 0 else []
+    return subprocess.run(
+        [*drop, sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", *args],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        env={**python_env(), "CI": "true"},
+        timeout=120,
+        check=False,
+    )
+
+
+def test_in_ci_without_capabilities_a_privileged_test_fails_in_one_line_naming_the_fix(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_inner=LAB_TEST + "\n\ndef test_plain():\n    pass\n")
+
+    result = run_inner_pytest_unprivileged(pytester.path)
+
+    assert result.returncode == 1, result.stdout
+    errors = [line for line in result.stdout.splitlines() if line.startswith("ERROR test_inner.py")]
+    assert len(errors) == 1, result.stdout
+    assert "needs CAP_NET_ADMIN" in errors[0]
+    assert "run as root" in errors[0]
+    assert '-m "not privileged"' in errors[0]
+    assert "Traceback" not in result.stdout
+    assert "pytest_plugin.py" not in result.stdout
+    assert "1 passed, 1 error" in result.stdout
+
+
+def test_in_ci_without_capabilities_the_unprivileged_part_passes(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_inner=LAB_TEST + "\n\ndef test_plain():\n    pass\n")
+
+    result = run_inner_pytest_unprivileged(pytester.path, "-m", "not privileged")
+
+    assert result.returncode == 0, result.stdout
+    assert "1 passed, 1 deselected" in result.stdout
