@@ -138,7 +138,8 @@ def require_privileges() -> None:
         return
     if os.environ.get("CI"):
         pytest.fail(
-            f"CI is set and this privileged test {reason}; or run only the unprivileged part: {UNPRIVILEGED_PART}",
+            f"CI is set and this privileged test {reason}; "
+            f"or run only the unprivileged part: {UNPRIVILEGED_PART}",
             pytrace=False,
         )
     pytest.skip(reason)

@@ -11,7 +11,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # Inside tox's own environment tox is not installed: the one `./dev` installed in .venv runs it.
-_CANDIDATES = [Path(sys.executable).parent / "tox", ROOT / ".venv" / "bin" / "tox", Path(shutil.which("tox") or "/")]
+_CANDIDATES = [
+    Path(sys.executable).parent / "tox",
+    ROOT / ".venv" / "bin" / "tox",
+    Path(shutil.which("tox") or "/"),
+]
 TOX = next((path for path in _CANDIDATES if path.is_file()), _CANDIDATES[0])
 PYTEST_ARGS = ["--junitxml=out.xml", "-k", "e2e"]
 

@@ -97,7 +97,9 @@ def orphan(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     unrecorded namespace for real would take those of other tools (and other tests) on this machine."""
     name = f"nl-byhand{os.getpid()}-{new_lab_id()}"
     real = netns.list_names
-    monkeypatch.setattr(netns, "list_names", lambda: [n for n in real() if n == name or not n.startswith("nl-")])
+    monkeypatch.setattr(
+        netns, "list_names", lambda: [n for n in real() if n == name or not n.startswith("nl-")]
+    )
     netns.create(name)
     try:
         yield name

@@ -242,7 +242,8 @@ def remove_orphans(names: Iterable[str] | None = None) -> list[str]:
     for name in chosen:
         if name not in unrecorded:
             raise UsageError(
-                f"{name!r} is not an unrecorded {PREFIX} namespace; unrecorded: {' '.join(unrecorded) or 'none'}"
+                f"{name!r} is not an unrecorded {PREFIX} namespace; "
+                f"unrecorded: {' '.join(unrecorded) or 'none'}"
             )
     for name in chosen:
         destroy_namespace(name)
