@@ -151,7 +151,7 @@ def register(commands: Commands) -> None:
         help="remove `nl-` namespaces no lab record names (`netlab ls` lists them): these, or all of them",
     )
     down.set_defaults(handler=cmd_down, after_interrupt="")
-    ls = commands.add_parser("ls", help="list labs on this machine")
+    ls = commands.add_parser("ls", help="list labs on this machine, and nl- namespaces no lab record names")
     ls.add_argument("--json", action="store_true", help="a JSON list of labs")
     ls.set_defaults(handler=cmd_ls, after_interrupt="")
 
