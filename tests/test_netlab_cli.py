@@ -404,10 +404,11 @@ def test_down_refuses_a_lab_its_running_owner_removes(lab: Lab, capsys: pytest.C
     assert netns.exists(lab["host"].namespace)
 
 
-@pytest.mark.privileged
-def test_down_needs_exactly_one_of_name_all_stale(capsys: pytest.CaptureFixture[str]) -> None:
+def test_down_needs_exactly_one_of_name_all_stale_orphans(capsys: pytest.CaptureFixture[str]) -> None:
+    # A usage error is named before the privilege check, with or without root.
     assert main(["down"]) == 64
-    assert "give one of NAME, --all or --stale" in capsys.readouterr().err
+    assert "give one of NAME, --all, --stale or --orphans" in capsys.readouterr().err
+    assert main(["down", "--stale", "--orphans"]) == 64
 
 
 @pytest.mark.privileged
