@@ -37,7 +37,7 @@ from forwarder.machine import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FLOWS, Forwardin
 from forwarder.mapping import assign, check_form
 from forwarder.metrics import MetricsFile, listen_label
 from forwarder.notify import Notifier, watchdog_interval
-from forwarder.proxy_protocol import Network, TrustedSources
+from forwarder.proxy_protocol import Network, TrustedSources, plain_network
 from forwarder.routecheck import reply_route_warning
 from forwarder.sockets import (
     BroadcastAddresses,
@@ -119,9 +119,11 @@ def _metrics_path(text: str) -> Path:
 
 def _network(text: str) -> Network:
     """A network whose senders' PROXY headers are believed: ADDRESS/PREFIX without host bits, or one
-    address. Host bits are refused, not masked: a trust list must say exactly whom it trusts."""
+    address. Host bits are refused, not masked: a trust list must say exactly whom it trusts. A v4-mapped
+    network (::ffff:198.51.100.20/128) means its IPv4 network: a dual-stack listener's IPv4 senders are
+    compared as IPv4."""
     try:
-        return ipaddress.ip_network(text)
+        return plain_network(ipaddress.ip_network(text))
     except ValueError as error:
         raise argparse.ArgumentTypeError(
             f"{shown(text)} is not a network ({error}): expected a CIDR such as 192.0.2.0/24 or "

@@ -204,13 +204,25 @@ def crc32c(data: bytes | bytearray | memoryview) -> int:
     return value ^ 0xFFFFFFFF
 
 
+def plain_network(network: Network) -> Network:
+    """`network` as the senders it matches are compared: a v4-mapped one (::ffff:198.51.100.20/128, a
+    prefix of 96 or more) as the IPv4 network it maps (198.51.100.20/32), as a v4-mapped sender is
+    compared as IPv4; any other unchanged."""
+    if network.version == 6 and network.prefixlen >= 96:
+        mapped = network.network_address.ipv4_mapped  # type: ignore[union-attr]
+        if mapped is not None:
+            return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+    return network
+
+
 class TrustedSources:
     """Answers "are headers from this sender believed?" for a raw sockaddr, from a bounded cache: the
-    sender's address (a v4-mapped one as IPv4) is in one of `networks` (--proxy-protocol-from). The first
-    datagram of a sender costs an address check; the next ones one dict lookup."""
+    sender's address (a v4-mapped one as IPv4) is in one of `networks` (--proxy-protocol-from; a v4-mapped
+    one as IPv4 too). The first datagram of a sender costs an address check; the next ones one dict
+    lookup."""
 
     def __init__(self, networks: Iterable[Network]) -> None:
-        self.networks = tuple(networks)
+        self.networks = tuple(plain_network(network) for network in networks)
         self._answers: dict[bytes, bool] = {}
 
     def __call__(self, client: bytes) -> bool:

@@ -90,6 +90,24 @@ GOOD = build(("203.0.113.7", 4242), ("198.51.100.1", 53))
 
 
 @pytest.mark.parametrize(
+    ("network", "sender", "trusted"),
+    [
+        ("::ffff:198.51.100.20/128", ("198.51.100.20", 40000), True),
+        ("::ffff:198.51.100.20/128", ("::ffff:198.51.100.20", 40000, 0, 0), True),
+        ("::ffff:198.51.100.0/120", ("198.51.100.99", 40000), True),
+        ("::ffff:198.51.100.0/120", ("198.51.101.1", 40000), False),
+        ("::ffff:0:0/96", ("203.0.113.1", 40000), True),
+    ],
+)
+def test_a_v4_mapped_trusted_network_matches_the_ipv4_senders_it_maps(
+    network: str, sender: tuple[object, ...], trusted: bool
+) -> None:
+    sources = TrustedSources([ipaddress.ip_network(network)])
+    family = socket.AF_INET6 if ":" in str(sender[0]) else socket.AF_INET
+    assert sources(sockaddr_bytes(family, sender)) is trusted  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
     ("datagram", "problem"),
     [
         (b"no header at all", HeaderProblem.MISSING),
