@@ -9,6 +9,7 @@ A port unreachable from the backend (the backend host is up but nothing listens:
 import errno
 import socket
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from forwarder.core import decode_sockaddr
@@ -24,11 +25,7 @@ _EXTENDED_ERROR = struct.Struct("=IBBBBII")
 # Room for the struct, the offender's struct sockaddr_in6, and the cmsg header around them.
 CONTROL_SIZE = socket.CMSG_SPACE(_EXTENDED_ERROR.size + 28)
 
-# With IP_RECVERR every ICMP error is also left pending on the socket (sk_err), and the next send fails
-# with it, once, instead of sending: such a send is tried again (the error is counted from the queue).
-PENDING_ERRORS = frozenset(
-    {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EPROTO, errno.EMSGSIZE}
-)
+ICMP_ORIGINS = (SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6)
 
 BACKEND_UNREACHABLE = "backend-unreachable"
 _ICMP = {
@@ -75,6 +72,20 @@ class QueuedError:
                 self.type, f"icmp6-{self.type}-{self.code}"
             )
         return "local-" + errno.errorcode.get(self.error_number, str(self.error_number))
+
+
+def failed_by_pending_error(error_number: int, queued: Iterable["QueuedError | None"]) -> bool:
+    """The rule of every send path, for a send that failed with `error_number`: was it an ICMP error about
+    an earlier datagram, rather than this one's own failure? With IP_RECVERR the kernel queues each ICMP
+    error and also leaves it pending on the socket (sk_err), and the next send returns it, once, instead
+    of sending; whatever its kind (port or protocol unreachable, admin-prohibited: ECONNREFUSED,
+    ENOPROTOOPT, EACCES, ...). So exactly when the error queue, read right after the failure (`queued`),
+    held an ICMP error with that errno: then the datagram is sent once more, and the error counted as the
+    ICMP error it is. A second failure is the datagram's own."""
+    return any(
+        error is not None and error.origin in ICMP_ORIGINS and error.error_number == error_number
+        for error in queued
+    )
 
 
 def parse_queued_error(ancillary: list[tuple[int, int, bytes]]) -> QueuedError | None:

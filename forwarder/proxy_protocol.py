@@ -11,8 +11,10 @@ import enum
 import ipaddress
 import socket
 import struct
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from forwarder.core import bounded_put, decode_sockaddr, plain_address
 
@@ -23,6 +25,11 @@ ADDRESS_LENGTH = {1: 12, 2: 36, 3: 216}  # INET, INET6, UNIX: both addresses and
 TLV_CRC32C = 0x03
 TLV_NOOP = 0x04
 TRUST_CACHE_SIZE = 4096
+# What a header kept in a HeaderCache is charged besides its bytes: the dict slot, the key object and the
+# decision kept with it, roughly.
+ENTRY_OVERHEAD = 256
+
+V = TypeVar("V")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -187,8 +194,8 @@ def crc32c(data: bytes | bytearray | memoryview) -> int:
     value = 0xFFFFFFFF
     view = memoryview(data).cast("B")
     whole = len(view) - len(view) % 8
-    for low, high in _EIGHT_BYTES.iter_unpack(view[:whole]):
-        low ^= value
+    for first, high in _EIGHT_BYTES.iter_unpack(view[:whole]):
+        low = first ^ value
         value = (
             t7[low & 0xFF]
             ^ t6[(low >> 8) & 0xFF]
@@ -209,7 +216,7 @@ def plain_network(network: Network) -> Network:
     prefix of 96 or more) as the IPv4 network it maps (198.51.100.20/32), as a v4-mapped sender is
     compared as IPv4; any other unchanged."""
     if network.version == 6 and network.prefixlen >= 96:
-        mapped = network.network_address.ipv4_mapped  # type: ignore[union-attr]
+        mapped = network.network_address.ipv4_mapped
         if mapped is not None:
             return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
     return network
@@ -232,3 +239,42 @@ class TrustedSources:
             answer = any(address in network for network in self.networks)
             bounded_put(self._answers, client, answer, TRUST_CACHE_SIZE)
         return answer
+
+
+class HeaderCache(Generic[V]):
+    """Headers seen recently (their exact bytes) and what was decided about each, bounded in bytes, not
+    entries: a load balancer repeats one header for every datagram of a client, but a trusted sender can
+    also send thousands of distinct 64 KiB headers, and a cache of 4096 of those held 270 MB. The oldest
+    entries leave first; a header larger than the whole budget is never kept."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0  # charged for the entries kept: their lengths plus ENTRY_OVERHEAD each
+        self._entries: OrderedDict[bytes, V] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, header: bytes) -> V | None:
+        """What was decided about `header`, if it is still kept."""
+        return self._entries.get(header)
+
+    def put(self, header: bytes, value: V) -> None:
+        """Keep `value` for `header`, letting the oldest entries go until it fits."""
+        cost = len(header) + ENTRY_OVERHEAD
+        if cost > self.max_bytes:
+            return
+        entries = self._entries
+        old = entries.pop(header, None)
+        if old is not None:
+            self.bytes -= cost
+        while entries and self.bytes + cost > self.max_bytes:
+            gone, _ = entries.popitem(last=False)
+            self.bytes -= len(gone) + ENTRY_OVERHEAD
+        entries[header] = value
+        self.bytes += cost
+
+    def clear(self) -> None:
+        """Forget every header (the answers they were judged with changed)."""
+        self._entries.clear()
+        self.bytes = 0
