@@ -196,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="datagrams from these senders (load balancers) must start with a PROXY protocol v2 header: "
         "it is removed and the client it names is presented to the backend (LOCAL: the sender itself); "
         "a datagram without a valid one is dropped and counted by reason. Others are forwarded as they "
-        "are: their headers are payload, never believed. Repeatable",
+        "are: their headers are payload, never believed. A v4-mapped network means its IPv4 one. "
+        "Repeatable",
     )
     parser.add_argument(
         "--reply",
@@ -209,8 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--send-proxy-protocol",
         action="store_true",
         help="send from this host's own address (no IP_TRANSPARENT, no CAP_NET_ADMIN), each datagram after "
-        "a PROXY protocol v2 header naming the client and the address it sent to; the backend's replies "
-        "are relayed to the client from the listening socket",
+        "a PROXY protocol v2 header naming the client and the address it sent to (with "
+        "--proxy-protocol-from: the destination the received header named); the backend's replies are "
+        "relayed to the client from the listening socket",
     )
     parser.add_argument(
         "--receive-buffer",
