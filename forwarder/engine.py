@@ -163,10 +163,26 @@ class Engine:
         """The one place a datagram is sent on a flow's socket (runs of several leave by sendmmsg), after
         `header` (default: the flow's PROXY header, if it has one). A send failing with an ICMP error left
         pending by an earlier datagram is tried once more (forwarder.icmp.failed_by_pending_error)."""
-        header = header or flow.header
-        for attempt in (0, 1):
+        if header is None:
+            header = flow.header
+        try:
+            if header is not None:  # two iovecs: the header, then the payload (no copy)
+                flow.handle.sendmsg((header, payload))  # type: ignore[union-attr]
+            elif self.connect_flows:
+                flow.handle.send(payload)  # type: ignore[union-attr]
+            else:
+                flow.handle.sendto(payload, flow.path.target)  # type: ignore[union-attr]
+        except OSError as error:
+            self._send_failed(flow, payload, header, error.errno or errno.EIO)
+
+    def _send_failed(
+        self, flow: Flow, payload: memoryview, header: bytearray | None, error_number: int
+    ) -> None:
+        """Sending on `flow` failed with `error_number`: send once more if an earlier datagram's ICMP error
+        is what failed it, else (or if that fails too) count the drop."""
+        if self.failed_by_pending_error(flow, error_number):
             try:
-                if header is not None:  # two iovecs: the flow's header, then the payload (no copy)
+                if header is not None:
                     flow.handle.sendmsg((header, payload))  # type: ignore[union-attr]
                 elif self.connect_flows:
                     flow.handle.send(payload)  # type: ignore[union-attr]
@@ -175,9 +191,7 @@ class Engine:
                 return
             except OSError as error:
                 error_number = error.errno or errno.EIO
-                if attempt or not self.failed_by_pending_error(flow, error_number):
-                    self.log_drop(self.machine.send_failed(flow.path, flow.client, error_number))
-                    return
+        self.log_drop(self.machine.send_failed(flow.path, flow.client, error_number))
 
     def failed_by_pending_error(self, flow: Flow, error_number: int) -> bool:
         """A send on `flow` just failed with `error_number`: read (and count) its error queue, and say
