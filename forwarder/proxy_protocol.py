@@ -116,29 +116,29 @@ def parse(data: bytes | bytearray | memoryview) -> ProxyHeader | HeaderProblem:
 def check_tlvs(view: memoryview, start: int, end: int) -> HeaderProblem | None:
     """None when the TLVs in view[start:end] fill it exactly (and a CRC32C TLV, if any, matches).
 
-    The walk reads 3 bytes per TLV, and the checksum, the one costly step, runs at most once per header
-    over at most the header's 64 KiB: a second CRC32C TLV is refused (it can only repeat the first, or
-    contradict it) before anything is summed."""
+    The walk costs a few integer operations per TLV (on one copy of the header: indexing bytes is cheaper
+    than a memoryview), and the checksum, the one costly step, runs at most once per header over at most
+    its 64 KiB: a second CRC32C TLV is refused (it can only repeat the first, or contradict it) before
+    anything is summed."""
+    header = bytes(view[:end])
     offset = start
     checksum_at = -1
     while offset < end:
-        if end - offset < 3:
+        if offset + 3 > end:
             return HeaderProblem.TLV
-        kind = view[offset]
-        length = int.from_bytes(view[offset + 1 : offset + 3], "big")
+        kind = header[offset]
         value_start = offset + 3
-        if value_start + length > end:
+        offset = value_start + (header[offset + 1] << 8 | header[offset + 2])
+        if offset > end:
             return HeaderProblem.TLV
         if kind == TLV_CRC32C:
-            if length != 4 or checksum_at >= 0:
+            if offset - value_start != 4 or checksum_at >= 0:
                 return HeaderProblem.TLV
             checksum_at = value_start
-        offset = value_start + length
     if checksum_at >= 0:
-        sent = int.from_bytes(view[checksum_at : checksum_at + 4], "big")
-        header = bytearray(view[:end])
-        header[checksum_at : checksum_at + 4] = bytes(4)  # computed with the field zeroed
-        if crc32c(header) != sent:
+        sent = int.from_bytes(header[checksum_at : checksum_at + 4], "big")
+        zeroed = header[:checksum_at] + bytes(4) + header[checksum_at + 4 :]  # summed with the field zeroed
+        if crc32c(zeroed) != sent:
             return HeaderProblem.CHECKSUM
     return None
 
@@ -189,7 +189,7 @@ _EIGHT_BYTES = struct.Struct("<II")
 def crc32c(data: bytes | bytearray | memoryview) -> int:
     """CRC-32C (Castagnoli), the checksum of the PP2_TYPE_CRC32C TLV. The stdlib has only zlib's CRC-32,
     so it is hand-written, slicing-by-8: eight bytes per step of the Python loop, which costs far more
-    than the table lookups (about 1.5 times as fast as a byte per step; 64 KiB in about 7 ms)."""
+    than the table lookups (1.4 to 1.5 times as fast as a byte per step: 64 KiB in 7 to 10 ms)."""
     t0, t1, t2, t3, t4, t5, t6, t7 = _CRC32C
     value = 0xFFFFFFFF
     view = memoryview(data).cast("B")
