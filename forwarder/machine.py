@@ -235,7 +235,7 @@ class ForwardingMachine:
         flow = self._lookup((path.target, client))
         if flow is not None:
             if local is not None:
-                if local != flow.local and flow.header is not None and not self._readdress(flow, local):
+                if flow.header is not None and local != flow.local and not self._readdress(flow, local):
                     return self._drop(path, client, DropReason.FAMILY_MISMATCH.value)
                 flow.local = local  # replies leave from the address the client used last
             flow.last_used = now
