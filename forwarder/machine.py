@@ -44,6 +44,7 @@ from forwarder.core import (
     sockaddr_bytes,
 )
 from forwarder.destination import Destination
+from forwarder.endpoint import endpoint_text
 from forwarder.icmp import QueuedError
 from forwarder.proxy_protocol import Command, HeaderCache, HeaderProblem, build, parse
 
@@ -126,7 +127,7 @@ class Flow(Entry):
         self.headers: dict[bytes | None, bytearray] | None = None
 
     def __repr__(self) -> str:
-        return f"Flow({self.source[0]}:{self.source[1]} -> {self.path.destination})"
+        return f"Flow({endpoint_text(self.source)} -> {self.path.destination})"
 
 
 @dataclass(frozen=True, slots=True)
