@@ -410,3 +410,16 @@ def test_the_header_cache_is_bounded_in_bytes_whatever_the_headers_size() -> Non
         assert action == Drop("unspecified-source", V4, LB)
     assert 0 < m._headers.bytes <= HEADER_CACHE_BYTES
     assert len(m._headers) < 300
+
+
+def test_a_flow_reached_through_two_listeners_names_the_one_each_datagram_came_through() -> None:
+    m = ForwardingMachine(send_header=True)
+    other = Path("dns3", Destination(socket.AF_INET, "192.0.2.2", 53), ("198.51.100.3", 53))
+    action = m.receive(LISTENING, CLIENT, 10, 0, 1.0)
+    assert isinstance(action, OpenFlow)
+    m.flow_opened(action.flow, cast(socket.socket, object()))
+    flow = m.receive(other, CLIENT, 10, 0, 2.0)  # one flow per 4-tuple: the same one
+    assert flow is action.flow
+    assert bytes(flow.header or b"") == build(("203.0.113.7", 4242), ("198.51.100.3", 53))
+    assert m.receive(LISTENING, CLIENT, 10, 0, 3.0) is flow
+    assert bytes(flow.header or b"") == build(("203.0.113.7", 4242), ("198.51.100.1", 53))
