@@ -23,7 +23,13 @@ from forwarder.batch import BATCH
 from forwarder.core import Counters, bounded_put, decode_sockaddr, plain_address
 from forwarder.destination import Destination
 from forwarder.endpoint import endpoint_text
-from forwarder.icmp import CONTROL_SIZE, MSG_ERRQUEUE, PENDING_ERRORS, parse_queued_error
+from forwarder.icmp import (
+    CONTROL_SIZE,
+    MSG_ERRQUEUE,
+    QueuedError,
+    failed_by_pending_error,
+    parse_queued_error,
+)
 from forwarder.logs import RepeatSummary
 from forwarder.machine import (
     Action,
@@ -166,21 +172,44 @@ class Engine:
         else:
             self.log_drop(action)  # type: ignore[arg-type]
 
-    def send(self, flow: Flow, payload: memoryview, retried: bool = False) -> None:
-        """The one place a datagram is sent on a flow's socket (runs of several leave by sendmmsg). A send
-        failing with an ICMP error left pending by an earlier datagram is tried once more."""
+    def send(self, flow: Flow, payload: memoryview, header: bytearray | None = None) -> None:
+        """The one place a datagram is sent on a flow's socket (runs of several leave by sendmmsg), after
+        `header` (default: the flow's PROXY header, if it has one). A send failing with an ICMP error left
+        pending by an earlier datagram is tried once more (forwarder.icmp.failed_by_pending_error)."""
+        if header is None:
+            header = flow.header
         try:
-            if flow.header is not None:  # two iovecs: the flow's header, then the payload (no copy)
-                flow.handle.sendmsg((flow.header, payload))  # type: ignore[union-attr]
+            if header is not None:  # two iovecs: the header, then the payload (no copy)
+                flow.handle.sendmsg((header, payload))  # type: ignore[union-attr]
             elif self.connect_flows:
                 flow.handle.send(payload)  # type: ignore[union-attr]
             else:
                 flow.handle.sendto(payload, flow.path.target)  # type: ignore[union-attr]
         except OSError as error:
-            if not retried and error.errno in PENDING_ERRORS:
-                self.send(flow, payload, True)
+            self._send_failed(flow, payload, header, error.errno or errno.EIO)
+
+    def _send_failed(
+        self, flow: Flow, payload: memoryview, header: bytearray | None, error_number: int
+    ) -> None:
+        """Sending on `flow` failed with `error_number`: send once more if an earlier datagram's ICMP error
+        is what failed it, else (or if that fails too) count the drop."""
+        if self.failed_by_pending_error(flow, error_number):
+            try:
+                if header is not None:
+                    flow.handle.sendmsg((header, payload))  # type: ignore[union-attr]
+                elif self.connect_flows:
+                    flow.handle.send(payload)  # type: ignore[union-attr]
+                else:
+                    flow.handle.sendto(payload, flow.path.target)  # type: ignore[union-attr]
                 return
-            self.log_drop(self.machine.send_failed(flow.path, flow.client, error.errno or errno.EIO))
+            except OSError as error:
+                error_number = error.errno or errno.EIO
+        self.log_drop(self.machine.send_failed(flow.path, flow.client, error_number))
+
+    def failed_by_pending_error(self, flow: Flow, error_number: int) -> bool:
+        """A send on `flow` just failed with `error_number`: read (and count) its error queue, and say
+        whether an earlier datagram's ICMP error is what failed it (then the datagram is sent again)."""
+        return failed_by_pending_error(error_number, self.read_errors(flow))
 
     def _open_and_send(self, flow: Flow, payload: memoryview) -> None:
         try:
@@ -208,6 +237,8 @@ class Engine:
         self.send(flow, payload)
 
     def _send_once(self, action: SendOnce, payload: memoryview) -> None:
+        # A fresh socket without IP_RECVERR, closed after this one datagram: no ICMP error can be pending on
+        # it, so every failure is the datagram's own.
         try:
             with open_once_socket(action.source, action.path.destination.family) as sock:
                 sock.sendto(payload, action.path.target)
@@ -276,17 +307,18 @@ class Engine:
             else:
                 self.log_drop(action)  # type: ignore[arg-type]
 
-    def read_errors(self, flow: Flow) -> int:
-        """Read `flow`'s error queue; count (and log, rate-limited) each ICMP error; return how many."""
+    def read_errors(self, flow: Flow) -> list[QueuedError | None]:
+        """Read `flow`'s error queue; count (and log, rate-limited) each ICMP error; return the entries
+        read (None for one that carried no error)."""
         sock = flow.handle
-        count = 0
-        while sock is not None and count < MAX_REPLIES:
+        read: list[QueuedError | None] = []
+        while sock is not None and len(read) < MAX_REPLIES:
             try:
                 _, ancillary, _, _ = sock.recvmsg(1, CONTROL_SIZE, MSG_ERRQUEUE)
             except OSError:  # EAGAIN: the queue is empty
-                return count
-            count += 1
+                return read
             error = parse_queued_error(ancillary)
+            read.append(error)
             if error is None:
                 continue
             name = self.machine.icmp_error(flow, error)
@@ -299,7 +331,7 @@ class Engine:
                 flow.path.destination,
                 flow.path.name,
             )
-        return count
+        return read
 
     def relay(self, flow: Flow, payload: memoryview) -> None:
         """Send a reply to `flow`'s client from the listening socket it used, from the address it sent to.
