@@ -4,7 +4,7 @@ With IP_RECVERR the kernel leaves each ICMP error pending on the flow socket, an
 it once instead of sending. The backend here rejects every other datagram (nftables `numgen`) with an ICMP
 error the old list of retried errnos did not know: IPv4 protocol unreachable (ENOPROTOOPT) and IPv6
 administratively prohibited (EACCES, firewalld's default). The host delivers those errors to the flow
-sockets (the README's ICMP recipe, netlab.service.relayroute.route_backend_errors).
+sockets (the README's ICMP recipe, netlab.service.relay.route_backend_errors).
 
     client 198.51.100.10 2001:db8:1::10 --- 198.51.100.1 2001:db8:1::1 [host: forwarder]
     [host] 192.0.2.1 2001:db8:2::1 --- 192.0.2.2 2001:db8:2::2 backend (5353; rejects every other datagram)
@@ -17,7 +17,7 @@ from e2e_helpers import TotalsPredicate
 
 from netlab import Lab, start_forwarder
 from netlab.lab.nft import apply_ruleset
-from netlab.service.relayroute import route_backend_errors
+from netlab.service.relay import route_backend_errors
 from netlab.service.status import drops_by_reason
 from netlab.topology.model import Topology
 
