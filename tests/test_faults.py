@@ -389,7 +389,9 @@ def test_a_flood_of_a_million_datagrams_over_10000_flows_keeps_rss_bounded(
     # full receive buffer or backlog when the sender outran the forwarder); the forwarder dropped none.
     assert figures["unaccounted"] == 0, figures
     assert totals[1] == 0, idle.value
-    assert totals[0] == 1 + arrived(), idle.value  # + the wake-up through the spare
+    # + the wake-up through the spare, + what the kernel dropped after the forwarder sent it (the backend's
+    # backlog, full under a raw path's burst of 64 sends, drops at the veth)
+    assert totals[0] == 1 + arrived() + dropped.get("host -> backend", 0), (idle.value, dropped)
     flows = [
         int(status.rpartition("; ")[2].split()[0]) for status in scene.forwarder.notify.values("STATUS")[1:]
     ]
