@@ -196,15 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive(int),
         default=DEFAULT_MAX_FLOWS,
         metavar="N",
-        help=f"per-flow sockets kept at most, evicted by second chance, ~LRU (default {DEFAULT_MAX_FLOWS};"
-        " lowered to fit RLIMIT_NOFILE)",
+        help=f"flows kept at most, evicted by second chance, ~LRU (default {DEFAULT_MAX_FLOWS}); where each "
+        "holds a socket (--send-path sockets, relay mode) lowered to fit RLIMIT_NOFILE",
     )
     parser.add_argument(
         "--flow-idle-timeout",
         type=_seconds,
         default=DEFAULT_IDLE_TIMEOUT,
         metavar="SECONDS",
-        help=f"close a flow's socket after this long without datagrams (default {DEFAULT_IDLE_TIMEOUT:g}, "
+        help=f"forget a flow (close its socket, if it has one) after this long without datagrams (default "
+        f"{DEFAULT_IDLE_TIMEOUT:g}, "
         f"at least {MIN_INTERVAL:g})",
     )
     parser.add_argument(
