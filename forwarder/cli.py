@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from forwarder import __version__, logs
+from forwarder import __version__, capabilities, logs
 from forwarder.activation import ListeningSocket, address_text, listen_sockets
 from forwarder.core import is_loop
 from forwarder.destination import (
@@ -133,11 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description="Forward UDP datagrams from socket-activated (or --listen) sockets to backends, keeping "
-        "the client's address and port as the source (IP_TRANSPARENT; needs CAP_NET_ADMIN).",
+        "the client's address and port as the source (IP_TRANSPARENT; needs CAP_NET_RAW or CAP_NET_ADMIN, "
+        "dropped once the sockets exist where nothing later needs it).",
         epilog="DEST is host, host:port, [v6addr], [v6addr]:port or a bare IPv6 literal; without a port the "
         "listening socket's port is used. Destination i serves socket i (LISTEN_FDS order, or --listen "
         "order); or write every one as NAME=DEST to map by FileDescriptorName= in any order (the two forms "
-        "do not mix). Exit codes: 64 usage, 68 unknown host, 71 OS error, 77 no CAP_NET_ADMIN, "
+        "do not mix). Exit codes: 64 usage, 68 unknown host, 71 OS error, 77 a capability missing "
+        "(named), "
         "78 configuration.",
     )
     parser.add_argument("destinations", nargs="+", metavar="DEST", help="where datagrams of a socket go")
@@ -206,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--send-proxy-protocol",
         action="store_true",
-        help="send from this host's own address (no IP_TRANSPARENT, no CAP_NET_ADMIN), each datagram after "
+        help="send from this host's own address (no IP_TRANSPARENT, no capability), each datagram after "
         "a PROXY protocol v2 header naming the client and the address it sent to; the backend's replies "
         "are relayed to the client from the listening socket",
     )
@@ -346,6 +348,27 @@ def fit_max_flows(wanted: int, listeners: int) -> int:
     return wanted
 
 
+def keeps_capabilities(send_header: bool) -> bool:
+    """Whether the forwarder needs a capability after start-up: to bind a new flow's socket to a client's
+    address (IP_TRANSPARENT). With --send-proxy-protocol nothing binds a client's address."""
+    return not send_header
+
+
+def drop_capabilities() -> None:
+    """Give up every capability once the sockets exist, so that a flaw in the loop finds none to abuse.
+    A refusal (a seccomp filter denying capset) is a warning: forwarding works the same with them."""
+    try:
+        dropped = capabilities.drop_all()
+    except OSError as error:
+        log.warning("could not drop the capabilities no longer needed (%s): forwarding with them", error)
+        return
+    if dropped:
+        log.debug(
+            "dropped every capability (%s): nothing after start-up needs one",
+            " ".join(capabilities.names(dropped)),
+        )
+
+
 def metrics_file(path: Path | None, listeners: Sequence[ListeningSocket]) -> MetricsFile | None:
     if path is None:
         return None
@@ -400,6 +423,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             metrics=metrics_file(args.metrics_file, listeners),
             connect_flows=relay,
         )
+        if not keeps_capabilities(send_header):
+            drop_capabilities()
         engine.run()
     finally:
         notifier.close()
