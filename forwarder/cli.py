@@ -16,6 +16,7 @@ from typing import NoReturn
 
 from forwarder import __version__, capabilities, logs
 from forwarder.activation import ListeningSocket, address_text, listen_sockets
+from forwarder.batch import BATCH
 from forwarder.core import is_loop
 from forwarder.destination import (
     DestinationSpec,
@@ -29,6 +30,7 @@ from forwarder.engine import Engine, Route
 from forwarder.errors import (
     ConfigurationError,
     ForwarderError,
+    MissingPermissionError,
     OperatingSystemError,
     UsageError,
     shown,
@@ -38,8 +40,10 @@ from forwarder.mapping import assign, check_form
 from forwarder.metrics import MetricsFile, listen_label
 from forwarder.notify import Notifier, watchdog_interval
 from forwarder.proxy_protocol import Network, TrustedSources
+from forwarder.rawsend import RawSend, open_raw_socket
 from forwarder.routecheck import reply_route_warning
 from forwarder.sockets import (
+    CAPABILITY_HINT,
     BroadcastAddresses,
     LocalAddresses,
     bind_listener,
@@ -133,14 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description="Forward UDP datagrams from socket-activated (or --listen) sockets to backends, keeping "
-        "the client's address and port as the source (IP_TRANSPARENT; needs CAP_NET_RAW or CAP_NET_ADMIN, "
-        "dropped once the sockets exist where nothing later needs it).",
+        "the client's address and port as the source (a raw socket with IP_TRANSPARENT: needs CAP_NET_RAW; "
+        "or one transparent socket per client: CAP_NET_RAW or CAP_NET_ADMIN). Every capability is dropped "
+        "once the sockets exist where nothing later needs one.",
         epilog="DEST is host, host:port, [v6addr], [v6addr]:port or a bare IPv6 literal; without a port the "
         "listening socket's port is used. Destination i serves socket i (LISTEN_FDS order, or --listen "
         "order); or write every one as NAME=DEST to map by FileDescriptorName= in any order (the two forms "
         "do not mix). Exit codes: 64 usage, 68 unknown host, 71 OS error, 77 a capability missing "
-        "(named), "
-        "78 configuration.",
+        "(named), 78 configuration.",
     )
     parser.add_argument("destinations", nargs="+", metavar="DEST", help="where datagrams of a socket go")
     parser.add_argument(
@@ -225,6 +229,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --receive batch: send each run of equal-size datagrams of one flow as one UDP GSO "
         "send (UDP_SEGMENT; about 3x less send work at one flow). This host's netfilter OUTPUT and "
         "POSTROUTING then see a run as one packet; ignored where the kernel lacks UDP_SEGMENT",
+    )
+    parser.add_argument(
+        "--send-path",
+        choices=["raw", "sockets"],
+        help="raw: one raw socket per family sends every client's datagrams, a received batch in one "
+        "sendmmsg, no socket per client (default; needs CAP_NET_RAW, falls back to sockets with a warning "
+        "when only CAP_NET_ADMIN is there); sockets: one transparent socket per client (the default with "
+        "--gso, which needs them)",
+    )
+    parser.add_argument(
+        "--udp-checksum",
+        choices=["none", "compute"],
+        default="none",
+        help="IPv4 on the raw send path: none sends checksum 0, which UDP over IPv4 allows (RFC 768) and "
+        "Linux's own UDP tunnels send; compute sums every datagram in Python, which cost about a third of "
+        "the rate at 1200 B when measured. IPv6 always gets the kernel's checksum (default none)",
     )
     parser.add_argument(
         "--metrics-file",
@@ -348,10 +368,38 @@ def fit_max_flows(wanted: int, listeners: int) -> int:
     return wanted
 
 
-def keeps_capabilities(send_header: bool) -> bool:
-    """Whether the forwarder needs a capability after start-up: to bind a new flow's socket to a client's
-    address (IP_TRANSPARENT). With --send-proxy-protocol nothing binds a client's address."""
-    return not send_header
+def open_send_path(
+    send_path: str, families: set[socket.AddressFamily], *, relay: bool, checksum: bool
+) -> RawSend | None:
+    """The raw send path's sockets, one per family (None: per-client sockets). Without CAP_NET_RAW it
+    falls back to per-client sockets, saying why, where CAP_NET_ADMIN allows them; with neither it fails
+    (77) naming the capability."""
+    if send_path == "raw":
+        sockets = []
+        try:
+            for family in sorted(families):
+                sockets.append(open_raw_socket(family))
+        except PermissionError as error:
+            for sock in sockets:
+                sock.close()
+            try:
+                check_transparent_capability(families)
+            except MissingPermissionError:
+                raise MissingPermissionError(
+                    "cannot open a raw socket (CAP_NET_RAW) nor set IP_TRANSPARENT for per-client sockets "
+                    f"(CAP_NET_RAW or CAP_NET_ADMIN): {CAPABILITY_HINT}"
+                ) from None
+            log.warning(
+                "--send-path raw: cannot open a raw socket (%s: it needs CAP_NET_RAW); sending from one "
+                "transparent socket per client instead (IP_TRANSPARENT, allowed by CAP_NET_ADMIN)",
+                error.strerror,
+            )
+            return None
+        if relay:  # relay mode's flow sockets, bound to the client's address, receive the replies
+            check_transparent_capability(families)
+        return RawSend(sockets, BATCH, checksum=checksum)
+    check_transparent_capability(families)
+    return None
 
 
 def drop_capabilities() -> None:
@@ -378,6 +426,11 @@ def metrics_file(path: Path | None, listeners: Sequence[ListeningSocket]) -> Met
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, set up and forward until stopped; raises ForwarderError on bad input."""
     args = build_parser().parse_args(argv)
+    if args.gso and args.send_path == "raw":
+        raise UsageError(
+            "--gso with --send-path raw: UDP GSO sends from a flow's own socket; expected --send-path "
+            "sockets or no --send-path"
+        )
     if args.send_proxy_protocol and args.reply == "direct":
         raise UsageError(
             "--reply direct with --send-proxy-protocol: the backend answers this host's address, so "
@@ -388,6 +441,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     check_form(specs)
     listeners = open_listeners(args.listen, specs)
     notifier = Notifier()
+    raw: RawSend | None = None
     try:
         send_header = args.send_proxy_protocol
         relay = args.reply == "relay" or send_header
@@ -396,14 +450,21 @@ def run(argv: Sequence[str] | None = None) -> int:
         # With --send-proxy-protocol nothing binds a client's address (no capability needed) and replies
         # come back to this host's own address (no relay routing to check).
         if not send_header:
-            check_transparent_capability({route.destination.family for route in routes})
+            raw = open_send_path(
+                args.send_path or ("sockets" if args.gso else "raw"),
+                {route.destination.family for route in routes},
+                relay=relay,
+                checksum=args.udp_checksum == "compute",
+            )
             if relay:
                 warn_of_reply_routes(routes)
         if args.receive_buffer is not None:
             for listener in listeners:
                 set_receive_buffer(listener.sock, args.receive_buffer)
+        # On the raw path in direct mode a flow holds no socket: no file descriptor to fit.
+        socketless = raw is not None and not relay
         machine = ForwardingMachine(
-            fit_max_flows(args.max_flows, len(listeners)),
+            args.max_flows if socketless else fit_max_flows(args.max_flows, len(listeners)),
             args.flow_idle_timeout,
             LocalAddresses(),
             BroadcastAddresses(),
@@ -422,12 +483,15 @@ def run(argv: Sequence[str] | None = None) -> int:
             watchdog_interval=watchdog_interval(os.environ),
             metrics=metrics_file(args.metrics_file, listeners),
             connect_flows=relay,
+            raw=raw,
         )
-        if not keeps_capabilities(send_header):
+        if not engine.needs_capability:
             drop_capabilities()
         engine.run()
     finally:
         notifier.close()
+        if raw is not None:
+            raw.close()
         for listener in listeners:
             listener.sock.close()
     log.info("stopped")

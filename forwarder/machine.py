@@ -91,7 +91,7 @@ class Flow(Entry):
     `reply_received`, "relay this reply to the flow's client": the hot paths allocate nothing.
     """
 
-    __slots__ = ("address", "client", "handle", "header", "key", "local", "path", "source")
+    __slots__ = ("address", "client", "handle", "header", "key", "local", "path", "raw", "source")
 
     def __init__(
         self,
@@ -114,6 +114,8 @@ class Flow(Entry):
         self.handle: socket.socket | None = None
         # --send-proxy-protocol: the PROXY header every datagram of the flow gets, built once.
         self.header: bytearray | None = None
+        # On the raw send path: what its datagrams need there (forwarder.rawsend.RawFlow), built once.
+        self.raw: object | None = None
 
     def __repr__(self) -> str:
         return f"Flow({self.source[0]}:{self.source[1]} -> {self.path.destination})"
@@ -340,9 +342,9 @@ class ForwardingMachine:
 
     # --- events back -------------------------------------------------------------------------------------
 
-    def flow_opened(self, flow: Flow, handle: socket.socket) -> CloseFlows | None:
-        """The engine opened `handle` for `flow`: keep it (as used when its first datagram arrived); the
-        flows evicted to make room must be closed."""
+    def flow_opened(self, flow: Flow, handle: socket.socket | None) -> CloseFlows | None:
+        """The engine opened `handle` for `flow` (None: the flow needs no socket, on the raw send path):
+        keep it (as used when its first datagram arrived); the flows evicted to make room must be closed."""
         flow.handle = handle
         evicted = self.flows.add(flow.key, flow, flow.last_used)
         return CloseFlows(tuple(evicted)) if evicted else None
@@ -412,9 +414,10 @@ class ForwardingMachine:
         if count:
             self.counters.reply_dropped[DropReason.REPLY_UNMATCHED.value] += count
 
-    def icmp_error(self, flow: Flow, error: QueuedError) -> str:
-        """An ICMP error about `flow`'s datagrams (from its socket's error queue): count it by type; the
-        name it was counted as is returned for the log."""
+    def icmp_error(self, flow: Flow | None, error: QueuedError) -> str:
+        """An ICMP error about `flow`'s datagrams (from its socket's error queue; None: from the raw send
+        socket's, which names no flow): count it by type; the name it was counted as is returned for the
+        log."""
         name = error.name
         self.counters.icmp_errors[name] += 1
         return name

@@ -21,7 +21,7 @@ LOCAL_CACHE_SIZE = 1024
 
 # IP_TRANSPARENT: the kernel accepts CAP_NET_RAW or CAP_NET_ADMIN; the units grant the narrower one.
 CAPABILITY_HINT = (
-    "neither CAP_NET_RAW nor CAP_NET_ADMIN is held (either allows it); grant "
+    "neither CAP_NET_RAW nor CAP_NET_ADMIN is held; grant "
     "AmbientCapabilities=CAP_NET_RAW and CapabilityBoundingSet=CAP_NET_RAW in the service unit "
     "(or run as root)"
 )
@@ -64,7 +64,9 @@ def check_transparent_capability(families: set[socket.AddressFamily]) -> None:
             try:
                 set_transparent(probe)
             except PermissionError:
-                raise MissingPermissionError(f"cannot set IP_TRANSPARENT: {CAPABILITY_HINT}") from None
+                raise MissingPermissionError(
+                    f"cannot set IP_TRANSPARENT (CAP_NET_RAW or CAP_NET_ADMIN allows it): {CAPABILITY_HINT}"
+                ) from None
 
 
 def probe_local(address: str) -> bool:
