@@ -38,7 +38,8 @@ _WORDS = _SIZE // 8  # u64 words per struct mmsghdr: msg_name is word 0, msg_nam
 # client, ipi_addr unused) / struct in6_pktinfo (the client, ifindex 0).
 CONTROL_SPACE = {socket.AF_INET: socket.CMSG_SPACE(12), socket.AF_INET6: socket.CMSG_SPACE(20)}
 _PKTINFO = {socket.AF_INET: (socket.IPPROTO_IP, IP_PKTINFO), socket.AF_INET6: (socket.IPPROTO_IPV6, 50)}
-_HEADER = struct.Struct("!HHHH")
+_HEADER = struct.Struct("!4sHH")  # the ports (prebuilt), the length, the checksum
+_LENGTH = struct.Struct("!HH")
 
 
 def open_raw_socket(family: socket.AddressFamily) -> socket.socket:
@@ -96,7 +97,7 @@ class RawFlow:
     def __init__(self, batch: "RawBatch", source: tuple[str, int], destination: tuple[str, int]) -> None:
         family = batch.family
         self.batch = batch
-        self.ports = (source[1], destination[1])
+        self.ports = struct.pack("!HH", source[1], destination[1])
         self.destination = (destination[0], 0)
         self.name = batch.name_of(destination[0])
         address = socket.inet_pton(family, source[0])
@@ -160,18 +161,22 @@ class RawBatch:
         return ctypes.addressof(name)
 
     def queue(self, flow: Flow, raw: RawFlow, base: int, payload: memoryview) -> None:
-        """Add a datagram of `flow` whose payload is `payload`, found at address `base`."""
+        """Add a datagram of `flow` whose payload is `payload`, found at address `base`. A slot that held
+        the same flow last time keeps its name, control message and ports (one busy flow rewrites none)."""
         index = self.count
         length = len(payload)
-        self._u64[index * _WORDS] = raw.name
-        self._iov[4 * index + 2] = base
-        self._iov[4 * index + 3] = length
+        iov = self._iov
+        iov[4 * index + 2] = base
+        iov[4 * index + 3] = length
+        if self.flows[index] is not flow:
+            self.flows[index] = flow
+            self._u64[index * _WORDS] = raw.name
+            space = self.space
+            self.control[space * index : space * index + space] = raw.control
+            self.udp[UDP_HEADER * index : UDP_HEADER * index + 4] = raw.ports
         total = length + UDP_HEADER
         checksum = udp_checksum(raw.partial, total, payload) if self.checksum else 0
-        _HEADER.pack_into(self.udp, UDP_HEADER * index, raw.ports[0], raw.ports[1], total, checksum)
-        space = self.space
-        self.control[space * index : space * index + space] = raw.control
-        self.flows[index] = flow
+        _LENGTH.pack_into(self.udp, UDP_HEADER * index + 4, total, checksum)
         self.count = index + 1
 
     def flush(self, failed: list[tuple[Flow, int]]) -> None:
@@ -236,7 +241,7 @@ class RawSend:
         batch = raw.batch
         total = len(payload) + UDP_HEADER
         checksum = udp_checksum(raw.partial, total, payload) if batch.checksum else 0
-        header = _HEADER.pack(raw.ports[0], raw.ports[1], total, checksum)
+        header = _HEADER.pack(raw.ports, total, checksum)
         level, kind = _PKTINFO[batch.family]
         retried = False
         while True:
