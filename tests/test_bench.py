@@ -153,6 +153,17 @@ def test_an_unknown_contender_is_a_usage_error_naming_it_and_the_choices(text: s
     assert all(name in str(error.value) for name in CONTENDERS)
 
 
+def test_the_bench_help_lists_every_contender(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse would wrap the list, also at hyphens
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    listed = text.partition("comma-separated:")[2].partition("(default")[0]
+    assert [name.strip() for name in listed.split(",")] == list(CONTENDERS)
+
+
 def test_the_bench_command_exits_64_on_an_unknown_contender(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--contenders", "forwarder,nginxx"]) == os.EX_USAGE
     message = capsys.readouterr().err
