@@ -17,13 +17,48 @@ CAP_NET_ADMIN = 12
 CAP_NET_RAW = 13
 # capability(7), in bit order; a bit beyond the list is named by its number.
 NAMES = (
-    "CAP_CHOWN CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_FOWNER CAP_FSETID CAP_KILL CAP_SETGID CAP_SETUID "
-    "CAP_SETPCAP CAP_LINUX_IMMUTABLE CAP_NET_BIND_SERVICE CAP_NET_BROADCAST CAP_NET_ADMIN CAP_NET_RAW "
-    "CAP_IPC_LOCK CAP_IPC_OWNER CAP_SYS_MODULE CAP_SYS_RAWIO CAP_SYS_CHROOT CAP_SYS_PTRACE CAP_SYS_PACCT "
-    "CAP_SYS_ADMIN CAP_SYS_BOOT CAP_SYS_NICE CAP_SYS_RESOURCE CAP_SYS_TIME CAP_SYS_TTY_CONFIG CAP_MKNOD "
-    "CAP_LEASE CAP_AUDIT_WRITE CAP_AUDIT_CONTROL CAP_SETFCAP CAP_MAC_OVERRIDE CAP_MAC_ADMIN CAP_SYSLOG "
-    "CAP_WAKE_ALARM CAP_BLOCK_SUSPEND CAP_AUDIT_READ CAP_PERFMON CAP_BPF CAP_CHECKPOINT_RESTORE"
-).split()
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+)
 # The /proc/PID/status lines of the five sets, and the field each fills.
 STATUS_FIELDS = {
     "CapInh": "inheritable",
@@ -52,7 +87,8 @@ class CapabilitySets:
 
 def names(mask: int) -> list[str]:
     """The capabilities in `mask` by name, lowest bit first (`CAP_40` for one this list does not know)."""
-    return [NAMES[bit] if bit < len(NAMES) else f"CAP_{bit}" for bit in range(mask.bit_length()) if mask >> bit & 1]
+    bits = [bit for bit in range(mask.bit_length()) if mask >> bit & 1]
+    return [NAMES[bit] if bit < len(NAMES) else f"CAP_{bit}" for bit in bits]
 
 
 def parse_status(text: str) -> CapabilitySets:
@@ -72,7 +108,9 @@ def parse_status(text: str) -> CapabilitySets:
                 raise ValueError(f"{key}: {value.strip()!r} is not a hexadecimal capability mask") from None
     missing = [key for key, field in STATUS_FIELDS.items() if field not in found]
     if missing:
-        raise ValueError(f"no {', '.join(missing)} line in the process status: expected all of {list(STATUS_FIELDS)}")
+        raise ValueError(
+            f"no {', '.join(missing)} line in the process status: expected all of {list(STATUS_FIELDS)}"
+        )
     return CapabilitySets(**found)
 
 
@@ -87,7 +125,11 @@ class _Header(ctypes.Structure):
 
 
 class _Data(ctypes.Structure):
-    _fields_ = (("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32))
+    _fields_ = (
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    )
 
 
 _Words = _Data * 2  # version 3: the low 32 capabilities, then the high ones

@@ -3,7 +3,8 @@
 a new flow's socket needs IP_TRANSPARENT (the per-client sockets path) it keeps them.
 
     client node: 198.51.100.10 and crafted sources 203.0.113.0/24
-    host 198.51.100.1 (forwarder, started as root) 192.0.2.1 --- 192.0.2.2 backend   (fixtures/topologies/seed.toml)
+    host 198.51.100.1 (forwarder, started as root) 192.0.2.1 --- 192.0.2.2 backend
+    (fixtures/topologies/seed.toml)
 """
 
 import os

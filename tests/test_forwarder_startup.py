@@ -446,8 +446,11 @@ def test_help_and_version_exit_zero() -> None:
 @pytest.mark.parametrize(
     ("send_path", "what"),
     [
-        ([], "cannot open a raw socket (CAP_NET_RAW) nor set IP_TRANSPARENT for per-client sockets "
-         "(CAP_NET_RAW or CAP_NET_ADMIN)"),
+        (
+            [],
+            "cannot open a raw socket (CAP_NET_RAW) nor set IP_TRANSPARENT for per-client sockets "
+            "(CAP_NET_RAW or CAP_NET_ADMIN)",
+        ),
         (["--send-path", "sockets"], "cannot set IP_TRANSPARENT (CAP_NET_RAW or CAP_NET_ADMIN allows it)"),
     ],
 )

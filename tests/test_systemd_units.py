@@ -403,10 +403,8 @@ def traced_system_calls(lab: Lab, tmp_path: Path, args: list[str], prefix: list[
     lab["client"].send_udp(src="203.0.113.8", dst="198.51.100.1", sport=5353, dport=27000, payload=b"second")
     # With --send-proxy-protocol each datagram arrives after its PROXY header.
     received = [backend.recvfrom(65535)[0] for _ in range(2)]
-    assert [data.endswith(payload) for data, payload in zip(received, (b"first", b"second"), strict=True)] == [
-        True,
-        True,
-    ], received
+    expected = (b"first", b"second")
+    assert all(data.endswith(end) for data, end in zip(received, expected, strict=True)), received
     forwarder.notify.wait_for("STATUS", timeout=5, after=forwarder.notify.wait_for("READY", "1").time)
     assert forwarder.stop() == 0, forwarder.process.output()
 
@@ -442,8 +440,6 @@ def test_forwarder_without_capabilities_makes_only_system_calls_the_proxy_protoc
 
     assert "capset" not in used  # nothing to drop: no call the unit's filter would refuse
     assert used - allowed_syscalls(UNITS / PROXY_PROTOCOL) == set()
-
-
 
 
 def test_proxy_protocol_service_without_capabilities_has_an_exposure_well_under_1_5(tmp_path: Path) -> None:

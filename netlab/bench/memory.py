@@ -4,7 +4,6 @@ with many flows open, on each send path (the raw one holds no socket per flow, t
 import os
 import resource
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from netlab.bench.contenders import FORWARDER_ARGS, SOCKETS_PATH, socket_activated
