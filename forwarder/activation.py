@@ -10,6 +10,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 
 from forwarder.core import decimal
+from forwarder.endpoint import endpoint_text
 from forwarder.errors import ConfigurationError, shown
 
 SD_LISTEN_FDS_START = 3
@@ -21,8 +22,7 @@ UNNAMED = "unknown"  # the name sd_listen_fds_with_names(3) reports when LISTEN_
 
 def address_text(sock: socket.socket) -> str:
     """The address a socket is bound to, as `192.0.2.1:53` or `[2001:db8::1]:53`."""
-    host, port = sock.getsockname()[:2]
-    return f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
+    return endpoint_text(sock.getsockname())
 
 
 @dataclass(frozen=True, slots=True)

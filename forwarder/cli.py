@@ -3,12 +3,14 @@ the engine. Every failure becomes a one-line error and a sysexits(3) code (see t
 """
 
 import argparse
+import errno
 import ipaddress
 import logging
 import math
 import os
 import resource
 import socket
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -109,7 +111,8 @@ def _buffer_size(text: str) -> int:
 
 def _metrics_path(text: str) -> Path:
     """A file to write: the metrics are written to a temporary file next to it and renamed over it, which
-    needs a file name ('' and '/' have none) and cannot replace a directory."""
+    needs a file name ('' and '/' have none), cannot replace a directory, and must not replace a FIFO, a
+    device or a socket (as root, /dev/null would become a regular file)."""
     path = Path(text)
     if not text:
         raise argparse.ArgumentTypeError("'' is empty: expected the path of a file such as forwarder.prom")
@@ -118,7 +121,27 @@ def _metrics_path(text: str) -> Path:
             f"{text!r} is a directory: expected the path of a file in it, such as "
             f"{str(path / 'forwarder.prom')!r}"
         )
+    try:
+        mode = path.stat().st_mode
+    except OSError:  # nothing there yet (or not reachable: the start-up write check says why)
+        return path
+    if not stat.S_ISREG(mode):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} exists and is not a regular file ({_file_kind(mode)}): expected a regular file "
+            "or a new name, which is replaced at every interval"
+        )
     return path
+
+
+def _file_kind(mode: int) -> str:
+    """'a FIFO', 'a character device', ... for an error message."""
+    kinds = [
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ]
+    return next((kind for test, kind in kinds if test(mode)), "not a regular file")
 
 
 def _network(text: str) -> Network:
@@ -251,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_metrics_path,
         metavar="PATH",
         help="write the counters as Prometheus metrics to PATH (node_exporter's textfile collector) every "
-        "--stats-interval",
+        "--stats-interval and on SIGUSR1 or SIGHUP; an existing PATH must be a regular file, and its "
+        "directory writable at start-up",
     )
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default info"
@@ -418,9 +442,23 @@ def drop_capabilities() -> None:
 
 
 def metrics_file(path: Path | None, listeners: Sequence[ListeningSocket]) -> MetricsFile | None:
+    """The metrics file, once its temporary file could be written next to it (else the error: 64 for a
+    name too long, 71 for any other failure such as a missing or read-only directory)."""
     if path is None:
         return None
-    return MetricsFile(path, {"listen": listen_label([listener.sock for listener in listeners])})
+    metrics = MetricsFile(path, {"listen": listen_label([listener.sock for listener in listeners])})
+    try:
+        metrics.check()
+    except OSError as error:
+        name = errno.errorcode.get(error.errno or 0, str(error.errno))
+        message = (
+            f"--metrics-file {str(path)!r}: cannot write its temporary file {metrics.temporary.name!r}: "
+            f"{error.strerror or error} ({name})"
+        )
+        if error.errno == errno.ENAMETOOLONG:
+            raise UsageError(f"{message}: expected a shorter file name") from None
+        raise OperatingSystemError(f"{message}: expected a writable directory") from None
+    return metrics
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -443,6 +481,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     notifier = Notifier()
     raw: RawSend | None = None
     try:
+        metrics = metrics_file(args.metrics_file, listeners)
         send_header = args.send_proxy_protocol
         relay = args.reply == "relay" or send_header
         routes = build_routes(listeners, specs, FAMILIES.get(args.prefer_family), relay=relay)
@@ -481,7 +520,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             gso=args.gso,
             stats_interval=args.stats_interval,
             watchdog_interval=watchdog_interval(os.environ),
-            metrics=metrics_file(args.metrics_file, listeners),
+            metrics=metrics,
             connect_flows=relay,
             raw=raw,
         )

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from forwarder.core import LIMITED_BROADCAST, decimal
+from forwarder.endpoint import endpoint_text
 from forwarder.errors import ConfigurationError, UnknownHostError, UsageError, shown
 
 _EXPECTED = "expected host, host:port, [ipv6], [ipv6]:port or NAME=one of those"
@@ -38,9 +39,7 @@ class Destination:
         return (self.address, self.port)
 
     def __str__(self) -> str:
-        if self.family == socket.AF_INET6:
-            return f"[{self.address}]:{self.port}"
-        return f"{self.address}:{self.port}"
+        return endpoint_text(self.sockaddr)
 
 
 def parse_port(text: str, context: str) -> int:

@@ -6,6 +6,7 @@ from the listening socket the client used. It keeps the service manager informed
 STOPPING). Every decision and every count is the machine's (forwarder.machine).
 """
 
+import collections
 import contextlib
 import errno
 import logging
@@ -22,6 +23,7 @@ from forwarder.activation import ListeningSocket
 from forwarder.batch import BATCH
 from forwarder.core import Counters, bounded_put, decode_sockaddr, plain_address
 from forwarder.destination import Destination
+from forwarder.endpoint import endpoint_text
 from forwarder.icmp import CONTROL_SIZE, MSG_ERRQUEUE, PENDING_ERRORS, parse_queued_error
 from forwarder.logs import RepeatSummary
 from forwarder.machine import (
@@ -51,6 +53,10 @@ MAX_REPLIES = 256
 # 208 KiB holds about 250 small replies, fewer than arrive while a listener is drained under load. A limit,
 # not an allocation: memory is used only by replies waiting.
 RELAY_FLOW_BUFFER = 4 << 20
+# Signals that would otherwise end the process without STOPPING=1 or a last report; what each does is the
+# README's "Signals" section. SIGTERM and SIGINT stop the loop.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+OTHER_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)
 
 log = logging.getLogger("forwarder")
 
@@ -81,7 +87,7 @@ class _Client:
         self.raw = raw
 
     def __str__(self) -> str:
-        return "?" if self.raw is None else str(decode_sockaddr(self.raw))
+        return "?" if self.raw is None else endpoint_text(decode_sockaddr(self.raw))
 
 
 class Engine:
@@ -133,6 +139,8 @@ class Engine:
         )
         self.metrics = metrics
         self._stopping = False
+        self._signals: collections.deque[int] = collections.deque()  # received, not yet acted on
+        self.interval_start = time.monotonic()  # of the interval the next STATUS= reports
         self._route_of = {route.path: route for route in self.routes}
         self._selector: selectors.BaseSelector | None = None  # while running: flow sockets are watched
         self._reply_view = memoryview(bytearray(buffer_size))
@@ -384,13 +392,45 @@ class Engine:
         """Ask the loop to finish (signal handler for SIGTERM and SIGINT)."""
         self._stopping = True
 
-    def report_status(self) -> None:
-        """Send this interval's STATUS= line, summarise repeated log lines, start a new interval."""
+    def _signalled(self, number: int, _frame: object) -> None:
+        """Signal handler for OTHER_SIGNALS: only note it; the loop acts on it between two turns, never in
+        the middle of counting (the wake-up fd ends the loop's wait)."""
+        self._signals.append(number)
+
+    def handle_signals(self) -> bool:
+        """Act on the signals received since the last turn: SIGUSR1 reports now, SIGHUP rewrites the
+        metrics file, SIGUSR2 and SIGALRM are ignored; each is logged. True when a report was sent."""
+        reported = False
+        while self._signals:
+            number = self._signals.popleft()
+            if number == signal.SIGUSR1:
+                log.info("SIGUSR1: reporting STATUS= and the metrics file now; a new interval starts")
+                self.report_status()
+                reported = True
+            elif number == signal.SIGHUP:
+                if self.metrics is not None and self.metrics.write(self.counters, len(self.machine.flows)):
+                    log.info("SIGHUP: metrics file %r rewritten", str(self.metrics.path))
+                log.info(
+                    "SIGHUP: nothing else is reloaded (options are read at start: restart to change them)"
+                )
+            else:
+                log.warning("%s ignored (SIGTERM or SIGINT stops the forwarder)", signal.Signals(number).name)
+        return reported
+
+    def report_status(self, now: float | None = None) -> None:
+        """Send the STATUS= line of the interval that ends `now` (its real length, which can be longer than
+        --stats-interval after a stall or SIGSTOP), summarise repeated log lines, start a new interval.
+        Without a service manager to send it to, the line is logged at info level (else at debug)."""
+        now = time.monotonic() if now is None else now
+        seconds = round(max(now - self.interval_start, 0.0), 2)
+        self.interval_start = now
         flows = len(self.machine.flows)
         if self.metrics is not None:  # first, so the file is current when STATUS= arrives
             self.metrics.write(self.counters, flows)
-        self.notifier.notify(STATUS=self.counters.summary(self.stats_interval, flows))
-        self.repeats.flush(self.stats_interval)
+        line = self.counters.summary(seconds, flows)
+        self.notifier.notify(STATUS=line)
+        log.log(logging.DEBUG if self.notifier.enabled else logging.INFO, "status: %s", line)
+        self.repeats.flush(seconds)
         self.counters.reset()
 
     def expire(self, now: float) -> int:
@@ -409,7 +449,8 @@ class Engine:
         wake_read.setblocking(False)
         wake_write.setblocking(False)
         previous_wakeup = signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
-        previous = {sig: signal.signal(sig, self.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous = {sig: signal.signal(sig, self.stop) for sig in STOP_SIGNALS}
+        previous.update({sig: signal.signal(sig, self._signalled) for sig in OTHER_SIGNALS})
         selector = selectors.DefaultSelector()
         try:
             for route in self.routes:
@@ -421,6 +462,7 @@ class Engine:
                 if flow.handle is not None:
                     selector.register(flow.handle, selectors.EVENT_READ, flow)
             self._selector = selector
+            self.interval_start = time.monotonic()
             self.notifier.notify(READY="1", STATUS="Up and running.")
             log.info(
                 "forwarding %s", ", ".join(f"{r.listener.label} -> {r.destination}" for r in self.routes)
@@ -446,6 +488,8 @@ class Engine:
         next_watchdog = now if self.watchdog_interval is not None else float("inf")
         strategy = self.strategy
         while not self._stopping:
+            if self._signals and self.handle_signals():
+                next_report = time.monotonic() + self.stats_interval
             now = time.monotonic()
             if now >= next_watchdog and self.watchdog_interval is not None:
                 self.notifier.notify(WATCHDOG="1")
@@ -470,14 +514,16 @@ class Engine:
 
 
 def _discard_queued(sock: socket.socket) -> int:
-    """Read and drop the datagrams queued on `sock` (its error queue was read before); return how many."""
-    count = 0
-    for _ in range(MAX_REPLIES):
+    """Read and drop every datagram queued on `sock` (its error queue was read before); return how many.
+    Read to EAGAIN: the receive buffer bounds the work, and each one left behind would vanish uncounted."""
+    count = errors = 0
+    while errors < MAX_REPLIES:
         try:
             sock.recv(1, socket.MSG_DONTWAIT)
         except BlockingIOError:
             break
         except OSError:  # a pending socket error, reported once: the data behind it is still there
+            errors += 1
             continue
         count += 1
     return count

@@ -3,7 +3,9 @@ the kernel's struct sock_extended_err decoded, and named the way STATUS= and the
 the engine reads the queue, this says what an entry means.
 
 A port unreachable from the backend (the backend host is up but nothing listens: a stopped service) is
-`backend-unreachable`; the others are named by ICMP type and code, one vocabulary for ICMP and ICMPv6.
+`backend-unreachable`; the others are named by ICMP type and code, one vocabulary for ICMP and ICMPv6. The
+names are a fixed set, whatever arrives: anyone can send an ICMP error with any type and code, and each
+name becomes a metrics series and a log line per interval, so the rest are `icmp-other` / `icmp6-other`.
 """
 
 import errno
@@ -31,6 +33,9 @@ PENDING_ERRORS = frozenset(
 )
 
 BACKEND_UNREACHABLE = "backend-unreachable"
+ICMP_OTHER = "icmp-other"
+ICMP6_OTHER = "icmp6-other"
+LOCAL_OTHER = "local-other"
 _ICMP = {
     (3, 0): "net-unreachable",
     (3, 1): "host-unreachable",
@@ -65,16 +70,14 @@ class QueuedError:
 
     @property
     def name(self) -> str:
-        """What it is counted as: backend-unreachable, host-unreachable, ... or icmp-T-C / local-ERRNO."""
+        """What it is counted as: backend-unreachable, host-unreachable, ..., icmp-other / icmp6-other for
+        any other type and code, local-ERRNO (a known errno name, else local-other)."""
         if self.origin == SO_EE_ORIGIN_ICMP:
-            return _ICMP.get((self.type, self.code)) or _ICMP_TYPES.get(
-                self.type, f"icmp-{self.type}-{self.code}"
-            )
+            return _ICMP.get((self.type, self.code)) or _ICMP_TYPES.get(self.type, ICMP_OTHER)
         if self.origin == SO_EE_ORIGIN_ICMP6:
-            return _ICMP6.get((self.type, self.code)) or _ICMP6_TYPES.get(
-                self.type, f"icmp6-{self.type}-{self.code}"
-            )
-        return "local-" + errno.errorcode.get(self.error_number, str(self.error_number))
+            return _ICMP6.get((self.type, self.code)) or _ICMP6_TYPES.get(self.type, ICMP6_OTHER)
+        name = errno.errorcode.get(self.error_number)
+        return "local-" + name if name is not None else LOCAL_OTHER
 
 
 def parse_queued_error(ancillary: list[tuple[int, int, bytes]]) -> QueuedError | None:

@@ -44,6 +44,7 @@ from forwarder.core import (
     sockaddr_bytes,
 )
 from forwarder.destination import Destination
+from forwarder.endpoint import endpoint_text
 from forwarder.icmp import QueuedError
 from forwarder.proxy_protocol import Command, HeaderProblem, build, parse
 
@@ -118,7 +119,7 @@ class Flow(Entry):
         self.raw: object | None = None
 
     def __repr__(self) -> str:
-        return f"Flow({self.source[0]}:{self.source[1]} -> {self.path.destination})"
+        return f"Flow({endpoint_text(self.source)} -> {self.path.destination})"
 
 
 @dataclass(frozen=True, slots=True)

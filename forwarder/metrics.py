@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from forwarder.core import Counters, Totals
+from forwarder.endpoint import endpoint_text
 
 PREFIX = "transparent_udp_forwarder"
 
@@ -71,11 +72,7 @@ def exposition(totals: Totals, flows: int, labels: Mapping[str, str] | None = No
 
 def listen_label(sockets: Sequence[socket.socket]) -> str:
     """The listening addresses, e.g. '[::]:27015,0.0.0.0:53': tells apart forwarders sharing a directory."""
-    addresses = []
-    for sock in sockets:
-        host, port = sock.getsockname()[:2]
-        addresses.append(f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}")
-    return ",".join(addresses)
+    return ",".join(endpoint_text(sock.getsockname()) for sock in sockets)
 
 
 class MetricsFile:
@@ -86,10 +83,23 @@ class MetricsFile:
         self.labels = dict(labels or {})
         self._failing = False
 
-    def write(self, counters: Counters, flows: int) -> None:
-        """Rewrite the file with the totals since start (the current interval included) and open flows."""
+    @property
+    def temporary(self) -> Path:
+        """The name written first and renamed over the file: not *.prom, so never collected half-written."""
+        return self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+
+    def check(self) -> None:
+        """Create and remove the temporary file once, at start-up: a name too long for it (ENAMETOOLONG), a
+        missing or read-only directory fail here, not silently at every interval. Raises OSError."""
+        temporary = self.temporary
+        os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+        temporary.unlink()
+
+    def write(self, counters: Counters, flows: int) -> bool:
+        """Rewrite the file with the totals since start (the current interval included) and open flows;
+        False when that failed (logged once until a write works again)."""
         totals = counters.since_start()
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")  # not *.prom: never collected
+        temporary = self.temporary
         try:
             temporary.write_text(exposition(totals, flows, self.labels))
             os.replace(temporary, self.path)
@@ -101,7 +111,8 @@ class MetricsFile:
             self._failing = True
             with contextlib.suppress(OSError):
                 temporary.unlink(missing_ok=True)
-            return
+            return False
         if self._failing:
             log.warning("metrics file %r written again", str(self.path))
         self._failing = False
+        return True

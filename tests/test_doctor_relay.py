@@ -6,13 +6,15 @@ swallows all of the backend's traffic and a missing IPv6 twin, each with command
 """
 
 import shlex
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 
 from netlab import Lab, load_topology, start_forwarder
 from netlab.doctor.checks import Deployment, Finding, diagnose, reply_mode
-from netlab.doctor.probes import NamespaceProbe, reply_mode_of
+from netlab.doctor.probes import NamespaceProbe, is_forwarder, reply_mode_of
 from netlab.service.relay import install_local_relay_routing, install_relay_routing
 
 V4 = {"backend": "192.0.2.2", "host": "198.51.100.1", "gateway": "192.0.2.1", "clients": ["198.51.100.10"]}
@@ -37,6 +39,63 @@ def test_the_reply_mode_is_read_from_the_forwarders_option_in_both_spellings(
     argv: list[str], mode: str
 ) -> None:
     assert reply_mode_of(argv) == mode
+
+
+@pytest.mark.parametrize(
+    ("argv", "found"),
+    [
+        ([b"/usr/sbin/systemd-transparent-udp-forwarderd", b"192.0.2.2:53"], True),  # the Debian package
+        (
+            [
+                b"/opt/venv/bin/python3",
+                b"/opt/venv/bin/systemd-transparent-udp-forwarderd",
+                b"--reply",
+                b"relay",
+            ],
+            True,
+        ),
+        (
+            [b"/usr/bin/python3", b"-I", b"/usr/local/bin/systemd-transparent-udp-forwarderd", b"192.0.2.2"],
+            True,
+        ),
+        ([b"python3", b"-m", b"forwarder", b"192.0.2.2:53"], True),
+        ([b"python3", b"-m", b"netlab", b"doctor"], False),
+        ([b"python3", b"/opt/other-tool", b"systemd-transparent-udp-forwarderd"], False),
+        ([b"/usr/bin/python3"], False),
+        ([], False),
+    ],
+)
+def test_forwarder_processes_are_recognised_however_they_were_installed(
+    argv: list[bytes], found: bool
+) -> None:
+    assert is_forwarder(argv) is found
+
+
+@pytest.mark.privileged
+def test_the_doctor_sees_a_forwarder_run_as_pips_console_script(lab: Lab, tmp_path: Path) -> None:
+    # The README's install runs `.../bin/python3 .../bin/systemd-transparent-udp-forwarderd ...` (the
+    # script's shebang): the doctor said "no forwarder running" and gave direct-mode advice.
+    script = tmp_path / "bin" / "systemd-transparent-udp-forwarderd"
+    script.parent.mkdir()
+    script.write_text(f"#!{sys.executable}\nimport sys\nfrom forwarder.cli import main\nsys.exit(main())\n")
+    script.chmod(0o755)
+    lab.build(load_topology("seed"))
+    forwarder = start_forwarder(
+        lab["host"],
+        ["198.51.100.1:27000"],
+        ["192.0.2.2:5353"],
+        args=["--reply", "relay"],
+        program=[str(script)],
+    )
+    client = lab["client"].udp_socket("198.51.100.10", 0)
+    client.sendto(b"wake", ("198.51.100.1", 27000))
+    forwarder.wait_ready()
+    target = deployment(lab, V4, reply_mode=None, backend_ports=())
+
+    [command_line] = target.host.forwarder_command_lines()
+    assert command_line[:2] == [sys.executable, str(script)]
+    assert reply_mode(target) == "relay"
+    assert forwarder.stop() == 0
 
 
 def deployment(lab: Lab, family: Mapping[str, object], **overrides: object) -> Deployment:

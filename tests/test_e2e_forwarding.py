@@ -5,6 +5,7 @@ clients, and per-errno drops that never stop the loop.
 Topology and address plan: see fixtures/topologies/dual-stack.toml (IPv4 tests use the seed deployment).
 """
 
+import re
 import socket
 from pathlib import Path
 
@@ -215,7 +216,7 @@ def test_an_error_on_one_destination_is_counted_by_errno_logged_once_and_never_s
     assert forwarder.stop() == 0
     log = forwarder.process.output()
     assert log.count("dropped datagram (send-error:EPERM)") == 1
-    assert "send-error:EPERM: 19 more in the last 0.2 seconds" in log
+    assert re.search(r"send-error:EPERM: 19 more in the last [0-9.]+ seconds", log), log
 
 
 def nothing_but(backend: socket.socket, client: socket.socket, target: tuple[str, int]) -> None:

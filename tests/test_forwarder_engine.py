@@ -6,6 +6,7 @@ is larger), so these tests give the engine a smaller buffer: the MSG_TRUNC path 
 on both receive paths: one recvmsg per datagram, and batches through recvmmsg.
 """
 
+import os
 import socket
 from collections.abc import Iterator
 
@@ -15,7 +16,7 @@ from forwarder.activation import ListeningSocket
 from forwarder.core import DropReason, SockAddr, decode_sockaddr, sockaddr_bytes
 from forwarder.destination import Destination
 from forwarder.engine import Engine, Route
-from forwarder.machine import Action, Drop, Flow, ForwardingMachine, OpenFlow
+from forwarder.machine import Action, CloseFlows, Drop, Flow, ForwardingMachine, OpenFlow
 from forwarder.notify import Notifier
 from forwarder.receive import RELAY_BATCH
 from forwarder.sockets import set_receive_buffer
@@ -118,8 +119,9 @@ def test_status_line_reports_the_interval_and_resets_it(listener: socket.socket)
         manager.bind("\0" + name)
         manager.settimeout(5)
         engine.notifier = Notifier({"NOTIFY_SOCKET": "@" + name})
-        engine.report_status()
-        engine.report_status()
+        start = engine.interval_start
+        engine.report_status(start + 10)
+        engine.report_status(start + 20)
         first, second = manager.recv(4096), manager.recv(4096)
         engine.notifier.close()
     assert first == (
@@ -178,3 +180,31 @@ def test_with_replies_to_relay_a_listener_is_drained_in_shorter_turns(
     engine.drain(route)
 
     assert sum(engine.counters.dropped.values()) == handled  # loopback sources: each one counted
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="queueing 1000 replies needs SO_RCVBUFFORCE (CAP_NET_ADMIN)")
+def test_every_reply_still_queued_on_an_evicted_flow_is_counted_unmatched_not_only_256() -> None:
+    # 1000 replies queued to an evicted flow's socket: 256 were counted, 744 vanished with the socket.
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listener,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as backend,
+    ):
+        listener.bind(("127.0.0.1", 0))
+        backend.bind(("127.0.0.1", 0))
+        destination = Destination(socket.AF_INET, "127.0.0.1", backend.getsockname()[1])
+        route = Route(ListeningSocket(listener, "dns"), destination)
+        machine = ForwardingMachine(max_flows=8, idle_timeout=60, relay=True)
+        engine = Engine([route], Notifier({}), machine)
+        flow_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        flow_socket.bind(("127.0.0.1", 0))
+        set_receive_buffer(flow_socket, 4 << 20)
+        client = ("127.0.0.1", 40000)
+        flow = Flow((destination.sockaddr, sockaddr_bytes(socket.AF_INET, client)), route.path, client)
+        machine.flow_opened(flow, flow_socket)
+        for number in range(1000):  # loopback queues each before sendto returns
+            backend.sendto(number.to_bytes(2, "big"), flow_socket.getsockname())
+
+        engine.close_flows(CloseFlows((flow,)))
+
+    assert flow_socket.fileno() == -1
+    assert machine.counters.reply_dropped == {"reply-unmatched": 1000}

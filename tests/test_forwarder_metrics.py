@@ -3,13 +3,17 @@ replacement of the file, a failing write that never stops forwarding, and the fo
 """
 
 import logging
+import os
 import re
 import socket
+import stat
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from e2e_helpers import status_has
+from test_forwarder_startup import launch, one_error_line
 
 from forwarder.core import Counters, DropReason, Totals
 from forwarder.metrics import MetricsFile, escape, exposition, listen_label
@@ -210,3 +214,56 @@ def test_a_target_that_became_a_directory_is_a_warning_not_a_crash(tmp_path: Pat
     assert len(recorded.messages) == 1, recorded.messages
     assert recorded.messages[0].startswith(f"cannot write metrics file {str(path)!r}: ")
     assert sorted(item.name for item in tmp_path.iterdir()) == ["forwarder.prom"]  # no temporary file left
+
+
+@pytest.fixture
+def udp4() -> Iterator[socket.socket]:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock
+
+
+@pytest.mark.parametrize(("kind", "make"), [("a FIFO", os.mkfifo), ("a character device", None)])
+def test_a_metrics_file_naming_a_fifo_or_a_device_is_refused_not_replaced(
+    tmp_path: Path, kind: str, make: Callable[[Path], None] | None
+) -> None:
+    path = tmp_path / "forwarder.prom"
+    if make is None:
+        path = Path("/dev/null")  # as root it would have become a regular file
+    else:
+        make(path)
+    result = launch([], ["--metrics-file", str(path), "192.0.2.2"], env={})
+    assert result.returncode == 64
+    assert f"--metrics-file: {str(path)!r} exists and is not a regular file ({kind})" in one_error_line(
+        result
+    )
+    assert not stat.S_ISREG(path.stat().st_mode)
+
+
+def test_a_metrics_file_whose_temporary_name_is_too_long_is_refused_at_start_up(
+    udp4: socket.socket, tmp_path: Path
+) -> None:
+    # NAME fits in 255 bytes, .NAME.PID.tmp does not: it passed start-up and was never written.
+    path = tmp_path / ("m" * 250)
+    result = launch([udp4.fileno()], ["--metrics-file", str(path), "192.0.2.2"])
+    assert result.returncode == 64
+    line = one_error_line(result)
+    assert f"--metrics-file {str(path)!r}: cannot write its temporary file" in line
+    assert "(ENAMETOOLONG)" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_metrics_file_in_a_missing_directory_is_refused_at_start_up_naming_the_errno(
+    udp4: socket.socket, tmp_path: Path
+) -> None:
+    path = tmp_path / "missing" / "forwarder.prom"
+    result = launch([udp4.fileno()], ["--metrics-file", str(path), "192.0.2.2"])
+    assert result.returncode == 71
+    assert f"--metrics-file {str(path)!r}: cannot write its temporary file" in one_error_line(result)
+    assert "(ENOENT)" in one_error_line(result)
+
+
+def test_the_start_up_check_leaves_no_temporary_file_behind(tmp_path: Path) -> None:
+    metrics = MetricsFile(tmp_path / "forwarder.prom")
+    metrics.check()
+    assert list(tmp_path.iterdir()) == []

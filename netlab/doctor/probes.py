@@ -93,15 +93,25 @@ def route_via(namespace: str | None, destination: str) -> dict[str, Any] | None:
         return {"oif": oif, "gateway": answer[0].get("RTA_GATEWAY"), "ifname": ifname}
 
 
+DAEMON = b"systemd-transparent-udp-forwarderd"
+
+
 def is_forwarder(argv: list[bytes]) -> bool:
-    """True for `systemd-transparent-udp-forwarderd ...` and `python -m forwarder ...` command lines."""
-    if argv and os.path.basename(argv[0]) == b"systemd-transparent-udp-forwarderd":
+    """True for the forwarder's command lines: the daemon run directly (`/usr/sbin/...` from the Debian
+    package), pip's console script as the kernel runs it (`.../bin/python3 .../bin/systemd-transparent-
+    udp-forwarderd ...`, after its shebang), and `python -m forwarder ...`."""
+    if not argv:
+        return False
+    if os.path.basename(argv[0]) == DAEMON:
         return True
-    return (
-        len(argv) >= 3
-        and os.path.basename(argv[0]).startswith(b"python")
-        and argv[1:3] == [b"-m", b"forwarder"]
-    )
+    if not os.path.basename(argv[0]).startswith(b"python"):
+        return False
+    for index, arg in enumerate(argv[1:], 1):  # the interpreter's options, then the script or -m MODULE
+        if arg == b"-m":
+            return argv[index + 1 : index + 2] == [b"forwarder"]
+        if not arg.startswith(b"-"):
+            return os.path.basename(arg) == DAEMON
+    return False
 
 
 def _command_lines(namespace_inode: tuple[int, int] | None) -> list[tuple[int, list[bytes]]]:

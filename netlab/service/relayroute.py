@@ -128,19 +128,21 @@ ERRORS_TABLE = "netlab_relay_errors"
 ERRORS_MARK = 0x5E1A  # fwmark of the backend's ICMP errors, routed to the relay table
 
 
-def backend_errors_ruleset(backends: list[str], mark: int = ERRORS_MARK) -> str:
+def backend_errors_ruleset(backends: list[str], mark: int = ERRORS_MARK, interface: str | None = None) -> str:
     """An nftables table marking the ICMP errors `backends` send (about datagrams the forwarder sent them
     as a client, so addressed to that client): with `ip rule add fwmark MARK lookup TABLE` the host delivers
     them to the flow socket, whose error queue the forwarder reads. Only errors: the backend's own pings
-    and echo replies are routed as before."""
+    and echo replies are routed as before. With `interface` (the host's link toward the backends) only
+    errors arriving there: anyone can spoof a backend's source, and IPv6 has no rp_filter to stop it."""
     rules = []
+    match = f'iifname "{interface}" ' if interface is not None else ""
     for backend in backends:
         if ipaddress.ip_address(backend).version == 4:
             kinds = "destination-unreachable, time-exceeded, parameter-problem"
-            rules.append(f"ip saddr {backend} icmp type {{ {kinds} }} meta mark set {mark:#x}")
+            rules.append(f"{match}ip saddr {backend} icmp type {{ {kinds} }} meta mark set {mark:#x}")
         else:
             kinds = "destination-unreachable, packet-too-big, time-exceeded, parameter-problem"
-            rules.append(f"ip6 saddr {backend} icmpv6 type {{ {kinds} }} meta mark set {mark:#x}")
+            rules.append(f"{match}ip6 saddr {backend} icmpv6 type {{ {kinds} }} meta mark set {mark:#x}")
     body = "".join(f"        {rule}\n" for rule in rules)
     return (
         f"table inet {ERRORS_TABLE} {{\n"
@@ -153,12 +155,18 @@ def backend_errors_ruleset(backends: list[str], mark: int = ERRORS_MARK) -> str:
 
 
 def route_backend_errors(
-    host: LabNode, backends: list[str], *, table: int = RELAY_TABLE, priority: int = RELAY_PRIORITY
+    host: LabNode,
+    backends: list[str],
+    *,
+    table: int = RELAY_TABLE,
+    priority: int = RELAY_PRIORITY,
+    interface: str | None = None,
 ) -> list[RelayRoute]:
-    """Deliver the ICMP errors of `backends` to the forwarder's flow sockets on `host` (both modes: that
-    is how a stopped backend is seen), with backend_errors_ruleset() and a fwmark rule per family."""
+    """Deliver the ICMP errors of `backends` (arriving on `interface`, when given) to the forwarder's flow
+    sockets on `host` (both modes: that is how a stopped backend is seen), with backend_errors_ruleset()
+    and a fwmark rule per family."""
     path = host.lab.workdir / f"{host.name}-relay-errors-{host.lab.next_serial()}.nft"
-    path.write_text(backend_errors_ruleset(backends))
+    path.write_text(backend_errors_ruleset(backends, interface=interface))
     host.check(["nft", "-f", str(path)])
     installed = []
     families = sorted(
