@@ -113,7 +113,8 @@ class RawFlow:
             int.from_bytes(address, "big")
             + int.from_bytes(backend, "big")
             + socket.IPPROTO_UDP
-            + sum(self.ports)
+            + source[1]
+            + destination[1]
         )
 
 
