@@ -414,8 +414,8 @@ def open_send_path(
                     f"(CAP_NET_RAW or CAP_NET_ADMIN): {CAPABILITY_HINT}"
                 ) from None
             log.warning(
-                "--send-path raw: cannot open a raw socket (%s: it needs CAP_NET_RAW); sending from one "
-                "transparent socket per client instead (IP_TRANSPARENT, allowed by CAP_NET_ADMIN)",
+                "--send-path raw: cannot open a raw socket (%s: CAP_NET_RAW is missing); sending from one "
+                "transparent socket per client instead (CAP_NET_ADMIN)",
                 error.strerror,
             )
             return None
