@@ -39,7 +39,7 @@ from forwarder.machine import (
 from forwarder.metrics import MetricsFile
 from forwarder.notify import Notifier
 from forwarder.rawsend import UDP_HEADER, RawSend
-from forwarder.sender import open_flow_socket, open_once_socket, open_plain_flow_socket
+from forwarder.sender import open_flow_socket, open_once_socket, open_plain_flow_socket, sharing_port
 from forwarder.sockets import IP_PKTINFO, set_receive_buffer, set_receive_pktinfo
 
 # Larger than any UDP payload (65507 B over IPv4, 65527 B over IPv6), so MSG_TRUNC means "not UDP-sized".
@@ -142,6 +142,11 @@ class Engine:
         self._signals: collections.deque[int] = collections.deque()  # received, not yet acted on
         self.interval_start = time.monotonic()  # of the interval the next STATUS= reports
         self._route_of = {route.path: route for route in self.routes}
+        # Listening sockets by port: a flow socket bound to a client's address on one of them shares it.
+        self._listeners_on: dict[int, list[socket.socket]] = {}
+        for route in self.routes:
+            sock = route.listener.sock
+            self._listeners_on.setdefault(int(sock.getsockname()[1]), []).append(sock)
         self._selector: selectors.BaseSelector | None = None  # while running: flow sockets are watched
         self._reply_view = memoryview(bytearray(buffer_size))
         self._reply_buffers = [self._reply_view]
@@ -219,11 +224,13 @@ class Engine:
             if self.machine.send_header:
                 sock = open_plain_flow_socket(flow.path.destination.family, flow.path.target)
             else:
-                sock = open_flow_socket(
-                    flow.source,
-                    flow.path.destination.family,
-                    flow.path.target if self.connect_flows else None,
-                )
+                peer = flow.path.target if self.connect_flows else None
+                listeners = self._listeners_on.get(flow.source[1])
+                if listeners:
+                    with sharing_port(listeners):
+                        sock = open_flow_socket(flow.source, flow.path.destination.family, peer)
+                else:
+                    sock = open_flow_socket(flow.source, flow.path.destination.family, peer)
         except OSError as error:
             self.log_drop(self.machine.open_failed(flow, error.errno or errno.EIO))
             return False
@@ -362,11 +369,15 @@ class Engine:
         return count
 
     def relay(self, flow: Flow, payload: memoryview) -> None:
-        """Send a reply to `flow`'s client from the listening socket it used, from the address it sent to."""
+        """Send a reply to `flow`'s client from the listening socket it used, from the address it sent to.
+        When that address is unknown (its datagram's control messages were cut short) the reply is
+        dropped rather than sent from an address the client did not ask."""
         route = self._route_of[flow.path]
         listener = route.listener.sock
         try:
             if route.pktinfo and flow.local is not None:
+                if not flow.local:
+                    raise OSError(errno.EADDRNOTAVAIL, "the address the client sent to is unknown")
                 listener.sendmsg(
                     [payload], self._source_control(listener.family, flow.local), 0, flow.address
                 )

@@ -17,11 +17,17 @@ A datagram is counted as forwarded when the machine hands out the action that se
 (always reported in the same drain, before the next STATUS=) takes it back and counts the drop instead, so
 the hot path costs one counter increment and no event.
 
-PROXY protocol (--proxy-protocol-from): a sender in a trusted network never has a flow under its own raw
-sockaddr, so its datagrams miss the flow table and cost one cached "trusted?" answer before their header is
-read; an untrusted sender's hit costs nothing more than before. A header's client gets a flow keyed by the
-client (PROXIED + its sockaddr, a key no raw sockaddr can be), so one load balancer's clients get their
-own flows under the same --max-flows and idle rules.
+One flow per 4-tuple: a flow is keyed by (backend, the client's address and port as presented), whatever
+listener or PROXY header brought the client, so no two flow sockets ever share a 4-tuple (the kernel would
+hand every reply to the newer one). A sender's raw sockaddr reaches its flow by one dict lookup (`_senders`:
+a v4-mapped client of a `[::]` listener and the same client on an IPv4 listener are two senders of one
+flow). The flow's reply path (listening socket, local address, peer) follows the latest datagram: replies
+leave from the address the client used last, to the client or the load balancer that sent it.
+
+PROXY protocol (--proxy-protocol-from): a sender in a trusted network never has a sender entry of its own,
+so its datagrams miss and cost one cached "trusted?" answer before their header is read; an untrusted
+sender's hit costs nothing more than before. A header's client gets the flow of its address and port, so
+one load balancer's clients get their own flows under the same --max-flows and idle rules.
 """
 
 import errno
@@ -55,11 +61,12 @@ MSG_TRUNC = socket.MSG_TRUNC
 DEFAULT_MAX_FLOWS = 4096
 DEFAULT_IDLE_TIMEOUT = 60.0
 
-# The one flow key of every receive strategy: (destination address, client's raw struct sockaddr).
+# A flow key: (destination address, the client's canonical struct sockaddr: see canonical_sockaddr); a sender
+# key: (destination address, the sender's raw struct sockaddr, as received).
 FlowKey = tuple[tuple[str, int], bytes]
-# The second half of a flow key of a client named by a PROXY header: this prefix, then its sockaddr. A raw
-# sockaddr starts with its family (2 or 10, little-endian), so it never starts with this.
-PROXIED = b"proxied:"
+_AF_INET6 = socket.AF_INET6.to_bytes(2, "little")
+_AF_INET = socket.AF_INET.to_bytes(2, "little")
+_V4_MAPPED = bytes(10) + b"\xff\xff"
 HEADER_CACHE_SIZE = 4096
 
 
@@ -92,7 +99,7 @@ class Flow(Entry):
     `reply_received`, "relay this reply to the flow's client": the hot paths allocate nothing.
     """
 
-    __slots__ = ("address", "client", "handle", "header", "key", "local", "path", "raw", "source")
+    __slots__ = ("address", "client", "handle", "header", "key", "local", "path", "raw", "senders", "source")
 
     def __init__(
         self,
@@ -115,6 +122,8 @@ class Flow(Entry):
         self.handle: socket.socket | None = None
         # --send-proxy-protocol: the PROXY header every datagram of the flow gets, built once.
         self.header: bytearray | None = None
+        # The sender keys that lead to this flow (forgotten with it).
+        self.senders: list[FlowKey] = []
         # On the raw send path: what its datagrams need there (forwarder.rawsend.RawFlow), built once.
         self.raw: object | None = None
 
@@ -200,7 +209,9 @@ class ForwardingMachine:
         self.is_local: LocalProbe = is_local if is_local is not None else _NothingLocal()
         # Whether an IPv4 address is a directed broadcast of one of the host's subnets.
         self.is_broadcast: LocalProbe = is_broadcast if is_broadcast is not None else _NothingLocal()
-        self._lookup: Callable[[FlowKey], Flow | None] = self.flows.lookup
+        # Sender key -> its flow: the hot path's one lookup (kept in step with the flow table).
+        self._senders: dict[FlowKey, Flow] = {}
+        self._lookup: Callable[[FlowKey], Flow | None] = self._senders.get
         # Whether a sender's PROXY headers are believed (--proxy-protocol-from); None: nobody's are.
         self.trusted = trusted
         # --send-proxy-protocol: flows send from the host's own address, each datagram after a PROXY header
@@ -229,18 +240,40 @@ class ForwardingMachine:
             flow.last_used = now
             flow.referenced = True
             self.counters.forwarded += 1
+            if flow.path is not path or flow.client != client:
+                self._redirect(flow, path, client)
             if local is not None:
                 flow.local = local  # replies leave from the address the client used last
             return flow
         return self._first(path, client, now, local)
 
     def _first(self, path: Path, client: bytes, now: float, local: bytes | None) -> Action:
-        """The first datagram of a flow (or of a client that never gets one), or of a trusted sender."""
+        """The first datagram of a sender (or of a client that never gets a flow), or of a trusted one. A
+        flow of the same 4-tuple (another listener's, or a PROXY header's client) becomes this sender's."""
         if self.trusted is not None and self.trusted(client):
             return READ_HEADER
+        sender = (path.target, client)
+        key = (path.target, canonical_sockaddr(client))
+        flow = self.flows.lookup(key)
+        if flow is not None:
+            flow.senders.append(sender)
+            self._senders[sender] = flow
+            return self.receive(path, client, 0, 0, now, local=local)
         address = decode_sockaddr(client)
         source = self._presentable(address, path.destination.family)
-        return self._open(path, client, (path.target, client), source, now, address, local)
+        action = self._open(path, client, key, source, now, address, local)
+        if action.__class__ is OpenFlow:
+            action.flow.senders.append(sender)
+        return action
+
+    @staticmethod
+    def _redirect(flow: Flow, path: Path, client: bytes) -> None:
+        """The flow's replies now go to `client` (its latest sender) through `path`'s listening socket; the
+        local address it sent to is set after this (or unknown: never one seen on another socket)."""
+        flow.path = path
+        flow.client = client
+        flow.address = decode_sockaddr(client)
+        flow.local = None
 
     def _open(  # noqa: PLR0917
         self,
@@ -305,12 +338,12 @@ class ForwardingMachine:
         family = path.destination.family
         if parsed.command is Command.LOCAL:  # no client behind: the sender itself, in a flow of its own
             source = self._presentable(decode_sockaddr(client), family)
-            key = (path.target, PROXIED + client)
+            key = (path.target, canonical_sockaddr(client))
             return self._hit_or_open(path, client, key, source, now, local), parsed.length
         assert parsed.source is not None
         source = self._presentable(parsed.source, family)
         named = parsed.source if isinstance(source, DropReason) else source
-        key = (path.target, PROXIED + sockaddr_bytes(_family_of(named[0]), named))
+        key = (path.target, sockaddr_bytes(_family_of(named[0]), named))
         bounded_put(self._headers, header, (path, key, source), HEADER_CACHE_SIZE)
         return self._hit_or_open(path, client, key, source, now, local), parsed.length
 
@@ -324,14 +357,13 @@ class ForwardingMachine:
         local: bytes | None,
     ) -> ProxiedAction:
         """The flow of a header's client, marked as used; or a new one (or a drop) as for any client."""
-        flow = self._lookup(key)
+        flow = self.flows.lookup(key)
         if flow is None:
             return self._open(path, client, key, source, now, None, local)
         flow.last_used = now
         flow.referenced = True
-        if flow.client != client:  # replies go to the load balancer that sent the latest datagram
-            flow.client = client
-            flow.address = decode_sockaddr(client)
+        if flow.path is not path or flow.client != client:  # replies go to the latest sender
+            self._redirect(flow, path, client)
         if local is not None:
             flow.local = local
         self.counters.forwarded += 1
@@ -348,7 +380,9 @@ class ForwardingMachine:
         keep it (as used when its first datagram arrived); the flows evicted to make room must be closed."""
         flow.handle = handle
         evicted = self.flows.add(flow.key, flow, flow.last_used)
-        return CloseFlows(tuple(evicted)) if evicted else None
+        for sender in flow.senders:
+            self._senders[sender] = flow
+        return self._gone(evicted) if evicted else None
 
     def open_failed(self, flow: Flow, error_number: int) -> Drop:
         """Opening `flow`'s socket failed: its datagram is a send error, and no flow is kept."""
@@ -392,7 +426,7 @@ class ForwardingMachine:
             return self._reply_drop(flow, DropReason.REPLY_TRUNCATED)
         backend = (str(source[0]), int(source[1]))
         if backend != flow.path.target:
-            other = self._lookup((backend, flow.key[1]))
+            other = self.flows.lookup((backend, flow.key[1]))
             if other is None:
                 return self._reply_drop(flow, DropReason.REPLY_UNMATCHED)
             flow = other
@@ -439,17 +473,25 @@ class ForwardingMachine:
         self.is_broadcast.forget()
         self._headers.clear()  # their sources were judged with the answers just forgotten
         if self.send_header:  # no flow socket is bound to its client's address
-            return CloseFlows(tuple(stale))
+            return self._gone(stale)
         for flow in self.flows.values():
             address = flow.source[0]
             if self.is_local(address) or (":" not in address and self.is_broadcast(address)):
                 self.flows.remove(flow.key)
                 stale.append(flow)
-        return CloseFlows(tuple(stale))
+        return self._gone(stale)
 
     def close(self) -> CloseFlows:
         """Every flow, at shutdown."""
-        return CloseFlows(tuple(self.flows.clear()))
+        return self._gone(self.flows.clear())
+
+    def _gone(self, flows: list[Flow]) -> CloseFlows:
+        """Flows that left the table: their senders miss again; the engine closes their sockets."""
+        senders = self._senders
+        for flow in flows:
+            for sender in flow.senders:
+                senders.pop(sender, None)
+        return CloseFlows(tuple(flows))
 
 
 # Sources that cannot be bound (so the transparent modes drop them) but can be named in a header.
@@ -479,6 +521,18 @@ def _proxy_header(
     if _family_of(destination) != _family_of(source[0]):
         return None
     return bytearray(build(source, (destination, port)))
+
+
+def canonical_sockaddr(raw: bytes) -> bytes:
+    """The struct sockaddr naming the client in `raw` as a flow key: a v4-mapped IPv6 one (a `[::]`
+    listener's IPv4 client) as the sockaddr_in an IPv4 listener receives, an IPv6 one without flow info;
+    the scope id stays (it tells link-local clients apart)."""
+    if raw[0:2] == _AF_INET6:
+        if raw[8:20] == _V4_MAPPED:
+            return _AF_INET + raw[2:4] + raw[20:24] + bytes(8)
+        if any(raw[4:8]):
+            return raw[0:4] + bytes(4) + raw[8:28]
+    return raw
 
 
 def _family_of(address: str) -> socket.AddressFamily:

@@ -66,12 +66,15 @@ def next_udp(sock: socket.socket, port: int) -> UDP:
     while True:
         packet = Ether(sock.recv(65535))
         if UDP in packet and packet[UDP].dport == port:
-            return packet[UDP]
+            udp: UDP = packet[UDP]
+            return udp
 
 
 def recomputed(udp: UDP) -> int:
     """The checksum scapy computes for the captured datagram (with its IP header's addresses)."""
-    packet = udp.underlayer.copy()
+    below = udp.underlayer
+    assert below is not None
+    packet = below.copy()
     del packet[UDP].chksum
     return int(packet.__class__(bytes(packet))[UDP].chksum)
 

@@ -115,11 +115,12 @@ def relay_lab(lab: Lab) -> Lab:
 )
 def test_a_reply_from_a_backend_on_another_port_reaches_the_client_from_the_address_it_asked(
     relay_lab: Lab,
+    send_path: list[str],
+    *,
     listen: str,
     destination: str,
     client: str,
     asked: tuple[object, ...],
-    send_path: list[str],
 ) -> None:
     forwarder = start_forwarder(relay_lab["host"], [listen], [destination], args=[*RELAY, *send_path])
     sock = client_socket(relay_lab, client)
@@ -214,7 +215,7 @@ def test_the_metrics_file_counts_relayed_replies(relay_lab: Lab) -> None:
     ids=["ipv4", "ipv6"],
 )
 def test_a_1473_byte_request_and_a_3000_byte_reply_arrive_intact_in_fragments(
-    relay_lab: Lab, listen: str, destination: str, client: str, host: str, send_path: list[str]
+    relay_lab: Lab, send_path: list[str], *, listen: str, destination: str, client: str, host: str
 ) -> None:
     # The host reassembles before routing (connection tracking), so the relay rule sees the reply's ports.
     enable_reassembly(relay_lab["host"])

@@ -453,6 +453,7 @@ def test_help_and_version_exit_zero() -> None:
         ),
         (["--send-path", "sockets"], "cannot set IP_TRANSPARENT (CAP_NET_RAW or CAP_NET_ADMIN allows it)"),
     ],
+    ids=["raw", "sockets"],
 )
 def test_without_net_raw_and_net_admin_exits_77_naming_both_and_the_ambient_capabilities_hint(
     udp4: socket.socket, send_path: list[str], what: str
