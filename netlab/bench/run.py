@@ -14,13 +14,14 @@ the contenders that relay replies.
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 from netlab.bench.contenders import CONTENDERS
 from netlab.bench.lab import BenchLab, Case, Run
 from netlab.bench.memory import MEASURED_PATHS, FlowMemory, measure_flow_memory
-from netlab.bench.report import json_document, memory_line, text_report, thousands
+from netlab.bench.report import json_document, memory_line, progress_line, text_report, thousands
 from netlab.bench.stats import summarize
 from netlab.errors import UsageError
 from netlab.lab.lab import Lab
@@ -68,9 +69,14 @@ def available(names: list[str], progress: TextIO) -> tuple[list[str], dict[str, 
 
 
 def run_bench(
-    settings: Settings, out: TextIO = sys.stdout, progress: TextIO = sys.stderr, as_json: bool = False
+    settings: Settings,
+    out: TextIO = sys.stdout,
+    progress: TextIO = sys.stderr,
+    as_json: bool = False,
+    plot: Callable[[dict[str, Any]], object] | None = None,
 ) -> int:
-    """Run every contender on every case, interleaved and repeated; print the table (or JSON)."""
+    """Run every contender on every case, interleaved and repeated; print the table (or JSON), and hand
+    the JSON document to `plot` when given (`netlab bench --plot`)."""
     unknown = [name for name in settings.contenders if name not in CONTENDERS]
     if unknown:
         raise UsageError(f"unknown contender {unknown[0]!r}: expected one of {', '.join(CONTENDERS)}")
@@ -93,14 +99,7 @@ def run_bench(
                 done += 1
                 run = bench.measure(CONTENDERS[name], case, settings.duration)
                 runs.append(run)
-                print(
-                    f"[{done}/{total}] run {repetition + 1} {case!s:<24} {name:<18} "
-                    f"{thousands(run.delivered_per_second)}/s delivered, loss {run.loss:.2%}, CPU us/dg "
-                    f"{run.cpu_us_per_datagram:.2f} machine, {run.core_us_per_datagram:.2f} core, "
-                    f"{run.process_us_per_datagram:.2f} own",
-                    file=progress,
-                    flush=True,
-                )
+                print(progress_line(done, total, repetition + 1, run), file=progress, flush=True)
         summaries = summarize(runs)
         if settings.loss_tests and "forwarder" in names:
             for summary in summaries:
@@ -120,11 +119,11 @@ def run_bench(
             if name in names:  # each send path raced is measured
                 memory.append(measure_flow_memory(bench, settings.memory_flows, name))
                 print(f"[memory] {memory_line(memory[-1])}", file=progress, flush=True)
+    document = json_document(summaries, solo, runs, loss_runs, memory, skipped=skipped)
+    if plot is not None:
+        plot(document)
     if as_json:
-        print(
-            json.dumps(json_document(summaries, solo, runs, loss_runs, memory, skipped=skipped), indent=2),
-            file=out,
-        )
+        print(json.dumps(document, indent=2), file=out)
     else:
         print(text_report(summaries, solo, loss_runs, memory, skipped), file=out)
     return 0
