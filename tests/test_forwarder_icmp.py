@@ -21,7 +21,7 @@ from forwarder.icmp import (
 )
 from netlab import Lab, load_topology, start_forwarder
 from netlab.lab import netns
-from netlab.service.relayroute import route_backend_errors
+from netlab.service.relay import route_backend_errors
 
 
 def test_a_port_unreachable_from_the_backend_is_backend_unreachable_with_its_offender() -> None:

@@ -18,7 +18,7 @@ from netlab.errors import LabTimeoutError, NetlabError
 from netlab.lab.lab import Lab
 from netlab.lab.nft import apply_ruleset
 from netlab.lab.process import python_env
-from netlab.lab.runs import default_runs_dir
+from netlab.lab.runs import default_runs_dir, keep_failed_run
 from netlab.lab.wait import wait_until
 from netlab.programs.crafted import Crafted
 from netlab.scenario.load import Endpoint, Scenario, TrafficSpec
@@ -347,6 +347,7 @@ def run_scenario_file(scenario: Scenario, runs: str | Path | None = None) -> Sce
         shutil.rmtree(run_dir, ignore_errors=True)
     else:
         result.kept = True
+        keep_failed_run(run_dir)
     return result
 
 
