@@ -265,9 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--udp-checksum",
         choices=["none", "compute"],
         default="none",
-        help="IPv4 on the raw send path: none sends checksum 0, which UDP over IPv4 allows (RFC 768) and "
-        "Linux's own UDP tunnels send; compute sums every datagram in Python, which cost about a third of "
-        "the rate at 1200 B when measured. IPv6 always gets the kernel's checksum (default none)",
+        help="IPv4 on the raw send path: none (default) sends checksum 0, which UDP over IPv4 allows (RFC "
+        "768) and Linux's own UDP tunnels send; compute sums every datagram in Python, which doubled the "
+        "forwarder's CPU time per 1200 B datagram in netlab bench (10.4 vs 5.3 us at one flow). IPv6 always "
+        "gets the kernel's checksum",
     )
     parser.add_argument(
         "--metrics-file",

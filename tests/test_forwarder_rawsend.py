@@ -20,6 +20,8 @@ from forwarder.engine import Engine, Route
 from forwarder.machine import Flow, ForwardingMachine, Path
 from forwarder.notify import Notifier
 from forwarder.rawsend import CONTROL_SPACE, RawBatch, RawFlow, RawSend, udp_checksum
+from forwarder.sender import open_once_socket
+from forwarder.sockets import IP_TRANSPARENT
 from netlab.lab.process import python_env
 
 PATH = Path("test", Destination(socket.AF_INET, "192.0.2.2", 27000))
@@ -184,3 +186,8 @@ def test_a_bad_send_path_option_is_a_usage_error_naming_it(argv: list[str], mess
     )
     assert result.returncode == 64
     assert message in result.stderr
+
+
+def test_a_local_sources_one_shot_socket_is_not_transparent_so_it_needs_no_capability() -> None:
+    with open_once_socket(("127.0.0.1", 0), socket.AF_INET) as sock:
+        assert sock.getsockopt(socket.IPPROTO_IP, IP_TRANSPARENT) == 0
