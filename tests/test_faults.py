@@ -279,9 +279,12 @@ def test_a_firewall_rejecting_the_sends_is_counted_as_eperm_and_forwarding_resum
 
 @pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) is not installed")
 def test_a_low_open_file_limit_caps_the_flows_and_datagrams_keep_flowing_without_emfile(lab: Lab) -> None:
-    # prlimit execs the forwarder, which keeps the pid LISTEN_PID names.
+    # prlimit execs the forwarder, which keeps the pid LISTEN_PID names. Per-client sockets: on the raw
+    # path a flow holds no file descriptor.
     scene = Scene.start(
-        lab, args=["--max-flows", "1000"], command_prefix=["prlimit", "--nofile=128:128", "--"]
+        lab,
+        args=["--max-flows", "1000", "--send-path", "sockets"],
+        command_prefix=["prlimit", "--nofile=128:128", "--"],
     )
     arrived = count_arrivals(lab["backend"], BACKEND[1])
     before = snmp(lab["host"])["Udp.RcvbufErrors"]
