@@ -268,8 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="IPv4 on the raw send path: none (default) sends checksum 0, which UDP over IPv4 allows (RFC "
         "768) and Linux's own UDP tunnels send; compute sums every datagram in Python, which doubled the "
         "forwarder's CPU time per 1200 B datagram in netlab bench (10.4 vs 5.3 us at one flow); use it where "
-        "a stateless nftables rewrite (payload statements) meets the datagrams: it skips those without a "
-        "checksum (conntrack NAT does not). IPv6 always gets the kernel's checksum",
+        "a stateless nftables rewrite of the ports (payload statements) meets the datagrams: it turns a 0 "
+        "checksum into a wrong one (conntrack NAT keeps it 0). IPv6 always gets the kernel's checksum",
     )
     parser.add_argument(
         "--metrics-file",
