@@ -24,7 +24,13 @@ from forwarder.batch import BATCH
 from forwarder.core import Counters, bounded_put, decode_sockaddr, plain_address
 from forwarder.destination import Destination
 from forwarder.endpoint import endpoint_text
-from forwarder.icmp import CONTROL_SIZE, MSG_ERRQUEUE, PENDING_ERRORS, parse_queued_error
+from forwarder.icmp import (
+    CONTROL_SIZE,
+    MSG_ERRQUEUE,
+    QueuedError,
+    failed_by_pending_error,
+    parse_queued_error,
+)
 from forwarder.logs import RepeatSummary
 from forwarder.machine import (
     Action,
@@ -121,6 +127,8 @@ class Engine:
         # The raw send path (forwarder.rawsend): every datagram that is sent as its client leaves by one of
         # these sockets; flows keep a socket only in relay mode, to receive the replies.
         self.raw = None if self.machine.send_header else raw
+        if self.raw is not None:
+            self.raw.pending = self.raw_failed_by_pending_error
         self._targets = {route.destination.sockaddr for route in self.routes}
         for route in self.routes:
             if route.pktinfo:
@@ -184,27 +192,50 @@ class Engine:
         else:
             self.log_drop(action)  # type: ignore[arg-type]
 
-    def send(self, flow: Flow, payload: memoryview, retried: bool = False) -> None:
-        """The one place a datagram is sent on a flow's socket (runs of several leave by sendmmsg), or on
-        the raw send path by the raw socket. A send failing with an ICMP error left pending by an earlier
-        datagram is tried once more."""
+    def send(self, flow: Flow, payload: memoryview, header: bytearray | None = None) -> None:
+        """The one place a datagram is sent on a flow's socket (runs of several leave by sendmmsg), after
+        `header` (default: the flow's PROXY header, if it has one), or on the raw send path by the raw
+        socket. A send failing with an ICMP error left pending by an earlier datagram is tried once more
+        (forwarder.icmp.failed_by_pending_error)."""
         if flow.raw is not None:
             error_number = self.raw.send(flow, payload)  # type: ignore[union-attr]
             if error_number:
                 self.log_drop(self.machine.send_failed(flow.path, flow.client, error_number))
             return
+        if header is None:
+            header = flow.header
         try:
-            if flow.header is not None:  # two iovecs: the flow's header, then the payload (no copy)
-                flow.handle.sendmsg((flow.header, payload))  # type: ignore[union-attr]
+            if header is not None:  # two iovecs: the header, then the payload (no copy)
+                flow.handle.sendmsg((header, payload))  # type: ignore[union-attr]
             elif self.connect_flows:
                 flow.handle.send(payload)  # type: ignore[union-attr]
             else:
                 flow.handle.sendto(payload, flow.path.target)  # type: ignore[union-attr]
         except OSError as error:
-            if not retried and error.errno in PENDING_ERRORS:
-                self.send(flow, payload, True)
+            self._send_failed(flow, payload, header, error.errno or errno.EIO)
+
+    def _send_failed(
+        self, flow: Flow, payload: memoryview, header: bytearray | None, error_number: int
+    ) -> None:
+        """Sending on `flow` failed with `error_number`: send once more if an earlier datagram's ICMP error
+        is what failed it, else (or if that fails too) count the drop."""
+        if self.failed_by_pending_error(flow, error_number):
+            try:
+                if header is not None:
+                    flow.handle.sendmsg((header, payload))  # type: ignore[union-attr]
+                elif self.connect_flows:
+                    flow.handle.send(payload)  # type: ignore[union-attr]
+                else:
+                    flow.handle.sendto(payload, flow.path.target)  # type: ignore[union-attr]
                 return
-            self.log_drop(self.machine.send_failed(flow.path, flow.client, error.errno or errno.EIO))
+            except OSError as error:
+                error_number = error.errno or errno.EIO
+        self.log_drop(self.machine.send_failed(flow.path, flow.client, error_number))
+
+    def failed_by_pending_error(self, flow: Flow, error_number: int) -> bool:
+        """A send on `flow` just failed with `error_number`: read (and count) its error queue, and say
+        whether an earlier datagram's ICMP error is what failed it (then the datagram is sent again)."""
+        return failed_by_pending_error(error_number, self.read_errors(flow))
 
     def _open_and_send(self, flow: Flow, payload: memoryview) -> None:
         if self.open(flow):
@@ -245,6 +276,8 @@ class Engine:
         return True
 
     def _send_once(self, action: SendOnce, payload: memoryview) -> None:
+        # A fresh socket without IP_RECVERR, closed after this one datagram: no ICMP error can be pending on
+        # it, so every failure is the datagram's own.
         try:
             with open_once_socket(action.source, action.path.destination.family) as sock:
                 sock.sendto(payload, action.path.target)
@@ -313,17 +346,18 @@ class Engine:
             else:
                 self.log_drop(action)  # type: ignore[arg-type]
 
-    def read_errors(self, flow: Flow) -> int:
-        """Read `flow`'s error queue; count (and log, rate-limited) each ICMP error; return how many."""
+    def read_errors(self, flow: Flow) -> list[QueuedError | None]:
+        """Read `flow`'s error queue; count (and log, rate-limited) each ICMP error; return the entries
+        read (None for one that carried no error)."""
         sock = flow.handle
-        count = 0
-        while sock is not None and count < MAX_REPLIES:
+        read: list[QueuedError | None] = []
+        while sock is not None and len(read) < MAX_REPLIES:
             try:
                 _, ancillary, _, _ = sock.recvmsg(1, CONTROL_SIZE, MSG_ERRQUEUE)
             except OSError:  # EAGAIN: the queue is empty
-                return count
-            count += 1
+                return read
             error = parse_queued_error(ancillary)
+            read.append(error)
             if error is None:
                 continue
             name = self.machine.icmp_error(flow, error)
@@ -336,21 +370,21 @@ class Engine:
                 flow.path.destination,
                 flow.path.name,
             )
-        return count
+        return read
 
-    def read_raw_errors(self, sock: socket.socket) -> int:
-        """Read a raw send socket's error queue; return how many entries it held. It gets the ICMP errors
-        about every UDP datagram of the host, so only those about datagrams to a destination of ours are
-        counted (and logged, rate-limited), and only in direct mode: in relay mode the flow's own socket
-        gets the same error and counts it."""
-        count = 0
-        while count < MAX_REPLIES:
+    def read_raw_errors(self, sock: socket.socket) -> list[QueuedError | None]:
+        """Read a raw send socket's error queue; return the entries read (None for one that carried no
+        error). It gets the ICMP errors about every UDP datagram of the host, so only those about datagrams
+        to a destination of ours are counted (and logged, rate-limited), and only in direct mode: in relay
+        mode the flow's own socket gets the same error and counts it."""
+        read: list[QueuedError | None] = []
+        while len(read) < MAX_REPLIES:
             try:
                 data, ancillary, _, offender = sock.recvmsg(UDP_HEADER, CONTROL_SIZE, MSG_ERRQUEUE)
             except OSError:  # EAGAIN: the queue is empty
-                return count
-            count += 1
+                return read
             error = parse_queued_error(ancillary)
+            read.append(error)
             if error is None or self.machine.relay or len(data) < UDP_HEADER:
                 continue
             client_port, port = struct.unpack_from("!HH", data)
@@ -366,7 +400,12 @@ class Engine:
                 client_port,
                 f"{backend[0]}:{port}" if sock.family == socket.AF_INET else f"[{backend[0]}]:{port}",
             )
-        return count
+        return read
+
+    def raw_failed_by_pending_error(self, sock: socket.socket, error_number: int) -> bool:
+        """A send on the raw socket `sock` just failed with `error_number`: read its error queue, and say
+        whether an earlier datagram's ICMP error is what failed it (the rule of every send path)."""
+        return failed_by_pending_error(error_number, self.read_raw_errors(sock))
 
     def relay(self, flow: Flow, payload: memoryview) -> None:
         """Send a reply to `flow`'s client from the listening socket it used, from the address it sent to.

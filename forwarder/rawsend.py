@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable
 
 from forwarder.batch import IOVec, MMsgHdr
 from forwarder.core import sockaddr_bytes
-from forwarder.icmp import PENDING_ERRORS
 from forwarder.machine import Flow
 from forwarder.sockets import IP_PKTINFO, set_receive_errors, set_transparent
 
@@ -38,6 +37,9 @@ _WORDS = _SIZE // 8  # u64 words per struct mmsghdr: msg_name is word 0, msg_nam
 # client, ipi_addr unused) / struct in6_pktinfo (the client, ifindex 0).
 CONTROL_SPACE = {socket.AF_INET: socket.CMSG_SPACE(12), socket.AF_INET6: socket.CMSG_SPACE(20)}
 _PKTINFO = {socket.AF_INET: (socket.IPPROTO_IP, IP_PKTINFO), socket.AF_INET6: (socket.IPPROTO_IPV6, 50)}
+# Whether a send on a raw socket that failed with an errno failed by an earlier datagram's ICMP error (the
+# engine reads the socket's error queue to say: forwarder.icmp.failed_by_pending_error).
+Pending = Callable[[socket.socket, int], bool]
 _HEADER = struct.Struct("!4sHH")  # the ports (prebuilt), the length, the checksum
 _LENGTH = struct.Struct("!HH")
 
@@ -180,10 +182,10 @@ class RawBatch:
         _LENGTH.pack_into(self.udp, UDP_HEADER * index + 4, total, checksum)
         self.count = index + 1
 
-    def flush(self, failed: list[tuple[Flow, int]]) -> None:
+    def flush(self, failed: list[tuple[Flow, int]], pending: Pending) -> None:
         """Send what is queued; each datagram that could not be sent is added to `failed` with its errno. A
-        send failing with an ICMP error left pending by an earlier datagram is tried once more (it is counted
-        from the error queue, and never costs a datagram)."""
+        send failing with an ICMP error left pending by an earlier datagram (`pending` says, from the error
+        queue, where it is counted) is tried once more: it never costs a datagram."""
         first, count = 0, self.count
         retried = -1
         while first < count:
@@ -192,12 +194,18 @@ class RawBatch:
                 first += sent
                 continue
             error_number = ctypes.get_errno()
-            if error_number == errno.EINTR or (error_number in PENDING_ERRORS and retried != first):
+            if error_number == errno.EINTR:
+                continue
+            if retried != first and pending(self.sock, error_number):
                 retried = first
                 continue
             failed.append((self.flows[first], error_number))  # type: ignore[arg-type]
             first += 1
         self.count = 0
+
+
+def _never(sock: socket.socket, error_number: int) -> bool:
+    return False
 
 
 class RawSend:
@@ -211,6 +219,7 @@ class RawSend:
         self.batches = {sock.family: RawBatch(sock, sendmmsg, batch, checksum) for sock in sockets}
         # The datagrams a flush could not send, with their errno: the caller counts them and clears it.
         self.failed: list[tuple[Flow, int]] = []
+        self.pending: Pending = _never  # set by the engine, which reads (and counts) the error queues
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -225,7 +234,7 @@ class RawSend:
         raw: RawFlow = flow.raw  # type: ignore[assignment]
         batch = raw.batch
         if batch.count == batch.batch:
-            batch.flush(self.failed)
+            batch.flush(self.failed, self.pending)
         batch.queue(flow, raw, base, payload)
 
     def flush(self) -> list[tuple[Flow, int]]:
@@ -233,7 +242,7 @@ class RawSend:
         be sent (since it was last cleared) with their errno."""
         for batch in self.batches.values():
             if batch.count:
-                batch.flush(self.failed)
+                batch.flush(self.failed, self.pending)
         return self.failed
 
     def send(self, flow: Flow, payload: memoryview) -> int:
@@ -249,10 +258,11 @@ class RawSend:
             try:
                 batch.sock.sendmsg((header, payload), [(level, kind, raw.pktinfo)], 0, raw.destination)
             except OSError as error:
-                if error.errno in PENDING_ERRORS and not retried:
+                error_number = error.errno or errno.EIO
+                if not retried and self.pending(batch.sock, error_number):
                     retried = True
                     continue
-                return error.errno or errno.EIO
+                return error_number
             return 0
 
     def close(self) -> None:

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Protocol
 from forwarder.batch import NAME_LENGTH, BatchReceiver, BatchSender
 from forwarder.core import bounded_put, sockaddr_bytes
 from forwarder.gso import MAX_PAYLOAD, plan_runs
-from forwarder.icmp import PENDING_ERRORS
 from forwarder.machine import READ_HEADER, Action, Drop, Flow, ForwardingMachine, OpenFlow
 from forwarder.sockets import IP_PKTINFO
 
@@ -120,7 +119,9 @@ class Executor(Protocol):
 
     def execute(self, route: "Route", action: Action, payload: memoryview) -> None: ...
 
-    def send(self, flow: Flow, payload: memoryview) -> None: ...
+    def send(self, flow: Flow, payload: memoryview, header: bytearray | None = None) -> None: ...
+
+    def failed_by_pending_error(self, flow: Flow, error_number: int) -> bool: ...
 
     def open(self, flow: Flow) -> bool: ...
 
@@ -263,6 +264,7 @@ class BatchReceive:
                 executor.log_drop(executor.machine.receive_failed(path, error.errno or 0))
                 return
             run: Flow | None = None
+            run_header: bytearray | None = None
             run_first = run_length = 0
             skips: dict[int, int] = {}
             local: bytes | None = None
@@ -278,20 +280,23 @@ class BatchReceive:
                     action, skips[index] = executor.machine.receive_proxied(
                         path, client, data[offset : offset + u32[length]], u32[flags], now, local=local
                     )
-                if action is run:
+                # A run's datagrams share its flow and the PROXY header it had then (`run_header`): a
+                # datagram to another of the host's addresses (--send-proxy-protocol) starts a new run.
+                if action is run and action.header is run_header:
                     run_length += 1
                     continue
                 if action.__class__ is Flow:
                     if run is not None:
-                        self._send_run(run, run_first, run_length, skips)
+                        self._send_run(run, run_first, run_length, skips, run_header)
                     run, run_first, run_length = action, index, 1
+                    run_header = run.header
                     continue
                 if run is not None:
-                    self._send_run(run, run_first, run_length, skips)
+                    self._send_run(run, run_first, run_length, skips, run_header)
                     run = None
                 executor.execute(route, action, data[offset + skips.get(index, 0) : offset + u32[length]])
             if run is not None:
-                self._send_run(run, run_first, run_length, skips)
+                self._send_run(run, run_first, run_length, skips, run_header)
             handled += count
             if count < receiver.batch:
                 return
@@ -366,19 +371,22 @@ class BatchReceive:
             CONTROL_TRUNCATED(route.listener.label)
         return local
 
-    def _send_run(self, flow: Flow, first: int, length: int, skips: dict[int, int]) -> None:
-        """Send received datagrams first..first+length-1 (all of `flow`): with GSO (and no PROXY header to
-        skip), each stretch of equal sizes as one send; whatever GSO does not take or refuses, as
-        _send_each does."""
+    def _send_run(
+        self, flow: Flow, first: int, length: int, skips: dict[int, int], header: bytearray | None = None
+    ) -> None:
+        """Send received datagrams first..first+length-1 (all of `flow`, after `header`: the flow's PROXY
+        header when they were received, which a later datagram to another address may have changed): with
+        GSO (and no PROXY header to skip), each stretch of equal sizes as one send; whatever GSO does not
+        take or refuses, as _send_each does."""
         if length == 1:  # a lone datagram (every one, with many flows interleaved): straight to the send
             receiver = self.receiver
             slot = receiver.slots[first]
             view = receiver.view[slot.data + skips.get(first, 0) : slot.data + receiver.u32[slot.length]]
-            self.executor.send(flow, view)
+            self.executor.send(flow, view, header)
             return
         sender = self.segmenting
         if sender is None or sender.gso is None or length == 1 or flow.handle is None or skips:
-            self._send_each(flow, first, length, skips)
+            self._send_each(flow, first, length, skips, header)
             return
         u32, slots = self.receiver.u32, self.receiver.slots
         largest = sender.gso.largest
@@ -389,24 +397,29 @@ class BatchReceive:
             if count == 1 or segment > largest or sender.send_segmented(fd, first + start, count, segment):
                 self._send_each(flow, first + start, count, skips)
 
-    def _send_each(self, flow: Flow, first: int, length: int, skips: dict[int, int]) -> None:
-        """Send received datagrams first..first+length-1 (all of `flow`), each without the first `skips[i]`
-        bytes (its PROXY header) when given; a failed one costs only itself."""
+    def _send_each(
+        self, flow: Flow, first: int, length: int, skips: dict[int, int], header: bytearray | None = None
+    ) -> None:
+        """Send received datagrams first..first+length-1 (all of `flow`, after `header`, by default the
+        flow's), each without the first `skips[i]` bytes (its PROXY header) when given; a failed one costs
+        only itself, and one failed by an earlier datagram's ICMP error is sent again."""
         receiver = self.receiver
         sender = self.sender
         executor = self.executor
         slots, u32, data = receiver.slots, receiver.u32, receiver.view
+        header = header or flow.header
         retried = -1
         while length:
             if length == 1 or sender is None or flow.handle is None:
                 slot = slots[first]
-                executor.send(flow, data[slot.data + skips.get(first, 0) : slot.data + u32[slot.length]])
+                payload = data[slot.data + skips.get(first, 0) : slot.data + u32[slot.length]]
+                executor.send(flow, payload, header)
                 first, length = first + 1, length - 1
                 continue
-            sent, error_number = sender.send_run(flow.handle.fileno(), first, length, skips, flow.header)
+            sent, error_number = sender.send_run(flow.handle.fileno(), first, length, skips, header)
             first, length = first + sent, length - sent
             if error_number:
-                if error_number in PENDING_ERRORS and retried != first:  # an earlier ICMP error, reported now
+                if retried != first and executor.failed_by_pending_error(flow, error_number):
                     retried = first
                     continue
                 executor.log_drop(executor.machine.send_failed(flow.path, flow.client, error_number))

@@ -34,9 +34,9 @@ class RecordingEngine(Engine):
         self.handed.append((bytes(payload), decode_sockaddr(client) if client else ("?", 0), outcome))
         super().execute(route, action, payload)
 
-    def send(self, flow: Flow, payload: memoryview, retried: bool = False) -> None:
+    def send(self, flow: Flow, payload: memoryview, header: bytearray | None = None) -> None:
         self.handed.append((bytes(payload), decode_sockaddr(flow.client), "send"))
-        super().send(flow, payload, retried)
+        super().send(flow, payload, header)
 
 
 @pytest.fixture(params=["single", "batch"])

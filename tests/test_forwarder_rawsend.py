@@ -56,6 +56,10 @@ class FakeSendmmsg:
         return answer
 
 
+def no_icmp_error(sock: socket.socket, error_number: int) -> bool:
+    return False
+
+
 @pytest.fixture
 def sock() -> Iterator[socket.socket]:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
@@ -94,7 +98,7 @@ def test_a_batch_sends_each_clients_header_source_and_payload_in_one_call(sock: 
     kept = queued(batch, [flows[0], flows[1], flows[0]], [b"one", b"", b"three"])
     failed: list[tuple[Flow, int]] = []
 
-    batch.flush(failed)
+    batch.flush(failed, no_icmp_error)
 
     assert (len(fake.calls), failed, bytes(kept[0])) == (1, [], b"one")
     (first, second, third) = fake.calls[0]
@@ -115,12 +119,30 @@ def test_a_pending_icmp_error_is_tried_again_and_costs_no_datagram(sock: socket.
     flow = flow_of(("203.0.113.7", 4242))
     kept = queued(batch, [flow] * 3, [b"a", b"b", b"c"])
     failed: list[tuple[Flow, int]] = []
+    queues: list[int] = []
 
-    batch.flush(failed)
+    def refused_before(sock: socket.socket, error_number: int) -> bool:  # the error queue held it
+        queues.append(error_number)
+        return error_number == errno.ECONNREFUSED
+
+    batch.flush(failed, refused_before)
 
     assert (failed, len(kept)) == ([], 3)
     sent = [[message[1] for message in call] for call in fake.calls]
     assert sent == [[b"a", b"b", b"c"], [b"b", b"c"], [b"b", b"c"]]
+    assert queues == [errno.ECONNREFUSED]
+
+
+def test_a_failure_the_error_queue_does_not_explain_is_the_datagrams_own(sock: socket.socket) -> None:
+    fake = FakeSendmmsg([-errno.ECONNREFUSED, 1])
+    batch = RawBatch(sock, fake, 8, checksum=False)
+    flows = [flow_of(("203.0.113.7", 4242)), flow_of(("203.0.113.8", 4242))]
+    kept = queued(batch, flows, [b"a", b"b"])
+    failed: list[tuple[Flow, int]] = []
+
+    batch.flush(failed, no_icmp_error)
+
+    assert (failed, len(kept)) == ([(flows[0], errno.ECONNREFUSED)], 2)
 
 
 def test_a_refused_datagram_costs_only_itself(sock: socket.socket) -> None:
@@ -130,7 +152,7 @@ def test_a_refused_datagram_costs_only_itself(sock: socket.socket) -> None:
     kept = queued(batch, flows, [b"a", b"X", b"c"])
     failed: list[tuple[Flow, int]] = []
 
-    batch.flush(failed)
+    batch.flush(failed, no_icmp_error)
 
     assert (failed, len(kept)) == ([(flows[1], errno.EPERM)], 3)
     assert [[message[1] for message in call] for call in fake.calls] == [
