@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from forwarder import __version__, logs
+from forwarder import __version__, capabilities, logs
 from forwarder.activation import ListeningSocket, address_text, listen_sockets
 from forwarder.batch import BATCH
 from forwarder.core import is_loop
@@ -45,6 +45,7 @@ from forwarder.proxy_protocol import Network, TrustedSources, plain_network
 from forwarder.rawsend import RawSend, open_raw_socket
 from forwarder.routecheck import reply_route_warning
 from forwarder.sockets import (
+    CAPABILITY_HINT,
     BroadcastAddresses,
     LocalAddresses,
     bind_listener,
@@ -162,12 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Forward UDP datagrams from socket-activated (or --listen) sockets to backends, keeping "
         "the client's address and port as the source (a raw socket with IP_TRANSPARENT: needs CAP_NET_RAW; "
-        "or one transparent socket per client: CAP_NET_ADMIN).",
+        "or one transparent socket per client: CAP_NET_RAW or CAP_NET_ADMIN). Every capability is dropped "
+        "once the sockets exist where nothing later needs one.",
         epilog="DEST is host, host:port, [v6addr], [v6addr]:port or a bare IPv6 literal; without a port the "
         "listening socket's port is used. Destination i serves socket i (LISTEN_FDS order, or --listen "
         "order); or write every one as NAME=DEST to map by FileDescriptorName= in any order (the two forms "
-        "do not mix). Exit codes: 64 usage, 68 unknown host, 71 OS error, 77 no CAP_NET_RAW nor "
-        "CAP_NET_ADMIN, 78 configuration.",
+        "do not mix). Exit codes: 64 usage, 68 unknown host, 71 OS error, 77 a capability missing "
+        "(named), 78 configuration.",
     )
     parser.add_argument("destinations", nargs="+", metavar="DEST", help="where datagrams of a socket go")
     parser.add_argument(
@@ -237,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--send-proxy-protocol",
         action="store_true",
-        help="send from this host's own address (no IP_TRANSPARENT, no CAP_NET_ADMIN), each datagram after "
+        help="send from this host's own address (no IP_TRANSPARENT, no capability), each datagram after "
         "a PROXY protocol v2 header naming the client and the address it sent to (with "
         "--proxy-protocol-from: the destination the received header named); the backend's replies are "
         "relayed to the client from the listening socket",
@@ -271,8 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="IPv4 on the raw send path: none (default) sends checksum 0, which UDP over IPv4 allows (RFC "
         "768) and Linux's own UDP tunnels send; compute sums every datagram in Python, which doubled the "
         "forwarder's CPU time per 1200 B datagram in netlab bench (10.4 vs 5.3 us at one flow); use it where "
-        "a stateless nftables rewrite (payload statements) meets the datagrams: it skips those without a "
-        "checksum (conntrack NAT does not). IPv6 always gets the kernel's checksum",
+        "a stateless nftables rewrite of the ports (payload statements) meets the datagrams: it turns a 0 "
+        "checksum into a wrong one (conntrack NAT keeps it 0). IPv6 always gets the kernel's checksum",
     )
     parser.add_argument(
         "--metrics-file",
@@ -397,12 +399,6 @@ def fit_max_flows(wanted: int, listeners: int) -> int:
     return wanted
 
 
-RAW_HINT = (
-    "CAP_NET_RAW is missing for the raw send path and CAP_NET_ADMIN for per-client sockets; grant "
-    "AmbientCapabilities=CAP_NET_RAW in the service unit (or run as root)"
-)
-
-
 def open_send_path(
     send_path: str, families: set[socket.AddressFamily], *, relay: bool, checksum: bool
 ) -> RawSend | None:
@@ -420,7 +416,10 @@ def open_send_path(
             try:
                 check_transparent_capability(families)
             except MissingPermissionError:
-                raise MissingPermissionError(f"cannot open a raw socket: {RAW_HINT}") from None
+                raise MissingPermissionError(
+                    "cannot open a raw socket (CAP_NET_RAW) nor set IP_TRANSPARENT for per-client sockets "
+                    f"(CAP_NET_RAW or CAP_NET_ADMIN): {CAPABILITY_HINT}"
+                ) from None
             log.warning(
                 "--send-path raw: cannot open a raw socket (%s: CAP_NET_RAW is missing); sending from one "
                 "transparent socket per client instead (CAP_NET_ADMIN)",
@@ -432,6 +431,21 @@ def open_send_path(
         return RawSend(sockets, BATCH, checksum=checksum)
     check_transparent_capability(families)
     return None
+
+
+def drop_capabilities() -> None:
+    """Give up every capability once the sockets exist, so that a flaw in the loop finds none to abuse.
+    A refusal (a seccomp filter denying capset) is a warning: forwarding works the same with them."""
+    try:
+        dropped = capabilities.drop_all()
+    except OSError as error:
+        log.warning("could not drop the capabilities no longer needed (%s): forwarding with them", error)
+        return
+    if dropped:
+        log.debug(
+            "dropped every capability (%s): nothing after start-up needs one",
+            " ".join(capabilities.names(dropped)),
+        )
 
 
 def metrics_file(path: Path | None, listeners: Sequence[ListeningSocket]) -> MetricsFile | None:
@@ -517,6 +531,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             connect_flows=relay,
             raw=raw,
         )
+        if not engine.needs_capability:
+            drop_capabilities()
         engine.run()
     finally:
         notifier.close()
