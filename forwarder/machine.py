@@ -52,7 +52,7 @@ from forwarder.core import (
 from forwarder.destination import Destination
 from forwarder.endpoint import endpoint_text
 from forwarder.icmp import QueuedError
-from forwarder.proxy_protocol import Command, HeaderProblem, build, parse
+from forwarder.proxy_protocol import Command, HeaderCache, HeaderProblem, build, parse
 
 if TYPE_CHECKING:
     from forwarder.proxy_protocol import TrustedSources
@@ -67,7 +67,15 @@ FlowKey = tuple[tuple[str, int], bytes]
 _AF_INET6 = socket.AF_INET6.to_bytes(2, "little")
 _AF_INET = socket.AF_INET.to_bytes(2, "little")
 _V4_MAPPED = bytes(10) + b"\xff\xff"
-HEADER_CACHE_SIZE = 4096
+# The PROXY headers remembered (--proxy-protocol-from), in bytes: thousands of a load balancer's ordinary
+# headers, or 64 of the largest a header can be.
+HEADER_CACHE_BYTES = 4 << 20
+# The headers a --send-proxy-protocol flow keeps for the listeners and host addresses its clients used.
+FLOW_HEADERS = 16
+
+# What a PROXY header received was found to mean: the path it came on, its client's flow key, the source
+# presented (or why not), and with --send-proxy-protocol the header to send on (or why none can be).
+Judged = tuple["Path", "FlowKey", "tuple[str, int] | DropReason", "bytearray | DropReason | None"]
 
 
 class LocalProbe(Protocol):
@@ -99,7 +107,21 @@ class Flow(Entry):
     `reply_received`, "relay this reply to the flow's client": the hot paths allocate nothing.
     """
 
-    __slots__ = ("address", "client", "handle", "header", "key", "local", "path", "senders", "source")
+    __slots__ = (
+        "address",
+        "client",
+        "handle",
+        "header",
+        "header_local",
+        "header_path",
+        "headers",
+        "key",
+        "local",
+        "path",
+        "raw",
+        "senders",
+        "source",
+    )
 
     def __init__(
         self,
@@ -120,10 +142,17 @@ class Flow(Entry):
         self.source = source  # the (address, port) presented to the backend
         self.local = local  # the raw address the client sent to (IP_PKTINFO), on a wildcard listener
         self.handle: socket.socket | None = None
-        # --send-proxy-protocol: the PROXY header every datagram of the flow gets, built once.
+        # --send-proxy-protocol: the PROXY header the flow's datagrams get, and what it names: the listener
+        # (`header_path`; None for a header decided by a received one) and the address the client sent to
+        # (`header_local`); those built for other listeners and addresses are kept in `headers`.
         self.header: bytearray | None = None
+        self.header_path: Path | None = None
+        self.header_local: bytes | None = None
+        self.headers: dict[tuple[Path, bytes | None], bytearray] | None = None
         # The sender keys that lead to this flow (forgotten with it).
         self.senders: list[FlowKey] = []
+        # On the raw send path: what its datagrams need there (forwarder.rawsend.RawFlow), built once.
+        self.raw: object | None = None
 
     def __repr__(self) -> str:
         return f"Flow({endpoint_text(self.source)} -> {self.path.destination})"
@@ -218,9 +247,10 @@ class ForwardingMachine:
         # The host's address toward a client: the header's destination when a wildcard listener's datagram
         # came without IP_PKTINFO (it was queued before the option was set).
         self.source_toward = source_toward
-        # A PROXY header seen before (its exact bytes) -> (the path it came on, its client's flow key, the
-        # source presented or why not): a load balancer repeats one header for every datagram of a client.
-        self._headers: dict[bytes, tuple[Path, FlowKey, tuple[str, int] | DropReason]] = {}
+        # A PROXY header seen before (its exact bytes) -> what it was judged to mean, or the problem that
+        # made it unbelievable: a load balancer repeats one header for every datagram of a client, and a
+        # header refused once (a wrong CRC32C over 64 KiB, say) costs no second look.
+        self._headers: HeaderCache[Judged | HeaderProblem] = HeaderCache(HEADER_CACHE_BYTES)
 
     # --- datagram metadata in, an action out -----------------------------------------------------------
 
@@ -235,15 +265,41 @@ class ForwardingMachine:
             return self._drop(path, client, drop_key(DropReason.TRUNCATED))
         flow = self._lookup((path.target, client))
         if flow is not None:
-            flow.last_used = now
-            flow.referenced = True
-            self.counters.forwarded += 1
             if flow.path is not path or flow.client != client:
                 self._redirect(flow, path, client)
             if local is not None:
                 flow.local = local  # replies leave from the address the client used last
+            if (
+                flow.header is not None
+                and (flow.header_path is not path or flow.header_local != flow.local)
+                and not self._readdress(flow)
+            ):
+                return self._drop(path, client, DropReason.FAMILY_MISMATCH.value)
+            flow.last_used = now
+            flow.referenced = True
+            self.counters.forwarded += 1
             return flow
         return self._first(path, client, now, local)
+
+    def _readdress(self, flow: Flow) -> bool:
+        """--send-proxy-protocol: `flow`'s datagram came on another listener or to another of the host's
+        addresses than its header names (or its header was a received one's): the header names the
+        flow's listener and address now (built once per flow, listener and address). False when no
+        header can."""
+        key = (flow.path, flow.local)
+        headers = flow.headers
+        if headers is None:  # the first change: the header built with the flow is kept too
+            headers = flow.headers = {}
+            if flow.header is not None and flow.header_path is not None:
+                headers[flow.header_path, flow.header_local] = flow.header
+        header = headers.get(key)
+        if header is None:
+            header = _proxy_header(flow.source, flow.local, flow.path, self.source_toward)
+            if header is None:
+                return False
+            bounded_put(headers, key, header, FLOW_HEADERS)
+        flow.header, flow.header_path, flow.header_local = header, flow.path, flow.local
+        return True
 
     def _first(self, path: Path, client: bytes, now: float, local: bytes | None) -> Action:
         """The first datagram of a sender (or of a client that never gets a flow), or of a trusted one. A
@@ -282,17 +338,22 @@ class ForwardingMachine:
         now: float,
         address: SockAddr | None,
         local: bytes | None,
+        outgoing: bytearray | DropReason | None = None,
     ) -> ProxiedAction:
-        """Open a flow presenting `source` under `key` (a one-shot send for a local one), or drop."""
+        """Open a flow presenting `source` under `key` (a one-shot send for a local one), or drop. With
+        --send-proxy-protocol its header is `outgoing` when a received header decided it, else the one
+        naming the listener and the address the client sent to."""
         if isinstance(source, DropReason):
             return self._drop(path, client, source.value)
         if self.send_header:
-            header = _proxy_header(source, local, path, self.source_toward)
-            if header is None:
+            header = _proxy_header(source, local, path, self.source_toward) if outgoing is None else outgoing
+            if isinstance(header, DropReason) or header is None:
                 return self._drop(path, client, DropReason.FAMILY_MISMATCH.value)
             self.counters.forwarded += 1
             flow = Flow(key, path, source, address, local, client=client)
             flow.header = header
+            if outgoing is None:
+                flow.header_path, flow.header_local = path, local
             flow.last_used = now
             return OpenFlow(flow)
         self.counters.forwarded += 1
@@ -303,8 +364,11 @@ class ForwardingMachine:
         return OpenFlow(flow)
 
     def _presentable(self, client: SockAddr, family: socket.AddressFamily) -> tuple[str, int] | DropReason:
-        """presentable_source; with --send-proxy-protocol a loopback or link-local client is named in a
-        header, never bound, so it can be forwarded too (its replies leave from the listening socket)."""
+        """presentable_source; with --send-proxy-protocol a client is named in a header, never bound: the
+        backend's family does not matter (the header's two ends must share one, see _proxy_header), and a
+        loopback or link-local client can be forwarded too (its replies leave from the listening socket)."""
+        if self.send_header:
+            family = socket.AF_INET6 if plain_address(str(client[0])).version == 6 else socket.AF_INET
         source = presentable_source(client, family, self.is_broadcast)
         if self.send_header and source in _NAMEABLE:
             return (str(plain_address(str(client[0]))), int(client[1]))
@@ -328,22 +392,30 @@ class ForwardingMachine:
             return self._drop(path, client, drop_key(DropReason.TRUNCATED)), 0
         header = bytes(data[: 16 + (data[14] << 8 | data[15])]) if len(data) >= 16 else b""
         known = self._headers.get(header)
+        if isinstance(known, HeaderProblem):
+            return self._drop(path, client, known.value), 0
         if known is not None and known[0] is path:
-            return self._hit_or_open(path, client, known[1], known[2], now, local), len(header)
+            return self._hit_or_open(path, client, *known[1:], now, local), len(header)
         parsed = parse(data)
         if isinstance(parsed, HeaderProblem):
+            if parsed not in _CHEAP_PROBLEMS:  # the whole header was read: remember it
+                self._headers.put(header, parsed)
             return self._drop(path, client, parsed.value), 0
         family = path.destination.family
         if parsed.command is Command.LOCAL:  # no client behind: the sender itself, in a flow of its own
             source = self._presentable(decode_sockaddr(client), family)
             key = (path.target, canonical_sockaddr(client))
-            return self._hit_or_open(path, client, key, source, now, local), parsed.length
+            return self._hit_or_open(path, client, key, source, None, now, local), parsed.length
         assert parsed.source is not None
         source = self._presentable(parsed.source, family)
         named = parsed.source if isinstance(source, DropReason) else source
         key = (path.target, sockaddr_bytes(_family_of(named[0]), named))
-        bounded_put(self._headers, header, (path, key, source), HEADER_CACHE_SIZE)
-        return self._hit_or_open(path, client, key, source, now, local), parsed.length
+        outgoing = None
+        if self.send_header and not isinstance(source, DropReason):
+            assert parsed.destination is not None
+            outgoing = _chained_header(source, parsed.destination)
+        self._headers.put(header, (path, key, source, outgoing))
+        return self._hit_or_open(path, client, key, source, outgoing, now, local), parsed.length
 
     def _hit_or_open(  # noqa: PLR0917
         self,
@@ -351,19 +423,31 @@ class ForwardingMachine:
         client: bytes,
         key: FlowKey,
         source: tuple[str, int] | DropReason,
+        outgoing: bytearray | DropReason | None,
         now: float,
         local: bytes | None,
     ) -> ProxiedAction:
-        """The flow of a header's client, marked as used; or a new one (or a drop) as for any client."""
+        """The flow of a header's client, marked as used; or a new one (or a drop) as for any client.
+        With --send-proxy-protocol the flow's header is `outgoing` (the received header's client and
+        destination), or for a LOCAL one (None) the header naming the address the sender sent to."""
         flow = self.flows.lookup(key)
         if flow is None:
-            return self._open(path, client, key, source, now, None, local)
-        flow.last_used = now
-        flow.referenced = True
+            return self._open(path, client, key, source, now, None, local, outgoing)
+        if isinstance(outgoing, DropReason) and flow.header is not None:
+            return self._drop(path, client, outgoing.value)
         if flow.path is not path or flow.client != client:  # replies go to the latest sender
             self._redirect(flow, path, client)
         if local is not None:
             flow.local = local
+        if flow.header is not None:
+            if isinstance(outgoing, bytearray):
+                flow.header, flow.header_path = outgoing, None
+            elif (flow.header_path is not path or flow.header_local != flow.local) and not self._readdress(
+                flow
+            ):
+                return self._drop(path, client, DropReason.FAMILY_MISMATCH.value)
+        flow.last_used = now
+        flow.referenced = True
         self.counters.forwarded += 1
         return flow
 
@@ -373,9 +457,9 @@ class ForwardingMachine:
 
     # --- events back -------------------------------------------------------------------------------------
 
-    def flow_opened(self, flow: Flow, handle: socket.socket) -> CloseFlows | None:
-        """The engine opened `handle` for `flow`: keep it (as used when its first datagram arrived); the
-        flows evicted to make room must be closed."""
+    def flow_opened(self, flow: Flow, handle: socket.socket | None) -> CloseFlows | None:
+        """The engine opened `handle` for `flow` (None: the flow needs no socket, on the raw send path):
+        keep it (as used when its first datagram arrived); the flows evicted to make room must be closed."""
         flow.handle = handle
         evicted = self.flows.add(flow.key, flow, flow.last_used)
         for sender in flow.senders:
@@ -447,9 +531,10 @@ class ForwardingMachine:
         if count:
             self.counters.reply_dropped[DropReason.REPLY_UNMATCHED.value] += count
 
-    def icmp_error(self, flow: Flow, error: QueuedError) -> str:
-        """An ICMP error about `flow`'s datagrams (from its socket's error queue): count it by type; the
-        name it was counted as is returned for the log."""
+    def icmp_error(self, flow: Flow | None, error: QueuedError) -> str:
+        """An ICMP error about `flow`'s datagrams (from its socket's error queue; None: from the raw send
+        socket's, which names no flow): count it by type; the name it was counted as is returned for the
+        log."""
         name = error.name
         self.counters.icmp_errors[name] += 1
         return name
@@ -493,6 +578,18 @@ class ForwardingMachine:
 
 # Sources that cannot be bound (so the transparent modes drop them) but can be named in a header.
 _NAMEABLE = (DropReason.LOOPBACK_SOURCE, DropReason.LINK_LOCAL_SOURCE)
+# Header problems found before the whole header is known: not worth a cache entry (nor is the key whole).
+_CHEAP_PROBLEMS = (HeaderProblem.MISSING, HeaderProblem.TRUNCATED)
+
+
+def _chained_header(source: tuple[str, int], destination: tuple[str, int]) -> bytearray | DropReason:
+    """--proxy-protocol-from with --send-proxy-protocol: the header sent on names the client presented
+    and the destination the received header named (what the client asked the load balancer for, not
+    this host's address); family-mismatch when one header cannot name both."""
+    address = str(plain_address(destination[0]))
+    if _family_of(address) != _family_of(source[0]):
+        return DropReason.FAMILY_MISMATCH
+    return bytearray(build(source, (address, destination[1])))
 
 
 def _proxy_header(

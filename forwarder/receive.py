@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Protocol
 from forwarder.batch import NAME_LENGTH, BatchReceiver, BatchSender
 from forwarder.core import bounded_put, sockaddr_bytes
 from forwarder.gso import MAX_PAYLOAD, plan_runs
-from forwarder.icmp import PENDING_ERRORS
-from forwarder.machine import READ_HEADER, Action, Drop, Flow, ForwardingMachine
+from forwarder.machine import READ_HEADER, Action, Drop, Flow, ForwardingMachine, OpenFlow
 from forwarder.sockets import IP_PKTINFO
 
 if TYPE_CHECKING:
     from forwarder.engine import Route
+    from forwarder.rawsend import RawSend
 
 # A socket is drained until EAGAIN, but at most this many datagrams at a time, so that under a flood the
 # other sockets, STATUS= and WATCHDOG=1 still get their turn (the selector reports the socket again).
@@ -119,7 +119,11 @@ class Executor(Protocol):
 
     def execute(self, route: "Route", action: Action, payload: memoryview) -> None: ...
 
-    def send(self, flow: Flow, payload: memoryview) -> None: ...
+    def send(self, flow: Flow, payload: memoryview, header: bytearray | None = None) -> None: ...
+
+    def failed_by_pending_error(self, flow: Flow, error_number: int) -> bool: ...
+
+    def open(self, flow: Flow) -> bool: ...
 
     def log_drop(self, drop: Drop) -> None: ...
 
@@ -193,8 +197,10 @@ class BatchReceive:
         gso: bool = False,
         *,
         budget: int = MAX_BATCH,
+        raw: "RawSend | None" = None,
     ) -> None:
         self.executor = executor
+        self.raw = raw  # the raw send path: every flow's datagrams of a batch leave in one sendmmsg
         self.budget = budget  # datagrams per drain at most (whole recvmmsg batches)
         self.receiver = receiver
         self.sender = BatchSender.create(receiver, prefixed)
@@ -215,14 +221,24 @@ class BatchReceive:
         prefixed: bool = False,
         gso: bool = False,
         budget: int = MAX_BATCH,
+        raw: "RawSend | None" = None,
     ) -> "BatchReceive | None":
         """The strategy (with room for pktinfo messages when some listener needs them), or None where libc
         has no recvmmsg."""
         receiver = BatchReceiver.create(batch, buffer_size, CONTROL_SPACE if pktinfo else 0)
-        return None if receiver is None else cls(executor, receiver, connected, prefixed, gso, budget=budget)
+        if receiver is None:
+            return None
+        return cls(executor, receiver, connected, prefixed, gso, budget=budget, raw=raw)
 
     def drain(self, route: "Route", now: float) -> None:
-        """Receive and handle until the socket would block, or `budget` datagrams.
+        """Receive and handle until the socket would block, or `budget` datagrams."""
+        if self.raw is not None:
+            self._drain_raw(route, now, self.raw)
+        else:
+            self._drain_runs(route, now)
+
+    def _drain_runs(self, route: "Route", now: float) -> None:
+        """drain() with a socket per flow.
 
         This is the hot path: a datagram of an open flow costs the machine's one dict lookup; consecutive
         datagrams of one flow are sent together. A run covers consecutive slots only: any other action in
@@ -248,6 +264,7 @@ class BatchReceive:
                 executor.log_drop(executor.machine.receive_failed(path, error.errno or 0))
                 return
             run: Flow | None = None
+            run_header: bytearray | None = None
             run_first = run_length = 0
             skips: dict[int, int] = {}
             local: bytes | None = None
@@ -263,20 +280,78 @@ class BatchReceive:
                     action, skips[index] = executor.machine.receive_proxied(
                         path, client, data[offset : offset + u32[length]], u32[flags], now, local=local
                     )
-                if action is run:
+                # A run's datagrams share its flow and the PROXY header it had then (`run_header`): a
+                # datagram to another of the host's addresses (--send-proxy-protocol) starts a new run.
+                if action is run and action.header is run_header:
                     run_length += 1
                     continue
                 if action.__class__ is Flow:
                     if run is not None:
-                        self._send_run(run, run_first, run_length, skips)
+                        self._send_run(run, run_first, run_length, skips, run_header)
                     run, run_first, run_length = action, index, 1
+                    run_header = run.header
                     continue
                 if run is not None:
-                    self._send_run(run, run_first, run_length, skips)
+                    self._send_run(run, run_first, run_length, skips, run_header)
                     run = None
                 executor.execute(route, action, data[offset + skips.get(index, 0) : offset + u32[length]])
             if run is not None:
-                self._send_run(run, run_first, run_length, skips)
+                self._send_run(run, run_first, run_length, skips, run_header)
+            handled += count
+            if count < receiver.batch:
+                return
+
+    def _drain_raw(self, route: "Route", now: float, raw: "RawSend") -> None:
+        """drain() on the raw send path: every datagram of an open (or newly opened) flow joins the batch,
+        whoever its client, and the whole batch leaves in one sendmmsg per family after the machine has
+        seen it all; a datagram that fails costs only itself."""
+        receiver = self.receiver
+        executor = self.executor
+        machine = executor.machine
+        receive = machine.receive
+        queue = raw.queue
+        fd = route.listener.sock.fileno()
+        name_length = NAME_LENGTH[route.listener.family]
+        path = route.path
+        u32, data, names, slots = receiver.u32, receiver.view, receiver.name_view, receiver.slots
+        base = receiver.data_address
+        pktinfo = route.pktinfo
+        handled = 0
+        local: bytes | None = None
+        while handled < self.budget:
+            try:
+                count = receiver.receive(fd)
+            except OSError as error:
+                executor.log_drop(machine.receive_failed(path, error.errno or 0))
+                return
+            for index in range(count):
+                length, flags, name, offset = slots[index]
+                client = bytes(names[name : name + name_length])
+                size = u32[length]
+                if pktinfo:
+                    local = self._local(index, route)
+                    action = receive(path, client, size, u32[flags], now, local=local)
+                else:
+                    action = receive(path, client, size, u32[flags], now)
+                if action is READ_HEADER:
+                    action, skip = machine.receive_proxied(
+                        path, client, data[offset : offset + size], u32[flags], now, local=local
+                    )
+                    offset += skip
+                kind = action.__class__
+                if kind is Flow:
+                    queue(action, base + offset, data[offset : slots[index].data + size])  # type: ignore[arg-type]
+                elif kind is OpenFlow:
+                    flow = action.flow  # type: ignore[union-attr]
+                    if executor.open(flow):
+                        queue(flow, base + offset, data[offset : slots[index].data + size])
+                else:
+                    executor.execute(route, action, data[offset : slots[index].data + size])
+            failed = raw.flush()
+            if failed:
+                for flow, error_number in failed:
+                    executor.log_drop(machine.send_failed(flow.path, flow.client, error_number))
+                failed.clear()
             handled += count
             if count < receiver.batch:
                 return
@@ -296,19 +371,22 @@ class BatchReceive:
             CONTROL_TRUNCATED(route.listener.label)
         return local
 
-    def _send_run(self, flow: Flow, first: int, length: int, skips: dict[int, int]) -> None:
-        """Send received datagrams first..first+length-1 (all of `flow`): with GSO (and no PROXY header to
-        skip), each stretch of equal sizes as one send; whatever GSO does not take or refuses, as
-        _send_each does."""
+    def _send_run(
+        self, flow: Flow, first: int, length: int, skips: dict[int, int], header: bytearray | None = None
+    ) -> None:
+        """Send received datagrams first..first+length-1 (all of `flow`, after `header`: the flow's PROXY
+        header when they were received, which a later datagram to another address may have changed): with
+        GSO (and no PROXY header to skip), each stretch of equal sizes as one send; whatever GSO does not
+        take or refuses, as _send_each does."""
         if length == 1:  # a lone datagram (every one, with many flows interleaved): straight to the send
             receiver = self.receiver
             slot = receiver.slots[first]
             view = receiver.view[slot.data + skips.get(first, 0) : slot.data + receiver.u32[slot.length]]
-            self.executor.send(flow, view)
+            self.executor.send(flow, view, header)
             return
         sender = self.segmenting
         if sender is None or sender.gso is None or length == 1 or flow.handle is None or skips:
-            self._send_each(flow, first, length, skips)
+            self._send_each(flow, first, length, skips, header)
             return
         u32, slots = self.receiver.u32, self.receiver.slots
         largest = sender.gso.largest
@@ -319,24 +397,29 @@ class BatchReceive:
             if count == 1 or segment > largest or sender.send_segmented(fd, first + start, count, segment):
                 self._send_each(flow, first + start, count, skips)
 
-    def _send_each(self, flow: Flow, first: int, length: int, skips: dict[int, int]) -> None:
-        """Send received datagrams first..first+length-1 (all of `flow`), each without the first `skips[i]`
-        bytes (its PROXY header) when given; a failed one costs only itself."""
+    def _send_each(
+        self, flow: Flow, first: int, length: int, skips: dict[int, int], header: bytearray | None = None
+    ) -> None:
+        """Send received datagrams first..first+length-1 (all of `flow`, after `header`, by default the
+        flow's), each without the first `skips[i]` bytes (its PROXY header) when given; a failed one costs
+        only itself, and one failed by an earlier datagram's ICMP error is sent again."""
         receiver = self.receiver
         sender = self.sender
         executor = self.executor
         slots, u32, data = receiver.slots, receiver.u32, receiver.view
+        header = header or flow.header
         retried = -1
         while length:
             if length == 1 or sender is None or flow.handle is None:
                 slot = slots[first]
-                executor.send(flow, data[slot.data + skips.get(first, 0) : slot.data + u32[slot.length]])
+                payload = data[slot.data + skips.get(first, 0) : slot.data + u32[slot.length]]
+                executor.send(flow, payload, header)
                 first, length = first + 1, length - 1
                 continue
-            sent, error_number = sender.send_run(flow.handle.fileno(), first, length, skips, flow.header)
+            sent, error_number = sender.send_run(flow.handle.fileno(), first, length, skips, header)
             first, length = first + sent, length - sent
             if error_number:
-                if error_number in PENDING_ERRORS and retried != first:  # an earlier ICMP error, reported now
+                if retried != first and executor.failed_by_pending_error(flow, error_number):
                     retried = first
                     continue
                 executor.log_drop(executor.machine.send_failed(flow.path, flow.client, error_number))
@@ -354,12 +437,13 @@ def create(
     prefixed: bool = False,
     gso: bool = False,
     budget: int = MAX_BATCH,
+    raw: "RawSend | None" = None,
 ) -> Strategy:
     """The strategy called `name` ('batch' or 'single'); 'batch' falls back to 'single' where libc lacks
     recvmmsg. `pktinfo`: some listener needs each datagram's local address; `connected`: flow sockets are
     connected to their destination; `prefixed`: every datagram leaves after its flow's PROXY header;
     `gso` (batch only): runs of equal-size datagrams of one flow leave as one UDP GSO send; `budget`: the
-    datagrams one drain handles at most."""
+    datagrams one drain handles at most; `raw` (batch only): the raw send path, one sendmmsg per batch."""
     if name == "batch":
         strategy = BatchReceive.create(
             executor,
@@ -370,6 +454,7 @@ def create(
             prefixed=prefixed,
             gso=gso,
             budget=budget,
+            raw=raw,
         )
         if strategy is not None:
             return strategy

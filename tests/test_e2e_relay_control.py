@@ -13,7 +13,7 @@ from test_e2e_relay import RELAY, client_socket, relay_deployment, start_answeri
 from forwarder.proxy_protocol import build
 from netlab import Lab, start_forwarder
 from netlab.service.activation import HeldSockets
-from netlab.service.relayroute import install_relay_route
+from netlab.service.relay import install_relay_route
 
 pytestmark = pytest.mark.privileged
 

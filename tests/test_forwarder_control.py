@@ -100,7 +100,9 @@ def test_a_malformed_chain_gives_only_a_pktinfo_that_lies_whole_before_the_damag
 
     found = pktinfo_in_control(data, family)
 
-    assert found is None or found == model(chain, family)
+    # The junk may itself spell a whole pktinfo message where the walk lands (zeros make IPPROTO_IP): then
+    # the address comes from the junk, never from bytes straddling the damage.
+    assert found is None or found == model(chain, family) or found in junk
 
 
 def test_an_ipv6_listener_takes_its_own_familys_pktinfo_when_both_are_there() -> None:

@@ -4,6 +4,7 @@ error naming the value and its documented sysexits code. No privileges needed, e
 CAP_NET_ADMIN with setpriv (that one needs root to drop a capability it has).
 """
 
+import ipaddress
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from forwarder.cli import build_parser
 from netlab.lab.process import python_env
 
 LAUNCH = r"""
@@ -443,12 +445,28 @@ def test_help_and_version_exit_zero() -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping a capability needs root (CAP_SETPCAP)")
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is not installed")
-def test_missing_cap_net_admin_exits_77_with_the_ambient_capabilities_hint(udp4: socket.socket) -> None:
+@pytest.mark.parametrize(
+    ("send_path", "what"),
+    [
+        (
+            [],
+            "cannot open a raw socket (CAP_NET_RAW) nor set IP_TRANSPARENT for per-client sockets "
+            "(CAP_NET_RAW or CAP_NET_ADMIN)",
+        ),
+        (["--send-path", "sockets"], "cannot set IP_TRANSPARENT (CAP_NET_RAW or CAP_NET_ADMIN allows it)"),
+    ],
+    ids=["raw", "sockets"],
+)
+def test_without_net_raw_and_net_admin_exits_77_naming_both_and_the_ambient_capabilities_hint(
+    udp4: socket.socket, send_path: list[str], what: str
+) -> None:
     # IP_TRANSPARENT is allowed with CAP_NET_ADMIN or CAP_NET_RAW, so both are dropped.
     drop = ["setpriv", "--inh-caps=-net_admin,-net_raw", "--bounding-set=-net_admin,-net_raw", "--"]
-    result = launch([udp4.fileno()], ["192.0.2.2:53"], prefix=drop)
+    result = launch([udp4.fileno()], [*send_path, "192.0.2.2:53"], prefix=drop)
     assert result.returncode == 77
-    assert "AmbientCapabilities=CAP_NET_ADMIN" in one_error_line(result)
+    line = one_error_line(result)
+    assert f"{what}: neither CAP_NET_RAW nor CAP_NET_ADMIN is held" in line
+    assert "AmbientCapabilities=CAP_NET_RAW" in line
 
 
 @pytest.mark.parametrize(
@@ -581,6 +599,11 @@ def test_a_bad_proxy_protocol_network_exits_64_naming_it(udp4: socket.socket, ne
     result = launch([udp4.fileno()], ["--proxy-protocol-from", network, "192.0.2.2:53"])
     assert result.returncode == 64
     assert f"--proxy-protocol-from: {network!r} is not a network" in one_error_line(result)
+
+
+def test_a_v4_mapped_proxy_protocol_network_is_read_as_the_ipv4_network_it_maps() -> None:
+    args = build_parser().parse_args(["--proxy-protocol-from", "::ffff:198.51.100.0/120", "192.0.2.2:53"])
+    assert args.proxy_protocol_from == [ipaddress.ip_network("198.51.100.0/24")]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="running the forwarder needs CAP_NET_ADMIN (IP_TRANSPARENT)")

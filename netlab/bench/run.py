@@ -14,13 +14,14 @@ the contenders that relay replies.
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 from netlab.bench.contenders import CONTENDERS
 from netlab.bench.lab import BenchLab, Case, Run
-from netlab.bench.memory import measure_flow_memory
-from netlab.bench.report import json_document, memory_line, text_report, thousands
+from netlab.bench.memory import MEASURED_PATHS, FlowMemory, measure_flow_memory
+from netlab.bench.report import json_document, memory_line, progress_line, text_report, thousands
 from netlab.bench.stats import summarize
 from netlab.errors import UsageError
 from netlab.lab.lab import Lab
@@ -35,7 +36,7 @@ class Settings:
     duration: float = 0.5
     contenders: list[str] = field(default_factory=list)
     loss_tests: bool = False
-    memory_flows: int = 0  # measure what this many open flows cost (0: skip)
+    memory_flows: int = 0  # measure what this many open flows cost on each send path raced (0: skip)
 
     @classmethod
     def quick(cls) -> "Settings":
@@ -68,9 +69,14 @@ def available(names: list[str], progress: TextIO) -> tuple[list[str], dict[str, 
 
 
 def run_bench(
-    settings: Settings, out: TextIO = sys.stdout, progress: TextIO = sys.stderr, as_json: bool = False
+    settings: Settings,
+    out: TextIO = sys.stdout,
+    progress: TextIO = sys.stderr,
+    as_json: bool = False,
+    plot: Callable[[dict[str, Any]], object] | None = None,
 ) -> int:
-    """Run every contender on every case, interleaved and repeated; print the table (or JSON)."""
+    """Run every contender on every case, interleaved and repeated; print the table (or JSON), and hand
+    the JSON document to `plot` when given (`netlab bench --plot`)."""
     unknown = [name for name in settings.contenders if name not in CONTENDERS]
     if unknown:
         raise UsageError(f"unknown contender {unknown[0]!r}: expected one of {', '.join(CONTENDERS)}")
@@ -93,14 +99,7 @@ def run_bench(
                 done += 1
                 run = bench.measure(CONTENDERS[name], case, settings.duration)
                 runs.append(run)
-                print(
-                    f"[{done}/{total}] run {repetition + 1} {case!s:<24} {name:<18} "
-                    f"{thousands(run.delivered_per_second)}/s delivered, loss {run.loss:.2%}, CPU us/dg "
-                    f"{run.cpu_us_per_datagram:.2f} machine, {run.core_us_per_datagram:.2f} core, "
-                    f"{run.process_us_per_datagram:.2f} own",
-                    file=progress,
-                    flush=True,
-                )
+                print(progress_line(done, total, repetition + 1, run), file=progress, flush=True)
         summaries = summarize(runs)
         if settings.loss_tests and "forwarder" in names:
             for summary in summaries:
@@ -115,14 +114,16 @@ def run_bench(
                         file=progress,
                         flush=True,
                     )
-        memory = measure_flow_memory(bench, settings.memory_flows) if settings.memory_flows else None
-        if memory is not None:
-            print(f"[memory] {memory_line(memory)}", file=progress, flush=True)
+        memory: list[FlowMemory] = []
+        for name in MEASURED_PATHS if settings.memory_flows else ():
+            if name in names:  # each send path raced is measured
+                memory.append(measure_flow_memory(bench, settings.memory_flows, name))
+                print(f"[memory] {memory_line(memory[-1])}", file=progress, flush=True)
+    document = json_document(summaries, solo, runs, loss_runs, memory, skipped=skipped)
+    if plot is not None:
+        plot(document)
     if as_json:
-        print(
-            json.dumps(json_document(summaries, solo, runs, loss_runs, memory, skipped=skipped), indent=2),
-            file=out,
-        )
+        print(json.dumps(document, indent=2), file=out)
     else:
         print(text_report(summaries, solo, loss_runs, memory, skipped), file=out)
     return 0
