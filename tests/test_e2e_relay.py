@@ -16,13 +16,14 @@ import time
 import pytest
 from e2e_helpers import send_path, status_has
 
-from forwarder.activation import ListeningSocket
-from forwarder.core import sockaddr_bytes
-from forwarder.destination import Destination
-from forwarder.engine import Engine, Route
-from forwarder.machine import Flow, ForwardingMachine
-from forwarder.notify import Notifier
-from forwarder.sockets import IP_PKTINFO, set_receive_buffer
+from forwarder.core.addresses import sockaddr_bytes
+from forwarder.core.destination import Destination
+from forwarder.core.flows import Flow
+from forwarder.core.machine import ForwardingMachine
+from forwarder.io.engine import Engine
+from forwarder.io.listeners import ListeningSocket, Route
+from forwarder.io.sockets import IP_PKTINFO, set_receive_buffer
+from forwarder.service.notify import Notifier
 from netlab import Lab, hold_listen_sockets, start_forwarder
 from netlab.lab import netns
 from netlab.lab.node import LabNode

@@ -33,12 +33,12 @@ from e2e_helpers import (
 )
 from pyroute2 import IPRoute
 
-from forwarder.activation import ListeningSocket
-from forwarder.destination import Destination
-from forwarder.engine import Engine, Route
-from forwarder.machine import ForwardingMachine
-from forwarder.notify import Notifier
-from forwarder.sockets import SO_RCVBUFFORCE  # root may exceed net.core.rmem_max with it
+from forwarder.core.destination import Destination
+from forwarder.core.machine import ForwardingMachine
+from forwarder.io.engine import Engine
+from forwarder.io.listeners import ListeningSocket, Route
+from forwarder.io.sockets import SO_RCVBUFFORCE  # root may exceed net.core.rmem_max with it
+from forwarder.service.notify import Notifier
 from netlab import Lab, load_topology, start_forwarder
 from netlab.lab import netns
 from netlab.lab.nft import apply_ruleset, counter_packets, delete_table

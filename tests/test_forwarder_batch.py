@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from forwarder.batch import MSG_TRUNC, NAME_LENGTH, BatchReceiver, BatchSender
-from forwarder.core import decode_sockaddr, sockaddr_bytes
+from forwarder.core.addresses import decode_sockaddr, sockaddr_bytes
+from forwarder.io.batch import MSG_TRUNC, NAME_LENGTH, BatchReceiver, BatchSender
 
 
 @pytest.fixture

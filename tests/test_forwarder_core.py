@@ -5,17 +5,12 @@ from collections.abc import Callable
 
 import pytest
 
-from forwarder.core import (
-    Counters,
-    DropReason,
-    Entry,
-    FlowTable,
-    duplicates,
-    is_loop,
-    presentable_source,
-    served_families,
-)
-from forwarder.sockets import probe_broadcast
+from forwarder.core.addresses import is_loop, served_families
+from forwarder.core.counters import Counters, DropReason
+from forwarder.core.flows import Entry, FlowTable
+from forwarder.core.policy import presentable_source
+from forwarder.io.sockets import probe_broadcast
+from forwarder.service.mapping import duplicates
 
 
 def test_ipv4_client_is_presented_as_itself() -> None:

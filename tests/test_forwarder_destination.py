@@ -6,17 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from forwarder.activation import ListeningSocket
-from forwarder.cli import build_routes
-from forwarder.destination import (
-    Destination,
-    DestinationSpec,
-    lookup,
-    parse_destination,
-    parse_listen,
-    resolve,
-)
+from forwarder.core.destination import Destination, DestinationSpec, parse_destination, parse_listen
 from forwarder.errors import UnknownHostError, UsageError
+from forwarder.io.listeners import ListeningSocket
+from forwarder.service.cli import build_routes
+from forwarder.service.resolution import lookup, resolve
 
 
 @pytest.mark.parametrize(

@@ -12,14 +12,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from forwarder.activation import ListeningSocket
-from forwarder.core import DropReason, SockAddr, decode_sockaddr, sockaddr_bytes
-from forwarder.destination import Destination
-from forwarder.engine import Engine, Route
-from forwarder.machine import Action, CloseFlows, Drop, Flow, ForwardingMachine, OpenFlow
-from forwarder.notify import Notifier
-from forwarder.receive import RELAY_BATCH
-from forwarder.sockets import set_receive_buffer
+from forwarder.core.actions import Action, CloseFlows, Drop, OpenFlow
+from forwarder.core.addresses import SockAddr, decode_sockaddr, sockaddr_bytes
+from forwarder.core.counters import DropReason
+from forwarder.core.destination import Destination
+from forwarder.core.flows import Flow
+from forwarder.core.machine import ForwardingMachine
+from forwarder.io.engine import Engine
+from forwarder.io.listeners import ListeningSocket, Route
+from forwarder.io.receive import RELAY_BATCH
+from forwarder.io.sockets import set_receive_buffer
+from forwarder.service.notify import Notifier
 
 
 class RecordingEngine(Engine):

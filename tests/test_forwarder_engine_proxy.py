@@ -12,13 +12,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from forwarder.activation import ListeningSocket
-from forwarder.core import sockaddr_bytes
-from forwarder.destination import Destination
-from forwarder.engine import Engine, Route
-from forwarder.machine import READ_HEADER, Flow, ForwardingMachine, OpenFlow
-from forwarder.notify import Notifier
-from forwarder.proxy_protocol import TrustedSources, build
+from forwarder.core.actions import READ_HEADER, OpenFlow
+from forwarder.core.addresses import sockaddr_bytes
+from forwarder.core.destination import Destination
+from forwarder.core.flows import Flow
+from forwarder.core.machine import ForwardingMachine
+from forwarder.core.proxy_protocol import TrustedSources, build
+from forwarder.io.engine import Engine
+from forwarder.io.listeners import ListeningSocket, Route
+from forwarder.service.notify import Notifier
 
 
 @pytest.fixture(params=["single", "batch"])

@@ -9,10 +9,12 @@ from typing import cast
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forwarder.core import decode_sockaddr, sockaddr_bytes
-from forwarder.destination import Destination
-from forwarder.machine import Flow, ForwardingMachine, OpenFlow, Path, canonical_sockaddr
-from forwarder.proxy_protocol import TrustedSources, build
+from forwarder.core.actions import OpenFlow
+from forwarder.core.addresses import decode_sockaddr, sockaddr_bytes
+from forwarder.core.destination import Destination
+from forwarder.core.flows import Flow, Path, canonical_sockaddr
+from forwarder.core.machine import ForwardingMachine
+from forwarder.core.proxy_protocol import TrustedSources, build
 
 BACKEND = Destination(socket.AF_INET, "192.0.2.2", 5353)
 FIRST = Path("198.51.100.1:27000", BACKEND, ("198.51.100.1", 27000))

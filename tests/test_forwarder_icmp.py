@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from forwarder.icmp import (
+from forwarder.core.icmp import (
     IP_RECVERR,
     IPV6_RECVERR,
     SO_EE_ORIGIN_ICMP,

@@ -10,18 +10,12 @@ from typing import cast
 
 import pytest
 
-from forwarder.core import sockaddr_bytes
-from forwarder.destination import Destination
-from forwarder.icmp import SO_EE_ORIGIN_ICMP, QueuedError
-from forwarder.machine import (
-    CloseFlows,
-    Drop,
-    Flow,
-    ForwardingMachine,
-    OpenFlow,
-    Path,
-    SendOnce,
-)
+from forwarder.core.actions import CloseFlows, Drop, OpenFlow, SendOnce
+from forwarder.core.addresses import sockaddr_bytes
+from forwarder.core.destination import Destination
+from forwarder.core.flows import Flow, Path
+from forwarder.core.icmp import SO_EE_ORIGIN_ICMP, QueuedError
+from forwarder.core.machine import ForwardingMachine
 
 V4 = Path("dns", Destination(socket.AF_INET, "192.0.2.2", 53))
 V6 = Path("dns6", Destination(socket.AF_INET6, "2001:db8:2::2", 53))

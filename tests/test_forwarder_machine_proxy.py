@@ -9,21 +9,13 @@ from typing import cast
 
 import pytest
 
-from forwarder import proxy_protocol
-from forwarder.core import sockaddr_bytes
-from forwarder.destination import Destination
-from forwarder.machine import (
-    HEADER_CACHE_BYTES,
-    READ_HEADER,
-    CloseFlows,
-    Drop,
-    Flow,
-    ForwardingMachine,
-    OpenFlow,
-    Path,
-    SendOnce,
-)
-from forwarder.proxy_protocol import (
+from forwarder.core import proxy_protocol
+from forwarder.core.actions import READ_HEADER, CloseFlows, Drop, OpenFlow, SendOnce
+from forwarder.core.addresses import sockaddr_bytes
+from forwarder.core.destination import Destination
+from forwarder.core.flows import Flow, Path
+from forwarder.core.machine import HEADER_CACHE_BYTES, ForwardingMachine
+from forwarder.core.proxy_protocol import (
     SIGNATURE,
     TLV_CRC32C,
     TLV_NOOP,

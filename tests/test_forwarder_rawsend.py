@@ -13,15 +13,16 @@ from collections.abc import Iterator
 import pytest
 from scapy.layers.inet import IP, UDP
 
-from forwarder.activation import ListeningSocket
-from forwarder.batch import IOVec, MMsgHdr
-from forwarder.destination import Destination
-from forwarder.engine import Engine, Route
-from forwarder.machine import Flow, ForwardingMachine, Path
-from forwarder.notify import Notifier
-from forwarder.rawsend import CONTROL_SPACE, RawBatch, RawFlow, RawSend, udp_checksum
-from forwarder.sender import open_once_socket
-from forwarder.sockets import IP_TRANSPARENT
+from forwarder.core.destination import Destination
+from forwarder.core.flows import Flow, Path
+from forwarder.core.machine import ForwardingMachine
+from forwarder.io.engine import Engine
+from forwarder.io.flow_sockets import open_once_socket
+from forwarder.io.linux import IOVec, MMsgHdr
+from forwarder.io.listeners import ListeningSocket, Route
+from forwarder.io.rawsend import CONTROL_SPACE, RawBatch, RawFlow, RawSend, udp_checksum
+from forwarder.io.sockets import IP_TRANSPARENT
+from forwarder.service.notify import Notifier
 from netlab.lab.process import python_env
 
 PATH = Path("test", Destination(socket.AF_INET, "192.0.2.2", 27000))

@@ -13,14 +13,17 @@ from typing import TypeVar
 
 import pytest
 
-from forwarder.activation import ListeningSocket
-from forwarder.core import DropReason, sockaddr_bytes
-from forwarder.destination import Destination
-from forwarder.engine import Engine, Route
-from forwarder.machine import Flow, ForwardingMachine, LocalProbe
-from forwarder.notify import Notifier
-from forwarder.sender import open_flow_socket, open_plain_flow_socket
-from forwarder.sockets import BroadcastAddresses, LocalAddresses
+from forwarder.core.addresses import sockaddr_bytes
+from forwarder.core.counters import DropReason
+from forwarder.core.destination import Destination
+from forwarder.core.flows import Flow
+from forwarder.core.machine import ForwardingMachine
+from forwarder.core.policy import LocalProbe
+from forwarder.io.engine import Engine
+from forwarder.io.flow_sockets import open_flow_socket, open_plain_flow_socket
+from forwarder.io.listeners import ListeningSocket, Route
+from forwarder.io.sockets import BroadcastAddresses, LocalAddresses
+from forwarder.service.notify import Notifier
 from netlab import Lab
 from netlab.lab import netns
 from netlab.lab.process import python_env
@@ -264,7 +267,7 @@ def test_max_flows_is_lowered_to_fit_the_open_file_limit() -> None:
     script = (
         "import resource\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))\n"
-        "from forwarder.cli import fit_max_flows\n"
+        "from forwarder.service.cli import fit_max_flows\n"
         "print(fit_max_flows(4096, 2), fit_max_flows(10, 2))\n"
     )
     result = subprocess.run(

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from forwarder.gso import SOL_UDP, GsoSender, probe_gso
+from forwarder.io.gso import SOL_UDP, GsoSender, probe_gso
 from netlab.programs.gro import CONTROL_SPACE, UDP_GRO, enable_gro, segment_size, segment_size_raw, split
 
 

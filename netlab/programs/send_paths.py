@@ -17,10 +17,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from forwarder.batch import IOVec, MMsgHdr
-from forwarder.core import sockaddr_bytes
-from forwarder.gso import GsoSender
-from forwarder.sockets import set_transparent
+from forwarder.core.addresses import sockaddr_bytes
+from forwarder.io.gso import GsoSender
+from forwarder.io.linux import IOVec, MMsgHdr
+from forwarder.io.sockets import set_transparent
 
 from netlab.programs.gro import CONTROL_SPACE, enable_gro, segment_size, split
 from netlab.programs.uring import UringSender
@@ -116,7 +116,7 @@ def by_sendmmsg(options: SendOptions) -> dict[str, float]:
 
 
 def by_gso(options: SendOptions) -> dict[str, float]:
-    """One flow: one sendmsg with UDP_SEGMENT for the batch (forwarder.gso)."""
+    """One flow: one sendmsg with UDP_SEGMENT for the batch (forwarder.io.gso)."""
     (sock,) = flow_sockets(SendOptions(**{**options.__dict__, "flows": 1}))
     sender = GsoSender()
     if not sender.enabled:

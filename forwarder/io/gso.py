@@ -23,7 +23,7 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from forwarder.batch import IOVec, MsgHdr
+from forwarder.io.linux import IOVec, MsgHdr
 
 SOL_UDP = 17
 UDP_SEGMENT = 103

@@ -9,15 +9,17 @@ import socket
 import struct
 from typing import TYPE_CHECKING, Protocol
 
-from forwarder.batch import NAME_LENGTH, BatchReceiver, BatchSender
-from forwarder.core import bounded_put, sockaddr_bytes
-from forwarder.gso import MAX_PAYLOAD, plan_runs
-from forwarder.machine import READ_HEADER, Action, Drop, Flow, ForwardingMachine, OpenFlow
-from forwarder.sockets import IP_PKTINFO
+from forwarder.core.actions import READ_HEADER, Action, Drop, OpenFlow
+from forwarder.core.addresses import sockaddr_bytes
+from forwarder.core.flows import Flow, bounded_put
+from forwarder.core.machine import ForwardingMachine
+from forwarder.io.batch import NAME_LENGTH, BatchReceiver, BatchSender
+from forwarder.io.gso import MAX_PAYLOAD, plan_runs
+from forwarder.io.sockets import IP_PKTINFO
 
 if TYPE_CHECKING:
-    from forwarder.engine import Route
-    from forwarder.rawsend import RawSend
+    from forwarder.io.listeners import Route
+    from forwarder.io.rawsend import RawSend
 
 # A socket is drained until EAGAIN, but at most this many datagrams at a time, so that under a flood the
 # other sockets, STATUS= and WATCHDOG=1 still get their turn (the selector reports the socket again).

@@ -14,7 +14,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from forwarder.core import decode_sockaddr
+from forwarder.core.addresses import decode_sockaddr
 
 IP_RECVERR = 11
 IPV6_RECVERR = 25

@@ -33,40 +33,23 @@ one load balancer's clients get their own flows under the same --max-flows and i
 import errno
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from forwarder.core import (
-    Counters,
-    DropReason,
-    Entry,
-    FlowTable,
-    SockAddr,
-    bounded_put,
-    decode_sockaddr,
-    drop_key,
-    plain_address,
-    presentable_source,
-    sockaddr_bytes,
-)
-from forwarder.destination import Destination
-from forwarder.endpoint import endpoint_text
-from forwarder.icmp import QueuedError
-from forwarder.proxy_protocol import Command, HeaderCache, HeaderProblem, build, parse
+from forwarder.core.actions import READ_HEADER, Action, CloseFlows, Drop, OpenFlow, ProxiedAction, SendOnce
+from forwarder.core.addresses import SockAddr, _family_of, decode_sockaddr, plain_address, sockaddr_bytes
+from forwarder.core.counters import Counters, DropReason, drop_key, errno_name
+from forwarder.core.flows import Flow, FlowKey, FlowTable, Path, bounded_put, canonical_sockaddr
+from forwarder.core.icmp import QueuedError
+from forwarder.core.policy import _NAMEABLE, LocalProbe, _NothingLocal, _proxy_header, presentable_source
+from forwarder.core.proxy_protocol import Command, HeaderCache, HeaderProblem, build, parse
 
 if TYPE_CHECKING:
-    from forwarder.proxy_protocol import TrustedSources
+    from forwarder.core.proxy_protocol import TrustedSources
 
 MSG_TRUNC = socket.MSG_TRUNC
 DEFAULT_MAX_FLOWS = 4096
 DEFAULT_IDLE_TIMEOUT = 60.0
 
-# A flow key: (destination address, the client's canonical struct sockaddr: see canonical_sockaddr); a sender
-# key: (destination address, the sender's raw struct sockaddr, as received).
-FlowKey = tuple[tuple[str, int], bytes]
-_AF_INET6 = socket.AF_INET6.to_bytes(2, "little")
-_AF_INET = socket.AF_INET.to_bytes(2, "little")
-_V4_MAPPED = bytes(10) + b"\xff\xff"
 # The PROXY headers remembered (--proxy-protocol-from), in bytes: thousands of a load balancer's ordinary
 # headers, or 64 of the largest a header can be.
 HEADER_CACHE_BYTES = 4 << 20
@@ -76,141 +59,6 @@ FLOW_HEADERS = 16
 # What a PROXY header received was found to mean: the path it came on, its client's flow key, the source
 # presented (or why not), and with --send-proxy-protocol the header to send on (or why none can be).
 Judged = tuple["Path", "FlowKey", "tuple[str, int] | DropReason", "bytearray | DropReason | None"]
-
-
-class LocalProbe(Protocol):
-    """Answers "is this address one of this host's?"; `forget` drops cached answers (addresses change)."""
-
-    def __call__(self, address: str) -> bool: ...
-
-    def forget(self) -> None: ...
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class Path:
-    """Datagrams arriving on the listening socket `name` go to `destination`; `listen` is that socket's
-    address (for the PROXY header of --send-proxy-protocol when no IP_PKTINFO tells a better one)."""
-
-    name: str
-    destination: Destination
-    listen: tuple[str, int] | None = None
-    target: tuple[str, int] = field(init=False)  # destination.sockaddr, computed once: it keys every flow
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "target", self.destination.sockaddr)
-
-
-class Flow(Entry):
-    """One client's flow to one destination, with the socket the engine opened for it (`handle`).
-
-    Returned by `receive`, the flow is also the action "send this datagram on the flow's open socket"; by
-    `reply_received`, "relay this reply to the flow's client": the hot paths allocate nothing.
-    """
-
-    __slots__ = (
-        "address",
-        "client",
-        "handle",
-        "header",
-        "header_local",
-        "header_path",
-        "headers",
-        "key",
-        "local",
-        "path",
-        "raw",
-        "senders",
-        "source",
-    )
-
-    def __init__(
-        self,
-        key: FlowKey,
-        path: Path,
-        source: tuple[str, int],
-        address: SockAddr | None = None,
-        local: bytes | None = None,
-        *,
-        client: bytes | None = None,
-    ) -> None:
-        super().__init__()
-        self.key = key
-        self.path = path
-        # The sender's raw sockaddr, as received (the client, or the load balancer that named it), decoded.
-        self.client = key[1] if client is None else client
-        self.address = address if address is not None else decode_sockaddr(self.client)
-        self.source = source  # the (address, port) presented to the backend
-        self.local = local  # the raw address the client sent to (IP_PKTINFO), on a wildcard listener
-        self.handle: socket.socket | None = None
-        # --send-proxy-protocol: the PROXY header the flow's datagrams get, and what it names: the listener
-        # (`header_path`; None for a header decided by a received one) and the address the client sent to
-        # (`header_local`); those built for other listeners and addresses are kept in `headers`.
-        self.header: bytearray | None = None
-        self.header_path: Path | None = None
-        self.header_local: bytes | None = None
-        self.headers: dict[tuple[Path, bytes | None], bytearray] | None = None
-        # The sender keys that lead to this flow (forgotten with it).
-        self.senders: list[FlowKey] = []
-        # On the raw send path: what its datagrams need there (forwarder.rawsend.RawFlow), built once.
-        self.raw: object | None = None
-
-    def __repr__(self) -> str:
-        return f"Flow({endpoint_text(self.source)} -> {self.path.destination})"
-
-
-@dataclass(frozen=True, slots=True)
-class OpenFlow:
-    """Open a socket for `flow` (bound to its source), send the datagram on it, report flow_opened (or
-    open_failed, then send_failed if the send fails)."""
-
-    flow: Flow
-
-
-@dataclass(frozen=True, slots=True)
-class SendOnce:
-    """Send the datagram from a one-shot socket bound to `source` (local to this host: never kept)."""
-
-    path: Path
-    client: bytes
-    source: tuple[str, int]
-
-
-@dataclass(frozen=True, slots=True)
-class Drop:
-    """Nothing to send: the datagram (or the backend's reply to `client`) was dropped, and counted, as
-    `key`; the engine logs it, rate-limited."""
-
-    key: str
-    path: Path
-    client: bytes | None  # raw sockaddr; None when unknown (a failed receive)
-    reply: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class CloseFlows:
-    """Close these flows' sockets: they left the table (evicted, idle, source became local, shutdown)."""
-
-    flows: tuple[Flow, ...]
-
-
-class ReadHeader:
-    """The action "this sender is trusted: give me its datagram" (receive_proxied); one instance."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "READ_HEADER"
-
-
-READ_HEADER = ReadHeader()
-
-Action = Flow | OpenFlow | SendOnce | Drop | ReadHeader
-ProxiedAction = Flow | OpenFlow | SendOnce | Drop
-
-
-def errno_name(error_number: int) -> str:
-    """ECONNREFUSED for 111: the detail of a drop caused by an errno."""
-    return errno.errorcode.get(error_number, str(error_number))
 
 
 class ForwardingMachine:
@@ -576,8 +424,6 @@ class ForwardingMachine:
         return CloseFlows(tuple(flows))
 
 
-# Sources that cannot be bound (so the transparent modes drop them) but can be named in a header.
-_NAMEABLE = (DropReason.LOOPBACK_SOURCE, DropReason.LINK_LOCAL_SOURCE)
 # Header problems found before the whole header is known: not worth a cache entry (nor is the key whole).
 _CHEAP_PROBLEMS = (HeaderProblem.MISSING, HeaderProblem.TRUNCATED)
 
@@ -590,54 +436,3 @@ def _chained_header(source: tuple[str, int], destination: tuple[str, int]) -> by
     if _family_of(address) != _family_of(source[0]):
         return DropReason.FAMILY_MISMATCH
     return bytearray(build(source, (address, destination[1])))
-
-
-def _proxy_header(
-    source: tuple[str, int],
-    local: bytes | None,
-    path: Path,
-    source_toward: Callable[[str], str | None] | None,
-) -> bytearray | None:
-    """The PROXY header of a flow presenting `source`: its destination is the address the client sent
-    to (`local`, from IP_PKTINFO, a v4-mapped one as IPv4), else the listening socket's address (for a
-    wildcard one, the host's address toward the client); both with the listening socket's port. None when
-    the two cannot share one header."""
-    if path.listen is None:
-        return None
-    host, port = path.listen
-    # A datagram queued before IP_PKTINFO was set (the one that activated the service) has pktinfo too,
-    # but an unspecified address in it.
-    if local is not None and any(local):
-        host = socket.inet_ntop(socket.AF_INET6 if len(local) == 16 else socket.AF_INET, local)
-    if source_toward is not None and plain_address(host).is_unspecified:
-        host = source_toward(source[0]) or host
-    destination = str(plain_address(host))
-    if _family_of(destination) != _family_of(source[0]):
-        return None
-    return bytearray(build(source, (destination, port)))
-
-
-def canonical_sockaddr(raw: bytes) -> bytes:
-    """The struct sockaddr naming the client in `raw` as a flow key: a v4-mapped IPv6 one (a `[::]`
-    listener's IPv4 client) as the sockaddr_in an IPv4 listener receives, an IPv6 one without flow info;
-    the scope id stays (it tells link-local clients apart)."""
-    if raw[0:2] == _AF_INET6:
-        if raw[8:20] == _V4_MAPPED:
-            return _AF_INET + raw[2:4] + raw[20:24] + bytes(8)
-        if any(raw[4:8]):
-            return raw[0:4] + bytes(4) + raw[8:28]
-    return raw
-
-
-def _family_of(address: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in address else socket.AF_INET
-
-
-class _NothingLocal:
-    """The probe of a machine told nothing: no address is local (or a broadcast address)."""
-
-    def __call__(self, address: str) -> bool:
-        return False
-
-    def forget(self) -> None:
-        pass

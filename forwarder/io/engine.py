@@ -3,50 +3,41 @@ the machine what to do with every datagram; the engine does it (opens and closes
 drops, rate-limited) and reports back. It watches the flow sockets too: their error queues (ICMP errors
 about the backend, in both modes) and, in relay mode, the backend's replies, which it sends to the client
 from the listening socket the client used. It keeps the service manager informed (READY, STATUS, WATCHDOG,
-STOPPING). Every decision and every count is the machine's (forwarder.machine).
+STOPPING). Every decision and every count is the machine's (forwarder.core.machine).
 """
 
 import collections
 import contextlib
 import errno
 import logging
+import pathlib
 import selectors
 import signal
 import socket
 import struct
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from typing import Protocol
 
-from forwarder import receive
-from forwarder.activation import ListeningSocket
-from forwarder.batch import BATCH
-from forwarder.core import Counters, bounded_put, decode_sockaddr, plain_address
-from forwarder.destination import Destination
-from forwarder.endpoint import endpoint_text
-from forwarder.icmp import (
+from forwarder.core.actions import Action, CloseFlows, Drop, OpenFlow, SendOnce
+from forwarder.core.addresses import decode_sockaddr, endpoint_text, plain_address
+from forwarder.core.counters import Counters
+from forwarder.core.flows import Flow, bounded_put
+from forwarder.core.icmp import (
     CONTROL_SIZE,
     MSG_ERRQUEUE,
     QueuedError,
     failed_by_pending_error,
     parse_queued_error,
 )
-from forwarder.logs import RepeatSummary
-from forwarder.machine import (
-    Action,
-    CloseFlows,
-    Drop,
-    Flow,
-    ForwardingMachine,
-    OpenFlow,
-    Path,
-    SendOnce,
-)
-from forwarder.metrics import MetricsFile
-from forwarder.notify import Notifier
-from forwarder.rawsend import UDP_HEADER, RawSend
-from forwarder.sender import open_flow_socket, open_once_socket, open_plain_flow_socket, sharing_port
-from forwarder.sockets import IP_PKTINFO, set_receive_buffer, set_receive_pktinfo
+from forwarder.core.machine import ForwardingMachine
+from forwarder.io import receive
+from forwarder.io.batch import BATCH
+from forwarder.io.flow_sockets import open_flow_socket, open_once_socket, open_plain_flow_socket, sharing_port
+from forwarder.io.listeners import Route
+from forwarder.io.rawsend import UDP_HEADER, RawSend
+from forwarder.io.repeats import RepeatSummary
+from forwarder.io.sockets import IP_PKTINFO, set_receive_buffer, set_receive_pktinfo
 
 # Larger than any UDP payload (65507 B over IPv4, 65527 B over IPv6), so MSG_TRUNC means "not UDP-sized".
 RECEIVE_BUFFER = 65536
@@ -64,24 +55,25 @@ RELAY_FLOW_BUFFER = 4 << 20
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 OTHER_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)
 
+
+class Manager(Protocol):
+    """Where READY=, STATUS=, WATCHDOG= and STOPPING= go: the service manager (forwarder.service.notify)."""
+
+    @property
+    def enabled(self) -> bool: ...
+
+    def notify(self, **fields: str) -> bool: ...
+
+
+class Metrics(Protocol):
+    """Where the counters are written at every report (forwarder.service.metrics)."""
+
+    path: pathlib.Path
+
+    def write(self, counters: Counters, flows: int) -> bool: ...
+
+
 log = logging.getLogger("forwarder")
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """Datagrams arriving on `listener` go to `destination`; `path` is how the machine knows the pair.
-    With `pktinfo` (relay mode on a wildcard listener) each datagram's local address is read, so that the
-    reply leaves from the address the client sent to."""
-
-    listener: ListeningSocket
-    destination: Destination
-    pktinfo: bool = False
-    path: Path = field(init=False, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        bound = self.listener.sock.getsockname()
-        listen = (str(plain_address(str(bound[0]))), int(bound[1]))
-        object.__setattr__(self, "path", Path(self.listener.label, self.destination, listen))
 
 
 class _Client:
@@ -102,7 +94,7 @@ class Engine:
     def __init__(
         self,
         routes: Sequence[Route],
-        notifier: Notifier,
+        notifier: Manager,
         machine: ForwardingMachine | None = None,
         *,
         receive_strategy: str = "batch",
@@ -110,7 +102,7 @@ class Engine:
         buffer_size: int = RECEIVE_BUFFER,
         stats_interval: float = 10.0,
         watchdog_interval: float | None = None,
-        metrics: MetricsFile | None = None,
+        metrics: Metrics | None = None,
         connect_flows: bool = False,
         gso: bool = False,
         raw: RawSend | None = None,
@@ -122,9 +114,9 @@ class Engine:
         self.watchdog_interval = watchdog_interval
         self.repeats = RepeatSummary(log)
         # Connected flow sockets only carry replies in relay mode; in direct mode early demux would steal
-        # the replies the host must forward (see forwarder.sender).
+        # the replies the host must forward (see forwarder.io.flow_sockets).
         self.connect_flows = (connect_flows and self.machine.relay) or self.machine.send_header
-        # The raw send path (forwarder.rawsend): every datagram that is sent as its client leaves by one of
+        # The raw send path (forwarder.io.rawsend): every datagram that is sent as its client leaves by one of
         # these sockets; flows keep a socket only in relay mode, to receive the replies.
         self.raw = None if self.machine.send_header else raw
         if self.raw is not None:
@@ -196,7 +188,7 @@ class Engine:
         """The one place a datagram is sent on a flow's socket (runs of several leave by sendmmsg), after
         `header` (default: the flow's PROXY header, if it has one), or on the raw send path by the raw
         socket. A send failing with an ICMP error left pending by an earlier datagram is tried once more
-        (forwarder.icmp.failed_by_pending_error)."""
+        (forwarder.core.icmp.failed_by_pending_error)."""
         if flow.raw is not None:
             error_number = self.raw.send(flow, payload)  # type: ignore[union-attr]
             if error_number:

@@ -16,7 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from forwarder.core import bounded_put, decode_sockaddr, plain_address
+from forwarder.core.addresses import decode_sockaddr, plain_address
+from forwarder.core.flows import bounded_put
 
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 FIXED_LENGTH = 16  # signature, version and command, family and transport, length

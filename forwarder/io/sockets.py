@@ -7,9 +7,10 @@ import ipaddress
 import socket
 from collections.abc import Callable
 
-from forwarder.activation import ListeningSocket
-from forwarder.core import bounded_put, served_families
+from forwarder.core.addresses import served_families
+from forwarder.core.flows import bounded_put
 from forwarder.errors import MissingPermissionError, OperatingSystemError
+from forwarder.io.listeners import ListeningSocket
 
 IP_TRANSPARENT = 19
 IPV6_TRANSPARENT = 75
@@ -175,7 +176,7 @@ def bind_listener(host: str, port: int, text: str) -> ListeningSocket:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         # No SO_REUSEADDR: an address and port another program holds must fail here (exit 71), and none
         # may share ours later. A flow socket bound to a client's address on this port gets in by
-        # sharing_port (forwarder.sender).
+        # sharing_port (forwarder.io.flow_sockets).
         sock.bind((host, port))
     except OSError as error:
         sock.close()

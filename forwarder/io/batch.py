@@ -14,36 +14,17 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
-from forwarder.core import sockaddr_bytes
+from forwarder.core.addresses import sockaddr_bytes
+from forwarder.io.linux import IOVec, MMsgHdr, MsgHdr
 
 if TYPE_CHECKING:
-    from forwarder.gso import BatchGso
+    from forwarder.io.gso import BatchGso
 
 BATCH = 64
 MSG_DONTWAIT = 0x40
 MSG_TRUNC = socket.MSG_TRUNC
 NAME_SPACE = 32  # room for a struct sockaddr_in6 (28 bytes), rounded up
 NAME_LENGTH = {socket.AF_INET: 16, socket.AF_INET6: 28}
-
-
-class IOVec(ctypes.Structure):
-    _fields_ = (("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t))
-
-
-class MsgHdr(ctypes.Structure):
-    _fields_ = (
-        ("msg_name", ctypes.c_void_p),
-        ("msg_namelen", ctypes.c_uint32),
-        ("msg_iov", ctypes.c_void_p),
-        ("msg_iovlen", ctypes.c_size_t),
-        ("msg_control", ctypes.c_void_p),
-        ("msg_controllen", ctypes.c_size_t),
-        ("msg_flags", ctypes.c_int),
-    )
-
-
-class MMsgHdr(ctypes.Structure):
-    _fields_ = (("msg_hdr", MsgHdr), ("msg_len", ctypes.c_uint))
 
 
 _SIZE = ctypes.sizeof(MMsgHdr)
@@ -229,7 +210,7 @@ class BatchSender:
     def enable_gso(self) -> bool:
         """Send runs of equal-size datagrams with UDP GSO from now on, where the kernel has it (not on a
         prefixed sender: its messages are two iovecs each)."""
-        from forwarder.gso import BatchGso  # gso builds on this module's structures
+        from forwarder.io.gso import BatchGso  # gso builds on this module's structures
 
         if self._prefix_at:
             return False

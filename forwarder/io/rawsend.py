@@ -14,10 +14,10 @@ import socket
 import struct
 from collections.abc import Callable, Iterable
 
-from forwarder.batch import IOVec, MMsgHdr
-from forwarder.core import sockaddr_bytes
-from forwarder.machine import Flow
-from forwarder.sockets import IP_PKTINFO, set_receive_errors, set_transparent
+from forwarder.core.addresses import sockaddr_bytes
+from forwarder.core.flows import Flow
+from forwarder.io.linux import IOVec, MMsgHdr
+from forwarder.io.sockets import IP_PKTINFO, set_receive_errors, set_transparent
 
 IPV6_CHECKSUM = 7
 SO_ATTACH_FILTER = 26
@@ -38,7 +38,7 @@ _WORDS = _SIZE // 8  # u64 words per struct mmsghdr: msg_name is word 0, msg_nam
 CONTROL_SPACE = {socket.AF_INET: socket.CMSG_SPACE(12), socket.AF_INET6: socket.CMSG_SPACE(20)}
 _PKTINFO = {socket.AF_INET: (socket.IPPROTO_IP, IP_PKTINFO), socket.AF_INET6: (socket.IPPROTO_IPV6, 50)}
 # Whether a send on a raw socket that failed with an errno failed by an earlier datagram's ICMP error (the
-# engine reads the socket's error queue to say: forwarder.icmp.failed_by_pending_error).
+# engine reads the socket's error queue to say: forwarder.core.icmp.failed_by_pending_error).
 Pending = Callable[[socket.socket, int], bool]
 _HEADER = struct.Struct("!4sHH")  # the ports (prebuilt), the length, the checksum
 _LENGTH = struct.Struct("!HH")
