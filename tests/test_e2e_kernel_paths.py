@@ -11,12 +11,12 @@ import socket
 import pytest
 
 from forwarder.core.addresses import sockaddr_bytes
-from forwarder.io.gso import GsoSender
 from forwarder.io.sockets import set_transparent
 from netlab import Lab, expect
 from netlab.bench.kernel_paths import delivered_datagrams
 from netlab.lab.nft import apply_ruleset, counter_values
 from netlab.lab.offload import set_features
+from netlab.programs.send_paths import GsoSender
 from netlab.programs.uring import UringSender
 from netlab.topology.shipped import seed_deployment
 

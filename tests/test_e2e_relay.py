@@ -21,8 +21,9 @@ from forwarder.core.destination import Destination
 from forwarder.core.flows import Flow
 from forwarder.core.machine import ForwardingMachine
 from forwarder.io.engine import Engine
+from forwarder.io.linux import IP_PKTINFO
 from forwarder.io.listeners import ListeningSocket, Route
-from forwarder.io.sockets import IP_PKTINFO, set_receive_buffer
+from forwarder.io.sockets import set_receive_buffer
 from forwarder.service.notify import Notifier
 from netlab import Lab, hold_listen_sockets, start_forwarder
 from netlab.lab import netns

@@ -9,8 +9,9 @@ from collections.abc import Iterator, Sequence
 import pytest
 
 from forwarder.io import gso as gso_module
-from forwarder.io.gso import MAX_SEGMENTS, BatchGso, GsoSender, Run, plan_runs, probe_gso
+from forwarder.io.gso import MAX_SEGMENTS, BatchGso, Run, plan_runs, probe_gso
 from forwarder.io.linux import IOVec
+from netlab.programs.send_paths import GsoSender
 
 
 def test_equal_datagrams_form_one_run_closed_by_a_shorter_one() -> None:

@@ -18,10 +18,9 @@ from forwarder.core.flows import Flow, Path
 from forwarder.core.machine import ForwardingMachine
 from forwarder.io.engine import Engine
 from forwarder.io.flow_sockets import open_once_socket
-from forwarder.io.linux import IOVec, MMsgHdr
+from forwarder.io.linux import IP_TRANSPARENT, IOVec, MMsgHdr
 from forwarder.io.listeners import ListeningSocket, Route
 from forwarder.io.rawsend import CONTROL_SPACE, RawBatch, RawFlow, RawSend, udp_checksum
-from forwarder.io.sockets import IP_TRANSPARENT
 from forwarder.service.notify import Notifier
 from netlab.lab.process import python_env
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import pytest
+from forwarder_helpers import InspectableTable
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -24,7 +25,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from forwarder.core.addresses import plain_address
 from forwarder.core.counters import DropReason
 from forwarder.core.destination import Destination, decimal, parse_destination, parse_listen
-from forwarder.core.flows import Entry, FlowTable
+from forwarder.core.flows import Entry
 from forwarder.core.policy import presentable_source
 from forwarder.errors import UsageError, shown
 from forwarder.service.logs import stderr_is_journal
@@ -330,7 +331,7 @@ class FlowTableMachine(RuleBasedStateMachine):
 
     @initialize(capacity=st.integers(1, 5), idle_timeout=st.sampled_from([0.5, 1.0, 3.0]))
     def start(self, capacity: int, idle_timeout: float) -> None:
-        self.table: FlowTable[int, Serial] = FlowTable(capacity, idle_timeout)
+        self.table: InspectableTable[int, Serial] = InspectableTable(capacity, idle_timeout)
         self.capacity, self.idle_timeout = capacity, idle_timeout
         # The model: key -> [value, referenced, last_used], in insertion order.
         self.model: dict[int, list[float]] = {}

@@ -1,6 +1,7 @@
-"""The forwarder's decisions, with no sockets: which source address to present for a client, whether a
-datagram is forwarded or dropped (and why), which families a listener can serve, what is a loop, which
-flows to keep. Adapters (sockets.py, sender.py, engine.py) do the I/O around these rules.
+"""Addresses as the forwarder handles them, with no sockets: a plain address (no scope id, v4-mapped as
+IPv4), the family of an address, the struct sockaddr codec (a raw sockaddr is a flow's key), the endpoint
+text people read (`192.0.2.1:53`, `[2001:db8::1]:53`), the families a listener's clients can be presented
+in, and whether a destination would loop back to a listener.
 """
 
 import ipaddress
@@ -88,7 +89,7 @@ def is_loop(
         return True
     if not bound.is_unspecified:
         return False
-    family = socket.AF_INET if target.version == 4 else socket.AF_INET6
+    family = family_of(target)
     return family in listener_families and is_local(str(target))
 
 
@@ -103,5 +104,8 @@ def endpoint_text(address: Sequence[object]) -> str:
     return f"[{host}]:{port}"
 
 
-def _family_of(address: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in address else socket.AF_INET
+def family_of(address: "str | Address") -> socket.AddressFamily:
+    """The family of an address: AF_INET6 for IPv6 (text with a colon, or an IPv6Address), else AF_INET."""
+    if isinstance(address, str):
+        return socket.AF_INET6 if ":" in address else socket.AF_INET
+    return socket.AF_INET6 if address.version == 6 else socket.AF_INET

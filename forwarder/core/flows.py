@@ -3,7 +3,7 @@ table with second-chance eviction and an idle timeout.
 """
 
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -37,7 +37,7 @@ class FlowTable(Generic[K, E]):
     oldest-inserted entry is evicted unless it was referenced since it was inserted or last spared, in
     which case it is spared once: its bit is cleared, it moves to the back, and the next one is considered.
     `lookup` is that dict lookup itself (the dict's own get, no call of ours): a caller on a hot path may use
-    it and mark a hit as `get` does, `entry.last_used = now; entry.referenced = True`.
+    it and mark a hit: `entry.last_used = now; entry.referenced = True`.
     """
 
     def __init__(self, capacity: int, idle_timeout: float) -> None:
@@ -50,18 +50,6 @@ class FlowTable(Generic[K, E]):
 
     def __len__(self) -> int:
         return len(self._entries)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._entries
-
-    def get(self, key: K, now: float) -> E | None:
-        """The entry for `key`, marked as used at `now`, or None."""
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        entry.last_used = now
-        entry.referenced = True
-        return entry
 
     def add(self, key: K, entry: E, now: float) -> list[E]:
         """Insert `entry` as used at `now` under `key` (not present); return the entries evicted to make
@@ -99,10 +87,6 @@ class FlowTable(Generic[K, E]):
     def values(self) -> list[E]:
         """The entries, oldest inserted first (a snapshot: the table may change while iterating)."""
         return list(self._entries.values())
-
-    def __iter__(self) -> Iterator[K]:
-        """The keys, oldest inserted first (a snapshot: the table may change while iterating)."""
-        return iter(list(self._entries))
 
 
 def bounded_put(cache: dict[K, V], key: K, value: V, capacity: int) -> None:

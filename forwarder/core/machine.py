@@ -1,6 +1,6 @@
 """The forwarding state machine, sans I/O (in the manner of aioquic's connection): datagram metadata in,
-actions out, events back. It owns the flow table, the counters and the policy (which source to present,
-which flows to keep, what a failure is counted as); it never touches a socket. The engine receives,
+actions out (forwarder.core.actions), events back. It owns the flow table and the counters and applies
+the source policy (forwarder.core.policy) to every client; it never touches a socket. The engine receives,
 executes the actions and reports what happened, so everything here is tested without sockets or privileges.
 
     engine                                 machine
@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from forwarder.core.actions import READ_HEADER, Action, CloseFlows, Drop, OpenFlow, ProxiedAction, SendOnce
-from forwarder.core.addresses import SockAddr, _family_of, decode_sockaddr, plain_address, sockaddr_bytes
+from forwarder.core.addresses import SockAddr, decode_sockaddr, family_of, plain_address, sockaddr_bytes
 from forwarder.core.counters import Counters, DropReason, drop_key, errno_name
 from forwarder.core.flows import Flow, FlowKey, FlowTable, Path, bounded_put, canonical_sockaddr
 from forwarder.core.icmp import QueuedError
@@ -216,7 +216,7 @@ class ForwardingMachine:
         backend's family does not matter (the header's two ends must share one, see _proxy_header), and a
         loopback or link-local client can be forwarded too (its replies leave from the listening socket)."""
         if self.send_header:
-            family = socket.AF_INET6 if plain_address(str(client[0])).version == 6 else socket.AF_INET
+            family = family_of(plain_address(str(client[0])))
         source = presentable_source(client, family, self.is_broadcast)
         if self.send_header and source in _NAMEABLE:
             return (str(plain_address(str(client[0]))), int(client[1]))
@@ -257,7 +257,7 @@ class ForwardingMachine:
         assert parsed.source is not None
         source = self._presentable(parsed.source, family)
         named = parsed.source if isinstance(source, DropReason) else source
-        key = (path.target, sockaddr_bytes(_family_of(named[0]), named))
+        key = (path.target, sockaddr_bytes(family_of(named[0]), named))
         outgoing = None
         if self.send_header and not isinstance(source, DropReason):
             assert parsed.destination is not None
@@ -433,6 +433,6 @@ def _chained_header(source: tuple[str, int], destination: tuple[str, int]) -> by
     and the destination the received header named (what the client asked the load balancer for, not
     this host's address); family-mismatch when one header cannot name both."""
     address = str(plain_address(destination[0]))
-    if _family_of(address) != _family_of(source[0]):
+    if family_of(address) != family_of(source[0]):
         return DropReason.FAMILY_MISMATCH
     return bytearray(build(source, (address, destination[1])))

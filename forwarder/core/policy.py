@@ -6,7 +6,7 @@ import socket
 from collections.abc import Callable
 from typing import Protocol
 
-from forwarder.core.addresses import LIMITED_BROADCAST, SockAddr, _family_of, plain_address
+from forwarder.core.addresses import LIMITED_BROADCAST, SockAddr, family_of, plain_address
 from forwarder.core.counters import DropReason
 from forwarder.core.flows import Path
 from forwarder.core.proxy_protocol import build
@@ -76,7 +76,7 @@ def _proxy_header(
     if source_toward is not None and plain_address(host).is_unspecified:
         host = source_toward(source[0]) or host
     destination = str(plain_address(host))
-    if _family_of(destination) != _family_of(source[0]):
+    if family_of(destination) != family_of(source[0]):
         return None
     return bytearray(build(source, (destination, port)))
 

@@ -1,9 +1,10 @@
-"""recvmmsg(2) through ctypes: up to BATCH datagrams per system call into preallocated buffers.
+"""recvmmsg(2) and sendmmsg(2) through ctypes: up to BATCH datagrams per system call into preallocated
+buffers, and a run of one flow's datagrams out of them in one call.
 
-The standard library has no recvmmsg, and the forwarder may use nothing but the standard library, so this
-is hand-written against the stable Linux ABI (struct mmsghdr, msghdr, iovec). Per datagram, the engine
-reads only integers and a slice of the sender's raw sockaddr, which is also its flow key: a hit in the flow
-table needs no address parsing at all. Where libc lacks recvmmsg, `BatchReceiver.create()` returns None
+The standard library has neither, and the forwarder may use nothing but the standard library, so they are
+called through the stable Linux ABI (forwarder.io.linux: struct mmsghdr, msghdr, iovec). Per datagram, the
+engine reads only integers and a slice of the sender's raw sockaddr, which is also its flow key: a hit in the
+flow table needs no address parsing at all. Where libc lacks recvmmsg, `BatchReceiver.create()` returns None
 and the engine keeps its one-datagram-per-call path.
 """
 
@@ -15,14 +16,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from forwarder.core.addresses import sockaddr_bytes
-from forwarder.io.linux import IOVec, MMsgHdr, MsgHdr
+from forwarder.io.linux import MSG_DONTWAIT, SENDMMSG_ARGUMENTS, IOVec, MMsgHdr, MsgHdr, libc_function
 
 if TYPE_CHECKING:
     from forwarder.io.gso import BatchGso
 
 BATCH = 64
-MSG_DONTWAIT = 0x40
-MSG_TRUNC = socket.MSG_TRUNC
 NAME_SPACE = 32  # room for a struct sockaddr_in6 (28 bytes), rounded up
 NAME_LENGTH = {socket.AF_INET: 16, socket.AF_INET6: 28}
 
@@ -110,14 +109,12 @@ class BatchReceiver:
         cls, batch: int = BATCH, buffer_size: int = 65536, control_size: int = 0
     ) -> "BatchReceiver | None":
         """A receiver, or None when this libc has no recvmmsg (the engine then receives one at a time)."""
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            recvmmsg = libc.recvmmsg
-        except (OSError, AttributeError):
-            return None
-        recvmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p)
-        recvmmsg.restype = ctypes.c_int
-        return cls(recvmmsg, batch, buffer_size, control_size)
+        recvmmsg = libc_function(
+            "recvmmsg",
+            (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p),
+            ctypes.c_int,
+        )
+        return None if recvmmsg is None else cls(recvmmsg, batch, buffer_size, control_size)
 
     def receive(self, fd: int) -> int:
         """Receive what is queued on `fd`, up to a batch, without blocking; 0 when nothing is queued."""
@@ -178,13 +175,8 @@ class BatchSender:
     @classmethod
     def create(cls, receiver: BatchReceiver, prefixed: bool = False) -> "BatchSender | None":
         """A sender for `receiver`'s buffers, or None when this libc has no sendmmsg."""
-        try:
-            sendmmsg = ctypes.CDLL(None, use_errno=True).sendmmsg
-        except (OSError, AttributeError):
-            return None
-        sendmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
-        sendmmsg.restype = ctypes.c_int
-        return cls(sendmmsg, receiver, prefixed)
+        sendmmsg = libc_function("sendmmsg", SENDMMSG_ARGUMENTS, ctypes.c_int)
+        return None if sendmmsg is None else cls(sendmmsg, receiver, prefixed)
 
     def aim(self, family: socket.AddressFamily, destination: tuple[str, int] | None) -> None:
         """Send the following runs to `destination`, or with no address (connected sockets) for None;

@@ -23,26 +23,21 @@ from forwarder.core.actions import Action, CloseFlows, Drop, OpenFlow, SendOnce
 from forwarder.core.addresses import decode_sockaddr, endpoint_text, plain_address
 from forwarder.core.counters import Counters
 from forwarder.core.flows import Flow, bounded_put
-from forwarder.core.icmp import (
-    CONTROL_SIZE,
-    MSG_ERRQUEUE,
-    QueuedError,
-    failed_by_pending_error,
-    parse_queued_error,
-)
+from forwarder.core.icmp import QueuedError, failed_by_pending_error
 from forwarder.core.machine import ForwardingMachine
 from forwarder.io import receive
 from forwarder.io.batch import BATCH
 from forwarder.io.flow_sockets import open_flow_socket, open_once_socket, open_plain_flow_socket, sharing_port
+from forwarder.io.linux import CONTROL_SIZE, IP_PKTINFO, MSG_ERRQUEUE, parse_queued_error
 from forwarder.io.listeners import Route
 from forwarder.io.rawsend import UDP_HEADER, RawSend
 from forwarder.io.repeats import RepeatSummary
-from forwarder.io.sockets import IP_PKTINFO, set_receive_buffer, set_receive_pktinfo
+from forwarder.io.sockets import set_receive_buffer, set_receive_pktinfo
 
 # Larger than any UDP payload (65507 B over IPv4, 65527 B over IPv6), so MSG_TRUNC means "not UDP-sized".
 RECEIVE_BUFFER = 65536
-# The longest single wait of the selector: epoll_wait takes int milliseconds (about 24.8 days at most), and
-# a longer interval (--stats-interval 3e6) raised OverflowError. Waking once an hour costs nothing.
+# The longest single wait of the selector: epoll_wait takes int milliseconds (about 24.8 days at most), so a
+# longer wait cannot be asked for at all. Waking once an hour costs nothing.
 MAX_WAIT = 3600.0
 # A flow socket is read until EAGAIN, but at most this many replies (or queued errors) at a time.
 MAX_REPLIES = 256
@@ -165,10 +160,6 @@ class Engine:
         if self.machine.send_header:
             return False
         return self.raw is None or self.machine.relay
-
-    def drain(self, route: Route) -> None:
-        """Handle what is queued on `route`'s listening socket (up to the strategy's limit)."""
-        self.strategy.drain(route, time.monotonic())
 
     # --- executing the machine's actions ----------------------------------------------------------------
 

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable
 
 from forwarder.core.addresses import sockaddr_bytes
 from forwarder.core.flows import Flow
-from forwarder.io.linux import IOVec, MMsgHdr
-from forwarder.io.sockets import IP_PKTINFO, set_receive_errors, set_transparent
+from forwarder.io.linux import IP_PKTINFO, SENDMMSG_ARGUMENTS, IOVec, MMsgHdr, libc_function
+from forwarder.io.sockets import set_receive_errors, set_transparent
 
 IPV6_CHECKSUM = 7
 SO_ATTACH_FILTER = 26
@@ -212,9 +212,9 @@ class RawSend:
     """The raw sockets, one batch of messages per family, and the flows' prebuilt parts."""
 
     def __init__(self, sockets: Iterable[socket.socket], batch: int, *, checksum: bool) -> None:
-        sendmmsg = ctypes.CDLL(None, use_errno=True).sendmmsg
-        sendmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
-        sendmmsg.restype = ctypes.c_int
+        sendmmsg = libc_function("sendmmsg", SENDMMSG_ARGUMENTS, ctypes.c_int)
+        if sendmmsg is None:
+            raise OSError(errno.ENOSYS, "this C library has no sendmmsg")
         self.checksum = checksum
         self.batches = {sock.family: RawBatch(sock, sendmmsg, batch, checksum) for sock in sockets}
         # The datagrams a flush could not send, with their errno: the caller counts them and clears it.

@@ -15,7 +15,7 @@ from forwarder.core.flows import Flow, bounded_put
 from forwarder.core.machine import ForwardingMachine
 from forwarder.io.batch import NAME_LENGTH, BatchReceiver, BatchSender
 from forwarder.io.gso import MAX_PAYLOAD, plan_runs
-from forwarder.io.sockets import IP_PKTINFO
+from forwarder.io.linux import IP_PKTINFO
 
 if TYPE_CHECKING:
     from forwarder.io.listeners import Route
@@ -387,7 +387,7 @@ class BatchReceive:
             self.executor.send(flow, view, header)
             return
         sender = self.segmenting
-        if sender is None or sender.gso is None or length == 1 or flow.handle is None or skips:
+        if sender is None or sender.gso is None or flow.handle is None or skips:
             self._send_each(flow, first, length, skips, header)
             return
         u32, slots = self.receiver.u32, self.receiver.slots

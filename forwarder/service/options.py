@@ -56,8 +56,8 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
 
 
 def _seconds(text: str) -> float:
-    """An interval: finite (inf would overflow the selector's timeout) and at least MIN_INTERVAL (1e-300
-    made the loop send STATUS= as fast as it could)."""
+    """An interval: finite (the selector's timeout is a number of milliseconds) and at least MIN_INTERVAL
+    (a shorter one would have the loop report or sweep without pause)."""
     value = float(_number(float, text))
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{shown(text)} is not a finite number of seconds")
@@ -67,7 +67,7 @@ def _seconds(text: str) -> float:
 
 
 def _buffer_size(text: str) -> int:
-    """A socket buffer size: the kernel takes a C int (setsockopt raised OverflowError beyond it)."""
+    """A socket buffer size: the kernel takes a C int, so a larger one cannot be set."""
     value = int(_number(int, text))
     if not 1 <= value <= MAX_BUFFER:
         raise argparse.ArgumentTypeError(f"{shown(text)} is out of range: expected 1 to {MAX_BUFFER} bytes")

@@ -3,6 +3,7 @@
 import ipaddress
 import socket
 
+from forwarder.core.addresses import family_of
 from forwarder.core.destination import Destination, DestinationSpec
 from forwarder.errors import ConfigurationError, UnknownHostError, UsageError, shown
 
@@ -49,7 +50,7 @@ def lookup(spec: DestinationSpec, default_port: int) -> dict[socket.AddressFamil
         elif isinstance(address, ipaddress.IPv6Address) and address.is_link_local:
             link_local = True  # needs its interface on every send; backends have routable addresses
             continue
-        family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+        family = family_of(address)
         found.setdefault(family, Destination(family, str(address), port))
     if not found and link_local:
         raise UsageError(
@@ -64,8 +65,3 @@ def lookup(spec: DestinationSpec, default_port: int) -> dict[socket.AddressFamil
 def pick(found: dict[socket.AddressFamily, Destination], preferred: socket.AddressFamily) -> Destination:
     """The destination of the `preferred` family when there is one, else the resolver's first."""
     return found.get(preferred) or next(iter(found.values()))
-
-
-def resolve(spec: DestinationSpec, preferred: socket.AddressFamily, default_port: int) -> Destination:
-    """Resolve `spec` once, preferring `preferred` (the listening socket's family) over the others."""
-    return pick(lookup(spec, default_port), preferred)

@@ -11,7 +11,7 @@ buffer is one datagram. Not wired into the engine yet.
 import socket
 import struct
 
-from forwarder.io.gso import SOL_UDP
+from forwarder.io.linux import SOL_UDP
 
 UDP_GRO = 104
 CONTROL_SPACE = socket.CMSG_SPACE(4)  # room for the segment size (an int) per received buffer
