@@ -203,6 +203,20 @@ def test_idle_flows_expire_and_a_used_one_stays() -> None:
     assert list(machine.flows.values()) == [busy]
 
 
+def test_the_machine_times_its_own_idle_sweep_at_half_the_idle_timeout() -> None:
+    machine = ForwardingMachine(idle_timeout=4)
+    assert machine.next_deadline() == float("inf")  # no clock before the loop's first turn
+    assert machine.on_timer(100.0) is None  # the first call starts it
+    assert machine.next_deadline() == 102.0
+    idle = opened(machine, V4, v4("203.0.113.1", 1), 100.0)
+
+    assert machine.on_timer(101.9) is None  # not due yet
+    assert machine.on_timer(102.0) == CloseFlows(())  # swept: idle for 2 s of 4
+    assert machine.next_deadline() == 104.0
+    assert machine.on_timer(104.5) == CloseFlows((idle,))
+    assert machine.next_deadline() == 106.5
+
+
 def test_a_flow_whose_source_became_local_is_closed_at_the_next_sweep_with_fresh_answers() -> None:
     addresses = Addresses()
     machine = ForwardingMachine(is_local=addresses)

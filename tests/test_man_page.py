@@ -14,7 +14,7 @@ import pytest
 from forwarder import __version__, errors
 from forwarder.core.counters import DropReason
 from forwarder.core.proxy_protocol import HeaderProblem
-from forwarder.io.engine import OTHER_SIGNALS, STOP_SIGNALS
+from forwarder.io.loop import OTHER_SIGNALS, STOP_SIGNALS
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATOR = ROOT / "man" / "manpage.py"

@@ -77,6 +77,9 @@ class ForwardingMachine:
         source_toward: Callable[[str], str | None] | None = None,
     ) -> None:
         self.flows: FlowTable[FlowKey, Flow] = FlowTable(max_flows, idle_timeout)
+        # Idle flows are swept at half the idle timeout, so none outlives it by more than half.
+        self.sweep_interval = max(idle_timeout / 2, 0.01)
+        self._next_sweep: float | None = None
         # --reply relay (implied by --send-proxy-protocol): replies arriving on flow sockets go back to
         # the clients.
         self.relay = relay or send_header
@@ -410,6 +413,19 @@ class ForwardingMachine:
                 self.flows.remove(flow.key)
                 stale.append(flow)
         return self._gone(stale)
+
+    def next_deadline(self) -> float:
+        """When `on_timer` has work next: the next idle sweep (never, before the first call starts it)."""
+        return float("inf") if self._next_sweep is None else self._next_sweep
+
+    def on_timer(self, now: float) -> CloseFlows | None:
+        """What is due at `now`: the idle sweep (`expire`), every `sweep_interval` seconds from the first
+        call, which starts the clock. None when nothing is due."""
+        if self._next_sweep is not None and now < self._next_sweep:
+            return None
+        due = self._next_sweep is not None
+        self._next_sweep = now + self.sweep_interval
+        return self.expire(now) if due else None
 
     def close(self) -> CloseFlows:
         """Every flow, at shutdown."""

@@ -6,18 +6,14 @@ from the listening socket the client used. It keeps the service manager informed
 STOPPING). Every decision and every count is the machine's (forwarder.core.machine).
 """
 
-import collections
 import contextlib
 import errno
 import logging
-import pathlib
 import selectors
-import signal
 import socket
 import struct
 import time
 from collections.abc import Sequence
-from typing import Protocol
 
 from forwarder.core.actions import Action, CloseFlows, Drop, OpenFlow, SendOnce
 from forwarder.core.addresses import decode_sockaddr, endpoint_text, plain_address
@@ -30,42 +26,19 @@ from forwarder.io.batch import BATCH
 from forwarder.io.flow_sockets import open_flow_socket, open_once_socket, open_plain_flow_socket, sharing_port
 from forwarder.io.linux import CONTROL_SIZE, IP_PKTINFO, MSG_ERRQUEUE, parse_queued_error
 from forwarder.io.listeners import Route
+from forwarder.io.loop import Loop, Manager, Metrics
 from forwarder.io.rawsend import UDP_HEADER, RawSend
 from forwarder.io.repeats import RepeatSummary
 from forwarder.io.sockets import set_receive_buffer, set_receive_pktinfo
 
 # Larger than any UDP payload (65507 B over IPv4, 65527 B over IPv6), so MSG_TRUNC means "not UDP-sized".
 RECEIVE_BUFFER = 65536
-# The longest single wait of the selector: epoll_wait takes int milliseconds (about 24.8 days at most), so a
-# longer wait cannot be asked for at all. Waking once an hour costs nothing.
-MAX_WAIT = 3600.0
 # A flow socket is read until EAGAIN, but at most this many replies (or queued errors) at a time.
 MAX_REPLIES = 256
 # The receive queue of a relaying flow socket (SO_RCVBUFFORCE, as the units' ReceiveBuffer=4M): the default
 # 208 KiB holds about 250 small replies, fewer than arrive while a listener is drained under load. A limit,
 # not an allocation: memory is used only by replies waiting.
 RELAY_FLOW_BUFFER = 4 << 20
-# Signals that would otherwise end the process without STOPPING=1 or a last report; what each does is the
-# README's "Signals" section. SIGTERM and SIGINT stop the loop.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-OTHER_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)
-
-
-class Manager(Protocol):
-    """Where READY=, STATUS=, WATCHDOG= and STOPPING= go: the service manager (forwarder.service.notify)."""
-
-    @property
-    def enabled(self) -> bool: ...
-
-    def notify(self, **fields: str) -> bool: ...
-
-
-class Metrics(Protocol):
-    """Where the counters are written at every report (forwarder.service.metrics)."""
-
-    path: pathlib.Path
-
-    def write(self, counters: Counters, flows: int) -> bool: ...
 
 
 log = logging.getLogger("forwarder")
@@ -133,8 +106,6 @@ class Engine:
             raw=self.raw,
         )
         self.metrics = metrics
-        self._stopping = False
-        self._signals: collections.deque[int] = collections.deque()  # received, not yet acted on
         self.interval_start = time.monotonic()  # of the interval the next STATUS= reports
         self._route_of = {route.path: route for route in self.routes}
         # Listening sockets by port: a flow socket bound to a client's address on one of them shares it.
@@ -142,7 +113,7 @@ class Engine:
         for route in self.routes:
             sock = route.listener.sock
             self._listeners_on.setdefault(int(sock.getsockname()[1]), []).append(sock)
-        self._selector: selectors.BaseSelector | None = None  # while running: flow sockets are watched
+        self.selector: selectors.BaseSelector | None = None  # while running: flow sockets are watched
         self._reply_view = memoryview(bytearray(buffer_size))
         self._reply_buffers = [self._reply_view]
         self._pktinfo_control: dict[tuple[int, bytes], list[tuple[int, int, bytes]]] = {}
@@ -254,8 +225,8 @@ class Engine:
         evicted = self.machine.flow_opened(flow, sock)
         if evicted is not None:
             self.close_flows(evicted)
-        if self._selector is not None:
-            self._selector.register(sock, selectors.EVENT_READ, flow)
+        if self.selector is not None:
+            self.selector.register(sock, selectors.EVENT_READ, flow)
         return True
 
     def _send_once(self, action: SendOnce, payload: memoryview) -> None:
@@ -274,9 +245,9 @@ class Engine:
             sock = flow.handle
             if sock is None:
                 continue
-            if self._selector is not None:
+            if self.selector is not None:
                 with contextlib.suppress(KeyError):  # a flow opened before the loop, never watched
-                    self._selector.unregister(sock)
+                    self.selector.unregister(sock)
             if drain and self.machine.relay:
                 self.read_errors(flow)
                 self.machine.replies_unmatched(flow, _discard_queued(sock))
@@ -419,36 +390,7 @@ class Engine:
             bounded_put(self._pktinfo_control, (family, local), control, 1024)
         return control
 
-    # --- the loop -------------------------------------------------------------------------------------------
-
-    def stop(self, *_: object) -> None:
-        """Ask the loop to finish (signal handler for SIGTERM and SIGINT)."""
-        self._stopping = True
-
-    def _signalled(self, number: int, _frame: object) -> None:
-        """Signal handler for OTHER_SIGNALS: only note it; the loop acts on it between two turns, never in
-        the middle of counting (the wake-up fd ends the loop's wait)."""
-        self._signals.append(number)
-
-    def handle_signals(self) -> bool:
-        """Act on the signals received since the last turn: SIGUSR1 reports now, SIGHUP rewrites the
-        metrics file, SIGUSR2 and SIGALRM are ignored; each is logged. True when a report was sent."""
-        reported = False
-        while self._signals:
-            number = self._signals.popleft()
-            if number == signal.SIGUSR1:
-                log.info("SIGUSR1: reporting STATUS= and the metrics file now; a new interval starts")
-                self.report_status()
-                reported = True
-            elif number == signal.SIGHUP:
-                if self.metrics is not None and self.metrics.write(self.counters, len(self.machine.flows)):
-                    log.info("SIGHUP: metrics file %r rewritten", str(self.metrics.path))
-                log.info(
-                    "SIGHUP: nothing else is reloaded (options are read at start: restart to change them)"
-                )
-            else:
-                log.warning("%s ignored (SIGTERM or SIGINT stops the forwarder)", signal.Signals(number).name)
-        return reported
+    # --- the loop's service timers ---------------------------------------------------------------------
 
     def report_status(self, now: float | None = None) -> None:
         """Send the STATUS= line of the interval that ends `now` (its real length, which can be longer than
@@ -477,73 +419,8 @@ class Engine:
         self.close_flows(self.machine.close(), drain=False)
 
     def run(self) -> None:
-        """Forward until asked to stop; then send STOPPING=1."""
-        wake_read, wake_write = socket.socketpair()
-        wake_read.setblocking(False)
-        wake_write.setblocking(False)
-        previous_wakeup = signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
-        previous = {sig: signal.signal(sig, self.stop) for sig in STOP_SIGNALS}
-        previous.update({sig: signal.signal(sig, self._signalled) for sig in OTHER_SIGNALS})
-        selector = selectors.DefaultSelector()
-        try:
-            for route in self.routes:
-                selector.register(route.listener.sock, selectors.EVENT_READ, route)
-            selector.register(wake_read, selectors.EVENT_READ, None)
-            for sock in self.raw.sockets if self.raw is not None else ():  # their ICMP errors
-                selector.register(sock, selectors.EVENT_READ, sock)
-            for flow in self.machine.flows.values():  # opened before the loop (tests drain by hand)
-                if flow.handle is not None:
-                    selector.register(flow.handle, selectors.EVENT_READ, flow)
-            self._selector = selector
-            self.interval_start = time.monotonic()
-            self.notifier.notify(READY="1", STATUS="Up and running.")
-            log.info(
-                "forwarding %s", ", ".join(f"{r.listener.label} -> {r.destination}" for r in self.routes)
-            )
-            self._loop(selector, wake_read)
-            self.report_status()  # the last, partial interval: its counts and repeated log lines are kept
-            self.notifier.notify(STOPPING="1", STATUS="Stopping.")
-        finally:
-            self._selector = None
-            selector.close()
-            signal.set_wakeup_fd(previous_wakeup)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            wake_read.close()
-            wake_write.close()
-            self.close()
-
-    def _loop(self, selector: selectors.BaseSelector, wake_read: socket.socket) -> None:
-        now = time.monotonic()
-        next_report = now + self.stats_interval
-        sweep_interval = max(self.machine.flows.idle_timeout / 2, 0.01)
-        next_sweep = now + sweep_interval
-        next_watchdog = now if self.watchdog_interval is not None else float("inf")
-        strategy = self.strategy
-        while not self._stopping:
-            if self._signals and self.handle_signals():
-                next_report = time.monotonic() + self.stats_interval
-            now = time.monotonic()
-            if now >= next_watchdog and self.watchdog_interval is not None:
-                self.notifier.notify(WATCHDOG="1")
-                next_watchdog = now + self.watchdog_interval
-            if now >= next_report:
-                self.report_status()
-                next_report = now + self.stats_interval
-            if now >= next_sweep:
-                self.expire(now)
-                next_sweep = now + sweep_interval
-            timeout = max(0.0, min(next_report - now, next_sweep - now, next_watchdog - now, MAX_WAIT))
-            for key, _ in selector.select(timeout):
-                data = key.data
-                if data.__class__ is Flow:
-                    self.flow_ready(data, time.monotonic())
-                elif data is None:
-                    _empty(wake_read)
-                elif data.__class__ is socket.socket:
-                    self.read_raw_errors(data)
-                else:
-                    strategy.drain(data, time.monotonic())
+        """Forward until SIGTERM or SIGINT; then send STOPPING=1 (forwarder.io.loop)."""
+        Loop(self).run()
 
 
 def _discard_queued(sock: socket.socket) -> int:
@@ -560,13 +437,3 @@ def _discard_queued(sock: socket.socket) -> int:
             continue
         count += 1
     return count
-
-
-def _empty(sock: socket.socket) -> None:
-    """Read the signal wake-up bytes so the selector stops reporting them."""
-    while True:
-        try:
-            if not sock.recv(64):
-                return
-        except BlockingIOError:
-            return
