@@ -49,6 +49,7 @@ IO_MODULES = frozenset(
 PURE_SOCKET_FUNCTIONS = frozenset(
     {"inet_pton", "inet_ntop", "inet_aton", "inet_ntoa", "CMSG_LEN", "CMSG_SPACE"}
 )
+MAX_LINES = 400
 IO_BUILTINS = frozenset({"open", "print", "input", "breakpoint", "exec", "eval", "__import__"})
 
 
@@ -266,3 +267,9 @@ def test_the_cycle_check_prints_the_cycle() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"d"}, "e": {"a"}}
     assert cycles(graph) == [["a", "b", "c", "a"], ["d", "d"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+@pytest.mark.parametrize("name", sorted(FORWARDER))
+def test_no_module_is_longer_than_400_lines(name: str) -> None:
+    lines = len(FORWARDER[name].path.read_text().splitlines())
+    assert lines <= MAX_LINES, f"{name} has {lines} lines: expected at most {MAX_LINES} (split it by job)"

@@ -12,10 +12,12 @@ import pytest
 
 from forwarder.core.actions import CloseFlows, Drop, OpenFlow, SendOnce
 from forwarder.core.addresses import sockaddr_bytes
+from forwarder.core.counters import DropReason
 from forwarder.core.destination import Destination
 from forwarder.core.flows import Flow, Path
 from forwarder.core.icmp import SO_EE_ORIGIN_ICMP, QueuedError
 from forwarder.core.machine import ForwardingMachine
+from forwarder.core.policy import SourcePolicy, Verdict
 
 V4 = Path("dns", Destination(socket.AF_INET, "192.0.2.2", 53))
 V6 = Path("dns6", Destination(socket.AF_INET6, "2001:db8:2::2", 53))
@@ -226,6 +228,35 @@ def test_a_flow_whose_source_became_local_is_closed_at_the_next_sweep_with_fresh
     assert machine.expire(2.0) == CloseFlows((flow,))
     assert addresses.forgotten == 1
     assert len(machine.flows) == 0
+
+
+def test_the_policy_gives_one_verdict_per_client() -> None:
+    policy = SourcePolicy(Addresses("192.0.2.1"), Addresses("192.0.2.255"), names_in_header=False)
+    assert policy.judge(("203.0.113.7", 4242), socket.AF_INET) == (Verdict.BIND, ("203.0.113.7", 4242))
+    assert policy.judge(("::ffff:192.0.2.1", 53, 0, 0), socket.AF_INET) == (Verdict.ONCE, ("192.0.2.1", 53))
+    assert policy.judge(("192.0.2.255", 53), socket.AF_INET) is DropReason.BROADCAST_SOURCE
+    assert policy.judge(("127.0.0.1", 53), socket.AF_INET) is DropReason.LOOPBACK_SOURCE
+    header = SourcePolicy(Addresses("192.0.2.1"), Addresses(), names_in_header=True)
+    assert header.judge(("127.0.0.1", 53), socket.AF_INET6) == (Verdict.HEADER, ("127.0.0.1", 53))
+    assert header.judge(("192.0.2.1", 53), socket.AF_INET) == (Verdict.HEADER, ("192.0.2.1", 53))
+
+
+def test_the_sweep_asks_the_policy_that_opened_the_flow_so_broadcast_is_judged_once() -> None:
+    broadcasts = Addresses()
+    machine = ForwardingMachine(is_broadcast=broadcasts)
+    flow = opened(machine, V4, v4("203.0.113.255", 4242), 1.0)
+    broadcasts.local.add("203.0.113.255")  # the host got a 203.0.113.0/24 address: its broadcast now
+
+    assert machine.policy.judge(flow.source, socket.AF_INET) is DropReason.BROADCAST_SOURCE
+    assert machine.expire(2.0) == CloseFlows((flow,))
+    assert broadcasts.forgotten == 1
+
+
+def test_a_failed_send_is_a_local_source_drop_only_for_a_one_shot_send() -> None:
+    assert SourcePolicy.refused(errno.EADDRINUSE, Verdict.ONCE) is DropReason.LOCAL_SOURCE
+    assert SourcePolicy.refused(errno.EINVAL, Verdict.ONCE) is DropReason.LOCAL_SOURCE
+    assert SourcePolicy.refused(errno.EADDRINUSE, Verdict.BIND) is DropReason.SEND_ERROR
+    assert SourcePolicy.refused(errno.ECONNREFUSED, Verdict.ONCE) is DropReason.SEND_ERROR
 
 
 def test_close_hands_back_every_flow() -> None:

@@ -14,8 +14,9 @@ from forwarder.core.actions import READ_HEADER, CloseFlows, Drop, OpenFlow, Send
 from forwarder.core.addresses import sockaddr_bytes
 from forwarder.core.destination import Destination
 from forwarder.core.flows import Flow, Path
-from forwarder.core.machine import HEADER_CACHE_BYTES, ForwardingMachine
+from forwarder.core.machine import ForwardingMachine
 from forwarder.core.proxy_protocol import (
+    HEADER_CACHE_BYTES,
     SIGNATURE,
     TLV_CRC32C,
     TLV_NOOP,

@@ -10,6 +10,10 @@ from typing import Generic, TypeVar
 from forwarder.core.addresses import SockAddr, decode_sockaddr, endpoint_text
 from forwarder.core.destination import Destination
 
+# --max-flows and --flow-idle-timeout by default.
+DEFAULT_MAX_FLOWS = 4096
+DEFAULT_IDLE_TIMEOUT = 60.0
+
 K = TypeVar("K")
 
 
@@ -177,6 +181,14 @@ class Flow(Entry):
         self.senders: list[FlowKey] = []
         # On the raw send path: what its datagrams need there (forwarder.io.rawsend.RawFlow), built once.
         self.raw: object | None = None
+
+    def redirect(self, path: Path, client: bytes) -> None:
+        """The flow's replies now go to `client` (its latest sender) through `path`'s listening socket; the
+        local address it sent to is set after this (or unknown: never one seen on another socket)."""
+        self.path = path
+        self.client = client
+        self.address = decode_sockaddr(client)
+        self.local = None
 
     def __repr__(self) -> str:
         return f"Flow({endpoint_text(self.source)} -> {self.path.destination})"

@@ -30,38 +30,51 @@ sender's hit costs nothing more than before. A header's client gets the flow of 
 one load balancer's clients get their own flows under the same --max-flows and idle rules.
 """
 
-import errno
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from forwarder.core.actions import READ_HEADER, Action, CloseFlows, Drop, OpenFlow, ProxiedAction, SendOnce
-from forwarder.core.addresses import SockAddr, decode_sockaddr, family_of, plain_address, sockaddr_bytes
+from forwarder.core.addresses import SockAddr, decode_sockaddr, family_of, sockaddr_bytes
 from forwarder.core.counters import Counters, DropReason, drop_key, errno_name
-from forwarder.core.flows import Flow, FlowKey, FlowTable, Path, bounded_put, canonical_sockaddr
-from forwarder.core.icmp import QueuedError
-from forwarder.core.policy import _NAMEABLE, LocalProbe, _NothingLocal, _proxy_header, presentable_source
-from forwarder.core.proxy_protocol import Command, HeaderCache, HeaderProblem, build, parse
-
-if TYPE_CHECKING:
-    from forwarder.core.proxy_protocol import TrustedSources
+from forwarder.core.flows import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_FLOWS,
+    Flow,
+    FlowKey,
+    FlowTable,
+    Path,
+    canonical_sockaddr,
+)
+from forwarder.core.policy import (
+    Judgement,
+    LocalProbe,
+    NothingLocal,
+    SourcePolicy,
+    Verdict,
+    chained_header,
+    proxy_header,
+    readdress_header,
+)
+from forwarder.core.proxy_protocol import (
+    CHEAP_PROBLEMS,
+    HEADER_CACHE_BYTES,
+    Command,
+    HeaderCache,
+    HeaderProblem,
+    TrustedSources,
+    parse,
+)
+from forwarder.core.reply_rules import ReplyRules
 
 MSG_TRUNC = socket.MSG_TRUNC
-DEFAULT_MAX_FLOWS = 4096
-DEFAULT_IDLE_TIMEOUT = 60.0
 
-# The PROXY headers remembered (--proxy-protocol-from), in bytes: thousands of a load balancer's ordinary
-# headers, or 64 of the largest a header can be.
-HEADER_CACHE_BYTES = 4 << 20
-# The headers a --send-proxy-protocol flow keeps for the listeners and host addresses its clients used.
-FLOW_HEADERS = 16
 
 # What a PROXY header received was found to mean: the path it came on, its client's flow key, the source
 # presented (or why not), and with --send-proxy-protocol the header to send on (or why none can be).
-Judged = tuple["Path", "FlowKey", "tuple[str, int] | DropReason", "bytearray | DropReason | None"]
+Judged = tuple["Path", "FlowKey", "Judgement", "bytearray | DropReason | None"]
 
 
-class ForwardingMachine:
+class ForwardingMachine(ReplyRules):
     """Decides, for every datagram, how it leaves, keeps the flows and counts everything."""
 
     def __init__(
@@ -71,7 +84,7 @@ class ForwardingMachine:
         is_local: LocalProbe | None = None,
         is_broadcast: LocalProbe | None = None,
         *,
-        trusted: "TrustedSources | None" = None,
+        trusted: TrustedSources | None = None,
         relay: bool = False,
         send_header: bool = False,
         source_toward: Callable[[str], str | None] | None = None,
@@ -84,9 +97,13 @@ class ForwardingMachine:
         # the clients.
         self.relay = relay or send_header
         self.counters = Counters(relay=self.relay)
-        self.is_local: LocalProbe = is_local if is_local is not None else _NothingLocal()
-        # Whether an IPv4 address is a directed broadcast of one of the host's subnets.
-        self.is_broadcast: LocalProbe = is_broadcast if is_broadcast is not None else _NothingLocal()
+        # Which source a client is presented with and how it leaves; `is_broadcast` tells whether an IPv4
+        # address is a directed broadcast of one of the host's subnets.
+        self.policy = SourcePolicy(
+            is_local if is_local is not None else NothingLocal(),
+            is_broadcast if is_broadcast is not None else NothingLocal(),
+            names_in_header=send_header,
+        )
         # Sender key -> its flow: the hot path's one lookup (kept in step with the flow table).
         self._senders: dict[FlowKey, Flow] = {}
         self._lookup: Callable[[FlowKey], Flow | None] = self._senders.get
@@ -117,13 +134,13 @@ class ForwardingMachine:
         flow = self._lookup((path.target, client))
         if flow is not None:
             if flow.path is not path or flow.client != client:
-                self._redirect(flow, path, client)
+                flow.redirect(path, client)
             if local is not None:
                 flow.local = local  # replies leave from the address the client used last
             if (
                 flow.header is not None
                 and (flow.header_path is not path or flow.header_local != flow.local)
-                and not self._readdress(flow)
+                and not readdress_header(flow, self.source_toward)
             ):
                 return self._drop(path, client, DropReason.FAMILY_MISMATCH.value)
             flow.last_used = now
@@ -131,26 +148,6 @@ class ForwardingMachine:
             self.counters.forwarded += 1
             return flow
         return self._first(path, client, now, local)
-
-    def _readdress(self, flow: Flow) -> bool:
-        """--send-proxy-protocol: `flow`'s datagram came on another listener or to another of the host's
-        addresses than its header names (or its header was a received one's): the header names the
-        flow's listener and address now (built once per flow, listener and address). False when no
-        header can."""
-        key = (flow.path, flow.local)
-        headers = flow.headers
-        if headers is None:  # the first change: the header built with the flow is kept too
-            headers = flow.headers = {}
-            if flow.header is not None and flow.header_path is not None:
-                headers[flow.header_path, flow.header_local] = flow.header
-        header = headers.get(key)
-        if header is None:
-            header = _proxy_header(flow.source, flow.local, flow.path, self.source_toward)
-            if header is None:
-                return False
-            bounded_put(headers, key, header, FLOW_HEADERS)
-        flow.header, flow.header_path, flow.header_local = header, flow.path, flow.local
-        return True
 
     def _first(self, path: Path, client: bytes, now: float, local: bytes | None) -> Action:
         """The first datagram of a sender (or of a client that never gets a flow), or of a trusted one. A
@@ -165,27 +162,18 @@ class ForwardingMachine:
             self._senders[sender] = flow
             return self.receive(path, client, 0, 0, now, local=local)
         address = decode_sockaddr(client)
-        source = self._presentable(address, path.destination.family)
-        action = self._open(path, client, key, source, now, address, local)
+        judgement = self.policy.judge(address, path.destination.family)
+        action = self._open(path, client, key, judgement, now, address, local)
         if action.__class__ is OpenFlow:
             action.flow.senders.append(sender)
         return action
-
-    @staticmethod
-    def _redirect(flow: Flow, path: Path, client: bytes) -> None:
-        """The flow's replies now go to `client` (its latest sender) through `path`'s listening socket; the
-        local address it sent to is set after this (or unknown: never one seen on another socket)."""
-        flow.path = path
-        flow.client = client
-        flow.address = decode_sockaddr(client)
-        flow.local = None
 
     def _open(  # noqa: PLR0917
         self,
         path: Path,
         client: bytes,
         key: FlowKey,
-        source: tuple[str, int] | DropReason,
+        judgement: Judgement,
         now: float,
         address: SockAddr | None,
         local: bytes | None,
@@ -194,10 +182,11 @@ class ForwardingMachine:
         """Open a flow presenting `source` under `key` (a one-shot send for a local one), or drop. With
         --send-proxy-protocol its header is `outgoing` when a received header decided it, else the one
         naming the listener and the address the client sent to."""
-        if isinstance(source, DropReason):
-            return self._drop(path, client, source.value)
-        if self.send_header:
-            header = _proxy_header(source, local, path, self.source_toward) if outgoing is None else outgoing
+        if isinstance(judgement, DropReason):
+            return self._drop(path, client, judgement.value)
+        verdict, source = judgement
+        if verdict is Verdict.HEADER:
+            header = proxy_header(source, local, path, self.source_toward) if outgoing is None else outgoing
             if isinstance(header, DropReason) or header is None:
                 return self._drop(path, client, DropReason.FAMILY_MISMATCH.value)
             self.counters.forwarded += 1
@@ -208,22 +197,11 @@ class ForwardingMachine:
             flow.last_used = now
             return OpenFlow(flow)
         self.counters.forwarded += 1
-        if self.is_local(source[0]):
+        if verdict is Verdict.ONCE:
             return SendOnce(path, client, source)
         flow = Flow(key, path, source, address, local, client=client)
         flow.last_used = now
         return OpenFlow(flow)
-
-    def _presentable(self, client: SockAddr, family: socket.AddressFamily) -> tuple[str, int] | DropReason:
-        """presentable_source; with --send-proxy-protocol a client is named in a header, never bound: the
-        backend's family does not matter (the header's two ends must share one, see _proxy_header), and a
-        loopback or link-local client can be forwarded too (its replies leave from the listening socket)."""
-        if self.send_header:
-            family = family_of(plain_address(str(client[0])))
-        source = presentable_source(client, family, self.is_broadcast)
-        if self.send_header and source in _NAMEABLE:
-            return (str(plain_address(str(client[0]))), int(client[1]))
-        return source
 
     def receive_proxied(
         self,
@@ -249,31 +227,31 @@ class ForwardingMachine:
             return self._hit_or_open(path, client, *known[1:], now, local), len(header)
         parsed = parse(data)
         if isinstance(parsed, HeaderProblem):
-            if parsed not in _CHEAP_PROBLEMS:  # the whole header was read: remember it
+            if parsed not in CHEAP_PROBLEMS:  # the whole header was read: remember it
                 self._headers.put(header, parsed)
             return self._drop(path, client, parsed.value), 0
         family = path.destination.family
         if parsed.command is Command.LOCAL:  # no client behind: the sender itself, in a flow of its own
-            source = self._presentable(decode_sockaddr(client), family)
+            judgement = self.policy.judge(decode_sockaddr(client), family)
             key = (path.target, canonical_sockaddr(client))
-            return self._hit_or_open(path, client, key, source, None, now, local), parsed.length
+            return self._hit_or_open(path, client, key, judgement, None, now, local), parsed.length
         assert parsed.source is not None
-        source = self._presentable(parsed.source, family)
-        named = parsed.source if isinstance(source, DropReason) else source
+        judgement = self.policy.judge(parsed.source, family)
+        named = parsed.source if isinstance(judgement, DropReason) else judgement[1]
         key = (path.target, sockaddr_bytes(family_of(named[0]), named))
         outgoing = None
-        if self.send_header and not isinstance(source, DropReason):
+        if not isinstance(judgement, DropReason) and judgement[0] is Verdict.HEADER:
             assert parsed.destination is not None
-            outgoing = _chained_header(source, parsed.destination)
-        self._headers.put(header, (path, key, source, outgoing))
-        return self._hit_or_open(path, client, key, source, outgoing, now, local), parsed.length
+            outgoing = chained_header(judgement[1], parsed.destination)
+        self._headers.put(header, (path, key, judgement, outgoing))
+        return self._hit_or_open(path, client, key, judgement, outgoing, now, local), parsed.length
 
     def _hit_or_open(  # noqa: PLR0917
         self,
         path: Path,
         client: bytes,
         key: FlowKey,
-        source: tuple[str, int] | DropReason,
+        judgement: Judgement,
         outgoing: bytearray | DropReason | None,
         now: float,
         local: bytes | None,
@@ -283,18 +261,18 @@ class ForwardingMachine:
         destination), or for a LOCAL one (None) the header naming the address the sender sent to."""
         flow = self.flows.lookup(key)
         if flow is None:
-            return self._open(path, client, key, source, now, None, local, outgoing)
+            return self._open(path, client, key, judgement, now, None, local, outgoing)
         if isinstance(outgoing, DropReason) and flow.header is not None:
             return self._drop(path, client, outgoing.value)
         if flow.path is not path or flow.client != client:  # replies go to the latest sender
-            self._redirect(flow, path, client)
+            flow.redirect(path, client)
         if local is not None:
             flow.local = local
         if flow.header is not None:
             if isinstance(outgoing, bytearray):
                 flow.header, flow.header_path = outgoing, None
-            elif (flow.header_path is not path or flow.header_local != flow.local) and not self._readdress(
-                flow
+            elif (flow.header_path is not path or flow.header_local != flow.local) and not readdress_header(
+                flow, self.source_toward
             ):
                 return self._drop(path, client, DropReason.FAMILY_MISMATCH.value)
         flow.last_used = now
@@ -327,73 +305,17 @@ class ForwardingMachine:
 
     def send_once_failed(self, action: SendOnce, error_number: int) -> Drop:
         """The one-shot send of a local source failed."""
-        return self._failed(action.path, action.client, error_number, local_source=True)
+        return self._failed(action.path, action.client, error_number, Verdict.ONCE)
 
-    def _failed(self, path: Path, client: bytes, error_number: int, local_source: bool = False) -> Drop:
-        """The one place an errno becomes a drop. A local source whose port a local program holds
-        (EADDRINUSE), or which the kernel refuses (EINVAL), is a drop of its own kind."""
+    def _failed(self, path: Path, client: bytes, error_number: int, verdict: Verdict = Verdict.BIND) -> Drop:
+        """The one place an errno becomes a drop (of the kind the policy says)."""
         self.counters.forwarded -= 1
-        reason = DropReason.SEND_ERROR
-        if local_source and error_number in (errno.EADDRINUSE, errno.EINVAL):
-            reason = DropReason.LOCAL_SOURCE
+        reason = self.policy.refused(error_number, verdict)
         return self._drop(path, client, drop_key(reason, errno_name(error_number)))
 
     def _drop(self, path: Path, client: bytes | None, key: str) -> Drop:
         self.counters.dropped[key] += 1
         return Drop(key, path, client)
-
-    # --- the backend's replies ------------------------------------------------------------------------------
-
-    def reply_received(
-        self, flow: Flow, source: SockAddr, size: int, flags: int, now: float
-    ) -> "Flow | Drop":
-        """A datagram of `size` bytes from `source` arrived on `flow`'s socket: the flow whose client it is
-        relayed to (it counts as use of that flow), or why not.
-
-        Two flows of one client to two destinations share the client's address and port; an unconnected
-        socket may receive the other destination's reply, so the reply goes to the flow of its source. A
-        reply whose flow is gone (evicted) is never sent anywhere else."""
-        if not self.relay:
-            return self._reply_drop(flow, DropReason.REPLY_IN_DIRECT_MODE)
-        if flags & MSG_TRUNC:
-            return self._reply_drop(flow, DropReason.REPLY_TRUNCATED)
-        backend = (str(source[0]), int(source[1]))
-        if backend != flow.path.target:
-            other = self.flows.lookup((backend, flow.key[1]))
-            if other is None:
-                return self._reply_drop(flow, DropReason.REPLY_UNMATCHED)
-            flow = other
-        flow.last_used = now
-        flow.referenced = True
-        self.counters.relayed += 1
-        return flow
-
-    def reply_send_failed(self, flow: Flow, error_number: int) -> Drop:
-        """Relaying a reply (counted as relayed) to `flow`'s client failed."""
-        self.counters.relayed -= 1
-        return self._reply_drop(flow, DropReason.REPLY_SEND_ERROR, errno_name(error_number))
-
-    def reply_receive_failed(self, flow: Flow, error_number: int) -> Drop:
-        """Receiving from `flow`'s socket failed with an error that is not a queued ICMP error."""
-        return self._reply_drop(flow, DropReason.REPLY_RECEIVE_ERROR, errno_name(error_number))
-
-    def replies_unmatched(self, flow: Flow, count: int) -> None:
-        """`count` replies were still queued on `flow`'s socket when the flow was closed (evicted)."""
-        if count:
-            self.counters.reply_dropped[DropReason.REPLY_UNMATCHED.value] += count
-
-    def icmp_error(self, flow: Flow | None, error: QueuedError) -> str:
-        """An ICMP error about `flow`'s datagrams (from its socket's error queue; None: from the raw send
-        socket's, which names no flow): count it by type; the name it was counted as is returned for the
-        log."""
-        name = error.name
-        self.counters.icmp_errors[name] += 1
-        return name
-
-    def _reply_drop(self, flow: Flow, reason: DropReason, detail: str = "") -> Drop:
-        key = drop_key(reason, detail)
-        self.counters.reply_dropped[key] += 1
-        return Drop(key, flow.path, flow.client, reply=True)
 
     # --- time -----------------------------------------------------------------------------------------------
 
@@ -402,14 +324,10 @@ class ForwardingMachine:
         to this host (a local program must be free to bind it), or a broadcast address of it, since they
         were opened: out of the table."""
         stale = self.flows.expire(now)
-        self.is_local.forget()
-        self.is_broadcast.forget()
-        self._headers.clear()  # their sources were judged with the answers just forgotten
-        if self.send_header:  # no flow socket is bound to its client's address
-            return self._gone(stale)
+        self.policy.forget()
+        self._headers.clear()  # their clients were judged with the answers just forgotten
         for flow in self.flows.values():
-            address = flow.source[0]
-            if self.is_local(address) or (":" not in address and self.is_broadcast(address)):
+            if not self.policy.keeps(flow.source, flow.path.destination.family):
                 self.flows.remove(flow.key)
                 stale.append(flow)
         return self._gone(stale)
@@ -438,17 +356,3 @@ class ForwardingMachine:
             for sender in flow.senders:
                 senders.pop(sender, None)
         return CloseFlows(tuple(flows))
-
-
-# Header problems found before the whole header is known: not worth a cache entry (nor is the key whole).
-_CHEAP_PROBLEMS = (HeaderProblem.MISSING, HeaderProblem.TRUNCATED)
-
-
-def _chained_header(source: tuple[str, int], destination: tuple[str, int]) -> bytearray | DropReason:
-    """--proxy-protocol-from with --send-proxy-protocol: the header sent on names the client presented
-    and the destination the received header named (what the client asked the load balancer for, not
-    this host's address); family-mismatch when one header cannot name both."""
-    address = str(plain_address(destination[0]))
-    if family_of(address) != family_of(source[0]):
-        return DropReason.FAMILY_MISMATCH
-    return bytearray(build(source, (address, destination[1])))

@@ -1,15 +1,21 @@
-"""Which source a client is presented with, or why it cannot be; what the PROXY header of a flow says; the
-probes the machine asks about this host's addresses.
+"""The one home of the source policy: for a client, a single verdict (forward from a socket bound to its
+address, send once from a local address, name it in a PROXY header, or drop with a reason), asked when its
+first datagram arrives and again at every idle sweep; and what the PROXY header of a flow says.
 """
 
+import enum
+import errno
 import socket
 from collections.abc import Callable
 from typing import Protocol
 
 from forwarder.core.addresses import LIMITED_BROADCAST, SockAddr, family_of, plain_address
 from forwarder.core.counters import DropReason
-from forwarder.core.flows import Path
+from forwarder.core.flows import Flow, Path, bounded_put
 from forwarder.core.proxy_protocol import build
+
+# The headers a --send-proxy-protocol flow keeps for the listeners and host addresses its clients used.
+FLOW_HEADERS = 16
 
 
 def presentable_source(
@@ -56,7 +62,7 @@ class LocalProbe(Protocol):
 _NAMEABLE = (DropReason.LOOPBACK_SOURCE, DropReason.LINK_LOCAL_SOURCE)
 
 
-def _proxy_header(
+def proxy_header(
     source: tuple[str, int],
     local: bytes | None,
     path: Path,
@@ -81,7 +87,38 @@ def _proxy_header(
     return bytearray(build(source, (destination, port)))
 
 
-class _NothingLocal:
+def readdress_header(flow: Flow, source_toward: Callable[[str], str | None] | None) -> bool:
+    """--send-proxy-protocol: `flow`'s datagram came on another listener or to another of the host's
+    addresses than its header names (or its header was a received one's): the header names the
+    flow's listener and address now (built once per flow, listener and address). False when no
+    header can."""
+    key = (flow.path, flow.local)
+    headers = flow.headers
+    if headers is None:  # the first change: the header built with the flow is kept too
+        headers = flow.headers = {}
+        if flow.header is not None and flow.header_path is not None:
+            headers[flow.header_path, flow.header_local] = flow.header
+    header = headers.get(key)
+    if header is None:
+        header = proxy_header(flow.source, flow.local, flow.path, source_toward)
+        if header is None:
+            return False
+        bounded_put(headers, key, header, FLOW_HEADERS)
+    flow.header, flow.header_path, flow.header_local = header, flow.path, flow.local
+    return True
+
+
+def chained_header(source: tuple[str, int], destination: tuple[str, int]) -> bytearray | DropReason:
+    """--proxy-protocol-from with --send-proxy-protocol: the header sent on names the client presented
+    and the destination the received header named (what the client asked the load balancer for, not
+    this host's address); family-mismatch when one header cannot name both."""
+    address = str(plain_address(destination[0]))
+    if family_of(address) != family_of(source[0]):
+        return DropReason.FAMILY_MISMATCH
+    return bytearray(build(source, (address, destination[1])))
+
+
+class NothingLocal:
     """The probe of a machine told nothing: no address is local (or a broadcast address)."""
 
     def __call__(self, address: str) -> bool:
@@ -89,3 +126,61 @@ class _NothingLocal:
 
     def forget(self) -> None:
         pass
+
+
+class Verdict(enum.Enum):
+    """How a client's datagrams leave, when they can."""
+
+    BIND = "bind"  # from a socket (or the raw path) presenting the client's address: a kept flow
+    ONCE = "once"  # the client's address is this host's: one datagram from a one-shot socket, nothing kept
+    HEADER = "header"  # --send-proxy-protocol: from this host's address, the client named in a PROXY header
+
+
+# A verdict and the (address, port) presented, or why the client cannot be presented.
+Judgement = tuple[Verdict, tuple[str, int]] | DropReason
+
+
+class SourcePolicy:
+    """Judges clients: which source is presented for one, and how its datagrams leave, or why they are
+    dropped. `names_in_header` (--send-proxy-protocol): nothing binds a client's address, so any family
+    can be named, and a loopback or link-local client can be forwarded too (its replies leave from the
+    listening socket). `is_local` and `is_broadcast` answer about this host's addresses; `forget` drops
+    their cached answers (addresses change)."""
+
+    def __init__(self, is_local: LocalProbe, is_broadcast: LocalProbe, *, names_in_header: bool) -> None:
+        self.is_local = is_local
+        self.is_broadcast = is_broadcast
+        self.names_in_header = names_in_header
+
+    def judge(self, client: SockAddr, family: socket.AddressFamily) -> Judgement:
+        """The verdict for `client` toward a destination of `family`."""
+        if self.names_in_header:
+            named = plain_address(str(client[0]))
+            source = presentable_source(client, family_of(named), self.is_broadcast)
+            if source in _NAMEABLE:
+                return (Verdict.HEADER, (str(named), int(client[1])))
+            return source if isinstance(source, DropReason) else (Verdict.HEADER, source)
+        source = presentable_source(client, family, self.is_broadcast)
+        if isinstance(source, DropReason):
+            return source
+        return (Verdict.ONCE if self.is_local(source[0]) else Verdict.BIND, source)
+
+    def keeps(self, source: tuple[str, int], family: socket.AddressFamily) -> bool:
+        """Whether a kept flow presenting `source` may stay, at an idle sweep: its verdict is still the one
+        it was opened with (an address that became this host's, or a broadcast address of it, is not)."""
+        if self.names_in_header:  # no socket is bound to a client's address
+            return True
+        judgement = self.judge(source, family)
+        return not isinstance(judgement, DropReason) and judgement[0] is Verdict.BIND
+
+    @staticmethod
+    def refused(error_number: int, verdict: Verdict) -> DropReason:
+        """Why a send of this verdict that failed with `error_number` is dropped: a local source whose port a
+        local program holds (EADDRINUSE), or which the kernel refuses (EINVAL), is a drop of its own kind."""
+        if verdict is Verdict.ONCE and error_number in (errno.EADDRINUSE, errno.EINVAL):
+            return DropReason.LOCAL_SOURCE
+        return DropReason.SEND_ERROR
+
+    def forget(self) -> None:
+        self.is_local.forget()
+        self.is_broadcast.forget()

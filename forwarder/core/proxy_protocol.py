@@ -58,6 +58,13 @@ class HeaderProblem(enum.Enum):
     CHECKSUM = "proxy-header-checksum"
 
 
+# The PROXY headers remembered (--proxy-protocol-from), in bytes: thousands of a load balancer's ordinary
+# headers, or 64 of the largest a header can be.
+HEADER_CACHE_BYTES = 4 << 20
+# Header problems found before the whole header is known: not worth a cache entry (nor is the key whole).
+CHEAP_PROBLEMS = (HeaderProblem.MISSING, HeaderProblem.TRUNCATED)
+
+
 @dataclass(frozen=True, slots=True)
 class ProxyHeader:
     """A header that was checked whole. `length` bytes of the datagram belong to it; the payload follows.

@@ -11,23 +11,22 @@ import errno
 import logging
 import selectors
 import socket
-import struct
 import time
 from collections.abc import Sequence
 
 from forwarder.core.actions import Action, CloseFlows, Drop, OpenFlow, SendOnce
-from forwarder.core.addresses import decode_sockaddr, endpoint_text, plain_address
 from forwarder.core.counters import Counters
 from forwarder.core.flows import Flow, bounded_put
-from forwarder.core.icmp import QueuedError, failed_by_pending_error
+from forwarder.core.icmp import failed_by_pending_error
 from forwarder.core.machine import ForwardingMachine
 from forwarder.io import receive
 from forwarder.io.batch import BATCH
+from forwarder.io.errorqueue import ClientText, ErrorQueues
 from forwarder.io.flow_sockets import open_flow_socket, open_once_socket, open_plain_flow_socket, sharing_port
-from forwarder.io.linux import CONTROL_SIZE, IP_PKTINFO, MSG_ERRQUEUE, parse_queued_error
+from forwarder.io.linux import IP_PKTINFO
 from forwarder.io.listeners import Route
 from forwarder.io.loop import Loop, Manager, Metrics
-from forwarder.io.rawsend import UDP_HEADER, RawSend
+from forwarder.io.rawsend import RawSend
 from forwarder.io.repeats import RepeatSummary
 from forwarder.io.sockets import set_receive_buffer, set_receive_pktinfo
 
@@ -42,18 +41,6 @@ RELAY_FLOW_BUFFER = 4 << 20
 
 
 log = logging.getLogger("forwarder")
-
-
-class _Client:
-    """A drop's client for the log line, decoded only if the line is written."""
-
-    __slots__ = ("raw",)
-
-    def __init__(self, raw: bytes | None) -> None:
-        self.raw = raw
-
-    def __str__(self) -> str:
-        return "?" if self.raw is None else endpoint_text(decode_sockaddr(self.raw))
 
 
 class Engine:
@@ -81,6 +68,9 @@ class Engine:
         self.stats_interval = stats_interval
         self.watchdog_interval = watchdog_interval
         self.repeats = RepeatSummary(log)
+        # The flow sockets' and raw sockets' error queues: ICMP errors counted, and the pending-error rule.
+        targets = {route.destination.sockaddr for route in routes}
+        self.error_queues = ErrorQueues(self.machine, self.repeats, targets)
         # Connected flow sockets only carry replies in relay mode; in direct mode early demux would steal
         # the replies the host must forward (see forwarder.io.flow_sockets).
         self.connect_flows = (connect_flows and self.machine.relay) or self.machine.send_header
@@ -88,8 +78,7 @@ class Engine:
         # these sockets; flows keep a socket only in relay mode, to receive the replies.
         self.raw = None if self.machine.send_header else raw
         if self.raw is not None:
-            self.raw.pending = self.raw_failed_by_pending_error
-        self._targets = {route.destination.sockaddr for route in self.routes}
+            self.raw.pending = self.error_queues.raw_failed_by_pending_error
         for route in self.routes:
             if route.pktinfo:
                 set_receive_pktinfo(route.listener.sock)
@@ -189,7 +178,7 @@ class Engine:
     def failed_by_pending_error(self, flow: Flow, error_number: int) -> bool:
         """A send on `flow` just failed with `error_number`: read (and count) its error queue, and say
         whether an earlier datagram's ICMP error is what failed it (then the datagram is sent again)."""
-        return failed_by_pending_error(error_number, self.read_errors(flow))
+        return failed_by_pending_error(error_number, self.error_queues.read(flow))
 
     def _open_and_send(self, flow: Flow, payload: memoryview) -> None:
         if self.open(flow):
@@ -249,7 +238,7 @@ class Engine:
                 with contextlib.suppress(KeyError):  # a flow opened before the loop, never watched
                     self.selector.unregister(sock)
             if drain and self.machine.relay:
-                self.read_errors(flow)
+                self.error_queues.read(flow)
                 self.machine.replies_unmatched(flow, _discard_queued(sock))
             flow.handle = None
             sock.close()
@@ -262,7 +251,7 @@ class Engine:
                 "dropped reply (%s) from %s to %s on %s",
                 drop.key,
                 drop.path.destination,
-                _Client(drop.client),
+                ClientText(drop.client),
                 drop.path.name,
             )
             return
@@ -270,7 +259,7 @@ class Engine:
             drop.key,
             "dropped datagram (%s) from %s on %s to %s",
             drop.key,
-            _Client(drop.client),
+            ClientText(drop.client),
             drop.path.name,
             drop.path.destination,
         )
@@ -283,7 +272,7 @@ class Engine:
         if sock is None:  # closed since the selector reported it (evicted by a new flow)
             return
         machine = self.machine
-        self.read_errors(flow)
+        self.error_queues.read(flow)
         buffers, view = self._reply_buffers, self._reply_view
         for _ in range(MAX_REPLIES):
             try:
@@ -291,7 +280,7 @@ class Engine:
             except BlockingIOError:
                 return
             except OSError as error:  # a pending ICMP error: its details wait in the error queue
-                if not self.read_errors(flow):
+                if not self.error_queues.read(flow):
                     self.log_drop(machine.reply_receive_failed(flow, error.errno or errno.EIO))
                 continue
             action = machine.reply_received(flow, source, size, flags, now)
@@ -299,67 +288,6 @@ class Engine:
                 self.relay(action, view[:size])
             else:
                 self.log_drop(action)  # type: ignore[arg-type]
-
-    def read_errors(self, flow: Flow) -> list[QueuedError | None]:
-        """Read `flow`'s error queue; count (and log, rate-limited) each ICMP error; return the entries
-        read (None for one that carried no error)."""
-        sock = flow.handle
-        read: list[QueuedError | None] = []
-        while sock is not None and len(read) < MAX_REPLIES:
-            try:
-                _, ancillary, _, _ = sock.recvmsg(1, CONTROL_SIZE, MSG_ERRQUEUE)
-            except OSError:  # EAGAIN: the queue is empty
-                return read
-            error = parse_queued_error(ancillary)
-            read.append(error)
-            if error is None:
-                continue
-            name = self.machine.icmp_error(flow, error)
-            self.repeats.report(
-                "icmp:" + name,
-                "ICMP error (%s) from %s about datagrams of %s to %s on %s",
-                name,
-                error.offender or "?",
-                _Client(flow.client),
-                flow.path.destination,
-                flow.path.name,
-            )
-        return read
-
-    def read_raw_errors(self, sock: socket.socket) -> list[QueuedError | None]:
-        """Read a raw send socket's error queue; return the entries read (None for one that carried no
-        error). It gets the ICMP errors about every UDP datagram of the host, so only those about datagrams
-        to a destination of ours are counted (and logged, rate-limited), and only in direct mode: in relay
-        mode the flow's own socket gets the same error and counts it."""
-        read: list[QueuedError | None] = []
-        while len(read) < MAX_REPLIES:
-            try:
-                data, ancillary, _, offender = sock.recvmsg(UDP_HEADER, CONTROL_SIZE, MSG_ERRQUEUE)
-            except OSError:  # EAGAIN: the queue is empty
-                return read
-            error = parse_queued_error(ancillary)
-            read.append(error)
-            if error is None or self.machine.relay or len(data) < UDP_HEADER:
-                continue
-            client_port, port = struct.unpack_from("!HH", data)
-            backend = (str(plain_address(str(offender[0]))), port)
-            if backend not in self._targets:
-                continue
-            name = self.machine.icmp_error(None, error)
-            self.repeats.report(
-                "icmp:" + name,
-                "ICMP error (%s) from %s about datagrams of port %s to %s",
-                name,
-                error.offender or "?",
-                client_port,
-                f"{backend[0]}:{port}" if sock.family == socket.AF_INET else f"[{backend[0]}]:{port}",
-            )
-        return read
-
-    def raw_failed_by_pending_error(self, sock: socket.socket, error_number: int) -> bool:
-        """A send on the raw socket `sock` just failed with `error_number`: read its error queue, and say
-        whether an earlier datagram's ICMP error is what failed it (the rule of every send path)."""
-        return failed_by_pending_error(error_number, self.read_raw_errors(sock))
 
     def relay(self, flow: Flow, payload: memoryview) -> None:
         """Send a reply to `flow`'s client from the listening socket it used, from the address it sent to.

@@ -17,6 +17,7 @@ from forwarder.core.actions import CloseFlows
 from forwarder.core.counters import Counters
 from forwarder.core.flows import Flow
 from forwarder.core.machine import ForwardingMachine
+from forwarder.io.errorqueue import ErrorQueues
 from forwarder.io.listeners import Route
 from forwarder.io.rawsend import RawSend
 from forwarder.io.receive import Strategy
@@ -62,13 +63,12 @@ class Driven(Protocol):
     watchdog_interval: float | None
     interval_start: float
     selector: selectors.BaseSelector | None
+    error_queues: ErrorQueues
 
     @property
     def counters(self) -> Counters: ...
 
     def flow_ready(self, flow: Flow, now: float) -> None: ...
-
-    def read_raw_errors(self, sock: socket.socket) -> object: ...
 
     def report_status(self, now: float | None = None) -> None: ...
 
@@ -183,7 +183,7 @@ class Loop:
                 elif data is None:
                     _empty(wake_read)
                 elif data.__class__ is socket.socket:
-                    engine.read_raw_errors(data)
+                    engine.error_queues.read_raw(data)
                 else:
                     strategy.drain(data, time.monotonic())
 

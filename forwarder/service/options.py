@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from forwarder import __version__
-from forwarder.core.machine import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FLOWS
+from forwarder.core.flows import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FLOWS
 from forwarder.core.proxy_protocol import Network, plain_network
 from forwarder.errors import (
     UsageError,
