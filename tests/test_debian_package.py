@@ -1,8 +1,8 @@
 """The Debian package of the forwarder, built by `./dev deb` (dpkg-buildpackage with debhelper and pybuild, in
 a temporary copy of the sources): lintian-clean; the daemon in /usr/sbin, the forwarder in Python's
 dist-packages, the template units, the manual page, the README it points to and commented /etc examples,
-and nothing of netlab; depending on python3 alone. Extracted into a throwaway root (`dpkg-deb -x`), its daemon runs on that root's
-Python path and its units pass `systemd-analyze verify`, man pages included.
+and nothing of netlab; depending on python3 alone. Extracted into a throwaway root (`dpkg-deb -x`), its
+daemon runs on that root's Python path and its units pass `systemd-analyze verify`, man pages included.
 
 Building takes about half a minute, so the package is built once per run and shared by the xdist workers.
 """
