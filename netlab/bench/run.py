@@ -14,10 +14,11 @@ the contenders that relay replies.
 
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TextIO
 
 from netlab.bench.contenders import CONTENDERS
+from netlab.bench.fixed_rate import echo_ceilings, fixed_rate_table, summarize_fixed_rate
 from netlab.bench.lab import BenchLab, Case, Run
 from netlab.bench.memory import measure_flow_memory
 from netlab.bench.report import json_document, memory_line, text_report, thousands
@@ -36,6 +37,9 @@ class Settings:
     contenders: list[str] = field(default_factory=list)
     loss_tests: bool = False
     memory_flows: int = 0  # measure what this many open flows cost (0: skip)
+    echo_rates: list[float] = field(
+        default_factory=list
+    )  # fixed offered loads of the echo cases (datagrams/s)
 
     @classmethod
     def quick(cls) -> "Settings":
@@ -45,7 +49,12 @@ class Settings:
     def full(cls) -> "Settings":
         cases = [Case(64, 1), Case(64, 1000), Case(1200, 1), Case(1200, 1000)]
         cases += [Case(64, 1, echo=True), Case(64, 1000, echo=True)]
-        return cls(cases=cases, runs=3, duration=2.0, loss_tests=True, memory_flows=100_000)
+        rates = [
+            50_000.0,
+            100_000.0,
+            200_000.0,
+        ]  # 200k: above the userspace contenders, to find DNAT's ceiling
+        return cls(cases=cases, runs=3, duration=2.0, loss_tests=True, memory_flows=100_000, echo_rates=rates)
 
 
 def parse_contenders(text: str) -> list[str]:
@@ -101,6 +110,7 @@ def run_bench(
                     file=progress,
                     flush=True,
                 )
+        rate_runs = measure_fixed_rates(bench, settings, names, progress)
         summaries = summarize(runs)
         if settings.loss_tests and "forwarder" in names:
             for summary in summaries:
@@ -118,11 +128,45 @@ def run_bench(
         memory = measure_flow_memory(bench, settings.memory_flows) if settings.memory_flows else None
         if memory is not None:
             print(f"[memory] {memory_line(memory)}", file=progress, flush=True)
+    rated = summarize_fixed_rate(rate_runs)
+    ceilings = echo_ceilings(summaries, rated)
     if as_json:
-        print(
-            json.dumps(json_document(summaries, solo, runs, loss_runs, memory, skipped=skipped), indent=2),
-            file=out,
-        )
+        document = json_document(summaries, solo, runs, loss_runs, memory, skipped=skipped)
+        document["fixed_rate_echo"] = [asdict(summary) for summary in rated]
+        document["echo_ceilings"] = [
+            {"case": case, "contender": name, "replies_per_s": rate}
+            for (case, name), rate in ceilings.items()
+        ]
+        print(json.dumps(document, indent=2), file=out)
     else:
         print(text_report(summaries, solo, loss_runs, memory, skipped), file=out)
+        if rated:
+            print(fixed_rate_table(rated, ceilings), file=out)
     return 0
+
+
+def measure_fixed_rates(bench: BenchLab, settings: Settings, names: list[str], progress: TextIO) -> list[Run]:
+    """Every echo case at each of `settings.echo_rates` offered, for each contender that relays replies,
+    interleaved and repeated as the flat-out runs: loss and CPU per relayed reply at equal load."""
+    plan = [
+        (case, rate, name)
+        for case in settings.cases
+        if case.echo
+        for rate in settings.echo_rates
+        for name in names
+        if CONTENDERS[name].relays_replies
+    ]
+    runs: list[Run] = []
+    for repetition in range(settings.runs if plan else 0):
+        for done, (case, rate, name) in enumerate(plan, 1):
+            run = bench.measure(CONTENDERS[name], case, settings.duration, rate=rate)
+            runs.append(run)
+            print(
+                f"[fixed-rate {done + repetition * len(plan)}/{settings.runs * len(plan)}] {case!s:<24} "
+                f"{thousands(rate)}/s offered {name:<18} {thousands(run.delivered_per_second)}/s replies, "
+                f"loss {run.loss:.2%}, CPU us/reply {run.cpu_us_per_datagram:.2f} machine, "
+                f"{run.process_us_per_datagram:.2f} own",
+                file=progress,
+                flush=True,
+            )
+    return runs

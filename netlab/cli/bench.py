@@ -7,9 +7,11 @@ from netlab.cli.common import OWN_LAB_REMOVED, Commands, require_privileges
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from netlab.bench.fixed_rate import parse_rates
     from netlab.bench.run import Settings, parse_contenders, run_bench
 
     contenders = parse_contenders(args.contenders) if args.contenders is not None else []  # empty: all
+    rates = parse_rates(args.echo_rates) if args.echo_rates is not None else None
     require_privileges()
     settings = Settings.full() if args.full else Settings.quick()
     if args.runs is not None:
@@ -17,6 +19,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.duration is not None:
         settings.duration = args.duration
     settings.contenders = contenders
+    if rates is not None:
+        settings.echo_rates = rates
     return run_bench(settings, as_json=args.json)
 
 
@@ -39,5 +43,11 @@ def register(commands: Commands) -> None:
         help="measure only these, comma-separated: kernel-dnat+rps, kernel-dnat, per-datagram, forwarder, "
         "forwarder-gso, forwarder-relay, forwarder-single, forwarder-proxy-v2, nginx, go-mmproxy "
         "(default: all; missing packages are skipped)",
+    )
+    bench.add_argument(
+        "--echo-rates",
+        metavar="RATE,...",
+        help="offered datagrams/s of the fixed-rate echo runs (loss and CPU per relayed reply), e.g. 50k,100k "
+        "(--full: 50k,100k,200k; --quick: none)",
     )
     bench.set_defaults(handler=cmd_bench, after_interrupt=OWN_LAB_REMOVED)
