@@ -130,6 +130,7 @@ def fixed_rate_table(rated: list[RateSummary], ceilings: dict[tuple[str, str], f
         )
     lines.append(
         "fixed-rate echo: the sender paced to the offered rate; loss counts replies missing at the client; "
-        "CPU us/reply: all cores' busy time per reply delivered, core: CPU 1's, own: the contender's processes"
+        "CPU us/reply: all cores' busy time per reply delivered, core: CPU 1's, "
+        "own: the contender's processes"
     )
     return "\n".join(lines)

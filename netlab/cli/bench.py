@@ -47,7 +47,7 @@ def register(commands: Commands) -> None:
     bench.add_argument(
         "--echo-rates",
         metavar="RATE,...",
-        help="offered datagrams/s of the fixed-rate echo runs (loss and CPU per relayed reply), e.g. 50k,100k "
-        "(--full: 50k,100k,200k; --quick: none)",
+        help="offered datagrams/s of the fixed-rate echo runs (loss and CPU per relayed reply), "
+        "e.g. 50k,100k (--full: 50k,100k,200k; --quick: none)",
     )
     bench.set_defaults(handler=cmd_bench, after_interrupt=OWN_LAB_REMOVED)
