@@ -149,7 +149,9 @@ class Engine:
         self._watched: dict[int, Flow] = {}
         # Relay mode gathers the replies of a pass and sends them with one sendmmsg per listener.
         self._replies = ReplyBatch.create(buffer_size=buffer_size) if self.machine.relay else None
-        self._staged: list[tuple[Flow, int]] = []  # (the flow relayed to, the reply's slot)
+        # The replies waiting to leave, per route (= listener): (the flow relayed to, the reply's slot).
+        self._staged: list[tuple[Route, list[tuple[Flow, int]]]] = [(route, []) for route in self.routes]
+        self._staged_of = {route.path: staged for route, staged in self._staged}
         self._used = 0  # slots of the reply batch filled in this pass
         self._target_names: dict[Path, bytes] = {}
         self._client_names: dict[tuple[int, SockAddr], bytes] = {}
@@ -303,7 +305,7 @@ class Engine:
         machine = self.machine
         fd = sock.fileno()
         target = self._target_name(flow.path)
-        staged = self._staged
+        staged_of = self._staged_of
         handled = 0
         while handled < MAX_REPLIES:
             first = self._used
@@ -320,7 +322,7 @@ class Engine:
                 source = flow.path.target if raw == target else decode_sockaddr(raw)
                 action = machine.reply_received(flow, source, batch.length(index), batch.flags(index), now)
                 if action.__class__ is Flow:
-                    staged.append((action, index))  # type: ignore[arg-type]
+                    staged_of[action.path].append((action, index))  # type: ignore[union-attr]
                 else:
                     self.log_drop(action)  # type: ignore[arg-type]
             self._used = first + count
@@ -333,22 +335,14 @@ class Engine:
     def flush_replies(self) -> None:
         """Send the replies gathered: one sendmmsg per listening socket, each message to its own client
         from the address that client sent to."""
-        staged, batch = self._staged, self._replies
+        batch = self._replies
         self._used = 0
-        if not staged or batch is None:
+        if batch is None:
             return
-        groups: dict[Route, list[tuple[Flow, int]]] = {}
-        route_of = self._route_of
-        for item in staged:
-            route = route_of[item[0].path]
-            group = groups.get(route)
-            if group is None:
-                groups[route] = [item]
-            else:
-                group.append(item)
-        staged.clear()
         message = 0
-        for route, group in groups.items():
+        for route, group in self._staged:
+            if not group:
+                continue
             family = route.listener.sock.family
             first = message
             for flow, index in group:
@@ -357,6 +351,7 @@ class Engine:
                 batch.stage(message, index, self._client_name(family, flow.address), control)
                 message += 1
             self._send_group(route.listener.sock, first, group)
+            group.clear()
 
     def _send_group(self, listener: socket.socket, first: int, group: list[tuple[Flow, int]]) -> None:
         """sendmmsg the staged messages of `group` on `listener`; a message that fails is counted and the

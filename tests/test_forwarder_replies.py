@@ -113,3 +113,36 @@ def test_the_replies_of_one_pass_leave_each_to_its_client_from_the_address_it_as
             assert client.recvfrom(100) == (b"second to " + own, address)
     finally:
         engine.close()
+
+
+def test_a_reply_that_cannot_be_sent_is_counted_and_the_replies_after_it_in_the_batch_still_leave(
+    made: list[socket.socket],
+) -> None:
+    listener = udp(socket.AF_INET, "127.0.0.1")
+    backend = udp(socket.AF_INET, "127.0.0.1")
+    made += [listener, backend]
+    listener.setblocking(False)
+    route = Route(ListeningSocket(listener, "test"), Destination(socket.AF_INET, *backend.getsockname()))
+    machine = ForwardingMachine(send_header=True)
+    engine = Engine([route], Notifier({}), machine, batch=8)
+    try:
+        clients = [udp(socket.AF_INET, "127.0.0.1") for _ in range(3)]
+        made.extend(clients)
+        for client in clients:
+            client.sendto(b"ask", listener.getsockname())
+        engine.drain(route)
+        flows = list(machine.flows.values())
+        flows[1].address = ("127.0.0.1", 0)  # a destination no datagram can be sent to: EINVAL
+        for _ in flows:
+            backend.sendto(b"reply", backend.recvfrom(100)[1])
+        now = time.monotonic()
+        for flow in flows:
+            engine.gather(flow, now, errors=False)
+        engine.flush_replies()
+
+        assert clients[0].recvfrom(100) == (b"reply", listener.getsockname())
+        assert clients[2].recvfrom(100) == (b"reply", listener.getsockname())
+        assert machine.counters.relayed == 2
+        assert dict(machine.counters.reply_dropped) == {"reply-send-error:EINVAL": 1}
+    finally:
+        engine.close()
