@@ -322,7 +322,7 @@ class Engine:
                 source = flow.path.target if raw == target else decode_sockaddr(raw)
                 action = machine.reply_received(flow, source, batch.length(index), batch.flags(index), now)
                 if action.__class__ is Flow:
-                    staged_of[action.path].append((action, index))  # type: ignore[union-attr]
+                    staged_of[action.path].append((action, index))
                 else:
                     self.log_drop(action)  # type: ignore[arg-type]
             self._used = first + count

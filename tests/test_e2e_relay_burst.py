@@ -5,7 +5,6 @@ listener, must deliver every reply, each to its own client, from the address tha
     client 198.51.100.10 (1,000 sockets) --- 198.51.100.1 [host: forwarder] 192.0.2.1 --- 192.0.2.2 backend
 """
 
-
 import pytest
 from e2e_helpers import status_has
 from test_e2e_relay import RELAY, client_socket, relay_deployment
@@ -32,10 +31,11 @@ def test_a_burst_of_replies_to_1000_clients_arrives_complete_and_each_at_its_own
         lab["host"], ["198.51.100.1:53"], ["192.0.2.2:5353"], args=[*RELAY, "--max-flows", "4096"]
     )
     clients = [client_socket(lab, "198.51.100.10") for _ in range(CLIENTS)]
-    lab.defer(lambda: [client.close() for client in clients])
+    for client in clients:
+        lab.defer(client.close)
     clients[0].sendto(b"ask", ASKED)  # starts the forwarder
     forwarder.wait_ready()
-    askers = {}
+    askers: dict[tuple[str, int], bytes] = {}
     askers.update([backend.recvfrom(100)[::-1]])
     for start in range(1, CLIENTS, 100):  # in steps the listener's queue holds
         for client in clients[start : start + 100]:

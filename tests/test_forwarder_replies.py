@@ -79,7 +79,7 @@ def test_the_replies_of_one_pass_leave_each_to_its_client_from_the_address_it_as
             return real_send(fd, first, count)
 
         monkeypatch.setattr(engine._replies, "send", counting_send)
-        asked = {}  # client socket -> the address it sent to
+        asked: dict[socket.socket, tuple[str, int]] = {}  # client socket -> the address it sent to
         for address in ("127.0.0.2", "127.0.0.3", "127.0.0.1"):
             client = udp(socket.AF_INET, "127.0.0.1")
             made.append(client)
@@ -87,8 +87,8 @@ def test_the_replies_of_one_pass_leave_each_to_its_client_from_the_address_it_as
         other = udp(socket.AF_INET, "127.0.0.1")
         made.append(other)
         asked[other] = ("127.0.0.1", other_port)
-        for client, address in asked.items():
-            client.sendto(b"ask %d" % client.getsockname()[1], address)
+        for client, asked_address in asked.items():
+            client.sendto(b"ask %d" % client.getsockname()[1], asked_address)
         engine.drain(routes[0])
         engine.drain(routes[1])
         flows = list(machine.flows.values())
@@ -107,10 +107,10 @@ def test_the_replies_of_one_pass_leave_each_to_its_client_from_the_address_it_as
 
         assert machine.counters.relayed == 8
         assert sorted(count for _, count in sends) == [2, 6]  # one sendmmsg per listener for the whole pass
-        for client, address in asked.items():
+        for client, asked_address in asked.items():
             own = b"%d" % client.getsockname()[1]
-            assert client.recvfrom(100) == (b"to " + own, address)
-            assert client.recvfrom(100) == (b"second to " + own, address)
+            assert client.recvfrom(100) == (b"to " + own, asked_address)
+            assert client.recvfrom(100) == (b"second to " + own, asked_address)
     finally:
         engine.close()
 
