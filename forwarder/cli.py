@@ -39,7 +39,7 @@ from forwarder.machine import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FLOWS, Forwardin
 from forwarder.mapping import assign, check_form
 from forwarder.metrics import MetricsFile, listen_label
 from forwarder.notify import Notifier, watchdog_interval
-from forwarder.proxy_protocol import Network, TrustedSources
+from forwarder.proxy_protocol import Network, TrustedSources, plain_network
 from forwarder.routecheck import reply_route_warning
 from forwarder.sockets import (
     BroadcastAddresses,
@@ -142,9 +142,11 @@ def _file_kind(mode: int) -> str:
 
 def _network(text: str) -> Network:
     """A network whose senders' PROXY headers are believed: ADDRESS/PREFIX without host bits, or one
-    address. Host bits are refused, not masked: a trust list must say exactly whom it trusts."""
+    address. Host bits are refused, not masked: a trust list must say exactly whom it trusts. A v4-mapped
+    network (::ffff:198.51.100.20/128) means its IPv4 network: a dual-stack listener's IPv4 senders are
+    compared as IPv4."""
     try:
-        return ipaddress.ip_network(text)
+        return plain_network(ipaddress.ip_network(text))
     except ValueError as error:
         raise argparse.ArgumentTypeError(
             f"{shown(text)} is not a network ({error}): expected a CIDR such as 192.0.2.0/24 or "
@@ -217,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="datagrams from these senders (load balancers) must start with a PROXY protocol v2 header: "
         "it is removed and the client it names is presented to the backend (LOCAL: the sender itself); "
         "a datagram without a valid one is dropped and counted by reason. Others are forwarded as they "
-        "are: their headers are payload, never believed. Repeatable",
+        "are: their headers are payload, never believed. A v4-mapped network means its IPv4 one. "
+        "Repeatable",
     )
     parser.add_argument(
         "--reply",
@@ -230,8 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--send-proxy-protocol",
         action="store_true",
         help="send from this host's own address (no IP_TRANSPARENT, no CAP_NET_ADMIN), each datagram after "
-        "a PROXY protocol v2 header naming the client and the address it sent to; the backend's replies "
-        "are relayed to the client from the listening socket",
+        "a PROXY protocol v2 header naming the client and the address it sent to (with "
+        "--proxy-protocol-from: the destination the received header named); the backend's replies are "
+        "relayed to the client from the listening socket",
     )
     parser.add_argument(
         "--receive-buffer",

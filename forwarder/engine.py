@@ -24,7 +24,13 @@ from forwarder.batch import BATCH
 from forwarder.core import Counters, SockAddr, bounded_put, decode_sockaddr, plain_address, sockaddr_bytes
 from forwarder.destination import Destination
 from forwarder.endpoint import endpoint_text
-from forwarder.icmp import CONTROL_SIZE, MSG_ERRQUEUE, PENDING_ERRORS, parse_queued_error
+from forwarder.icmp import (
+    CONTROL_SIZE,
+    MSG_ERRQUEUE,
+    QueuedError,
+    failed_by_pending_error,
+    parse_queued_error,
+)
 from forwarder.logs import RepeatSummary
 from forwarder.machine import (
     Action,
@@ -39,7 +45,7 @@ from forwarder.machine import (
 from forwarder.metrics import MetricsFile
 from forwarder.notify import Notifier
 from forwarder.replies import ReplyBatch, source_control
-from forwarder.sender import open_flow_socket, open_once_socket, open_plain_flow_socket
+from forwarder.sender import open_flow_socket, open_once_socket, open_plain_flow_socket, sharing_port
 from forwarder.sockets import IP_PKTINFO, set_receive_buffer, set_receive_pktinfo
 
 # Larger than any UDP payload (65507 B over IPv4, 65527 B over IPv6), so MSG_TRUNC means "not UDP-sized".
@@ -140,6 +146,11 @@ class Engine:
         self._signals: collections.deque[int] = collections.deque()  # received, not yet acted on
         self.interval_start = time.monotonic()  # of the interval the next STATUS= reports
         self._route_of = {route.path: route for route in self.routes}
+        # Listening sockets by port: a flow socket bound to a client's address on one of them shares it.
+        self._listeners_on: dict[int, list[socket.socket]] = {}
+        for route in self.routes:
+            sock = route.listener.sock
+            self._listeners_on.setdefault(int(sock.getsockname()[1]), []).append(sock)
         self._reply_view = memoryview(bytearray(buffer_size))
         self._reply_buffers = [self._reply_view]
         self._pktinfo_control: dict[tuple[int, bytes], list[tuple[int, int, bytes]]] = {}
@@ -179,32 +190,57 @@ class Engine:
         else:
             self.log_drop(action)  # type: ignore[arg-type]
 
-    def send(self, flow: Flow, payload: memoryview, retried: bool = False) -> None:
-        """The one place a datagram is sent on a flow's socket (runs of several leave by sendmmsg). A send
-        failing with an ICMP error left pending by an earlier datagram is tried once more."""
+    def send(self, flow: Flow, payload: memoryview, header: bytearray | None = None) -> None:
+        """The one place a datagram is sent on a flow's socket (runs of several leave by sendmmsg), after
+        `header` (default: the flow's PROXY header, if it has one). A send failing with an ICMP error left
+        pending by an earlier datagram is tried once more (forwarder.icmp.failed_by_pending_error)."""
+        if header is None:
+            header = flow.header
         try:
-            if flow.header is not None:  # two iovecs: the flow's header, then the payload (no copy)
-                flow.handle.sendmsg((flow.header, payload))  # type: ignore[union-attr]
+            if header is not None:  # two iovecs: the header, then the payload (no copy)
+                flow.handle.sendmsg((header, payload))  # type: ignore[union-attr]
             elif self.connect_flows:
                 flow.handle.send(payload)  # type: ignore[union-attr]
             else:
                 flow.handle.sendto(payload, flow.path.target)  # type: ignore[union-attr]
         except OSError as error:
-            if not retried and error.errno in PENDING_ERRORS:
-                self.send(flow, payload, True)
+            self._send_failed(flow, payload, header, error.errno or errno.EIO)
+
+    def _send_failed(
+        self, flow: Flow, payload: memoryview, header: bytearray | None, error_number: int
+    ) -> None:
+        """Sending on `flow` failed with `error_number`: send once more if an earlier datagram's ICMP error
+        is what failed it, else (or if that fails too) count the drop."""
+        if self.failed_by_pending_error(flow, error_number):
+            try:
+                if header is not None:
+                    flow.handle.sendmsg((header, payload))  # type: ignore[union-attr]
+                elif self.connect_flows:
+                    flow.handle.send(payload)  # type: ignore[union-attr]
+                else:
+                    flow.handle.sendto(payload, flow.path.target)  # type: ignore[union-attr]
                 return
-            self.log_drop(self.machine.send_failed(flow.path, flow.client, error.errno or errno.EIO))
+            except OSError as error:
+                error_number = error.errno or errno.EIO
+        self.log_drop(self.machine.send_failed(flow.path, flow.client, error_number))
+
+    def failed_by_pending_error(self, flow: Flow, error_number: int) -> bool:
+        """A send on `flow` just failed with `error_number`: read (and count) its error queue, and say
+        whether an earlier datagram's ICMP error is what failed it (then the datagram is sent again)."""
+        return failed_by_pending_error(error_number, self.read_errors(flow))
 
     def _open_and_send(self, flow: Flow, payload: memoryview) -> None:
         try:
             if self.machine.send_header:
                 sock = open_plain_flow_socket(flow.path.destination.family, flow.path.target)
             else:
-                sock = open_flow_socket(
-                    flow.source,
-                    flow.path.destination.family,
-                    flow.path.target if self.connect_flows else None,
-                )
+                peer = flow.path.target if self.connect_flows else None
+                listeners = self._listeners_on.get(flow.source[1])
+                if listeners:
+                    with sharing_port(listeners):
+                        sock = open_flow_socket(flow.source, flow.path.destination.family, peer)
+                else:
+                    sock = open_flow_socket(flow.source, flow.path.destination.family, peer)
         except OSError as error:
             self.log_drop(self.machine.open_failed(flow, error.errno or errno.EIO))
             return
@@ -218,6 +254,8 @@ class Engine:
         self.send(flow, payload)
 
     def _send_once(self, action: SendOnce, payload: memoryview) -> None:
+        # A fresh socket without IP_RECVERR, closed after this one datagram: no ICMP error can be pending on
+        # it, so every failure is the datagram's own.
         try:
             with open_once_socket(action.source, action.path.destination.family) as sock:
                 sock.sendto(payload, action.path.target)
@@ -340,18 +378,26 @@ class Engine:
         if batch is None:
             return
         message = 0
+        machine = self.machine
         for route, group in self._staged:
             if not group:
                 continue
             family = route.listener.sock.family
             first = message
+            staged: list[tuple[Flow, int]] = []
             for flow, index in group:
-                local = flow.local if route.pktinfo else None
-                control = b"" if local is None else self._source_control_raw(family, local)
+                control = b""
+                if route.pktinfo and flow.local is not None:
+                    if not flow.local:  # its datagram's control messages were cut short: source unknown
+                        self.log_drop(machine.reply_send_failed(flow, errno.EADDRNOTAVAIL))
+                        continue
+                    control = self._source_control_raw(family, flow.local)
                 batch.stage(message, index, self._client_name(family, flow.address), control)
+                staged.append((flow, index))
                 message += 1
-            self._send_group(route.listener.sock, first, group)
             group.clear()
+            if staged:
+                self._send_group(route.listener.sock, first, staged)
 
     def _send_group(self, listener: socket.socket, first: int, group: list[tuple[Flow, int]]) -> None:
         """sendmmsg the staged messages of `group` on `listener`; a message that fails is counted and the
@@ -406,17 +452,18 @@ class Engine:
             else:
                 self.log_drop(action)  # type: ignore[arg-type]
 
-    def read_errors(self, flow: Flow) -> int:
-        """Read `flow`'s error queue; count (and log, rate-limited) each ICMP error; return how many."""
+    def read_errors(self, flow: Flow) -> list[QueuedError | None]:
+        """Read `flow`'s error queue; count (and log, rate-limited) each ICMP error; return the entries
+        read (None for one that carried no error)."""
         sock = flow.handle
-        count = 0
-        while sock is not None and count < MAX_REPLIES:
+        read: list[QueuedError | None] = []
+        while sock is not None and len(read) < MAX_REPLIES:
             try:
                 _, ancillary, _, _ = sock.recvmsg(1, CONTROL_SIZE, MSG_ERRQUEUE)
             except OSError:  # EAGAIN: the queue is empty
-                return count
-            count += 1
+                return read
             error = parse_queued_error(ancillary)
+            read.append(error)
             if error is None:
                 continue
             name = self.machine.icmp_error(flow, error)
@@ -429,14 +476,18 @@ class Engine:
                 flow.path.destination,
                 flow.path.name,
             )
-        return count
+        return read
 
     def relay(self, flow: Flow, payload: memoryview) -> None:
-        """Send a reply to `flow`'s client from the listening socket it used, from the address it sent to."""
+        """Send a reply to `flow`'s client from the listening socket it used, from the address it sent to.
+        When that address is unknown (its datagram's control messages were cut short) the reply is
+        dropped rather than sent from an address the client did not ask."""
         route = self._route_of[flow.path]
         listener = route.listener.sock
         try:
             if route.pktinfo and flow.local is not None:
+                if not flow.local:
+                    raise OSError(errno.EADDRNOTAVAIL, "the address the client sent to is unknown")
                 listener.sendmsg(
                     [payload], self._source_control(listener.family, flow.local), 0, flow.address
                 )

@@ -11,6 +11,7 @@ name becomes a metrics series and a log line per interval, so the rest are `icmp
 import errno
 import socket
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from forwarder.core import decode_sockaddr
@@ -26,11 +27,7 @@ _EXTENDED_ERROR = struct.Struct("=IBBBBII")
 # Room for the struct, the offender's struct sockaddr_in6, and the cmsg header around them.
 CONTROL_SIZE = socket.CMSG_SPACE(_EXTENDED_ERROR.size + 28)
 
-# With IP_RECVERR every ICMP error is also left pending on the socket (sk_err), and the next send fails
-# with it, once, instead of sending: such a send is tried again (the error is counted from the queue).
-PENDING_ERRORS = frozenset(
-    {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EPROTO, errno.EMSGSIZE}
-)
+ICMP_ORIGINS = (SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6)
 
 BACKEND_UNREACHABLE = "backend-unreachable"
 ICMP_OTHER = "icmp-other"
@@ -78,6 +75,20 @@ class QueuedError:
             return _ICMP6.get((self.type, self.code)) or _ICMP6_TYPES.get(self.type, ICMP6_OTHER)
         name = errno.errorcode.get(self.error_number)
         return "local-" + name if name is not None else LOCAL_OTHER
+
+
+def failed_by_pending_error(error_number: int, queued: Iterable["QueuedError | None"]) -> bool:
+    """The rule of every send path, for a send that failed with `error_number`: was it an ICMP error about
+    an earlier datagram, rather than this one's own failure? With IP_RECVERR the kernel queues each ICMP
+    error and also leaves it pending on the socket (sk_err), and the next send returns it, once, instead
+    of sending; whatever its kind (port or protocol unreachable, admin-prohibited: ECONNREFUSED,
+    ENOPROTOOPT, EACCES, ...). So exactly when the error queue, read right after the failure (`queued`),
+    held an ICMP error with that errno: then the datagram is sent once more, and the error counted as the
+    ICMP error it is. A second failure is the datagram's own."""
+    return any(
+        error is not None and error.origin in ICMP_ORIGINS and error.error_number == error_number
+        for error in queued
+    )
 
 
 def parse_queued_error(ancillary: list[tuple[int, int, bytes]]) -> QueuedError | None:

@@ -17,11 +17,17 @@ A datagram is counted as forwarded when the machine hands out the action that se
 (always reported in the same drain, before the next STATUS=) takes it back and counts the drop instead, so
 the hot path costs one counter increment and no event.
 
-PROXY protocol (--proxy-protocol-from): a sender in a trusted network never has a flow under its own raw
-sockaddr, so its datagrams miss the flow table and cost one cached "trusted?" answer before their header is
-read; an untrusted sender's hit costs nothing more than before. A header's client gets a flow keyed by the
-client (PROXIED + its sockaddr, a key no raw sockaddr can be), so one load balancer's clients get their
-own flows under the same --max-flows and idle rules.
+One flow per 4-tuple: a flow is keyed by (backend, the client's address and port as presented), whatever
+listener or PROXY header brought the client, so no two flow sockets ever share a 4-tuple (the kernel would
+hand every reply to the newer one). A sender's raw sockaddr reaches its flow by one dict lookup (`_senders`:
+a v4-mapped client of a `[::]` listener and the same client on an IPv4 listener are two senders of one
+flow). The flow's reply path (listening socket, local address, peer) follows the latest datagram: replies
+leave from the address the client used last, to the client or the load balancer that sent it.
+
+PROXY protocol (--proxy-protocol-from): a sender in a trusted network never has a sender entry of its own,
+so its datagrams miss and cost one cached "trusted?" answer before their header is read; an untrusted
+sender's hit costs nothing more than before. A header's client gets the flow of its address and port, so
+one load balancer's clients get their own flows under the same --max-flows and idle rules.
 """
 
 import errno
@@ -46,7 +52,7 @@ from forwarder.core import (
 from forwarder.destination import Destination
 from forwarder.endpoint import endpoint_text
 from forwarder.icmp import QueuedError
-from forwarder.proxy_protocol import Command, HeaderProblem, build, parse
+from forwarder.proxy_protocol import Command, HeaderCache, HeaderProblem, build, parse
 
 if TYPE_CHECKING:
     from forwarder.proxy_protocol import TrustedSources
@@ -55,12 +61,21 @@ MSG_TRUNC = socket.MSG_TRUNC
 DEFAULT_MAX_FLOWS = 4096
 DEFAULT_IDLE_TIMEOUT = 60.0
 
-# The one flow key of every receive strategy: (destination address, client's raw struct sockaddr).
+# A flow key: (destination address, the client's canonical struct sockaddr: see canonical_sockaddr); a sender
+# key: (destination address, the sender's raw struct sockaddr, as received).
 FlowKey = tuple[tuple[str, int], bytes]
-# The second half of a flow key of a client named by a PROXY header: this prefix, then its sockaddr. A raw
-# sockaddr starts with its family (2 or 10, little-endian), so it never starts with this.
-PROXIED = b"proxied:"
-HEADER_CACHE_SIZE = 4096
+_AF_INET6 = socket.AF_INET6.to_bytes(2, "little")
+_AF_INET = socket.AF_INET.to_bytes(2, "little")
+_V4_MAPPED = bytes(10) + b"\xff\xff"
+# The PROXY headers remembered (--proxy-protocol-from), in bytes: thousands of a load balancer's ordinary
+# headers, or 64 of the largest a header can be.
+HEADER_CACHE_BYTES = 4 << 20
+# The headers a --send-proxy-protocol flow keeps for the listeners and host addresses its clients used.
+FLOW_HEADERS = 16
+
+# What a PROXY header received was found to mean: the path it came on, its client's flow key, the source
+# presented (or why not), and with --send-proxy-protocol the header to send on (or why none can be).
+Judged = tuple["Path", "FlowKey", "tuple[str, int] | DropReason", "bytearray | DropReason | None"]
 
 
 class LocalProbe(Protocol):
@@ -92,7 +107,20 @@ class Flow(Entry):
     `reply_received`, "relay this reply to the flow's client": the hot paths allocate nothing.
     """
 
-    __slots__ = ("address", "client", "handle", "header", "key", "local", "path", "source")
+    __slots__ = (
+        "address",
+        "client",
+        "handle",
+        "header",
+        "header_local",
+        "header_path",
+        "headers",
+        "key",
+        "local",
+        "path",
+        "senders",
+        "source",
+    )
 
     def __init__(
         self,
@@ -113,8 +141,15 @@ class Flow(Entry):
         self.source = source  # the (address, port) presented to the backend
         self.local = local  # the raw address the client sent to (IP_PKTINFO), on a wildcard listener
         self.handle: socket.socket | None = None
-        # --send-proxy-protocol: the PROXY header every datagram of the flow gets, built once.
+        # --send-proxy-protocol: the PROXY header the flow's datagrams get, and what it names: the listener
+        # (`header_path`; None for a header decided by a received one) and the address the client sent to
+        # (`header_local`); those built for other listeners and addresses are kept in `headers`.
         self.header: bytearray | None = None
+        self.header_path: Path | None = None
+        self.header_local: bytes | None = None
+        self.headers: dict[tuple[Path, bytes | None], bytearray] | None = None
+        # The sender keys that lead to this flow (forgotten with it).
+        self.senders: list[FlowKey] = []
 
     def __repr__(self) -> str:
         return f"Flow({endpoint_text(self.source)} -> {self.path.destination})"
@@ -198,7 +233,9 @@ class ForwardingMachine:
         self.is_local: LocalProbe = is_local if is_local is not None else _NothingLocal()
         # Whether an IPv4 address is a directed broadcast of one of the host's subnets.
         self.is_broadcast: LocalProbe = is_broadcast if is_broadcast is not None else _NothingLocal()
-        self._lookup: Callable[[FlowKey], Flow | None] = self.flows.lookup
+        # Sender key -> its flow: the hot path's one lookup (kept in step with the flow table).
+        self._senders: dict[FlowKey, Flow] = {}
+        self._lookup: Callable[[FlowKey], Flow | None] = self._senders.get
         # Whether a sender's PROXY headers are believed (--proxy-protocol-from); None: nobody's are.
         self.trusted = trusted
         # --send-proxy-protocol: flows send from the host's own address, each datagram after a PROXY header
@@ -207,9 +244,10 @@ class ForwardingMachine:
         # The host's address toward a client: the header's destination when a wildcard listener's datagram
         # came without IP_PKTINFO (it was queued before the option was set).
         self.source_toward = source_toward
-        # A PROXY header seen before (its exact bytes) -> (the path it came on, its client's flow key, the
-        # source presented or why not): a load balancer repeats one header for every datagram of a client.
-        self._headers: dict[bytes, tuple[Path, FlowKey, tuple[str, int] | DropReason]] = {}
+        # A PROXY header seen before (its exact bytes) -> what it was judged to mean, or the problem that
+        # made it unbelievable: a load balancer repeats one header for every datagram of a client, and a
+        # header refused once (a wrong CRC32C over 64 KiB, say) costs no second look.
+        self._headers: HeaderCache[Judged | HeaderProblem] = HeaderCache(HEADER_CACHE_BYTES)
 
     # --- datagram metadata in, an action out -----------------------------------------------------------
 
@@ -224,21 +262,69 @@ class ForwardingMachine:
             return self._drop(path, client, drop_key(DropReason.TRUNCATED))
         flow = self._lookup((path.target, client))
         if flow is not None:
+            if flow.path is not path or flow.client != client:
+                self._redirect(flow, path, client)
+            if local is not None:
+                flow.local = local  # replies leave from the address the client used last
+            if (
+                flow.header is not None
+                and (flow.header_path is not path or flow.header_local != flow.local)
+                and not self._readdress(flow)
+            ):
+                return self._drop(path, client, DropReason.FAMILY_MISMATCH.value)
             flow.last_used = now
             flow.referenced = True
             self.counters.forwarded += 1
-            if local is not None:
-                flow.local = local  # replies leave from the address the client used last
             return flow
         return self._first(path, client, now, local)
 
+    def _readdress(self, flow: Flow) -> bool:
+        """--send-proxy-protocol: `flow`'s datagram came on another listener or to another of the host's
+        addresses than its header names (or its header was a received one's): the header names the
+        flow's listener and address now (built once per flow, listener and address). False when no
+        header can."""
+        key = (flow.path, flow.local)
+        headers = flow.headers
+        if headers is None:  # the first change: the header built with the flow is kept too
+            headers = flow.headers = {}
+            if flow.header is not None and flow.header_path is not None:
+                headers[flow.header_path, flow.header_local] = flow.header
+        header = headers.get(key)
+        if header is None:
+            header = _proxy_header(flow.source, flow.local, flow.path, self.source_toward)
+            if header is None:
+                return False
+            bounded_put(headers, key, header, FLOW_HEADERS)
+        flow.header, flow.header_path, flow.header_local = header, flow.path, flow.local
+        return True
+
     def _first(self, path: Path, client: bytes, now: float, local: bytes | None) -> Action:
-        """The first datagram of a flow (or of a client that never gets one), or of a trusted sender."""
+        """The first datagram of a sender (or of a client that never gets a flow), or of a trusted one. A
+        flow of the same 4-tuple (another listener's, or a PROXY header's client) becomes this sender's."""
         if self.trusted is not None and self.trusted(client):
             return READ_HEADER
+        sender = (path.target, client)
+        key = (path.target, canonical_sockaddr(client))
+        flow = self.flows.lookup(key)
+        if flow is not None:
+            flow.senders.append(sender)
+            self._senders[sender] = flow
+            return self.receive(path, client, 0, 0, now, local=local)
         address = decode_sockaddr(client)
         source = self._presentable(address, path.destination.family)
-        return self._open(path, client, (path.target, client), source, now, address, local)
+        action = self._open(path, client, key, source, now, address, local)
+        if action.__class__ is OpenFlow:
+            action.flow.senders.append(sender)
+        return action
+
+    @staticmethod
+    def _redirect(flow: Flow, path: Path, client: bytes) -> None:
+        """The flow's replies now go to `client` (its latest sender) through `path`'s listening socket; the
+        local address it sent to is set after this (or unknown: never one seen on another socket)."""
+        flow.path = path
+        flow.client = client
+        flow.address = decode_sockaddr(client)
+        flow.local = None
 
     def _open(  # noqa: PLR0917
         self,
@@ -249,17 +335,22 @@ class ForwardingMachine:
         now: float,
         address: SockAddr | None,
         local: bytes | None,
+        outgoing: bytearray | DropReason | None = None,
     ) -> ProxiedAction:
-        """Open a flow presenting `source` under `key` (a one-shot send for a local one), or drop."""
+        """Open a flow presenting `source` under `key` (a one-shot send for a local one), or drop. With
+        --send-proxy-protocol its header is `outgoing` when a received header decided it, else the one
+        naming the listener and the address the client sent to."""
         if isinstance(source, DropReason):
             return self._drop(path, client, source.value)
         if self.send_header:
-            header = _proxy_header(source, local, path, self.source_toward)
-            if header is None:
+            header = _proxy_header(source, local, path, self.source_toward) if outgoing is None else outgoing
+            if isinstance(header, DropReason) or header is None:
                 return self._drop(path, client, DropReason.FAMILY_MISMATCH.value)
             self.counters.forwarded += 1
             flow = Flow(key, path, source, address, local, client=client)
             flow.header = header
+            if outgoing is None:
+                flow.header_path, flow.header_local = path, local
             flow.last_used = now
             return OpenFlow(flow)
         self.counters.forwarded += 1
@@ -270,8 +361,11 @@ class ForwardingMachine:
         return OpenFlow(flow)
 
     def _presentable(self, client: SockAddr, family: socket.AddressFamily) -> tuple[str, int] | DropReason:
-        """presentable_source; with --send-proxy-protocol a loopback or link-local client is named in a
-        header, never bound, so it can be forwarded too (its replies leave from the listening socket)."""
+        """presentable_source; with --send-proxy-protocol a client is named in a header, never bound: the
+        backend's family does not matter (the header's two ends must share one, see _proxy_header), and a
+        loopback or link-local client can be forwarded too (its replies leave from the listening socket)."""
+        if self.send_header:
+            family = socket.AF_INET6 if plain_address(str(client[0])).version == 6 else socket.AF_INET
         source = presentable_source(client, family, self.is_broadcast)
         if self.send_header and source in _NAMEABLE:
             return (str(plain_address(str(client[0]))), int(client[1]))
@@ -295,22 +389,30 @@ class ForwardingMachine:
             return self._drop(path, client, drop_key(DropReason.TRUNCATED)), 0
         header = bytes(data[: 16 + (data[14] << 8 | data[15])]) if len(data) >= 16 else b""
         known = self._headers.get(header)
+        if isinstance(known, HeaderProblem):
+            return self._drop(path, client, known.value), 0
         if known is not None and known[0] is path:
-            return self._hit_or_open(path, client, known[1], known[2], now, local), len(header)
+            return self._hit_or_open(path, client, *known[1:], now, local), len(header)
         parsed = parse(data)
         if isinstance(parsed, HeaderProblem):
+            if parsed not in _CHEAP_PROBLEMS:  # the whole header was read: remember it
+                self._headers.put(header, parsed)
             return self._drop(path, client, parsed.value), 0
         family = path.destination.family
         if parsed.command is Command.LOCAL:  # no client behind: the sender itself, in a flow of its own
             source = self._presentable(decode_sockaddr(client), family)
-            key = (path.target, PROXIED + client)
-            return self._hit_or_open(path, client, key, source, now, local), parsed.length
+            key = (path.target, canonical_sockaddr(client))
+            return self._hit_or_open(path, client, key, source, None, now, local), parsed.length
         assert parsed.source is not None
         source = self._presentable(parsed.source, family)
         named = parsed.source if isinstance(source, DropReason) else source
-        key = (path.target, PROXIED + sockaddr_bytes(_family_of(named[0]), named))
-        bounded_put(self._headers, header, (path, key, source), HEADER_CACHE_SIZE)
-        return self._hit_or_open(path, client, key, source, now, local), parsed.length
+        key = (path.target, sockaddr_bytes(_family_of(named[0]), named))
+        outgoing = None
+        if self.send_header and not isinstance(source, DropReason):
+            assert parsed.destination is not None
+            outgoing = _chained_header(source, parsed.destination)
+        self._headers.put(header, (path, key, source, outgoing))
+        return self._hit_or_open(path, client, key, source, outgoing, now, local), parsed.length
 
     def _hit_or_open(  # noqa: PLR0917
         self,
@@ -318,20 +420,31 @@ class ForwardingMachine:
         client: bytes,
         key: FlowKey,
         source: tuple[str, int] | DropReason,
+        outgoing: bytearray | DropReason | None,
         now: float,
         local: bytes | None,
     ) -> ProxiedAction:
-        """The flow of a header's client, marked as used; or a new one (or a drop) as for any client."""
-        flow = self._lookup(key)
+        """The flow of a header's client, marked as used; or a new one (or a drop) as for any client.
+        With --send-proxy-protocol the flow's header is `outgoing` (the received header's client and
+        destination), or for a LOCAL one (None) the header naming the address the sender sent to."""
+        flow = self.flows.lookup(key)
         if flow is None:
-            return self._open(path, client, key, source, now, None, local)
-        flow.last_used = now
-        flow.referenced = True
-        if flow.client != client:  # replies go to the load balancer that sent the latest datagram
-            flow.client = client
-            flow.address = decode_sockaddr(client)
+            return self._open(path, client, key, source, now, None, local, outgoing)
+        if isinstance(outgoing, DropReason) and flow.header is not None:
+            return self._drop(path, client, outgoing.value)
+        if flow.path is not path or flow.client != client:  # replies go to the latest sender
+            self._redirect(flow, path, client)
         if local is not None:
             flow.local = local
+        if flow.header is not None:
+            if isinstance(outgoing, bytearray):
+                flow.header, flow.header_path = outgoing, None
+            elif (flow.header_path is not path or flow.header_local != flow.local) and not self._readdress(
+                flow
+            ):
+                return self._drop(path, client, DropReason.FAMILY_MISMATCH.value)
+        flow.last_used = now
+        flow.referenced = True
         self.counters.forwarded += 1
         return flow
 
@@ -346,7 +459,9 @@ class ForwardingMachine:
         flows evicted to make room must be closed."""
         flow.handle = handle
         evicted = self.flows.add(flow.key, flow, flow.last_used)
-        return CloseFlows(tuple(evicted)) if evicted else None
+        for sender in flow.senders:
+            self._senders[sender] = flow
+        return self._gone(evicted) if evicted else None
 
     def open_failed(self, flow: Flow, error_number: int) -> Drop:
         """Opening `flow`'s socket failed: its datagram is a send error, and no flow is kept."""
@@ -390,7 +505,7 @@ class ForwardingMachine:
             return self._reply_drop(flow, DropReason.REPLY_TRUNCATED)
         backend = (str(source[0]), int(source[1]))
         if backend != flow.path.target:
-            other = self._lookup((backend, flow.key[1]))
+            other = self.flows.lookup((backend, flow.key[1]))
             if other is None:
                 return self._reply_drop(flow, DropReason.REPLY_UNMATCHED)
             flow = other
@@ -436,21 +551,41 @@ class ForwardingMachine:
         self.is_broadcast.forget()
         self._headers.clear()  # their sources were judged with the answers just forgotten
         if self.send_header:  # no flow socket is bound to its client's address
-            return CloseFlows(tuple(stale))
+            return self._gone(stale)
         for flow in self.flows.values():
             address = flow.source[0]
             if self.is_local(address) or (":" not in address and self.is_broadcast(address)):
                 self.flows.remove(flow.key)
                 stale.append(flow)
-        return CloseFlows(tuple(stale))
+        return self._gone(stale)
 
     def close(self) -> CloseFlows:
         """Every flow, at shutdown."""
-        return CloseFlows(tuple(self.flows.clear()))
+        return self._gone(self.flows.clear())
+
+    def _gone(self, flows: list[Flow]) -> CloseFlows:
+        """Flows that left the table: their senders miss again; the engine closes their sockets."""
+        senders = self._senders
+        for flow in flows:
+            for sender in flow.senders:
+                senders.pop(sender, None)
+        return CloseFlows(tuple(flows))
 
 
 # Sources that cannot be bound (so the transparent modes drop them) but can be named in a header.
 _NAMEABLE = (DropReason.LOOPBACK_SOURCE, DropReason.LINK_LOCAL_SOURCE)
+# Header problems found before the whole header is known: not worth a cache entry (nor is the key whole).
+_CHEAP_PROBLEMS = (HeaderProblem.MISSING, HeaderProblem.TRUNCATED)
+
+
+def _chained_header(source: tuple[str, int], destination: tuple[str, int]) -> bytearray | DropReason:
+    """--proxy-protocol-from with --send-proxy-protocol: the header sent on names the client presented
+    and the destination the received header named (what the client asked the load balancer for, not
+    this host's address); family-mismatch when one header cannot name both."""
+    address = str(plain_address(destination[0]))
+    if _family_of(address) != _family_of(source[0]):
+        return DropReason.FAMILY_MISMATCH
+    return bytearray(build(source, (address, destination[1])))
 
 
 def _proxy_header(
@@ -476,6 +611,18 @@ def _proxy_header(
     if _family_of(destination) != _family_of(source[0]):
         return None
     return bytearray(build(source, (destination, port)))
+
+
+def canonical_sockaddr(raw: bytes) -> bytes:
+    """The struct sockaddr naming the client in `raw` as a flow key: a v4-mapped IPv6 one (a `[::]`
+    listener's IPv4 client) as the sockaddr_in an IPv4 listener receives, an IPv6 one without flow info;
+    the scope id stays (it tells link-local clients apart)."""
+    if raw[0:2] == _AF_INET6:
+        if raw[8:20] == _V4_MAPPED:
+            return _AF_INET + raw[2:4] + raw[20:24] + bytes(8)
+        if any(raw[4:8]):
+            return raw[0:4] + bytes(4) + raw[8:28]
+    return raw
 
 
 def _family_of(address: str) -> socket.AddressFamily:

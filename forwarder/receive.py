@@ -4,13 +4,14 @@ one flow out with one sendmmsg). Both give the machine the same metadata, with t
 sockaddr, the one flow key; everything but a hit goes to the executor (the engine).
 """
 
+import logging
 import socket
+import struct
 from typing import TYPE_CHECKING, Protocol
 
 from forwarder.batch import NAME_LENGTH, BatchReceiver, BatchSender
 from forwarder.core import bounded_put, sockaddr_bytes
 from forwarder.gso import MAX_PAYLOAD, plan_runs
-from forwarder.icmp import PENDING_ERRORS
 from forwarder.machine import READ_HEADER, Action, Drop, Flow, ForwardingMachine
 from forwarder.sockets import IP_PKTINFO
 
@@ -26,21 +27,88 @@ MAX_BATCH = 4096
 RELAY_BATCH = 256
 # Raw sockaddrs of recent clients on the single path, so that a hit costs a dict lookup, not an encoding.
 NAME_CACHE_SIZE = 4096
-# Ancillary room for one IP_PKTINFO / IPV6_PKTINFO message (struct in6_pktinfo is the larger, 20 bytes).
+# Ancillary room per datagram: the pktinfo message (struct in6_pktinfo, 20 bytes, is the larger) and what
+# else a handed-over socket may have enabled (systemd's Timestamping=: a timeval or timespec; a
+# SO_TIMESTAMPING triple; TOS, TTL, marks, original destinations), with room to spare.
 PKTINFO_SPACE = socket.CMSG_SPACE(20)
+CONTROL_SPACE = 512
 # Where the local address is in a received pktinfo message's data: (offset, length) of in_pktinfo's
 # ipi_spec_dst, and of in6_pktinfo's ipi6_addr (v4-mapped for an IPv4 client of a dual-stack socket).
 PKTINFO_ADDRESS = {socket.AF_INET: (4, 4), socket.AF_INET6: (0, 16)}
-_PKTINFO_KINDS = {(socket.IPPROTO_IP, IP_PKTINFO), (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO)}
+# The (level, type) of the pktinfo message a listener of each family gets (an IPv6 socket with IP_PKTINFO
+# set too gets both for an IPv4 client: its IPV6_PKTINFO is the one in the socket's family).
+PKTINFO_KIND = {
+    socket.AF_INET: (socket.IPPROTO_IP, IP_PKTINFO),
+    socket.AF_INET6: (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO),
+}
+# The local address of a datagram whose control messages were cut short (MSG_CTRUNC): not known, so its
+# flow's replies are not sent from a guess (see Engine.relay).
+UNKNOWN_LOCAL = b""
+MSG_CTRUNC = socket.MSG_CTRUNC
+# struct cmsghdr: size_t cmsg_len, int cmsg_level, int cmsg_type; messages start CMSG_ALIGN'ed.
+_CMSGHDR = struct.Struct("@Nii")
+_ALIGN = struct.calcsize("@N")
+
+log = logging.getLogger("forwarder")
 
 
-def pktinfo_local(ancillary: list[tuple[int, int, bytes]], family: socket.AddressFamily) -> bytes | None:
-    """The raw local address a datagram was sent to, from recvmsg's ancillary data (or None)."""
+def pktinfo_local(
+    ancillary: list[tuple[int, int, bytes]], family: socket.AddressFamily, flags: int = 0
+) -> bytes | None:
+    """The raw local address a datagram was sent to, from recvmsg's ancillary data (None when it has no
+    pktinfo message; UNKNOWN_LOCAL when the chain was cut short: nothing in it is trusted)."""
+    if flags & MSG_CTRUNC:
+        return UNKNOWN_LOCAL
+    wanted = PKTINFO_KIND[family]
     offset, length = PKTINFO_ADDRESS[family]
     for level, kind, data in ancillary:
-        if (level, kind) in _PKTINFO_KINDS and len(data) >= offset + length:
+        if (level, kind) == wanted and len(data) >= offset + length:
             return bytes(data[offset : offset + length])
     return None
+
+
+def pktinfo_in_control(
+    control: bytes | bytearray | memoryview, family: socket.AddressFamily, flags: int = 0
+) -> bytes | None:
+    """pktinfo_local for a raw control buffer as recvmsg/recvmmsg filled it (`control` is msg_controllen
+    bytes long): the cmsghdr chain is walked by level and type, each message at CMSG_ALIGN."""
+    if flags & MSG_CTRUNC:
+        return UNKNOWN_LOCAL
+    wanted = PKTINFO_KIND[family]
+    offset, length = PKTINFO_ADDRESS[family]
+    header = _CMSGHDR.size
+    end = len(control)
+    at = 0
+    while at + header <= end:
+        size, level, kind = _CMSGHDR.unpack_from(control, at)
+        if size < header or at + size > end:
+            return None  # malformed: nothing after it can be found
+        if (level, kind) == wanted and size >= header + offset + length:
+            start = at + header + offset
+            return bytes(control[start : start + length])
+        at += (size + _ALIGN - 1) & -_ALIGN
+    return None
+
+
+class ControlTruncated:
+    """Logs once per listener that its datagrams' control messages were cut short (their pktinfo is not
+    trusted: the flow's replies are dropped as reply-send-error:EADDRNOTAVAIL, never sent from a guess)."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+
+    def __call__(self, listener: str) -> None:
+        if listener not in self._seen:
+            self._seen.add(listener)
+            log.warning(
+                "control messages of datagrams on %s were cut short (MSG_CTRUNC): the address a client "
+                "sent to is unknown, so its replies are dropped; turn off the socket options that add "
+                "control messages (e.g. Timestamping= in the .socket unit)",
+                listener,
+            )
+
+
+CONTROL_TRUNCATED = ControlTruncated()
 
 
 class Executor(Protocol):
@@ -50,7 +118,9 @@ class Executor(Protocol):
 
     def execute(self, route: "Route", action: Action, payload: memoryview) -> None: ...
 
-    def send(self, flow: Flow, payload: memoryview) -> None: ...
+    def send(self, flow: Flow, payload: memoryview, header: bytearray | None = None) -> None: ...
+
+    def failed_by_pending_error(self, flow: Flow, error_number: int) -> bool: ...
 
     def log_drop(self, drop: Drop) -> None: ...
 
@@ -80,7 +150,7 @@ class SingleReceive:
         names = self._names
         executor = self.executor
         receive = executor.machine.receive
-        control = PKTINFO_SPACE if route.pktinfo else 0
+        control = CONTROL_SPACE if route.pktinfo else 0
         for _ in range(self.budget):
             try:
                 size, ancillary, flags, client = sock.recvmsg_into(buffers, control)
@@ -93,7 +163,9 @@ class SingleReceive:
             if raw is None:
                 raw = sockaddr_bytes(family, client)
                 bounded_put(names, client, raw, NAME_CACHE_SIZE)
-            local = pktinfo_local(ancillary, family) if ancillary else None
+            local = pktinfo_local(ancillary, family, flags) if control else None
+            if local is UNKNOWN_LOCAL:
+                CONTROL_TRUNCATED(route.listener.label)
             if local is not None:
                 action = receive(path, raw, size, flags, now, local=local)
             else:
@@ -147,7 +219,7 @@ class BatchReceive:
     ) -> "BatchReceive | None":
         """The strategy (with room for pktinfo messages when some listener needs them), or None where libc
         has no recvmmsg."""
-        receiver = BatchReceiver.create(batch, buffer_size, PKTINFO_SPACE if pktinfo else 0)
+        receiver = BatchReceiver.create(batch, buffer_size, CONTROL_SPACE if pktinfo else 0)
         return None if receiver is None else cls(executor, receiver, connected, prefixed, gso, budget=budget)
 
     def drain(self, route: "Route", now: float) -> None:
@@ -167,13 +239,6 @@ class BatchReceive:
         path = route.path
         u32, data, names, slots = receiver.u32, receiver.view, receiver.name_view, receiver.slots
         pktinfo = route.pktinfo
-        control_view, controls, control_lengths = (
-            receiver.control_view,
-            receiver.controls,
-            receiver.control_lengths,
-        )
-        start, length_of_local = PKTINFO_ADDRESS[route.listener.family]
-        start += socket.CMSG_LEN(0)  # past the cmsghdr: the only control message is the pktinfo one
         if self.sender is not None:
             self.sender.aim(path.destination.family, None if self.connected else path.target)
         handled = 0
@@ -184,6 +249,7 @@ class BatchReceive:
                 executor.log_drop(executor.machine.receive_failed(path, error.errno or 0))
                 return
             run: Flow | None = None
+            run_header: bytearray | None = None
             run_first = run_length = 0
             skips: dict[int, int] = {}
             local: bytes | None = None
@@ -191,12 +257,7 @@ class BatchReceive:
                 length, flags, name, offset = slots[index]
                 client = bytes(names[name : name + name_length])
                 if pktinfo:
-                    at = controls[index] + start
-                    local = (
-                        bytes(control_view[at : at + length_of_local])
-                        if u32[control_lengths[index]]
-                        else None
-                    )
+                    local = self._local(index, route)
                     action = receive(path, client, u32[length], u32[flags], now, local=local)
                 else:
                     action = receive(path, client, u32[length], u32[flags], now)
@@ -204,37 +265,58 @@ class BatchReceive:
                     action, skips[index] = executor.machine.receive_proxied(
                         path, client, data[offset : offset + u32[length]], u32[flags], now, local=local
                     )
-                if action is run:
+                # A run's datagrams share its flow and the PROXY header it had then (`run_header`): a
+                # datagram to another of the host's addresses (--send-proxy-protocol) starts a new run.
+                if action is run and action.header is run_header:
                     run_length += 1
                     continue
                 if action.__class__ is Flow:
                     if run is not None:
-                        self._send_run(run, run_first, run_length, skips)
+                        self._send_run(run, run_first, run_length, skips, run_header)
                     run, run_first, run_length = action, index, 1
+                    run_header = run.header
                     continue
                 if run is not None:
-                    self._send_run(run, run_first, run_length, skips)
+                    self._send_run(run, run_first, run_length, skips, run_header)
                     run = None
                 executor.execute(route, action, data[offset + skips.get(index, 0) : offset + u32[length]])
             if run is not None:
-                self._send_run(run, run_first, run_length, skips)
+                self._send_run(run, run_first, run_length, skips, run_header)
             handled += count
             if count < receiver.batch:
                 return
 
-    def _send_run(self, flow: Flow, first: int, length: int, skips: dict[int, int]) -> None:
-        """Send received datagrams first..first+length-1 (all of `flow`): with GSO (and no PROXY header to
-        skip), each stretch of equal sizes as one send; whatever GSO does not take or refuses, as
-        _send_each does."""
+    def _local(self, index: int, route: "Route") -> bytes | None:
+        """The local address datagram `index` was sent to, from its control messages (see
+        pktinfo_in_control)."""
+        receiver = self.receiver
+        at = receiver.controls[index]
+        u32 = receiver.u32
+        local = pktinfo_in_control(
+            receiver.control_view[at : at + u32[receiver.control_lengths[index]]],
+            route.listener.family,
+            u32[receiver.slots[index].flags],
+        )
+        if local is UNKNOWN_LOCAL:
+            CONTROL_TRUNCATED(route.listener.label)
+        return local
+
+    def _send_run(
+        self, flow: Flow, first: int, length: int, skips: dict[int, int], header: bytearray | None = None
+    ) -> None:
+        """Send received datagrams first..first+length-1 (all of `flow`, after `header`: the flow's PROXY
+        header when they were received, which a later datagram to another address may have changed): with
+        GSO (and no PROXY header to skip), each stretch of equal sizes as one send; whatever GSO does not
+        take or refuses, as _send_each does."""
         if length == 1:  # a lone datagram (every one, with many flows interleaved): straight to the send
             receiver = self.receiver
             slot = receiver.slots[first]
             view = receiver.view[slot.data + skips.get(first, 0) : slot.data + receiver.u32[slot.length]]
-            self.executor.send(flow, view)
+            self.executor.send(flow, view, header)
             return
         sender = self.segmenting
         if sender is None or sender.gso is None or length == 1 or flow.handle is None or skips:
-            self._send_each(flow, first, length, skips)
+            self._send_each(flow, first, length, skips, header)
             return
         u32, slots = self.receiver.u32, self.receiver.slots
         largest = sender.gso.largest
@@ -245,24 +327,29 @@ class BatchReceive:
             if count == 1 or segment > largest or sender.send_segmented(fd, first + start, count, segment):
                 self._send_each(flow, first + start, count, skips)
 
-    def _send_each(self, flow: Flow, first: int, length: int, skips: dict[int, int]) -> None:
-        """Send received datagrams first..first+length-1 (all of `flow`), each without the first `skips[i]`
-        bytes (its PROXY header) when given; a failed one costs only itself."""
+    def _send_each(
+        self, flow: Flow, first: int, length: int, skips: dict[int, int], header: bytearray | None = None
+    ) -> None:
+        """Send received datagrams first..first+length-1 (all of `flow`, after `header`, by default the
+        flow's), each without the first `skips[i]` bytes (its PROXY header) when given; a failed one costs
+        only itself, and one failed by an earlier datagram's ICMP error is sent again."""
         receiver = self.receiver
         sender = self.sender
         executor = self.executor
         slots, u32, data = receiver.slots, receiver.u32, receiver.view
+        header = header or flow.header
         retried = -1
         while length:
             if length == 1 or sender is None or flow.handle is None:
                 slot = slots[first]
-                executor.send(flow, data[slot.data + skips.get(first, 0) : slot.data + u32[slot.length]])
+                payload = data[slot.data + skips.get(first, 0) : slot.data + u32[slot.length]]
+                executor.send(flow, payload, header)
                 first, length = first + 1, length - 1
                 continue
-            sent, error_number = sender.send_run(flow.handle.fileno(), first, length, skips, flow.header)
+            sent, error_number = sender.send_run(flow.handle.fileno(), first, length, skips, header)
             first, length = first + sent, length - sent
             if error_number:
-                if error_number in PENDING_ERRORS and retried != first:  # an earlier ICMP error, reported now
+                if retried != first and executor.failed_by_pending_error(flow, error_number):
                     retried = first
                     continue
                 executor.log_drop(executor.machine.send_failed(flow.path, flow.client, error_number))

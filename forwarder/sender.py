@@ -8,7 +8,9 @@ the reply instead of forwarding it. In relay mode the reply is meant for that so
 gets a kept socket (another program must stay free to bind that port and get its replies).
 """
 
+import contextlib
 import socket
+from collections.abc import Iterator, Sequence
 
 from forwarder.sockets import set_receive_errors, set_transparent
 
@@ -59,3 +61,19 @@ def open_once_socket(source: tuple[str, int], family: socket.AddressFamily) -> s
         sock.close()
         raise
     return sock
+
+
+@contextlib.contextmanager
+def sharing_port(listeners: Sequence[socket.socket]) -> Iterator[None]:
+    """While a flow socket is bound to a client's address on the port of these listening sockets (a
+    client with source port 53 of a wildcard listener on 53), let them share it: the kernel checks
+    SO_REUSEADDR on both sockets at bind time only, so the listeners have it for that one bind and their
+    own value back at once, and no other program can bind next to them."""
+    before = [sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) for sock in listeners]
+    try:
+        for sock in listeners:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        yield
+    finally:
+        for sock, value in zip(listeners, before, strict=True):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, value)

@@ -169,9 +169,9 @@ def bind_listener(host: str, port: int, text: str) -> ListeningSocket:
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        # As systemd does for .socket units: without it, a flow socket bound to a client's address on the
-        # same port (a client with source port 53 of a wildcard listener on 53) fails with EADDRINUSE.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # No SO_REUSEADDR: an address and port another program holds must fail here (exit 71), and none
+        # may share ours later. A flow socket bound to a client's address on this port gets in by
+        # sharing_port (forwarder.sender).
         sock.bind((host, port))
     except OSError as error:
         sock.close()

@@ -1,10 +1,12 @@
 """The one way to read test data: files under the checkout's `fixtures/` directory (or $NETLAB_FIXTURES).
 
 Topologies live in `fixtures/topologies/NAME.toml`, scenarios in `fixtures/scenarios/NAME.toml`; tests and the
-library name them, never a path.
+library name them, never a path. A topology file may sit next to the scenarios that name it: it is told
+apart by its tables (`nodes`, `links`, ... and no `topology`), and is not a scenario.
 """
 
 import os
+import tomllib
 from pathlib import Path
 
 from netlab.errors import FixtureNotFoundError
@@ -54,6 +56,21 @@ def scenario_path(name: str) -> Path:
     return fixture_path("scenarios", name)
 
 
+TOPOLOGY_TABLES = frozenset({"nodes", "devices", "links", "routes", "roles"})
+
+
+def is_topology_file(path: Path) -> bool:
+    """Whether the TOML file at `path` is a topology (its tables are a topology's and it names none), not a
+    scenario. A file that does not parse counts as a scenario, so that loading it reports the error."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return False
+    return "topology" not in data and bool(TOPOLOGY_TABLES & set(data))
+
+
 def scenario_names() -> list[str]:
-    """Names of every shipped scenario file: each one is a test (tests/test_scenarios.py)."""
-    return sorted(path.stem for path in (fixtures_dir() / "scenarios").glob("*.toml"))
+    """Names of every shipped scenario file: each one is a test (tests/test_scenarios.py). Topology files
+    kept next to the scenarios that use them are left out."""
+    directory = fixtures_dir() / "scenarios"
+    return sorted(path.stem for path in directory.glob("*.toml") if not is_topology_file(path))

@@ -1,12 +1,13 @@
 """pytest plugin (entry point `pytest11`): the `lab` fixture, the `privileged` marker and run directories.
 
 Privileged tests skip off-root with a reason naming the missing capability. In CI (CI set) a missing
-capability fails the test instead: a privileged test must never skip quietly there.
+capability fails the test instead, in one line naming the fix: a privileged test must never skip quietly
+there. `-m "not privileged"` selects only the unprivileged part.
 
 Each test using `lab` gets a run directory of its own, RUNS/WORKER-TEST_ID-RANDOM, holding its process
 logs and one pcap per node interface. It is removed when the test passes and kept when it fails; the
 failure report then ends with a "netlab run directory" section naming it. RUNS is --netlab-runs,
-$NETLAB_RUNS or /tmp/netlab-runs.
+$NETLAB_RUNS or /tmp/netlab-runs; it keeps the newest $NETLAB_RUNS_KEEP failed runs (default 20).
 
 A session keeps its labs in a registry of its own, /run/netlab/suites/PID-START (PID: the process that
 started the session; its xdist workers and every process a test starts inherit it through
@@ -25,10 +26,11 @@ from pathlib import Path
 
 import pytest
 
+from netlab.errors import UsageError
 from netlab.lab import registry
 from netlab.lab.lab import Lab
 from netlab.lab.privileges import missing_reason
-from netlab.lab.runs import default_runs_dir
+from netlab.lab.runs import default_runs_dir, keep_failed_run, kept_runs_limit
 
 RUN_DIR = pytest.StashKey[Path]()
 FAILED = pytest.StashKey[bool]()
@@ -48,6 +50,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "privileged: needs CAP_NET_ADMIN and CAP_SYS_ADMIN to build network namespaces"
     )
+    try:
+        kept_runs_limit()  # a bad NETLAB_RUNS_KEEP is named now, not at the first failure
+    except UsageError as error:
+        raise pytest.UsageError(str(error)) from None
     if Path(os.environ.get("NETLAB_REGISTRY", "/")).parent == registry.SUITES:
         return  # an xdist worker, or pytest run by a test: the session's registry is already chosen
     pid = os.getpid()
@@ -124,13 +130,23 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         reap_killed_sessions()
 
 
+UNPRIVILEGED_PART = '-m "not privileged"'
+
+
 def require_privileges() -> None:
-    """Skip (or in CI fail) the current test when the lab's capabilities are missing."""
+    """Skip (or in CI fail) the current test when the lab's capabilities are missing.
+
+    The CI failure is one line naming the capability and both fixes, with no traceback: in CI every
+    privileged test fails alike, and twenty lines of this plugin each would bury the reason."""
     reason = missing_reason()
     if reason is None:
         return
     if os.environ.get("CI"):
-        pytest.fail(f"privileged test cannot run in CI: {reason}")
+        pytest.fail(
+            f"CI is set and this privileged test {reason}; "
+            f"or run only the unprivileged part: {UNPRIVILEGED_PART}",
+            pytrace=False,
+        )
     pytest.skip(reason)
 
 
@@ -186,3 +202,5 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
         yield running
     if not request.node.stash.get(FAILED, False):
         shutil.rmtree(run_dir, ignore_errors=True)
+    else:
+        keep_failed_run(run_dir)

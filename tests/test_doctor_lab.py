@@ -4,7 +4,7 @@ import pytest
 
 from netlab import Lab, load_topology, topology_from_dict
 from netlab.doctor.lab import deployments_of, roles_of
-from netlab.errors import TopologyError, UnknownNodeError
+from netlab.errors import TopologyError
 
 
 def test_shipped_topologies_name_their_roles() -> None:
@@ -30,7 +30,7 @@ def test_a_topology_with_neither_roles_nor_a_host_node_is_refused_naming_the_nod
 
 
 def test_a_role_naming_an_unknown_node_is_refused() -> None:
-    with pytest.raises(UnknownNodeError, match=r"roles.backend names unknown node 'bakend'"):
+    with pytest.raises(TopologyError, match=r"roles.backend names unknown node 'bakend'"):
         topology_from_dict({"nodes": {"host": {}}, "roles": {"host": "host", "backend": "bakend"}})
 
 

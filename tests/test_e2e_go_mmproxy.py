@@ -21,7 +21,7 @@ from netlab import Lab, start_forwarder
 from netlab.lab.node import LabNode
 from netlab.lab.wait import wait_until
 from netlab.service.procnet import udp_ports_bound
-from netlab.service.relayroute import install_relay_route
+from netlab.service.relay import install_relay_route
 from netlab.topology.shipped import seed_deployment
 
 pytestmark = [

@@ -1,5 +1,5 @@
 """Reply relay (`--reply relay`) end to end, under systemd-socket-activate: the host routes the backend's
-replies to itself (netlab.service.relayroute), the forwarder's flow socket receives them and sends each to the
+replies to itself (netlab.service.relay), the forwarder's flow socket receives them and sends each to the
 client from the listening socket, from the exact address the client sent to.
 
     client 198.51.100.10 2001:db8:1::10 --- 198.51.100.1 198.51.100.2 2001:db8:1::1 [host: forwarder]
@@ -29,7 +29,7 @@ from netlab.lab.node import LabNode
 from netlab.lab.process import python_env
 from netlab.lab.wait import wait_until
 from netlab.service.procnet import udp_ports_bound
-from netlab.service.relayroute import enable_reassembly, install_relay_route, route_backend_errors
+from netlab.service.relay import enable_reassembly, install_relay_route, route_backend_errors
 from netlab.topology.model import Topology
 
 pytestmark = pytest.mark.privileged

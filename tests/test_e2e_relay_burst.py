@@ -11,7 +11,7 @@ from test_e2e_relay import RELAY, client_socket, relay_deployment
 
 from forwarder.sockets import set_receive_buffer
 from netlab import Lab, start_forwarder
-from netlab.service.relayroute import install_relay_route
+from netlab.service.relay import install_relay_route
 
 pytestmark = pytest.mark.privileged
 

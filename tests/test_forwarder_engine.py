@@ -34,9 +34,9 @@ class RecordingEngine(Engine):
         self.handed.append((bytes(payload), decode_sockaddr(client) if client else ("?", 0), outcome))
         super().execute(route, action, payload)
 
-    def send(self, flow: Flow, payload: memoryview, retried: bool = False) -> None:
+    def send(self, flow: Flow, payload: memoryview, header: bytearray | None = None) -> None:
         self.handed.append((bytes(payload), decode_sockaddr(flow.client), "send"))
-        super().send(flow, payload, retried)
+        super().send(flow, payload, header)
 
 
 @pytest.fixture(params=["single", "batch"])
@@ -54,7 +54,8 @@ def listener() -> Iterator[socket.socket]:
 
 def engine_for(
     listener: socket.socket, buffer_size: int, mode: str = "single"
-) -> tuple[RecordingEngine, RecordingEngine, Route]:
+) -> tuple[RecordingEngine, Route]:
+    """A recording engine with one route from `listener`, receiving with the strategy `mode` names."""
     route = Route(ListeningSocket(listener, "test"), Destination(socket.AF_INET, "192.0.2.2", 53))
     engine = RecordingEngine(
         [route],
@@ -66,7 +67,7 @@ def engine_for(
     )
     engine.handed = []
     assert type(engine.strategy).__name__ == ("BatchReceive" if mode == "batch" else "SingleReceive")
-    return engine, engine, route
+    return engine, route
 
 
 def send_all(target: socket.socket, payloads: list[bytes]) -> SockAddr:
@@ -81,29 +82,29 @@ def send_all(target: socket.socket, payloads: list[bytes]) -> SockAddr:
 def test_a_truncated_datagram_is_dropped_and_counted_never_forwarded(
     listener: socket.socket, mode: str
 ) -> None:
-    engine, sender, route = engine_for(listener, buffer_size=64, mode=mode)
+    engine, route = engine_for(listener, buffer_size=64, mode=mode)
     client = send_all(listener, [b"x" * 100, b"fits"])
     engine.drain(route)
     # The cut datagram is dropped as truncated; the one that fits goes on (and its loopback source is
     # then refused: nothing in this test can be sent).
-    assert sender.handed == [(b"x" * 64, client, "truncated"), (b"fits", client, "loopback-source")]
+    assert engine.handed == [(b"x" * 64, client, "truncated"), (b"fits", client, "loopback-source")]
     assert engine.counters.dropped["truncated"] == 1
     assert engine.counters.forwarded == 0
 
 
 def test_an_empty_datagram_is_handed_on_not_ignored(listener: socket.socket, mode: str) -> None:
-    engine, sender, route = engine_for(listener, buffer_size=64, mode=mode)
+    engine, route = engine_for(listener, buffer_size=64, mode=mode)
     client = send_all(listener, [b""])
     engine.drain(route)
-    assert sender.handed == [(b"", client, "loopback-source")]
+    assert engine.handed == [(b"", client, "loopback-source")]
 
 
 def test_draining_continues_after_drops_until_the_socket_is_empty(listener: socket.socket, mode: str) -> None:
-    engine, sender, route = engine_for(listener, buffer_size=65536, mode=mode)
+    engine, route = engine_for(listener, buffer_size=65536, mode=mode)
     payloads = [bytes([n]) * n for n in range(1, 21)]
     send_all(listener, payloads)
     engine.drain(route)
-    assert [payload for payload, _, _ in sender.handed] == payloads
+    assert [payload for payload, _, _ in engine.handed] == payloads
     # A loopback client cannot be presented as a source: every one is dropped and counted, none stops it.
     assert engine.counters.dropped == {DropReason.LOOPBACK_SOURCE.value: 20}
     with pytest.raises(BlockingIOError):
@@ -111,7 +112,7 @@ def test_draining_continues_after_drops_until_the_socket_is_empty(listener: sock
 
 
 def test_status_line_reports_the_interval_and_resets_it(listener: socket.socket) -> None:
-    engine, _, route = engine_for(listener, buffer_size=64)
+    engine, route = engine_for(listener, buffer_size=64)
     send_all(listener, [b"x" * 100])
     engine.drain(route)
     name = f"forwarder-engine-test-{id(engine)}"

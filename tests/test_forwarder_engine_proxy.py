@@ -126,3 +126,38 @@ def test_the_sending_mode_prefixes_a_header_from_the_hosts_address_and_relays_th
             engine.close()
         for sock in (listener, backend, client):
             sock.close()
+
+
+def test_on_a_wildcard_listener_each_datagram_of_a_flow_names_its_own_address_in_runs_too(mode: str) -> None:
+    # One client asks two of the host's addresses, interleaved and in runs: a run must not carry a header
+    # naming the address another of its datagrams was sent to.
+    listener = udp("0.0.0.0")
+    listener.setblocking(False)
+    backend, client = udp(), udp()
+    backend.settimeout(5)
+    port = listener.getsockname()[1]
+    engine: Engine | None = None
+    try:
+        route = Route(
+            ListeningSocket(listener, "test"),
+            Destination(socket.AF_INET, *backend.getsockname()),
+            pktinfo=True,
+        )
+        engine = Engine(
+            [route], Notifier({}), ForwardingMachine(send_header=True), receive_strategy=mode, batch=8
+        )
+        asked = ["127.0.0.1", "127.0.0.2", "127.0.0.2", "127.0.0.1", "127.0.0.1", "127.0.0.2"]
+        for index, address in enumerate(asked):
+            client.sendto(b"%d" % index, (address, port))
+        engine.drain(route)
+
+        arrived = [backend.recv(65535) for _ in asked]
+        assert arrived == [
+            build(client.getsockname(), (address, port)) + b"%d" % index
+            for index, address in enumerate(asked)
+        ]
+    finally:
+        if engine is not None:
+            engine.close()
+        for sock in (listener, backend, client):
+            sock.close()

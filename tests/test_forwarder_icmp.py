@@ -17,11 +17,12 @@ from forwarder.icmp import (
     SO_EE_ORIGIN_LOCAL,
     QueuedError,
     extended_error,
+    failed_by_pending_error,
     parse_queued_error,
 )
 from netlab import Lab, load_topology, start_forwarder
 from netlab.lab import netns
-from netlab.service.relayroute import route_backend_errors
+from netlab.service.relay import route_backend_errors
 
 
 def test_a_port_unreachable_from_the_backend_is_backend_unreachable_with_its_offender() -> None:
@@ -73,6 +74,40 @@ def test_an_error_without_an_offender_address_parses() -> None:
     error = parse_queued_error([(socket.IPPROTO_IP, IP_RECVERR, extended_error(0, SO_EE_ORIGIN_ICMP, 3, 3))])
     assert error is not None
     assert error.offender is None
+
+
+PROTOCOL_UNREACHABLE = QueuedError(errno.ENOPROTOOPT, SO_EE_ORIGIN_ICMP, 3, 2, "192.0.2.2")
+ADMIN_PROHIBITED = QueuedError(errno.EACCES, SO_EE_ORIGIN_ICMP6, 1, 1, "2001:db8:2::2")
+
+
+@pytest.mark.parametrize(
+    ("error_number", "queued"),
+    [
+        (errno.ENOPROTOOPT, [PROTOCOL_UNREACHABLE]),
+        (errno.EACCES, [ADMIN_PROHIBITED]),
+        # Two errors queued: the socket holds the later one pending, and the send fails with it.
+        (errno.EACCES, [None, PROTOCOL_UNREACHABLE, ADMIN_PROHIBITED]),
+    ],
+)
+def test_a_send_failed_with_the_errno_of_a_queued_icmp_error_was_failed_by_it(
+    error_number: int, queued: list[QueuedError | None]
+) -> None:
+    assert failed_by_pending_error(error_number, queued)
+
+
+@pytest.mark.parametrize(
+    ("error_number", "queued"),
+    [
+        (errno.ENOPROTOOPT, []),  # nothing was pending: the datagram's own failure
+        (errno.EPERM, [PROTOCOL_UNREACHABLE]),  # a firewall on the host, whatever else is queued
+        (errno.EHOSTUNREACH, [QueuedError(errno.EHOSTUNREACH, SO_EE_ORIGIN_LOCAL, 0, 0, None)]),
+        (errno.ENOPROTOOPT, [None]),
+    ],
+)
+def test_a_send_failed_otherwise_is_the_datagrams_own_failure(
+    error_number: int, queued: list[QueuedError | None]
+) -> None:
+    assert not failed_by_pending_error(error_number, queued)
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,11 @@ from typing import cast
 
 import pytest
 
+from forwarder import proxy_protocol
 from forwarder.core import sockaddr_bytes
 from forwarder.destination import Destination
 from forwarder.machine import (
+    HEADER_CACHE_BYTES,
     READ_HEADER,
     CloseFlows,
     Drop,
@@ -21,7 +23,16 @@ from forwarder.machine import (
     Path,
     SendOnce,
 )
-from forwarder.proxy_protocol import SIGNATURE, HeaderProblem, TrustedSources, build, build_local
+from forwarder.proxy_protocol import (
+    SIGNATURE,
+    TLV_CRC32C,
+    TLV_NOOP,
+    HeaderProblem,
+    TrustedSources,
+    build,
+    build_local,
+    crc32c,
+)
 
 V4 = Path("dns", Destination(socket.AF_INET, "192.0.2.2", 53))
 V6 = Path("dns6", Destination(socket.AF_INET6, "2001:db8:2::2", 53))
@@ -87,6 +98,24 @@ def test_a_v4_mapped_sender_of_a_dual_stack_listener_is_trusted_by_its_ipv4_netw
 
 
 GOOD = build(("203.0.113.7", 4242), ("198.51.100.1", 53))
+
+
+@pytest.mark.parametrize(
+    ("network", "sender", "trusted"),
+    [
+        ("::ffff:198.51.100.20/128", ("198.51.100.20", 40000), True),
+        ("::ffff:198.51.100.20/128", ("::ffff:198.51.100.20", 40000, 0, 0), True),
+        ("::ffff:198.51.100.0/120", ("198.51.100.99", 40000), True),
+        ("::ffff:198.51.100.0/120", ("198.51.101.1", 40000), False),
+        ("::ffff:0:0/96", ("203.0.113.1", 40000), True),
+    ],
+)
+def test_a_v4_mapped_trusted_network_matches_the_ipv4_senders_it_maps(
+    network: str, sender: tuple[object, ...], trusted: bool
+) -> None:
+    sources = TrustedSources([ipaddress.ip_network(network)])
+    family = socket.AF_INET6 if ":" in str(sender[0]) else socket.AF_INET
+    assert sources(sockaddr_bytes(family, sender)) is trusted  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -295,3 +324,102 @@ def test_without_a_usable_pktinfo_address_the_header_names_the_hosts_address_tow
     action = m.receive(wildcard, CLIENT, 10, 0, 1.0, local=bytes(4))
     assert isinstance(action, OpenFlow)
     assert bytes(action.flow.header or b"") == build(("203.0.113.7", 4242), ("198.51.100.1", 53))
+
+
+WILDCARD = Path("dns", Destination(socket.AF_INET, "192.0.2.2", 53), ("0.0.0.0", 53))
+
+
+def test_a_flows_header_names_the_address_each_datagram_was_sent_to() -> None:
+    m = ForwardingMachine(send_header=True)
+    one, three = socket.inet_aton("198.51.100.1"), socket.inet_aton("198.51.100.3")
+    action = m.receive(WILDCARD, CLIENT, 10, 0, 1.0, local=one)
+    assert isinstance(action, OpenFlow)
+    m.flow_opened(action.flow, cast(socket.socket, object()))
+    first = action.flow.header
+    assert bytes(first or b"") == build(("203.0.113.7", 4242), ("198.51.100.1", 53))
+
+    flow = m.receive(WILDCARD, CLIENT, 10, 0, 2.0, local=three)
+    assert flow is action.flow
+    assert bytes(flow.header or b"") == build(("203.0.113.7", 4242), ("198.51.100.3", 53))
+    assert m.receive(WILDCARD, CLIENT, 10, 0, 3.0, local=one) is flow
+    assert flow.header is first  # built once per address, not per datagram
+    assert m.counters.forwarded == 3
+
+
+def test_chained_the_header_sent_names_the_destination_the_received_header_named() -> None:
+    trusted = TrustedSources([ipaddress.ip_network("198.51.100.16/28")])
+    m = ForwardingMachine(trusted=trusted, send_header=True)
+    # The load balancer's public address, not the forwarder's listening one (198.51.100.1:53).
+    action, _ = proxied(m, LISTENING, LB, via(LB, ("203.0.113.9", 999), ("203.0.113.80", 5353)))
+    assert isinstance(action, OpenFlow)
+    assert bytes(action.flow.header or b"") == build(("203.0.113.9", 999), ("203.0.113.80", 5353))
+    m.flow_opened(action.flow, cast(socket.socket, object()))
+
+    again, _ = proxied(m, LISTENING, LB, via(LB, ("203.0.113.9", 999), ("203.0.113.81", 5353)), 2.0)
+    assert again is action.flow
+    assert bytes(action.flow.header or b"") == build(("203.0.113.9", 999), ("203.0.113.81", 5353))
+
+
+def test_chained_an_ipv6_client_behind_an_ipv4_load_balancer_is_named_in_an_ipv6_header() -> None:
+    trusted = TrustedSources([ipaddress.ip_network("198.51.100.16/28")])
+    m = ForwardingMachine(trusted=trusted, send_header=True)
+    received = build(("2001:db8:113::7", 4242), ("2001:db8:51::1", 53))
+    action, skip = proxied(m, LISTENING, LB, received + b"payload")  # an IPv4 listener and backend
+    assert isinstance(action, OpenFlow), action
+    assert bytes(action.flow.header or b"") == received
+    assert skip == len(received)
+
+
+def test_chained_a_received_header_whose_ends_differ_in_family_is_a_family_mismatch() -> None:
+    trusted = TrustedSources([ipaddress.ip_network("198.51.100.16/28")])
+    m = ForwardingMachine(trusted=trusted, send_header=True)
+    received = build(("::ffff:203.0.113.7", 4242), ("2001:db8:51::1", 53))  # the client is IPv4 really
+    action, _ = proxied(m, LISTENING, LB, received + b"payload")
+    assert action == Drop("family-mismatch", LISTENING, LB)
+
+
+def test_a_header_refused_for_its_checksum_is_not_summed_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def counting(data: bytes | bytearray | memoryview) -> int:
+        calls.append(len(data))
+        return crc32c(data)
+
+    monkeypatch.setattr(proxy_protocol, "crc32c", counting)
+    m = machine()
+    noop = bytes((TLV_NOOP,)) + (60000).to_bytes(2, "big") + bytes(60000)
+    crc = bytes((TLV_CRC32C,)) + (4).to_bytes(2, "big") + b"bad!"
+    header = via(LB, ("203.0.113.7", 4242))[:-7]
+    length = int.from_bytes(header[14:16], "big") + len(noop) + len(crc)
+    wrong = header[:14] + length.to_bytes(2, "big") + header[16:] + noop + crc
+    for now in (1.0, 2.0, 3.0):
+        action, _ = proxied(m, V4, LB, wrong + b"payload", now)
+        assert action == Drop("proxy-header-checksum", V4, LB)
+    assert calls == [len(wrong)]
+    assert m.counters.dropped == {"proxy-header-checksum": 3}
+
+
+def test_the_header_cache_is_bounded_in_bytes_whatever_the_headers_size() -> None:
+    # The adversarial run: thousands of distinct ~65 KB headers (valid, naming 0.0.0.0, so all dropped).
+    m = machine()
+    noop = bytes((TLV_NOOP,)) + (65000).to_bytes(2, "big") + bytes(65000)
+    for port in range(1, 301):
+        header = build(("0.0.0.0", port), ("198.51.100.1", 53))
+        length = int.from_bytes(header[14:16], "big") + len(noop)
+        action, _ = proxied(m, V4, LB, header[:14] + length.to_bytes(2, "big") + header[16:] + noop)
+        assert action == Drop("unspecified-source", V4, LB)
+    assert 0 < m._headers.bytes <= HEADER_CACHE_BYTES
+    assert len(m._headers) < 300
+
+
+def test_a_flow_reached_through_two_listeners_names_the_one_each_datagram_came_through() -> None:
+    m = ForwardingMachine(send_header=True)
+    other = Path("dns3", Destination(socket.AF_INET, "192.0.2.2", 53), ("198.51.100.3", 53))
+    action = m.receive(LISTENING, CLIENT, 10, 0, 1.0)
+    assert isinstance(action, OpenFlow)
+    m.flow_opened(action.flow, cast(socket.socket, object()))
+    flow = m.receive(other, CLIENT, 10, 0, 2.0)  # one flow per 4-tuple: the same one
+    assert flow is action.flow
+    assert bytes(flow.header or b"") == build(("203.0.113.7", 4242), ("198.51.100.3", 53))
+    assert m.receive(LISTENING, CLIENT, 10, 0, 3.0) is flow
+    assert bytes(flow.header or b"") == build(("203.0.113.7", 4242), ("198.51.100.1", 53))

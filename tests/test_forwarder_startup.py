@@ -4,6 +4,7 @@ error naming the value and its documented sysexits code. No privileges needed, e
 CAP_NET_ADMIN with setpriv (that one needs root to drop a capability it has).
 """
 
+import ipaddress
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from forwarder.cli import build_parser
 from netlab.lab.process import python_env
 
 LAUNCH = r"""
@@ -581,6 +583,11 @@ def test_a_bad_proxy_protocol_network_exits_64_naming_it(udp4: socket.socket, ne
     result = launch([udp4.fileno()], ["--proxy-protocol-from", network, "192.0.2.2:53"])
     assert result.returncode == 64
     assert f"--proxy-protocol-from: {network!r} is not a network" in one_error_line(result)
+
+
+def test_a_v4_mapped_proxy_protocol_network_is_read_as_the_ipv4_network_it_maps() -> None:
+    args = build_parser().parse_args(["--proxy-protocol-from", "::ffff:198.51.100.0/120", "192.0.2.2:53"])
+    assert args.proxy_protocol_from == [ipaddress.ip_network("198.51.100.0/24")]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="running the forwarder needs CAP_NET_ADMIN (IP_TRANSPARENT)")

@@ -77,7 +77,7 @@ def test_a_bad_traffic_value_fails_validation_before_anything_is_built(
 ) -> None:
     path = tmp_path / "bug.toml"
     path.write_text(TRAFFIC + extra)
-    with pytest.raises(ScenarioError, match="^" + re.escape(f"{path}: {element}: {message}")):
+    with pytest.raises(ScenarioError, match="^" + re.escape(f"{path}:5: {element}: {message}")):  # its line
         load_scenario(path)
     code, err = run_cli(capsys, "run", str(path))  # refused before the privilege check and any lab
     assert (code, err.count("\n")) == (78, 1)

@@ -9,7 +9,17 @@ import pytest
 from netlab import Lab
 from netlab.errors import ExpectationError, NetlabError
 from netlab.topology.shipped import dual_stack, seed_deployment
-from netlab.traffic.expect import ANY, Inbox, SourcePattern, expect
+from netlab.traffic.expect import (
+    ANY,
+    Arrival,
+    DatagramPattern,
+    Inbox,
+    SourcePattern,
+    describe_payload,
+    expect,
+    payload_context,
+)
+from netlab.traffic.payload import make_payload
 
 HOST = "198.51.100.1"
 
@@ -128,3 +138,37 @@ def test_ipv4_sources_on_a_dual_stack_inbox_are_shown_as_plain_ipv4(lab: Lab) ->
     )
     inbox.datagram(src="203.0.113.7:1", payload=b"4").arrives(within=2)
     inbox.datagram(src="[2001:db8:113::7]:2", payload=b"6").arrives(within=2).and_nothing_else()
+
+
+def test_a_long_payload_is_shown_as_its_size_and_first_bytes_in_hex() -> None:
+    assert describe_payload(b"hello") == "b'hello' (5 bytes)"
+    assert describe_payload(make_payload(3000)) == "3000 bytes: " + make_payload(8).hex(" ") + " ..."
+
+
+def test_a_size_mismatch_names_both_sizes_and_shows_hex_around_the_first_difference() -> None:
+    expected, actual = make_payload(3000), make_payload(3000)[:1472]
+    [difference] = DatagramPattern(SourcePattern.parse(ANY), expected).differences(
+        Arrival("203.0.113.7", 4242, actual, 0.0)
+    )
+    assert difference == "payload is 1472 bytes, not 3000 (the same bytes up to byte 1472)"
+    assert payload_context(expected, actual) == [
+        "first difference at byte 1472; bytes 1468.. in hex:",
+        f"  expected  {expected[1468:1484].hex(' ')}",
+        f"  arrived   {actual[1468:].hex(' ')} (ends at byte 1472)",
+    ]
+
+
+@pytest.mark.privileged
+def test_a_datagram_a_failure_showed_is_not_reported_again_as_something_else(lab: Lab, inbox: Inbox) -> None:
+    send(lab, make_payload(1000))
+    with pytest.raises(ExpectationError) as caught:
+        inbox.datagram(payload=make_payload(1200)).arrives(within=1)
+    report = str(caught.value)
+    assert "payload  1200 bytes: " in report
+    assert "1000 bytes: " in report
+    assert "payload is 1000 bytes, not 1200 (the same bytes up to byte 1000)" in report
+    assert "first difference at byte 1000; bytes 996.. in hex:" in report
+    inbox.nothing_else(0.2)
+    send(lab, b"new")
+    with pytest.raises(ExpectationError, match=r"1 more datagram\(s\) arrived:\n.*\n         payload b'new'"):
+        inbox.nothing_else(1)

@@ -1,5 +1,5 @@
-"""netlab.service.relayroute: relay mode's routing on a host node, made with pyroute2: the rule's
-selectors, the local table, and removal."""
+"""netlab.service.relay's rule builder (relay_rule, install_relay_route): relay mode's routing on a host
+node, made with pyroute2: the rule's selectors, the local table, and removal."""
 
 import socket
 
@@ -7,7 +7,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from netlab import Lab
-from netlab.service.relayroute import backend_errors_ruleset, install_relay_route, relay_rule
+from netlab.service.relay import backend_errors_ruleset, install_relay_route, relay_rule
 from netlab.topology.shipped import seed_deployment
 
 

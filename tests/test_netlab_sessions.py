@@ -128,23 +128,19 @@ def test_only_killed_sessions_are_reaped_and_of_them_only_labs_whose_owner_is_go
     assert running_leftover.exists()  # a live session's own: it reaps that itself
 
 
-def test_the_machine_wide_reaper_leaves_the_namespaces_of_test_sessions_alone(
+def test_unrecorded_namespaces_are_those_no_registry_names_the_sessions_included(
     suites: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The machine's registry judges every `nl-` namespace no record claims; a session's labs are recorded
-    # in the session's registry. Which namespaces exist, and what is destroyed, are stand-ins here: the
-    # real reaper would judge every other lab on this machine.
+    # Which namespaces exist is a stand-in here: the real list holds every other lab on this machine.
     write_record(suites / "4242-1", ["nl-session-host"], owner_pid=os.getpid())
     default = tmp_path / "default"
+    write_record(default, ["nl-machine-host"], owner_pid=os.getpid())
     monkeypatch.setattr(registry, "DEFAULT_REGISTRY", default)
     monkeypatch.setattr(registry, "REGISTRY_DIR", default)
-    monkeypatch.setattr(netns, "list_names", lambda: ["nl-session-host", "nl-nobodys-host"])
-    monkeypatch.setattr(netns, "exists", lambda name: True)
-    destroyed: list[str] = []
-    monkeypatch.setattr(registry, "destroy_namespace", destroyed.append)
+    names = ["nl-session-host", "nl-machine-host", "nl-by-hand", "other"]
+    monkeypatch.setattr(netns, "list_names", lambda: names)
 
-    assert registry.reap_stale() == ["nl-nobodys-host"]
-    assert destroyed == ["nl-nobodys-host"]
+    assert registry.orphans() == ["nl-by-hand"]
 
 
 @pytest.mark.privileged
@@ -168,3 +164,44 @@ def test_only_a_session_with_lab_tests_reaps_killed_sessions(
 
     result.assert_outcomes(passed=1)
     assert leftover.exists() != reaps
+
+
+def run_inner_pytest_unprivileged(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """pytest on `directory` with CI=true and without the lab's capabilities (dropped when root)."""
+    drop = ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"] if os.geteuid() == 0 else []
+    return subprocess.run(
+        [*drop, sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", *args],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        env={**python_env(), "CI": "true"},
+        timeout=120,
+        check=False,
+    )
+
+
+def test_in_ci_without_capabilities_a_privileged_test_fails_in_one_line_naming_the_fix(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_inner=LAB_TEST + "\n\ndef test_plain():\n    pass\n")
+
+    result = run_inner_pytest_unprivileged(pytester.path)
+
+    assert result.returncode == 1, result.stdout
+    errors = [line for line in result.stdout.splitlines() if line.startswith("ERROR test_inner.py")]
+    assert len(errors) == 1, result.stdout
+    assert "needs CAP_NET_ADMIN" in errors[0]
+    assert "run as root" in errors[0]
+    assert '-m "not privileged"' in errors[0]
+    assert "Traceback" not in result.stdout
+    assert "pytest_plugin.py" not in result.stdout
+    assert "1 passed, 1 error" in result.stdout
+
+
+def test_in_ci_without_capabilities_the_unprivileged_part_passes(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_inner=LAB_TEST + "\n\ndef test_plain():\n    pass\n")
+
+    result = run_inner_pytest_unprivileged(pytester.path, "-m", "not privileged")
+
+    assert result.returncode == 0, result.stdout
+    assert "1 passed, 1 deselected" in result.stdout

@@ -11,17 +11,23 @@ import contextlib
 import socket
 
 import pytest
+from pyroute2 import IPRoute
 
 from netlab import AddressError, Lab, load_topology
 from netlab.lab.node import LabNode
 from netlab.service.relay import (
+    RELAY_PRIORITY,
+    RELAY_TABLE,
+    RelayRouting,
     flow_socket,
     install_local_relay_routing,
+    install_relay_route,
     install_relay_routing,
     is_relayed,
     local_backend_commands,
     port_ranges,
     relay_commands,
+    route_backend_errors,
     route_for_packet,
 )
 from netlab.traffic.expect import expect
@@ -231,3 +237,47 @@ def test_a_backend_on_the_host_itself_reaches_the_flow_socket_with_the_loopback_
     backend.sendto(b"local reply", (addresses["client"], CLIENT_PORT))
 
     assert receives(flow) == (b"local reply", addresses["loopback"])
+
+
+def relay_state(node: LabNode) -> list[object]:
+    """The policy rules and routes of the relay table (both families) in `node`."""
+    with IPRoute(netns=node.namespace) as ipr:
+        rules = [
+            (rule["family"], rule.get_attr("FRA_SRC"), rule.get_attr("FRA_FWMARK"))
+            for family in (socket.AF_INET, socket.AF_INET6)
+            for rule in ipr.get_rules(family=family)
+            if rule.get_attr("FRA_TABLE") == RELAY_TABLE
+        ]
+        routes = [
+            (route["family"], route["type"])
+            for family in (socket.AF_INET, socket.AF_INET6)
+            for route in ipr.get_routes(family=family, table=RELAY_TABLE)
+        ]
+    return [*rules, *routes]
+
+
+@pytest.mark.privileged
+def test_every_way_of_installing_relay_routing_returns_one_record_that_removes_what_it_added(
+    lab: Lab,
+) -> None:
+    lab.build(load_topology("dual-stack"))
+    host = lab["host"]
+    routings = [
+        install_relay_routing(host, "192.0.2.2", PORT),
+        install_relay_routing(host, "2001:db8:2::2", [PORT, (27010, 27020)]),
+        install_local_relay_routing(host),
+        install_relay_route(host, "192.0.2.2", 5353),
+        # The kernel deletes the first rule matching the selectors given: a rule with fewer selectors than
+        # another at the same priority would take that one along; a priority of its own keeps them apart.
+        install_relay_route(host, "2001:db8:2::2", udp_only=False, priority=RELAY_PRIORITY + 1),
+        route_backend_errors(host, ["192.0.2.2", "2001:db8:2::2"]),
+    ]
+    assert all(type(routing) is RelayRouting for routing in routings)
+    assert all(routing.commands and routing.rules for routing in routings)
+    assert len(relay_state(host)) == sum(len(r.rules) for r in routings) + 2  # + one local route a family
+
+    for routing in reversed(routings):
+        routing.remove()
+
+    assert relay_state(host) == []
+    routings[0].remove()  # twice is harmless (the lab's cleanup calls it again)

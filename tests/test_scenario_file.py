@@ -1,11 +1,12 @@
 """Scenario files are validated before anything is built; errors name the file, the element and the value."""
 
+import re
 from pathlib import Path
 
 import pytest
 
 from netlab.errors import FixtureNotFoundError, ScenarioError, TopologyError
-from netlab.fixtures import scenario_names
+from netlab.fixtures import is_topology_file, scenario_names, scenario_path
 from netlab.scenario.load import load_scenario
 
 VALID = """
@@ -51,7 +52,7 @@ def test_a_valid_scenario_reads_into_traffic_and_expectations(tmp_path: Path) ->
 
 def test_an_unknown_key_is_named_with_the_file_and_element(tmp_path: Path) -> None:
     path = write(tmp_path, VALID.replace('payload = "hi"\n[[expect', 'paylod = "hi"\n[[expect'))
-    with pytest.raises(ScenarioError, match=r"bug-1234.toml: traffic\[0\]: unknown key 'paylod'"):
+    with pytest.raises(ScenarioError, match=r"bug-1234.toml:10: traffic\[0\]: unknown key 'paylod'"):
         load_scenario(path)
 
 
@@ -261,3 +262,83 @@ def test_a_bad_proxy_header_table_names_the_field(tmp_path: Path, table: str, me
     text = VALID.replace('payload = "hi"\n[[expect', f"proxy_header = {table}\n[[expect")
     with pytest.raises(ScenarioError, match=message):
         load_scenario(write(tmp_path, text))
+
+
+def test_a_topology_file_next_to_the_scenarios_is_not_taken_for_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scenarios = tmp_path / "scenarios"
+    scenarios.mkdir()
+    (scenarios / "pair.toml").write_text(
+        "[nodes.client]\n[nodes.host]\n[[links]]\na = { node = 'client', addresses = ['198.51.100.10/24'] }\n"
+        "b = { node = 'host', addresses = ['198.51.100.1/24'] }\n"
+    )
+    (scenarios / "uses-pair.toml").write_text(
+        "# Pins nothing\ntopology = 'pair.toml'\n[forwarder]\nlisten = ['198.51.100.1:27000']\n"
+        "destinations = ['198.51.100.10:27000']\n"
+    )
+    monkeypatch.setenv("NETLAB_FIXTURES", str(tmp_path))
+    assert scenario_names() == ["uses-pair"]
+    assert sorted(load_scenario("uses-pair").topology.nodes) == ["client", "host"]
+
+
+def test_the_shipped_topology_next_to_its_scenario_is_used_and_not_listed() -> None:
+    assert is_topology_file(scenario_path("short-backend-route"))
+    assert "short-backend-route" not in scenario_names()
+    scenario = load_scenario("backend-unreachable-counted")
+    assert scenario.topology.source.endswith("scenarios/short-backend-route.toml")
+
+
+def test_an_error_names_the_line_of_the_element_it_is_about(tmp_path: Path) -> None:
+    text = VALID + '[[expect.arrives]]\nat = "backend:27000"\ncount = 0\n'
+    with pytest.raises(ScenarioError, match=r"bug-1234.toml:16: expect.arrives\[1\].count: 0 must be"):
+        load_scenario(write(tmp_path, text))
+
+
+def test_lines_are_counted_past_multi_line_strings_that_look_like_tables(tmp_path: Path) -> None:
+    setup = '[[setup]]\nnode = "host"\nnft = """\n[[traffic]]\nfrom = "x"\n"""\n'
+    text = VALID.replace('from = "client"', 'from = "clinet"').replace("[[traffic]]", setup + "[[traffic]]")
+    with pytest.raises(ScenarioError, match=r"bug-1234.toml:13: traffic\[0\].from: unknown node 'clinet'"):
+        load_scenario(write(tmp_path, text))
+
+
+def test_a_scenario_without_a_forwarder_is_refused_naming_the_table(tmp_path: Path) -> None:
+    text = VALID.replace(
+        '[forwarder]\nlisten = ["198.51.100.1:27000"]\ndestinations = ["192.0.2.2:27000"]\n', ""
+    )
+    with pytest.raises(ScenarioError, match=r"bug-1234.toml: top level: missing \[forwarder\]"):
+        load_scenario(write(tmp_path, text))
+
+
+def test_a_doctor_scenario_needs_no_forwarder() -> None:
+    scenario = load_scenario("doctor-ip-forward")
+    assert scenario.forwarder is None
+    assert scenario.expect.doctor_names == ["ip_forward"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "element"),
+    [
+        (
+            'destinations = ["192.0.2.2:27000"]',
+            'destinations = ["10.0.0.2:27000"]',
+            "forwarder.destinations[0]",
+        ),
+        (
+            'destinations = ["192.0.2.2:27000"]',
+            'destinations = ["game=[2001:4860::8888]:53"]',
+            "forwarder.destinations[0]",
+        ),
+        ('to = "198.51.100.1:27000"', 'to = "8.8.8.8:27000"', "traffic[0].to"),
+        ('src = "203.0.113.7"', 'src = "192.168.1.7"', "traffic[0].src"),
+        ('listen = ["198.51.100.1:27000"]', 'listen = ["172.16.0.1:27000"]', "forwarder.listen[0]"),
+    ],
+)
+def test_addresses_outside_the_documentation_ranges_are_refused(
+    tmp_path: Path, old: str, new: str, element: str
+) -> None:
+    path = write(tmp_path, VALID.replace(old, new))
+    with pytest.raises(
+        ScenarioError, match=rf"{re.escape(element)}: address .* is outside the lab's address"
+    ):
+        load_scenario(path)

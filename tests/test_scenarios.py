@@ -7,9 +7,10 @@ change here. Each runs in the `lab` fixture's lab, whose run directory (logs, pc
 import pytest
 
 from netlab import Lab
-from netlab.fixtures import scenario_names, scenario_path
+from netlab.fixtures import load_topology, scenario_names, scenario_path
 from netlab.scenario.load import load_scenario
 from netlab.scenario.run import run_scenario
+from netlab.traffic.payload import make_payload
 
 
 def test_at_least_ten_scenarios_ship_and_each_says_which_behaviour_it_pins() -> None:
@@ -55,3 +56,29 @@ def test_a_reply_that_never_comes_says_nothing_came_back(lab: Lab) -> None:
     assert (
         failed.detail == "no reply from 198.51.100.1:53 within 1.0s; nothing came back to 198.51.100.10:4242"
     )
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_a_fragmented_relay_reply_without_reassembly_says_reassembly_is_missing(
+    family: str, lab: Lab
+) -> None:
+    scenario = load_scenario("relay-fragmented-reply-intact")
+    scenario.setup = []  # no connection tracking on the host: fragments are routed one by one
+    if family == "ipv6":
+        scenario.topology = load_topology("dual-stack")
+        assert scenario.forwarder is not None
+        assert scenario.reply_path is not None
+        scenario.forwarder.listen = ["[2001:db8:51::1]:27000"]
+        scenario.forwarder.destinations = ["[2001:db8:2::2]:5353"]
+        scenario.reply_path.relay = {"2001:db8:2::2": [5353]}
+        scenario.traffic[0].dst = "2001:db8:51::1"
+        scenario.traffic[0].payload = make_payload(2000)
+        scenario.traffic[0].reply_contains = None
+    scenario.traffic[0].within = 2.0
+    scenario.expect.status = []
+    result = run_scenario(scenario, lab)
+    [failed] = [check for check in result.checks if not check.ok]
+    assert failed.what.startswith("reply to ")
+    assert "it came in fragments (larger than the path MTU)" in failed.detail, failed.detail
+    assert "the host must reassemble before routing" in failed.detail

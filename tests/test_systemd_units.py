@@ -31,8 +31,8 @@ FORWARDER_PACKAGE = Path(__file__).resolve().parent.parent / "forwarder"
 HARDENED = "transparent-udp-forwarder@.service"
 AVORION_SOCKET = "proxy-to-avorion-udp.socket"
 AVORION_SERVICE = "proxy-to-avorion-udp.service"
-# Where the units expect the console script (pip install as root into /usr/local).
-INSTALLED_BINARY = "/usr/local/bin/systemd-transparent-udp-forwarderd"
+# Where the units expect the daemon: the Debian package installs it there, a manual install links it there.
+INSTALLED_BINARY = "/usr/sbin/systemd-transparent-udp-forwarderd"
 # A template is checked as this instance (the hardened template's instance is the UDP port).
 INSTANCE = "27015"
 CAP_NET_ADMIN = 12
@@ -87,7 +87,7 @@ def install_for_checking(directory: Path) -> list[Path]:
     """Copy every unit into `directory` as systemd would load it here, and return the copies.
 
     Templates become an instance; ExecStart= runs this checkout's forwarder (`python -m forwarder`)
-    instead of the console script, which need not be installed in /usr/local on the test machine.
+    instead of the daemon in /usr/sbin, which need not be installed on the test machine.
     """
     here = f"{shlex.quote(sys.executable)} -m forwarder"
     copies = []

@@ -15,14 +15,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pyroute2 import IPRoute
-
 from netlab.errors import LabTimeoutError, NetlabError
 from netlab.lab.lab import Lab
 from netlab.lab.nft import apply_ruleset, counter_packets, delete_table
 from netlab.lab.node import LabNode
 from netlab.lab.offload import set_features
 from netlab.lab.process import python_env
+from netlab.service.relay import RELAY_TABLE, install_relay_routing
 from netlab.topology.shipped import seed_deployment
 
 SENDER_ADDRESS = "198.51.100.10"
@@ -33,7 +32,7 @@ PORT = 27000
 SENDER_CPU = 0
 CONTENDER_CPU = 1  # every userspace contender is pinned here, the sender's other core
 RPS_MASK = "2"  # the host's receive work goes to CPU 1 while the sender runs on CPU 0
-REPLY_TABLE = 100  # the host's routing table that delivers the backend's replies to local sockets
+REPLY_TABLE = RELAY_TABLE  # the host's routing table that delivers the backend's replies to local sockets
 
 BACKEND_COUNTER = f"""table inet netlab_bench {{
     counter delivered {{ }}
@@ -269,26 +268,13 @@ class BenchLab:
         """Policy routing on the host that delivers the backend's UDP replies from PORT locally, where a
         transparent proxy's socket bound to the client's address and port receives them (the replies of
         a relaying userspace contender); everything else from the backend is still forwarded."""
-        route = {"dst": "0.0.0.0/0", "table": REPLY_TABLE, "type": "local", "scope": 254}
-        rule = {
-            "table": REPLY_TABLE,
-            "priority": REPLY_TABLE,
-            "src": BACKEND_ADDRESS,
-            "src_len": 32,
-            "ip_proto": 17,  # UDP
-            "sport_range": f"{PORT}:{PORT}",
-        }
-        with IPRoute(netns=self.host.namespace) as ipr:
-            route["oif"] = ipr.link_lookup(ifname="lo")[0]
-            ipr.route("add", **route)
-            try:
-                ipr.rule("add", **rule)
-                try:
-                    yield
-                finally:
-                    ipr.rule("del", **rule)
-            finally:
-                ipr.route("del", **route)
+        routing = install_relay_routing(
+            self.host, BACKEND_ADDRESS, PORT, table=REPLY_TABLE, priority=REPLY_TABLE
+        )
+        try:
+            yield
+        finally:
+            routing.remove()
 
     def blast(self, case: Case, duration: float, rate: float = 0.0, **extra: Any) -> dict[str, float]:
         """Run the sender for `duration` seconds (`extra`: more BlastOptions, e.g. proxy_v2, count)."""

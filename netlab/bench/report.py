@@ -5,7 +5,7 @@ from dataclasses import asdict
 from typing import Any
 
 from netlab.bench.contenders import PEERS
-from netlab.bench.lab import Run
+from netlab.bench.lab import Case, Run
 from netlab.bench.memory import FlowMemory
 from netlab.bench.stats import Summary
 
@@ -20,38 +20,71 @@ def ratio(value: float | None) -> str:
 
 
 def us(value: float) -> str:
+    """Microseconds per datagram, `-` when not measured (NaN: a contender without processes of its own)."""
     return "-" if math.isnan(value) else f"{value:.2f}"
 
 
+def case_label(case: Case) -> str:
+    """A case in the table's narrow column: '1200 B x1000 echo' (payload, flows, replies counted)."""
+    return f"{case.payload} B x{case.flows}{' echo' if case.echo else ''}"
+
+
+WIDTH = 100  # the table's lines fit a terminal of this many columns
+
+
 def format_table(summaries: list[Summary], solo: dict[str, float]) -> str:
-    """One line per case and contender: rates, loss, CPU per datagram and the ratios."""
+    """Two tables that fit WIDTH columns, a line per case and contender in each: the rates, loss and CPU
+    per datagram; then the ratios of delivered/s to the baseline, the reference and each peer measured."""
     peers = [peer for peer in PEERS if any(s.contender == peer for s in summaries)]
     lines = [
-        f"{'case':<24} {'contender':<18} {'offered/s':>9} {'delivered/s':>11} {'min-max':>11} {'loss':>7} "
-        f"{'CPU us/dg':>9} {'core us/dg':>10} {'own us/dg':>9} {'x DNAT+RPS':>10} "
-        + "".join(f"{'x ' + peer:>13} " for peer in peers)
-        + f"{'x per-dgram':>11}"
+        f"{'case':<17} {'contender':<18} {'delivered/s':>11} {'min-max':>11} {'offered/s':>9} {'loss':>7} "
+        f"{'CPU':>6} {'core':>6} {'own':>6}"
     ]
     for s in summaries:
         spread = f"{thousands(s.min_delivered_per_s)}-{thousands(s.max_delivered_per_s)}"
         lines.append(
-            f"{s.case!s:<24} {s.contender:<18} {thousands(s.median_offered_per_s):>9} "
-            f"{thousands(s.median_delivered_per_s):>11} {spread:>11} {s.median_loss:>7.2%} "
-            f"{s.median_cpu_us_per_datagram:>9.2f} {s.median_core_us_per_datagram:>10.2f} "
-            f"{us(s.median_process_us_per_datagram):>9} "
-            f"{ratio(s.ratio_to_kernel_dnat_rps):>10} "
-            + "".join(f"{ratio(s.ratio_to_peers.get(peer)):>13} " for peer in peers)
-            + f"{ratio(s.ratio_to_per_datagram):>11}"
+            f"{case_label(s.case):<17} {s.contender:<18} {thousands(s.median_delivered_per_s):>11} "
+            f"{spread:>11} {thousands(s.median_offered_per_s):>9} {s.median_loss:>7.2%} "
+            f"{us(s.median_cpu_us_per_datagram):>6} {us(s.median_core_us_per_datagram):>6} "
+            f"{us(s.median_process_us_per_datagram):>6}"
+        )
+    lines += [
+        "CPU, core, own: microseconds of CPU per delivered datagram, of all cores (busy time), of the",
+        "contenders' core alone, and of the contender's own processes (with the kernel's inline work in",
+        "their system calls). x1000: 1000 flows; echo: the replies delivered back at the client count.",
+    ]
+    lines.append("")
+    lines.append(
+        f"{'ratios of delivered/s':<36} {'x DNAT+RPS':>10} {'x per-dgram':>11} "
+        + " ".join(f"{'x ' + peer:>12}" for peer in peers)
+    )
+    for s in summaries:
+        lines.append(
+            f"{case_label(s.case):<17} {s.contender:<18} {ratio(s.ratio_to_kernel_dnat_rps):>10} "
+            f"{ratio(s.ratio_to_per_datagram):>11} "
+            + " ".join(f"{ratio(s.ratio_to_peers.get(peer)):>12}" for peer in peers)
         )
     lines.append(
         "sender alone (host drops on arrival): " + ", ".join(f"{k} {thousands(v)}/s" for k, v in solo.items())
     )
-    lines.append(
-        "CPU us/dg: all cores' busy time per delivered datagram; core us/dg: the contenders' core alone; "
-        "own us/dg: the contender's processes (the kernel's inline work in their system calls included); "
-        "echo cases count the replies delivered back at the client"
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def progress_line(done: int, total: int, repetition: int, run: Run) -> str:
+    """One finished run as the progress lines on stderr say it, within WIDTH columns: run of runs (and
+    repetition), case, contender, delivered/s, loss and CPU us per datagram (`-`: not measured)."""
+    return (
+        f"[{done}/{total}{'' if repetition == 1 else f' r{repetition}'}] {case_label(run.case):<17} "
+        f"{run.contender:<18} {thousands(run.delivered_per_second)}/s loss {run.loss:.2%} us/dg "
+        f"{us(run.cpu_us_per_datagram)} all {us(run.core_us_per_datagram)} core "
+        f"{us(run.process_us_per_datagram)} own"
     )
-    return "\n".join(lines)
+
+
+QUICK_NOTE = (
+    "quick figures are a smoke test (one short run per case, on whatever else this machine is doing):\n"
+    "they show that every contender works, not how fast; compare only the figures of `netlab bench --full`."
+)
 
 
 def memory_line(memory: FlowMemory) -> str:

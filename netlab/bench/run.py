@@ -14,14 +14,15 @@ the contenders that relay replies.
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 from netlab.bench.contenders import CONTENDERS
 from netlab.bench.fixed_rate import echo_ceilings, fixed_rate_table, summarize_fixed_rate
 from netlab.bench.lab import BenchLab, Case, Run
 from netlab.bench.memory import measure_flow_memory
-from netlab.bench.report import json_document, memory_line, text_report, thousands
+from netlab.bench.report import json_document, memory_line, progress_line, text_report, thousands
 from netlab.bench.stats import summarize
 from netlab.errors import UsageError
 from netlab.lab.lab import Lab
@@ -77,9 +78,14 @@ def available(names: list[str], progress: TextIO) -> tuple[list[str], dict[str, 
 
 
 def run_bench(
-    settings: Settings, out: TextIO = sys.stdout, progress: TextIO = sys.stderr, as_json: bool = False
+    settings: Settings,
+    out: TextIO = sys.stdout,
+    progress: TextIO = sys.stderr,
+    as_json: bool = False,
+    plot: Callable[[dict[str, Any]], object] | None = None,
 ) -> int:
-    """Run every contender on every case, interleaved and repeated; print the table (or JSON)."""
+    """Run every contender on every case, interleaved and repeated; print the table (or JSON), and hand
+    the JSON document to `plot` when given (`netlab bench --plot`)."""
     unknown = [name for name in settings.contenders if name not in CONTENDERS]
     if unknown:
         raise UsageError(f"unknown contender {unknown[0]!r}: expected one of {', '.join(CONTENDERS)}")
@@ -102,14 +108,7 @@ def run_bench(
                 done += 1
                 run = bench.measure(CONTENDERS[name], case, settings.duration)
                 runs.append(run)
-                print(
-                    f"[{done}/{total}] run {repetition + 1} {case!s:<24} {name:<18} "
-                    f"{thousands(run.delivered_per_second)}/s delivered, loss {run.loss:.2%}, CPU us/dg "
-                    f"{run.cpu_us_per_datagram:.2f} machine, {run.core_us_per_datagram:.2f} core, "
-                    f"{run.process_us_per_datagram:.2f} own",
-                    file=progress,
-                    flush=True,
-                )
+                print(progress_line(done, total, repetition + 1, run), file=progress, flush=True)
         rate_runs = measure_fixed_rates(bench, settings, names, progress)
         summaries = summarize(runs)
         if settings.loss_tests and "forwarder" in names:
@@ -130,13 +129,14 @@ def run_bench(
             print(f"[memory] {memory_line(memory)}", file=progress, flush=True)
     rated = summarize_fixed_rate(rate_runs)
     ceilings = echo_ceilings(summaries, rated)
+    document = json_document(summaries, solo, runs, loss_runs, memory, skipped=skipped)
+    document["fixed_rate_echo"] = [asdict(summary) for summary in rated]
+    document["echo_ceilings"] = [
+        {"case": case, "contender": name, "replies_per_s": rate} for (case, name), rate in ceilings.items()
+    ]
+    if plot is not None:
+        plot(document)
     if as_json:
-        document = json_document(summaries, solo, runs, loss_runs, memory, skipped=skipped)
-        document["fixed_rate_echo"] = [asdict(summary) for summary in rated]
-        document["echo_ceilings"] = [
-            {"case": case, "contender": name, "replies_per_s": rate}
-            for (case, name), rate in ceilings.items()
-        ]
         print(json.dumps(document, indent=2), file=out)
     else:
         print(text_report(summaries, solo, loss_runs, memory, skipped), file=out)

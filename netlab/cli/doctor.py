@@ -41,7 +41,21 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print_json([finding.__dict__ for finding in findings])
     else:
         print(format_findings(findings))
+        print(orphans_note())
     return 0 if all(finding.ok for finding in findings) else EX_FAILED
+
+
+def orphans_note() -> str:
+    """A line naming the `nl-` namespaces no lab record names (not a deployment fault: nothing fails)."""
+    from netlab.lab import registry
+
+    unrecorded = registry.orphans()
+    if not unrecorded:
+        return "[note] no unrecorded nl- namespaces"
+    return (
+        f"[note] {len(unrecorded)} nl- namespace(s) no lab record names: {' '.join(unrecorded)}"
+        " (`netlab ls` lists them; `netlab down --orphans NAME...` removes them)"
+    )
 
 
 def _backend(text: str) -> tuple[str, list[int]]:

@@ -35,22 +35,27 @@ def cmd_ls(args: argparse.Namespace) -> int:
                 "description": record.description,
             }
         )
+    # Namespaces named like a lab's but in no record: listed, never removed unless `down --orphans` asks.
+    unrecorded = registry.orphans()
     if args.json:
-        print_json(rows)
+        print_json(rows + [{"id": None, "state": "unrecorded", "namespaces": [name]} for name in unrecorded])
         return 0
-    if not rows:
+    if not rows and not unrecorded:
         print("no labs")
     for row in rows:
         print(f"{row['id']}  {row['state']:<5}  pid {row['owner_pid']:<7} {row['description']}")
         print(f"        {' '.join(row['namespaces'])}")
+    for name in unrecorded:
+        print(f"{name}  unrecorded (no lab record names it; `netlab down --orphans {name}` removes it)")
     return 0
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from netlab.lab.detached import up
+    from netlab.lab.detached import load_for_up, up
 
+    loaded = load_for_up(args.file)  # a bad argument is reported before the privilege check, as in `run`
     require_privileges()
-    lab_id = up(args.file)
+    lab_id = up(loaded)
     if args.json:
         print_json({"id": lab_id})
     else:
@@ -61,13 +66,15 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     from netlab.lab import detached, registry
 
-    require_privileges()
-    chosen = [bool(args.name), args.all, args.stale]
+    chosen = [bool(args.name), args.all, args.stale, args.orphans is not None]
     if sum(chosen) != 1:
-        raise UsageError("netlab down: give one of NAME, --all or --stale")
+        raise UsageError("netlab down: give one of NAME, --all, --stale or --orphans")
+    require_privileges()
     removed: list[str] = []
     if args.name:
         removed = detached.down(args.name)
+    elif args.orphans is not None:
+        removed = registry.remove_orphans(args.orphans or None)
     else:
         if args.all:
             for record in registry.load_records():
@@ -137,8 +144,14 @@ def register(commands: Commands) -> None:
     down.add_argument("name", nargs="?", metavar="NAME", help="the lab id to remove")
     down.add_argument("--all", action="store_true", help="every lab made by `netlab up`, and stale ones")
     down.add_argument("--stale", action="store_true", help="remove labs whose owner process is gone")
+    down.add_argument(
+        "--orphans",
+        nargs="*",
+        metavar="NAMESPACE",
+        help="remove `nl-` namespaces no lab record names (`netlab ls` lists them): these, or all of them",
+    )
     down.set_defaults(handler=cmd_down, after_interrupt="")
-    ls = commands.add_parser("ls", help="list labs on this machine")
+    ls = commands.add_parser("ls", help="list labs on this machine, and nl- namespaces no lab record names")
     ls.add_argument("--json", action="store_true", help="a JSON list of labs")
     ls.set_defaults(handler=cmd_ls, after_interrupt="")
 

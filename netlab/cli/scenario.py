@@ -6,10 +6,12 @@ from netlab.cli.common import EX_FAILED, OWN_LAB_REMOVED, Commands, print_json, 
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from netlab.lab.runs import kept_runs_limit
     from netlab.scenario.load import load_scenario
     from netlab.scenario.run import run_scenario_file
 
     scenario = load_scenario(args.scenario)  # a bad file is reported before the privilege check
+    kept_runs_limit()  # and a bad NETLAB_RUNS_KEEP
     require_privileges()
     result = run_scenario_file(scenario, runs=args.runs)
     if args.json:

@@ -29,10 +29,17 @@ def resolve_topology_file(file_or_name: str) -> Path:
     return topology_path(file_or_name)
 
 
-def up(file_or_name: str) -> str:
-    """Build the topology in a new lab that stays after this process exits; return the lab's id."""
+def load_for_up(file_or_name: str) -> tuple[Path, Topology]:
+    """The topology file `file_or_name` names and its validated topology (no privilege needed): a bad
+    argument is reported before the privilege check, as `netlab run` does."""
     path = resolve_topology_file(file_or_name)
-    topology = load_topology_file(path)
+    return path, load_topology_file(path)
+
+
+def up(file_or_name: str | tuple[Path, Topology]) -> str:
+    """Build the topology (a file or shipped name, or what load_for_up returned) in a new lab that stays
+    after this process exits; return the lab's id."""
+    path, topology = load_for_up(file_or_name) if isinstance(file_or_name, str) else file_or_name
     with Lab(description=f"netlab up {path}") as lab:
         lab.build(topology)
         registry.topology_file(lab.lab_id).write_text(path.read_text())

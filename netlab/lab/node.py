@@ -4,11 +4,11 @@ send datagrams from it, crafted with scapy in a process started there or through
 import json
 import socket
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from forwarder.sockets import IPV6_TRANSPARENT  # not in the socket module
+from forwarder.sockets import set_transparent
 from netlab.errors import ProcessFailedError
 from netlab.lab import netns
 from netlab.lab.names import namespace_name
@@ -16,14 +16,27 @@ from netlab.lab.process import Process, python_env
 from netlab.programs.crafted import Crafted, check_size
 from netlab.traffic.payload import make_payload
 
-if TYPE_CHECKING:
-    from netlab.lab.lab import Lab
+
+class LabResources(Protocol):
+    """What a node needs of its lab (netlab.lab.lab.Lab): where files go, cleanup, unique serial numbers.
+    A protocol, so that this module does not import the lab that imports it."""
+
+    lab_id: str
+    workdir: Path
+    capture_enabled: bool
+
+    @property
+    def socket_dir(self) -> Path: ...
+
+    def defer(self, callback: Callable[..., object], *args: object) -> None: ...
+
+    def next_serial(self) -> int: ...
 
 
 class LabNode:
     """A node of a running lab: run processes, open sockets and send crafted packets inside it."""
 
-    def __init__(self, lab: "Lab", name: str) -> None:
+    def __init__(self, lab: LabResources, name: str) -> None:
         self.lab = lab
         self.name = name
         self.namespace = namespace_name(lab.lab_id, name)
@@ -134,12 +147,7 @@ class LabNode:
         family = socket.AF_INET6 if ":" in dst else socket.AF_INET
         with netns.socket_in(self.namespace, family, socket.SOCK_DGRAM) as sock:
             if src is not None:
-                level, option = (
-                    (socket.SOL_IP, socket.IP_TRANSPARENT)
-                    if family == socket.AF_INET
-                    else (socket.IPPROTO_IPV6, IPV6_TRANSPARENT)
-                )
-                sock.setsockopt(level, option, 1)
+                set_transparent(sock)
                 sock.bind((src, sport))
             sent = 0
             for _ in range(count):

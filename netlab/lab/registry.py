@@ -1,5 +1,6 @@
 """A record of every live lab in /run/netlab, written before its first namespace exists, so a lab whose
-owner died (kill -9) can be found and reaped by the next run or by `netlab down --stale`.
+owner died (kill -9) can be found and reaped by the next run or by `netlab down --stale`. An `nl-`
+namespace no record names is never reaped: `netlab ls` lists it and `netlab down --orphans` removes it.
 
 A test session keeps its labs in a registry of its own, /run/netlab/suites/PID-START (pytest_plugin), so
 that two suites, and a developer's labs, never see each other's.
@@ -12,10 +13,11 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from netlab.errors import UsageError
 from netlab.lab import netns
 from netlab.lab.names import PREFIX
 
@@ -197,35 +199,52 @@ def suite_namespaces() -> set[str]:
 
 
 def reap_stale(*, detached_too: bool = False) -> list[str]:
-    """Remove labs whose owner is dead, and `nl-` namespaces no live lab claims; return what was removed.
+    """Remove the labs whose record names a dead owner; return the namespaces removed.
 
-    `detached_too` also removes labs made by `netlab up` once their maker is gone: for a test session's
-    registry after the session ended, whose `up` labs were that session's alone.
+    Only what a record names is judged: an `nl-` namespace no record claims (a lab built by hand, another
+    tool's) is left alone, listed by orphans() and removed only by remove_orphans() (`netlab down
+    --orphans`). `detached_too` also removes labs made by `netlab up` once their maker is gone: for a test
+    session's registry after the session ended, whose `up` labs were that session's alone.
     """
     removed: list[str] = []
-    claimed: set[str] = set()
-    # List namespaces before reading records: a lab writes its record before creating a namespace, so
-    # every namespace seen here that belongs to a live lab is claimed by a record read afterwards.
-    existing = [name for name in netns.list_names() if name.startswith(PREFIX)]
     for record in load_records():
         if detached_too:
             record.detached = False  # judged by whether its maker lives, like any other lab
         if record.owner_alive():
-            claimed.update(record.namespaces)
             continue
         for namespace in record.namespaces:
             if netns.exists(namespace):
                 destroy_namespace(namespace)
                 removed.append(namespace)
         record.delete()
-    # Unclaimed namespaces are only judged against the machine's one registry: a process reading another
-    # registry (NETLAB_REGISTRY) cannot see the records of the labs that own them. The test sessions'
-    # registries are seen, and their namespaces left to the sessions' own reapers.
-    if REGISTRY_DIR == DEFAULT_REGISTRY:
-        claimed |= suite_namespaces()
-        for namespace in existing:
-            if namespace not in claimed and netns.exists(namespace):
-                destroy_namespace(namespace)
-                removed.append(namespace)
     reap_stale_scratch()
     return removed
+
+
+def orphans() -> list[str]:
+    """The `nl-` namespaces no record names: not in this process's registry, the machine's one, or any test
+    session's. They may be a lab someone built by hand or with their own registry, so nothing removes them
+    unless asked (remove_orphans)."""
+    # List namespaces before reading records: a lab writes its record before creating a namespace, so a
+    # namespace seen here that belongs to a lab is named by a record read afterwards.
+    existing = [name for name in netns.list_names() if name.startswith(PREFIX)]
+    recorded = suite_namespaces()
+    for directory in {REGISTRY_DIR, DEFAULT_REGISTRY}:
+        recorded.update(name for record in load_records(directory) for name in record.namespaces)
+    return sorted(name for name in existing if name not in recorded)
+
+
+def remove_orphans(names: Iterable[str] | None = None) -> list[str]:
+    """Remove the unrecorded `nl-` namespaces (only those of `names`, when given) and what runs in them;
+    return what was removed. A name that is recorded, or not an `nl-` namespace, is refused."""
+    unrecorded = orphans()
+    chosen = unrecorded if names is None else list(names)
+    for name in chosen:
+        if name not in unrecorded:
+            raise UsageError(
+                f"{name!r} is not an unrecorded {PREFIX} namespace; "
+                f"unrecorded: {' '.join(unrecorded) or 'none'}"
+            )
+    for name in chosen:
+        destroy_namespace(name)
+    return chosen

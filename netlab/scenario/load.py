@@ -60,7 +60,7 @@ from typing import Any
 
 from netlab.addresses import parse_endpoint, split_host_port
 from netlab.errors import AddressError, FixtureNotFoundError, PacketError, ScenarioError
-from netlab.fixtures import scenario_path, topology_names, topology_path
+from netlab.fixtures import TOPOLOGY_TABLES, scenario_path, topology_names, topology_path
 from netlab.programs.crafted import MAX_PAYLOAD, MAX_PAYLOAD_IPV6, MIN_FRAGMENT, check_port
 from netlab.scenario.model import (
     ArrivesSpec,
@@ -76,7 +76,7 @@ from netlab.scenario.model import (
 from netlab.scenario.proxyheader import proxy_header
 from netlab.scenario.reader import Reader, address_port
 from netlab.topology.file import load_topology_file, topology_from_dict
-from netlab.topology.model import Topology
+from netlab.topology.model import ALLOWED_NETWORKS, Topology
 from netlab.traffic.payload import make_payload
 
 _TOP = {"description", "topology", "forwarder", "setup", "echo", "reply_path", "traffic", "expect"}
@@ -100,10 +100,11 @@ def load_scenario(file_or_name: str | Path) -> Scenario:
     if not path.is_file():
         path = scenario_path(str(file_or_name))
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_text()
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ScenarioError(f"{path}: not valid TOML: {error}") from None
-    return scenario_from_dict(data, path)
+    return scenario_from_dict(data, path, text)
 
 
 def _topology(reader: Reader, data: Mapping[str, Any], path: Path) -> Topology:
@@ -129,11 +130,11 @@ def _topology(reader: Reader, data: Mapping[str, Any], path: Path) -> Topology:
         raise FixtureNotFoundError(f"{path}: topology: {error}") from None
 
 
-def scenario_from_dict(data: Mapping[str, Any], path: Path) -> Scenario:
-    """Validate TOML-shaped scenario data read from `path`: one reader per table, then the checks that
-    span tables."""
-    reader = Reader(str(path))
-    topology_keys = sorted({"nodes", "devices", "links", "routes", "roles"} & set(data))
+def scenario_from_dict(data: Mapping[str, Any], path: Path, text: str = "") -> Scenario:
+    """Validate TOML-shaped scenario data read from `path` (whose `text` locates errors by line): one
+    reader per table, then the checks that span tables."""
+    reader = Reader(str(path), text)
+    topology_keys = sorted(TOPOLOGY_TABLES & set(data))
     if topology_keys and "topology" not in data:
         raise reader.fail(
             "top level",
@@ -173,8 +174,15 @@ def _forwarder(reader: Reader, table: dict[str, Any] | None, topology: Topology)
     reader.keys(table, _FORWARDER, "forwarder")
     listen = reader.strings(table, "listen", "forwarder", [])
     for index, text in enumerate(listen):
-        address_port(reader, text, f"forwarder.listen[{index}]")
+        where = f"forwarder.listen[{index}]"
+        lab_address(reader, address_port(reader, text, where)[0], where)
     destinations = reader.strings(table, "destinations", "forwarder", [])
+    for index, text in enumerate(destinations):
+        try:
+            address = parse_endpoint(text.rpartition("=")[2])[0]
+        except AddressError:
+            continue  # a host name, or a form the forwarder itself judges
+        lab_address(reader, address, f"forwarder.destinations[{index}]")
     if not listen or not destinations:
         raise reader.fail("forwarder", "needs listen = [ADDR:PORT, ...] and destinations = [DEST, ...]")
     fdnames = reader.strings(table, "fdnames", "forwarder")
@@ -253,6 +261,7 @@ def _relay(
             ipaddress.ip_address(backend)
         except ValueError:
             raise reader.fail("reply_path.backend", f"bad address {backend!r}") from None
+        lab_address(reader, backend, "reply_path.backend")
     ports = reader.get(table, "ports", list, "reply_path")
     if ports == []:
         raise reader.fail("reply_path.ports", "[]: expected at least one port the backend answers from")
@@ -328,6 +337,7 @@ def _traffic(reader: Reader, where: str, item: dict[str, Any], topology: Topolog
     reader.keys(item, _TRAFFIC, where)
     node = reader.node(item, "from", where, topology)
     dst, dport = address_port(reader, reader.get(item, "to", str, where), f"{where}.to")
+    lab_address(reader, dst, f"{where}.to")
     version = ipaddress.ip_address(dst).version
     family = reader.get(item, "family", str, where)
     if family is not None and family != f"ipv{version}":
@@ -339,6 +349,7 @@ def _traffic(reader: Reader, where: str, item: dict[str, Any], topology: Topolog
                 raise reader.fail(f"{where}.src", f"{src!r} is not of the family of `to` {dst!r}")
         except ValueError:
             raise reader.fail(f"{where}.src", f"bad address {src!r}") from None
+        lab_address(reader, src, f"{where}.src")
     payload, size = reader.payload(item, where, MAX_PAYLOAD if version == 4 else MAX_PAYLOAD_IPV6)
     expect_reply = reader.get(item, "expect_reply", bool, where, False)
     if expect_reply and src is not None and src not in topology.addresses_of(node):
@@ -421,8 +432,28 @@ def _expect(reader: Reader, table: dict[str, Any], topology: Topology) -> Expect
     )
 
 
+def lab_address(reader: Reader, address: str, element: str) -> None:
+    """Refuse an address outside the documentation ranges a lab may use (as topologies do): a scenario
+    must never send to, or forward to, an address of the outside world. The unspecified and loopback
+    addresses stay inside the node."""
+    parsed = ipaddress.ip_address(address)
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        parsed = parsed.ipv4_mapped
+    if parsed.is_unspecified or parsed.is_loopback or any(parsed in net for net in ALLOWED_NETWORKS):
+        return
+    ranges = ", ".join(map(str, ALLOWED_NETWORKS))
+    raise reader.fail(element, f"address {address!r} is outside the lab's address ranges {ranges}")
+
+
 def _check_across_tables(reader: Reader, forwarder: ForwarderSpec | None, expect: Expectations) -> None:
-    """What one table alone cannot judge: expectations needing a forwarder."""
+    """What one table alone cannot judge: a scenario without a forwarder only checks the doctor, and
+    expectations that need a forwarder."""
+    if forwarder is None and expect.doctor_names is None:
+        raise reader.fail(
+            "top level",
+            "missing [forwarder] (listen = [...], destinations = [...]): without one, a scenario only "
+            "checks what `netlab doctor` names ([expect] doctor_names)",
+        )
     if (expect.status or expect.exit_code is not None) and forwarder is None:
         raise reader.fail("expect", "status and exit_code need a [forwarder]")
     if expect.status and forwarder is not None and "--stats-interval" not in forwarder.args:

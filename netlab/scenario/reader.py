@@ -1,5 +1,7 @@
-"""Typed access to the tables of a scenario file, with errors naming the file, the element and the value."""
+"""Typed access to the tables of a scenario file, with errors naming the file, the line, the element and the
+value. tomllib keeps no positions, so the lines come from an index of the file's table headers and keys."""
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -8,20 +10,82 @@ from netlab.errors import AddressError, ScenarioError
 from netlab.scenario.model import Endpoint
 from netlab.topology.model import Topology
 
+_HEADER = re.compile(r"\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY_PART = r'(?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\')'
+_KEY = re.compile(rf"\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*=")
+_INDEX = re.compile(r"\[\d+\]$")
+
+
+def _dotted(key: str) -> str:
+    """A TOML key as the element paths write it: parts joined by dots, quotes and spaces dropped."""
+    parts = re.findall(_KEY_PART, key)
+    return ".".join(part.strip("\"'") for part in parts)
+
+
+def line_index(text: str) -> dict[str, int]:
+    """Element path (`traffic[1].from`, `forwarder`, `expect.arrives[0]`) -> the line (from 1) that
+    starts it: each table header and each key, outside multi-line strings."""
+    index: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    table = ""
+    in_string = ""
+    for number, line in enumerate(text.splitlines(), 1):
+        if in_string:
+            if line.count(in_string) % 2:
+                in_string = ""
+            continue
+        header = _HEADER.match(line)
+        if header:
+            name = _dotted(header.group(2))
+            if header.group(1) == "[[":
+                counts[name] = counts.get(name, 0) + 1
+                name = f"{name}[{counts[name] - 1}]"
+            else:
+                for array, count in counts.items():  # [traffic.x] after [[traffic]]: the last one's
+                    if name.startswith(array + "."):
+                        name = f"{array}[{count - 1}]{name[len(array) :]}"
+            table = name
+            index.setdefault(table, number)
+            continue
+        key = _KEY.match(line)
+        if key:
+            path = _dotted(key.group(1))
+            index.setdefault(f"{table}.{path}" if table else path, number)
+            rest = line[key.end() :]
+            for quotes in ('"""', "'''"):
+                if rest.count(quotes) % 2:
+                    in_string = quotes
+    return index
+
 
 class Reader:
-    """Typed access to TOML tables with errors naming the file, the element and the value."""
+    """Typed access to TOML tables with errors naming the file, the line, the element and the value."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, text: str = "") -> None:
         self.source = source
+        self.lines = line_index(text)
 
-    def fail(self, element: str, message: str) -> ScenarioError:
-        return ScenarioError(f"{self.source}: {element}: {message}")
+    def line(self, element: str) -> int | None:
+        """The line of `element`, else of the closest enclosing element the file writes out."""
+        path = "" if element == "top level" else element
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            trimmed = _INDEX.sub("", path)
+            path = trimmed if trimmed != path else path.rpartition(".")[0]
+        return None
+
+    def fail(self, element: str, message: str, at: str | None = None) -> ScenarioError:
+        """The error for `element`, located at the line of `at` (default: the element's own)."""
+        line = self.line(at or element)
+        where = f"{self.source}:{line}" if line is not None else self.source
+        return ScenarioError(f"{where}: {element}: {message}")
 
     def keys(self, table: Mapping[str, Any], allowed: set[str], element: str) -> None:
         for key in table:
             if key not in allowed:
-                raise self.fail(element, f"unknown key {key!r}; expected one of {sorted(allowed)}")
+                at = key if element == "top level" else f"{element}.{key}"
+                raise self.fail(element, f"unknown key {key!r}; expected one of {sorted(allowed)}", at)
 
     def get(
         self,

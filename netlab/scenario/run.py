@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from netlab.addresses import format_endpoint
+from netlab.addresses import format_endpoint, split_host_port
 from netlab.errors import LabTimeoutError, NetlabError
 from netlab.lab.lab import Lab
 from netlab.lab.nft import apply_ruleset
 from netlab.lab.process import python_env
-from netlab.lab.runs import default_runs_dir
+from netlab.lab.runs import default_runs_dir, keep_failed_run
 from netlab.lab.wait import wait_until
 from netlab.programs.crafted import Crafted
 from netlab.scenario.load import Endpoint, Scenario, TrafficSpec
@@ -295,19 +295,35 @@ def _other_replies(sniffer: Sniffer, address: str, port: int, expected: str) -> 
     """What arrived for address:port from elsewhere than `expected` (a reply the connect()ed socket
     refused), as the rest of the failure's message; empty when nothing came back at all."""
     wanted = ipaddress.ip_address(address)
+    expected_address = ipaddress.ip_address(split_host_port(expected)[0])
     sources: dict[str, int] = {}
+    fragmented = False
     for seen in sniffer.datagrams(timeout=0.05):
-        if seen.direction != "in" or seen.dport != port or ipaddress.ip_address(seen.dst) != wanted:
+        if seen.direction != "in" or ipaddress.ip_address(seen.dst) != wanted:
             continue
-        origin = format_endpoint(seen.src, seen.sport or 0)
+        if seen.sport is None:  # a later fragment: no UDP header, only its source address says whose
+            fragmented |= ipaddress.ip_address(seen.src) != expected_address
+            continue
+        if seen.dport != port:
+            continue
+        origin = format_endpoint(seen.src, seen.sport)
         if origin != expected:
             sources[origin] = sources.get(origin, 0) + 1
+            fragmented |= seen.fragment
+    hint = REASSEMBLY_HINT if fragmented else ""
     if not sources:
-        return "; nothing came back to " + format_endpoint(address, port)
+        return "; nothing came back to " + format_endpoint(address, port) + hint
     listed = ", ".join(
         f"{origin} ({count} datagram{'s' if count > 1 else ''})" for origin, count in sources.items()
     )
-    return f"; a reply came from {listed} instead, which the client's connected socket does not accept"
+    return f"; a reply came from {listed} instead, which the client's connected socket does not accept" + hint
+
+
+REASSEMBLY_HINT = (
+    "; it came in fragments (larger than the path MTU), and only the first fragment carries the UDP "
+    "ports a relay rule matches: the host must reassemble before routing (connection tracking on, as "
+    "any stateful nftables rule does; see the README's relay recipe, fragmented replies)"
+)
 
 
 def run_scenario(scenario: Scenario, lab: Lab) -> ScenarioResult:
@@ -331,6 +347,7 @@ def run_scenario_file(scenario: Scenario, runs: str | Path | None = None) -> Sce
         shutil.rmtree(run_dir, ignore_errors=True)
     else:
         result.kept = True
+        keep_failed_run(run_dir)
     return result
 
 

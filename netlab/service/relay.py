@@ -1,12 +1,14 @@
 """The relay reply path (`forwarder --reply relay`): policy routing on the host that delivers the backend's
-replies to the forwarder's per-flow sockets instead of forwarding them to the client.
+replies to the forwarder's per-flow sockets instead of forwarding them to the client. The one home of
+netlab's relay routing: scenarios, the doctor, the demo, the tests and the bench all use it.
 
 A rule picks only the replies (from the backend's address, UDP, from the ports it serves) and sends them
 to a table whose one route is `local 0.0.0.0/0 dev lo` (`local ::/0 dev lo` for IPv6), so the kernel
 delivers them locally, where an unconnected IP_TRANSPARENT socket bound to the client's address and port
 receives them. The backend's other traffic (other ports, TCP, ICMP) keeps the main table. A backend on
-the host itself needs go-mmproxy's form instead: `from 127.0.0.1/8 iif lo lookup N` (and `::1`).
-Everything is done with pyroute2 inside the node; `relay_commands` spells the same as `ip` commands.
+the host itself needs go-mmproxy's form instead: `from 127.0.0.0/8 iif lo lookup N` (and `::1`).
+Everything is done with pyroute2 inside the node and recorded in one RelayRouting, removed when the lab
+closes (or by its remove()); `relay_commands` spells the same as `ip` commands.
 """
 
 import asyncio
@@ -14,6 +16,7 @@ import ipaddress
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pyroute2 import AsyncIPRoute, IPRoute
@@ -22,7 +25,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_GETROUTE
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from forwarder.sockets import IPV6_TRANSPARENT  # not in the socket module
+from forwarder.sockets import set_transparent
 from netlab.errors import AddressError, SystemCallError
 from netlab.lab import netns
 from netlab.lab.node import LabNode
@@ -116,7 +119,12 @@ class RelayRouting:
     routes: list[dict[str, Any]] = field(default_factory=list)
 
     def remove(self) -> None:
-        """Delete what was added (rules first, then the local routes this call created)."""
+        """Delete what was added (rules first, then the local routes this call created); what is already
+        gone (a rule, a route, the whole node) is not an error, so it may run twice."""
+        if not netns.exists(self.node.namespace):  # IPRoute(netns=) would make the namespace again
+            self.rules.clear()
+            self.routes.clear()
+            return
         with IPRoute(netns=self.node.namespace) as ipr:
             for rule in self.rules:
                 _tolerate(lambda rule=rule: ipr.rule("del", **rule), ENOENT, ESRCH)
@@ -137,24 +145,46 @@ def _tolerate(call: Any, *codes: int) -> bool:
     return True
 
 
-def _add(ipr: IPRoute, routing: RelayRouting, version: int, rules: list[dict[str, Any]], table: int) -> None:
-    family = _FAMILY[version]
-    with_lo = ipr.link_lookup(ifname="lo")[0]
-    route = {
-        "dst": "0.0.0.0" if version == 4 else "::",
+def local_route(family: int, table: int, loopback: int) -> dict[str, Any]:
+    """The relay table's one route (pyroute2 keywords): everything is local, delivered to this host's
+    sockets; `loopback` is the index of `lo`."""
+    return {
+        "dst": "0.0.0.0" if family == socket.AF_INET else "::",
         "dst_len": 0,
         "family": family,
         "type": "local",
         "scope": RT_SCOPE_HOST,
         "table": table,
-        "oif": with_lo,
+        "oif": loopback,
     }
-    if _tolerate(lambda: ipr.route("add", **route), EEXIST):
-        routing.routes.append(route)
+
+
+def _add(
+    ipr: IPRoute,
+    routing: "RelayRouting",
+    family: int,
+    rules: list[dict[str, Any]],
+    table: int,
+    *,
+    with_route: bool = True,
+) -> None:
+    """Add the table's local route (unless there, or `with_route` is False) and `rules`, recording each in
+    `routing` as it is made."""
+    if with_route:
+        route = local_route(family, table, ipr.link_lookup(ifname="lo")[0])
+        if _tolerate(lambda: ipr.route("add", **route), EEXIST):
+            routing.routes.append(route)
     for selector in rules:
         rule = {"family": family, "table": table, **selector}
         ipr.rule("add", **rule)
         routing.rules.append(rule)
+
+
+def _new_routing(node: LabNode, commands: list[str]) -> "RelayRouting":
+    """An empty record, registered for removal when the lab closes before anything is made."""
+    routing = RelayRouting(node, commands)
+    node.lab.defer(routing.remove)
+    return routing
 
 
 def install_relay_routing(
@@ -173,7 +203,7 @@ def install_relay_routing(
     """
     source = _source(backend)
     ranges = port_ranges(ports)
-    routing = RelayRouting(node, relay_commands(backend, ranges, table))
+    routing = _new_routing(node, relay_commands(backend, ranges, table))
     rules = [
         {
             "src": str(source.network_address),
@@ -185,7 +215,7 @@ def install_relay_routing(
         for first, last in ranges
     ]
     with IPRoute(netns=node.namespace) as ipr:
-        _add(ipr, routing, source.version, rules, table)
+        _add(ipr, routing, _FAMILY[source.version], rules, table)
     return routing
 
 
@@ -198,7 +228,7 @@ def install_local_relay_routing(
 ) -> RelayRouting:
     """go-mmproxy's routing for a backend on `node` itself: traffic from loopback sources that the host
     sends (`iif lo`) is delivered locally, so a reply from 127.0.0.1:5353 reaches the per-flow socket."""
-    routing = RelayRouting(node, [c for version in versions for c in local_backend_commands(version, table)])
+    routing = _new_routing(node, [c for version in versions for c in local_backend_commands(version, table)])
     with IPRoute(netns=node.namespace) as ipr:
         for version in versions:
             source = ipaddress.ip_network(_LOCAL_SOURCES[version])
@@ -208,20 +238,155 @@ def install_local_relay_routing(
                 "iifname": "lo",
                 "priority": priority,
             }
-            _add(ipr, routing, version, [rule], table)
+            _add(ipr, routing, _FAMILY[version], [rule], table)
     return routing
+
+
+def relay_rule(
+    backend: str,
+    port: int | None = None,
+    *,
+    table: int = RELAY_TABLE,
+    priority: int = RELAY_PRIORITY,
+    udp_only: bool = True,
+) -> dict[str, Any]:
+    """The policy rule (pyroute2 keywords) that sends `backend`'s replies to `table`.
+
+    A loopback `backend` is the host itself: its replies are locally generated, so the rule matches them
+    by source and `iif lo` (output lookups), as go-mmproxy documents. Otherwise the rule matches the
+    backend's address, UDP, and when given its source `port` (only the replies; not its other traffic);
+    `udp_only=False` makes the rule match everything from the backend (what `netlab doctor` warns of)."""
+    address = ipaddress.ip_address(backend)
+    rule: dict[str, Any] = {"family": _FAMILY[address.version], "table": table, "priority": priority}
+    if address.is_loopback:
+        source = ipaddress.ip_network(_LOCAL_SOURCES[address.version])
+        rule.update(src=str(source.network_address), src_len=source.prefixlen, iifname="lo")
+        return rule
+    rule.update(src=str(address), src_len=address.max_prefixlen)
+    if udp_only:
+        rule["ip_proto"] = IPPROTO_UDP
+        if port is not None:
+            rule["sport_range"] = f"{port}:{port}"
+    return rule
+
+
+def _rule_commands(backend: str, port: int | None, table: int, udp_only: bool) -> list[str]:
+    """The `ip` commands relay_rule()'s rule and its table's route spell."""
+    address = ipaddress.ip_address(backend)
+    if address.is_loopback:
+        return local_backend_commands(address.version, table)
+    if udp_only and port is not None:
+        return relay_commands(backend, port, table)
+    selector = " ipproto udp" if udp_only else ""
+    rule = f"{_ip(address.version)} rule add from {address}{selector} lookup {table}"
+    return [rule, local_route_command(address.version, table)]
+
+
+def install_relay_route(
+    host: LabNode,
+    backend: str,
+    port: int | None = None,
+    *,
+    table: int = RELAY_TABLE,
+    priority: int = RELAY_PRIORITY,
+    udp_only: bool = True,
+    with_route: bool = True,
+) -> RelayRouting:
+    """Route `backend`'s replies (from `port`, when given; relay_rule() says which) to the forwarder's
+    sockets on `host`. `with_route=False` installs only the rule (a broken set-up, for the doctor)."""
+    rule = relay_rule(backend, port, table=table, priority=priority, udp_only=udp_only)
+    family = rule.pop("family")
+    rule.pop("table")
+    routing = _new_routing(host, _rule_commands(backend, port, table, udp_only))
+    with IPRoute(netns=host.namespace) as ipr:
+        _add(ipr, routing, family, [rule], table, with_route=with_route)
+    return routing
+
+
+ERRORS_TABLE = "netlab_relay_errors"
+ERRORS_MARK = 0x5E1A  # fwmark of the backend's ICMP errors, routed to the relay table
+
+
+def backend_errors_ruleset(backends: list[str], mark: int = ERRORS_MARK, interface: str | None = None) -> str:
+    """An nftables table marking the ICMP errors `backends` send (about datagrams the forwarder sent them
+    as a client, so addressed to that client): with `ip rule add fwmark MARK lookup TABLE` the host delivers
+    them to the flow socket, whose error queue the forwarder reads. Only errors: the backend's own pings
+    and echo replies are routed as before. With `interface` (the host's link toward the backends) only
+    errors arriving there: anyone can spoof a backend's source, and IPv6 has no rp_filter to stop it."""
+    rules = []
+    match = f'iifname "{interface}" ' if interface is not None else ""
+    for backend in backends:
+        if ipaddress.ip_address(backend).version == 4:
+            kinds = "destination-unreachable, time-exceeded, parameter-problem"
+            rules.append(f"{match}ip saddr {backend} icmp type {{ {kinds} }} meta mark set {mark:#x}")
+        else:
+            kinds = "destination-unreachable, packet-too-big, time-exceeded, parameter-problem"
+            rules.append(f"{match}ip6 saddr {backend} icmpv6 type {{ {kinds} }} meta mark set {mark:#x}")
+    body = "".join(f"        {rule}\n" for rule in rules)
+    return (
+        f"table inet {ERRORS_TABLE} {{\n"
+        "    chain prerouting {\n"
+        "        type filter hook prerouting priority mangle; policy accept;\n"
+        f"{body}"
+        "    }\n"
+        "}\n"
+    )
+
+
+def route_backend_errors(
+    host: LabNode,
+    backends: list[str],
+    *,
+    table: int = RELAY_TABLE,
+    priority: int = RELAY_PRIORITY,
+    interface: str | None = None,
+) -> RelayRouting:
+    """Deliver the ICMP errors of `backends` (arriving on `interface`, when given) to the forwarder's flow
+    sockets on `host` (both modes: that is how a stopped backend is seen), with backend_errors_ruleset()
+    and a fwmark rule per family."""
+    path = host.lab.workdir / f"{host.name}-relay-errors-{host.lab.next_serial()}.nft"
+    path.write_text(backend_errors_ruleset(backends, interface=interface))
+    versions = sorted({ipaddress.ip_address(backend).version for backend in backends})
+    commands = [f"{_ip(v)} rule add fwmark {ERRORS_MARK:#x} lookup {table}" for v in versions]
+    routing = _new_routing(host, commands)
+    host.check(["nft", "-f", str(path)])
+    with IPRoute(netns=host.namespace) as ipr:
+        for version in versions:
+            _add(ipr, routing, _FAMILY[version], [{"fwmark": ERRORS_MARK, "priority": priority}], table)
+    return routing
+
+
+REASSEMBLY_TABLE = "netlab_relay_reassembly"
+
+
+def reassembly_ruleset() -> str:
+    """An nftables table whose one rule uses connection tracking: that makes the kernel reassemble
+    fragments before routing (nf_defrag), which a port-matching relay rule needs to see a fragmented
+    reply's later fragments (they carry no UDP header). Hosts with a stateful firewall have this already."""
+    return (
+        f"table inet {REASSEMBLY_TABLE} {{\n"
+        "    chain prerouting {\n"
+        "        type filter hook prerouting priority filter; policy accept;\n"
+        "        ct state new,established,related,untracked counter\n"
+        "    }\n"
+        "}\n"
+    )
+
+
+def enable_reassembly(host: LabNode) -> Path:
+    """Install reassembly_ruleset() in `host`; returns the ruleset file (kept in the lab's workdir)."""
+    path = host.lab.workdir / f"{host.name}-reassembly-{host.lab.next_serial()}.nft"
+    path.write_text(reassembly_ruleset())
+    host.check(["nft", "-f", str(path)])
+    return path
 
 
 def flow_socket(node: LabNode, client: str, port: int) -> socket.socket:
     """A socket like the forwarder's per-flow one in relay mode: UDP, IP_TRANSPARENT, bound to the client's
     address and port in `node`, and not connected (a connected one would steal replies in direct mode);
     the lab closes it. Lets a test see where the backend's replies go without running the forwarder."""
-    version = ipaddress.ip_address(client).version
-    sock = node.open_socket(_FAMILY[version], socket.SOCK_DGRAM)
-    level, option = (
-        (socket.SOL_IP, socket.IP_TRANSPARENT) if version == 4 else (socket.IPPROTO_IPV6, IPV6_TRANSPARENT)
-    )
-    sock.setsockopt(level, option, 1)
+    sock = node.open_socket(_FAMILY[ipaddress.ip_address(client).version], socket.SOCK_DGRAM)
+    set_transparent(sock)
     sock.bind((client, port))
     return sock
 
@@ -317,11 +482,18 @@ __all__ = [
     "RELAY_TABLE",
     "RelayRouting",
     "RouteAnswer",
+    "backend_errors_ruleset",
+    "enable_reassembly",
     "flow_socket",
     "install_local_relay_routing",
+    "install_relay_route",
     "install_relay_routing",
     "is_relayed",
     "local_backend_commands",
+    "local_route",
+    "reassembly_ruleset",
     "relay_commands",
+    "relay_rule",
+    "route_backend_errors",
     "route_for_packet",
 ]

@@ -37,7 +37,9 @@ ANY: Final = _Any()
 """A don't-care field."""
 
 PayloadPattern = bytes | _Any | Callable[[bytes], bool]
-PREVIEW = 32
+PREVIEW = 24  # printable payloads up to this long are shown as text
+HEAD = 8  # bytes of a longer payload shown in hex
+CONTEXT = 16  # bytes of hex shown around a payload's first difference
 LISTED = 10  # arrivals listed in a failure report; the rest are counted
 
 
@@ -56,9 +58,38 @@ class Arrival:
 
 
 def describe_payload(payload: bytes) -> str:
-    """A short, readable rendering of a payload: a prefix and the length."""
-    shown = repr(payload[:PREVIEW]) + ("..." if len(payload) > PREVIEW else "")
-    return f"{shown} ({len(payload)} bytes)"
+    """A short, readable rendering of a payload: short text as itself, anything else as its length and its
+    first bytes in hex (32 raw bytes in a column read as noise)."""
+    text = all(32 <= byte < 127 for byte in payload)
+    if len(payload) <= (PREVIEW if text else 8):
+        return f"{payload!r} ({len(payload)} bytes)"
+    return f"{len(payload)} bytes: {payload[:HEAD].hex(' ')} ..."
+
+
+def payload_context(expected: bytes, actual: bytes) -> list[str]:
+    """The bytes around the first difference of two payloads, as hex lines one above the other; empty
+    when they are equal."""
+    offset = _first_difference(expected, actual)
+    if offset is None:
+        return []
+    start = max(0, offset - 4)
+
+    def row(payload: bytes) -> str:
+        shown = payload[start : start + CONTEXT].hex(" ")
+        return shown + (f" (ends at byte {len(payload)})" if len(payload) < start + CONTEXT else "")
+
+    return [
+        f"first difference at byte {offset}; bytes {start}.. in hex:",
+        f"  expected  {row(expected)}",
+        f"  arrived   {row(actual)}",
+    ]
+
+
+def _first_difference(expected: bytes, actual: bytes) -> int | None:
+    for index, (a, b) in enumerate(zip(expected, actual, strict=False)):
+        if a != b:
+            return index
+    return None if len(expected) == len(actual) else min(len(expected), len(actual))
 
 
 def _normalize(address: str) -> str:
@@ -142,9 +173,11 @@ class DatagramPattern:
 
 
 def _payload_difference(expected: bytes, actual: bytes) -> str:
+    offset = _first_difference(expected, actual)
+    assert offset is not None
     if len(expected) != len(actual):
-        return f"payload is {len(actual)} bytes, not {len(expected)}"
-    offset = next(index for index, (a, b) in enumerate(zip(expected, actual, strict=True)) if a != b)
+        same = "the same bytes up to" if offset == min(len(expected), len(actual)) else "differs from"
+        return f"payload is {len(actual)} bytes, not {len(expected)} ({same} byte {offset})"
     return f"payload differs from byte {offset} ({actual[offset]:#04x} instead of {expected[offset]:#04x})"
 
 
@@ -169,6 +202,7 @@ class Inbox:
         self.opened = time.monotonic()
         self.arrived: list[Arrival] = []
         self._claimed: set[int] = set()
+        self._reported: set[int] = set()  # shown in a failure already: not reported again as "else"
 
     # -- collecting
     def _read_available(self) -> None:
@@ -225,10 +259,15 @@ class Inbox:
         return len(matched)
 
     def nothing_else(self, quiet: float = 0.2) -> "Inbox":
-        """Nothing beyond what expectations claimed arrives, checked over a `quiet` window from now."""
+        """Nothing beyond what expectations claimed arrives, checked over a `quiet` window from now. A
+        datagram an earlier failure showed already is not reported a second time."""
         deadline = time.monotonic() + quiet
-        if self._collect_until(lambda: bool(self.unclaimed()), deadline):
-            extra = self.unclaimed()
+
+        def extra_arrivals() -> list[Arrival]:
+            return [self.arrived[i] for i in self._unclaimed_indexes() if i not in self._reported]
+
+        if self._collect_until(lambda: bool(extra_arrivals()), deadline):
+            extra = extra_arrivals()
             raise ExpectationError(
                 f"expected nothing else at {self.where}, but {len(extra)} more datagram(s) arrived:\n"
                 + self._listing(extra)
@@ -272,18 +311,23 @@ class Inbox:
         closest = min(unclaimed, key=lambda arrival: len(pattern.differences(arrival)), default=None)
         if closest is not None:
             number = unclaimed.index(closest) + 1
-            lines.append(f"\n    {'':<9}{'expected':<34}closest arrival (#{number})")
+            width = max(34, len(source) + 2, len(payload) + 2)
+            lines.append(f"\n    {'':<9}{'expected':<{width}}closest arrival (#{number})")
             marks = pattern.differences(closest)
             source_mark = "  <- differs" if any(m.startswith("source") for m in marks) else ""
             payload_mark = "  <- differs" if any(m.startswith(("payload", "size")) for m in marks) else ""
-            lines.append(f"    {'source':<9}{source:<34}{closest.source}{source_mark}")
-            lines.append(f"    {'payload':<9}{payload:<34}{describe_payload(closest.payload)}{payload_mark}")
+            lines.append(f"    {'source':<9}{source:<{width}}{closest.source}{source_mark}")
+            shown = describe_payload(closest.payload)
+            lines.append(f"    {'payload':<9}{payload:<{width}}{shown}{payload_mark}")
+            if isinstance(pattern.payload, bytes):
+                lines.extend(f"    {line}" for line in payload_context(pattern.payload, closest.payload))
         else:
             lines.append(f"\n    {'':<9}expected")
             lines.append(f"    {'source':<9}{source}")
             lines.append(f"    {'payload':<9}{payload}")
         lines.append(f"\nwhat arrived and was not accounted for ({len(unclaimed)}):")
         lines.append(self._listing(unclaimed, pattern))
+        self._reported.update(self._unclaimed_indexes())
         return ExpectationError("\n".join(lines) + self._footer())
 
 
@@ -302,6 +346,7 @@ class EchoRecord(Inbox):
         self.opened = time.monotonic()
         self.arrived = []
         self._claimed = set()
+        self._reported = set()
         self._offset = 0
 
     def _read_available(self) -> None:
@@ -380,4 +425,15 @@ def expect(node: "LabNode", port: int, *, address: str | None = None) -> Inbox:
     return Inbox(node, port, address)
 
 
-__all__ = ["ANY", "Arrival", "DatagramExpectation", "EchoRecord", "Inbox", "SourcePattern", "expect"]
+__all__ = [
+    "ANY",
+    "Arrival",
+    "DatagramExpectation",
+    "DatagramPattern",
+    "EchoRecord",
+    "Inbox",
+    "SourcePattern",
+    "describe_payload",
+    "expect",
+    "payload_context",
+]
