@@ -151,6 +151,11 @@ class ReplyBatch:
         start = index * NAME_SPACE
         return bytes(self._received_names[start : start + self._in32[self._namelen_at[index]]])
 
+    def payload(self, index: int) -> memoryview:
+        """Slot `index`'s reply (cut to the buffer when it was larger: such a reply is never relayed)."""
+        start = index * self.buffer_size
+        return self.view[start : start + min(self._in32[self._length_at[index]], self.buffer_size)]
+
     def stage(self, message: int, index: int, name: bytes, control: bytes) -> None:
         """Make sendmmsg's message `message` carry slot `index`'s reply to `name` with `control`."""
         iov64 = self._iov64
