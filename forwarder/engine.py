@@ -356,9 +356,9 @@ class Engine:
                     self.log_drop(machine.reply_receive_failed(flow, error.errno or errno.EIO))
                 continue
             for index in range(first, first + count):
-                raw = batch.source(index)
+                raw, size, flags = batch.received(index)
                 source = flow.path.target if raw == target else decode_sockaddr(raw)
-                action = machine.reply_received(flow, source, batch.length(index), batch.flags(index), now)
+                action = machine.reply_received(flow, source, size, flags, now)
                 if action.__class__ is Flow:
                     staged_of[action.path].append((action, index))
                 else:
@@ -382,7 +382,7 @@ class Engine:
         for route, group in self._staged:
             if not group:
                 continue
-            family = route.listener.sock.family
+            family = int(route.listener.sock.family)  # an int: hashing an IntEnum runs Python code
             first = message
             staged: list[tuple[Flow, int]] = []
             for flow, index in group:

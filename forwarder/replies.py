@@ -48,7 +48,7 @@ class ReplyBatch:
     """`capacity` reply slots of `buffer_size` bytes each, with the headers to receive into them
     (recvmmsg) and to send from them (sendmmsg) without copying a payload.
 
-    Receiving fills slots `first` onwards; `length(i)`, `flags(i)` and `source(i)` read slot i's reply. To
+    Receiving fills slots `first` onwards; `received(i)` reads slot i's source, size and flags. To
     send, `stage(k, i, name, control)` makes message k carry slot i's reply to the raw sockaddr `name`
     with the raw control message `control` (b"": none), and `send(fd, first, count)` sends messages
     first..first+count-1."""
@@ -139,17 +139,12 @@ class ReplyBatch:
         self._shortened = first + received
         return received
 
-    def length(self, index: int) -> int:
-        """The size of slot `index`'s reply (as sent: more than the buffer when MSG_TRUNC is in its flags)."""
-        return self._in32[self._length_at[index]]
-
-    def flags(self, index: int) -> int:
-        return self._in32[self._flags_at[index]]
-
-    def source(self, index: int) -> bytes:
-        """The raw struct sockaddr slot `index`'s reply came from."""
-        start = index * NAME_SPACE
-        return bytes(self._received_names[start : start + self._in32[self._namelen_at[index]]])
+    def received(self, index: int) -> tuple[bytes, int, int]:
+        """Slot `index`'s reply: the raw struct sockaddr it came from, its size and its flags (one call:
+        the loop asks this for every reply)."""
+        in32, start = self._in32, index * NAME_SPACE
+        name = bytes(self._received_names[start : start + in32[self._namelen_at[index]]])
+        return name, in32[self._length_at[index]], in32[self._flags_at[index]]
 
     def payload(self, index: int) -> memoryview:
         """Slot `index`'s reply (cut to the buffer when it was larger: such a reply is never relayed)."""
