@@ -2,8 +2,10 @@
 the machine what to do with every datagram; the engine does it (opens and closes flow sockets, sends, logs
 drops, rate-limited) and reports back. It watches the flow sockets too: their error queues (ICMP errors
 about the backend, in both modes) and, in relay mode, the backend's replies, which it sends to the client
-from the listening socket the client used. It keeps the service manager informed (READY, STATUS, WATCHDOG,
-STOPPING). Every decision and every count is the machine's (forwarder.machine).
+from the listening socket the client used: one pass per loop turn over the flow sockets that are ready
+(recvmmsg on each), then one sendmmsg per listener for every reply of the pass (forwarder.replies). It
+keeps the service manager informed (READY, STATUS, WATCHDOG, STOPPING). Every decision and every count is
+the machine's (forwarder.machine).
 """
 
 import collections
@@ -62,11 +64,11 @@ RELAY_FLOW_BUFFER = 4 << 20
 # Signals that would otherwise end the process without STOPPING=1 or a last report; what each does is the
 # README's "Signals" section. SIGTERM and SIGINT stop the loop.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+OTHER_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)
 # Raw sockaddrs of clients and control messages of reply sources, built once each (bounded).
 NAME_CACHE_SIZE = 4096
 # The selector's data of the one file descriptor that stands for every flow socket (their own epoll).
 FLOW_SOCKETS = "flow sockets"
-OTHER_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)
 
 log = logging.getLogger("forwarder")
 
