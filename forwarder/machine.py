@@ -57,7 +57,9 @@ from forwarder.proxy_protocol import Command, HeaderCache, HeaderProblem, build,
 if TYPE_CHECKING:
     from forwarder.proxy_protocol import TrustedSources
 
-MSG_TRUNC = socket.MSG_TRUNC
+# A plain int: `flags & socket.MSG_TRUNC` (an IntFlag) goes through enum.Flag and cost about 1.4 us per
+# datagram and per reply, 40 times the check itself.
+MSG_TRUNC = int(socket.MSG_TRUNC)
 DEFAULT_MAX_FLOWS = 4096
 DEFAULT_IDLE_TIMEOUT = 60.0
 

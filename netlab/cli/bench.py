@@ -37,6 +37,7 @@ def _saved(path: Path) -> dict[str, Any]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from netlab.bench.fixed_rate import parse_rates
     from netlab.bench.report import QUICK_NOTE
     from netlab.bench.run import Settings, parse_contenders, run_bench
 
@@ -50,6 +51,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.from_file is not None:
         return _plot(_saved(Path(args.from_file)), Path(args.plot))
     contenders = parse_contenders(args.contenders) if args.contenders is not None else []  # empty: all
+    rates = parse_rates(args.echo_rates) if args.echo_rates is not None else None
     require_privileges()
     settings = Settings.full() if args.full else Settings.quick()
     if args.runs is not None:
@@ -57,6 +59,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.duration is not None:
         settings.duration = args.duration
     settings.contenders = contenders
+    if rates is not None:
+        settings.echo_rates = rates
     plotted: list[int] = []
 
     def plot(document: dict[str, Any]) -> None:
@@ -88,6 +92,12 @@ def register(commands: Commands) -> None:
         "forwarder-gso, forwarder-sockets, forwarder-checksum, forwarder-relay, forwarder-single, "
         "forwarder-proxy-v2, nginx, go-mmproxy "
         "(default: all; missing packages are skipped)",
+    )
+    bench.add_argument(
+        "--echo-rates",
+        metavar="RATE,...",
+        help="offered datagrams/s of the fixed-rate echo runs (loss and CPU per relayed reply), "
+        "e.g. 50k,100k (--full: 50k,100k,200k; --quick: none)",
     )
     bench.add_argument(
         "--plot",
