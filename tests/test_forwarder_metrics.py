@@ -285,9 +285,13 @@ def test_a_fifo_planted_at_the_temporary_name_never_blocks_the_write(tmp_path: P
     metrics = MetricsFile(tmp_path / "forwarder.prom")
     os.mkfifo(metrics.temporary)
     done = threading.Event()
+
+    def write() -> None:
+        metrics.write(Counters(), 5)
+        done.set()
+
     # Opening a FIFO for writing waits for a reader: the forwarder's loop would hang there.
-    writer = threading.Thread(target=lambda: (metrics.write(Counters(), 5), done.set()), daemon=True)
-    writer.start()
+    threading.Thread(target=write, daemon=True).start()
     if not done.wait(5):
         with open(metrics.temporary, "rb"):  # release the blocked writer so the test ends
             pass
