@@ -103,6 +103,7 @@ class BatchReceiver:
                 header.msg_control = ctypes.addressof(control_array) + index * control_size
                 header.msg_controllen = control_size
         self._arrays = (data_array, names_array, control_array)  # keep the exported buffers alive with us
+        self.data_address = ctypes.addressof(data_array)  # where slot i's datagram is: + slots[i].data
         self._address = ctypes.addressof(self._headers)
         self.u32 = memoryview(self._headers).cast("B").cast("I")
         self.control_view = memoryview(self.control)

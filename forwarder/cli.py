@@ -16,8 +16,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from forwarder import __version__, logs
+from forwarder import __version__, capabilities, logs
 from forwarder.activation import ListeningSocket, address_text, listen_sockets
+from forwarder.batch import BATCH
 from forwarder.core import is_loop
 from forwarder.destination import (
     DestinationSpec,
@@ -31,6 +32,7 @@ from forwarder.engine import Engine, Route
 from forwarder.errors import (
     ConfigurationError,
     ForwarderError,
+    MissingPermissionError,
     OperatingSystemError,
     UsageError,
     shown,
@@ -40,8 +42,10 @@ from forwarder.mapping import assign, check_form
 from forwarder.metrics import MetricsFile, listen_label
 from forwarder.notify import Notifier, watchdog_interval
 from forwarder.proxy_protocol import Network, TrustedSources, plain_network
+from forwarder.rawsend import RawSend, open_raw_socket
 from forwarder.routecheck import reply_route_warning
 from forwarder.sockets import (
+    CAPABILITY_HINT,
     BroadcastAddresses,
     LocalAddresses,
     bind_listener,
@@ -158,12 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description="Forward UDP datagrams from socket-activated (or --listen) sockets to backends, keeping "
-        "the client's address and port as the source (IP_TRANSPARENT; needs CAP_NET_ADMIN).",
+        "the client's address and port as the source (a raw socket with IP_TRANSPARENT: needs CAP_NET_RAW; "
+        "or one transparent socket per client: CAP_NET_RAW or CAP_NET_ADMIN). Every capability is dropped "
+        "once the sockets exist where nothing later needs one.",
         epilog="DEST is host, host:port, [v6addr], [v6addr]:port or a bare IPv6 literal; without a port the "
         "listening socket's port is used. Destination i serves socket i (LISTEN_FDS order, or --listen "
         "order); or write every one as NAME=DEST to map by FileDescriptorName= in any order (the two forms "
-        "do not mix). Exit codes: 64 usage, 68 unknown host, 71 OS error, 77 no CAP_NET_ADMIN, "
-        "78 configuration.",
+        "do not mix). Exit codes: 64 usage, 68 unknown host, 71 OS error, 77 a capability missing "
+        "(named), 78 configuration.",
     )
     parser.add_argument("destinations", nargs="+", metavar="DEST", help="where datagrams of a socket go")
     parser.add_argument(
@@ -192,15 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive(int),
         default=DEFAULT_MAX_FLOWS,
         metavar="N",
-        help=f"per-flow sockets kept at most, evicted by second chance, ~LRU (default {DEFAULT_MAX_FLOWS};"
-        " lowered to fit RLIMIT_NOFILE)",
+        help=f"flows kept at most, evicted by second chance, ~LRU (default {DEFAULT_MAX_FLOWS}); where each "
+        "holds a socket (--send-path sockets, relay mode) lowered to fit RLIMIT_NOFILE",
     )
     parser.add_argument(
         "--flow-idle-timeout",
         type=_seconds,
         default=DEFAULT_IDLE_TIMEOUT,
         metavar="SECONDS",
-        help=f"close a flow's socket after this long without datagrams (default {DEFAULT_IDLE_TIMEOUT:g}, "
+        help=f"forget a flow (close its socket, if it has one) after this long without datagrams (default "
+        f"{DEFAULT_IDLE_TIMEOUT:g}, "
         f"at least {MIN_INTERVAL:g})",
     )
     parser.add_argument(
@@ -232,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--send-proxy-protocol",
         action="store_true",
-        help="send from this host's own address (no IP_TRANSPARENT, no CAP_NET_ADMIN), each datagram after "
+        help="send from this host's own address (no IP_TRANSPARENT, no capability), each datagram after "
         "a PROXY protocol v2 header naming the client and the address it sent to (with "
         "--proxy-protocol-from: the destination the received header named); the backend's replies are "
         "relayed to the client from the listening socket",
@@ -250,6 +257,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --receive batch: send each run of equal-size datagrams of one flow as one UDP GSO "
         "send (UDP_SEGMENT; about 3x less send work at one flow). This host's netfilter OUTPUT and "
         "POSTROUTING then see a run as one packet; ignored where the kernel lacks UDP_SEGMENT",
+    )
+    parser.add_argument(
+        "--send-path",
+        choices=["raw", "sockets"],
+        help="raw: one raw socket per family sends every client's datagrams, a received batch in one "
+        "sendmmsg, no socket per client (default; needs CAP_NET_RAW, falls back to sockets with a warning "
+        "when only CAP_NET_ADMIN is there); sockets: one transparent socket per client (the default with "
+        "--gso, which needs them)",
+    )
+    parser.add_argument(
+        "--udp-checksum",
+        choices=["none", "compute"],
+        default="none",
+        help="IPv4 on the raw send path: none (default) sends checksum 0, which UDP over IPv4 allows (RFC "
+        "768) and Linux's own UDP tunnels send; compute sums every datagram in Python, which doubled the "
+        "forwarder's CPU time per 1200 B datagram in netlab bench (10.4 vs 5.3 us at one flow); use it where "
+        "a stateless nftables rewrite of the ports (payload statements) meets the datagrams: it turns a 0 "
+        "checksum into a wrong one (conntrack NAT keeps it 0). IPv6 always gets the kernel's checksum",
     )
     parser.add_argument(
         "--metrics-file",
@@ -374,6 +399,55 @@ def fit_max_flows(wanted: int, listeners: int) -> int:
     return wanted
 
 
+def open_send_path(
+    send_path: str, families: set[socket.AddressFamily], *, relay: bool, checksum: bool
+) -> RawSend | None:
+    """The raw send path's sockets, one per family (None: per-client sockets). Without CAP_NET_RAW it
+    falls back to per-client sockets, saying why, where CAP_NET_ADMIN allows them; with neither it fails
+    (77) naming the capability."""
+    if send_path == "raw":
+        sockets = []
+        try:
+            for family in sorted(families):
+                sockets.append(open_raw_socket(family))
+        except PermissionError as error:
+            for sock in sockets:
+                sock.close()
+            try:
+                check_transparent_capability(families)
+            except MissingPermissionError:
+                raise MissingPermissionError(
+                    "cannot open a raw socket (CAP_NET_RAW) nor set IP_TRANSPARENT for per-client sockets "
+                    f"(CAP_NET_RAW or CAP_NET_ADMIN): {CAPABILITY_HINT}"
+                ) from None
+            log.warning(
+                "--send-path raw: cannot open a raw socket (%s: CAP_NET_RAW is missing); sending from one "
+                "transparent socket per client instead (CAP_NET_ADMIN)",
+                error.strerror,
+            )
+            return None
+        if relay:  # relay mode's flow sockets, bound to the client's address, receive the replies
+            check_transparent_capability(families)
+        return RawSend(sockets, BATCH, checksum=checksum)
+    check_transparent_capability(families)
+    return None
+
+
+def drop_capabilities() -> None:
+    """Give up every capability once the sockets exist, so that a flaw in the loop finds none to abuse.
+    A refusal (a seccomp filter denying capset) is a warning: forwarding works the same with them."""
+    try:
+        dropped = capabilities.drop_all()
+    except OSError as error:
+        log.warning("could not drop the capabilities no longer needed (%s): forwarding with them", error)
+        return
+    if dropped:
+        log.debug(
+            "dropped every capability (%s): nothing after start-up needs one",
+            " ".join(capabilities.names(dropped)),
+        )
+
+
 def metrics_file(path: Path | None, listeners: Sequence[ListeningSocket]) -> MetricsFile | None:
     """The metrics file, once its temporary file could be written next to it (else the error: 64 for a
     name too long, 71 for any other failure such as a missing or read-only directory)."""
@@ -397,6 +471,11 @@ def metrics_file(path: Path | None, listeners: Sequence[ListeningSocket]) -> Met
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, set up and forward until stopped; raises ForwarderError on bad input."""
     args = build_parser().parse_args(argv)
+    if args.gso and args.send_path == "raw":
+        raise UsageError(
+            "--gso with --send-path raw: UDP GSO sends from a flow's own socket; expected --send-path "
+            "sockets or no --send-path"
+        )
     if args.send_proxy_protocol and args.reply == "direct":
         raise UsageError(
             "--reply direct with --send-proxy-protocol: the backend answers this host's address, so "
@@ -407,6 +486,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     check_form(specs)
     listeners = open_listeners(args.listen, specs)
     notifier = Notifier()
+    raw: RawSend | None = None
     try:
         metrics = metrics_file(args.metrics_file, listeners)
         send_header = args.send_proxy_protocol
@@ -416,14 +496,21 @@ def run(argv: Sequence[str] | None = None) -> int:
         # With --send-proxy-protocol nothing binds a client's address (no capability needed) and replies
         # come back to this host's own address (no relay routing to check).
         if not send_header:
-            check_transparent_capability({route.destination.family for route in routes})
+            raw = open_send_path(
+                args.send_path or ("sockets" if args.gso else "raw"),
+                {route.destination.family for route in routes},
+                relay=relay,
+                checksum=args.udp_checksum == "compute",
+            )
             if relay:
                 warn_of_reply_routes(routes)
         if args.receive_buffer is not None:
             for listener in listeners:
                 set_receive_buffer(listener.sock, args.receive_buffer)
+        # On the raw path in direct mode a flow holds no socket: no file descriptor to fit.
+        socketless = raw is not None and not relay
         machine = ForwardingMachine(
-            fit_max_flows(args.max_flows, len(listeners)),
+            args.max_flows if socketless else fit_max_flows(args.max_flows, len(listeners)),
             args.flow_idle_timeout,
             LocalAddresses(),
             BroadcastAddresses(),
@@ -443,10 +530,15 @@ def run(argv: Sequence[str] | None = None) -> int:
             watchdog_interval=watchdog_interval(os.environ),
             metrics=metrics,
             connect_flows=relay,
+            raw=raw,
         )
+        if not engine.needs_capability:
+            drop_capabilities()
         engine.run()
     finally:
         notifier.close()
+        if raw is not None:
+            raw.close()
         for listener in listeners:
             listener.sock.close()
     log.info("stopped")

@@ -13,6 +13,7 @@ import logging
 import selectors
 import signal
 import socket
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from forwarder.machine import (
 )
 from forwarder.metrics import MetricsFile
 from forwarder.notify import Notifier
+from forwarder.rawsend import UDP_HEADER, RawSend
 from forwarder.sender import open_flow_socket, open_once_socket, open_plain_flow_socket, sharing_port
 from forwarder.sockets import IP_PKTINFO, set_receive_buffer, set_receive_pktinfo
 
@@ -111,6 +113,7 @@ class Engine:
         metrics: MetricsFile | None = None,
         connect_flows: bool = False,
         gso: bool = False,
+        raw: RawSend | None = None,
     ) -> None:
         self.routes = list(routes)
         self.notifier = notifier
@@ -121,6 +124,12 @@ class Engine:
         # Connected flow sockets only carry replies in relay mode; in direct mode early demux would steal
         # the replies the host must forward (see forwarder.sender).
         self.connect_flows = (connect_flows and self.machine.relay) or self.machine.send_header
+        # The raw send path (forwarder.rawsend): every datagram that is sent as its client leaves by one of
+        # these sockets; flows keep a socket only in relay mode, to receive the replies.
+        self.raw = None if self.machine.send_header else raw
+        if self.raw is not None:
+            self.raw.pending = self.raw_failed_by_pending_error
+        self._targets = {route.destination.sockaddr for route in self.routes}
         for route in self.routes:
             if route.pktinfo:
                 set_receive_pktinfo(route.listener.sock)
@@ -134,6 +143,7 @@ class Engine:
             prefixed=self.machine.send_header,
             gso=gso,
             budget=receive.RELAY_BATCH if self.machine.relay else receive.MAX_BATCH,
+            raw=self.raw,
         )
         self.metrics = metrics
         self._stopping = False
@@ -153,6 +163,16 @@ class Engine:
     @property
     def counters(self) -> Counters:
         return self.machine.counters
+
+    @property
+    def needs_capability(self) -> bool:
+        """Whether anything after start-up needs a capability: a per-client transparent socket does (the
+        sockets path, and relay mode's flow sockets, bound to the client's address); the raw path in direct
+        mode does not (its sockets exist, and a local source's one-shot socket needs none), nor does
+        --send-proxy-protocol (it sends from the host's own address)."""
+        if self.machine.send_header:
+            return False
+        return self.raw is None or self.machine.relay
 
     def drain(self, route: Route) -> None:
         """Handle what is queued on `route`'s listening socket (up to the strategy's limit)."""
@@ -174,8 +194,14 @@ class Engine:
 
     def send(self, flow: Flow, payload: memoryview, header: bytearray | None = None) -> None:
         """The one place a datagram is sent on a flow's socket (runs of several leave by sendmmsg), after
-        `header` (default: the flow's PROXY header, if it has one). A send failing with an ICMP error left
-        pending by an earlier datagram is tried once more (forwarder.icmp.failed_by_pending_error)."""
+        `header` (default: the flow's PROXY header, if it has one), or on the raw send path by the raw
+        socket. A send failing with an ICMP error left pending by an earlier datagram is tried once more
+        (forwarder.icmp.failed_by_pending_error)."""
+        if flow.raw is not None:
+            error_number = self.raw.send(flow, payload)  # type: ignore[union-attr]
+            if error_number:
+                self.log_drop(self.machine.send_failed(flow.path, flow.client, error_number))
+            return
         if header is None:
             header = flow.header
         try:
@@ -212,6 +238,19 @@ class Engine:
         return failed_by_pending_error(error_number, self.read_errors(flow))
 
     def _open_and_send(self, flow: Flow, payload: memoryview) -> None:
+        if self.open(flow):
+            self.send(flow, payload)
+
+    def open(self, flow: Flow) -> bool:
+        """Make `flow` ready to send and keep it: on the raw path its prebuilt message parts (and in relay
+        mode a socket for its replies), else its own socket. False (the drop counted) when that failed."""
+        if self.raw is not None:
+            self.raw.prepare(flow)
+            if not self.machine.relay:
+                evicted = self.machine.flow_opened(flow, None)
+                if evicted is not None:
+                    self.close_flows(evicted)
+                return True
         try:
             if self.machine.send_header:
                 sock = open_plain_flow_socket(flow.path.destination.family, flow.path.target)
@@ -225,7 +264,7 @@ class Engine:
                     sock = open_flow_socket(flow.source, flow.path.destination.family, peer)
         except OSError as error:
             self.log_drop(self.machine.open_failed(flow, error.errno or errno.EIO))
-            return
+            return False
         if self.machine.relay:  # room for a burst of replies while a listener is drained
             with contextlib.suppress(OSError):
                 set_receive_buffer(sock, RELAY_FLOW_BUFFER)
@@ -234,7 +273,7 @@ class Engine:
             self.close_flows(evicted)
         if self._selector is not None:
             self._selector.register(sock, selectors.EVENT_READ, flow)
-        self.send(flow, payload)
+        return True
 
     def _send_once(self, action: SendOnce, payload: memoryview) -> None:
         # A fresh socket without IP_RECVERR, closed after this one datagram: no ICMP error can be pending on
@@ -332,6 +371,41 @@ class Engine:
                 flow.path.name,
             )
         return read
+
+    def read_raw_errors(self, sock: socket.socket) -> list[QueuedError | None]:
+        """Read a raw send socket's error queue; return the entries read (None for one that carried no
+        error). It gets the ICMP errors about every UDP datagram of the host, so only those about datagrams
+        to a destination of ours are counted (and logged, rate-limited), and only in direct mode: in relay
+        mode the flow's own socket gets the same error and counts it."""
+        read: list[QueuedError | None] = []
+        while len(read) < MAX_REPLIES:
+            try:
+                data, ancillary, _, offender = sock.recvmsg(UDP_HEADER, CONTROL_SIZE, MSG_ERRQUEUE)
+            except OSError:  # EAGAIN: the queue is empty
+                return read
+            error = parse_queued_error(ancillary)
+            read.append(error)
+            if error is None or self.machine.relay or len(data) < UDP_HEADER:
+                continue
+            client_port, port = struct.unpack_from("!HH", data)
+            backend = (str(plain_address(str(offender[0]))), port)
+            if backend not in self._targets:
+                continue
+            name = self.machine.icmp_error(None, error)
+            self.repeats.report(
+                "icmp:" + name,
+                "ICMP error (%s) from %s about datagrams of port %s to %s",
+                name,
+                error.offender or "?",
+                client_port,
+                f"{backend[0]}:{port}" if sock.family == socket.AF_INET else f"[{backend[0]}]:{port}",
+            )
+        return read
+
+    def raw_failed_by_pending_error(self, sock: socket.socket, error_number: int) -> bool:
+        """A send on the raw socket `sock` just failed with `error_number`: read its error queue, and say
+        whether an earlier datagram's ICMP error is what failed it (the rule of every send path)."""
+        return failed_by_pending_error(error_number, self.read_raw_errors(sock))
 
     def relay(self, flow: Flow, payload: memoryview) -> None:
         """Send a reply to `flow`'s client from the listening socket it used, from the address it sent to.
@@ -432,6 +506,8 @@ class Engine:
             for route in self.routes:
                 selector.register(route.listener.sock, selectors.EVENT_READ, route)
             selector.register(wake_read, selectors.EVENT_READ, None)
+            for sock in self.raw.sockets if self.raw is not None else ():  # their ICMP errors
+                selector.register(sock, selectors.EVENT_READ, sock)
             for flow in self.machine.flows.values():  # opened before the loop (tests drain by hand)
                 if flow.handle is not None:
                     selector.register(flow.handle, selectors.EVENT_READ, flow)
@@ -481,6 +557,8 @@ class Engine:
                     self.flow_ready(data, time.monotonic())
                 elif data is None:
                     _empty(wake_read)
+                elif data.__class__ is socket.socket:
+                    self.read_raw_errors(data)
                 else:
                     strategy.drain(data, time.monotonic())
 

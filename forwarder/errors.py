@@ -41,7 +41,7 @@ class OperatingSystemError(ForwarderError):
 
 
 class MissingPermissionError(ForwarderError):
-    """The forwarder lacks a capability it needs (CAP_NET_ADMIN)."""
+    """The forwarder lacks a capability it needs (CAP_NET_RAW or CAP_NET_ADMIN, named in the message)."""
 
     exit_code = os.EX_NOPERM  # 77
 

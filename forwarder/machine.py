@@ -118,6 +118,7 @@ class Flow(Entry):
         "key",
         "local",
         "path",
+        "raw",
         "senders",
         "source",
     )
@@ -150,6 +151,8 @@ class Flow(Entry):
         self.headers: dict[tuple[Path, bytes | None], bytearray] | None = None
         # The sender keys that lead to this flow (forgotten with it).
         self.senders: list[FlowKey] = []
+        # On the raw send path: what its datagrams need there (forwarder.rawsend.RawFlow), built once.
+        self.raw: object | None = None
 
     def __repr__(self) -> str:
         return f"Flow({endpoint_text(self.source)} -> {self.path.destination})"
@@ -461,9 +464,9 @@ class ForwardingMachine:
 
     # --- events back -------------------------------------------------------------------------------------
 
-    def flow_opened(self, flow: Flow, handle: socket.socket) -> CloseFlows | None:
-        """The engine opened `handle` for `flow`: keep it (as used when its first datagram arrived); the
-        flows evicted to make room must be closed."""
+    def flow_opened(self, flow: Flow, handle: socket.socket | None) -> CloseFlows | None:
+        """The engine opened `handle` for `flow` (None: the flow needs no socket, on the raw send path):
+        keep it (as used when its first datagram arrived); the flows evicted to make room must be closed."""
         flow.handle = handle
         evicted = self.flows.add(flow.key, flow, flow.last_used)
         for sender in flow.senders:
@@ -535,9 +538,10 @@ class ForwardingMachine:
         if count:
             self.counters.reply_dropped[DropReason.REPLY_UNMATCHED.value] += count
 
-    def icmp_error(self, flow: Flow, error: QueuedError) -> str:
-        """An ICMP error about `flow`'s datagrams (from its socket's error queue): count it by type; the
-        name it was counted as is returned for the log."""
+    def icmp_error(self, flow: Flow | None, error: QueuedError) -> str:
+        """An ICMP error about `flow`'s datagrams (from its socket's error queue; None: from the raw send
+        socket's, which names no flow): count it by type; the name it was counted as is returned for the
+        log."""
         name = error.name
         self.counters.icmp_errors[name] += 1
         return name

@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Protocol
 from forwarder.batch import NAME_LENGTH, BatchReceiver, BatchSender
 from forwarder.core import bounded_put, sockaddr_bytes
 from forwarder.gso import MAX_PAYLOAD, plan_runs
-from forwarder.machine import READ_HEADER, Action, Drop, Flow, ForwardingMachine
+from forwarder.machine import READ_HEADER, Action, Drop, Flow, ForwardingMachine, OpenFlow
 from forwarder.sockets import IP_PKTINFO
 
 if TYPE_CHECKING:
     from forwarder.engine import Route
+    from forwarder.rawsend import RawSend
 
 # A socket is drained until EAGAIN, but at most this many datagrams at a time, so that under a flood the
 # other sockets, STATUS= and WATCHDOG=1 still get their turn (the selector reports the socket again).
@@ -122,6 +123,8 @@ class Executor(Protocol):
 
     def failed_by_pending_error(self, flow: Flow, error_number: int) -> bool: ...
 
+    def open(self, flow: Flow) -> bool: ...
+
     def log_drop(self, drop: Drop) -> None: ...
 
 
@@ -194,8 +197,10 @@ class BatchReceive:
         gso: bool = False,
         *,
         budget: int = MAX_BATCH,
+        raw: "RawSend | None" = None,
     ) -> None:
         self.executor = executor
+        self.raw = raw  # the raw send path: every flow's datagrams of a batch leave in one sendmmsg
         self.budget = budget  # datagrams per drain at most (whole recvmmsg batches)
         self.receiver = receiver
         self.sender = BatchSender.create(receiver, prefixed)
@@ -216,14 +221,24 @@ class BatchReceive:
         prefixed: bool = False,
         gso: bool = False,
         budget: int = MAX_BATCH,
+        raw: "RawSend | None" = None,
     ) -> "BatchReceive | None":
         """The strategy (with room for pktinfo messages when some listener needs them), or None where libc
         has no recvmmsg."""
         receiver = BatchReceiver.create(batch, buffer_size, CONTROL_SPACE if pktinfo else 0)
-        return None if receiver is None else cls(executor, receiver, connected, prefixed, gso, budget=budget)
+        if receiver is None:
+            return None
+        return cls(executor, receiver, connected, prefixed, gso, budget=budget, raw=raw)
 
     def drain(self, route: "Route", now: float) -> None:
-        """Receive and handle until the socket would block, or `budget` datagrams.
+        """Receive and handle until the socket would block, or `budget` datagrams."""
+        if self.raw is not None:
+            self._drain_raw(route, now, self.raw)
+        else:
+            self._drain_runs(route, now)
+
+    def _drain_runs(self, route: "Route", now: float) -> None:
+        """drain() with a socket per flow.
 
         This is the hot path: a datagram of an open flow costs the machine's one dict lookup; consecutive
         datagrams of one flow are sent together. A run covers consecutive slots only: any other action in
@@ -282,6 +297,61 @@ class BatchReceive:
                 executor.execute(route, action, data[offset + skips.get(index, 0) : offset + u32[length]])
             if run is not None:
                 self._send_run(run, run_first, run_length, skips, run_header)
+            handled += count
+            if count < receiver.batch:
+                return
+
+    def _drain_raw(self, route: "Route", now: float, raw: "RawSend") -> None:
+        """drain() on the raw send path: every datagram of an open (or newly opened) flow joins the batch,
+        whoever its client, and the whole batch leaves in one sendmmsg per family after the machine has
+        seen it all; a datagram that fails costs only itself."""
+        receiver = self.receiver
+        executor = self.executor
+        machine = executor.machine
+        receive = machine.receive
+        queue = raw.queue
+        fd = route.listener.sock.fileno()
+        name_length = NAME_LENGTH[route.listener.family]
+        path = route.path
+        u32, data, names, slots = receiver.u32, receiver.view, receiver.name_view, receiver.slots
+        base = receiver.data_address
+        pktinfo = route.pktinfo
+        handled = 0
+        local: bytes | None = None
+        while handled < self.budget:
+            try:
+                count = receiver.receive(fd)
+            except OSError as error:
+                executor.log_drop(machine.receive_failed(path, error.errno or 0))
+                return
+            for index in range(count):
+                length, flags, name, offset = slots[index]
+                client = bytes(names[name : name + name_length])
+                size = u32[length]
+                if pktinfo:
+                    local = self._local(index, route)
+                    action = receive(path, client, size, u32[flags], now, local=local)
+                else:
+                    action = receive(path, client, size, u32[flags], now)
+                if action is READ_HEADER:
+                    action, skip = machine.receive_proxied(
+                        path, client, data[offset : offset + size], u32[flags], now, local=local
+                    )
+                    offset += skip
+                kind = action.__class__
+                if kind is Flow:
+                    queue(action, base + offset, data[offset : slots[index].data + size])  # type: ignore[arg-type]
+                elif kind is OpenFlow:
+                    flow = action.flow  # type: ignore[union-attr]
+                    if executor.open(flow):
+                        queue(flow, base + offset, data[offset : slots[index].data + size])
+                else:
+                    executor.execute(route, action, data[offset : slots[index].data + size])
+            failed = raw.flush()
+            if failed:
+                for flow, error_number in failed:
+                    executor.log_drop(machine.send_failed(flow.path, flow.client, error_number))
+                failed.clear()
             handled += count
             if count < receiver.batch:
                 return
@@ -367,12 +437,13 @@ def create(
     prefixed: bool = False,
     gso: bool = False,
     budget: int = MAX_BATCH,
+    raw: "RawSend | None" = None,
 ) -> Strategy:
     """The strategy called `name` ('batch' or 'single'); 'batch' falls back to 'single' where libc lacks
     recvmmsg. `pktinfo`: some listener needs each datagram's local address; `connected`: flow sockets are
     connected to their destination; `prefixed`: every datagram leaves after its flow's PROXY header;
     `gso` (batch only): runs of equal-size datagrams of one flow leave as one UDP GSO send; `budget`: the
-    datagrams one drain handles at most."""
+    datagrams one drain handles at most; `raw` (batch only): the raw send path, one sendmmsg per batch."""
     if name == "batch":
         strategy = BatchReceive.create(
             executor,
@@ -383,6 +454,7 @@ def create(
             prefixed=prefixed,
             gso=gso,
             budget=budget,
+            raw=raw,
         )
         if strategy is not None:
             return strategy

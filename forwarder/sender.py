@@ -51,11 +51,11 @@ def open_plain_flow_socket(family: socket.AddressFamily, peer: tuple[str, int]) 
 
 
 def open_once_socket(source: tuple[str, int], family: socket.AddressFamily) -> socket.socket:
-    """A transparent socket bound to a local `source`, for one datagram (no SO_REUSEADDR: a local program
-    holding the port must make this fail with EADDRINUSE rather than share it)."""
+    """A socket bound to a local `source`, for one datagram (no SO_REUSEADDR: a local program holding the
+    port must make this fail with EADDRINUSE rather than share it). No IP_TRANSPARENT: a local address
+    needs none, so this needs no capability."""
     sock = socket.socket(family, _FLAGS)
     try:
-        set_transparent(sock)
         sock.bind(source)
     except OSError:
         sock.close()

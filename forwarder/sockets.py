@@ -19,14 +19,16 @@ IPV6_RECVERR = 25
 SO_RCVBUFFORCE = 33  # not exported by the socket module
 LOCAL_CACHE_SIZE = 1024
 
+# IP_TRANSPARENT: the kernel accepts CAP_NET_RAW or CAP_NET_ADMIN; the units grant the narrower one.
 CAPABILITY_HINT = (
-    "CAP_NET_ADMIN is missing; grant it with AmbientCapabilities=CAP_NET_ADMIN in the service unit "
+    "neither CAP_NET_RAW nor CAP_NET_ADMIN is held; grant "
+    "AmbientCapabilities=CAP_NET_RAW and CapabilityBoundingSet=CAP_NET_RAW in the service unit "
     "(or run as root)"
 )
 
 
 def set_transparent(sock: socket.socket) -> None:
-    """Allow `sock` to bind to a non-local (client) address; needs CAP_NET_ADMIN."""
+    """Allow `sock` to bind to a non-local (client) address; needs CAP_NET_RAW or CAP_NET_ADMIN."""
     if sock.family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
     else:
@@ -62,7 +64,9 @@ def check_transparent_capability(families: set[socket.AddressFamily]) -> None:
             try:
                 set_transparent(probe)
             except PermissionError:
-                raise MissingPermissionError(f"cannot set IP_TRANSPARENT: {CAPABILITY_HINT}") from None
+                raise MissingPermissionError(
+                    f"cannot set IP_TRANSPARENT (CAP_NET_RAW or CAP_NET_ADMIN allows it): {CAPABILITY_HINT}"
+                ) from None
 
 
 def probe_local(address: str) -> bool:
@@ -181,8 +185,9 @@ def bind_listener(host: str, port: int, text: str) -> ListeningSocket:
 
 
 def set_receive_buffer(sock: socket.socket, size: int) -> None:
-    """Size the kernel receive queue of a listening socket: SO_RCVBUFFORCE (CAP_NET_ADMIN, which the
-    forwarder has) ignores net.core.rmem_max; without the capability SO_RCVBUF applies, capped by it."""
+    """Size the kernel receive queue of a socket: SO_RCVBUFFORCE (CAP_NET_ADMIN, when held) ignores
+    net.core.rmem_max; without the capability (the units grant only CAP_NET_RAW) SO_RCVBUF applies,
+    capped by it."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
     except PermissionError:

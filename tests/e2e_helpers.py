@@ -7,11 +7,19 @@ import sys
 import threading
 from collections.abc import Callable
 
+import pytest
+
 from netlab import Lab
 from netlab.lab.nft import apply_ruleset, counter_packets
 from netlab.lab.node import LabNode
 from netlab.lab.process import Process, python_env
 from netlab.service.status import status_totals
+
+
+@pytest.fixture(params=["raw", "sockets"])
+def send_path(request: pytest.FixtureRequest) -> list[str]:
+    """The forwarder's arguments choosing each send path in turn: a test of sending runs on both."""
+    return ["--send-path", str(request.param)]
 
 
 def _echo_forever(sock: socket.socket) -> None:

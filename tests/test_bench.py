@@ -16,8 +16,9 @@ import time
 import pytest
 
 from netlab.bench import contenders as contenders_module
-from netlab.bench.contenders import CONTENDERS, PEERS, nginx_config
+from netlab.bench.contenders import CONTENDERS, FORWARDER_ARGS, PEERS, nginx_config
 from netlab.bench.lab import Case, Contender, Run, session_cpu_seconds
+from netlab.bench.memory import MEASURED_PATHS, FlowMemory
 from netlab.bench.report import text_report
 from netlab.bench.run import Settings, available, parse_contenders, run_bench
 from netlab.bench.stats import summarize
@@ -73,15 +74,31 @@ def test_summaries_list_contenders_in_the_order_of_the_contender_table() -> None
 
 def test_the_text_report_has_a_ratio_column_per_peer_measured_and_says_what_was_skipped() -> None:
     summaries = summarize([run("forwarder", 600), run("nginx", 300)])
-    report = text_report(
-        summaries, {"64 B x 1 flow": 1000.0}, [], None, {"go-mmproxy": "go-mmproxy not found"}
-    )
+    report = text_report(summaries, {"64 B x 1 flow": 1000.0}, [], [], {"go-mmproxy": "go-mmproxy not found"})
     rates = report.splitlines()[0]
     assert tuple(rates.split()[-2:]) == ("core", "own")
     ratios = next(line for line in report.splitlines() if line.startswith("ratios of delivered/s"))
     assert "x nginx" in ratios
     assert "x go-mmproxy" not in ratios
     assert "skipped go-mmproxy: go-mmproxy not found" in report.splitlines()
+
+
+def test_the_memory_lines_name_the_send_path_and_its_descriptors_per_flow() -> None:
+    raw = FlowMemory(1000, 10_000, 10_500, 400, "forwarder", 12, 12)
+    sockets = FlowMemory(1000, 10_000, 10_800, 4_000, "forwarder-sockets", 12, 1012)
+
+    lines = text_report([], {}, [], [raw, sockets]).splitlines()[-2:]
+
+    assert lines[0].startswith("forwarder: 1000 open flows, 12 -> 12 file descriptors (0.00/flow): RSS")
+    assert lines[1].startswith("forwarder-sockets: 1000 open flows, 12 -> 1012 file descriptors (1.00/flow)")
+    assert "(+0.5 MiB, 512 B/flow)" in lines[0]  # 500 KiB over 1000 flows
+    assert "kernel slab +3.9 MiB (4096 B/flow)" in lines[1]
+
+
+def test_the_per_client_sockets_path_is_raced_and_measured_beside_the_default_configuration() -> None:
+    assert {"forwarder", "forwarder-sockets"} <= set(CONTENDERS)
+    assert MEASURED_PATHS == {"forwarder": (), "forwarder-sockets": ("--send-path", "sockets")}
+    assert "--send-path" not in FORWARDER_ARGS  # the forwarder contender runs the default configuration
 
 
 def test_the_flow_count_is_read_from_the_end_of_the_status_line() -> None:
@@ -134,6 +151,17 @@ def test_an_unknown_contender_is_a_usage_error_naming_it_and_the_choices(text: s
     with pytest.raises(UsageError, match=f"unknown contender {bad!r}") as error:
         parse_contenders(text)
     assert all(name in str(error.value) for name in CONTENDERS)
+
+
+def test_the_bench_help_lists_every_contender(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse would wrap the list, also at hyphens
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    listed = text.partition("comma-separated:")[2].partition("(default")[0]
+    assert [name.strip() for name in listed.split(",")] == list(CONTENDERS)
 
 
 def test_the_bench_command_exits_64_on_an_unknown_contender(capsys: pytest.CaptureFixture[str]) -> None:
@@ -247,6 +275,12 @@ def test_quick_bench_measures_every_available_contender_and_reports_json() -> No
     # A reply only comes back for a datagram that reached the backend, which only got what was sent.
     assert all(0 < run["delivered"] <= run["forwarded"] <= run["offered"] for run in echoed)
     assert document["sender_solo_per_s"]["64 B x 100 flows"] > 0
+    # Both send paths' flows are measured: the raw path holds no descriptor per flow, the other one each.
     memory = document["flow_memory"]
-    assert 0 < memory["flows"] <= 300  # the flows the blast opened (all of them unless datagrams were lost)
-    assert memory["rss_kib_after"] >= memory["rss_kib_before"] > 0
+    assert set(memory) == {"forwarder", "forwarder-sockets"}
+    for measured in memory.values():
+        assert 0 < measured["flows"] <= 300  # the flows the blast opened (all unless datagrams were lost)
+        assert measured["rss_kib_after"] >= measured["rss_kib_before"] > 0
+    assert memory["forwarder"]["fds_after"] == memory["forwarder"]["fds_before"]
+    sockets = memory["forwarder-sockets"]
+    assert sockets["fds_after"] - sockets["fds_before"] == sockets["flows"]

@@ -46,7 +46,7 @@ def every_contender_runs() -> list[Run]:
 
 def test_the_table_with_every_contender_and_peer_fits_100_columns_and_never_says_nan() -> None:
     runs = every_contender_runs()
-    report = text_report(summarize(runs), {"64 B x 1 flow": 1e6}, [], None, {})
+    report = text_report(summarize(runs), {"64 B x 1 flow": 1e6}, [], [], {})
     widest = max(report.splitlines(), key=len)
     assert len(widest) <= WIDTH, widest
     assert "nan" not in report.lower()
@@ -131,6 +131,9 @@ def test_the_panels_hold_each_contenders_ratio_per_case_but_not_the_reference_it
     assert panels["nginx"]["forwarder"]["64 B x1"] == pytest.approx(0.8)
     assert is_quick(document)
     assert not is_quick(document | {"loss": [{"case": {}}]})
+    # Flow memory by send path: none measured in a quick run, one entry per path in a full one.
+    assert is_quick(document | {"flow_memory": {}})
+    assert not is_quick(document | {"flow_memory": {"forwarder": {"flows": 100_000}}})
 
 
 @pytest.mark.parametrize(

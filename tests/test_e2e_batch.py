@@ -9,12 +9,14 @@ import os
 import signal
 
 import pytest
+from e2e_helpers import send_path
 
 from netlab import Lab, expect, start_forwarder
 from netlab.lab.nft import apply_ruleset, counter_packets
 from netlab.topology.shipped import seed_deployment
 
 pytestmark = pytest.mark.privileged
+__all__ = ["send_path"]  # the fixture: the batched path runs on both send paths
 
 # Drops (EPERM for the sender) UDP datagrams to the backend whose payload starts with "X".
 REFUSE_X = """table inet refuse_x {
@@ -26,11 +28,13 @@ REFUSE_X = """table inet refuse_x {
 """
 
 
-def test_a_refused_datagram_in_the_middle_of_a_run_costs_only_itself(lab: Lab) -> None:
+def test_a_refused_datagram_in_the_middle_of_a_batch_costs_only_itself(
+    lab: Lab, send_path: list[str]
+) -> None:
     lab.build(seed_deployment())
     backend = expect(lab["backend"], port=27000)
     forwarder = start_forwarder(
-        lab["host"], ["198.51.100.1:27000"], ["192.0.2.2:27000"], args=["--stats-interval", "0.2"]
+        lab["host"], ["198.51.100.1:27000"], ["192.0.2.2:27000"], args=["--stats-interval", "0.2", *send_path]
     )
     client = lab["client"]
     client.send_fast(src="198.51.100.10", sport=4242, dst="198.51.100.1", dport=27000, payloads=[b"open"])

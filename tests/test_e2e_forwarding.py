@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from e2e_helpers import start_echo, status_has
+from e2e_helpers import send_path, start_echo, status_has
 
 from netlab import Lab, load_topology, start_forwarder
 from netlab.lab.nft import apply_ruleset
@@ -19,6 +19,7 @@ from netlab.service.replypath import enable_reply_path
 from netlab.topology.shipped import seed_deployment
 
 pytestmark = pytest.mark.privileged
+__all__ = ["send_path"]  # the fixture: every test that sends runs on both send paths
 
 LISTEN = "198.51.100.1:27000"
 FAST_STATUS = ["--stats-interval", "0.2"]
@@ -37,10 +38,10 @@ def client_socket(lab: Lab, address: str) -> socket.socket:
     return sock
 
 
-def test_ipv6_backend_sees_the_client_address_and_port(lab: Lab) -> None:
+def test_ipv6_backend_sees_the_client_address_and_port(lab: Lab, send_path: list[str]) -> None:
     lab.build(load_topology("dual-stack"))
     backend = backend_socket(lab, "2001:db8:2::2")
-    forwarder = start_forwarder(lab["host"], ["[2001:db8:51::1]:27000"], ["[2001:db8:2::2]"])
+    forwarder = start_forwarder(lab["host"], ["[2001:db8:51::1]:27000"], ["[2001:db8:2::2]"], args=send_path)
     client = client_socket(lab, "2001:db8:51::10")
 
     client.sendto(b"six", ("2001:db8:51::1", 27000))
@@ -50,10 +51,14 @@ def test_ipv6_backend_sees_the_client_address_and_port(lab: Lab) -> None:
     forwarder.wait_ready()
 
 
-def test_dual_stack_listener_presents_ipv4_clients_as_plain_ipv4_and_drops_ipv6_ones(lab: Lab) -> None:
+def test_dual_stack_listener_presents_ipv4_clients_as_plain_ipv4_and_drops_ipv6_ones(
+    lab: Lab, send_path: list[str]
+) -> None:
     lab.build(load_topology("dual-stack"))
     backend = backend_socket(lab, "192.0.2.2")
-    forwarder = start_forwarder(lab["host"], ["[::]:27000"], ["192.0.2.2:27000"], args=FAST_STATUS)
+    forwarder = start_forwarder(
+        lab["host"], ["[::]:27000"], ["192.0.2.2:27000"], args=[*FAST_STATUS, *send_path]
+    )
     v4_client = client_socket(lab, "198.51.100.10")
     v6_client = client_socket(lab, "2001:db8:51::10")
 
@@ -68,10 +73,12 @@ def test_dual_stack_listener_presents_ipv4_clients_as_plain_ipv4_and_drops_ipv6_
         backend.recvfrom(65535)
 
 
-def test_several_sockets_each_go_to_their_own_destination_in_order(lab: Lab) -> None:
+def test_several_sockets_each_go_to_their_own_destination_in_order(lab: Lab, send_path: list[str]) -> None:
     lab.build(seed_deployment())
     backends = [backend_socket(lab, "192.0.2.2", port) for port in (27000, 27001)]
-    start_forwarder(lab["host"], [LISTEN, "198.51.100.1:27001"], ["192.0.2.2:27000", "192.0.2.2:27001"])
+    start_forwarder(
+        lab["host"], [LISTEN, "198.51.100.1:27001"], ["192.0.2.2:27000", "192.0.2.2:27001"], args=send_path
+    )
     client = client_socket(lab, "198.51.100.10")
 
     client.sendto(b"to-0", ("198.51.100.1", 27000))
@@ -81,7 +88,7 @@ def test_several_sockets_each_go_to_their_own_destination_in_order(lab: Lab) -> 
     assert backends[1].recvfrom(65535) == (b"to-1", client.getsockname())
 
 
-def test_named_sockets_map_by_file_descriptor_name_in_any_order(lab: Lab) -> None:
+def test_named_sockets_map_by_file_descriptor_name_in_any_order(lab: Lab, send_path: list[str]) -> None:
     lab.build(seed_deployment())
     game, dns = backend_socket(lab, "192.0.2.2", 27015), backend_socket(lab, "192.0.2.2", 5353)
     start_forwarder(
@@ -89,6 +96,7 @@ def test_named_sockets_map_by_file_descriptor_name_in_any_order(lab: Lab) -> Non
         [LISTEN, "198.51.100.1:27001"],
         ["dns=192.0.2.2:5353", "game=192.0.2.2:27015"],
         fdnames=["game", "dns"],
+        args=send_path,
     )
     client = client_socket(lab, "198.51.100.10")
 
@@ -103,7 +111,9 @@ def test_named_sockets_map_by_file_descriptor_name_in_any_order(lab: Lab) -> Non
     ("family", "size"),
     [("v4", 0), ("v4", 1), ("v4", 1472), ("v4", 1473), ("v4", 65507), ("v6", 0), ("v6", 65527)],
 )
-def test_payloads_up_to_the_protocol_maximum_arrive_intact(lab: Lab, family: str, size: int) -> None:
+def test_payloads_up_to_the_protocol_maximum_arrive_intact(
+    lab: Lab, send_path: list[str], family: str, size: int
+) -> None:
     lab.build(load_topology("dual-stack"))
     if family == "v4":
         client_address, listen, backend_address = "198.51.100.10", LISTEN, "192.0.2.2"
@@ -112,7 +122,7 @@ def test_payloads_up_to_the_protocol_maximum_arrive_intact(lab: Lab, family: str
         client_address, listen, backend_address = "2001:db8:51::10", "[2001:db8:51::1]:27000", "2001:db8:2::2"
         destination, target = "[2001:db8:2::2]:27000", ("2001:db8:51::1", 27000)
     backend = backend_socket(lab, backend_address)
-    forwarder = start_forwarder(lab["host"], [listen], [destination])
+    forwarder = start_forwarder(lab["host"], [listen], [destination], args=send_path)
     client = client_socket(lab, client_address)
     payload = bytes(index % 251 for index in range(size))
 
@@ -124,26 +134,34 @@ def test_payloads_up_to_the_protocol_maximum_arrive_intact(lab: Lab, family: str
     forwarder.wait_ready()
 
 
-def test_replies_reach_the_client_while_the_forwarder_holds_its_flow_open(lab: Lab) -> None:
+def test_replies_reach_the_client_while_a_flow_is_open_whichever_send_path_holds_it(
+    lab: Lab, send_path: list[str]
+) -> None:
     lab.build(seed_deployment())
     start_echo(lab, "192.0.2.2", 27000)
     enable_reply_path(lab["host"], "192.0.2.2", "192.0.2.0/24", "198.51.100.1")
-    forwarder = start_forwarder(lab["host"], [LISTEN], ["192.0.2.2:27000"])
+    forwarder = start_forwarder(lab["host"], [LISTEN], ["192.0.2.2:27000"], args=send_path)
     client = client_socket(lab, "198.51.100.10")
     client.connect(("198.51.100.1", 27000))  # accepts replies from the host's address only
 
     for attempt in (b"one", b"two", b"three"):
         client.send(attempt)
         assert client.recv(65535) == b"echo:" + attempt
-        # The forwarder keeps a socket bound to the client's address and port between datagrams; it must
-        # not take the backend's reply (as a connect()ed one would, in UDP early demux).
-        assert client.getsockname() in udp_sockets_bound(forwarder.process.pid)
+        # On the sockets path the forwarder keeps a socket bound to the client's address and port between
+        # datagrams; it must not take the backend's reply (as a connect()ed one would, in UDP early demux).
+        # The raw path keeps none.
+        held = client.getsockname() in udp_sockets_bound(forwarder.process.pid)
+        assert held is (send_path[-1] == "sockets")
 
 
-def test_a_host_local_client_gets_no_kept_flow_and_its_drops_are_counted(lab: Lab) -> None:
+def test_a_host_local_client_gets_no_kept_flow_and_its_drops_are_counted(
+    lab: Lab, send_path: list[str]
+) -> None:
     lab.build(seed_deployment())
     backend = backend_socket(lab, "192.0.2.2")
-    forwarder = start_forwarder(lab["host"], ["0.0.0.0:27000"], ["192.0.2.2:27000"], args=FAST_STATUS)
+    forwarder = start_forwarder(
+        lab["host"], ["0.0.0.0:27000"], ["192.0.2.2:27000"], args=[*FAST_STATUS, *send_path]
+    )
     first = client_socket(lab, "198.51.100.10")
     first.sendto(b"wake", ("198.51.100.1", 27000))
     assert backend.recvfrom(65535)[0] == b"wake"
@@ -164,7 +182,7 @@ def test_a_host_local_client_gets_no_kept_flow_and_its_drops_are_counted(lab: La
 
 
 def test_an_error_on_one_destination_is_counted_by_errno_logged_once_and_never_stops_the_loop(
-    lab: Lab, tmp_path: Path
+    lab: Lab, send_path: list[str], tmp_path: Path
 ) -> None:
     lab.build(seed_deployment())
     backend = backend_socket(lab, "192.0.2.2")
@@ -178,7 +196,10 @@ def test_an_error_on_one_destination_is_counted_by_errno_logged_once_and_never_s
         "}\n",
     )
     forwarder = start_forwarder(
-        lab["host"], [LISTEN, "198.51.100.1:27001"], ["192.0.2.2:27000", "192.0.2.2:27001"], args=FAST_STATUS
+        lab["host"],
+        [LISTEN, "198.51.100.1:27001"],
+        ["192.0.2.2:27000", "192.0.2.2:27001"],
+        args=[*FAST_STATUS, *send_path],
     )
     client = client_socket(lab, "198.51.100.10")
     client.sendto(b"wake", ("198.51.100.1", 27000))
@@ -205,11 +226,13 @@ def nothing_but(backend: socket.socket, client: socket.socket, target: tuple[str
     assert backend.recvfrom(65535)[:1] == (b"after",)
 
 
-def test_a_datagram_from_the_unspecified_ipv6_address_is_dropped_not_sent_from_the_host(lab: Lab) -> None:
+def test_a_datagram_from_the_unspecified_ipv6_address_is_dropped_not_sent_from_the_host(
+    lab: Lab, send_path: list[str]
+) -> None:
     lab.build(load_topology("dual-stack"))
     backend = backend_socket(lab, "2001:db8:2::2")
     forwarder = start_forwarder(
-        lab["host"], ["[2001:db8:51::1]:27000"], ["[2001:db8:2::2]"], args=FAST_STATUS
+        lab["host"], ["[2001:db8:51::1]:27000"], ["[2001:db8:2::2]"], args=[*FAST_STATUS, *send_path]
     )
     client = client_socket(lab, "2001:db8:51::10")
     client.sendto(b"wake", ("2001:db8:51::1", 27000))
@@ -224,10 +247,14 @@ def test_a_datagram_from_the_unspecified_ipv6_address_is_dropped_not_sent_from_t
     nothing_but(backend, client, ("2001:db8:51::1", 27000))
 
 
-def test_a_datagram_to_the_limited_broadcast_from_0_0_0_0_is_dropped_as_unspecified(lab: Lab) -> None:
+def test_a_datagram_to_the_limited_broadcast_from_0_0_0_0_is_dropped_as_unspecified(
+    lab: Lab, send_path: list[str]
+) -> None:
     lab.build(seed_deployment())
     backend = backend_socket(lab, "192.0.2.2")
-    forwarder = start_forwarder(lab["host"], ["0.0.0.0:27000"], ["192.0.2.2:27000"], args=FAST_STATUS)
+    forwarder = start_forwarder(
+        lab["host"], ["0.0.0.0:27000"], ["192.0.2.2:27000"], args=[*FAST_STATUS, *send_path]
+    )
     client = client_socket(lab, "198.51.100.10")
     client.sendto(b"wake", ("198.51.100.1", 27000))
     assert backend.recvfrom(65535)[0] == b"wake"
@@ -243,13 +270,14 @@ def test_a_datagram_to_the_limited_broadcast_from_0_0_0_0_is_dropped_as_unspecif
 
 def test_a_datagram_from_the_client_subnets_broadcast_address_is_dropped_not_sent_from_the_host(
     lab: Lab,
+    send_path: list[str],
 ) -> None:
     # Without reverse-path filtering the host accepts 198.51.100.255 as a source; bound to that address, a
     # socket's datagrams leave with the host's own address.
     lab.build(seed_deployment().sysctl("host", "net.ipv4.conf.all.rp_filter", "0"))
     lab["host"].sysctl("net.ipv4.conf.to-client.rp_filter", "0")
     backend = backend_socket(lab, "192.0.2.2")
-    forwarder = start_forwarder(lab["host"], [LISTEN], ["192.0.2.2:27000"], args=FAST_STATUS)
+    forwarder = start_forwarder(lab["host"], [LISTEN], ["192.0.2.2:27000"], args=[*FAST_STATUS, *send_path])
     client = client_socket(lab, "198.51.100.10")
     client.sendto(b"wake", ("198.51.100.1", 27000))
     assert backend.recvfrom(65535)[0] == b"wake"
@@ -261,10 +289,12 @@ def test_a_datagram_from_the_client_subnets_broadcast_address_is_dropped_not_sen
     nothing_but(backend, client, ("198.51.100.1", 27000))
 
 
-def test_a_v4_mapped_destination_on_a_dual_stack_listener_serves_ipv4_clients(lab: Lab) -> None:
+def test_a_v4_mapped_destination_on_a_dual_stack_listener_serves_ipv4_clients(
+    lab: Lab, send_path: list[str]
+) -> None:
     lab.build(load_topology("dual-stack"))
     backend = backend_socket(lab, "192.0.2.2")
-    forwarder = start_forwarder(lab["host"], ["[::]:27000"], ["[::ffff:192.0.2.2]:27000"])
+    forwarder = start_forwarder(lab["host"], ["[::]:27000"], ["[::ffff:192.0.2.2]:27000"], args=send_path)
     client = client_socket(lab, "198.51.100.10")
 
     client.sendto(b"mapped", ("198.51.100.1", 27000))  # was dropped as family-mismatch, every one

@@ -9,13 +9,14 @@ balancer is dropped and counted.
 import socket
 
 import pytest
-from e2e_helpers import status_has
+from e2e_helpers import send_path, status_has
 
 from forwarder.proxy_protocol import build, build_local
 from netlab import Lab, start_forwarder
 from netlab.topology.shipped import seed_deployment
 
 pytestmark = pytest.mark.privileged
+__all__ = ["send_path"]  # the fixture: PROXY v2 in runs on both send paths
 
 LISTEN = "198.51.100.1:27000"
 TARGET = ("198.51.100.1", 27000)
@@ -34,10 +35,12 @@ def load_balancer(lab: Lab) -> socket.socket:
     return sock
 
 
-def test_the_backend_sees_the_client_a_trusted_load_balancers_header_names(lab: Lab) -> None:
+def test_the_backend_sees_the_client_a_trusted_load_balancers_header_names(
+    lab: Lab, send_path: list[str]
+) -> None:
     lab.build(seed_deployment())
     backend = backend_socket(lab)
-    forwarder = start_forwarder(lab["host"], [LISTEN], ["192.0.2.2:27000"], args=TRUST)
+    forwarder = start_forwarder(lab["host"], [LISTEN], ["192.0.2.2:27000"], args=[*TRUST, *send_path])
     lb = load_balancer(lab)
 
     lb.sendto(build(("203.0.113.7", 4242), TARGET) + b"hello", TARGET)
@@ -51,11 +54,11 @@ def test_the_backend_sees_the_client_a_trusted_load_balancers_header_names(lab: 
 
 
 def test_an_untrusted_senders_header_is_payload_and_a_bad_one_from_the_load_balancer_is_dropped(
-    lab: Lab,
+    lab: Lab, send_path: list[str]
 ) -> None:
     lab.build(seed_deployment())
     backend = backend_socket(lab)
-    forwarder = start_forwarder(lab["host"], [LISTEN], ["192.0.2.2:27000"], args=TRUST)
+    forwarder = start_forwarder(lab["host"], [LISTEN], ["192.0.2.2:27000"], args=[*TRUST, *send_path])
     lb = load_balancer(lab)
     lb.sendto(build(("203.0.113.7", 4242), TARGET) + b"wake", TARGET)
     assert backend.recvfrom(65535)[0] == b"wake"

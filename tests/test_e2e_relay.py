@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from e2e_helpers import status_has
+from e2e_helpers import send_path, status_has
 
 from forwarder.activation import ListeningSocket
 from forwarder.core import sockaddr_bytes
@@ -35,6 +35,7 @@ from netlab.topology.model import Topology
 pytestmark = pytest.mark.privileged
 
 RELAY = ["--reply", "relay", "--stats-interval", "0.2"]
+__all__ = ["send_path"]  # the fixture: the forward direction runs on both send paths
 
 
 def relay_deployment() -> Topology:
@@ -113,9 +114,15 @@ def relay_lab(lab: Lab) -> Lab:
     ids=["ipv4", "ipv6", "dual-stack-ipv4-client", "dual-stack-ipv6-client"],
 )
 def test_a_reply_from_a_backend_on_another_port_reaches_the_client_from_the_address_it_asked(
-    relay_lab: Lab, listen: str, destination: str, client: str, asked: tuple[object, ...]
+    relay_lab: Lab,
+    send_path: list[str],
+    *,
+    listen: str,
+    destination: str,
+    client: str,
+    asked: tuple[object, ...],
 ) -> None:
-    forwarder = start_forwarder(relay_lab["host"], [listen], [destination], args=RELAY)
+    forwarder = start_forwarder(relay_lab["host"], [listen], [destination], args=[*RELAY, *send_path])
     sock = client_socket(relay_lab, client)
 
     sock.sendto(b"ping", asked[:2])
@@ -127,10 +134,10 @@ def test_a_reply_from_a_backend_on_another_port_reaches_the_client_from_the_addr
 
 @pytest.mark.parametrize("receive", ["batch", "single"])
 def test_a_wildcard_listener_answers_from_whichever_of_the_hosts_addresses_the_client_asked(
-    relay_lab: Lab, receive: str
+    relay_lab: Lab, receive: str, send_path: list[str]
 ) -> None:
     start_forwarder(
-        relay_lab["host"], ["0.0.0.0:53"], ["192.0.2.2:5353"], args=[*RELAY, "--receive", receive]
+        relay_lab["host"], ["0.0.0.0:53"], ["192.0.2.2:5353"], args=[*RELAY, "--receive", receive, *send_path]
     )
     sock = client_socket(relay_lab, "198.51.100.10")
     # The activating datagram waited in the socket before the forwarder asked for IP_PKTINFO; a .socket
@@ -208,11 +215,11 @@ def test_the_metrics_file_counts_relayed_replies(relay_lab: Lab) -> None:
     ids=["ipv4", "ipv6"],
 )
 def test_a_1473_byte_request_and_a_3000_byte_reply_arrive_intact_in_fragments(
-    relay_lab: Lab, listen: str, destination: str, client: str, host: str
+    relay_lab: Lab, send_path: list[str], *, listen: str, destination: str, client: str, host: str
 ) -> None:
     # The host reassembles before routing (connection tracking), so the relay rule sees the reply's ports.
     enable_reassembly(relay_lab["host"])
-    forwarder = start_forwarder(relay_lab["host"], [listen], [destination], args=RELAY)
+    forwarder = start_forwarder(relay_lab["host"], [listen], [destination], args=[*RELAY, *send_path])
     sock = client_socket(relay_lab, client)
     request = b"size=3000;" + bytes(range(256)) * 5 + b"x" * 183  # 1473 bytes: fragmented at MTU 1500
     assert len(request) == 1473
@@ -293,7 +300,9 @@ def test_a_backend_on_the_host_itself_answers_through_the_relay(lab: Lab) -> Non
 
 
 @pytest.mark.parametrize("mode", ["direct", "relay"])
-def test_datagrams_to_a_stopped_backend_are_counted_as_backend_unreachable(lab: Lab, mode: str) -> None:
+def test_datagrams_to_a_stopped_backend_are_counted_as_backend_unreachable_once_each(
+    lab: Lab, mode: str, send_path: list[str]
+) -> None:
     # The backend's ICMP errors are addressed to the client; the host delivers them to the flow socket.
     lab.build(relay_deployment())
     lab["host"].sysctl("net.ipv4.ip_forward", "1")
@@ -303,14 +312,19 @@ def test_datagrams_to_a_stopped_backend_are_counted_as_backend_unreachable(lab: 
         lab["host"],
         ["198.51.100.1:53"],
         ["192.0.2.2:5353"],
-        args=["--reply", mode, "--stats-interval", "0.2"],
+        args=["--reply", mode, "--stats-interval", "0.2", *send_path],
     )
     sock = client_socket(lab, "198.51.100.10")  # nothing listens on the backend's 5353
     for _ in range(3):
         sock.sendto(b"anyone?", ("198.51.100.1", 53))
 
     forwarder.wait_status(status_has("ICMP errors (backend-unreachable "))
+    # A pending ICMP error never costs a datagram; in relay mode on the raw path both the raw socket and the
+    # flow socket get each error, which is counted once (the backend answers each datagram with one).
     forwarder.wait_status(status_has("since start 3 forwarded, 0 dropped"))
+    forwarder.wait_status(status_has(", 3 ICMP errors;"))
+    assert forwarder.stop() == 0
+    assert all(", 4 ICMP errors" not in value for value in forwarder.notify.values("STATUS"))
     assert "ICMP error (backend-unreachable) from 192.0.2.2" in forwarder.process.output()
 
 

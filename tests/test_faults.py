@@ -279,9 +279,12 @@ def test_a_firewall_rejecting_the_sends_is_counted_as_eperm_and_forwarding_resum
 
 @pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) is not installed")
 def test_a_low_open_file_limit_caps_the_flows_and_datagrams_keep_flowing_without_emfile(lab: Lab) -> None:
-    # prlimit execs the forwarder, which keeps the pid LISTEN_PID names.
+    # prlimit execs the forwarder, which keeps the pid LISTEN_PID names. Per-client sockets: on the raw
+    # path a flow holds no file descriptor.
     scene = Scene.start(
-        lab, args=["--max-flows", "1000"], command_prefix=["prlimit", "--nofile=128:128", "--"]
+        lab,
+        args=["--max-flows", "1000", "--send-path", "sockets"],
+        command_prefix=["prlimit", "--nofile=128:128", "--"],
     )
     arrived = count_arrivals(lab["backend"], BACKEND[1])
     before = snmp(lab["host"])["Udp.RcvbufErrors"]
@@ -386,7 +389,9 @@ def test_a_flood_of_a_million_datagrams_over_10000_flows_keeps_rss_bounded(
     # full receive buffer or backlog when the sender outran the forwarder); the forwarder dropped none.
     assert figures["unaccounted"] == 0, figures
     assert totals[1] == 0, idle.value
-    assert totals[0] == 1 + arrived(), idle.value  # + the wake-up through the spare
+    # + the wake-up through the spare, + what the kernel dropped after the forwarder sent it (the backend's
+    # backlog, full under a raw path's burst of 64 sends, drops at the veth)
+    assert totals[0] == 1 + arrived() + dropped.get("host -> backend", 0), (idle.value, dropped)
     flows = [
         int(status.rpartition("; ")[2].split()[0]) for status in scene.forwarder.notify.values("STATUS")[1:]
     ]

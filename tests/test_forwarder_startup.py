@@ -445,12 +445,28 @@ def test_help_and_version_exit_zero() -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping a capability needs root (CAP_SETPCAP)")
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is not installed")
-def test_missing_cap_net_admin_exits_77_with_the_ambient_capabilities_hint(udp4: socket.socket) -> None:
+@pytest.mark.parametrize(
+    ("send_path", "what"),
+    [
+        (
+            [],
+            "cannot open a raw socket (CAP_NET_RAW) nor set IP_TRANSPARENT for per-client sockets "
+            "(CAP_NET_RAW or CAP_NET_ADMIN)",
+        ),
+        (["--send-path", "sockets"], "cannot set IP_TRANSPARENT (CAP_NET_RAW or CAP_NET_ADMIN allows it)"),
+    ],
+    ids=["raw", "sockets"],
+)
+def test_without_net_raw_and_net_admin_exits_77_naming_both_and_the_ambient_capabilities_hint(
+    udp4: socket.socket, send_path: list[str], what: str
+) -> None:
     # IP_TRANSPARENT is allowed with CAP_NET_ADMIN or CAP_NET_RAW, so both are dropped.
     drop = ["setpriv", "--inh-caps=-net_admin,-net_raw", "--bounding-set=-net_admin,-net_raw", "--"]
-    result = launch([udp4.fileno()], ["192.0.2.2:53"], prefix=drop)
+    result = launch([udp4.fileno()], [*send_path, "192.0.2.2:53"], prefix=drop)
     assert result.returncode == 77
-    assert "AmbientCapabilities=CAP_NET_ADMIN" in one_error_line(result)
+    line = one_error_line(result)
+    assert f"{what}: neither CAP_NET_RAW nor CAP_NET_ADMIN is held" in line
+    assert "AmbientCapabilities=CAP_NET_RAW" in line
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,11 @@
 """The systemd units in fixtures/systemd: systemd accepts them, the hardened one scores 2.0 or lower in
-`systemd-analyze security`, and the forwarder works with CAP_NET_ADMIN as its only capability.
+`systemd-analyze security`, and the forwarder works with CAP_NET_RAW as its only capability (what the
+hardened unit grants), making only the system calls the units' filters allow.
 
 Nothing here boots or talks to a service manager: only `systemd-analyze verify`, `systemd-analyze security
 --offline=true` and, in the lab, `systemd-socket-activate`.
 
-client 198.51.100.10 --- 198.51.100.1 [host: forwarder as uid 65534, CAP_NET_ADMIN only] 192.0.2.1
+client 198.51.100.10 --- 198.51.100.1 [host: forwarder as uid 65534, CAP_NET_RAW only] 192.0.2.1
                                                                                   --- 192.0.2.2 backend
 spoofed client source: 203.0.113.7:4242; the forwarder listens on 198.51.100.1:27000
 """
@@ -35,7 +36,7 @@ AVORION_SERVICE = "proxy-to-avorion-udp.service"
 INSTALLED_BINARY = "/usr/sbin/systemd-transparent-udp-forwarderd"
 # A template is checked as this instance (the hardened template's instance is the UDP port).
 INSTANCE = "27015"
-CAP_NET_ADMIN = 12
+CAP_NET_RAW = 13
 NOBODY = 65534
 
 
@@ -161,11 +162,13 @@ def test_the_avorion_example_without_the_sandbox_scores_worse_than_2_0(tmp_path:
     assert exposure_of(tmp_path / AVORION_SERVICE) > 2.0
 
 
-def test_hardened_service_holds_cap_net_admin_and_no_other_capability() -> None:
-    settings = parse_unit(UNITS / HARDENED)
+@pytest.mark.parametrize("name", [HARDENED, AVORION_SERVICE])
+def test_the_transparent_services_hold_cap_net_raw_and_no_other_capability(name: str) -> None:
+    # CAP_NET_RAW allows IP_TRANSPARENT and raw sockets; CAP_NET_ADMIN would add only SO_RCVBUFFORCE.
+    settings = parse_unit(UNITS / name)
 
-    assert effective_list(settings["Service.AmbientCapabilities"]) == {"CAP_NET_ADMIN"}
-    assert effective_list(settings["Service.CapabilityBoundingSet"]) == {"CAP_NET_ADMIN"}
+    assert effective_list(settings["Service.AmbientCapabilities"]) == {"CAP_NET_RAW"}
+    assert effective_list(settings["Service.CapabilityBoundingSet"]) == {"CAP_NET_RAW"}
     assert settings["Service.DynamicUser"] == ["yes"]
     assert settings["Service.NoNewPrivileges"] == ["yes"]
     assert "Service.User" not in settings
@@ -217,14 +220,14 @@ def test_avorion_service_has_one_destination_per_listening_socket_in_the_same_or
     assert all(destination.startswith("192.0.2.2:") for destination in command[1:])
 
 
-# --- the forwarder with CAP_NET_ADMIN as its only capability, as the hardened unit runs it ---
+# --- the forwarder with CAP_NET_RAW as its only capability, as the hardened unit runs it ---
 
 LISTEN = "198.51.100.1:27000"
 
 
 def drop_privileges(capabilities: str) -> list[str]:
     """A setpriv prefix: uid/gid `nobody`, no groups, no new privileges, only `capabilities` (e.g.
-    '+net_admin', or '' for none) in every capability set, as DynamicUser= and AmbientCapabilities= do."""
+    '+net_raw', or '' for none) in every capability set, as DynamicUser= and AmbientCapabilities= do."""
     setpriv = shutil.which("setpriv")
     assert setpriv is not None, "setpriv not found: install the Debian package 'util-linux'"
     caps = f"-all{',' + capabilities if capabilities else ''}"
@@ -288,7 +291,7 @@ def process_status(pid: int) -> dict[str, str]:
 
 
 @pytest.mark.privileged
-def test_forwarder_as_nobody_with_only_cap_net_admin_forwards_the_spoofed_source(
+def test_forwarder_as_nobody_with_only_cap_net_raw_forwards_the_spoofed_source(
     lab: Lab, notify_for_nobody: NotifyReceiver, forwarder_for_nobody: NobodyForwarder
 ) -> None:
     lab.build(seed_deployment())
@@ -299,7 +302,7 @@ def test_forwarder_as_nobody_with_only_cap_net_admin_forwards_the_spoofed_source
         [LISTEN],
         ["192.0.2.2:27000"],
         env=forwarder_for_nobody.env,
-        command_prefix=drop_privileges("+net_admin"),
+        command_prefix=drop_privileges("+net_raw"),
         program=forwarder_for_nobody.program,
     )
 
@@ -311,16 +314,18 @@ def test_forwarder_as_nobody_with_only_cap_net_admin_forwards_the_spoofed_source
     assert received == [(b"first", ("203.0.113.7", 4242)), (b"second", ("203.0.113.8", 5353))]
     # systemd-socket-activate execs (no fork), and so does setpriv: its pid is the forwarder's.
     status = process_status(forwarder.process.pid)
-    only_net_admin = f"{1 << CAP_NET_ADMIN:016x}"
+    only_net_raw = f"{1 << CAP_NET_RAW:016x}"
     assert status["Uid"].split() == [str(NOBODY)] * 4
     assert status["Groups"] == ""
-    assert [status[key] for key in ("CapEff", "CapPrm", "CapBnd", "CapAmb")] == [only_net_admin] * 4
+    # Started with CAP_NET_RAW (the bounding set still says so), it gave it up once its raw sockets existed.
+    assert status["CapBnd"] == only_net_raw
+    assert [status[key] for key in ("CapEff", "CapPrm", "CapInh", "CapAmb")] == ["0" * 16] * 4
     assert status["NoNewPrivs"] == "1"
     assert forwarder.stop() == 0, forwarder.process.output()
 
 
 @pytest.mark.privileged
-def test_forwarder_as_nobody_without_cap_net_admin_exits_77_naming_the_capability(
+def test_forwarder_as_nobody_without_any_capability_exits_77_naming_the_unit_setting(
     lab: Lab, notify_for_nobody: NotifyReceiver, forwarder_for_nobody: NobodyForwarder
 ) -> None:
     lab.build(seed_deployment())
@@ -336,7 +341,7 @@ def test_forwarder_as_nobody_without_cap_net_admin_exits_77_naming_the_capabilit
     lab["client"].send_udp(src="203.0.113.7", dst="198.51.100.1", sport=4242, dport=27000, payload=b"x")
 
     assert forwarder.process.wait(15) == 77
-    assert "CAP_NET_ADMIN" in forwarder.process.output()
+    assert "AmbientCapabilities=CAP_NET_RAW" in forwarder.process.output()
     assert notify_for_nobody.values("READY") == []
 
 
@@ -356,19 +361,27 @@ def syscall_set(names: set[str], seen: frozenset[str] = frozenset()) -> set[str]
 
 
 def allowed_syscalls(unit: Path) -> set[str]:
-    """What the unit's SystemCallFilter= lines let through: the allow lists, minus the ~ deny lists."""
+    """What the unit's SystemCallFilter= lines let through, in order as systemd applies them: the first
+    (an allow list here) sets the default, each later ~ list removes calls and each later list adds some."""
+    values = parse_unit(unit)["Service.SystemCallFilter"]
+    assert not values[0].startswith("~"), f"{unit.name}: expected the first SystemCallFilter= to allow"
     allowed: set[str] = set()
-    denied: set[str] = set()
-    for value in parse_unit(unit)["Service.SystemCallFilter"]:
+    for value in values:
         if value.startswith("~"):
-            denied |= syscall_set(set(value[1:].split()))
+            allowed -= syscall_set(set(value[1:].split()))
         else:
             allowed |= syscall_set(set(value.split()))
-    return allowed - denied
+    return allowed
 
 
-@pytest.mark.privileged
-def test_forwarder_makes_only_system_calls_the_hardened_unit_allows(lab: Lab, tmp_path: Path) -> None:
+PROXY_PROTOCOL = "proxy-protocol-udp-forwarder@.service"
+# Root without a capability, as the PROXY protocol unit runs it (CapabilityBoundingSet= empty).
+NO_CAPABILITY = ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"]
+
+
+def traced_system_calls(lab: Lab, tmp_path: Path, args: list[str], prefix: list[str]) -> set[str]:
+    """The system calls the forwarder makes in service (start, forward two clients, report STATUS=, stop
+    on SIGTERM) with `args`, under `prefix` (run in front of strace), as strace counts them."""
     strace = shutil.which("strace")
     assert strace is not None, "strace not found: install the Debian package 'strace'"
     trace = tmp_path / "strace.out"
@@ -381,15 +394,17 @@ def test_forwarder_makes_only_system_calls_the_hardened_unit_allows(lab: Lab, tm
         lab["host"],
         [LISTEN],
         ["192.0.2.2:27000"],
-        args=["--stats-interval", "0.1"],
-        command_prefix=[strace, "-DDD", "-f", "-qq", "-c", "-U", "name", "-o", str(trace)],
+        args=["--stats-interval", "0.1", *args],
+        command_prefix=[*prefix, strace, "-DDD", "-f", "-qq", "-c", "-U", "name", "-o", str(trace)],
     )
 
-    # Everything the daemon does in service: start, forward, report STATUS=, stop on SIGTERM.
     lab["client"].send_udp(src="203.0.113.7", dst="198.51.100.1", sport=4242, dport=27000, payload=b"first")
     forwarder.wait_ready()
     lab["client"].send_udp(src="203.0.113.8", dst="198.51.100.1", sport=5353, dport=27000, payload=b"second")
-    assert [backend.recvfrom(65535)[0] for _ in range(2)] == [b"first", b"second"]
+    # With --send-proxy-protocol each datagram arrives after its PROXY header.
+    received = [backend.recvfrom(65535)[0] for _ in range(2)]
+    expected = (b"first", b"second")
+    assert all(data.endswith(end) for data, end in zip(received, expected, strict=True)), received
     forwarder.notify.wait_for("STATUS", timeout=5, after=forwarder.notify.wait_for("READY", "1").time)
     assert forwarder.stop() == 0, forwarder.process.output()
 
@@ -397,10 +412,34 @@ def test_forwarder_makes_only_system_calls_the_hardened_unit_allows(lab: Lab, tm
     lines = [line.strip() for line in trace.read_text().splitlines()]
     used = {line for line in lines if re.fullmatch(r"[a-z0-9_]+", line) and line not in ("syscall", "total")}
     assert {"setsockopt", "sendto", "recvfrom"} & used, f"strace recorded no socket calls: {lines}"
+    return used
+
+
+@pytest.mark.privileged
+def test_forwarder_makes_only_system_calls_the_hardened_unit_allows(lab: Lab, tmp_path: Path) -> None:
+    used = traced_system_calls(lab, tmp_path, [], [])
+
     assert used - allowed_syscalls(UNITS / HARDENED) == set()
 
 
-PROXY_PROTOCOL = "proxy-protocol-udp-forwarder@.service"
+@pytest.mark.privileged
+def test_the_hardened_unit_lets_the_forwarder_drop_its_capabilities(lab: Lab, tmp_path: Path) -> None:
+    # --send-proxy-protocol (allowed in OPTIONS=) needs no capability after start-up: it drops them with
+    # capset, which SystemCallFilter=~@privileged alone would refuse.
+    used = traced_system_calls(lab, tmp_path, ["--send-proxy-protocol"], [])
+
+    assert "capset" in used
+    assert used - allowed_syscalls(UNITS / HARDENED) == set()
+
+
+@pytest.mark.privileged
+def test_forwarder_without_capabilities_makes_only_system_calls_the_proxy_protocol_unit_allows(
+    lab: Lab, tmp_path: Path
+) -> None:
+    used = traced_system_calls(lab, tmp_path, ["--send-proxy-protocol"], NO_CAPABILITY)
+
+    assert "capset" not in used  # nothing to drop: no call the unit's filter would refuse
+    assert used - allowed_syscalls(UNITS / PROXY_PROTOCOL) == set()
 
 
 def test_proxy_protocol_service_without_capabilities_has_an_exposure_well_under_1_5(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """The contenders of `netlab bench`: kernel DNAT (with and without RPS), the per-datagram reference, the
-forwarder in both receive modes, and the peers from Debian's archive, nginx (stream module, transparent
+forwarder in its default configuration (the raw send path) and its other modes (per-client sockets, GSO,
+relay, single receive, PROXY v2 in), and the peers from Debian's archive, nginx (stream module, transparent
 `proxy_bind`) and go-mmproxy (PROXY v2 in, transparent out). Each is a context manager that starts it on
 the host and tears it down; every userspace contender is pinned to the same core (CONTENDER_CPU).
 
@@ -72,6 +73,8 @@ def per_datagram_reference(bench: BenchLab, case: Case) -> Iterator[Process]:
 
 
 FORWARDER_ARGS = ["--log-level", "warning", "--receive-buffer", str(4 << 20), "--max-flows", "4096"]
+# The per-client sockets path, raced (and its memory measured) beside the default raw send path.
+SOCKETS_PATH = ("--send-path", "sockets")
 
 
 def forwarder_with(*extra: str) -> Setup:
@@ -79,6 +82,8 @@ def forwarder_with(*extra: str) -> Setup:
 
     @contextmanager
     def setup(bench: BenchLab, case: Case) -> Iterator[Process]:
+        # Echo cases too run the default checksum (0): the backend's echo sets it back to 0 after its port
+        # rewrite (see BACKEND_ECHO).
         with socket_activated(bench, None, [*FORWARDER_ARGS, *extra], command_prefix=PINNED) as started:
             yield started.process
 
@@ -152,6 +157,8 @@ CONTENDERS = {
         Contender("per-datagram", per_datagram_reference),
         Contender("forwarder", forwarder_with()),
         Contender("forwarder-gso", forwarder_with("--gso")),
+        Contender("forwarder-sockets", forwarder_with(*SOCKETS_PATH)),
+        Contender("forwarder-checksum", forwarder_with("--udp-checksum", "compute")),
         # Relay mode: connected flow sockets; in echo cases it carries the replies back itself.
         Contender("forwarder-relay", forwarder_with("--reply", "relay"), relays_replies=True),
         Contender("forwarder-single", forwarder_with("--receive", "single")),

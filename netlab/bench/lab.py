@@ -44,12 +44,15 @@ BACKEND_COUNTER = f"""table inet netlab_bench {{
 """
 # The backend's kernel answers every benchmark datagram: stateless rewrites at ingress (addresses and
 # ports swapped; the client is the sender, whose address every contender presents) and straight back out.
+# The checksum is set to 0 ("none" over IPv4) last: nft's port rewrite adjusts the checksum incrementally
+# even when it is 0, so a datagram the forwarder's raw path sent without one (checksum 0, its default) came
+# back with a wrong one, and the host dropped every reply (UDP InCsumErrors).
 BACKEND_ECHO = f"""table netdev netlab_echo {{
     counter echoed {{ }}
     chain ingress {{
         type filter hook ingress device "to-host" priority filter; policy accept;
         ip daddr {BACKEND_ADDRESS} udp dport {PORT} counter name "echoed" ip saddr set {BACKEND_ADDRESS} \\
-            ip daddr set {SENDER_ADDRESS} udp dport set udp sport udp sport set {PORT} \\
+            ip daddr set {SENDER_ADDRESS} udp dport set udp sport udp sport set {PORT} udp checksum set 0 \\
             fwd ip to {HOST_BACKEND_SIDE} device "to-host"
     }}
 }}

@@ -1,10 +1,12 @@
-"""What open flows cost the forwarder: its RSS and the kernel's slab memory, measured with many flows open."""
+"""What open flows cost the forwarder: its RSS, the kernel's slab memory and its file descriptors, measured
+with many flows open, on each send path (the raw one holds no socket per flow, the per-client one does)."""
 
+import os
 import resource
 import time
 from dataclasses import dataclass
 
-from netlab.bench.contenders import FORWARDER_ARGS, socket_activated
+from netlab.bench.contenders import FORWARDER_ARGS, SOCKETS_PATH, socket_activated
 from netlab.bench.lab import BenchLab, Case
 from netlab.errors import LabTimeoutError
 from netlab.service.activation import ForwarderUnderTest
@@ -21,14 +23,29 @@ def kib_field(path: str, name: str) -> int:
     raise LabTimeoutError(f"no {name} in {path}")
 
 
+# The contenders whose flows are measured, and the forwarder arguments that make each.
+MEASURED_PATHS: dict[str, tuple[str, ...]] = {"forwarder": (), "forwarder-sockets": SOCKETS_PATH}
+# Per-client sockets cost one descriptor each: the measurement needs this many more than it has flows.
+FD_HEADROOM = 1024
+
+
+def open_fds(pid: int) -> int:
+    """How many file descriptors process `pid` holds."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 @dataclass
 class FlowMemory:
-    """What `flows` open flows cost: the forwarder's RSS and the kernel's slab memory (socket structures)."""
+    """What `flows` open flows cost the forwarder `contender`: its RSS, the kernel's slab memory (socket
+    structures) and its file descriptors (one per flow on the per-client sockets path)."""
 
     flows: int
     rss_kib_before: int
     rss_kib_after: int
     slab_kib_delta: int
+    contender: str = "forwarder"
+    fds_before: int = 0
+    fds_after: int = 0
 
     @property
     def rss_bytes_per_flow(self) -> float:
@@ -38,6 +55,10 @@ class FlowMemory:
     def kernel_bytes_per_flow(self) -> float:
         return self.slab_kib_delta * 1024 / self.flows
 
+    @property
+    def fds_per_flow(self) -> float:
+        return (self.fds_after - self.fds_before) / self.flows
+
 
 def wait_status_after(forwarder: ForwarderUnderTest, moment: float) -> NotifyEvent:
     """The first STATUS= with a flow count the forwarder sends after `moment` (time.monotonic())."""
@@ -46,26 +67,32 @@ def wait_status_after(forwarder: ForwarderUnderTest, moment: float) -> NotifyEve
     )
 
 
-def measure_flow_memory(bench: BenchLab, flows: int = 100_000) -> FlowMemory:
-    """Open `flows` flows in one forwarder (its cap raised to fit) and read its RSS and the slab growth.
+def measure_flow_memory(bench: BenchLab, flows: int = 100_000, contender: str = "forwarder") -> FlowMemory:
+    """Open `flows` flows in one forwarder (its cap raised to fit) on the send path of `contender` (a key
+    of MEASURED_PATHS) and read its RSS, the slab growth and its file descriptors.
 
-    Each flow is a socket, so RLIMIT_NOFILE bounds the count; without CAP_SYS_RESOURCE the hard limit
-    cannot be raised, and the measurement uses as many flows as it allows (the report says how many).
-    On a loaded machine a flow's datagrams may all be lost; the count is then the flows the forwarder
-    reports open once the traffic has settled, not the flows sent.
+    On the per-client sockets path each flow is a socket, so RLIMIT_NOFILE bounds the count; without
+    CAP_SYS_RESOURCE the hard limit cannot be raised, and the measurement uses as many flows as it allows
+    (the report says how many). The raw path holds no descriptor per flow and takes them all. On a loaded
+    machine a flow's datagrams may all be lost; the count is then the flows the forwarder reports open
+    once the traffic has settled, not the flows sent.
     """
+    extra = MEASURED_PATHS[contender]
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    if hard != resource.RLIM_INFINITY:
-        flows = min(flows, hard - 1024)
-    prefix = ["prlimit", f"--nofile={flows + 1024}:{flows + 1024}", "--"]
-    args = [*FORWARDER_ARGS, "--max-flows", str(flows + 16), "--stats-interval", "1"]
+    if extra == SOCKETS_PATH and hard != resource.RLIM_INFINITY:
+        flows = min(flows, hard - FD_HEADROOM)
+    limit = flows + FD_HEADROOM if hard == resource.RLIM_INFINITY else min(flows + FD_HEADROOM, hard)
+    prefix = ["prlimit", f"--nofile={limit}:{limit}", "--"]
+    args = [*FORWARDER_ARGS, *extra, "--max-flows", str(flows + 16), "--stats-interval", "1"]
     bench.set_rps(False)
     with socket_activated(bench, None, args, command_prefix=prefix) as forwarder:
-        status = f"/proc/{forwarder.process.pid}/status"
+        pid = forwarder.process.pid
+        status = f"/proc/{pid}/status"
         # The activating datagram opened a flow already: count only the flows the blast adds.
         initial = open_flows(wait_status_after(forwarder, time.monotonic()).value)
         rss_before = kib_field(status, "VmRSS")
         slab_before = kib_field("/proc/meminfo", "Slab")
+        fds_before = open_fds(pid)
         # Every flow sends a few datagrams, paced well below saturation so that none is lost to overload.
         bench.blast(Case(64, flows), duration=max(2.0, flows / 50_000), rate=50_000)
         bench.settle(Case(64, flows))
@@ -74,4 +101,7 @@ def measure_flow_memory(bench: BenchLab, flows: int = 100_000) -> FlowMemory:
         final = open_flows(wait_status_after(forwarder, settled).value)
         rss_after = kib_field(status, "VmRSS")
         slab_after = kib_field("/proc/meminfo", "Slab")
-    return FlowMemory(final - initial, rss_before, rss_after, slab_after - slab_before)
+        fds_after = open_fds(pid)
+    return FlowMemory(
+        final - initial, rss_before, rss_after, slab_after - slab_before, contender, fds_before, fds_after
+    )

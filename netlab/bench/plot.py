@@ -35,8 +35,9 @@ def ratio_panels(document: Mapping[str, Any]) -> dict[str, dict[str, dict[str, f
 
 
 def is_quick(document: Mapping[str, Any]) -> bool:
-    """Whether the document is of a quick run: only a full run has loss tests and the flow memory."""
-    return not document.get("loss") and document.get("flow_memory") is None
+    """Whether the document is of a quick run: only a full run has loss tests and the flow memory (one
+    entry per send path measured; None in documents written before there were two)."""
+    return not document.get("loss") and not document.get("flow_memory")
 
 
 def plot_ratios(document: Mapping[str, Any], path: Path) -> Path:

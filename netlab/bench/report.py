@@ -92,7 +92,8 @@ def memory_line(memory: FlowMemory) -> str:
     rss_100k = (memory.rss_kib_before * 1024 + 100_000 * memory.rss_bytes_per_flow) / 2**20
     kernel_100k = 100_000 * memory.kernel_bytes_per_flow / 2**20
     return (
-        f"{memory.flows} open flows: forwarder RSS {memory.rss_kib_before / 1024:.1f} -> "
+        f"{memory.contender}: {memory.flows} open flows, {memory.fds_before} -> {memory.fds_after} file "
+        f"descriptors ({memory.fds_per_flow:.2f}/flow): RSS {memory.rss_kib_before / 1024:.1f} -> "
         f"{memory.rss_kib_after / 1024:.1f} MiB (+{rss:.1f} MiB, {memory.rss_bytes_per_flow:.0f} B/flow); "
         f"kernel slab +{memory.slab_kib_delta / 1024:.1f} MiB ({memory.kernel_bytes_per_flow:.0f} B/flow); "
         f"at 100000 flows: RSS ~{rss_100k:.0f} MiB, kernel ~{kernel_100k:.0f} MiB"
@@ -103,14 +104,14 @@ def text_report(
     summaries: list[Summary],
     solo: dict[str, float],
     loss_runs: list[Run],
-    memory: FlowMemory | None,
+    memory: list[FlowMemory],
     skipped: dict[str, str] | None = None,
 ) -> str:
-    """The table, then the skipped contenders and the memory and loss lines of a full run."""
+    """The table, then the skipped contenders and the memory (one line per send path) and loss lines of a
+    full run."""
     lines = [format_table(summaries, solo)]
     lines += [f"skipped {name}: {reason}" for name, reason in (skipped or {}).items()]
-    if memory is not None:
-        lines.append(memory_line(memory))
+    lines += [memory_line(measured) for measured in memory]
     lines += [
         f"loss at {thousands(run.rate_limit)}/s offered, {run.case}: {run.loss:.3%} "
         f"({run.offered - run.delivered} of {run.offered} lost)"
@@ -124,20 +125,22 @@ def json_document(
     solo: dict[str, float],
     runs: list[Run],
     loss_runs: list[Run],
-    memory: FlowMemory | None,
+    memory: list[FlowMemory],
     *,
     skipped: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Everything measured, for machines: summaries per case, every run, loss runs, flow memory, and the
-    contenders skipped (with why)."""
+    """Everything measured, for machines: summaries per case, every run, loss runs, flow memory (by
+    contender: one per send path), and the contenders skipped (with why)."""
     return {
         "skipped": dict(skipped or {}),
-        "flow_memory": None
-        if memory is None
-        else asdict(memory)
-        | {
-            "rss_bytes_per_flow": memory.rss_bytes_per_flow,
-            "kernel_bytes_per_flow": memory.kernel_bytes_per_flow,
+        "flow_memory": {
+            measured.contender: asdict(measured)
+            | {
+                "rss_bytes_per_flow": measured.rss_bytes_per_flow,
+                "kernel_bytes_per_flow": measured.kernel_bytes_per_flow,
+                "fds_per_flow": measured.fds_per_flow,
+            }
+            for measured in memory
         },
         "sender_solo_per_s": solo,
         "cases": [asdict(summary) for summary in summaries],

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from netlab.bench.contenders import CONTENDERS
 from netlab.bench.lab import BenchLab, Case, Run
-from netlab.bench.memory import measure_flow_memory
+from netlab.bench.memory import MEASURED_PATHS, FlowMemory, measure_flow_memory
 from netlab.bench.report import json_document, memory_line, progress_line, text_report, thousands
 from netlab.bench.stats import summarize
 from netlab.errors import UsageError
@@ -36,7 +36,7 @@ class Settings:
     duration: float = 0.5
     contenders: list[str] = field(default_factory=list)
     loss_tests: bool = False
-    memory_flows: int = 0  # measure what this many open flows cost (0: skip)
+    memory_flows: int = 0  # measure what this many open flows cost on each send path raced (0: skip)
 
     @classmethod
     def quick(cls) -> "Settings":
@@ -114,9 +114,11 @@ def run_bench(
                         file=progress,
                         flush=True,
                     )
-        memory = measure_flow_memory(bench, settings.memory_flows) if settings.memory_flows else None
-        if memory is not None:
-            print(f"[memory] {memory_line(memory)}", file=progress, flush=True)
+        memory: list[FlowMemory] = []
+        for name in MEASURED_PATHS if settings.memory_flows else ():
+            if name in names:  # each send path raced is measured
+                memory.append(measure_flow_memory(bench, settings.memory_flows, name))
+                print(f"[memory] {memory_line(memory[-1])}", file=progress, flush=True)
     document = json_document(summaries, solo, runs, loss_runs, memory, skipped=skipped)
     if plot is not None:
         plot(document)

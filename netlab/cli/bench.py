@@ -90,7 +90,8 @@ def register(commands: Commands) -> None:
         "--contenders",
         metavar="NAME,...",
         help="measure only these, comma-separated: kernel-dnat+rps, kernel-dnat, per-datagram, forwarder, "
-        "forwarder-gso, forwarder-relay, forwarder-single, forwarder-proxy-v2, nginx, go-mmproxy "
+        "forwarder-gso, forwarder-sockets, forwarder-checksum, forwarder-relay, forwarder-single, "
+        "forwarder-proxy-v2, nginx, go-mmproxy "
         "(default: all; missing packages are skipped)",
     )
     bench.add_argument(

@@ -1,0 +1,270 @@
+"""The raw send path: one raw IPPROTO_UDP socket per family sends every client's datagrams, so no client
+holds a socket of its own and a received batch leaves with one sendmmsg across all its clients.
+
+Without IP_HDRINCL the kernel still builds the IP header, routes, runs netfilter and fragments; we give it
+the UDP header (client port, backend port, length, checksum) as the first iovec of each message, the
+payload straight from the receive buffer as the second, the backend (port 0) as its name and the client's
+address as the source in an IP_PKTINFO / IPV6_PKTINFO control message. IPv6 gets the kernel's checksum
+(IPV6_CHECKSUM); IPv4 raw sockets have none, so it is 0 ("none", RFC 768) or computed here (`checksum`).
+"""
+
+import ctypes
+import errno
+import socket
+import struct
+from collections.abc import Callable, Iterable
+
+from forwarder.batch import IOVec, MMsgHdr
+from forwarder.core import sockaddr_bytes
+from forwarder.machine import Flow
+from forwarder.sockets import IP_PKTINFO, set_receive_errors, set_transparent
+
+IPV6_CHECKSUM = 7
+SO_ATTACH_FILTER = 26
+SO_SNDBUFFORCE = 32
+UDP_HEADER = 8
+# A batch of the largest datagrams (64 x 64 KiB) fits; a limit, not an allocation. Where it cannot be
+# forced (no CAP_NET_ADMIN) the kernel caps it at net.core.wmem_max, and a full buffer makes sendmmsg wait
+# (the socket blocks, for at most SEND_TIMEOUT) instead of dropping.
+SEND_BUFFER = 8 << 20
+SEND_TIMEOUT = struct.pack("@ll", 1, 0)  # struct timeval: 1 s
+# One classic BPF instruction, BPF_RET|BPF_K 0: the socket accepts nothing, so it never queues copies of
+# the host's UDP traffic (a raw IPPROTO_UDP socket gets one of every datagram the host receives).
+_DROP_ALL = struct.pack("=HBBI", 0x06, 0, 0, 0)
+_SIZE = ctypes.sizeof(MMsgHdr)
+_WORDS = _SIZE // 8  # u64 words per struct mmsghdr: msg_name is word 0, msg_namelen word 1
+# The control message of each datagram: a cmsghdr and struct in_pktinfo (ifindex 0, ipi_spec_dst = the
+# client, ipi_addr unused) / struct in6_pktinfo (the client, ifindex 0).
+CONTROL_SPACE = {socket.AF_INET: socket.CMSG_SPACE(12), socket.AF_INET6: socket.CMSG_SPACE(20)}
+_PKTINFO = {socket.AF_INET: (socket.IPPROTO_IP, IP_PKTINFO), socket.AF_INET6: (socket.IPPROTO_IPV6, 50)}
+# Whether a send on a raw socket that failed with an errno failed by an earlier datagram's ICMP error (the
+# engine reads the socket's error queue to say: forwarder.icmp.failed_by_pending_error).
+Pending = Callable[[socket.socket, int], bool]
+_HEADER = struct.Struct("!4sHH")  # the ports (prebuilt), the length, the checksum
+_LENGTH = struct.Struct("!HH")
+
+
+def open_raw_socket(family: socket.AddressFamily) -> socket.socket:
+    """The raw UDP socket that sends as every client of `family`: transparent, queueing ICMP errors,
+    receiving nothing else. PermissionError without CAP_NET_RAW (or where a seccomp filter forbids it)."""
+    sock = socket.socket(family, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.IPPROTO_UDP)
+    try:
+        program = ctypes.create_string_buffer(_DROP_ALL, len(_DROP_ALL))
+        sock.setsockopt(
+            socket.SOL_SOCKET, SO_ATTACH_FILTER, struct.pack("@HxxxxxxP", 1, ctypes.addressof(program))
+        )
+        _discard(sock)  # copies queued before the filter was attached
+        set_transparent(sock)
+        set_receive_errors(sock)
+        if family == socket.AF_INET6:  # the kernel fills in the UDP checksum at offset 6
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_CHECKSUM, 6)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SEND_BUFFER)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, SEND_TIMEOUT)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _discard(sock: socket.socket) -> None:
+    while True:
+        try:
+            sock.recv(1, socket.MSG_DONTWAIT)
+        except OSError:
+            return
+
+
+def udp_checksum(partial: int, length: int, payload: memoryview | bytes) -> int:
+    """The IPv4 UDP checksum of a datagram of `length` bytes (header included) given `partial`, the sum of
+    its pseudo header's addresses and protocol and of its ports, and the payload. The 16-bit ones'
+    complement sum of a byte string is the big-endian integer it spells, modulo 0xFFFF (2**16 = 1 there),
+    which Python computes without a loop; an odd payload is padded with a zero byte (one shift). A sum of 0
+    (all ones) is sent as 0xFFFF: 0 would mean "no checksum"."""
+    data = int.from_bytes(payload, "big")
+    if len(payload) & 1:
+        data <<= 8
+    total = (partial + 2 * length + data) % 0xFFFF
+    return 0xFFFF - total if total else 0xFFFF
+
+
+class RawFlow:
+    """What a flow's datagrams need on the raw path, built once when the flow opens: its ports, the sum its
+    checksum starts from, its control message, and where the backend's sockaddr (port 0) is."""
+
+    __slots__ = ("batch", "control", "destination", "name", "partial", "pktinfo", "ports")
+
+    def __init__(self, batch: "RawBatch", source: tuple[str, int], destination: tuple[str, int]) -> None:
+        family = batch.family
+        self.batch = batch
+        self.ports = struct.pack("!HH", source[1], destination[1])
+        self.destination = (destination[0], 0)
+        self.name = batch.name_of(destination[0])
+        address = socket.inet_pton(family, source[0])
+        if family == socket.AF_INET6:
+            self.pktinfo = address + bytes(4)
+        else:
+            self.pktinfo = bytes(4) + address + bytes(4)
+        level, kind = _PKTINFO[family]
+        header = struct.pack("@Nii", socket.CMSG_LEN(len(self.pktinfo)), level, kind)
+        self.control = (header + self.pktinfo).ljust(CONTROL_SPACE[family], b"\0")
+        backend = socket.inet_pton(family, destination[0])
+        self.partial = (
+            int.from_bytes(address, "big")
+            + int.from_bytes(backend, "big")
+            + socket.IPPROTO_UDP
+            + source[1]
+            + destination[1]
+        )
+
+
+class RawBatch:
+    """The messages of one family waiting for one sendmmsg: per message, a preallocated UDP header and
+    control buffer; the payload iovec points into the receive buffer (nothing is copied)."""
+
+    def __init__(self, sock: socket.socket, sendmmsg: Callable[..., int], batch: int, checksum: bool) -> None:
+        self.sock = sock
+        self.family = sock.family
+        self.fd = sock.fileno()
+        self.checksum = checksum and self.family == socket.AF_INET
+        self._sendmmsg = sendmmsg
+        self.batch = batch
+        space = self.space = CONTROL_SPACE[self.family]
+        self._headers = (MMsgHdr * batch)()
+        self._iovecs = (IOVec * (2 * batch))()
+        self.udp = bytearray(UDP_HEADER * batch)
+        self.control = bytearray(space * batch)
+        udp_array = (ctypes.c_char * len(self.udp)).from_buffer(self.udp)
+        control_array = (ctypes.c_char * len(self.control)).from_buffer(self.control)
+        self._arrays = (udp_array, control_array)
+        for index in range(batch):
+            self._iovecs[2 * index].iov_base = ctypes.addressof(udp_array) + UDP_HEADER * index
+            self._iovecs[2 * index].iov_len = UDP_HEADER
+            header = self._headers[index].msg_hdr
+            header.msg_iov = ctypes.addressof(self._iovecs[2 * index])
+            header.msg_iovlen = 2
+            header.msg_namelen = 16 if self.family == socket.AF_INET else 28
+            header.msg_control = ctypes.addressof(control_array) + space * index
+            header.msg_controllen = space
+        self._address = ctypes.addressof(self._headers)
+        self._u64 = memoryview(self._headers).cast("B").cast("Q")
+        self._iov = memoryview(self._iovecs).cast("B").cast("Q")
+        self._names: dict[str, ctypes.Array[ctypes.c_char]] = {}
+        self.flows: list[Flow | None] = [None] * batch
+        self.count = 0
+
+    def name_of(self, address: str) -> int:
+        """The address of a struct sockaddr for `address`, port 0 (kept for good: a few destinations)."""
+        name = self._names.get(address)
+        if name is None:
+            raw = sockaddr_bytes(self.family, (address, 0))
+            name = self._names[address] = ctypes.create_string_buffer(raw, len(raw))
+        return ctypes.addressof(name)
+
+    def queue(self, flow: Flow, raw: RawFlow, base: int, payload: memoryview) -> None:
+        """Add a datagram of `flow` whose payload is `payload`, found at address `base`. A slot that held
+        the same flow last time keeps its name, control message and ports (one busy flow rewrites none)."""
+        index = self.count
+        length = len(payload)
+        iov = self._iov
+        iov[4 * index + 2] = base
+        iov[4 * index + 3] = length
+        if self.flows[index] is not flow:
+            self.flows[index] = flow
+            self._u64[index * _WORDS] = raw.name
+            space = self.space
+            self.control[space * index : space * index + space] = raw.control
+            self.udp[UDP_HEADER * index : UDP_HEADER * index + 4] = raw.ports
+        total = length + UDP_HEADER
+        checksum = udp_checksum(raw.partial, total, payload) if self.checksum else 0
+        _LENGTH.pack_into(self.udp, UDP_HEADER * index + 4, total, checksum)
+        self.count = index + 1
+
+    def flush(self, failed: list[tuple[Flow, int]], pending: Pending) -> None:
+        """Send what is queued; each datagram that could not be sent is added to `failed` with its errno. A
+        send failing with an ICMP error left pending by an earlier datagram (`pending` says, from the error
+        queue, where it is counted) is tried once more: it never costs a datagram."""
+        first, count = 0, self.count
+        retried = -1
+        while first < count:
+            sent: int = self._sendmmsg(self.fd, self._address + first * _SIZE, count - first, 0)
+            if sent >= 0:
+                first += sent
+                continue
+            error_number = ctypes.get_errno()
+            if error_number == errno.EINTR:
+                continue
+            if retried != first and pending(self.sock, error_number):
+                retried = first
+                continue
+            failed.append((self.flows[first], error_number))  # type: ignore[arg-type]
+            first += 1
+        self.count = 0
+
+
+def _never(sock: socket.socket, error_number: int) -> bool:
+    return False
+
+
+class RawSend:
+    """The raw sockets, one batch of messages per family, and the flows' prebuilt parts."""
+
+    def __init__(self, sockets: Iterable[socket.socket], batch: int, *, checksum: bool) -> None:
+        sendmmsg = ctypes.CDLL(None, use_errno=True).sendmmsg
+        sendmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
+        sendmmsg.restype = ctypes.c_int
+        self.checksum = checksum
+        self.batches = {sock.family: RawBatch(sock, sendmmsg, batch, checksum) for sock in sockets}
+        # The datagrams a flush could not send, with their errno: the caller counts them and clears it.
+        self.failed: list[tuple[Flow, int]] = []
+        self.pending: Pending = _never  # set by the engine, which reads (and counts) the error queues
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return [batch.sock for batch in self.batches.values()]
+
+    def prepare(self, flow: Flow) -> None:
+        """Build what `flow`'s datagrams need on the raw path (once, when it opens)."""
+        flow.raw = RawFlow(self.batches[flow.path.destination.family], flow.source, flow.path.target)
+
+    def queue(self, flow: Flow, base: int, payload: memoryview) -> None:
+        """Add a datagram of `flow` (prepared) to its family's batch; sent by `flush`."""
+        raw: RawFlow = flow.raw  # type: ignore[assignment]
+        batch = raw.batch
+        if batch.count == batch.batch:
+            batch.flush(self.failed, self.pending)
+        batch.queue(flow, raw, base, payload)
+
+    def flush(self) -> list[tuple[Flow, int]]:
+        """Send every queued datagram (one sendmmsg per family); return `failed`, the ones that could not
+        be sent (since it was last cleared) with their errno."""
+        for batch in self.batches.values():
+            if batch.count:
+                batch.flush(self.failed, self.pending)
+        return self.failed
+
+    def send(self, flow: Flow, payload: memoryview) -> int:
+        """Send one datagram of `flow` (prepared) now; 0, or the errno it failed with."""
+        raw: RawFlow = flow.raw  # type: ignore[assignment]
+        batch = raw.batch
+        total = len(payload) + UDP_HEADER
+        checksum = udp_checksum(raw.partial, total, payload) if batch.checksum else 0
+        header = _HEADER.pack(raw.ports, total, checksum)
+        level, kind = _PKTINFO[batch.family]
+        retried = False
+        while True:
+            try:
+                batch.sock.sendmsg((header, payload), [(level, kind, raw.pktinfo)], 0, raw.destination)
+            except OSError as error:
+                error_number = error.errno or errno.EIO
+                if not retried and self.pending(batch.sock, error_number):
+                    retried = True
+                    continue
+                return error_number
+            return 0
+
+    def close(self) -> None:
+        for batch in self.batches.values():
+            batch.sock.close()
