@@ -175,6 +175,20 @@ def test_the_bench_command_exits_64_on_an_unknown_contender(capsys: pytest.Captu
     assert len(message.splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--runs", "0"), ("--runs", "-2"), ("--duration", "-1"), ("--duration", "0"), ("--duration", "nan")],
+)
+def test_the_bench_command_exits_64_on_runs_or_a_duration_it_could_never_measure(
+    option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: 0 runs measured nothing and exited 0; a negative duration measured for ever.
+    assert main(["bench", option, value]) == os.EX_USAGE
+    message = capsys.readouterr().err
+    assert f"{option} {float(value) if option == '--duration' else int(value)}" in message
+    assert len(message.splitlines()) == 1
+
+
 def test_a_contender_whose_package_is_missing_is_skipped_with_a_line_naming_the_package(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

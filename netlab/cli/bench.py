@@ -3,6 +3,7 @@ the C original's algorithm; `--plot FILE.svg` draws the ratios (of this run, or 
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise UsageError(f"--plot {args.plot!r}: expected a file ending in one of {', '.join(FORMATS)}")
     if args.from_file is not None:
         return _plot(_saved(Path(args.from_file)), Path(args.plot))
+    if args.runs is not None and args.runs < 1:
+        raise UsageError(f"--runs {args.runs}: expected 1 or more")
+    if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
+        raise UsageError(f"--duration {args.duration}: expected a finite number of seconds above 0")
     contenders = parse_contenders(args.contenders) if args.contenders is not None else []  # empty: all
     rates = parse_rates(args.echo_rates) if args.echo_rates is not None else None
     require_privileges()
