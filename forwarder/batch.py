@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 BATCH = 64
 MSG_DONTWAIT = 0x40
-MSG_TRUNC = socket.MSG_TRUNC
+MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: an IntFlag makes every `flags & MSG_TRUNC` an enum call
 NAME_SPACE = 32  # room for a struct sockaddr_in6 (28 bytes), rounded up
 NAME_LENGTH = {socket.AF_INET: 16, socket.AF_INET6: 28}
 

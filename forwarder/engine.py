@@ -2,14 +2,17 @@
 the machine what to do with every datagram; the engine does it (opens and closes flow sockets, sends, logs
 drops, rate-limited) and reports back. It watches the flow sockets too: their error queues (ICMP errors
 about the backend, in both modes) and, in relay mode, the backend's replies, which it sends to the client
-from the listening socket the client used. It keeps the service manager informed (READY, STATUS, WATCHDOG,
-STOPPING). Every decision and every count is the machine's (forwarder.machine).
+from the listening socket the client used: one pass per loop turn over the flow sockets that are ready
+(recvmmsg on each), then one sendmmsg per listener for every reply of the pass (forwarder.replies). It
+keeps the service manager informed (READY, STATUS, WATCHDOG, STOPPING). Every decision and every count is
+the machine's (forwarder.machine).
 """
 
 import collections
 import contextlib
 import errno
 import logging
+import select
 import selectors
 import signal
 import socket
@@ -21,7 +24,7 @@ from dataclasses import dataclass, field
 from forwarder import receive
 from forwarder.activation import ListeningSocket
 from forwarder.batch import BATCH
-from forwarder.core import Counters, bounded_put, decode_sockaddr, plain_address
+from forwarder.core import Counters, SockAddr, bounded_put, decode_sockaddr, plain_address, sockaddr_bytes
 from forwarder.destination import Destination
 from forwarder.endpoint import endpoint_text
 from forwarder.icmp import (
@@ -45,6 +48,7 @@ from forwarder.machine import (
 from forwarder.metrics import MetricsFile
 from forwarder.notify import Notifier
 from forwarder.rawsend import UDP_HEADER, RawSend
+from forwarder.replies import ReplyBatch, source_control
 from forwarder.sender import open_flow_socket, open_once_socket, open_plain_flow_socket, sharing_port
 from forwarder.sockets import IP_PKTINFO, set_receive_buffer, set_receive_pktinfo
 
@@ -63,6 +67,10 @@ RELAY_FLOW_BUFFER = 4 << 20
 # README's "Signals" section. SIGTERM and SIGINT stop the loop.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 OTHER_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)
+# Raw sockaddrs of clients and control messages of reply sources, built once each (bounded).
+NAME_CACHE_SIZE = 4096
+# The selector's data of the one file descriptor that stands for every flow socket (their own epoll).
+FLOW_SOCKETS = "flow sockets"
 
 log = logging.getLogger("forwarder")
 
@@ -155,10 +163,22 @@ class Engine:
         for route in self.routes:
             sock = route.listener.sock
             self._listeners_on.setdefault(int(sock.getsockname()[1]), []).append(sock)
-        self._selector: selectors.BaseSelector | None = None  # while running: flow sockets are watched
         self._reply_view = memoryview(bytearray(buffer_size))
         self._reply_buffers = [self._reply_view]
         self._pktinfo_control: dict[tuple[int, bytes], list[tuple[int, int, bytes]]] = {}
+        # The flow sockets have an epoll of their own (watched by the selector as one descriptor): one pass
+        # per loop turn over those ready, and EPOLLERR tells which have an error queue to read.
+        self._flow_poll: select.epoll | None = None
+        self._watched: dict[int, Flow] = {}
+        # Relay mode gathers the replies of a pass and sends them with one sendmmsg per listener.
+        self._replies = ReplyBatch.create(buffer_size=buffer_size) if self.machine.relay else None
+        # The replies waiting to leave, per route (= listener): (the flow relayed to, the reply's slot).
+        self._staged: list[tuple[Route, list[tuple[Flow, int]]]] = [(route, []) for route in self.routes]
+        self._staged_of = {route.path: staged for route, staged in self._staged}
+        self._used = 0  # slots of the reply batch filled in this pass
+        self._target_names: dict[Path, bytes] = {}
+        self._client_names: dict[tuple[int, SockAddr], bytes] = {}
+        self._source_controls: dict[tuple[int, bytes], bytes] = {}
 
     @property
     def counters(self) -> Counters:
@@ -271,8 +291,7 @@ class Engine:
         evicted = self.machine.flow_opened(flow, sock)
         if evicted is not None:
             self.close_flows(evicted)
-        if self._selector is not None:
-            self._selector.register(sock, selectors.EVENT_READ, flow)
+        self._watch(flow, sock)
         return True
 
     def _send_once(self, action: SendOnce, payload: memoryview) -> None:
@@ -291,9 +310,7 @@ class Engine:
             sock = flow.handle
             if sock is None:
                 continue
-            if self._selector is not None:
-                with contextlib.suppress(KeyError):  # a flow opened before the loop, never watched
-                    self._selector.unregister(sock)
+            self._unwatch(sock)
             if drain and self.machine.relay:
                 self.read_errors(flow)
                 self.machine.replies_unmatched(flow, _discard_queued(sock))
@@ -323,13 +340,146 @@ class Engine:
 
     # --- the flow sockets: errors, and the backend's replies -----------------------------------------------
 
+    def _watch(self, flow: Flow, sock: socket.socket) -> None:
+        """Have the loop watch `flow`'s socket (while it runs)."""
+        if self._flow_poll is not None:
+            self._flow_poll.register(sock.fileno(), select.EPOLLIN)
+            self._watched[sock.fileno()] = flow
+
+    def _unwatch(self, sock: socket.socket) -> None:
+        """Stop watching a flow socket about to be closed (a flow opened before the loop never was)."""
+        flow = self._watched.pop(sock.fileno(), None)
+        if flow is not None and self._flow_poll is not None:
+            with contextlib.suppress(OSError):
+                self._flow_poll.unregister(sock.fileno())
+
+    def flow_pass(self, now: float) -> None:
+        """One pass over the flow sockets that are ready: their errors and replies; then the replies
+        gathered leave, one sendmmsg per listener."""
+        assert self._flow_poll is not None
+        watched = self._watched
+        for fd, events in self._flow_poll.poll(0):
+            flow = watched.get(fd)
+            if flow is not None:
+                self.gather(flow, now, errors=bool(events & select.EPOLLERR))
+        self.flush_replies()
+
     def flow_ready(self, flow: Flow, now: float) -> None:
         """`flow`'s socket is readable: count what its error queue holds, then relay (or count) replies."""
+        self.gather(flow, now, errors=True)
+        self.flush_replies()
+
+    def gather(self, flow: Flow, now: float, *, errors: bool) -> None:
+        """Read `flow`'s socket: its error queue first when it reported an error (`errors`), then up to
+        MAX_REPLIES replies, batched with recvmmsg; replies to relay wait for flush_replies()."""
         sock = flow.handle
         if sock is None:  # closed since the selector reported it (evicted by a new flow)
             return
+        if errors:
+            self.read_errors(flow)
+        batch = self._replies
+        if batch is None:
+            self._relay_each(flow, sock, now)
+            return
         machine = self.machine
-        self.read_errors(flow)
+        fd = sock.fileno()
+        target = self._target_name(flow.path)
+        staged_of = self._staged_of
+        handled = 0
+        while handled < MAX_REPLIES:
+            first = self._used
+            wanted = min(batch.capacity - first, MAX_REPLIES - handled)
+            try:
+                count = batch.receive(fd, first, wanted)
+            except OSError as error:  # a pending ICMP error: its details wait in the error queue
+                handled += 1
+                if not self.read_errors(flow):
+                    self.log_drop(machine.reply_receive_failed(flow, error.errno or errno.EIO))
+                continue
+            for index in range(first, first + count):
+                raw, size, flags = batch.received(index)
+                source = flow.path.target if raw == target else decode_sockaddr(raw)
+                action = machine.reply_received(flow, source, size, flags, now)
+                if action.__class__ is Flow:
+                    staged_of[action.path].append((action, index))
+                else:
+                    self.log_drop(action)  # type: ignore[arg-type]
+            self._used = first + count
+            handled += count
+            if self._used == batch.capacity:
+                self.flush_replies()
+            if count < wanted:  # the queue is empty now (a reply arriving later wakes the loop again)
+                return
+
+    def flush_replies(self) -> None:
+        """Send the replies gathered: one sendmmsg per listening socket, each message to its own client
+        from the address that client sent to."""
+        batch = self._replies
+        self._used = 0
+        if batch is None:
+            return
+        message = 0
+        machine = self.machine
+        for route, group in self._staged:
+            if not group:
+                continue
+            family = int(route.listener.sock.family)  # an int: hashing an IntEnum runs Python code
+            first = message
+            staged: list[tuple[Flow, int]] = []
+            for flow, index in group:
+                control = b""
+                if route.pktinfo and flow.local is not None:
+                    if not flow.local:  # its datagram's control messages were cut short: source unknown
+                        self.log_drop(machine.reply_send_failed(flow, errno.EADDRNOTAVAIL))
+                        continue
+                    control = self._source_control_raw(family, flow.local)
+                batch.stage(message, index, self._client_name(family, flow.address), control)
+                staged.append((flow, index))
+                message += 1
+            group.clear()
+            if len(staged) == 1:  # a lone reply (a light load): the socket module's call is cheaper
+                self.relay(staged[0][0], batch.payload(staged[0][1]))
+                message = first
+            elif staged:
+                self._send_group(route.listener.sock, first, staged)
+
+    def _send_group(self, listener: socket.socket, first: int, group: list[tuple[Flow, int]]) -> None:
+        """sendmmsg the staged messages of `group` on `listener`; a message that fails is counted and the
+        ones after it are still sent."""
+        batch = self._replies
+        assert batch is not None
+        fd, done, count = listener.fileno(), 0, len(group)
+        while done < count:
+            sent, failure = batch.send(fd, first + done, count - done)
+            done += sent
+            if failure or not sent:
+                self.log_drop(self.machine.reply_send_failed(group[done][0], failure or errno.EIO))
+                done += 1
+
+    def _target_name(self, path: Path) -> bytes:
+        """The raw sockaddr `path`'s backend replies from, so a reply's source compares without decoding."""
+        name = self._target_names.get(path)
+        if name is None:
+            name = self._target_names[path] = sockaddr_bytes(path.destination.family, path.target)
+        return name
+
+    def _client_name(self, family: int, address: SockAddr) -> bytes:
+        name = self._client_names.get((family, address))
+        if name is None:
+            name = sockaddr_bytes(socket.AddressFamily(family), address)
+            bounded_put(self._client_names, (family, address), name, NAME_CACHE_SIZE)
+        return name
+
+    def _source_control_raw(self, family: int, local: bytes) -> bytes:
+        control = self._source_controls.get((family, local))
+        if control is None:
+            control = source_control(family, local)
+            bounded_put(self._source_controls, (family, local), control, NAME_CACHE_SIZE)
+        return control
+
+    def _relay_each(self, flow: Flow, sock: socket.socket, now: float) -> None:
+        """Without recvmmsg and sendmmsg (or in direct mode): one recvmsg and one send per reply."""
+        machine = self.machine
         buffers, view = self._reply_buffers, self._reply_view
         for _ in range(MAX_REPLIES):
             try:
@@ -506,12 +656,13 @@ class Engine:
             for route in self.routes:
                 selector.register(route.listener.sock, selectors.EVENT_READ, route)
             selector.register(wake_read, selectors.EVENT_READ, None)
+            self._flow_poll = select.epoll()
+            selector.register(self._flow_poll.fileno(), selectors.EVENT_READ, FLOW_SOCKETS)
             for sock in self.raw.sockets if self.raw is not None else ():  # their ICMP errors
                 selector.register(sock, selectors.EVENT_READ, sock)
             for flow in self.machine.flows.values():  # opened before the loop (tests drain by hand)
                 if flow.handle is not None:
-                    selector.register(flow.handle, selectors.EVENT_READ, flow)
-            self._selector = selector
+                    self._watch(flow, flow.handle)
             self.interval_start = time.monotonic()
             self.notifier.notify(READY="1", STATUS="Up and running.")
             log.info(
@@ -521,8 +672,11 @@ class Engine:
             self.report_status()  # the last, partial interval: its counts and repeated log lines are kept
             self.notifier.notify(STOPPING="1", STATUS="Stopping.")
         finally:
-            self._selector = None
             selector.close()
+            if self._flow_poll is not None:
+                self._flow_poll.close()
+                self._flow_poll = None
+            self._watched.clear()
             signal.set_wakeup_fd(previous_wakeup)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -553,8 +707,8 @@ class Engine:
             timeout = max(0.0, min(next_report - now, next_sweep - now, next_watchdog - now, MAX_WAIT))
             for key, _ in selector.select(timeout):
                 data = key.data
-                if data.__class__ is Flow:
-                    self.flow_ready(data, time.monotonic())
+                if data is FLOW_SOCKETS:
+                    self.flow_pass(time.monotonic())
                 elif data is None:
                     _empty(wake_read)
                 elif data.__class__ is socket.socket:
