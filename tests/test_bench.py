@@ -6,17 +6,20 @@ No speed is asserted here (machines are noisy; figures come from the shipped ben
 
 import io
 import json
+import math
 import os
 import socket
 import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from netlab.bench import contenders as contenders_module
 from netlab.bench.contenders import CONTENDERS, FORWARDER_ARGS, PEERS, nginx_config
+from netlab.bench.fixed_rate import echo_ceilings, fixed_rate_table, parse_rates, summarize_fixed_rate
 from netlab.bench.lab import Case, Contender, Run, session_cpu_seconds
 from netlab.bench.memory import MEASURED_PATHS, FlowMemory
 from netlab.bench.report import text_report
@@ -35,6 +38,7 @@ from netlab.programs.blaster import (
 from netlab.service.status import open_flows
 
 ONE_FLOW = Case(64, 1)
+ECHO_1000 = Case(64, 1000, echo=True)
 
 
 def run(name: str, delivered: int, case: Case = ONE_FLOW) -> Run:
@@ -172,6 +176,20 @@ def test_the_bench_command_exits_64_on_an_unknown_contender(capsys: pytest.Captu
     assert len(message.splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--runs", "0"), ("--runs", "-2"), ("--duration", "-1"), ("--duration", "0"), ("--duration", "nan")],
+)
+def test_the_bench_command_exits_64_on_runs_or_a_duration_it_could_never_measure(
+    option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: 0 runs measured nothing and exited 0; a negative duration measured for ever.
+    assert main(["bench", option, value]) == os.EX_USAGE
+    message = capsys.readouterr().err
+    assert f"{option} {float(value) if option == '--duration' else int(value)}" in message
+    assert len(message.splitlines()) == 1
+
+
 def test_a_contender_whose_package_is_missing_is_skipped_with_a_line_naming_the_package(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -225,7 +243,7 @@ def test_session_cpu_counts_the_busy_descendants_of_a_session() -> None:
 def test_quick_bench_measures_every_available_contender_and_reports_json() -> None:
     out, progress = io.StringIO(), io.StringIO()
     cases = [Case(64, 100), Case(64, 10, echo=True)]
-    settings = Settings(cases=cases, runs=1, duration=0.2, memory_flows=300)
+    settings = Settings(cases=cases, runs=1, duration=0.2, memory_flows=300, echo_rates=[20_000.0])
     assert run_bench(settings, out=out, progress=progress, as_json=True) == 0
     document = json.loads(out.getvalue())
     skipped = document["skipped"]
@@ -261,6 +279,14 @@ def test_quick_bench_measures_every_available_contender_and_reports_json() -> No
     # A reply only comes back for a datagram that reached the backend, which only got what was sent.
     assert all(0 < run["delivered"] <= run["forwarded"] <= run["offered"] for run in echoed)
     assert document["sender_solo_per_s"]["64 B x 100 flows"] > 0
+    rated = {entry["contender"]: entry for entry in document["fixed_rate_echo"]}
+    assert set(rated) == {name for name, c in CONTENDERS.items() if c.relays_replies and name not in skipped}
+    for name, entry in rated.items():
+        assert entry["offered_per_s"] == 20_000.0, name
+        assert entry["median_delivered_per_s"] > 0, name
+        assert entry["median_cpu_us_per_reply"] > 0, name
+    ceilings = {entry["contender"]: entry["replies_per_s"] for entry in document["echo_ceilings"]}
+    assert set(ceilings) == set(rated)
     # Both send paths' flows are measured: the raw path holds no descriptor per flow, the other one each.
     memory = document["flow_memory"]
     assert set(memory) == {"forwarder", "forwarder-sockets"}
@@ -270,3 +296,123 @@ def test_quick_bench_measures_every_available_contender_and_reports_json() -> No
     assert memory["forwarder"]["fds_after"] == memory["forwarder"]["fds_before"]
     sockets = memory["forwarder-sockets"]
     assert sockets["fds_after"] - sockets["fds_before"] == sockets["flows"]
+
+
+def echo_run(name: str, rate: float, delivered: int, own: float | None, case: Case = ECHO_1000) -> Run:
+    return Run(
+        name,
+        case,
+        offered=int(rate),
+        delivered=delivered,
+        seconds=1.0,
+        busy_cpu_seconds=1.0,
+        rate_limit=rate,
+        core_cpu_seconds=0.5,
+        process_cpu_seconds=own,
+    )
+
+
+def test_full_bench_offers_echo_cases_fixed_rates_of_50k_and_100k_and_quick_none() -> None:
+    assert {50_000.0, 100_000.0} <= set(Settings.full().echo_rates)
+    assert any(case.echo for case in Settings.full().cases)
+    assert Settings.quick().echo_rates == []
+
+
+@pytest.mark.parametrize(("text", "rates"), [("50k,100000", [50_000.0, 100_000.0]), ("2.5K, 2.5k", [2500.0])])
+def test_echo_rates_parse_with_a_k_suffix_in_order_once_each(text: str, rates: list[float]) -> None:
+    assert parse_rates(text) == rates
+
+
+@pytest.mark.parametrize("text", ["50k,fast", "0", "-5k", "", "nan", "inf"])
+def test_a_bad_echo_rate_is_a_usage_error_naming_it(text: str) -> None:
+    with pytest.raises(UsageError, match=r"bad echo rate .*expected positive datagrams/s"):
+        parse_rates(text)
+
+
+def test_the_bench_command_exits_64_on_a_bad_echo_rate(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--echo-rates", "50k,lots"]) == os.EX_USAGE
+    message = capsys.readouterr().err
+    assert "'lots'" in message
+    assert len(message.splitlines()) == 1
+
+
+def test_fixed_rate_runs_are_summarized_per_case_rate_and_contender_with_cpu_per_reply() -> None:
+    runs = [
+        echo_run("nginx", 50_000, 50_000, 1.0),
+        echo_run("nginx", 50_000, 40_000, 0.8),
+        echo_run("nginx", 50_000, 45_000, 0.9),
+        echo_run("forwarder-relay", 50_000, 25_000, 0.5),
+        echo_run("nginx", 100_000, 80_000, 1.6),
+        echo_run("kernel-dnat+rps", 100_000, 100_000, None),
+        echo_run("nginx", 0, 60_000, 1.0),  # a flat-out run: not a fixed-rate one
+    ]
+    rated = {(s.contender, s.offered_per_s): s for s in summarize_fixed_rate(runs)}
+    assert set(rated) == {
+        ("nginx", 50_000),
+        ("forwarder-relay", 50_000),
+        ("nginx", 100_000),
+        ("kernel-dnat+rps", 100_000),
+    }
+    nginx = rated[("nginx", 50_000)]
+    assert nginx.runs == 3
+    assert nginx.median_delivered_per_s == 45_000
+    assert nginx.median_loss == pytest.approx(0.1)
+    assert nginx.max_loss == pytest.approx(0.2)
+    assert nginx.median_process_us_per_reply == pytest.approx(0.9 / 45_000 * 1e6)
+    assert nginx.min_process_us_per_reply == pytest.approx(20.0)  # 0.8 s / 40k and 1.0 s / 50k
+    assert nginx.max_process_us_per_reply == pytest.approx(20.0)
+    assert nginx.median_cpu_us_per_reply == pytest.approx(1e6 / 45_000)
+    assert math.isnan(rated[("kernel-dnat+rps", 100_000)].median_process_us_per_reply)
+
+
+def test_an_echo_ceiling_is_the_most_replies_at_any_offered_load_flat_out_or_paced() -> None:
+    flat_out = [
+        Run("kernel-dnat+rps", ECHO_1000, offered=170_000, delivered=68_000, seconds=1.0, busy_cpu_seconds=1),
+        Run("nginx", ECHO_1000, offered=170_000, delivered=56_000, seconds=1.0, busy_cpu_seconds=1),
+    ]
+    paced = [echo_run("kernel-dnat+rps", 100_000, 95_000, None), echo_run("nginx", 100_000, 50_000, 1.0)]
+    ceilings = echo_ceilings(summarize(flat_out), summarize_fixed_rate(paced))
+    assert ceilings == {(str(ECHO_1000), "kernel-dnat+rps"): 95_000, (str(ECHO_1000), "nginx"): 56_000}
+
+
+def test_the_fixed_rate_table_has_loss_and_cpu_per_reply_per_rate_and_the_ceilings() -> None:
+    runs = [echo_run("nginx", 50_000, 49_000, 0.98), echo_run("kernel-dnat+rps", 50_000, 50_000, None)]
+    rated = summarize_fixed_rate(runs)
+    table = fixed_rate_table(
+        rated, {(str(ECHO_1000), "nginx"): 56_000, (str(ECHO_1000), "kernel-dnat+rps"): 95_000}
+    )
+    nginx = next(line for line in table.splitlines() if " nginx " in line and "ceiling" not in line)
+    assert "50k" in nginx
+    assert "49k" in nginx
+    assert "2.00%" in nginx  # loss
+    assert "20.00" in nginx  # own CPU per reply: 0.98 s / 49k
+    dnat = next(line for line in table.splitlines() if "kernel-dnat+rps" in line and "ceiling" not in line)
+    assert " - " in dnat  # no process of its own
+    assert f"echo ceiling {ECHO_1000}" in table
+    assert table.index("kernel-dnat+rps 95k") < table.index("nginx 56k")
+
+
+def test_compare_with_a_directory_without_a_forwarder_exits_64_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", "--compare-with", str(tmp_path)]) == os.EX_USAGE
+    message = capsys.readouterr().err
+    assert repr(str(tmp_path)) in message
+    assert "forwarder/__main__.py" in message
+    assert len(message.splitlines()) == 1
+
+
+def test_another_checkout_is_raced_as_forwarder_at_its_name_with_its_relay_twin(tmp_path: Path) -> None:
+    checkout = tmp_path / "before"
+    (checkout / "forwarder").mkdir(parents=True)
+    (checkout / "forwarder" / "__main__.py").write_text("")
+    saved = dict(CONTENDERS)
+    try:
+        names = contenders_module.add_checkout(checkout, "before")
+        assert names == ["forwarder@before", "forwarder-relay@before"]
+        assert parse_contenders("forwarder@before,forwarder") == ["forwarder@before", "forwarder"]
+        assert not CONTENDERS["forwarder@before"].relays_replies
+        assert CONTENDERS["forwarder-relay@before"].relays_replies
+    finally:
+        CONTENDERS.clear()
+        CONTENDERS.update(saved)

@@ -89,9 +89,13 @@ def test_host_without_a_route_back_to_spoofed_clients_is_named_as_rp_filter(lab:
     assert "203.0.113.7" in finding.detail
 
 
-def test_forwarder_without_cap_net_admin_is_named_with_the_unit_setting(lab: Lab) -> None:
+def capability_finding(lab: Lab) -> Finding:
+    return next(f for f in diagnose(deployment_of(lab)) if f.check == "CAP_NET_RAW")
+
+
+def test_a_forwarder_that_can_never_have_had_cap_net_raw_is_named_with_the_unit_setting(lab: Lab) -> None:
     healthy(lab)
-    # A process named like the forwarder, running without CAP_NET_ADMIN (as a misconfigured unit would).
+    # A process named like the forwarder whose bounding set lacks every capability (a unit that grants none).
     lab["host"].run(
         [
             "setpriv",
@@ -105,12 +109,36 @@ def test_forwarder_without_cap_net_admin_is_named_with_the_unit_setting(lab: Lab
         label="capless",
     )
 
-    def capability_finding() -> Finding:
-        return next(f for f in diagnose(deployment_of(lab)) if f.check == "CAP_NET_ADMIN")
+    wait_until(lambda: not capability_finding(lab).ok, "the doctor to see the capless forwarder", 5)
+    finding = capability_finding(lab)
+    assert "AmbientCapabilities=CAP_NET_RAW" in finding.fix
 
-    wait_until(lambda: not capability_finding().ok, "the doctor to see the capless forwarder", 5)
-    finding = capability_finding()
-    assert "AmbientCapabilities=CAP_NET_ADMIN" in finding.fix
+
+def test_a_forwarder_that_gave_its_capabilities_up_after_start_up_is_healthy(lab: Lab) -> None:
+    healthy(lab)
+    # Holds nothing now, as the raw send path leaves it, but its bounding set allowed CAP_NET_RAW at start-up.
+    lab["host"].run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all,+net_raw",
+            "--",
+            "bash",
+            "-c",
+            "exec -a systemd-transparent-udp-forwarderd sleep 60",
+        ],
+        label="dropped",
+    )
+
+    def capless_now() -> bool:
+        finding = capability_finding(lab)
+        return finding.ok and "gave them up" in finding.detail
+
+    wait_until(capless_now, "the doctor to see a forwarder that dropped its capabilities", 5)
+    assert not [finding for finding in problems(lab) if finding.check == "CAP_NET_RAW"]
 
 
 def test_missing_ipv6_forwarding_is_named(lab: Lab) -> None:

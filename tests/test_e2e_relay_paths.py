@@ -132,6 +132,23 @@ def test_a_headers_client_and_the_same_address_without_a_header_share_one_flow_s
     forwarder.wait_status(status_has("1 flows"))
 
 
+@pytest.mark.parametrize("mode", ["relay", "send-proxy-protocol"])
+def test_one_datagram_spoofed_from_the_backends_address_and_port_is_dropped_not_looped(
+    relay_lab: Lab, mode: str
+) -> None:
+    # Relayed, that client's reply would go to the backend from the listener, the backend's answer would
+    # come back as the client's next datagram, and so on: thousands a second from one spoofed datagram.
+    args = [*RELAY, "--send-proxy-protocol"] if mode == "send-proxy-protocol" else RELAY
+    forwarder = start_forwarder(relay_lab["host"], ["198.51.100.1:53"], [BACKEND], args=args)
+    relay_lab["client"].send_udp(src="192.0.2.2", dst="198.51.100.1", sport=5353, dport=53, payload=b"loop")
+
+    forwarder.wait_status(status_has("backend-source 1"))
+    client = client_socket(relay_lab, "198.51.100.10")
+    client.sendto(b"after", ("198.51.100.1", 53))
+    assert client.recvfrom(100)[0].endswith(b"after")
+    forwarder.wait_status(status_has("since start 1 forwarded, 1 dropped, 1 replies relayed"))
+
+
 def test_listen_on_an_address_another_forwarder_holds_exits_71_naming_it(relay_lab: Lab) -> None:
     first = relay_lab["host"].run(
         [sys.executable, "-m", "forwarder", "--listen", "198.51.100.1:27000", "--reply", "relay", BACKEND],

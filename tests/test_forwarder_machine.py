@@ -382,3 +382,29 @@ def test_icmp_errors_are_counted_by_the_name_of_their_type() -> None:
     machine.icmp_error(flow, QueuedError(errno.EHOSTUNREACH, SO_EE_ORIGIN_ICMP, 11, 0, "192.0.2.1"))
     assert machine.counters.icmp_errors == {"backend-unreachable": 2, "time-exceeded": 1}
     assert machine.counters.forwarded == 1  # the datagrams left: an ICMP error never takes one back
+
+
+@pytest.mark.parametrize("send_header", [False, True], ids=["transparent", "send-proxy-protocol"])
+@pytest.mark.parametrize(
+    ("path", "client"),
+    [
+        (V4, v4("192.0.2.2", 53)),
+        (V4, v4("192.0.2.2", 27015)),
+        (V6, v6("2001:db8:2::2", 53)),
+        (V4, v6("::ffff:192.0.2.2", 53)),
+    ],
+    ids=["its-own", "another-destinations", "ipv6", "v4-mapped"],
+)
+def test_a_client_claiming_a_destinations_own_address_and_port_is_dropped_as_backend_source(
+    path: Path, client: bytes, send_header: bool
+) -> None:
+    # Relayed, its replies would go to the backend, which answers a listener as that client: a loop.
+    machine = ForwardingMachine(send_header=send_header, backends=[V4.target, V6.target, OTHER.target])
+    assert machine.receive(path, client, 10, 0, 1.0) == Drop("backend-source", path, client)
+    assert (machine.counters.forwarded, machine.counters.dropped) == (0, {"backend-source": 1})
+    assert len(machine.flows) == 0
+
+
+def test_a_client_on_the_backends_address_from_another_port_is_forwarded() -> None:
+    machine = ForwardingMachine(backends=[V4.target])
+    assert isinstance(machine.receive(V4, v4("192.0.2.2", 4242), 10, 0, 1.0), OpenFlow)

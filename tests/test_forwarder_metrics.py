@@ -7,6 +7,7 @@ import os
 import re
 import socket
 import stat
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -267,3 +268,32 @@ def test_the_start_up_check_leaves_no_temporary_file_behind(tmp_path: Path) -> N
     metrics = MetricsFile(tmp_path / "forwarder.prom")
     metrics.check()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_symlink_planted_at_the_temporary_name_is_replaced_not_written_through(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    metrics = MetricsFile(tmp_path / "forwarder.prom")
+    metrics.temporary.symlink_to(victim)
+
+    assert metrics.write(Counters(), 4)
+    assert victim.read_text() == "precious\n"
+    assert "transparent_udp_forwarder_flows 4\n" in (tmp_path / "forwarder.prom").read_text()
+
+
+def test_a_fifo_planted_at_the_temporary_name_never_blocks_the_write(tmp_path: Path) -> None:
+    metrics = MetricsFile(tmp_path / "forwarder.prom")
+    os.mkfifo(metrics.temporary)
+    done = threading.Event()
+
+    def write() -> None:
+        metrics.write(Counters(), 5)
+        done.set()
+
+    # Opening a FIFO for writing waits for a reader: the forwarder's loop would hang there.
+    threading.Thread(target=write, daemon=True).start()
+    if not done.wait(5):
+        with open(metrics.temporary, "rb"):  # release the blocked writer so the test ends
+            pass
+        pytest.fail("the metrics write blocked on a FIFO at its temporary name")
+    assert "transparent_udp_forwarder_flows 5\n" in (tmp_path / "forwarder.prom").read_text()

@@ -155,9 +155,17 @@ def test_a_lab_that_does_not_exist_exits_68_naming_the_existing_ones(
     assert up_lab in err
 
 
-def test_a_missing_scenario_exits_66_naming_the_shipped_ones(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_missing_scenario_exits_66_naming_the_shipped_scenarios_and_no_topology(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     assert main(["run", "no-such-scenario"]) == 66
-    assert "zero-length-datagram" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "netlab: no scenario file 'no-such-scenario', and no shipped scenario of that name in "
+    )
+    assert "; shipped scenarios: [" in err
+    assert "zero-length-datagram" in err
+    assert "short-backend-route" not in err  # a topology kept next to the scenarios
 
 
 def test_an_invalid_scenario_exits_78_naming_file_element_and_value(
@@ -496,3 +504,22 @@ def test_run_of_a_failing_scenario_exits_1_and_keeps_its_captures_and_logs(tmp_p
     assert run_dir.parent == runs
     assert (run_dir / "captures" / "backend-to-host.pcap").stat().st_size > 24
     assert any("forwarder" in path.name for path in run_dir.glob("*.log"))
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "shown"),
+    [
+        ("--count", "0", "0"),
+        ("--count", "-1", "-1"),
+        ("--timeout", "-1", "-1.0"),
+        ("--timeout", "nan", "nan"),
+    ],
+)
+def test_sniff_exits_64_naming_a_count_or_timeout_it_could_never_stop_at(
+    option: str, value: str, shown: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Checked before the lab and the privileges are, like every other argument of every command.
+    assert main(["sniff", "--lab", "nosuch", "backend", option, value]) == os.EX_USAGE
+    message = capsys.readouterr().err
+    assert f"{option} {shown}: expected" in message
+    assert len(message.splitlines()) == 1

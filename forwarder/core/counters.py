@@ -21,6 +21,7 @@ class DropReason(enum.Enum):
     UNSPECIFIED_SOURCE = "unspecified-source"
     BROADCAST_SOURCE = "broadcast-source"
     MULTICAST_SOURCE = "multicast-source"
+    BACKEND_SOURCE = "backend-source"
     SEND_ERROR = "send-error"
     RECEIVE_ERROR = "receive-error"
     # A reply from the backend (relay mode) that never reached its client.

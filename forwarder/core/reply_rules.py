@@ -10,7 +10,7 @@ from forwarder.core.counters import Counters, DropReason, drop_key, errno_name
 from forwarder.core.flows import Flow, FlowKey, FlowTable
 from forwarder.core.icmp import QueuedError
 
-MSG_TRUNC = socket.MSG_TRUNC
+MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: an IntFlag makes every `flags & MSG_TRUNC` an enum call
 
 
 class ReplyRules:

@@ -16,7 +16,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from forwarder.core.addresses import sockaddr_bytes
-from forwarder.io.linux import MSG_DONTWAIT, SENDMMSG_ARGUMENTS, IOVec, MMsgHdr, MsgHdr, libc_function
+from forwarder.io.linux import (
+    MSG_DONTWAIT,
+    RECVMMSG_ARGUMENTS,
+    SENDMMSG_ARGUMENTS,
+    IOVec,
+    MMsgHdr,
+    MsgHdr,
+    libc_function,
+)
 
 if TYPE_CHECKING:
     from forwarder.io.gso import BatchGso
@@ -109,11 +117,7 @@ class BatchReceiver:
         cls, batch: int = BATCH, buffer_size: int = 65536, control_size: int = 0
     ) -> "BatchReceiver | None":
         """A receiver, or None when this libc has no recvmmsg (the engine then receives one at a time)."""
-        recvmmsg = libc_function(
-            "recvmmsg",
-            (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p),
-            ctypes.c_int,
-        )
+        recvmmsg = libc_function("recvmmsg", RECVMMSG_ARGUMENTS, ctypes.c_int)
         return None if recvmmsg is None else cls(recvmmsg, batch, buffer_size, control_size)
 
     def receive(self, fd: int) -> int:

@@ -2,28 +2,29 @@
 the machine what to do with every datagram; the engine does it (opens and closes flow sockets, sends, logs
 drops, rate-limited) and reports back. It watches the flow sockets too: their error queues (ICMP errors
 about the backend, in both modes) and, in relay mode, the backend's replies, which it sends to the client
-from the listening socket the client used. It keeps the service manager informed (READY, STATUS, WATCHDOG,
-STOPPING). Every decision and every count is the machine's (forwarder.core.machine).
+from the listening socket the client used: one pass per loop turn over the flow sockets that are ready
+(recvmmsg on each), then one sendmmsg per listener for every reply of the pass (forwarder.io.replies). It
+keeps the service manager informed (READY, STATUS, WATCHDOG, STOPPING). Every decision and every count is
+the machine's (forwarder.core.machine).
 """
 
 import contextlib
 import errno
 import logging
-import selectors
 import socket
 import time
 from collections.abc import Sequence
 
 from forwarder.core.actions import Action, CloseFlows, Drop, OpenFlow, SendOnce
 from forwarder.core.counters import Counters
-from forwarder.core.flows import Flow, bounded_put
+from forwarder.core.flows import Flow
 from forwarder.core.icmp import failed_by_pending_error
 from forwarder.core.machine import ForwardingMachine
 from forwarder.io import receive
 from forwarder.io.batch import BATCH
 from forwarder.io.errorqueue import ClientText, ErrorQueues
+from forwarder.io.flow_side import MAX_REPLIES, FlowSide
 from forwarder.io.flow_sockets import open_flow_socket, open_once_socket, open_plain_flow_socket, sharing_port
-from forwarder.io.linux import IP_PKTINFO
 from forwarder.io.listeners import Route
 from forwarder.io.loop import Loop, Manager, Metrics
 from forwarder.io.rawsend import RawSend
@@ -32,18 +33,15 @@ from forwarder.io.sockets import set_receive_buffer, set_receive_pktinfo
 
 # Larger than any UDP payload (65507 B over IPv4, 65527 B over IPv6), so MSG_TRUNC means "not UDP-sized".
 RECEIVE_BUFFER = 65536
-# A flow socket is read until EAGAIN, but at most this many replies (or queued errors) at a time.
-MAX_REPLIES = 256
 # The receive queue of a relaying flow socket (SO_RCVBUFFORCE, as the units' ReceiveBuffer=4M): the default
 # 208 KiB holds about 250 small replies, fewer than arrive while a listener is drained under load. A limit,
 # not an allocation: memory is used only by replies waiting.
 RELAY_FLOW_BUFFER = 4 << 20
 
-
 log = logging.getLogger("forwarder")
 
 
-class Engine:
+class Engine(FlowSide):
     """Runs the forwarding loop until SIGTERM or SIGINT."""
 
     def __init__(
@@ -102,10 +100,7 @@ class Engine:
         for route in self.routes:
             sock = route.listener.sock
             self._listeners_on.setdefault(int(sock.getsockname()[1]), []).append(sock)
-        self.selector: selectors.BaseSelector | None = None  # while running: flow sockets are watched
-        self._reply_view = memoryview(bytearray(buffer_size))
-        self._reply_buffers = [self._reply_view]
-        self._pktinfo_control: dict[tuple[int, bytes], list[tuple[int, int, bytes]]] = {}
+        self.init_flow_side(buffer_size)
 
     @property
     def counters(self) -> Counters:
@@ -214,8 +209,7 @@ class Engine:
         evicted = self.machine.flow_opened(flow, sock)
         if evicted is not None:
             self.close_flows(evicted)
-        if self.selector is not None:
-            self.selector.register(sock, selectors.EVENT_READ, flow)
+        self._watch(flow, sock)
         return True
 
     def _send_once(self, action: SendOnce, payload: memoryview) -> None:
@@ -234,9 +228,7 @@ class Engine:
             sock = flow.handle
             if sock is None:
                 continue
-            if self.selector is not None:
-                with contextlib.suppress(KeyError):  # a flow opened before the loop, never watched
-                    self.selector.unregister(sock)
+            self._unwatch(sock)
             if drain and self.machine.relay:
                 self.error_queues.read(flow)
                 self.machine.replies_unmatched(flow, _discard_queued(sock))
@@ -263,62 +255,6 @@ class Engine:
             drop.path.name,
             drop.path.destination,
         )
-
-    # --- the flow sockets: errors, and the backend's replies -----------------------------------------------
-
-    def flow_ready(self, flow: Flow, now: float) -> None:
-        """`flow`'s socket is readable: count what its error queue holds, then relay (or count) replies."""
-        sock = flow.handle
-        if sock is None:  # closed since the selector reported it (evicted by a new flow)
-            return
-        machine = self.machine
-        self.error_queues.read(flow)
-        buffers, view = self._reply_buffers, self._reply_view
-        for _ in range(MAX_REPLIES):
-            try:
-                size, _, flags, source = sock.recvmsg_into(buffers)
-            except BlockingIOError:
-                return
-            except OSError as error:  # a pending ICMP error: its details wait in the error queue
-                if not self.error_queues.read(flow):
-                    self.log_drop(machine.reply_receive_failed(flow, error.errno or errno.EIO))
-                continue
-            action = machine.reply_received(flow, source, size, flags, now)
-            if action.__class__ is Flow:
-                self.relay(action, view[:size])
-            else:
-                self.log_drop(action)  # type: ignore[arg-type]
-
-    def relay(self, flow: Flow, payload: memoryview) -> None:
-        """Send a reply to `flow`'s client from the listening socket it used, from the address it sent to.
-        When that address is unknown (its datagram's control messages were cut short) the reply is
-        dropped rather than sent from an address the client did not ask."""
-        route = self._route_of[flow.path]
-        listener = route.listener.sock
-        try:
-            if route.pktinfo and flow.local is not None:
-                if not flow.local:
-                    raise OSError(errno.EADDRNOTAVAIL, "the address the client sent to is unknown")
-                listener.sendmsg(
-                    [payload], self._source_control(listener.family, flow.local), 0, flow.address
-                )
-            else:
-                listener.sendto(payload, flow.address)
-        except OSError as error:
-            self.log_drop(self.machine.reply_send_failed(flow, error.errno or errno.EIO))
-
-    def _source_control(self, family: int, local: bytes) -> list[tuple[int, int, bytes]]:
-        """The IP_PKTINFO / IPV6_PKTINFO message choosing `local` as a reply's source (built once each)."""
-        control = self._pktinfo_control.get((family, local))
-        if control is None:
-            if family == socket.AF_INET6:  # struct in6_pktinfo: the address, then ifindex 0 (any)
-                control = [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, local + bytes(4))]
-            else:  # struct in_pktinfo: ifindex 0, ipi_spec_dst (the source), ipi_addr (ignored)
-                control = [(socket.IPPROTO_IP, IP_PKTINFO, bytes(4) + local + bytes(4))]
-            bounded_put(self._pktinfo_control, (family, local), control, 1024)
-        return control
-
-    # --- the loop's service timers ---------------------------------------------------------------------
 
     def report_status(self, now: float | None = None) -> None:
         """Send the STATUS= line of the interval that ends `now` (its real length, which can be longer than

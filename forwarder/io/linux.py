@@ -22,6 +22,8 @@ SOL_UDP = 17
 UDP_SEGMENT = 103
 MSG_DONTWAIT = 0x40
 MSG_ERRQUEUE = 0x2000
+# recvmmsg(int fd, struct mmsghdr *msgvec, unsigned int vlen, int flags, struct timespec *timeout)
+RECVMMSG_ARGUMENTS = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p)
 # sendmmsg(int fd, struct mmsghdr *msgvec, unsigned int vlen, int flags)
 SENDMMSG_ARGUMENTS = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
 # Room for one queued error: the struct, the offender's struct sockaddr_in6, and the cmsg header around them.

@@ -15,7 +15,6 @@ from typing import Protocol
 
 from forwarder.core.actions import CloseFlows
 from forwarder.core.counters import Counters
-from forwarder.core.flows import Flow
 from forwarder.core.machine import ForwardingMachine
 from forwarder.io.errorqueue import ErrorQueues
 from forwarder.io.listeners import Route
@@ -29,6 +28,9 @@ MAX_WAIT = 3600.0
 # README's "Signals" section. SIGTERM and SIGINT stop the loop.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 OTHER_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)
+
+# The selector's data of the one file descriptor that stands for every flow socket (their own epoll).
+FLOW_SOCKETS = "flow sockets"
 
 log = logging.getLogger("forwarder")
 
@@ -62,13 +64,16 @@ class Driven(Protocol):
     stats_interval: float
     watchdog_interval: float | None
     interval_start: float
-    selector: selectors.BaseSelector | None
     error_queues: ErrorQueues
 
     @property
     def counters(self) -> Counters: ...
 
-    def flow_ready(self, flow: Flow, now: float) -> None: ...
+    def flow_pass(self, now: float) -> None: ...
+
+    def watch_flow_sockets(self) -> int: ...
+
+    def unwatch_flow_sockets(self) -> None: ...
 
     def report_status(self, now: float | None = None) -> None: ...
 
@@ -131,12 +136,9 @@ class Loop:
             for route in engine.routes:
                 selector.register(route.listener.sock, selectors.EVENT_READ, route)
             selector.register(wake_read, selectors.EVENT_READ, None)
+            selector.register(engine.watch_flow_sockets(), selectors.EVENT_READ, FLOW_SOCKETS)
             for sock in engine.raw.sockets if engine.raw is not None else ():  # their ICMP errors
                 selector.register(sock, selectors.EVENT_READ, sock)
-            for flow in engine.machine.flows.values():  # opened before the loop (tests drain by hand)
-                if flow.handle is not None:
-                    selector.register(flow.handle, selectors.EVENT_READ, flow)
-            engine.selector = selector
             engine.interval_start = time.monotonic()
             engine.notifier.notify(READY="1", STATUS="Up and running.")
             log.info(
@@ -146,8 +148,8 @@ class Loop:
             engine.report_status()  # the last, partial interval: its counts and repeated log lines are kept
             engine.notifier.notify(STOPPING="1", STATUS="Stopping.")
         finally:
-            engine.selector = None
             selector.close()
+            engine.unwatch_flow_sockets()
             signal.set_wakeup_fd(previous_wakeup)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -178,8 +180,8 @@ class Loop:
             due = min(next_report, machine.next_deadline(), next_watchdog)
             for key, _ in selector.select(max(0.0, min(due - now, MAX_WAIT))):
                 data = key.data
-                if data.__class__ is Flow:
-                    engine.flow_ready(data, time.monotonic())
+                if data is FLOW_SOCKETS:
+                    engine.flow_pass(time.monotonic())
                 elif data is None:
                     _empty(wake_read)
                 elif data.__class__ is socket.socket:

@@ -281,6 +281,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             relay=relay,
             send_header=send_header,
             source_toward=source_toward,
+            backends=[route.destination.sockaddr for route in routes],
         )
         engine = Engine(
             routes,

@@ -101,7 +101,12 @@ class MetricsFile:
         totals = counters.since_start()
         temporary = self.temporary
         try:
-            temporary.write_text(exposition(totals, flows, self.labels))
+            # A fresh file of our own: whatever sits at the temporary name (a symlink someone planted, a
+            # FIFO that would block the loop until a reader came) is removed, never followed or opened.
+            temporary.unlink(missing_ok=True)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            with open(os.open(temporary, flags, 0o644), "w") as file:
+                file.write(exposition(totals, flows, self.labels))
             os.replace(temporary, self.path)
         except OSError as error:
             if not self._failing:

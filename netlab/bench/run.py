@@ -15,10 +15,11 @@ the contenders that relay replies.
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
 from netlab.bench.contenders import CONTENDERS
+from netlab.bench.fixed_rate import echo_ceilings, fixed_rate_table, summarize_fixed_rate
 from netlab.bench.lab import BenchLab, Case, Run
 from netlab.bench.memory import MEASURED_PATHS, FlowMemory, measure_flow_memory
 from netlab.bench.report import json_document, memory_line, progress_line, text_report, thousands
@@ -37,6 +38,8 @@ class Settings:
     contenders: list[str] = field(default_factory=list)
     loss_tests: bool = False
     memory_flows: int = 0  # measure what this many open flows cost on each send path raced (0: skip)
+    # The fixed offered loads (datagrams/s) of the echo cases: loss and CPU per relayed reply at equal load.
+    echo_rates: list[float] = field(default_factory=list)
 
     @classmethod
     def quick(cls) -> "Settings":
@@ -46,7 +49,12 @@ class Settings:
     def full(cls) -> "Settings":
         cases = [Case(64, 1), Case(64, 1000), Case(1200, 1), Case(1200, 1000)]
         cases += [Case(64, 1, echo=True), Case(64, 1000, echo=True)]
-        return cls(cases=cases, runs=3, duration=2.0, loss_tests=True, memory_flows=100_000)
+        rates = [
+            50_000.0,
+            100_000.0,
+            200_000.0,
+        ]  # 200k: above the userspace contenders, to find DNAT's ceiling
+        return cls(cases=cases, runs=3, duration=2.0, loss_tests=True, memory_flows=100_000, echo_rates=rates)
 
 
 def parse_contenders(text: str) -> list[str]:
@@ -100,6 +108,7 @@ def run_bench(
                 run = bench.measure(CONTENDERS[name], case, settings.duration)
                 runs.append(run)
                 print(progress_line(done, total, repetition + 1, run), file=progress, flush=True)
+        rate_runs = measure_fixed_rates(bench, settings, names, progress)
         summaries = summarize(runs)
         if settings.loss_tests and "forwarder" in names:
             for summary in summaries:
@@ -119,11 +128,46 @@ def run_bench(
             if name in names:  # each send path raced is measured
                 memory.append(measure_flow_memory(bench, settings.memory_flows, name))
                 print(f"[memory] {memory_line(memory[-1])}", file=progress, flush=True)
+    rated = summarize_fixed_rate(rate_runs)
+    ceilings = echo_ceilings(summaries, rated)
     document = json_document(summaries, solo, runs, loss_runs, memory, skipped=skipped)
+    document["fixed_rate_echo"] = [asdict(summary) for summary in rated]
+    document["echo_ceilings"] = [
+        {"case": case, "contender": name, "replies_per_s": rate} for (case, name), rate in ceilings.items()
+    ]
     if plot is not None:
         plot(document)
     if as_json:
         print(json.dumps(document, indent=2), file=out)
     else:
         print(text_report(summaries, solo, loss_runs, memory, skipped), file=out)
+        if rated:
+            print(fixed_rate_table(rated, ceilings), file=out)
     return 0
+
+
+def measure_fixed_rates(bench: BenchLab, settings: Settings, names: list[str], progress: TextIO) -> list[Run]:
+    """Every echo case at each of `settings.echo_rates` offered, for each contender that relays replies,
+    interleaved and repeated as the flat-out runs: loss and CPU per relayed reply at equal load."""
+    plan = [
+        (case, rate, name)
+        for case in settings.cases
+        if case.echo
+        for rate in settings.echo_rates
+        for name in names
+        if CONTENDERS[name].relays_replies
+    ]
+    runs: list[Run] = []
+    for repetition in range(settings.runs if plan else 0):
+        for done, (case, rate, name) in enumerate(plan, 1):
+            run = bench.measure(CONTENDERS[name], case, settings.duration, rate=rate)
+            runs.append(run)
+            print(
+                f"[fixed-rate {done + repetition * len(plan)}/{settings.runs * len(plan)}] {case!s:<24} "
+                f"{thousands(rate)}/s offered {name:<18} {thousands(run.delivered_per_second)}/s replies, "
+                f"loss {run.loss:.2%}, CPU us/reply {run.cpu_us_per_datagram:.2f} machine, "
+                f"{run.process_us_per_datagram:.2f} own",
+                file=progress,
+                flush=True,
+            )
+    return runs

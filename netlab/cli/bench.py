@@ -3,6 +3,7 @@ the C original's algorithm; `--plot FILE.svg` draws the ratios (of this run, or 
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ def _saved(path: Path) -> dict[str, Any]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from netlab.bench.fixed_rate import parse_rates
     from netlab.bench.report import QUICK_NOTE
     from netlab.bench.run import Settings, parse_contenders, run_bench
 
@@ -49,7 +51,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise UsageError(f"--plot {args.plot!r}: expected a file ending in one of {', '.join(FORMATS)}")
     if args.from_file is not None:
         return _plot(_saved(Path(args.from_file)), Path(args.plot))
+    if args.runs is not None and args.runs < 1:
+        raise UsageError(f"--runs {args.runs}: expected 1 or more")
+    if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
+        raise UsageError(f"--duration {args.duration}: expected a finite number of seconds above 0")
+    compared: list[str] = []
+    if args.compare_with is not None:
+        from netlab.bench.contenders import add_checkout
+
+        checkout = Path(args.compare_with).resolve()
+        compared = add_checkout(checkout, checkout.name)
     contenders = parse_contenders(args.contenders) if args.contenders is not None else []  # empty: all
+    if contenders and compared:
+        contenders += [name for name in compared if name not in contenders]
+    rates = parse_rates(args.echo_rates) if args.echo_rates is not None else None
     require_privileges()
     settings = Settings.full() if args.full else Settings.quick()
     if args.runs is not None:
@@ -57,6 +72,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.duration is not None:
         settings.duration = args.duration
     settings.contenders = contenders
+    if rates is not None:
+        settings.echo_rates = rates
     plotted: list[int] = []
 
     def plot(document: dict[str, Any]) -> None:
@@ -88,6 +105,18 @@ def register(commands: Commands) -> None:
         "forwarder-gso, forwarder-sockets, forwarder-checksum, forwarder-relay, forwarder-single, "
         "forwarder-proxy-v2, nginx, go-mmproxy "
         "(default: all; missing packages are skipped)",
+    )
+    bench.add_argument(
+        "--compare-with",
+        metavar="CHECKOUT",
+        help="also race the forwarder of another checkout (e.g. `git worktree add ../old v0.1`), as "
+        "forwarder@NAME and forwarder-relay@NAME (NAME: the directory's name)",
+    )
+    bench.add_argument(
+        "--echo-rates",
+        metavar="RATE,...",
+        help="offered datagrams/s of the fixed-rate echo runs (loss and CPU per relayed reply), "
+        "e.g. 50k,100k (--full: 50k,100k,200k; --quick: none)",
     )
     bench.add_argument(
         "--plot",

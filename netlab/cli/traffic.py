@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import math
 import sys
 
 from netlab.addresses import ip_version, parse_endpoint
@@ -81,6 +82,12 @@ def cmd_send(args: argparse.Namespace) -> int:
 def cmd_sniff(args: argparse.Namespace) -> int:
     from netlab.traffic.sniff import Sniffer
 
+    if args.count is not None and args.count < 1:
+        raise UsageError(f"netlab sniff: --count {args.count}: expected 1 or more")
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise UsageError(
+            f"netlab sniff: --timeout {args.timeout}: expected a finite number of seconds above 0"
+        )
     require_privileges()
     namespace = node_namespace(args.lab, args.node)
     datagrams = fragments = 0

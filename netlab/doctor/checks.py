@@ -15,7 +15,7 @@ from typing import Any
 from netlab.addresses import parse_endpoint
 from netlab.doctor.probes import Probe, Rule, reply_mode_of
 from netlab.errors import AddressError
-from netlab.lab.privileges import CAP_NET_ADMIN
+from netlab.lab.privileges import CAP_NET_ADMIN, CAP_NET_RAW
 from netlab.service.relay import IPPROTO_UDP, RELAY_TABLE, local_route_command, rule_command
 from netlab.service.replypath import reply_path_ruleset
 
@@ -58,21 +58,37 @@ def _family(address: str) -> int:
     return ipaddress.ip_address(address).version
 
 
+# Either lets the forwarder set IP_TRANSPARENT; CAP_NET_RAW also opens the raw send path's socket.
+_SEND_CAPABILITIES = (1 << CAP_NET_RAW) | (1 << CAP_NET_ADMIN)
+
+
 def check_capability(deployment: Deployment) -> Finding:
-    capabilities = deployment.host.forwarder_capabilities()
-    if not capabilities:
+    """The forwarder holds CAP_NET_RAW (or CAP_NET_ADMIN), or held it at start-up and gave every
+    capability up once its sockets existed (the raw send path in direct mode needs none after that). A
+    process that holds none and whose bounding set lacks both never had them: its unit does not grant them.
+    """
+    processes = deployment.host.forwarder_capabilities()
+    if not processes:
         return Finding(
-            "CAP_NET_ADMIN", True, "no forwarder running to inspect (it checks at start and exits 77)"
+            "CAP_NET_RAW", True, "no forwarder running to inspect (it checks at start and exits 77)"
         )
-    lacking = [mask for mask in capabilities if not mask & (1 << CAP_NET_ADMIN)]
-    if lacking:
+    never = [each for each in processes if not (each.effective | each.bounding) & _SEND_CAPABILITIES]
+    if never:
         return Finding(
-            "CAP_NET_ADMIN",
+            "CAP_NET_RAW",
             False,
-            "the forwarder runs without CAP_NET_ADMIN, so it cannot use IP_TRANSPARENT",
-            "AmbientCapabilities=CAP_NET_ADMIN and CapabilityBoundingSet=CAP_NET_ADMIN in its service unit",
+            "the forwarder runs without CAP_NET_RAW and its bounding set lacks it (and CAP_NET_ADMIN), so it "
+            "can open neither its raw socket nor use IP_TRANSPARENT",
+            "AmbientCapabilities=CAP_NET_RAW and CapabilityBoundingSet=CAP_NET_RAW in its service unit",
         )
-    return Finding("CAP_NET_ADMIN", True, "the forwarder has CAP_NET_ADMIN")
+    if all(each.effective & _SEND_CAPABILITIES for each in processes):
+        return Finding("CAP_NET_RAW", True, "the forwarder holds CAP_NET_RAW or CAP_NET_ADMIN")
+    return Finding(
+        "CAP_NET_RAW",
+        True,
+        "the forwarder holds no capability now: it gave them up once its sockets existed, as it does on the "
+        "raw send path (it exits 77 at start-up when it cannot get them)",
+    )
 
 
 def check_forwarding(deployment: Deployment) -> list[Finding]:

@@ -6,7 +6,7 @@ import ipaddress
 import json
 import os
 import socket
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from pyroute2 import IPRoute
 
@@ -21,7 +21,7 @@ class Probe(Protocol):
     def read_sysctl(self, key: str) -> str | None: ...
     def route_get(self, destination: str) -> dict[str, Any] | None: ...
     def ruleset(self) -> list[dict[str, Any]]: ...
-    def forwarder_capabilities(self) -> list[int]: ...
+    def forwarder_capabilities(self) -> list["ProcessCapabilities"]: ...
     def forwarder_command_lines(self) -> list[list[str]]: ...
     def packet_route(
         self, src: str, dst: str, sport: int, proto: int, iif: int | None
@@ -162,12 +162,22 @@ def reply_mode_of(argv: list[str]) -> str:
     return mode
 
 
-def capabilities_of(pid: int) -> int:
+class ProcessCapabilities(NamedTuple):
+    """A process's effective and bounding capability masks (/proc/PID/status CapEff, CapBnd)."""
+
+    effective: int
+    bounding: int
+
+
+def capabilities_of(pid: int) -> ProcessCapabilities:
+    """The capability masks of process `pid` (0 for a set /proc does not show)."""
+    masks = {"CapEff:": 0, "CapBnd:": 0}
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("CapEff:"):
-                return int(line.split()[1], 16)
-    return 0
+            key = line.split(maxsplit=1)[0] if line.strip() else ""
+            if key in masks:
+                masks[key] = int(line.split()[1], 16)
+    return ProcessCapabilities(masks["CapEff:"], masks["CapBnd:"])
 
 
 class NamespaceProbe:
@@ -193,7 +203,7 @@ class NamespaceProbe:
 
         return netns.run_in(self.namespace, _list_ruleset)
 
-    def forwarder_capabilities(self) -> list[int]:
+    def forwarder_capabilities(self) -> list[ProcessCapabilities]:
         from netlab.lab import netns
 
         return [capabilities_of(pid) for pid in forwarder_pids(netns.inode(self.namespace))]
@@ -234,7 +244,7 @@ class MachineProbe:
     def ruleset(self) -> list[dict[str, Any]]:
         return _list_ruleset()
 
-    def forwarder_capabilities(self) -> list[int]:
+    def forwarder_capabilities(self) -> list[ProcessCapabilities]:
         status = os.stat("/proc/self/ns/net")
         return [capabilities_of(pid) for pid in forwarder_pids((status.st_dev, status.st_ino))]
 
