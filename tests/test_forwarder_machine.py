@@ -236,6 +236,7 @@ def test_the_policy_gives_one_verdict_per_client() -> None:
     assert policy.judge(("::ffff:192.0.2.1", 53, 0, 0), socket.AF_INET) == (Verdict.ONCE, ("192.0.2.1", 53))
     assert policy.judge(("192.0.2.255", 53), socket.AF_INET) is DropReason.BROADCAST_SOURCE
     assert policy.judge(("127.0.0.1", 53), socket.AF_INET) is DropReason.LOOPBACK_SOURCE
+    assert policy.judge(("192.0.2.2", 53), socket.AF_INET, ("192.0.2.2", 53)) is DropReason.BACKEND_SOURCE
     header = SourcePolicy(Addresses("192.0.2.1"), Addresses(), names_in_header=True)
     assert header.judge(("127.0.0.1", 53), socket.AF_INET6) == (Verdict.HEADER, ("127.0.0.1", 53))
     assert header.judge(("192.0.2.1", 53), socket.AF_INET) == (Verdict.HEADER, ("192.0.2.1", 53))

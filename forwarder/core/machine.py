@@ -34,7 +34,7 @@ import socket
 from collections.abc import Callable, Iterable
 
 from forwarder.core.actions import READ_HEADER, Action, CloseFlows, Drop, OpenFlow, ProxiedAction, SendOnce
-from forwarder.core.addresses import SockAddr, decode_sockaddr, family_of, plain_address, sockaddr_bytes
+from forwarder.core.addresses import SockAddr, decode_sockaddr, family_of, sockaddr_bytes
 from forwarder.core.counters import Counters, DropReason, drop_key, errno_name
 from forwarder.core.flows import (
     DEFAULT_IDLE_TIMEOUT,
@@ -106,6 +106,7 @@ class ForwardingMachine(ReplyRules):
             is_local if is_local is not None else NothingLocal(),
             is_broadcast if is_broadcast is not None else NothingLocal(),
             names_in_header=send_header,
+            backends=backends,
         )
         # Sender key -> its flow: the hot path's one lookup (kept in step with the flow table).
         self._senders: dict[FlowKey, Flow] = {}
@@ -122,10 +123,6 @@ class ForwardingMachine(ReplyRules):
         # made it unbelievable: a load balancer repeats one header for every datagram of a client, and a
         # header refused once (a wrong CRC32C over 64 KiB, say) costs no second look.
         self._headers: HeaderCache[Judged | HeaderProblem] = HeaderCache(HEADER_CACHE_BYTES)
-        # Every destination's (address, port): a client claiming one of them (spoofed, or the backend
-        # itself) is never forwarded, since its flow's replies would go to the backend, whose answers come
-        # back to a listener as that client's next datagram: a loop one datagram starts and nothing ends.
-        self.backends = frozenset((str(plain_address(host)), port) for host, port in backends)
 
     # --- datagram metadata in, an action out -----------------------------------------------------------
 
@@ -169,7 +166,7 @@ class ForwardingMachine(ReplyRules):
             self._senders[sender] = flow
             return self.receive(path, client, 0, 0, now, local=local)
         address = decode_sockaddr(client)
-        judgement = self.policy.judge(address, path.destination.family)
+        judgement = self.policy.judge(address, path.destination.family, path.target)
         action = self._open(path, client, key, judgement, now, address, local)
         if action.__class__ is OpenFlow:
             action.flow.senders.append(sender)
@@ -192,8 +189,6 @@ class ForwardingMachine(ReplyRules):
         if isinstance(judgement, DropReason):
             return self._drop(path, client, judgement.value)
         verdict, source = judgement
-        if source in self.backends or source == path.target:
-            return self._drop(path, client, DropReason.BACKEND_SOURCE.value)
         if verdict is Verdict.HEADER:
             header = proxy_header(source, local, path, self.source_toward) if outgoing is None else outgoing
             if isinstance(header, DropReason) or header is None:
@@ -241,11 +236,11 @@ class ForwardingMachine(ReplyRules):
             return self._drop(path, client, parsed.value), 0
         family = path.destination.family
         if parsed.command is Command.LOCAL:  # no client behind: the sender itself, in a flow of its own
-            judgement = self.policy.judge(decode_sockaddr(client), family)
+            judgement = self.policy.judge(decode_sockaddr(client), family, path.target)
             key = (path.target, canonical_sockaddr(client))
             return self._hit_or_open(path, client, key, judgement, None, now, local), parsed.length
         assert parsed.source is not None
-        judgement = self.policy.judge(parsed.source, family)
+        judgement = self.policy.judge(parsed.source, family, path.target)
         named = parsed.source if isinstance(judgement, DropReason) else judgement[1]
         key = (path.target, sockaddr_bytes(family_of(named[0]), named))
         outgoing = None
@@ -336,7 +331,7 @@ class ForwardingMachine(ReplyRules):
         self.policy.forget()
         self._headers.clear()  # their clients were judged with the answers just forgotten
         for flow in self.flows.values():
-            if not self.policy.keeps(flow.source, flow.path.destination.family):
+            if not self.policy.keeps(flow.source, flow.path.destination.family, flow.path.target):
                 self.flows.remove(flow.key)
                 stale.append(flow)
         return self._gone(stale)

@@ -6,7 +6,7 @@ first datagram arrives and again at every idle sweep; and what the PROXY header 
 import enum
 import errno
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from forwarder.core.addresses import LIMITED_BROADCAST, SockAddr, family_of, plain_address
@@ -144,33 +144,52 @@ class SourcePolicy:
     """Judges clients: which source is presented for one, and how its datagrams leave, or why they are
     dropped. `names_in_header` (--send-proxy-protocol): nothing binds a client's address, so any family
     can be named, and a loopback or link-local client can be forwarded too (its replies leave from the
-    listening socket). `is_local` and `is_broadcast` answer about this host's addresses; `forget` drops
+    listening socket). No client may claim a destination's address and port (`backends`). `is_local` and
+    `is_broadcast` answer about this host's addresses; `forget` drops
     their cached answers (addresses change)."""
 
-    def __init__(self, is_local: LocalProbe, is_broadcast: LocalProbe, *, names_in_header: bool) -> None:
+    def __init__(
+        self,
+        is_local: LocalProbe,
+        is_broadcast: LocalProbe,
+        *,
+        names_in_header: bool,
+        backends: Iterable[tuple[str, int]] = (),
+    ) -> None:
         self.is_local = is_local
         self.is_broadcast = is_broadcast
         self.names_in_header = names_in_header
+        # Every destination's (address, port): a client claiming one of them (spoofed, or the backend
+        # itself) is never forwarded.
+        self.backends = frozenset((str(plain_address(host)), port) for host, port in backends)
 
-    def judge(self, client: SockAddr, family: socket.AddressFamily) -> Judgement:
-        """The verdict for `client` toward a destination of `family`."""
+    def judge(
+        self, client: SockAddr, family: socket.AddressFamily, target: tuple[str, int] | None = None
+    ) -> Judgement:
+        """The verdict for `client` toward a destination of `family` at `target`."""
         if self.names_in_header:
             named = plain_address(str(client[0]))
             source = presentable_source(client, family_of(named), self.is_broadcast)
             if source in _NAMEABLE:
-                return (Verdict.HEADER, (str(named), int(client[1])))
-            return source if isinstance(source, DropReason) else (Verdict.HEADER, source)
-        source = presentable_source(client, family, self.is_broadcast)
+                source = (str(named), int(client[1]))
+        else:
+            source = presentable_source(client, family, self.is_broadcast)
         if isinstance(source, DropReason):
             return source
+        if source in self.backends or source == target:
+            # Its flow's replies would go to the backend, whose answers come back to a listener as that
+            # client's next datagram: a loop one datagram starts and nothing ends.
+            return DropReason.BACKEND_SOURCE
+        if self.names_in_header:
+            return (Verdict.HEADER, source)
         return (Verdict.ONCE if self.is_local(source[0]) else Verdict.BIND, source)
 
-    def keeps(self, source: tuple[str, int], family: socket.AddressFamily) -> bool:
+    def keeps(self, source: tuple[str, int], family: socket.AddressFamily, target: tuple[str, int]) -> bool:
         """Whether a kept flow presenting `source` may stay, at an idle sweep: its verdict is still the one
         it was opened with (an address that became this host's, or a broadcast address of it, is not)."""
         if self.names_in_header:  # no socket is bound to a client's address
             return True
-        judgement = self.judge(source, family)
+        judgement = self.judge(source, family, target)
         return not isinstance(judgement, DropReason) and judgement[0] is Verdict.BIND
 
     @staticmethod
