@@ -356,12 +356,12 @@ class Relay:
         )
         flow = self.machine.flows.lookup((self.route.path.target, raw))
         assert flow is not None
-        assert flow.handle is not None
+        assert flow.socket is not None
         return flow
 
     def reply_waiting(self, flow: Flow) -> None:
         """Wait until a reply is queued on `flow`'s socket (the engine is not polling it)."""
-        sock = flow.handle
+        sock = flow.socket
         assert sock is not None
 
         def queued() -> bool:
@@ -422,11 +422,11 @@ def test_replies_still_queued_when_their_flow_is_evicted_are_counted_unmatched(r
     _, asker = backend.recvfrom(100)
     backend.sendto(b"late", asker)
     relay.reply_waiting(evicted)
-    sock = evicted.handle
+    sock = evicted.socket
 
     relay.forward(second, b"two")  # the flow table holds one flow: the first one goes
 
-    assert evicted.handle is None
+    assert evicted.socket is None
     assert sock is not None
     assert sock.fileno() == -1
     assert relay.machine.counters.reply_dropped == {"reply-unmatched": 1}

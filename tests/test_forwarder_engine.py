@@ -33,13 +33,13 @@ class RecordingEngine(Engine):
     handed: list[tuple[bytes, SockAddr, str]]
 
     def execute(self, route: Route, action: Action, payload: memoryview) -> None:
-        client = action.flow.client if isinstance(action, OpenFlow) else getattr(action, "client", None)
+        client = action.flow.raw_peer if isinstance(action, OpenFlow) else getattr(action, "client", None)
         outcome = action.key if isinstance(action, Drop) else type(action).__name__
         self.handed.append((bytes(payload), decode_sockaddr(client) if client else ("?", 0), outcome))
         super().execute(route, action, payload)
 
     def send(self, flow: Flow, payload: memoryview, header: bytearray | None = None) -> None:
-        self.handed.append((bytes(payload), decode_sockaddr(flow.client), "send"))
+        self.handed.append((bytes(payload), decode_sockaddr(flow.raw_peer), "send"))
         super().send(flow, payload, header)
 
 

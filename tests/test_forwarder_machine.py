@@ -95,7 +95,7 @@ def test_the_first_datagram_opens_a_flow_presenting_the_client_and_the_next_ones
     client = v4("203.0.113.7", 4242)
     first = machine.receive(V4, client, 10, 0, 1.0)
     assert isinstance(first, OpenFlow)
-    assert first.flow.source == ("203.0.113.7", 4242)
+    assert first.flow.presented == ("203.0.113.7", 4242)
     assert len(machine.flows) == 0  # kept only once the engine has its socket
     machine.flow_opened(first.flow, handle())
 
@@ -108,13 +108,13 @@ def test_the_first_datagram_opens_a_flow_presenting_the_client_and_the_next_ones
 def test_a_v4_mapped_client_of_a_dual_stack_socket_is_presented_as_plain_ipv4() -> None:
     action = ForwardingMachine().receive(V4, v6("::ffff:203.0.113.7", 4242), 10, 0, 1.0)
     assert isinstance(action, OpenFlow)
-    assert action.flow.source == ("203.0.113.7", 4242)
+    assert action.flow.presented == ("203.0.113.7", 4242)
 
 
 def test_an_ipv6_client_is_presented_without_its_flow_info() -> None:
     action = ForwardingMachine().receive(V6, v6("2001:db8:113::7", 4242), 10, 0, 1.0)
     assert isinstance(action, OpenFlow)
-    assert action.flow.source == ("2001:db8:113::7", 4242)
+    assert action.flow.presented == ("2001:db8:113::7", 4242)
 
 
 def test_one_client_gets_a_flow_per_destination() -> None:
@@ -190,7 +190,7 @@ def test_opening_a_flow_beyond_max_flows_evicts_the_least_recently_used_one() ->
     assert isinstance(action, OpenFlow)
 
     assert machine.flow_opened(action.flow, handle()) == CloseFlows((flow_b,))
-    assert {flow.source for flow in machine.flows.values()} == {("203.0.113.1", 1), ("203.0.113.3", 3)}
+    assert {flow.presented for flow in machine.flows.values()} == {("203.0.113.1", 1), ("203.0.113.3", 3)}
     assert machine.receive(V4, a, 10, 0, 5.0) is flow_a
 
 
@@ -198,7 +198,7 @@ def test_idle_flows_expire_and_a_used_one_stays() -> None:
     machine = ForwardingMachine(idle_timeout=5)
     idle = opened(machine, V4, v4("203.0.113.1", 1), 100.0)
     busy = opened(machine, V4, v4("203.0.113.2", 2), 100.0)
-    machine.receive(V4, busy.client, 10, 0, 103.0)
+    machine.receive(V4, busy.raw_peer, 10, 0, 103.0)
 
     assert machine.expire(104.0) == CloseFlows(())
     assert machine.expire(106.0) == CloseFlows((idle,))
@@ -248,7 +248,7 @@ def test_the_sweep_asks_the_policy_that_opened_the_flow_so_broadcast_is_judged_o
     flow = opened(machine, V4, v4("203.0.113.255", 4242), 1.0)
     broadcasts.local.add("203.0.113.255")  # the host got a 203.0.113.0/24 address: its broadcast now
 
-    assert machine.policy.judge(flow.source, socket.AF_INET) is DropReason.BROADCAST_SOURCE
+    assert machine.policy.judge(flow.presented, socket.AF_INET) is DropReason.BROADCAST_SOURCE
     assert machine.expire(2.0) == CloseFlows((flow,))
     assert broadcasts.forgotten == 1
 
@@ -280,7 +280,7 @@ def test_a_reply_from_the_flows_destination_is_relayed_to_its_client_and_counted
     machine = relaying()
     flow = opened(machine, V4, v4("203.0.113.7", 4242), 1.0)
     assert machine.reply_received(flow, BACKEND, 100, 0, 2.0) is flow
-    assert flow.address == ("203.0.113.7", 4242)
+    assert flow.peer == ("203.0.113.7", 4242)
     assert (machine.counters.relayed, machine.counters.reply_dropped) == (1, {})
 
 
@@ -366,12 +366,12 @@ def test_the_local_address_a_client_sent_to_is_kept_and_follows_its_latest_datag
     client = v4("203.0.113.7", 4242)
     first = machine.receive(V4, client, 10, 0, 1.0, local=b"\xc6\x33\x64\x01")
     assert isinstance(first, OpenFlow)
-    assert first.flow.local == b"\xc6\x33\x64\x01"
+    assert first.flow.local_address == b"\xc6\x33\x64\x01"
     machine.flow_opened(first.flow, handle())
     machine.receive(V4, client, 10, 0, 2.0, local=b"\xc6\x33\x64\x02")
-    assert first.flow.local == b"\xc6\x33\x64\x02"
+    assert first.flow.local_address == b"\xc6\x33\x64\x02"
     machine.receive(V4, client, 10, 0, 3.0)  # no pktinfo (a datagram queued before it was asked for)
-    assert first.flow.local == b"\xc6\x33\x64\x02"
+    assert first.flow.local_address == b"\xc6\x33\x64\x02"
 
 
 def test_icmp_errors_are_counted_by_the_name_of_their_type() -> None:

@@ -85,7 +85,7 @@ def test_a_checksum_that_sums_to_zero_is_sent_as_all_ones() -> None:
 def queued(batch: RawBatch, flows: list[Flow], payloads: list[bytes]) -> list[bytearray]:
     buffers = [bytearray(payload) for payload in payloads]
     for flow, buffer in zip(flows, buffers, strict=True):
-        flow.raw = RawFlow(batch, flow.source, flow.path.target)
+        flow.raw = RawFlow(batch, flow.presented, flow.path.target)
         address = ctypes.addressof((ctypes.c_char * max(len(buffer), 1)).from_buffer(buffer)) if buffer else 0
         batch.queue(flow, flow.raw, address, memoryview(buffer))
     return buffers  # the iovecs point into them: keep them alive until the flush

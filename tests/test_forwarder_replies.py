@@ -133,7 +133,7 @@ def test_a_reply_that_cannot_be_sent_is_counted_and_the_replies_after_it_in_the_
             client.sendto(b"ask", listener.getsockname())
         drain(engine, route)
         flows = list(machine.flows.values())
-        flows[1].address = ("127.0.0.1", 0)  # a destination no datagram can be sent to: EINVAL
+        flows[1].peer = ("127.0.0.1", 0)  # a destination no datagram can be sent to: EINVAL
         for _ in flows:
             backend.sendto(b"reply", backend.recvfrom(100)[1])
         now = time.monotonic()

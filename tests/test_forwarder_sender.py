@@ -82,7 +82,7 @@ class Forwarder:
         return self.machine.flows.lookup(key)
 
     def clients(self) -> set[tuple[str, int]]:
-        return {flow.source for flow in self.machine.flows.values()}
+        return {flow.presented for flow in self.machine.flows.values()}
 
 
 @pytest.mark.privileged
@@ -102,10 +102,10 @@ def test_a_flow_socket_is_kept_unconnected_and_reused_for_the_next_datagram(
     flow = forwarder.flow(client)
     assert flow is first
     assert flow is not None
-    assert flow.handle is not None
-    assert flow.handle.getsockname() == client
+    assert flow.socket is not None
+    assert flow.socket.getsockname() == client
     with pytest.raises(OSError, match="not connected"):
-        flow.handle.getpeername()
+        flow.socket.getpeername()
 
 
 @pytest.mark.privileged
@@ -132,13 +132,13 @@ def test_an_evicted_flow_socket_is_closed(lab: Lab, backend: socket.socket) -> N
     forwarder.forward(b"a", ("203.0.113.1", 1001), BACKEND, 1)
     evicted = forwarder.flow(("203.0.113.1", 1001))
     assert evicted is not None
-    sock = evicted.handle
+    sock = evicted.socket
     assert sock is not None
 
     forwarder.forward(b"b", ("203.0.113.2", 1002), BACKEND, 2)
 
     assert sock.fileno() == -1
-    assert evicted.handle is None
+    assert evicted.socket is None
     assert len(forwarder.machine.flows) == 1
 
 
@@ -148,7 +148,7 @@ def test_idle_flows_are_closed_after_the_idle_timeout(lab: Lab, backend: socket.
     forwarder.forward(b"a", ("203.0.113.1", 1001), BACKEND, 100)
     flow = forwarder.flow(("203.0.113.1", 1001))
     assert flow is not None
-    sock = flow.handle
+    sock = flow.socket
     assert sock is not None
 
     assert forwarder.engine.expire(104) == 0
@@ -198,7 +198,7 @@ def test_a_flow_whose_source_became_local_is_closed_at_the_next_sweep(
     forwarder.forward(b"x", client, BACKEND, 1)
     flow = forwarder.flow(client)
     assert flow is not None
-    sock = flow.handle
+    sock = flow.socket
     assert sock is not None
 
     addresses.local.add("203.0.113.7")  # e.g. the address was added to one of the host's interfaces
@@ -219,7 +219,7 @@ def test_a_flow_whose_source_became_a_subnet_broadcast_is_closed_at_the_next_swe
     forwarder.forward(b"x", client, BACKEND, 1)
     flow = forwarder.flow(client)
     assert flow is not None
-    sock = flow.handle
+    sock = flow.socket
     assert sock is not None
 
     broadcasts.local.add("203.0.113.255")  # e.g. 203.0.113.0/24 was added to one of the host's interfaces

@@ -129,26 +129,26 @@ class Path:
 
 
 class Flow(Entry):
-    """One client's flow to one destination, with the socket the engine opened for it (`handle`).
+    """One client's flow to one destination, with the socket the engine opened for it (`socket`).
 
     Returned by `receive`, the flow is also the action "send this datagram on the flow's open socket"; by
     `reply_received`, "relay this reply to the flow's client": the hot paths allocate nothing.
     """
 
     __slots__ = (
-        "address",
-        "client",
-        "handle",
         "header",
         "header_local",
         "header_path",
         "headers",
         "key",
-        "local",
+        "local_address",
         "path",
+        "peer",
+        "presented",
         "raw",
+        "raw_peer",
         "senders",
-        "source",
+        "socket",
     )
 
     def __init__(
@@ -164,12 +164,14 @@ class Flow(Entry):
         super().__init__()
         self.key = key
         self.path = path
-        # The sender's raw sockaddr, as received (the client, or the load balancer that named it), decoded.
-        self.client = key[1] if client is None else client
-        self.address = address if address is not None else decode_sockaddr(self.client)
-        self.source = source  # the (address, port) presented to the backend
-        self.local = local  # the raw address the client sent to (IP_PKTINFO), on a wildcard listener
-        self.handle: socket.socket | None = None
+        # The latest sender's raw sockaddr, as received (the client, or the load balancer that named it),
+        # and decoded: where the flow's replies go.
+        self.raw_peer = key[1] if client is None else client
+        self.peer = address if address is not None else decode_sockaddr(self.raw_peer)
+        self.presented = source  # the (address, port) presented to the backend as the datagrams' source
+        # The raw address the client sent to (IP_PKTINFO), on a wildcard listener: the replies' source.
+        self.local_address = local
+        self.socket: socket.socket | None = None  # the flow's own socket, when it has one
         # --send-proxy-protocol: the PROXY header the flow's datagrams get, and what it names: the listener
         # (`header_path`; None for a header decided by a received one) and the address the client sent to
         # (`header_local`); those built for other listeners and addresses are kept in `headers`.
@@ -186,12 +188,12 @@ class Flow(Entry):
         """The flow's replies now go to `client` (its latest sender) through `path`'s listening socket; the
         local address it sent to is set after this (or unknown: never one seen on another socket)."""
         self.path = path
-        self.client = client
-        self.address = decode_sockaddr(client)
-        self.local = None
+        self.raw_peer = client
+        self.peer = decode_sockaddr(client)
+        self.local_address = None
 
     def __repr__(self) -> str:
-        return f"Flow({endpoint_text(self.source)} -> {self.path.destination})"
+        return f"Flow({endpoint_text(self.presented)} -> {self.path.destination})"
 
 
 def canonical_sockaddr(raw: bytes) -> bytes:

@@ -137,13 +137,13 @@ class ForwardingMachine(ReplyRules):
             return self._drop(path, client, drop_key(DropReason.TRUNCATED))
         flow = self._lookup((path.target, client))
         if flow is not None:
-            if flow.path is not path or flow.client != client:
+            if flow.path is not path or flow.raw_peer != client:
                 flow.redirect(path, client)
             if local is not None:
-                flow.local = local  # replies leave from the address the client used last
+                flow.local_address = local  # replies leave from the address the client used last
             if (
                 flow.header is not None
-                and (flow.header_path is not path or flow.header_local != flow.local)
+                and (flow.header_path is not path or flow.header_local != flow.local_address)
                 and not readdress_header(flow, self.source_toward)
             ):
                 return self._drop(path, client, DropReason.FAMILY_MISMATCH.value)
@@ -268,16 +268,16 @@ class ForwardingMachine(ReplyRules):
             return self._open(path, client, key, judgement, now, None, local, outgoing)
         if isinstance(outgoing, DropReason) and flow.header is not None:
             return self._drop(path, client, outgoing.value)
-        if flow.path is not path or flow.client != client:  # replies go to the latest sender
+        if flow.path is not path or flow.raw_peer != client:  # replies go to the latest sender
             flow.redirect(path, client)
         if local is not None:
-            flow.local = local
+            flow.local_address = local
         if flow.header is not None:
             if isinstance(outgoing, bytearray):
                 flow.header, flow.header_path = outgoing, None
-            elif (flow.header_path is not path or flow.header_local != flow.local) and not readdress_header(
-                flow, self.source_toward
-            ):
+            elif (
+                flow.header_path is not path or flow.header_local != flow.local_address
+            ) and not readdress_header(flow, self.source_toward):
                 return self._drop(path, client, DropReason.FAMILY_MISMATCH.value)
         flow.last_used = now
         flow.referenced = True
@@ -293,7 +293,7 @@ class ForwardingMachine(ReplyRules):
     def flow_opened(self, flow: Flow, handle: socket.socket | None) -> CloseFlows | None:
         """The engine opened `handle` for `flow` (None: the flow needs no socket, on the raw send path):
         keep it (as used when its first datagram arrived); the flows evicted to make room must be closed."""
-        flow.handle = handle
+        flow.socket = handle
         evicted = self.flows.add(flow.key, flow, flow.last_used)
         for sender in flow.senders:
             self._senders[sender] = flow
@@ -301,7 +301,7 @@ class ForwardingMachine(ReplyRules):
 
     def open_failed(self, flow: Flow, error_number: int) -> Drop:
         """Opening `flow`'s socket failed: its datagram is a send error, and no flow is kept."""
-        return self._failed(flow.path, flow.client, error_number)
+        return self._failed(flow.path, flow.raw_peer, error_number)
 
     def send_failed(self, path: Path, client: bytes, error_number: int) -> Drop:
         """A datagram of `client` (counted as forwarded) could not be sent."""
@@ -331,7 +331,7 @@ class ForwardingMachine(ReplyRules):
         self.policy.forget()
         self._headers.clear()  # their clients were judged with the answers just forgotten
         for flow in self.flows.values():
-            if not self.policy.keeps(flow.source, flow.path.destination.family, flow.path.target):
+            if not self.policy.keeps(flow.presented, flow.path.destination.family, flow.path.target):
                 self.flows.remove(flow.key)
                 stale.append(flow)
         return self._gone(stale)

@@ -92,7 +92,7 @@ def readdress_header(flow: Flow, source_toward: Callable[[str], str | None] | No
     addresses than its header names (or its header was a received one's): the header names the
     flow's listener and address now (built once per flow, listener and address). False when no
     header can."""
-    key = (flow.path, flow.local)
+    key = (flow.path, flow.local_address)
     headers = flow.headers
     if headers is None:  # the first change: the header built with the flow is kept too
         headers = flow.headers = {}
@@ -100,11 +100,11 @@ def readdress_header(flow: Flow, source_toward: Callable[[str], str | None] | No
             headers[flow.header_path, flow.header_local] = flow.header
     header = headers.get(key)
     if header is None:
-        header = proxy_header(flow.source, flow.local, flow.path, source_toward)
+        header = proxy_header(flow.presented, flow.local_address, flow.path, source_toward)
         if header is None:
             return False
         bounded_put(headers, key, header, FLOW_HEADERS)
-    flow.header, flow.header_path, flow.header_local = header, flow.path, flow.local
+    flow.header, flow.header_path, flow.header_local = header, flow.path, flow.local_address
     return True
 
 
@@ -145,8 +145,8 @@ class SourcePolicy:
     dropped. `names_in_header` (--send-proxy-protocol): nothing binds a client's address, so any family
     can be named, and a loopback or link-local client can be forwarded too (its replies leave from the
     listening socket). No client may claim a destination's address and port (`backends`). `is_local` and
-    `is_broadcast` answer about this host's addresses; `forget` drops
-    their cached answers (addresses change)."""
+    `is_broadcast` answer about this host's addresses; `forget` drops their cached answers (addresses
+    change)."""
 
     def __init__(
         self,

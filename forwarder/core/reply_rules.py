@@ -69,4 +69,4 @@ class ReplyRules:
     def _reply_drop(self, flow: Flow, reason: DropReason, detail: str = "") -> Drop:
         key = drop_key(reason, detail)
         self.counters.reply_dropped[key] += 1
-        return Drop(key, flow.path, flow.client, reply=True)
+        return Drop(key, flow.path, flow.raw_peer, reply=True)

@@ -138,17 +138,17 @@ class Engine(FlowSide):
         if flow.raw is not None:
             error_number = self.raw.send(flow, payload)  # type: ignore[union-attr]
             if error_number:
-                self.log_drop(self.machine.send_failed(flow.path, flow.client, error_number))
+                self.log_drop(self.machine.send_failed(flow.path, flow.raw_peer, error_number))
             return
         if header is None:
             header = flow.header
         try:
             if header is not None:  # two iovecs: the header, then the payload (no copy)
-                flow.handle.sendmsg((header, payload))  # type: ignore[union-attr]
+                flow.socket.sendmsg((header, payload))  # type: ignore[union-attr]
             elif self.connect_flows:
-                flow.handle.send(payload)  # type: ignore[union-attr]
+                flow.socket.send(payload)  # type: ignore[union-attr]
             else:
-                flow.handle.sendto(payload, flow.path.target)  # type: ignore[union-attr]
+                flow.socket.sendto(payload, flow.path.target)  # type: ignore[union-attr]
         except OSError as error:
             self._send_failed(flow, payload, header, error.errno or errno.EIO)
 
@@ -160,15 +160,15 @@ class Engine(FlowSide):
         if self.failed_by_pending_error(flow, error_number):
             try:
                 if header is not None:
-                    flow.handle.sendmsg((header, payload))  # type: ignore[union-attr]
+                    flow.socket.sendmsg((header, payload))  # type: ignore[union-attr]
                 elif self.connect_flows:
-                    flow.handle.send(payload)  # type: ignore[union-attr]
+                    flow.socket.send(payload)  # type: ignore[union-attr]
                 else:
-                    flow.handle.sendto(payload, flow.path.target)  # type: ignore[union-attr]
+                    flow.socket.sendto(payload, flow.path.target)  # type: ignore[union-attr]
                 return
             except OSError as error:
                 error_number = error.errno or errno.EIO
-        self.log_drop(self.machine.send_failed(flow.path, flow.client, error_number))
+        self.log_drop(self.machine.send_failed(flow.path, flow.raw_peer, error_number))
 
     def failed_by_pending_error(self, flow: Flow, error_number: int) -> bool:
         """A send on `flow` just failed with `error_number`: read (and count) its error queue, and say
@@ -194,12 +194,12 @@ class Engine(FlowSide):
                 sock = open_plain_flow_socket(flow.path.destination.family, flow.path.target)
             else:
                 peer = flow.path.target if self.connect_flows else None
-                listeners = self._listeners_on.get(flow.source[1])
+                listeners = self._listeners_on.get(flow.presented[1])
                 if listeners:
                     with sharing_port(listeners):
-                        sock = open_flow_socket(flow.source, flow.path.destination.family, peer)
+                        sock = open_flow_socket(flow.presented, flow.path.destination.family, peer)
                 else:
-                    sock = open_flow_socket(flow.source, flow.path.destination.family, peer)
+                    sock = open_flow_socket(flow.presented, flow.path.destination.family, peer)
         except OSError as error:
             self.log_drop(self.machine.open_failed(flow, error.errno or errno.EIO))
             return False
@@ -225,14 +225,14 @@ class Engine(FlowSide):
         """Close the sockets of flows the machine let go. In relay mode replies still queued on them are
         counted first (`drain`): they can never reach their client now."""
         for flow in action.flows:
-            sock = flow.handle
+            sock = flow.socket
             if sock is None:
                 continue
             self._unwatch(sock)
             if drain and self.machine.relay:
                 self.error_queues.read(flow)
                 self.machine.replies_unmatched(flow, _discard_queued(sock))
-            flow.handle = None
+            flow.socket = None
             sock.close()
 
     def log_drop(self, drop: Drop) -> None:

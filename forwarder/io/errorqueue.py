@@ -43,7 +43,7 @@ class ErrorQueues:
     def read(self, flow: Flow) -> list[QueuedError | None]:
         """Read `flow`'s error queue; count (and log, rate-limited) each ICMP error; return the entries
         read (None for one that carried no error)."""
-        sock = flow.handle
+        sock = flow.socket
         read: list[QueuedError | None] = []
         while sock is not None and len(read) < MAX_ERRORS:
             try:
@@ -60,7 +60,7 @@ class ErrorQueues:
                 "ICMP error (%s) from %s about datagrams of %s to %s on %s",
                 name,
                 error.offender or "?",
-                ClientText(flow.client),
+                ClientText(flow.raw_peer),
                 flow.path.destination,
                 flow.path.name,
             )

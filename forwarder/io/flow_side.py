@@ -88,7 +88,7 @@ class FlowSide:
     def gather(self, flow: Flow, now: float, *, errors: bool) -> None:
         """Read `flow`'s socket: its error queue first when it reported an error (`errors`), then up to
         MAX_REPLIES replies, batched with recvmmsg; replies to relay wait for flush_replies()."""
-        sock = flow.handle
+        sock = flow.socket
         if sock is None:  # closed since the selector reported it (evicted by a new flow)
             return
         if errors:
@@ -144,12 +144,14 @@ class FlowSide:
             staged: list[tuple[Flow, int]] = []
             for flow, index in group:
                 control = b""
-                if route.pktinfo and flow.local is not None:
-                    if not flow.local:  # its datagram's control messages were cut short: source unknown
+                if route.pktinfo and flow.local_address is not None:
+                    if (
+                        not flow.local_address
+                    ):  # its datagram's control messages were cut short: source unknown
                         self.log_drop(machine.reply_send_failed(flow, errno.EADDRNOTAVAIL))
                         continue
-                    control = self._source_control_raw(family, flow.local)
-                batch.stage(message, index, self._client_name(family, flow.address), control)
+                    control = self._source_control_raw(family, flow.local_address)
+                batch.stage(message, index, self._client_name(family, flow.peer), control)
                 staged.append((flow, index))
                 message += 1
             group.clear()
@@ -219,14 +221,14 @@ class FlowSide:
         route = self._route_of[flow.path]
         listener = route.listener.sock
         try:
-            if route.pktinfo and flow.local is not None:
-                if not flow.local:
+            if route.pktinfo and flow.local_address is not None:
+                if not flow.local_address:
                     raise OSError(errno.EADDRNOTAVAIL, "the address the client sent to is unknown")
                 listener.sendmsg(
-                    [payload], self._source_control(listener.family, flow.local), 0, flow.address
+                    [payload], self._source_control(listener.family, flow.local_address), 0, flow.peer
                 )
             else:
-                listener.sendto(payload, flow.address)
+                listener.sendto(payload, flow.peer)
         except OSError as error:
             self.log_drop(self.machine.reply_send_failed(flow, error.errno or errno.EIO))
 
@@ -248,8 +250,8 @@ class FlowSide:
         return its file descriptor, which the loop's selector watches as one."""
         self._flow_poll = select.epoll()
         for flow in self.machine.flows.values():  # opened before the loop (tests drain by hand)
-            if flow.handle is not None:
-                self._watch(flow, flow.handle)
+            if flow.socket is not None:
+                self._watch(flow, flow.socket)
         return self._flow_poll.fileno()
 
     def unwatch_flow_sockets(self) -> None:

@@ -227,7 +227,7 @@ class RawSend:
 
     def prepare(self, flow: Flow) -> None:
         """Build what `flow`'s datagrams need on the raw path (once, when it opens)."""
-        flow.raw = RawFlow(self.batches[flow.path.destination.family], flow.source, flow.path.target)
+        flow.raw = RawFlow(self.batches[flow.path.destination.family], flow.presented, flow.path.target)
 
     def queue(self, flow: Flow, base: int, payload: memoryview) -> None:
         """Add a datagram of `flow` (prepared) to its family's batch; sent by `flush`."""

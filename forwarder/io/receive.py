@@ -255,7 +255,7 @@ class BatchReceive:
             failed = raw.flush()
             if failed:
                 for flow, error_number in failed:
-                    executor.log_drop(machine.send_failed(flow.path, flow.client, error_number))
+                    executor.log_drop(machine.send_failed(flow.path, flow.raw_peer, error_number))
                 failed.clear()
             handled += count
             if count < receiver.batch:
@@ -290,12 +290,12 @@ class BatchReceive:
             self.executor.send(flow, view, header)
             return
         sender = self.segmenting
-        if sender is None or sender.gso is None or flow.handle is None or skips:
+        if sender is None or sender.gso is None or flow.socket is None or skips:
             self._send_each(flow, first, length, skips, header)
             return
         u32, slots = self.receiver.u32, self.receiver.slots
         largest = sender.gso.largest
-        fd = flow.handle.fileno()
+        fd = flow.socket.fileno()
         lengths = [u32[slots[index].length] for index in range(first, first + length)]
         most = MAX_PAYLOAD[flow.path.destination.family]
         for start, count, segment in plan_runs(lengths, max_payload=most):
@@ -315,19 +315,19 @@ class BatchReceive:
         header = header or flow.header
         retried = -1
         while length:
-            if length == 1 or sender is None or flow.handle is None:
+            if length == 1 or sender is None or flow.socket is None:
                 slot = slots[first]
                 payload = data[slot.data + skips.get(first, 0) : slot.data + u32[slot.length]]
                 executor.send(flow, payload, header)
                 first, length = first + 1, length - 1
                 continue
-            sent, error_number = sender.send_run(flow.handle.fileno(), first, length, skips, header)
+            sent, error_number = sender.send_run(flow.socket.fileno(), first, length, skips, header)
             first, length = first + sent, length - sent
             if error_number:
                 if retried != first and executor.failed_by_pending_error(flow, error_number):
                     retried = first
                     continue
-                executor.log_drop(executor.machine.send_failed(flow.path, flow.client, error_number))
+                executor.log_drop(executor.machine.send_failed(flow.path, flow.raw_peer, error_number))
                 first, length = first + 1, length - 1
 
 
