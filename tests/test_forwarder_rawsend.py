@@ -87,7 +87,7 @@ def queued(batch: RawBatch, flows: list[Flow], payloads: list[bytes]) -> list[by
     for flow, buffer in zip(flows, buffers, strict=True):
         flow.raw = RawFlow(batch, flow.source, flow.path.target)
         address = ctypes.addressof((ctypes.c_char * max(len(buffer), 1)).from_buffer(buffer)) if buffer else 0
-        batch.queue(flow, flow.raw, address, memoryview(buffer))
+        batch.queue(flow, flow.raw, address, len(buffer))
     return buffers  # the iovecs point into them: keep them alive until the flush
 
 
