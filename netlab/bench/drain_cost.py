@@ -62,7 +62,8 @@ class DrainCost:
         options = {
             "listen": [HOST_ADDRESS, PORT],
             "destination": f"{BACKEND_ADDRESS}:{PORT}",
-            "send_path": case.send_path,
+            "send_path": "sockets" if case.send_path == "gso" else case.send_path,
+            "gso": case.send_path == "gso",
             "fifo": str(fifo),
             "count": count,
         }
@@ -140,7 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m netlab.bench.drain_cost", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--paths", default="raw,sockets", help="send paths (default raw,sockets)")
+    parser.add_argument(
+        "--paths",
+        default="raw,sockets",
+        help="send paths: raw, sockets, gso (sockets with --gso); default raw,sockets",
+    )
     parser.add_argument("--flows", default="1,1000", help="flow counts (default 1,1000)")
     parser.add_argument("--sizes", default="64,1200", help="payload sizes (default 64,1200)")
     parser.add_argument("--count", type=int, default=3000, help="datagrams queued per run (default 3000)")
