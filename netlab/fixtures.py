@@ -52,8 +52,30 @@ def load_topology(name: str) -> Topology:
 
 
 def scenario_path(name: str) -> Path:
-    """The file of the shipped scenario `name` (fixtures/scenarios/NAME.toml)."""
-    return fixture_path("scenarios", name)
+    """The file of the shipped scenario `name` (fixtures/scenarios/NAME.toml); FixtureNotFoundError listing
+    the shipped scenarios when there is none (a topology kept next to the scenarios is none)."""
+    path = _scenario_file(name)
+    if not path.is_file() or is_topology_file(path):
+        raise missing_scenario(name)
+    return path
+
+
+def missing_scenario(name: str, file_too: bool = False) -> FixtureNotFoundError:
+    """The error for `name`, which is no shipped scenario (`file_too`: nor a file, for `netlab run`, which
+    takes either): it lists the shipped ones, and says so when `name` is a topology kept next to them."""
+    if file_too:
+        what = f"no scenario file {name!r}, and no shipped scenario of that name"
+    else:
+        what = f"no shipped scenario {name!r}"
+    path = _scenario_file(name)
+    what += f" in {path.parent}"
+    if path.is_file():
+        what += f" ({path.name} there is a topology that scenarios use)"
+    return FixtureNotFoundError(f"{what}; shipped scenarios: {scenario_names()}")
+
+
+def _scenario_file(name: str) -> Path:
+    return fixtures_dir() / "scenarios" / (name if name.endswith(".toml") else name + ".toml")
 
 
 TOPOLOGY_TABLES = frozenset({"nodes", "devices", "links", "routes", "roles"})

@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -389,3 +390,29 @@ def test_the_fixed_rate_table_has_loss_and_cpu_per_reply_per_rate_and_the_ceilin
     assert " - " in dnat  # no process of its own
     assert f"echo ceiling {ECHO_1000}" in table
     assert table.index("kernel-dnat+rps 95k") < table.index("nginx 56k")
+
+
+def test_compare_with_a_directory_without_a_forwarder_exits_64_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", "--compare-with", str(tmp_path)]) == os.EX_USAGE
+    message = capsys.readouterr().err
+    assert repr(str(tmp_path)) in message
+    assert "forwarder/__main__.py" in message
+    assert len(message.splitlines()) == 1
+
+
+def test_another_checkout_is_raced_as_forwarder_at_its_name_with_its_relay_twin(tmp_path: Path) -> None:
+    checkout = tmp_path / "before"
+    (checkout / "forwarder").mkdir(parents=True)
+    (checkout / "forwarder" / "__main__.py").write_text("")
+    saved = dict(CONTENDERS)
+    try:
+        names = contenders_module.add_checkout(checkout, "before")
+        assert names == ["forwarder@before", "forwarder-relay@before"]
+        assert parse_contenders("forwarder@before,forwarder") == ["forwarder@before", "forwarder"]
+        assert not CONTENDERS["forwarder@before"].relays_replies
+        assert CONTENDERS["forwarder-relay@before"].relays_replies
+    finally:
+        CONTENDERS.clear()
+        CONTENDERS.update(saved)

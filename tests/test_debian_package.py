@@ -1,8 +1,8 @@
 """The Debian package of the forwarder, built by `./dev deb` (dpkg-buildpackage with debhelper and pybuild, in
 a temporary copy of the sources): lintian-clean; the daemon in /usr/sbin, the forwarder in Python's
-dist-packages, the template units, the manual page and commented /etc examples, and nothing of netlab;
-depending on python3 alone. Extracted into a throwaway root (`dpkg-deb -x`), its daemon runs on that root's
-Python path and its units pass `systemd-analyze verify`, man pages included.
+dist-packages, the template units, the manual page, the README it points to and commented /etc examples,
+and nothing of netlab; depending on python3 alone. Extracted into a throwaway root (`dpkg-deb -x`), its
+daemon runs on that root's Python path and its units pass `systemd-analyze verify`, man pages included.
 
 Building takes about half a minute, so the package is built once per run and shared by the xdist workers.
 """
@@ -24,6 +24,8 @@ DAEMON = "usr/sbin/systemd-transparent-udp-forwarderd"
 DIST_PACKAGES = "usr/lib/python3/dist-packages"
 UNIT_DIRECTORY = "lib/systemd/system"
 MAN_PAGE = "usr/share/man/man8/systemd-transparent-udp-forwarderd.8.gz"
+# The README, whose routing recipes `--help` and the man page point to (compressed, as Debian does).
+README = "usr/share/doc/transparent-udp-forwarder/README.md.gz"
 TEMPLATES = [
     "transparent-udp-forwarder@.service",
     "transparent-udp-forwarder@.socket",
@@ -118,6 +120,7 @@ def test_the_package_holds_the_daemon_the_forwarder_the_units_the_man_page_and_t
     expected = {
         DAEMON,
         MAN_PAGE,
+        README,
         "etc/transparent-udp-forwarder/PORT.env.example",
         "etc/proxy-protocol-udp-forwarder/PORT.env.example",
         *(f"{UNIT_DIRECTORY}/{name}" for name in TEMPLATES),
@@ -274,6 +277,20 @@ def test_the_installed_man_page_is_the_one_generated_from_the_parser(installed_r
     )
 
     assert page == generated.stdout
+
+
+def test_the_installed_man_page_names_the_installed_readme_which_is_the_checkouts(
+    installed_root: Path,
+) -> None:
+    # --help and the man page send the reader to "the README's routing recipe": the page says where it is,
+    # and that file is this checkout's README, recipes included.
+    page = gzip.decompress((installed_root / MAN_PAGE).read_bytes()).decode()
+    named = set(re.findall(r"/usr/share/doc/\S*README\S*", page.replace("\\-", "-")))
+
+    assert named == {f"/{README}"}
+    readme = gzip.decompress((installed_root / README).read_bytes()).decode()
+    assert readme == (ROOT / "README.md").read_text()
+    assert "#### Relay: the host routes the replies to the forwarder" in readme
 
 
 def test_building_leaves_the_checkout_as_it_was(package: Path) -> None:

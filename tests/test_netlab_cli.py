@@ -155,9 +155,17 @@ def test_a_lab_that_does_not_exist_exits_68_naming_the_existing_ones(
     assert up_lab in err
 
 
-def test_a_missing_scenario_exits_66_naming_the_shipped_ones(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_missing_scenario_exits_66_naming_the_shipped_scenarios_and_no_topology(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     assert main(["run", "no-such-scenario"]) == 66
-    assert "zero-length-datagram" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "netlab: no scenario file 'no-such-scenario', and no shipped scenario of that name in "
+    )
+    assert "; shipped scenarios: [" in err
+    assert "zero-length-datagram" in err
+    assert "short-backend-route" not in err  # a topology kept next to the scenarios
 
 
 def test_an_invalid_scenario_exits_78_naming_file_element_and_value(

@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 
 from netlab.errors import FixtureNotFoundError, ScenarioError, TopologyError
-from netlab.fixtures import is_topology_file, scenario_names, scenario_path
+from netlab.fixtures import fixtures_dir, is_topology_file, scenario_names, scenario_path
+from netlab.scenario import load
 from netlab.scenario.load import load_scenario
+from netlab.scenario.model import counted
 
 VALID = """
 topology = "seed"
@@ -100,9 +102,47 @@ def test_an_inline_topology_error_names_the_scenario_file(tmp_path: Path) -> Non
         load_scenario(path)
 
 
-def test_a_missing_scenario_names_the_shipped_ones() -> None:
-    with pytest.raises(FixtureNotFoundError, match=r"no scenarios fixture 'no-such'.*zero-length-datagram"):
+def shipped_list(message: str) -> list[str]:
+    """The names after 'shipped scenarios: ' in an error message."""
+    return re.findall(r"'([a-z0-9-]+)'", message.partition("shipped scenarios: ")[2])
+
+
+def test_a_missing_scenario_is_named_with_the_shipped_ones_and_only_those() -> None:
+    with pytest.raises(FixtureNotFoundError) as raised:
         load_scenario("no-such")
+
+    message = str(raised.value)
+    directory = fixtures_dir() / "scenarios"
+    assert message.startswith(
+        f"no scenario file 'no-such', and no shipped scenario of that name in {directory}; "
+    )
+    # The topology kept next to the scenarios is not one of them.
+    assert shipped_list(message) == scenario_names()
+    assert "short-backend-route" not in message
+
+
+def test_the_topology_next_to_the_scenarios_is_no_scenario_by_name() -> None:
+    with pytest.raises(FixtureNotFoundError) as raised:
+        scenario_path("short-backend-route")
+
+    message = str(raised.value)
+    assert message.startswith("no shipped scenario 'short-backend-route' in ")
+    assert (
+        "(short-backend-route.toml there is a topology that scenarios use); shipped scenarios: [" in message
+    )
+    assert shipped_list(message) == scenario_names()
+
+
+def test_an_expectation_reads_in_the_singular_or_the_plural_as_its_count(tmp_path: Path) -> None:
+    text = VALID + '[[expect.arrives]]\nat = "backend:27000"\ncount = 2\n'
+    one, two = load_scenario(write(tmp_path, text)).expect.arrives
+
+    assert one.describe() == "a datagram arrives at backend:27000 with payload b'hi'"
+    assert two.describe() == "2 datagrams arrive at backend:27000"
+
+
+def test_report_lines_count_in_the_right_number() -> None:
+    assert [counted(n, "item") for n in (0, 1, 2)] == ["0 items", "1 item", "2 items"]
 
 
 RELAY = """
@@ -283,7 +323,7 @@ def test_a_topology_file_next_to_the_scenarios_is_not_taken_for_one(
 
 
 def test_the_shipped_topology_next_to_its_scenario_is_used_and_not_listed() -> None:
-    assert is_topology_file(scenario_path("short-backend-route"))
+    assert is_topology_file(fixtures_dir() / "scenarios" / "short-backend-route.toml")
     assert "short-backend-route" not in scenario_names()
     scenario = load_scenario("backend-unreachable-counted")
     assert scenario.topology.source.endswith("scenarios/short-backend-route.toml")
@@ -342,3 +382,15 @@ def test_addresses_outside_the_documentation_ranges_are_refused(
         ScenarioError, match=rf"{re.escape(element)}: address .* is outside the lab's address"
     ):
         load_scenario(path)
+
+
+def test_the_readmes_annotated_example_names_every_traffic_and_arrives_key() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("### Scenarios") :]
+    example = re.search(r"^```toml\n(.*?)^```$", section, re.M | re.S)
+    assert example, "the Scenarios section has no annotated ```toml example"
+
+    def unnamed(keys: set[str]) -> list[str]:
+        return sorted(key for key in keys if not re.search(rf"(?<![\w-]){key}(?![\w-])", example[1]))
+
+    assert (unnamed(load._TRAFFIC), unnamed(load._ARRIVES)) == ([], [])

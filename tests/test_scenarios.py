@@ -29,6 +29,16 @@ def test_scenario(name: str, lab: Lab) -> None:
 
 
 @pytest.mark.privileged
+def test_the_report_counts_the_traffic_sent_in_the_right_number(lab: Lab) -> None:
+    scenario = load_scenario("zero-length-datagram")
+    assert len(scenario.traffic) == 1
+
+    report = run_scenario(scenario, lab).report()
+
+    assert "  [pass] the traffic is sent (1 item)\n" in report, report
+
+
+@pytest.mark.privileged
 def test_a_reply_from_an_unrewritten_port_is_named_in_the_failure(lab: Lab) -> None:
     scenario = load_scenario("reply-path-backend-on-another-port")
     assert scenario.reply_path is not None

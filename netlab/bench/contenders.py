@@ -12,6 +12,7 @@ forwarder has them, are `forwarder_with("--reply", "relay")` with `relays_replie
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Any
 
 from netlab.bench.lab import (
@@ -25,6 +26,7 @@ from netlab.bench.lab import (
     Case,
     Contender,
 )
+from netlab.errors import UsageError
 from netlab.lab.nft import delete_table
 from netlab.lab.process import Process
 from netlab.service.activation import ForwarderUnderTest, start_forwarder
@@ -77,14 +79,19 @@ FORWARDER_ARGS = ["--log-level", "warning", "--receive-buffer", str(4 << 20), "-
 SOCKETS_PATH = ("--send-path", "sockets")
 
 
-def forwarder_with(*extra: str) -> Setup:
-    """The forwarder, socket-activated and pinned, with `extra` arguments after the benchmark's own."""
+def forwarder_with(*extra: str, checkout: Path | None = None) -> Setup:
+    """The forwarder, socket-activated and pinned, with `extra` arguments after the benchmark's own; the one
+    of another `checkout` (its `forwarder/` package) when given, to race two versions in one run."""
+    # `env` execs, so the forwarder keeps the pid LISTEN_PID names; its PYTHONPATH wins over this checkout's.
+    program = (
+        None if checkout is None else ["env", f"PYTHONPATH={checkout}", sys.executable, "-m", "forwarder"]
+    )
 
     @contextmanager
     def setup(bench: BenchLab, case: Case) -> Iterator[Process]:
         # Echo cases too run the default checksum (0): the backend's echo sets it back to 0 after its port
         # rewrite (see BACKEND_ECHO).
-        with socket_activated(bench, None, [*FORWARDER_ARGS, *extra], command_prefix=PINNED) as started:
+        with socket_activated(bench, program, [*FORWARDER_ARGS, *extra], command_prefix=PINNED) as started:
             yield started.process
 
     return setup
@@ -188,3 +195,22 @@ CONTENDERS = {
 BASELINE = "kernel-dnat+rps"
 REFERENCE = "per-datagram"
 PEERS = ("nginx", "go-mmproxy")  # the ratios every contender gets besides BASELINE and REFERENCE
+
+
+def add_checkout(checkout: Path, label: str) -> list[str]:
+    """Race the forwarder of another checkout (e.g. an older commit, `git worktree add DIR REV`) beside this
+    one: as `forwarder@LABEL` in its default configuration and `forwarder-relay@LABEL` with --reply relay
+    (echo cases). Returns the new contenders' names; UsageError when `checkout` holds no forwarder."""
+    if not (checkout / "forwarder" / "__main__.py").is_file():
+        raise UsageError(f"--compare-with {str(checkout)!r}: expected a checkout with forwarder/__main__.py")
+    added = [
+        Contender(f"forwarder@{label}", forwarder_with(checkout=checkout)),
+        Contender(
+            f"forwarder-relay@{label}",
+            forwarder_with("--reply", "relay", checkout=checkout),
+            relays_replies=True,
+        ),
+    ]
+    for contender in added:
+        CONTENDERS[contender.name] = contender
+    return [contender.name for contender in added]

@@ -55,7 +55,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UsageError(f"--runs {args.runs}: expected 1 or more")
     if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
         raise UsageError(f"--duration {args.duration}: expected a finite number of seconds above 0")
+    compared: list[str] = []
+    if args.compare_with is not None:
+        from netlab.bench.contenders import add_checkout
+
+        checkout = Path(args.compare_with).resolve()
+        compared = add_checkout(checkout, checkout.name)
     contenders = parse_contenders(args.contenders) if args.contenders is not None else []  # empty: all
+    if contenders and compared:
+        contenders += [name for name in compared if name not in contenders]
     rates = parse_rates(args.echo_rates) if args.echo_rates is not None else None
     require_privileges()
     settings = Settings.full() if args.full else Settings.quick()
@@ -97,6 +105,12 @@ def register(commands: Commands) -> None:
         "forwarder-gso, forwarder-sockets, forwarder-checksum, forwarder-relay, forwarder-single, "
         "forwarder-proxy-v2, nginx, go-mmproxy "
         "(default: all; missing packages are skipped)",
+    )
+    bench.add_argument(
+        "--compare-with",
+        metavar="CHECKOUT",
+        help="also race the forwarder of another checkout (e.g. `git worktree add ../old v0.1`), as "
+        "forwarder@NAME and forwarder-relay@NAME (NAME: the directory's name)",
     )
     bench.add_argument(
         "--echo-rates",

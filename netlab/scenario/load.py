@@ -60,7 +60,13 @@ from typing import Any
 
 from netlab.addresses import parse_endpoint, split_host_port
 from netlab.errors import AddressError, FixtureNotFoundError, PacketError, ScenarioError
-from netlab.fixtures import TOPOLOGY_TABLES, scenario_path, topology_names, topology_path
+from netlab.fixtures import (
+    TOPOLOGY_TABLES,
+    missing_scenario,
+    scenario_path,
+    topology_names,
+    topology_path,
+)
 from netlab.programs.crafted import MAX_PAYLOAD, MAX_PAYLOAD_IPV6, MIN_FRAGMENT, check_port
 from netlab.scenario.model import (
     ArrivesSpec,
@@ -98,7 +104,10 @@ def load_scenario(file_or_name: str | Path) -> Scenario:
     """Read and validate a scenario file, or the shipped scenario of that name."""
     path = Path(file_or_name)
     if not path.is_file():
-        path = scenario_path(str(file_or_name))
+        try:
+            path = scenario_path(str(file_or_name))
+        except FixtureNotFoundError:
+            raise missing_scenario(str(file_or_name), file_too=True) from None
     try:
         text = path.read_text()
         data = tomllib.loads(text)

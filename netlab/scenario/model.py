@@ -7,6 +7,11 @@ from netlab.addresses import format_endpoint
 from netlab.topology.model import Topology
 
 
+def counted(count: int, noun: str) -> str:
+    """`count` and `noun` in the right number for a report line: '1 item', '2 items'."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """A node and a UDP port of it, written NODE:PORT."""
@@ -86,8 +91,8 @@ class ArrivesSpec:
     within: float = 3.0
 
     def describe(self) -> str:
-        what = f"{self.count} datagrams" if self.count != 1 else "a datagram"
-        parts = [f"{what} arrives at {self.at}"]
+        what = f"{self.count} datagrams arrive" if self.count != 1 else "a datagram arrives"
+        parts = [f"{what} at {self.at}"]
         if self.src:
             parts.append(f"from {self.src}")
         if self.size is not None:

@@ -22,6 +22,7 @@ from netlab.lab.runs import default_runs_dir, keep_failed_run
 from netlab.lab.wait import wait_until
 from netlab.programs.crafted import Crafted
 from netlab.scenario.load import Endpoint, Scenario, TrafficSpec
+from netlab.scenario.model import counted
 from netlab.service.activation import ForwarderUnderTest, hold_listen_sockets, start_forwarder
 from netlab.service.procnet import udp_ports_bound
 from netlab.service.relay import install_relay_routing
@@ -313,9 +314,7 @@ def _other_replies(sniffer: Sniffer, address: str, port: int, expected: str) -> 
     hint = REASSEMBLY_HINT if fragmented else ""
     if not sources:
         return "; nothing came back to " + format_endpoint(address, port) + hint
-    listed = ", ".join(
-        f"{origin} ({count} datagram{'s' if count > 1 else ''})" for origin, count in sources.items()
-    )
+    listed = ", ".join(f"{origin} ({counted(count, 'datagram')})" for origin, count in sources.items())
     return f"; a reply came from {listed} instead, which the client's connected socket does not accept" + hint
 
 
@@ -331,7 +330,7 @@ def run_scenario(scenario: Scenario, lab: Lab) -> ScenarioResult:
     run = _Run(scenario, lab)
     if run.check("the lab and the forwarder are set up", run.prepare):
         if scenario.traffic:
-            run.check(f"the traffic is sent ({len(scenario.traffic)} items)", run.send)
+            run.check(f"the traffic is sent ({counted(len(scenario.traffic), 'item')})", run.send)
         run.verify()
     return run.result
 
