@@ -36,6 +36,10 @@ _WORDS = _SIZE // 8  # u64 words per struct mmsghdr: msg_name is word 0, msg_nam
 # The control message of each datagram: a cmsghdr and struct in_pktinfo (ifindex 0, ipi_spec_dst = the
 # client, ipi_addr unused) / struct in6_pktinfo (the client, ifindex 0).
 CONTROL_SPACE = {socket.AF_INET: socket.CMSG_SPACE(12), socket.AF_INET6: socket.CMSG_SPACE(20)}
+# What msg_controllen says: the message without its trailing padding. The kernel copies a control buffer of
+# up to 36 bytes (a cmsghdr and an in6_pktinfo) to its stack and kmallocs a larger one, so CMSG_SPACE(20) =
+# 40 would cost an IPv6 datagram a kmalloc and a kfree (counted with perf's kmem:kmalloc tracepoint).
+CONTROL_LENGTH = {socket.AF_INET: socket.CMSG_LEN(12), socket.AF_INET6: socket.CMSG_LEN(20)}
 _PKTINFO = {socket.AF_INET: (socket.IPPROTO_IP, IP_PKTINFO), socket.AF_INET6: (socket.IPPROTO_IPV6, 50)}
 # Whether a send on a raw socket that failed with an errno failed by an earlier datagram's ICMP error (the
 # engine reads the socket's error queue to say: forwarder.icmp.failed_by_pending_error).
@@ -167,7 +171,7 @@ class RawBatch:
             header.msg_iov = ctypes.addressof(self._iovecs[2 * index])
             header.msg_iovlen = 2
             header.msg_namelen = 16 if self.family == socket.AF_INET else 28
-            header.msg_controllen = CONTROL_SPACE[self.family]
+            header.msg_controllen = CONTROL_LENGTH[self.family]
         self._address = ctypes.addressof(self._headers)
         self._u64 = memoryview(self._headers).cast("B").cast("Q")
         self._iov = memoryview(self._iovecs).cast("B").cast("Q")
