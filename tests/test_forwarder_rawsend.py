@@ -88,6 +88,7 @@ def queued(batch: RawBatch, flows: list[Flow], payloads: list[bytes]) -> list[by
         if flow.raw is None:  # prepared once, as the engine does when the flow opens
             flow.raw = RawFlow(batch, flow.source, flow.path.target)
         address = ctypes.addressof((ctypes.c_char * max(len(buffer), 1)).from_buffer(buffer)) if buffer else 0
+        assert isinstance(flow.raw, RawFlow)
         batch.queue(flow, flow.raw, address, len(buffer))
     return buffers  # the iovecs point into them: keep them alive until the flush
 
