@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forwarder import proxy_protocol
-from forwarder.proxy_protocol import (
+from forwarder.core import proxy_protocol
+from forwarder.core.proxy_protocol import (
     FIXED_LENGTH,
     SIGNATURE,
     TLV_CRC32C,

@@ -16,7 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from forwarder.core import bounded_put, decode_sockaddr, plain_address
+from forwarder.core.addresses import decode_sockaddr, family_of, plain_address
+from forwarder.core.flows import bounded_put
 
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 FIXED_LENGTH = 16  # signature, version and command, family and transport, length
@@ -55,6 +56,13 @@ class HeaderProblem(enum.Enum):
     TRANSPORT = "proxy-header-transport"
     TLV = "proxy-header-tlv"
     CHECKSUM = "proxy-header-checksum"
+
+
+# The PROXY headers remembered (--proxy-protocol-from), in bytes: thousands of a load balancer's ordinary
+# headers, or 64 of the largest a header can be.
+HEADER_CACHE_BYTES = 4 << 20
+# Header problems found before the whole header is known: not worth a cache entry (nor is the key whole).
+CHEAP_PROBLEMS = (HeaderProblem.MISSING, HeaderProblem.TRUNCATED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +156,7 @@ def build(source: SourceAddress, destination: SourceAddress) -> bytes:
 
     Both must be of one family, as plain IPv4 or IPv6 text (a v4-mapped client is presented as IPv4 by
     the caller): a ValueError names the pair otherwise."""
-    families = {_family_of(source[0]), _family_of(destination[0])}
+    families = {family_of(source[0]), family_of(destination[0])}
     if len(families) != 1:
         raise ValueError(f"source {source!r} and destination {destination!r} must be of one address family")
     family = families.pop()
@@ -161,10 +169,6 @@ def build(source: SourceAddress, destination: SourceAddress) -> bytes:
 def build_local() -> bytes:
     """A LOCAL header (no client behind it), as a load balancer's health check sends."""
     return SIGNATURE + bytes((0x20 | Command.LOCAL, 0x00)) + bytes(2)
-
-
-def _family_of(address: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in address else socket.AF_INET
 
 
 def _crc32c_tables() -> tuple[tuple[int, ...], ...]:
