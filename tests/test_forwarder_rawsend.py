@@ -16,6 +16,7 @@ from scapy.layers.inet import IP, UDP
 from forwarder.core.destination import Destination
 from forwarder.core.flows import Flow, Path
 from forwarder.core.machine import ForwardingMachine
+from forwarder.core.settings import Settings
 from forwarder.io.engine import Engine
 from forwarder.io.flow_sockets import open_once_socket
 from forwarder.io.linux import IP_TRANSPARENT, IOVec, MMsgHdr
@@ -209,7 +210,9 @@ def engine(sock: socket.socket, *, raw: bool, relay: bool = False, send_header: 
     """An engine listening on `sock`; on the raw path `sock` stands in for its raw socket too (the property
     asked here sends nothing)."""
     route = Route(ListeningSocket(sock, "test"), Destination(socket.AF_INET, "192.0.2.2", 53))
-    machine = ForwardingMachine(relay=relay, send_header=send_header)
+    machine = ForwardingMachine(
+        Settings(reply="relay" if relay else "direct", send_proxy_protocol=send_header)
+    )
     sender = RawSend([sock], 8, checksum=False) if raw else None
     return Engine([route], Notifier({}), machine, raw=sender)
 
