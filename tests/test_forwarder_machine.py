@@ -386,7 +386,7 @@ def test_icmp_errors_are_counted_by_the_name_of_their_type() -> None:
     assert machine.counters.forwarded == 1  # the datagrams left: an ICMP error never takes one back
 
 
-@pytest.mark.parametrize("send_header", [False, True], ids=["transparent", "send-proxy-protocol"])
+@pytest.mark.parametrize("send_proxy_protocol", [False, True], ids=["transparent", "send-proxy-protocol"])
 @pytest.mark.parametrize(
     ("path", "client"),
     [
@@ -398,11 +398,11 @@ def test_icmp_errors_are_counted_by_the_name_of_their_type() -> None:
     ids=["its-own", "another-destinations", "ipv6", "v4-mapped"],
 )
 def test_a_client_claiming_a_destinations_own_address_and_port_is_dropped_as_backend_source(
-    path: Path, client: bytes, send_header: bool
+    path: Path, client: bytes, send_proxy_protocol: bool
 ) -> None:
     # Relayed, its replies would go to the backend, which answers a listener as that client: a loop.
     machine = ForwardingMachine(
-        Settings(send_proxy_protocol=send_header), backends=[V4.target, V6.target, OTHER.target]
+        Settings(send_proxy_protocol=send_proxy_protocol), backends=[V4.target, V6.target, OTHER.target]
     )
     assert machine.receive(path, client, 10, 0, 1.0) == Drop("backend-source", path, client)
     assert (machine.counters.forwarded, machine.counters.dropped) == (0, {"backend-source": 1})

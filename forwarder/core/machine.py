@@ -108,9 +108,6 @@ class ForwardingMachine(ReplyRules):
         self._lookup: Callable[[FlowKey], Flow | None] = self._senders.get
         # Whether a sender's PROXY headers are believed (--proxy-protocol-from); None: nobody's are.
         self.trusted = settings.trusted()
-        # --send-proxy-protocol: flows send from the host's own address, each datagram after a PROXY header
-        # naming the client, so a local client needs no one-shot socket, and replies are relayed.
-        self.send_proxy_protocol = settings.send_proxy_protocol
         # The host's address toward a client: the header's destination when a wildcard listener's datagram
         # came without IP_PKTINFO (it was queued before the option was set).
         self.source_toward = source_toward

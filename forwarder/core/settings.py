@@ -79,6 +79,11 @@ class Settings:
         path, relay mode's flow sockets), given the send path asked for is the one used."""
         return self.binds_client and (not self.raw_path or self.relays)
 
+    def needs_pktinfo(self, wildcard: bool) -> bool:
+        """A listener must read each datagram's local address (IP_PKTINFO): in relay mode the reply leaves
+        from it, and a `wildcard` listener's own address does not say which one it was."""
+        return self.relays and wildcard
+
     @property
     def checksum(self) -> bool:
         """The raw path computes IPv4 UDP checksums (--udp-checksum compute) instead of sending 0."""

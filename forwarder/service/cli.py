@@ -73,16 +73,17 @@ def open_listeners(listen: Sequence[str], specs: Sequence[DestinationSpec]) -> l
 def build_routes(
     listeners: Sequence[ListeningSocket],
     specs: Sequence[DestinationSpec],
-    prefer_family: socket.AddressFamily | None = None,
+    settings: Settings | None = None,
     is_broadcast: Callable[[str], bool] | None = None,
-    relay: bool = False,
 ) -> list[Route]:
     """Pair each listening socket with its destination, resolve it, and check the socket can serve it.
 
     A host name resolves to the listening socket's family when it has an address of it, or to
-    `prefer_family` when the socket's clients can be of that family too (a dual-stack socket). In relay
+    --prefer-family when the socket's clients can be of that family too (a dual-stack socket). In relay
     mode a wildcard listener reads each datagram's local address (the reply's source).
     """
+    settings = Settings() if settings is None else settings
+    prefer_family = settings.family
     is_broadcast = BroadcastAddresses() if is_broadcast is None else is_broadcast
     routes = []
     for listener, spec in zip(listeners, assign([item.name for item in listeners], specs), strict=True):
@@ -113,7 +114,9 @@ def build_routes(
                 destination,
                 other,
             )
-        routes.append(Route(listener, destination, pktinfo=relay and is_wildcard(listener.sock)))
+        routes.append(
+            Route(listener, destination, pktinfo=settings.needs_pktinfo(is_wildcard(listener.sock)))
+        )
     return routes
 
 
@@ -252,7 +255,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     raw: RawSend | None = None
     try:
         metrics = metrics_file(args.metrics_file, listeners)
-        routes = build_routes(listeners, specs, settings.family, relay=settings.relays)
+        routes = build_routes(listeners, specs, settings)
         refuse_loops(routes)
         # With --send-proxy-protocol nothing binds a client's address (no capability needed) and replies
         # come back to this host's own address (no relay routing to check).
