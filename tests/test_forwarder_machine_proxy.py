@@ -418,3 +418,26 @@ def test_a_flow_reached_through_two_listeners_names_the_one_each_datagram_came_t
     assert bytes(flow.header or b"") == build(("203.0.113.7", 4242), ("198.51.100.3", 53))
     assert m.receive(LISTENING, CLIENT, 10, 0, 3.0) is flow
     assert bytes(flow.header or b"") == build(("203.0.113.7", 4242), ("198.51.100.1", 53))
+
+
+def test_distinct_large_checked_headers_beyond_the_budget_are_dropped_counted_and_checked_again_later() -> (
+    None
+):
+    # ~100 distinct 60 KB headers with a right CRC32C in one instant: only about 1 MiB of them is summed.
+    m = machine()
+    noop = bytes((TLV_NOOP,)) + (60000).to_bytes(2, "big")
+    crc = bytes((TLV_CRC32C,)) + (4).to_bytes(2, "big") + bytes(4)
+
+    def checked(port: int) -> bytes:
+        header = build(("203.0.113.7", port), ("198.51.100.1", 53))
+        length = int.from_bytes(header[14:16], "big") + len(noop) + 60000 + len(crc)
+        unsigned = header[:14] + length.to_bytes(2, "big") + header[16:] + noop + bytes(60000) + crc
+        return unsigned[:-4] + crc32c(unsigned).to_bytes(4, "big")
+
+    actions = [proxied(m, V4, LB, checked(port) + b"payload", 1.0)[0] for port in range(1000, 1100)]
+    opened_now = sum(isinstance(action, OpenFlow) for action in actions)
+    assert 0 < opened_now < 20
+    assert m.counters.dropped == {"proxy-header-checksum-budget": 100 - opened_now}
+    # Not remembered as refused: once the budget has refilled, the same header is checked and believed.
+    action, _ = proxied(m, V4, LB, checked(1099) + b"payload", 3.0)
+    assert isinstance(action, OpenFlow)

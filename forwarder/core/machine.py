@@ -56,6 +56,7 @@ from forwarder.core.policy import (
 from forwarder.core.proxy_protocol import (
     CHEAP_PROBLEMS,
     HEADER_CACHE_BYTES,
+    ChecksumBudget,
     Command,
     HeaderCache,
     HeaderProblem,
@@ -115,6 +116,8 @@ class ForwardingMachine(ReplyRules):
         # made it unbelievable: a load balancer repeats one header for every datagram of a client, and a
         # header refused once (a wrong CRC32C over 64 KiB, say) costs no second look.
         self._headers: HeaderCache[Judged | HeaderProblem] = HeaderCache(HEADER_CACHE_BYTES)
+        # The CRC32C work distinct headers may cost per second (a trusted address can be spoofed).
+        self._checksum_budget = ChecksumBudget()
 
     # --- datagram metadata in, an action out -----------------------------------------------------------
 
@@ -221,7 +224,7 @@ class ForwardingMachine(ReplyRules):
             return self._drop(path, client, known.value), 0
         if known is not None and known[0] is path:
             return self._hit_or_open(path, client, *known[1:], now, local), len(header)
-        parsed = parse(data)
+        parsed = parse(data, self._checksum_budget, now)
         if isinstance(parsed, HeaderProblem):
             if parsed not in CHEAP_PROBLEMS:  # the whole header was read: remember it
                 self._headers.put(header, parsed)
