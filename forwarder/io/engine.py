@@ -67,7 +67,8 @@ class Engine(FlowSide):
         # The flow sockets' and raw sockets' error queues: ICMP errors counted, and the pending-error rule.
         targets = {route.destination.sockaddr for route in routes}
         self.error_queues = ErrorQueues(self.machine, self.repeats, targets)
-        # An attribute, read per send.
+        # Connected flow sockets only carry replies in relay mode (see forwarder.io.flow_sockets); copied to
+        # an attribute because every send reads it.
         self.connect_flows = settings.connects_flows
         # The raw send path (forwarder.io.rawsend): every datagram that is sent as its client leaves by one of
         # these sockets; flows keep a socket only in relay mode, to receive the replies.
