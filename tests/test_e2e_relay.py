@@ -20,6 +20,7 @@ from forwarder.core.addresses import sockaddr_bytes
 from forwarder.core.destination import Destination
 from forwarder.core.flows import Flow
 from forwarder.core.machine import ForwardingMachine
+from forwarder.core.settings import Settings
 from forwarder.io.engine import Engine
 from forwarder.io.linux import IP_PKTINFO
 from forwarder.io.listeners import ListeningSocket, Route
@@ -341,10 +342,8 @@ class Relay:
         listener = lab["host"].udp_socket("198.51.100.1", 53)
         listener.setblocking(False)
         self.route = Route(ListeningSocket(listener, "dns"), Destination(socket.AF_INET, "192.0.2.2", 5353))
-        self.machine = ForwardingMachine(max_flows, 60, relay=True)
-        self.engine = Engine(
-            [self.route], Notifier({}), self.machine, buffer_size=buffer_size, connect_flows=True
-        )
+        self.machine = ForwardingMachine(Settings(max_flows=max_flows, flow_idle_timeout=60, reply="relay"))
+        self.engine = Engine([self.route], Notifier({}), self.machine, buffer_size=buffer_size)
         lab.defer(self.engine.close)
 
     def forward(self, client: socket.socket, payload: bytes) -> Flow:

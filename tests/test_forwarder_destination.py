@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from forwarder.core.destination import Destination, DestinationSpec, parse_destination, parse_listen
+from forwarder.core.settings import Settings
 from forwarder.errors import UnknownHostError, UsageError
 from forwarder.io.listeners import ListeningSocket
 from forwarder.service.cli import build_routes
@@ -128,12 +129,19 @@ def dual_stack() -> Iterator[ListeningSocket]:
         yield ListeningSocket(sock, "dual")
 
 
+def preferring(family: socket.AddressFamily) -> Settings:
+    """The settings of --prefer-family naming `family`."""
+    return Settings(prefer_family={socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}[family])
+
+
 def test_a_name_of_both_families_on_a_dual_stack_socket_warns_which_clients_are_dropped(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, dual_stack: ListeningSocket
 ) -> None:
     both_families(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="forwarder"):
-        routes = build_routes([dual_stack], [parse_destination("backend.example:53")], None, lambda _: False)
+        routes = build_routes(
+            [dual_stack], [parse_destination("backend.example:53")], Settings(), lambda _: False
+        )
     assert routes[0].destination == Destination(socket.AF_INET6, "2001:db8::2", 53)
     [warning] = caplog.messages
     assert "destination 'backend.example:53' has IPv4 and IPv6 addresses and socket 'dual'" in warning
@@ -155,7 +163,7 @@ def test_prefer_family_picks_the_family_of_a_name_on_a_dual_stack_socket_without
     both_families(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="forwarder"):
         routes = build_routes(
-            [dual_stack], [parse_destination("backend.example:53")], prefer, lambda _: False
+            [dual_stack], [parse_destination("backend.example:53")], preferring(prefer), lambda _: False
         )
     assert routes[0].destination == Destination(prefer, expected, 53)
     assert caplog.messages == []
@@ -167,6 +175,9 @@ def test_prefer_family_never_picks_a_family_the_socket_cannot_serve(monkeypatch:
         sock.bind(("127.0.0.1", 0))
         listener = ListeningSocket(sock, "v4")
         routes = build_routes(
-            [listener], [parse_destination("backend.example:53")], socket.AF_INET6, lambda _: False
+            [listener],
+            [parse_destination("backend.example:53")],
+            preferring(socket.AF_INET6),
+            lambda _: False,
         )
     assert routes[0].destination == Destination(socket.AF_INET, "192.0.2.2", 53)

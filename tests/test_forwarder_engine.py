@@ -19,9 +19,9 @@ from forwarder.core.counters import DropReason
 from forwarder.core.destination import Destination
 from forwarder.core.flows import Flow
 from forwarder.core.machine import ForwardingMachine
+from forwarder.core.settings import RELAY_BATCH, Settings
 from forwarder.io.engine import Engine
 from forwarder.io.listeners import ListeningSocket, Route
-from forwarder.io.receive import RELAY_BATCH
 from forwarder.io.sockets import set_receive_buffer
 from forwarder.service.notify import Notifier
 
@@ -64,8 +64,7 @@ def engine_for(
     engine = RecordingEngine(
         [route],
         Notifier({}),
-        ForwardingMachine(max_flows=8, idle_timeout=60),
-        receive_strategy=mode,
+        ForwardingMachine(Settings(max_flows=8, flow_idle_timeout=60, receive=mode)),
         batch=8,
         buffer_size=buffer_size,
     )
@@ -152,7 +151,7 @@ def test_a_truncated_datagram_between_two_of_one_open_flow_ends_the_run_and_cost
         listener.setblocking(False)
         destination = Destination(socket.AF_INET, "127.0.0.1", backend.getsockname()[1])
         route = Route(ListeningSocket(listener, "test"), destination)
-        machine = ForwardingMachine(max_flows=8, idle_timeout=60)
+        machine = ForwardingMachine(Settings(max_flows=8, flow_idle_timeout=60))
         raw = sockaddr_bytes(socket.AF_INET, a.getsockname())
         machine.flow_opened(Flow((destination.sockaddr, raw), route.path, a.getsockname()), a_flow)
         engine = Engine([route], Notifier({}), machine, batch=8, buffer_size=16)
@@ -179,7 +178,9 @@ def test_with_replies_to_relay_a_listener_is_drained_in_shorter_turns(
     # is short, so they are read before their queues fill.
     set_receive_buffer(listener, 1 << 20)
     route = Route(ListeningSocket(listener, "test"), Destination(socket.AF_INET, "192.0.2.2", 53))
-    engine = Engine([route], Notifier({}), ForwardingMachine(relay=relay), receive_strategy=mode)
+    engine = Engine(
+        [route], Notifier({}), ForwardingMachine(Settings(reply="relay" if relay else "direct", receive=mode))
+    )
     send_all(listener, [b"x"] * 300)
 
     drain(engine, route)
@@ -198,7 +199,7 @@ def test_every_reply_still_queued_on_an_evicted_flow_is_counted_unmatched_not_on
         backend.bind(("127.0.0.1", 0))
         destination = Destination(socket.AF_INET, "127.0.0.1", backend.getsockname()[1])
         route = Route(ListeningSocket(listener, "dns"), destination)
-        machine = ForwardingMachine(max_flows=8, idle_timeout=60, relay=True)
+        machine = ForwardingMachine(Settings(max_flows=8, flow_idle_timeout=60, reply="relay"))
         engine = Engine([route], Notifier({}), machine)
         flow_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         flow_socket.bind(("127.0.0.1", 0))

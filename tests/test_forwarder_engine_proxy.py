@@ -18,7 +18,8 @@ from forwarder.core.addresses import sockaddr_bytes
 from forwarder.core.destination import Destination
 from forwarder.core.flows import Flow
 from forwarder.core.machine import ForwardingMachine
-from forwarder.core.proxy_protocol import TrustedSources, build
+from forwarder.core.proxy_protocol import build
+from forwarder.core.settings import Settings
 from forwarder.io.engine import Engine
 from forwarder.io.listeners import ListeningSocket, Route
 from forwarder.service.notify import Notifier
@@ -56,8 +57,10 @@ def test_a_trusted_senders_datagrams_leave_without_their_header_and_the_slots_ar
     listener, backend, lb, stranger = sockets
     target = backend.getsockname()
     route = Route(ListeningSocket(listener, "test"), Destination(socket.AF_INET, *target))
-    machine = ForwardingMachine(trusted=TrustedSources([ipaddress.ip_network("127.0.0.2/32")]))
-    engine = Engine([route], Notifier({}), machine, receive_strategy=mode, batch=8, buffer_size=2048)
+    machine = ForwardingMachine(
+        Settings(receive=mode, proxy_protocol_from=(ipaddress.ip_network("127.0.0.2/32"),))
+    )
+    engine = Engine([route], Notifier({}), machine, batch=8, buffer_size=2048)
     header = build(("203.0.113.7", 4242), ("127.0.0.1", listener.getsockname()[1]))
     # Open both flows the way the engine would, with plain sockets instead of transparent ones.
     lb_raw = sockaddr_bytes(socket.AF_INET, lb.getsockname())
@@ -106,8 +109,8 @@ def test_the_sending_mode_prefixes_a_header_from_the_hosts_address_and_relays_th
             Destination(socket.AF_INET, *backend.getsockname()),
             pktinfo=wildcard,
         )
-        machine = ForwardingMachine(send_header=True)
-        engine = Engine([route], Notifier({}), machine, receive_strategy=mode, batch=8)
+        machine = ForwardingMachine(Settings(send_proxy_protocol=True, receive=mode))
+        engine = Engine([route], Notifier({}), machine, batch=8)
         for payload in (b"one", b"two", b"three"):  # a new flow, then a run of two
             client.sendto(payload, ("127.0.0.1", port))
         drain(engine, route)
@@ -147,7 +150,10 @@ def test_on_a_wildcard_listener_each_datagram_of_a_flow_names_its_own_address_in
             pktinfo=True,
         )
         engine = Engine(
-            [route], Notifier({}), ForwardingMachine(send_header=True), receive_strategy=mode, batch=8
+            [route],
+            Notifier({}),
+            ForwardingMachine(Settings(send_proxy_protocol=True, receive=mode)),
+            batch=8,
         )
         asked = ["127.0.0.1", "127.0.0.2", "127.0.0.2", "127.0.0.1", "127.0.0.1", "127.0.0.2"]
         for index, address in enumerate(asked):

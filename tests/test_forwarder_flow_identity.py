@@ -14,7 +14,8 @@ from forwarder.core.addresses import decode_sockaddr, sockaddr_bytes
 from forwarder.core.destination import Destination
 from forwarder.core.flows import Flow, Path, canonical_sockaddr
 from forwarder.core.machine import ForwardingMachine
-from forwarder.core.proxy_protocol import TrustedSources, build
+from forwarder.core.proxy_protocol import build
+from forwarder.core.settings import Settings
 
 BACKEND = Destination(socket.AF_INET, "192.0.2.2", 5353)
 FIRST = Path("198.51.100.1:27000", BACKEND, ("198.51.100.1", 27000))
@@ -34,7 +35,7 @@ def opened(machine: ForwardingMachine, path: Path, client: bytes, local: bytes |
 
 
 def test_a_client_reaching_one_backend_through_two_listeners_has_one_flow_answered_from_the_latest() -> None:
-    machine = ForwardingMachine(relay=True)
+    machine = ForwardingMachine(Settings(reply="relay"))
     flow = opened(machine, FIRST, CLIENT)
 
     again = machine.receive(SECOND, CLIENT, 10, 0, 2.0)
@@ -47,7 +48,7 @@ def test_a_client_reaching_one_backend_through_two_listeners_has_one_flow_answer
 
 
 def test_an_ipv4_listener_and_a_dual_stack_listener_share_one_flow_of_one_client() -> None:
-    machine = ForwardingMachine(relay=True)
+    machine = ForwardingMachine(Settings(reply="relay"))
     flow = opened(machine, FIRST, CLIENT, local=bytes([198, 51, 100, 1]))
 
     mapped = bytes(10) + b"\xff\xff" + bytes([198, 51, 100, 1])
@@ -62,7 +63,7 @@ def test_an_ipv4_listener_and_a_dual_stack_listener_share_one_flow_of_one_client
 
 
 def test_a_flow_to_another_backend_is_another_flow() -> None:
-    machine = ForwardingMachine(relay=True)
+    machine = ForwardingMachine(Settings(reply="relay"))
     first = opened(machine, FIRST, CLIENT)
 
     assert opened(machine, OTHER_BACKEND, CLIENT) is not first
@@ -70,9 +71,8 @@ def test_a_flow_to_another_backend_is_another_flow() -> None:
 
 
 def test_a_headers_client_and_the_same_address_and_port_without_a_header_share_one_flow() -> None:
-    machine = ForwardingMachine(
-        relay=True, trusted=TrustedSources([ipaddress.ip_network("198.51.100.16/28")])
-    )
+    lbs = (ipaddress.ip_network("198.51.100.16/28"),)
+    machine = ForwardingMachine(Settings(reply="relay", proxy_protocol_from=lbs))
     datagram = build(("203.0.113.7", 4242), ("198.51.100.1", 27000)) + b"payload"
     machine.receive(FIRST, LB, len(datagram), 0, 1.0)
     action, _ = machine.receive_proxied(FIRST, LB, memoryview(datagram), 0, 1.0)
@@ -91,7 +91,7 @@ def test_a_headers_client_and_the_same_address_and_port_without_a_header_share_o
 
 
 def test_a_flow_that_left_the_table_takes_its_senders_with_it() -> None:
-    machine = ForwardingMachine(relay=True, max_flows=1)
+    machine = ForwardingMachine(Settings(reply="relay", max_flows=1))
     flow = opened(machine, FIRST, CLIENT)
     machine.receive(DUAL, MAPPED, 10, 0, 2.0)
 
@@ -105,7 +105,7 @@ def test_a_flow_that_left_the_table_takes_its_senders_with_it() -> None:
 
 
 def test_a_reply_from_the_other_backend_finds_the_flow_of_a_dual_stack_client() -> None:
-    machine = ForwardingMachine(relay=True)
+    machine = ForwardingMachine(Settings(reply="relay"))
     first = opened(machine, DUAL, MAPPED)
     other = opened(machine, OTHER_BACKEND, CLIENT)
 

@@ -13,6 +13,7 @@ from forwarder.core.addresses import endpoint_text, sockaddr_bytes
 from forwarder.core.destination import Destination
 from forwarder.core.flows import Path
 from forwarder.core.machine import ForwardingMachine
+from forwarder.core.settings import Settings
 from forwarder.io.engine import Engine
 from forwarder.io.listeners import ListeningSocket, Route
 from forwarder.io.repeats import RepeatSummary
@@ -88,7 +89,7 @@ def test_a_dropped_datagrams_log_line_names_the_client_as_host_port_not_a_tuple(
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listener:
         listener.bind(("127.0.0.1", 0))
         route = Route(ListeningSocket(listener, "dns"), Destination(socket.AF_INET, "192.0.2.2", 53))
-        engine = Engine([route], Notifier({}), ForwardingMachine(max_flows=8, idle_timeout=60))
+        engine = Engine([route], Notifier({}), ForwardingMachine(Settings(max_flows=8, flow_idle_timeout=60)))
         handler = Collect()
         logger = logging.getLogger("forwarder")
         logger.addHandler(handler)

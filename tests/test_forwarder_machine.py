@@ -18,6 +18,7 @@ from forwarder.core.flows import Flow, Path
 from forwarder.core.icmp import SO_EE_ORIGIN_ICMP, QueuedError
 from forwarder.core.machine import ForwardingMachine
 from forwarder.core.policy import SourcePolicy, Verdict
+from forwarder.core.settings import Settings
 
 V4 = Path("dns", Destination(socket.AF_INET, "192.0.2.2", 53))
 V6 = Path("dns6", Destination(socket.AF_INET6, "2001:db8:2::2", 53))
@@ -181,7 +182,7 @@ def test_a_failed_receive_is_counted_by_errno() -> None:
 
 
 def test_opening_a_flow_beyond_max_flows_evicts_the_least_recently_used_one() -> None:
-    machine = ForwardingMachine(max_flows=2)
+    machine = ForwardingMachine(Settings(max_flows=2))
     a, b, c = v4("203.0.113.1", 1), v4("203.0.113.2", 2), v4("203.0.113.3", 3)
     flow_a = opened(machine, V4, a, 1.0)
     flow_b = opened(machine, V4, b, 2.0)
@@ -195,7 +196,7 @@ def test_opening_a_flow_beyond_max_flows_evicts_the_least_recently_used_one() ->
 
 
 def test_idle_flows_expire_and_a_used_one_stays() -> None:
-    machine = ForwardingMachine(idle_timeout=5)
+    machine = ForwardingMachine(Settings(flow_idle_timeout=5))
     idle = opened(machine, V4, v4("203.0.113.1", 1), 100.0)
     busy = opened(machine, V4, v4("203.0.113.2", 2), 100.0)
     machine.receive(V4, busy.raw_peer, 10, 0, 103.0)
@@ -206,7 +207,7 @@ def test_idle_flows_expire_and_a_used_one_stays() -> None:
 
 
 def test_the_machine_times_its_own_idle_sweep_at_half_the_idle_timeout() -> None:
-    machine = ForwardingMachine(idle_timeout=4)
+    machine = ForwardingMachine(Settings(flow_idle_timeout=4))
     assert machine.next_deadline() == float("inf")  # no clock before the loop's first turn
     assert machine.on_timer(100.0) is None  # the first call starts it
     assert machine.next_deadline() == 102.0
@@ -273,7 +274,7 @@ BACKEND = ("192.0.2.2", 53)
 
 
 def relaying(**options: object) -> ForwardingMachine:
-    return ForwardingMachine(relay=True, **options)  # type: ignore[arg-type]
+    return ForwardingMachine(Settings(reply="relay", **options))  # type: ignore[arg-type]
 
 
 def test_a_reply_from_the_flows_destination_is_relayed_to_its_client_and_counted() -> None:
@@ -285,7 +286,7 @@ def test_a_reply_from_the_flows_destination_is_relayed_to_its_client_and_counted
 
 
 def test_a_reply_counts_as_use_so_the_idle_timeout_spans_both_directions() -> None:
-    machine = relaying(idle_timeout=5)
+    machine = relaying(flow_idle_timeout=5)
     flow = opened(machine, V4, v4("203.0.113.7", 4242), 100.0)
     machine.reply_received(flow, BACKEND, 10, 0, 104.0)  # the client went quiet; the backend did not
     assert machine.expire(106.0) == CloseFlows(())
@@ -385,7 +386,7 @@ def test_icmp_errors_are_counted_by_the_name_of_their_type() -> None:
     assert machine.counters.forwarded == 1  # the datagrams left: an ICMP error never takes one back
 
 
-@pytest.mark.parametrize("send_header", [False, True], ids=["transparent", "send-proxy-protocol"])
+@pytest.mark.parametrize("send_proxy_protocol", [False, True], ids=["transparent", "send-proxy-protocol"])
 @pytest.mark.parametrize(
     ("path", "client"),
     [
@@ -397,10 +398,12 @@ def test_icmp_errors_are_counted_by_the_name_of_their_type() -> None:
     ids=["its-own", "another-destinations", "ipv6", "v4-mapped"],
 )
 def test_a_client_claiming_a_destinations_own_address_and_port_is_dropped_as_backend_source(
-    path: Path, client: bytes, send_header: bool
+    path: Path, client: bytes, send_proxy_protocol: bool
 ) -> None:
     # Relayed, its replies would go to the backend, which answers a listener as that client: a loop.
-    machine = ForwardingMachine(send_header=send_header, backends=[V4.target, V6.target, OTHER.target])
+    machine = ForwardingMachine(
+        Settings(send_proxy_protocol=send_proxy_protocol), backends=[V4.target, V6.target, OTHER.target]
+    )
     assert machine.receive(path, client, 10, 0, 1.0) == Drop("backend-source", path, client)
     assert (machine.counters.forwarded, machine.counters.dropped) == (0, {"backend-source": 1})
     assert len(machine.flows) == 0

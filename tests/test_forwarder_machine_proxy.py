@@ -15,6 +15,7 @@ from forwarder.core.addresses import sockaddr_bytes
 from forwarder.core.destination import Destination
 from forwarder.core.flows import Flow, Path
 from forwarder.core.machine import ForwardingMachine
+from forwarder.core.policy import LocalProbe
 from forwarder.core.proxy_protocol import (
     HEADER_CACHE_BYTES,
     SIGNATURE,
@@ -26,6 +27,7 @@ from forwarder.core.proxy_protocol import (
     build_local,
     crc32c,
 )
+from forwarder.core.settings import Settings
 
 V4 = Path("dns", Destination(socket.AF_INET, "192.0.2.2", 53))
 V6 = Path("dns6", Destination(socket.AF_INET6, "2001:db8:2::2", 53))
@@ -35,11 +37,9 @@ LB6 = sockaddr_bytes(socket.AF_INET6, ("2001:db8:51::20", 40000, 0, 0))
 STRANGER = sockaddr_bytes(socket.AF_INET, ("198.51.100.99", 5000))
 
 
-def machine(**options: object) -> ForwardingMachine:
-    trusted = TrustedSources(
-        [ipaddress.ip_network("198.51.100.16/28"), ipaddress.ip_network("2001:db8:51::/64")]
-    )
-    return ForwardingMachine(trusted=trusted, **options)  # type: ignore[arg-type]
+def machine(is_local: LocalProbe | None = None, **options: object) -> ForwardingMachine:
+    lbs = (ipaddress.ip_network("198.51.100.16/28"), ipaddress.ip_network("2001:db8:51::/64"))
+    return ForwardingMachine(Settings(proxy_protocol_from=lbs, **options), is_local=is_local)  # type: ignore[arg-type]
 
 
 def via(lb: bytes, client: tuple[str, int], to: tuple[str, int] = ("198.51.100.1", 53)) -> bytes:
@@ -229,7 +229,7 @@ def test_the_same_header_on_a_path_of_another_family_is_judged_again() -> None:
 
 
 def test_header_clients_obey_max_flows_and_the_idle_timeout() -> None:
-    m = machine(max_flows=2, idle_timeout=5)
+    m = machine(max_flows=2, flow_idle_timeout=5)
     a = opened(m, V4, LB, via(LB, ("203.0.113.1", 1)), 100.0)
     opened(m, V4, LB, via(LB, ("203.0.113.2", 2)), 100.0)
     action, _ = proxied(m, V4, LB, via(LB, ("203.0.113.3", 3)), 101.0)
@@ -261,7 +261,7 @@ CLIENT = sockaddr_bytes(socket.AF_INET, ("203.0.113.7", 4242))
 
 
 def test_a_flow_of_the_sending_mode_carries_a_header_naming_the_client_and_the_address_it_sent_to() -> None:
-    m = ForwardingMachine(send_header=True)
+    m = ForwardingMachine(Settings(send_proxy_protocol=True))
     action = m.receive(LISTENING, CLIENT, 10, 0, 1.0)
     assert isinstance(action, OpenFlow)
     assert bytes(action.flow.header or b"") == build(("203.0.113.7", 4242), ("198.51.100.1", 53))
@@ -269,7 +269,7 @@ def test_a_flow_of_the_sending_mode_carries_a_header_naming_the_client_and_the_a
 
 
 def test_on_a_wildcard_listener_the_header_names_the_address_pktinfo_tells() -> None:
-    m = ForwardingMachine(send_header=True)
+    m = ForwardingMachine(Settings(send_proxy_protocol=True))
     mapped = sockaddr_bytes(socket.AF_INET6, ("::ffff:203.0.113.7", 4242, 0, 0))
     local = socket.inet_pton(socket.AF_INET6, "::ffff:198.51.100.1")
     action = m.receive(DUAL, mapped, 10, 0, 1.0, local=local)
@@ -279,7 +279,7 @@ def test_on_a_wildcard_listener_the_header_names_the_address_pktinfo_tells() -> 
 
 
 def test_a_header_that_cannot_name_both_ends_in_one_family_is_a_family_mismatch() -> None:
-    m = ForwardingMachine(send_header=True)
+    m = ForwardingMachine(Settings(send_proxy_protocol=True))
     local = socket.inet_pton(socket.AF_INET6, "2001:db8:51::1")
     assert m.receive(DUAL, CLIENT, 10, 0, 1.0, local=local) == Drop("family-mismatch", DUAL, CLIENT)
 
@@ -292,7 +292,7 @@ def test_a_local_client_of_the_sending_mode_gets_a_kept_flow_that_no_sweep_close
         def forget(self) -> None:
             pass
 
-    m = ForwardingMachine(send_header=True, is_local=Everything())
+    m = ForwardingMachine(Settings(send_proxy_protocol=True), is_local=Everything())
     action = m.receive(LISTENING, CLIENT, 10, 0, 1.0)
     assert isinstance(action, OpenFlow)  # nothing binds its address: no one-shot socket
     m.flow_opened(action.flow, cast(socket.socket, object()))
@@ -300,8 +300,8 @@ def test_a_local_client_of_the_sending_mode_gets_a_kept_flow_that_no_sweep_close
 
 
 def test_with_a_load_balancer_in_front_the_header_sent_names_the_client_its_header_named() -> None:
-    trusted = TrustedSources([ipaddress.ip_network("198.51.100.16/28")])
-    m = ForwardingMachine(trusted=trusted, send_header=True)
+    lbs = (ipaddress.ip_network("198.51.100.16/28"),)
+    m = ForwardingMachine(Settings(send_proxy_protocol=True, proxy_protocol_from=lbs))
     datagram = via(LB, ("203.0.113.9", 999)) + b"!"
     action, skip = proxied(m, LISTENING, LB, datagram)
     assert isinstance(action, OpenFlow)
@@ -312,7 +312,9 @@ def test_with_a_load_balancer_in_front_the_header_sent_names_the_client_its_head
 
 def test_without_a_usable_pktinfo_address_the_header_names_the_hosts_address_toward_the_client() -> None:
     # The activating datagram was queued before IP_PKTINFO was set: its pktinfo names 0.0.0.0.
-    m = ForwardingMachine(send_header=True, source_toward={"203.0.113.7": "198.51.100.1"}.get)
+    m = ForwardingMachine(
+        Settings(send_proxy_protocol=True), source_toward={"203.0.113.7": "198.51.100.1"}.get
+    )
     wildcard = Path("dns", Destination(socket.AF_INET, "192.0.2.2", 53), ("0.0.0.0", 53))
     action = m.receive(wildcard, CLIENT, 10, 0, 1.0, local=bytes(4))
     assert isinstance(action, OpenFlow)
@@ -323,7 +325,7 @@ WILDCARD = Path("dns", Destination(socket.AF_INET, "192.0.2.2", 53), ("0.0.0.0",
 
 
 def test_a_flows_header_names_the_address_each_datagram_was_sent_to() -> None:
-    m = ForwardingMachine(send_header=True)
+    m = ForwardingMachine(Settings(send_proxy_protocol=True))
     one, three = socket.inet_aton("198.51.100.1"), socket.inet_aton("198.51.100.3")
     action = m.receive(WILDCARD, CLIENT, 10, 0, 1.0, local=one)
     assert isinstance(action, OpenFlow)
@@ -340,8 +342,8 @@ def test_a_flows_header_names_the_address_each_datagram_was_sent_to() -> None:
 
 
 def test_chained_the_header_sent_names_the_destination_the_received_header_named() -> None:
-    trusted = TrustedSources([ipaddress.ip_network("198.51.100.16/28")])
-    m = ForwardingMachine(trusted=trusted, send_header=True)
+    lbs = (ipaddress.ip_network("198.51.100.16/28"),)
+    m = ForwardingMachine(Settings(send_proxy_protocol=True, proxy_protocol_from=lbs))
     # The load balancer's public address, not the forwarder's listening one (198.51.100.1:53).
     action, _ = proxied(m, LISTENING, LB, via(LB, ("203.0.113.9", 999), ("203.0.113.80", 5353)))
     assert isinstance(action, OpenFlow)
@@ -354,8 +356,8 @@ def test_chained_the_header_sent_names_the_destination_the_received_header_named
 
 
 def test_chained_an_ipv6_client_behind_an_ipv4_load_balancer_is_named_in_an_ipv6_header() -> None:
-    trusted = TrustedSources([ipaddress.ip_network("198.51.100.16/28")])
-    m = ForwardingMachine(trusted=trusted, send_header=True)
+    lbs = (ipaddress.ip_network("198.51.100.16/28"),)
+    m = ForwardingMachine(Settings(send_proxy_protocol=True, proxy_protocol_from=lbs))
     received = build(("2001:db8:113::7", 4242), ("2001:db8:51::1", 53))
     action, skip = proxied(m, LISTENING, LB, received + b"payload")  # an IPv4 listener and backend
     assert isinstance(action, OpenFlow), action
@@ -364,8 +366,8 @@ def test_chained_an_ipv6_client_behind_an_ipv4_load_balancer_is_named_in_an_ipv6
 
 
 def test_chained_a_received_header_whose_ends_differ_in_family_is_a_family_mismatch() -> None:
-    trusted = TrustedSources([ipaddress.ip_network("198.51.100.16/28")])
-    m = ForwardingMachine(trusted=trusted, send_header=True)
+    lbs = (ipaddress.ip_network("198.51.100.16/28"),)
+    m = ForwardingMachine(Settings(send_proxy_protocol=True, proxy_protocol_from=lbs))
     received = build(("::ffff:203.0.113.7", 4242), ("2001:db8:51::1", 53))  # the client is IPv4 really
     action, _ = proxied(m, LISTENING, LB, received + b"payload")
     assert action == Drop("family-mismatch", LISTENING, LB)
@@ -406,7 +408,7 @@ def test_the_header_cache_is_bounded_in_bytes_whatever_the_headers_size() -> Non
 
 
 def test_a_flow_reached_through_two_listeners_names_the_one_each_datagram_came_through() -> None:
-    m = ForwardingMachine(send_header=True)
+    m = ForwardingMachine(Settings(send_proxy_protocol=True))
     other = Path("dns3", Destination(socket.AF_INET, "192.0.2.2", 53), ("198.51.100.3", 53))
     action = m.receive(LISTENING, CLIENT, 10, 0, 1.0)
     assert isinstance(action, OpenFlow)

@@ -16,6 +16,7 @@ from scapy.layers.inet import IP, UDP
 from forwarder.core.destination import Destination
 from forwarder.core.flows import Flow, Path
 from forwarder.core.machine import ForwardingMachine
+from forwarder.core.settings import Settings
 from forwarder.io.engine import Engine
 from forwarder.io.flow_sockets import open_once_socket
 from forwarder.io.linux import IP_TRANSPARENT, IOVec, MMsgHdr
@@ -205,17 +206,21 @@ def test_a_refused_datagram_costs_only_itself(sock: socket.socket) -> None:
     ]
 
 
-def engine(sock: socket.socket, *, raw: bool, relay: bool = False, send_header: bool = False) -> Engine:
+def engine(
+    sock: socket.socket, *, raw: bool, relay: bool = False, send_proxy_protocol: bool = False
+) -> Engine:
     """An engine listening on `sock`; on the raw path `sock` stands in for its raw socket too (the property
     asked here sends nothing)."""
     route = Route(ListeningSocket(sock, "test"), Destination(socket.AF_INET, "192.0.2.2", 53))
-    machine = ForwardingMachine(relay=relay, send_header=send_header)
+    machine = ForwardingMachine(
+        Settings(reply="relay" if relay else "direct", send_proxy_protocol=send_proxy_protocol)
+    )
     sender = RawSend([sock], 8, checksum=False) if raw else None
     return Engine([route], Notifier({}), machine, raw=sender)
 
 
 @pytest.mark.parametrize(
-    ("raw", "relay", "send_header", "needed"),
+    ("raw", "relay", "send_proxy_protocol", "needed"),
     [
         (True, False, False, False),  # direct mode on the raw path: nothing after start-up
         (True, True, False, True),  # relay mode's flow sockets are bound to the client's address
@@ -226,10 +231,12 @@ def engine(sock: socket.socket, *, raw: bool, relay: bool = False, send_header: 
     ],
 )
 def test_which_send_paths_need_a_capability_after_start_up(
-    sock: socket.socket, raw: bool, relay: bool, send_header: bool, needed: bool
+    sock: socket.socket, raw: bool, relay: bool, send_proxy_protocol: bool, needed: bool
 ) -> None:
     sock.bind(("127.0.0.1", 0))
-    assert engine(sock, raw=raw, relay=relay, send_header=send_header).needs_capability is needed
+    assert (
+        engine(sock, raw=raw, relay=relay, send_proxy_protocol=send_proxy_protocol).needs_capability is needed
+    )
 
 
 @pytest.mark.parametrize(

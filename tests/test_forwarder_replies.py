@@ -4,7 +4,7 @@ from the address that client sent to; the control message that chooses the sourc
 expects.
 
 Relaying needs no transparent flow sockets when the machine sends a PROXY header
-(`ForwardingMachine(send_header=True)`): the engine's flow sockets are then plain, so this runs as anyone.
+(`Settings(send_proxy_protocol=True)`): the engine's flow sockets are then plain, so this runs as anyone.
 """
 
 import socket
@@ -17,6 +17,7 @@ from forwarder_helpers import drain
 
 from forwarder.core.destination import Destination
 from forwarder.core.machine import ForwardingMachine
+from forwarder.core.settings import Settings
 from forwarder.io.engine import Engine
 from forwarder.io.linux import IP_PKTINFO
 from forwarder.io.listeners import ListeningSocket, Route
@@ -68,7 +69,7 @@ def test_the_replies_of_one_pass_leave_each_to_its_client_from_the_address_it_as
         Route(ListeningSocket(wildcard, "v4"), destination, pktinfo=True),
         Route(ListeningSocket(plain, "plain"), destination),
     ]
-    machine = ForwardingMachine(send_header=True)
+    machine = ForwardingMachine(Settings(send_proxy_protocol=True))
     engine = Engine(routes, Notifier({}), machine, batch=8)
     try:
         assert engine._replies is not None
@@ -124,7 +125,7 @@ def test_a_reply_that_cannot_be_sent_is_counted_and_the_replies_after_it_in_the_
     made += [listener, backend]
     listener.setblocking(False)
     route = Route(ListeningSocket(listener, "test"), Destination(socket.AF_INET, *backend.getsockname()))
-    machine = ForwardingMachine(send_header=True)
+    machine = ForwardingMachine(Settings(send_proxy_protocol=True))
     engine = Engine([route], Notifier({}), machine, batch=8)
     try:
         clients = [udp(socket.AF_INET, "127.0.0.1") for _ in range(3)]

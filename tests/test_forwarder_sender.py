@@ -19,6 +19,7 @@ from forwarder.core.destination import Destination
 from forwarder.core.flows import Flow
 from forwarder.core.machine import ForwardingMachine
 from forwarder.core.policy import LocalProbe
+from forwarder.core.settings import Settings
 from forwarder.io.engine import Engine
 from forwarder.io.flow_sockets import open_flow_socket, open_plain_flow_socket
 from forwarder.io.listeners import ListeningSocket, Route
@@ -59,7 +60,11 @@ class Forwarder:
         is_broadcast: LocalProbe | None = None,
     ) -> None:
         self.lab = lab
-        self.machine = ForwardingMachine(max_flows, idle_timeout, is_local, is_broadcast)
+        self.machine = ForwardingMachine(
+            Settings(max_flows=max_flows, flow_idle_timeout=idle_timeout),
+            is_local=is_local,
+            is_broadcast=is_broadcast,
+        )
         self.routes: dict[Destination, Route] = {}
         self.engine = Engine([], Notifier({}), self.machine)
         lab.defer(self.engine.close)

@@ -10,6 +10,7 @@ import pytest
 from forwarder.core.counters import Counters, DropReason
 from forwarder.core.destination import Destination
 from forwarder.core.machine import ForwardingMachine
+from forwarder.core.settings import Settings
 from forwarder.io.engine import Engine
 from forwarder.io.listeners import ListeningSocket, Route
 from forwarder.service.notify import Notifier
@@ -80,7 +81,11 @@ def engine() -> Iterator[Engine]:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listener:
         listener.bind(("127.0.0.1", 0))
         route = Route(ListeningSocket(listener, "dns"), Destination(socket.AF_INET, "192.0.2.2", 53))
-        yield Engine([route], Notifier({}), ForwardingMachine(max_flows=8, idle_timeout=60), stats_interval=1)
+        yield Engine(
+            [route],
+            Notifier({}),
+            ForwardingMachine(Settings(max_flows=8, flow_idle_timeout=60, stats_interval=1)),
+        )
 
 
 def _status_lines(handler: _Lines) -> list[tuple[int, str]]:

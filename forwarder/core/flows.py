@@ -151,7 +151,7 @@ class Flow(Entry):
         "socket",
     )
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - a record of what a flow is: one field each
         self,
         key: FlowKey,
         path: Path,

@@ -37,8 +37,6 @@ from forwarder.core.actions import READ_HEADER, Action, CloseFlows, Drop, OpenFl
 from forwarder.core.addresses import SockAddr, decode_sockaddr, family_of, sockaddr_bytes
 from forwarder.core.counters import Counters, DropReason, drop_key, errno_name
 from forwarder.core.flows import (
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_FLOWS,
     Flow,
     FlowKey,
     FlowTable,
@@ -62,10 +60,10 @@ from forwarder.core.proxy_protocol import (
     Command,
     HeaderCache,
     HeaderProblem,
-    TrustedSources,
     parse,
 )
 from forwarder.core.reply_rules import ReplyRules
+from forwarder.core.settings import Settings
 
 # A plain int: `flags & socket.MSG_TRUNC` (an IntFlag) goes through enum.Flag and cost about 1.4 us per
 # datagram and per reply, 40 times the check itself.
@@ -82,41 +80,35 @@ class ForwardingMachine(ReplyRules):
 
     def __init__(
         self,
-        max_flows: int = DEFAULT_MAX_FLOWS,
-        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        settings: Settings | None = None,
+        *,
         is_local: LocalProbe | None = None,
         is_broadcast: LocalProbe | None = None,
-        *,
-        trusted: TrustedSources | None = None,
-        relay: bool = False,
-        send_header: bool = False,
         source_toward: Callable[[str], str | None] | None = None,
         backends: Iterable[tuple[str, int]] = (),
     ) -> None:
-        self.flows: FlowTable[FlowKey, Flow] = FlowTable(max_flows, idle_timeout)
+        self.settings = settings = Settings() if settings is None else settings
+        idle_timeout = settings.flow_idle_timeout
+        self.flows: FlowTable[FlowKey, Flow] = FlowTable(settings.max_flows, idle_timeout)
         # Idle flows are swept at half the idle timeout, so none outlives it by more than half.
         self.sweep_interval = max(idle_timeout / 2, 0.01)
         self._next_sweep: float | None = None
-        # --reply relay (implied by --send-proxy-protocol): replies arriving on flow sockets go back to
-        # the clients.
-        self.relay = relay or send_header
+        # Replies arriving on flow sockets go back to the clients (an attribute: read per reply).
+        self.relay = settings.relays
         self.counters = Counters(relay=self.relay)
         # Which source a client is presented with and how it leaves; `is_broadcast` tells whether an IPv4
         # address is a directed broadcast of one of the host's subnets.
         self.policy = SourcePolicy(
             is_local if is_local is not None else NothingLocal(),
             is_broadcast if is_broadcast is not None else NothingLocal(),
-            names_in_header=send_header,
+            names_in_header=settings.send_proxy_protocol,
             backends=backends,
         )
         # Sender key -> its flow: the hot path's one lookup (kept in step with the flow table).
         self._senders: dict[FlowKey, Flow] = {}
         self._lookup: Callable[[FlowKey], Flow | None] = self._senders.get
         # Whether a sender's PROXY headers are believed (--proxy-protocol-from); None: nobody's are.
-        self.trusted = trusted
-        # --send-proxy-protocol: flows send from the host's own address, each datagram after a PROXY header
-        # naming the client, so a local client needs no one-shot socket, and replies are relayed.
-        self.send_header = send_header
+        self.trusted = settings.trusted()
         # The host's address toward a client: the header's destination when a wildcard listener's datagram
         # came without IP_PKTINFO (it was queued before the option was set).
         self.source_toward = source_toward
@@ -129,7 +121,7 @@ class ForwardingMachine(ReplyRules):
 
     # --- datagram metadata in, an action out -----------------------------------------------------------
 
-    def receive(
+    def receive(  # noqa: PLR0913 - the hot path: datagram metadata as plain arguments, no object per datagram
         self, path: Path, client: bytes, size: int, flags: int, now: float, *, local: bytes | None = None
     ) -> Action:
         """The action for a datagram of `size` bytes from `client` (raw sockaddr) that arrived on `path`;
@@ -175,7 +167,7 @@ class ForwardingMachine(ReplyRules):
             action.flow.senders.append(sender)
         return action
 
-    def _open(  # noqa: PLR0917
+    def _open(  # noqa: PLR0913, PLR0917 - hot path: no object per datagram
         self,
         path: Path,
         client: bytes,
@@ -210,7 +202,7 @@ class ForwardingMachine(ReplyRules):
         flow.last_used = now
         return OpenFlow(flow)
 
-    def receive_proxied(
+    def receive_proxied(  # noqa: PLR0913 - hot path: no object per datagram
         self,
         path: Path,
         client: bytes,
@@ -253,7 +245,7 @@ class ForwardingMachine(ReplyRules):
         self._headers.put(header, (path, key, judgement, outgoing))
         return self._hit_or_open(path, client, key, judgement, outgoing, now, local), parsed.length
 
-    def _hit_or_open(  # noqa: PLR0917
+    def _hit_or_open(  # noqa: PLR0913, PLR0917 - hot path: no object per datagram
         self,
         path: Path,
         client: bytes,

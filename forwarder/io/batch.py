@@ -144,24 +144,26 @@ class BatchSender:
 
     A run of n datagrams from one client to one destination costs one system call instead of n. The
     headers point at the receiver's slots once and for all; a run only sets its lengths and destination.
-    `prefixed` (--send-proxy-protocol): each message has two iovecs, the flow's PROXY header, then the
-    datagram as received.
+    `send_proxy_protocol`: each message has two iovecs, the flow's PROXY header, then the datagram as
+    received.
     """
 
-    def __init__(self, sendmmsg: Callable[..., int], receiver: BatchReceiver, prefixed: bool = False) -> None:
+    def __init__(
+        self, sendmmsg: Callable[..., int], receiver: BatchReceiver, send_proxy_protocol: bool = False
+    ) -> None:
         self._sendmmsg = sendmmsg
         self._receiver = receiver  # its buffers are what the headers point into: keep them alive
         batch = receiver.batch
-        stride = 2 if prefixed else 1
+        stride = 2 if send_proxy_protocol else 1
         self._iovecs = (IOVec * (batch * stride))()
         self._headers = (MMsgHdr * batch)()
         data_address = ctypes.addressof(receiver._arrays[0])
         self._bases = [data_address + index * receiver.buffer_size for index in range(batch)]
         self._moved: set[int] = set()  # slots whose iovec starts after a PROXY header now
         # Where in the u64 view of the iovecs each message's data iovec starts (base; its length follows),
-        # and, when prefixed, its header iovec.
+        # and, with --send-proxy-protocol, its header iovec.
         self._data_at = [2 * (index * stride + stride - 1) for index in range(batch)]
-        self._prefix_at = [2 * index * stride for index in range(batch)] if prefixed else []
+        self._prefix_at = [2 * index * stride for index in range(batch)] if send_proxy_protocol else []
         for index in range(batch):
             self._iovecs[index * stride + stride - 1].iov_base = self._bases[index]
             header = self._headers[index].msg_hdr
@@ -177,10 +179,10 @@ class BatchSender:
         self.gso: BatchGso | None = None  # set by enable_gso(): runs of equal sizes leave as one GSO send
 
     @classmethod
-    def create(cls, receiver: BatchReceiver, prefixed: bool = False) -> "BatchSender | None":
+    def create(cls, receiver: BatchReceiver, send_proxy_protocol: bool = False) -> "BatchSender | None":
         """A sender for `receiver`'s buffers, or None when this libc has no sendmmsg."""
         sendmmsg = libc_function("sendmmsg", SENDMMSG_ARGUMENTS, ctypes.c_int)
-        return None if sendmmsg is None else cls(sendmmsg, receiver, prefixed)
+        return None if sendmmsg is None else cls(sendmmsg, receiver, send_proxy_protocol)
 
     def aim(self, family: socket.AddressFamily, destination: tuple[str, int] | None) -> None:
         """Send the following runs to `destination`, or with no address (connected sockets) for None;
@@ -205,7 +207,7 @@ class BatchSender:
 
     def enable_gso(self) -> bool:
         """Send runs of equal-size datagrams with UDP GSO from now on, where the kernel has it (not on a
-        prefixed sender: its messages are two iovecs each)."""
+        --send-proxy-protocol sender: its messages are two iovecs each)."""
         from forwarder.io.gso import BatchGso  # gso builds on this module's structures
 
         if self._prefix_at:
@@ -240,8 +242,9 @@ class BatchSender:
     ) -> tuple[int, int]:
         """Send received datagrams first..first+count-1 from `fd`, datagram i without its first `skips[i]`
         bytes when given (a PROXY header: the iovec starts after it, nothing is copied), each after
-        `prefix` on a prefixed sender (the flow's PROXY header, also not copied). Returns (sent, errno):
-        when errno is not 0, datagram first+sent failed with it and the ones after it were not tried."""
+        `prefix` on a --send-proxy-protocol sender (the flow's PROXY header, also not copied). Returns
+        (sent, errno): when errno is not 0, datagram first+sent failed with it and the ones after it were
+        not tried."""
         u32, iov, slots, data_at = self._receiver_u32, self._iov_u64, self._slots, self._data_at
         for index in range(first, first + count):
             iov[data_at[index] + 1] = u32[slots[index].length]

@@ -44,52 +44,46 @@ log = logging.getLogger("forwarder")
 class Engine(FlowSide):
     """Runs the forwarding loop until SIGTERM or SIGINT."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - collaborators and two sizes tests shrink; every option is in Settings
         self,
         routes: Sequence[Route],
         notifier: Manager,
         machine: ForwardingMachine | None = None,
         *,
-        receive_strategy: str = "batch",
-        batch: int = BATCH,
-        buffer_size: int = RECEIVE_BUFFER,
-        stats_interval: float = 10.0,
         watchdog_interval: float | None = None,
         metrics: Metrics | None = None,
-        connect_flows: bool = False,
-        gso: bool = False,
         raw: RawSend | None = None,
+        batch: int = BATCH,
+        buffer_size: int = RECEIVE_BUFFER,
     ) -> None:
         self.routes = list(routes)
         self.notifier = notifier
         self.machine = machine if machine is not None else ForwardingMachine()
-        self.stats_interval = stats_interval
+        # The options, one object shared with the machine, so the two can never disagree.
+        self.settings = settings = self.machine.settings
+        self.stats_interval = settings.stats_interval
         self.watchdog_interval = watchdog_interval
         self.repeats = RepeatSummary(log)
         # The flow sockets' and raw sockets' error queues: ICMP errors counted, and the pending-error rule.
         targets = {route.destination.sockaddr for route in routes}
         self.error_queues = ErrorQueues(self.machine, self.repeats, targets)
-        # Connected flow sockets only carry replies in relay mode; in direct mode early demux would steal
-        # the replies the host must forward (see forwarder.io.flow_sockets).
-        self.connect_flows = (connect_flows and self.machine.relay) or self.machine.send_header
+        # Connected flow sockets only carry replies in relay mode (see forwarder.io.flow_sockets); copied to
+        # an attribute because every send reads it.
+        self.connect_flows = settings.connects_flows
         # The raw send path (forwarder.io.rawsend): every datagram that is sent as its client leaves by one of
         # these sockets; flows keep a socket only in relay mode, to receive the replies.
-        self.raw = None if self.machine.send_header else raw
+        self.raw = raw if settings.binds_client else None
         if self.raw is not None:
             self.raw.pending = self.error_queues.raw_failed_by_pending_error
         for route in self.routes:
             if route.pktinfo:
                 set_receive_pktinfo(route.listener.sock)
         self.strategy = receive.create(
-            receive_strategy,
+            settings,
             self,
             batch,
             buffer_size,
             pktinfo=any(route.pktinfo for route in self.routes),
-            connected=self.connect_flows,
-            prefixed=self.machine.send_header,
-            gso=gso,
-            budget=receive.RELAY_BATCH if self.machine.relay else receive.MAX_BATCH,
             raw=self.raw,
         )
         self.metrics = metrics
@@ -112,9 +106,8 @@ class Engine(FlowSide):
         sockets path, and relay mode's flow sockets, bound to the client's address); the raw path in direct
         mode does not (its sockets exist, and a local source's one-shot socket needs none), nor does
         --send-proxy-protocol (it sends from the host's own address)."""
-        if self.machine.send_header:
-            return False
-        return self.raw is None or self.machine.relay
+        # The raw path asked for may have fallen back to per-client sockets (no CAP_NET_RAW): no raw here.
+        return self.settings.binds_client and (self.raw is None or self.settings.relays)
 
     # --- executing the machine's actions ----------------------------------------------------------------
 
@@ -184,13 +177,13 @@ class Engine(FlowSide):
         mode a socket for its replies), else its own socket. False (the drop counted) when that failed."""
         if self.raw is not None:
             self.raw.prepare(flow)
-            if not self.machine.relay:
+            if not self.settings.relays:
                 evicted = self.machine.flow_opened(flow, None)
                 if evicted is not None:
                     self.close_flows(evicted)
                 return True
         try:
-            if self.machine.send_header:
+            if not self.settings.binds_client:
                 sock = open_plain_flow_socket(flow.path.destination.family, flow.path.target)
             else:
                 peer = flow.path.target if self.connect_flows else None
@@ -203,7 +196,7 @@ class Engine(FlowSide):
         except OSError as error:
             self.log_drop(self.machine.open_failed(flow, error.errno or errno.EIO))
             return False
-        if self.machine.relay:  # room for a burst of replies while a listener is drained
+        if self.settings.relays:  # room for a burst of replies while a listener is drained
             with contextlib.suppress(OSError):
                 set_receive_buffer(sock, RELAY_FLOW_BUFFER)
         evicted = self.machine.flow_opened(flow, sock)
@@ -229,7 +222,7 @@ class Engine(FlowSide):
             if sock is None:
                 continue
             self._unwatch(sock)
-            if drain and self.machine.relay:
+            if drain and self.settings.relays:
                 self.error_queues.read(flow)
                 self.machine.replies_unmatched(flow, _discard_queued(sock))
             flow.socket = None

@@ -79,7 +79,7 @@ class ErrorQueues:
                 return read
             error = parse_queued_error(ancillary)
             read.append(error)
-            if error is None or self.machine.relay or len(data) < UDP_HEADER:
+            if error is None or self.machine.settings.relays or len(data) < UDP_HEADER:
                 continue
             client_port, port = struct.unpack_from("!HH", data)
             backend = (str(plain_address(str(offender[0]))), port)

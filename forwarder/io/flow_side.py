@@ -14,6 +14,7 @@ from forwarder.core.actions import Drop
 from forwarder.core.addresses import SockAddr, decode_sockaddr, sockaddr_bytes
 from forwarder.core.flows import Flow, Path, bounded_put
 from forwarder.core.machine import ForwardingMachine
+from forwarder.core.settings import Settings
 from forwarder.io.errorqueue import ErrorQueues
 from forwarder.io.linux import IP_PKTINFO
 from forwarder.io.listeners import Route
@@ -29,6 +30,7 @@ class FlowSide:
     """The engine's flow-socket methods (a base of Engine, which sets these fields)."""
 
     machine: ForwardingMachine
+    settings: Settings
     routes: list[Route]
     error_queues: ErrorQueues
     _route_of: dict[Path, Route]
@@ -45,7 +47,7 @@ class FlowSide:
         self._flow_poll: select.epoll | None = None
         self._watched: dict[int, Flow] = {}
         # Relay mode gathers the replies of a pass and sends them with one sendmmsg per listener.
-        self._replies = ReplyBatch.create(buffer_size=buffer_size) if self.machine.relay else None
+        self._replies = ReplyBatch.create(buffer_size=buffer_size) if self.settings.relays else None
         # The replies waiting to leave, per route (= listener): (the flow relayed to, the reply's slot).
         self._staged: list[tuple[Route, list[tuple[Flow, int]]]] = [(route, []) for route in self.routes]
         self._staged_of = {route.path: staged for route, staged in self._staged}

@@ -11,6 +11,7 @@ from forwarder.core.actions import READ_HEADER, Action, Drop, OpenFlow
 from forwarder.core.addresses import sockaddr_bytes
 from forwarder.core.flows import Flow, bounded_put
 from forwarder.core.machine import ForwardingMachine
+from forwarder.core.settings import MAX_BATCH, Settings
 from forwarder.io.batch import NAME_LENGTH, BatchReceiver, BatchSender
 from forwarder.io.control import (
     CONTROL_SPACE,
@@ -25,13 +26,6 @@ if TYPE_CHECKING:
     from forwarder.io.listeners import Route
     from forwarder.io.rawsend import RawFlow, RawSend
 
-# A socket is drained until EAGAIN, but at most this many datagrams at a time, so that under a flood the
-# other sockets, STATUS= and WATCHDOG=1 still get their turn (the selector reports the socket again).
-MAX_BATCH = 4096
-# With replies to relay, a listener gets at most this many datagrams per wake-up: the backend's replies wait
-# in the flow sockets meanwhile, and a long drain (4096 datagrams, tens of milliseconds) would let their
-# queues fill and the kernel drop replies the forwarder never sees.
-RELAY_BATCH = 256
 # Raw sockaddrs of recent clients on the single path, so that a hit costs a dict lookup, not an encoding.
 NAME_CACHE_SIZE = 4096
 
@@ -118,9 +112,7 @@ class BatchReceive:
         self,
         executor: Executor,
         receiver: BatchReceiver,
-        connected: bool = False,
-        prefixed: bool = False,
-        gso: bool = False,
+        settings: Settings,
         *,
         budget: int = MAX_BATCH,
         raw: "RawSend | None" = None,
@@ -129,8 +121,10 @@ class BatchReceive:
         self.raw = raw  # the raw send path: every flow's datagrams of a batch leave in one sendmmsg
         self.budget = budget  # datagrams per drain at most (whole recvmmsg batches)
         self.receiver = receiver
-        self.sender = BatchSender.create(receiver, prefixed)
-        self.connected = connected  # flow sockets are connected: runs are sent without an address
+        self.sender = BatchSender.create(receiver, settings.prefixes_header)
+        # Flow sockets are connected: runs are sent without an address.
+        self.connected = settings.connects_flows
+        gso = settings.gso
         # Runs of equal-size datagrams as one UDP GSO send (--gso); None when off or unavailable.
         sender = self.sender
         self.segmenting = sender if gso and sender is not None and sender.enable_gso() else None
@@ -339,29 +333,25 @@ class BatchReceive:
                 first, length = first + 1, length - 1
 
 
-def create(
-    name: str,
+def create(  # noqa: PLR0913 - settings plus the engine-built parts
+    settings: Settings,
     executor: Executor,
     batch: int,
     buffer_size: int,
     *,
     pktinfo: bool = False,
-    connected: bool = False,
-    prefixed: bool = False,
-    gso: bool = False,
-    budget: int = MAX_BATCH,
     raw: "RawSend | None" = None,
 ) -> Strategy:
-    """The strategy called `name` ('batch' or 'single'); 'batch' falls back to 'single' where libc lacks
-    recvmmsg. `pktinfo`: some listener needs each datagram's local address; `connected`: flow sockets are
-    connected to their destination; `prefixed`: every datagram leaves after its flow's PROXY header;
-    `gso` (batch only): runs of equal-size datagrams of one flow leave as one UDP GSO send; `budget`: the
-    datagrams one drain handles at most; `raw` (batch only): the raw send path, one sendmmsg per batch."""
+    """The strategy --receive names ('batch' or 'single'); 'batch' falls back to 'single' where libc lacks
+    recvmmsg. `pktinfo`: some listener needs each datagram's local address; `raw` (batch only): the raw
+    send path, one sendmmsg per batch. The rest is the settings': connected flow sockets, PROXY headers
+    before every datagram, UDP GSO runs (batch only), the datagrams one drain handles at most."""
+    name, budget = settings.receive, settings.batch_budget
     if name == "batch":
         # With room for pktinfo messages when some listener needs them; None where libc has no recvmmsg.
         receiver = BatchReceiver.create(batch, buffer_size, CONTROL_SPACE if pktinfo else 0)
         if receiver is not None:
-            return BatchReceive(executor, receiver, connected, prefixed, gso, budget=budget, raw=raw)
+            return BatchReceive(executor, receiver, settings, budget=budget, raw=raw)
     elif name != "single":
         raise ValueError(f"receive strategy {name!r}: expected 'batch' or 'single'")
     return SingleReceive(executor, buffer_size, budget)

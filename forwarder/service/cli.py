@@ -9,12 +9,13 @@ import resource
 import socket
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from forwarder.core.addresses import is_loop
 from forwarder.core.destination import DestinationSpec, check_destination, parse_destination, parse_listen
 from forwarder.core.machine import ForwardingMachine
-from forwarder.core.proxy_protocol import TrustedSources
+from forwarder.core.settings import Settings
 from forwarder.errors import (
     ConfigurationError,
     ForwarderError,
@@ -44,7 +45,7 @@ from forwarder.service.activation import listen_sockets
 from forwarder.service.mapping import assign, check_form
 from forwarder.service.metrics import MetricsFile, listen_label
 from forwarder.service.notify import Notifier, watchdog_interval
-from forwarder.service.options import FAMILIES, PROG, build_parser
+from forwarder.service.options import PROG, build_parser, settings_from
 from forwarder.service.resolution import lookup, pick
 from forwarder.service.routecheck import reply_route_warning
 
@@ -72,16 +73,17 @@ def open_listeners(listen: Sequence[str], specs: Sequence[DestinationSpec]) -> l
 def build_routes(
     listeners: Sequence[ListeningSocket],
     specs: Sequence[DestinationSpec],
-    prefer_family: socket.AddressFamily | None = None,
+    settings: Settings | None = None,
     is_broadcast: Callable[[str], bool] | None = None,
-    relay: bool = False,
 ) -> list[Route]:
     """Pair each listening socket with its destination, resolve it, and check the socket can serve it.
 
     A host name resolves to the listening socket's family when it has an address of it, or to
-    `prefer_family` when the socket's clients can be of that family too (a dual-stack socket). In relay
+    --prefer-family when the socket's clients can be of that family too (a dual-stack socket). In relay
     mode a wildcard listener reads each datagram's local address (the reply's source).
     """
+    settings = Settings() if settings is None else settings
+    prefer_family = settings.family
     is_broadcast = BroadcastAddresses() if is_broadcast is None else is_broadcast
     routes = []
     for listener, spec in zip(listeners, assign([item.name for item in listeners], specs), strict=True):
@@ -112,7 +114,9 @@ def build_routes(
                 destination,
                 other,
             )
-        routes.append(Route(listener, destination, pktinfo=relay and is_wildcard(listener.sock)))
+        routes.append(
+            Route(listener, destination, pktinfo=settings.needs_pktinfo(is_wildcard(listener.sock)))
+        )
     return routes
 
 
@@ -162,13 +166,11 @@ def fit_max_flows(wanted: int, listeners: int) -> int:
     return wanted
 
 
-def open_send_path(
-    send_path: str, families: set[socket.AddressFamily], *, relay: bool, checksum: bool
-) -> RawSend | None:
-    """The raw send path's sockets, one per family (None: per-client sockets). Without CAP_NET_RAW it
-    falls back to per-client sockets, saying why, where CAP_NET_ADMIN allows them; with neither it fails
-    (77) naming the capability."""
-    if send_path == "raw":
+def open_send_path(settings: Settings, families: set[socket.AddressFamily]) -> RawSend | None:
+    """The raw send path's sockets, one per family (None: per-client sockets, as asked). Without
+    CAP_NET_RAW it falls back to per-client sockets, saying why, where CAP_NET_ADMIN allows them; with
+    neither it fails (77) naming the capability."""
+    if settings.raw_path:
         sockets = []
         try:
             for family in sorted(families):
@@ -189,9 +191,9 @@ def open_send_path(
                 error.strerror,
             )
             return None
-        if relay:  # relay mode's flow sockets, bound to the client's address, receive the replies
+        if settings.relays:  # relay mode's flow sockets, bound to the client's address, receive the replies
             check_transparent_capability(families)
-        return RawSend(sockets, BATCH, checksum=checksum)
+        return RawSend(sockets, BATCH, checksum=settings.checksum)
     check_transparent_capability(families)
     return None
 
@@ -244,6 +246,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             "--reply direct with --send-proxy-protocol: the backend answers this host's address, so "
             "replies can only be relayed; expected --reply relay or no --reply"
         )
+    settings = settings_from(args)
     logs.configure(args.log_level)
     specs = [parse_destination(text) for text in args.destinations]
     check_form(specs)
@@ -252,34 +255,24 @@ def run(argv: Sequence[str] | None = None) -> int:
     raw: RawSend | None = None
     try:
         metrics = metrics_file(args.metrics_file, listeners)
-        send_header = args.send_proxy_protocol
-        relay = args.reply == "relay" or send_header
-        routes = build_routes(listeners, specs, FAMILIES.get(args.prefer_family), relay=relay)
+        routes = build_routes(listeners, specs, settings)
         refuse_loops(routes)
         # With --send-proxy-protocol nothing binds a client's address (no capability needed) and replies
         # come back to this host's own address (no relay routing to check).
-        if not send_header:
-            raw = open_send_path(
-                args.send_path or ("sockets" if args.gso else "raw"),
-                {route.destination.family for route in routes},
-                relay=relay,
-                checksum=args.udp_checksum == "compute",
-            )
-            if relay:
+        if settings.binds_client:
+            raw = open_send_path(settings, {route.destination.family for route in routes})
+            if settings.relays:
                 warn_of_reply_routes(routes)
-        if args.receive_buffer is not None:
+        if settings.receive_buffer is not None:
             for listener in listeners:
-                set_receive_buffer(listener.sock, args.receive_buffer)
+                set_receive_buffer(listener.sock, settings.receive_buffer)
         # On the raw path in direct mode a flow holds no socket: no file descriptor to fit.
-        socketless = raw is not None and not relay
+        if raw is None or settings.relays:
+            settings = replace(settings, max_flows=fit_max_flows(settings.max_flows, len(listeners)))
         machine = ForwardingMachine(
-            args.max_flows if socketless else fit_max_flows(args.max_flows, len(listeners)),
-            args.flow_idle_timeout,
-            LocalAddresses(),
-            BroadcastAddresses(),
-            trusted=TrustedSources(args.proxy_protocol_from) if args.proxy_protocol_from else None,
-            relay=relay,
-            send_header=send_header,
+            settings,
+            is_local=LocalAddresses(),
+            is_broadcast=BroadcastAddresses(),
             source_toward=source_toward,
             backends=[route.destination.sockaddr for route in routes],
         )
@@ -287,12 +280,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             routes,
             notifier,
             machine,
-            receive_strategy=args.receive,
-            gso=args.gso,
-            stats_interval=args.stats_interval,
             watchdog_interval=watchdog_interval(os.environ),
             metrics=metrics,
-            connect_flows=relay,
             raw=raw,
         )
         if not engine.needs_capability:

@@ -5,7 +5,6 @@ usage error naming it).
 import argparse
 import ipaddress
 import math
-import socket
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import NoReturn
 from forwarder import __version__
 from forwarder.core.flows import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FLOWS
 from forwarder.core.proxy_protocol import Network, plain_network
+from forwarder.core.settings import FAMILIES, Settings
 from forwarder.errors import (
     UsageError,
     shown,
@@ -27,9 +27,6 @@ MIN_INTERVAL = 0.05
 
 
 MAX_BUFFER = 2**31 - 1  # SO_RCVBUF(FORCE) takes a C int
-
-
-FAMILIES = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}  # --prefer-family
 
 
 class _Parser(argparse.ArgumentParser):
@@ -254,3 +251,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The one Settings of a parsed command line (after the checks of option combinations)."""
+    return Settings(
+        reply=args.reply or "direct",
+        send_proxy_protocol=args.send_proxy_protocol,
+        send_path=args.send_path,
+        udp_checksum=args.udp_checksum,
+        gso=args.gso,
+        receive=args.receive,
+        max_flows=args.max_flows,
+        flow_idle_timeout=args.flow_idle_timeout,
+        stats_interval=args.stats_interval,
+        proxy_protocol_from=tuple(args.proxy_protocol_from),
+        prefer_family=args.prefer_family,
+        receive_buffer=args.receive_buffer,
+    )

@@ -53,7 +53,7 @@ def _attribute(kind: int, data: bytes) -> bytes:
     return _ATTRIBUTE.pack(length, kind) + data + bytes(-length % 4)
 
 
-def route_query(
+def route_query(  # noqa: PLR0913 - the fields of one RTM_GETROUTE query
     family: int,
     destination: str,
     *,

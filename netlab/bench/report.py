@@ -120,7 +120,7 @@ def text_report(
     return "\n".join(lines)
 
 
-def json_document(
+def json_document(  # noqa: PLR0913 - the parts of one JSON document
     summaries: list[Summary],
     solo: dict[str, float],
     runs: list[Run],

@@ -93,7 +93,7 @@ class LabNode:
             netns.write_sysctl(self.namespace, key, value)
         return netns.read_sysctl(self.namespace, key)
 
-    def send_udp(
+    def send_udp(  # noqa: PLR0913 - keyword-only: the fields of one spoofed datagram
         self,
         *,
         src: str,
@@ -129,7 +129,7 @@ class LabNode:
             label="scapy-send",
         )
 
-    def send_fast(
+    def send_fast(  # noqa: PLR0913 - keyword-only: the fields of one spoofed run
         self,
         *,
         dst: str,

@@ -21,7 +21,7 @@ NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"  # util-linux
 class Process:
     """A process running in a lab node."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - how one process is started
         self,
         argv: Sequence[str],
         *,

@@ -16,6 +16,7 @@ import time
 
 from forwarder.core.destination import parse_destination
 from forwarder.core.machine import ForwardingMachine
+from forwarder.core.settings import Settings
 from forwarder.io.engine import Engine
 from forwarder.io.listeners import ListeningSocket
 from forwarder.io.sockets import BroadcastAddresses, LocalAddresses
@@ -39,20 +40,21 @@ def main(argv: list[str]) -> int:
     sock.setblocking(False)
     listener = ListeningSocket(sock, "bench")
     routes = build_routes([listener], [parse_destination(options["destination"])])
-    raw = open_send_path(
-        options["send_path"],
-        {route.destination.family for route in routes},
-        relay=False,
-        checksum=bool(options.get("checksum", False)),
+    settings = Settings(
+        send_path=options["send_path"],
+        udp_checksum="compute" if options.get("checksum", False) else "none",
+        gso=bool(options.get("gso", False)),
+        max_flows=4096,
+        flow_idle_timeout=600.0,
     )
+    raw = open_send_path(settings, {route.destination.family for route in routes})
     machine = ForwardingMachine(
-        4096,
-        600.0,
-        LocalAddresses(),
-        BroadcastAddresses(),
+        settings,
+        is_local=LocalAddresses(),
+        is_broadcast=BroadcastAddresses(),
         backends=[route.destination.sockaddr for route in routes],
     )
-    engine = Engine(routes, Notifier({}), machine, raw=raw, gso=bool(options.get("gso", False)))
+    engine = Engine(routes, Notifier({}), machine, raw=raw)
     print(json.dumps({"ready": True}), flush=True)
     with open(options["fifo"]) as fifo:  # blocks (no instructions spent) until the datagrams are queued
         fifo.read()

@@ -102,7 +102,7 @@ class ForwarderUnderTest:
         return code
 
 
-def start_forwarder(
+def start_forwarder(  # noqa: PLR0913 - mirrors the forwarder command line
     node: LabNode,
     listen: Sequence[str],
     destinations: Sequence[str],

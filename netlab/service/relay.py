@@ -159,7 +159,7 @@ def local_route(family: int, table: int, loopback: int) -> dict[str, Any]:
     }
 
 
-def _add(
+def _add(  # noqa: PLR0913 - the fields of one routing record
     ipr: IPRoute,
     routing: "RelayRouting",
     family: int,
@@ -282,7 +282,7 @@ def _rule_commands(backend: str, port: int | None, table: int, udp_only: bool) -
     return [rule, local_route_command(address.version, table)]
 
 
-def install_relay_route(
+def install_relay_route(  # noqa: PLR0913 - the fields of one relay route
     host: LabNode,
     backend: str,
     port: int | None = None,
@@ -416,7 +416,7 @@ class RouteAnswer:
     oif: int | None
 
 
-def route_for_packet(  # noqa: PLR0917
+def route_for_packet(  # noqa: PLR0913, PLR0917 - the fields of one route query
     namespace: str | None,
     src: str,
     dst: str,
@@ -469,7 +469,7 @@ def route_for_packet(  # noqa: PLR0917
     )
 
 
-def is_relayed(  # noqa: PLR0917
+def is_relayed(  # noqa: PLR0913, PLR0917 - the fields of one route query
     namespace: str | None, backend: str, client: str, sport: int, dport: int = 40000, iif: int | None = None
 ) -> bool:
     """True when a UDP reply backend:sport -> client:dport would be delivered locally (to the forwarder)."""

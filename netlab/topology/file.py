@@ -192,7 +192,7 @@ def _check_keys(table: Mapping[str, Any], allowed: set[str], element: str, sourc
             )
 
 
-def _typed(table: Mapping[str, Any], key: str, kind: type, element: str, source: str, default: Any) -> Any:  # noqa: PLR0917
+def _typed(table: Mapping[str, Any], key: str, kind: type, element: str, source: str, default: Any) -> Any:  # noqa: PLR0913, PLR0917 - one typed field lookup with its context
     value = table.get(key, default)
     if not isinstance(value, kind):
         raise TopologyError(f"{source}: {element}.{key}: expected a {kind.__name__}, got {value!r}")

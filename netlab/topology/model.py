@@ -130,7 +130,7 @@ class Topology:
         self.nodes[node].sysctls[key] = value
         return self
 
-    def link(
+    def link(  # noqa: PLR0913 - keyword options of one veth link
         self,
         a: str,
         b: str,
