@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from forwarder import cli
+from forwarder import capabilities, cli
 from forwarder.activation import ListeningSocket
 from forwarder.destination import Destination
 from forwarder.engine import Route
@@ -52,12 +52,14 @@ def test_a_reply_route_that_cannot_be_checked_is_a_warning_naming_the_destinatio
             cli.warn_of_reply_routes([route, route])  # one warning per destination
 
     messages = [record.getMessage() for record in caplog.records]
-    assert messages == ["--reply relay: cannot check the route of replies from 192.0.2.2:53: [Errno 13] Permission denied"]
+    assert messages == [
+        "--reply relay: cannot check the route of replies from 192.0.2.2:53: [Errno 13] Permission denied"
+    ]
 
 
 def test_without_a_file_descriptor_limit_max_flows_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     unlimited = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
-    monkeypatch.setattr(cli.resource, "getrlimit", lambda kind: unlimited)
+    monkeypatch.setattr(resource, "getrlimit", lambda kind: unlimited)
     assert cli.fit_max_flows(1_000_000, 2) == 1_000_000
 
 
@@ -67,8 +69,8 @@ def test_a_limit_that_cannot_be_raised_lowers_max_flows_to_fit_with_a_warning(
     def refused(kind: int, limits: tuple[int, int]) -> None:
         raise ValueError("not allowed to raise maximum limit")
 
-    monkeypatch.setattr(cli.resource, "getrlimit", lambda kind: (1024, 4096))
-    monkeypatch.setattr(cli.resource, "setrlimit", refused)
+    monkeypatch.setattr(resource, "getrlimit", lambda kind: (1024, 4096))
+    monkeypatch.setattr(resource, "setrlimit", refused)
     with caplog.at_level(logging.WARNING, logger="forwarder"):
         fitted = cli.fit_max_flows(5000, 2)
 
@@ -90,9 +92,7 @@ def test_without_cap_net_raw_the_raw_send_path_falls_back_to_per_client_sockets_
     monkeypatch.setattr(cli, "open_raw_socket", raw_socket_of_ipv4_only)
     monkeypatch.setattr(cli, "check_transparent_capability", lambda families: None)  # CAP_NET_ADMIN held
     with caplog.at_level(logging.WARNING, logger="forwarder"):
-        sender = cli.open_send_path(
-            "raw", {socket.AF_INET, socket.AF_INET6}, relay=False, checksum=False
-        )
+        sender = cli.open_send_path("raw", {socket.AF_INET, socket.AF_INET6}, relay=False, checksum=False)
 
     assert sender is None
     assert [sock.fileno() for sock in opened] == [-1]  # the IPv4 one is not left open
@@ -120,7 +120,7 @@ def test_capabilities_that_cannot_be_dropped_are_a_warning_not_a_failure(
     def denied() -> int:
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
-    monkeypatch.setattr(cli.capabilities, "drop_all", denied)
+    monkeypatch.setattr(capabilities, "drop_all", denied)
     with caplog.at_level(logging.WARNING, logger="forwarder"):
         cli.drop_capabilities()
 

@@ -8,7 +8,6 @@ kernel leaves pending are real ones; a closed socket stands in for a send that f
 nothing leaves).
 """
 
-import errno
 import logging
 import os
 import socket

@@ -223,7 +223,11 @@ def test_a_batch_interrupted_by_a_signal_is_sent_again_whole_and_costs_nothing(s
     failed: list[tuple[Flow, int]] = []
     asked: list[int] = []
 
-    batch.flush(failed, lambda sock, error_number: asked.append(error_number) is None)
+    def pending(sock: socket.socket, error_number: int) -> bool:
+        asked.append(error_number)
+        return True
+
+    batch.flush(failed, pending)
 
     assert (failed, len(kept), batch.count) == ([], 2, 0)
     assert [[message[1] for message in call] for call in fake.calls] == [[b"a", b"b"], [b"a", b"b"]]
