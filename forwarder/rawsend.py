@@ -14,7 +14,7 @@ import socket
 import struct
 from collections.abc import Callable, Iterable
 
-from forwarder.batch import IOVec, MMsgHdr
+from forwarder.batch import IOVec, MMsgHdr, MsgHdr
 from forwarder.core import sockaddr_bytes
 from forwarder.machine import Flow
 from forwarder.sockets import IP_PKTINFO, set_receive_errors, set_transparent
@@ -36,12 +36,21 @@ _WORDS = _SIZE // 8  # u64 words per struct mmsghdr: msg_name is word 0, msg_nam
 # The control message of each datagram: a cmsghdr and struct in_pktinfo (ifindex 0, ipi_spec_dst = the
 # client, ipi_addr unused) / struct in6_pktinfo (the client, ifindex 0).
 CONTROL_SPACE = {socket.AF_INET: socket.CMSG_SPACE(12), socket.AF_INET6: socket.CMSG_SPACE(20)}
+# What msg_controllen says: the message without its trailing padding. The kernel copies a control buffer of
+# up to 36 bytes (a cmsghdr and an in6_pktinfo) to its stack and kmallocs a larger one, so CMSG_SPACE(20) =
+# 40 would cost an IPv6 datagram a kmalloc and a kfree (counted with perf's kmem:kmalloc tracepoint).
+CONTROL_LENGTH = {socket.AF_INET: socket.CMSG_LEN(12), socket.AF_INET6: socket.CMSG_LEN(20)}
 _PKTINFO = {socket.AF_INET: (socket.IPPROTO_IP, IP_PKTINFO), socket.AF_INET6: (socket.IPPROTO_IPV6, 50)}
 # Whether a send on a raw socket that failed with an errno failed by an earlier datagram's ICMP error (the
 # engine reads the socket's error queue to say: forwarder.icmp.failed_by_pending_error).
 Pending = Callable[[socket.socket, int], bool]
 _HEADER = struct.Struct("!4sHH")  # the ports (prebuilt), the length, the checksum
-_LENGTH = struct.Struct("!HH")
+_WORD = struct.Struct("=I")
+_CONTROL_WORD = MsgHdr.msg_control.offset // 8  # msg_control's u64 within a struct mmsghdr
+
+
+def _never(sock: socket.socket, error_number: int) -> bool:
+    return False
 
 
 def open_raw_socket(family: socket.AddressFamily) -> socket.socket:
@@ -92,14 +101,29 @@ def udp_checksum(partial: int, length: int, payload: memoryview | bytes) -> int:
 
 class RawFlow:
     """What a flow's datagrams need on the raw path, built once when the flow opens: its ports, the sum its
-    checksum starts from, its control message, and where the backend's sockaddr (port 0) is."""
+    checksum starts from, its control message, where the backend's sockaddr (port 0) is, and `queue`, its
+    batch's (so that the hot path reaches it in one attribute load)."""
 
-    __slots__ = ("batch", "control", "destination", "name", "partial", "pktinfo", "ports")
+    __slots__ = (
+        "batch",
+        "control",
+        "control_address",
+        "destination",
+        "name",
+        "partial",
+        "pktinfo",
+        "port_word",
+        "ports",
+        "queue",
+    )
 
     def __init__(self, batch: "RawBatch", source: tuple[str, int], destination: tuple[str, int]) -> None:
         family = batch.family
         self.batch = batch
+        self.queue = batch.queue
         self.ports = struct.pack("!HH", source[1], destination[1])
+        # The ports as the native u32 a slot's header gets in one store (its bytes are the network order).
+        self.port_word: int = _WORD.unpack(self.ports)[0]
         self.destination = (destination[0], 0)
         self.name = batch.name_of(destination[0])
         address = socket.inet_pton(family, source[0])
@@ -109,7 +133,9 @@ class RawFlow:
             self.pktinfo = bytes(4) + address + bytes(4)
         level, kind = _PKTINFO[family]
         header = struct.pack("@Nii", socket.CMSG_LEN(len(self.pktinfo)), level, kind)
+        # A message's msg_control points here (the bytes object keeps its buffer for its life: ours).
         self.control = (header + self.pktinfo).ljust(CONTROL_SPACE[family], b"\0")
+        self.control_address: int = ctypes.cast(ctypes.c_char_p(self.control), ctypes.c_void_p).value or 0
         backend = socket.inet_pton(family, destination[0])
         self.partial = (
             int.from_bytes(address, "big")
@@ -121,8 +147,10 @@ class RawFlow:
 
 
 class RawBatch:
-    """The messages of one family waiting for one sendmmsg: per message, a preallocated UDP header and
-    control buffer; the payload iovec points into the receive buffer (nothing is copied)."""
+    """The messages of one family waiting for one sendmmsg: per message, a preallocated UDP header; its name
+    and control message point at the flow's prebuilt ones and its payload iovec into the receive buffer
+    (nothing is copied). A slot keeps what it was given last (flow, payload address and size), and only
+    what changed is written: a busy flow of equal-size datagrams rewrites nothing but the count."""
 
     def __init__(self, sock: socket.socket, sendmmsg: Callable[..., int], batch: int, checksum: bool) -> None:
         self.sock = sock
@@ -131,14 +159,11 @@ class RawBatch:
         self.checksum = checksum and self.family == socket.AF_INET
         self._sendmmsg = sendmmsg
         self.batch = batch
-        space = self.space = CONTROL_SPACE[self.family]
         self._headers = (MMsgHdr * batch)()
         self._iovecs = (IOVec * (2 * batch))()
         self.udp = bytearray(UDP_HEADER * batch)
-        self.control = bytearray(space * batch)
         udp_array = (ctypes.c_char * len(self.udp)).from_buffer(self.udp)
-        control_array = (ctypes.c_char * len(self.control)).from_buffer(self.control)
-        self._arrays = (udp_array, control_array)
+        self._arrays = (udp_array,)
         for index in range(batch):
             self._iovecs[2 * index].iov_base = ctypes.addressof(udp_array) + UDP_HEADER * index
             self._iovecs[2 * index].iov_len = UDP_HEADER
@@ -146,14 +171,22 @@ class RawBatch:
             header.msg_iov = ctypes.addressof(self._iovecs[2 * index])
             header.msg_iovlen = 2
             header.msg_namelen = 16 if self.family == socket.AF_INET else 28
-            header.msg_control = ctypes.addressof(control_array) + space * index
-            header.msg_controllen = space
+            header.msg_controllen = CONTROL_LENGTH[self.family]
         self._address = ctypes.addressof(self._headers)
         self._u64 = memoryview(self._headers).cast("B").cast("Q")
         self._iov = memoryview(self._iovecs).cast("B").cast("Q")
+        # The UDP headers as u16 (4 per message: ports, length, checksum) and u32 (2: ports, the rest).
+        self._udp16 = memoryview(self.udp).cast("H")
+        self._udp32 = memoryview(self.udp).cast("I")
         self._names: dict[str, ctypes.Array[ctypes.c_char]] = {}
         self.flows: list[Flow | None] = [None] * batch
+        self._raws: list[RawFlow | None] = [None] * batch
+        self._sizes = [-1] * batch
+        self._payloads = [-1] * batch
         self.count = 0
+        # Where a full batch's failures go and who explains them (set by RawSend; see flush).
+        self.failed: list[tuple[Flow, int]] = []
+        self.pending: Pending = _never
 
     def name_of(self, address: str) -> int:
         """The address of a struct sockaddr for `address`, port 0 (kept for good: a few destinations)."""
@@ -163,24 +196,34 @@ class RawBatch:
             name = self._names[address] = ctypes.create_string_buffer(raw, len(raw))
         return ctypes.addressof(name)
 
-    def queue(self, flow: Flow, raw: RawFlow, base: int, payload: memoryview) -> None:
-        """Add a datagram of `flow` whose payload is `payload`, found at address `base`. A slot that held
-        the same flow last time keeps its name, control message and ports (one busy flow rewrites none)."""
+    def queue(self, flow: Flow, raw: RawFlow, address: int, size: int) -> None:
+        """Add a datagram of `flow` of `size` bytes found at `address` (kept there until the flush); a full
+        batch is sent first. This is the hot path: what the slot held last time is not written again."""
         index = self.count
-        length = len(payload)
-        iov = self._iov
-        iov[4 * index + 2] = base
-        iov[4 * index + 3] = length
-        if self.flows[index] is not flow:
-            self.flows[index] = flow
-            self._u64[index * _WORDS] = raw.name
-            space = self.space
-            self.control[space * index : space * index + space] = raw.control
-            self.udp[UDP_HEADER * index : UDP_HEADER * index + 4] = raw.ports
-        total = length + UDP_HEADER
-        checksum = udp_checksum(raw.partial, total, payload) if self.checksum else 0
-        _LENGTH.pack_into(self.udp, UDP_HEADER * index + 4, total, checksum)
+        if index == self.batch:
+            self.flush(self.failed, self.pending)
+            index = 0
         self.count = index + 1
+        at = index * 4  # the slot's first u64 of the iovecs, and its first u16 of the UDP headers
+        if self._raws[index] is not raw:
+            self._raws[index] = raw
+            self.flows[index] = flow
+            words = index * _WORDS
+            u64 = self._u64
+            u64[words] = raw.name
+            u64[words + _CONTROL_WORD] = raw.control_address
+            self._udp32[index + index] = raw.port_word
+        if self._payloads[index] != address:
+            self._payloads[index] = address
+            self._iov[at + 2] = address
+        if self._sizes[index] != size:
+            self._sizes[index] = size
+            self._iov[at + 3] = size
+            total = size + UDP_HEADER
+            self._udp16[at + 2] = (total >> 8) | ((total & 0xFF) << 8)  # network order
+        if self.checksum:
+            checksum = udp_checksum(raw.partial, size + UDP_HEADER, ctypes.string_at(address, size))
+            self._udp16[at + 3] = (checksum >> 8) | ((checksum & 0xFF) << 8)
 
     def flush(self, failed: list[tuple[Flow, int]], pending: Pending) -> None:
         """Send what is queued; each datagram that could not be sent is added to `failed` with its errno. A
@@ -204,12 +247,9 @@ class RawBatch:
         self.count = 0
 
 
-def _never(sock: socket.socket, error_number: int) -> bool:
-    return False
-
-
 class RawSend:
-    """The raw sockets, one batch of messages per family, and the flows' prebuilt parts."""
+    """The raw sockets, one batch of messages per family, and the flows' prebuilt parts. A datagram joins
+    its family's batch by its flow's `raw.queue(flow, flow.raw, address, size)`; `flush` sends them."""
 
     def __init__(self, sockets: Iterable[socket.socket], batch: int, *, checksum: bool) -> None:
         sendmmsg = ctypes.CDLL(None, use_errno=True).sendmmsg
@@ -219,7 +259,21 @@ class RawSend:
         self.batches = {sock.family: RawBatch(sock, sendmmsg, batch, checksum) for sock in sockets}
         # The datagrams a flush could not send, with their errno: the caller counts them and clears it.
         self.failed: list[tuple[Flow, int]] = []
-        self.pending: Pending = _never  # set by the engine, which reads (and counts) the error queues
+        for raw_batch in self.batches.values():
+            raw_batch.failed = self.failed
+        self._pending: Pending = _never
+
+    @property
+    def pending(self) -> Pending:
+        """Whether a failed send was failed by an earlier datagram's ICMP error; set by the engine, which
+        reads (and counts) the error queues."""
+        return self._pending
+
+    @pending.setter
+    def pending(self, pending: Pending) -> None:
+        self._pending = pending
+        for batch in self.batches.values():
+            batch.pending = pending
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -229,20 +283,18 @@ class RawSend:
         """Build what `flow`'s datagrams need on the raw path (once, when it opens)."""
         flow.raw = RawFlow(self.batches[flow.path.destination.family], flow.source, flow.path.target)
 
-    def queue(self, flow: Flow, base: int, payload: memoryview) -> None:
-        """Add a datagram of `flow` (prepared) to its family's batch; sent by `flush`."""
+    def queue(self, flow: Flow, address: int, size: int) -> None:
+        """Add a datagram of `flow` (prepared) of `size` bytes at `address` to its family's batch; sent by
+        `flush` (the hot path calls the flow's `raw.queue` itself, one call fewer)."""
         raw: RawFlow = flow.raw  # type: ignore[assignment]
-        batch = raw.batch
-        if batch.count == batch.batch:
-            batch.flush(self.failed, self.pending)
-        batch.queue(flow, raw, base, payload)
+        raw.queue(flow, raw, address, size)
 
     def flush(self) -> list[tuple[Flow, int]]:
         """Send every queued datagram (one sendmmsg per family); return `failed`, the ones that could not
         be sent (since it was last cleared) with their errno."""
         for batch in self.batches.values():
             if batch.count:
-                batch.flush(self.failed, self.pending)
+                batch.flush(self.failed, self._pending)
         return self.failed
 
     def send(self, flow: Flow, payload: memoryview) -> int:

@@ -17,7 +17,7 @@ from forwarder.sockets import IP_PKTINFO
 
 if TYPE_CHECKING:
     from forwarder.engine import Route
-    from forwarder.rawsend import RawSend
+    from forwarder.rawsend import RawFlow, RawSend
 
 # A socket is drained until EAGAIN, but at most this many datagrams at a time, so that under a flood the
 # other sockets, STATUS= and WATCHDOG=1 still get their turn (the selector reports the socket again).
@@ -304,12 +304,15 @@ class BatchReceive:
     def _drain_raw(self, route: "Route", now: float, raw: "RawSend") -> None:
         """drain() on the raw send path: every datagram of an open (or newly opened) flow joins the batch,
         whoever its client, and the whole batch leaves in one sendmmsg per family after the machine has
-        seen it all; a datagram that fails costs only itself."""
+        seen it all; a datagram that fails costs only itself.
+
+        This is the hot path: a datagram of an open flow costs the machine's lookup and one call that
+        queues its address and size (the payload stays where it was received: no slice, no copy).
+        """
         receiver = self.receiver
         executor = self.executor
         machine = executor.machine
         receive = machine.receive
-        queue = raw.queue
         fd = route.listener.sock.fileno()
         name_length = NAME_LENGTH[route.listener.family]
         path = route.path
@@ -333,20 +336,25 @@ class BatchReceive:
                     action = receive(path, client, size, u32[flags], now, local=local)
                 else:
                     action = receive(path, client, size, u32[flags], now)
+                if action.__class__ is Flow:
+                    sending: RawFlow = action.raw  # type: ignore[assignment]
+                    sending.queue(action, sending, base + offset, size)
+                    continue
                 if action is READ_HEADER:
                     action, skip = machine.receive_proxied(
                         path, client, data[offset : offset + size], u32[flags], now, local=local
                     )
                     offset += skip
-                kind = action.__class__
-                if kind is Flow:
-                    queue(action, base + offset, data[offset : slots[index].data + size])  # type: ignore[arg-type]
-                elif kind is OpenFlow:
-                    flow = action.flow  # type: ignore[union-attr]
+                    size -= skip
+                    if action.__class__ is Flow:
+                        raw.queue(action, base + offset, size)
+                        continue
+                if action.__class__ is OpenFlow:
+                    flow = action.flow
                     if executor.open(flow):
-                        queue(flow, base + offset, data[offset : slots[index].data + size])
+                        raw.queue(flow, base + offset, size)
                 else:
-                    executor.execute(route, action, data[offset : slots[index].data + size])
+                    executor.execute(route, action, data[offset : offset + size])
             failed = raw.flush()
             if failed:
                 for flow, error_number in failed:

@@ -19,7 +19,7 @@ from forwarder.destination import Destination
 from forwarder.engine import Engine, Route
 from forwarder.machine import Flow, ForwardingMachine, Path
 from forwarder.notify import Notifier
-from forwarder.rawsend import CONTROL_SPACE, RawBatch, RawFlow, RawSend, udp_checksum
+from forwarder.rawsend import CONTROL_LENGTH, RawBatch, RawFlow, RawSend, udp_checksum
 from forwarder.sender import open_once_socket
 from forwarder.sockets import IP_TRANSPARENT
 from netlab.lab.process import python_env
@@ -85,9 +85,11 @@ def test_a_checksum_that_sums_to_zero_is_sent_as_all_ones() -> None:
 def queued(batch: RawBatch, flows: list[Flow], payloads: list[bytes]) -> list[bytearray]:
     buffers = [bytearray(payload) for payload in payloads]
     for flow, buffer in zip(flows, buffers, strict=True):
-        flow.raw = RawFlow(batch, flow.source, flow.path.target)
+        if flow.raw is None:  # prepared once, as the engine does when the flow opens
+            flow.raw = RawFlow(batch, flow.source, flow.path.target)
         address = ctypes.addressof((ctypes.c_char * max(len(buffer), 1)).from_buffer(buffer)) if buffer else 0
-        batch.queue(flow, flow.raw, address, memoryview(buffer))
+        assert isinstance(flow.raw, RawFlow)
+        batch.queue(flow, flow.raw, address, len(buffer))
     return buffers  # the iovecs point into them: keep them alive until the flush
 
 
@@ -109,8 +111,49 @@ def test_a_batch_sends_each_clients_header_source_and_payload_in_one_call(sock: 
     header = socket.CMSG_LEN(0)
     assert first[2][header : header + 12] == bytes(4) + socket.inet_aton("203.0.113.7") + bytes(4)
     assert second[2][header : header + 12] == bytes(4) + socket.inet_aton("203.0.113.8") + bytes(4)
-    assert len(third[2]) == CONTROL_SPACE[socket.AF_INET]
+    assert len(third[2]) == CONTROL_LENGTH[socket.AF_INET]
     assert third == (struct.pack("!HHHH", 4242, 27000, 13, 0), b"three", first[2])
+
+
+def test_a_slot_reused_by_another_flow_size_or_buffer_sends_what_it_holds_now(sock: socket.socket) -> None:
+    # A slot rewrites only what changed since its last datagram: each change must still reach the kernel.
+    fake = FakeSendmmsg([])
+    batch = RawBatch(sock, fake, 2, checksum=False)
+    one, two = flow_of(("203.0.113.7", 4242)), flow_of(("203.0.113.8", 53))
+    rounds = [
+        ([one, two], [b"first", b"x"]),
+        ([one, two], [b"again", b"y"]),  # same flows and sizes, other buffers
+        ([two, one], [b"", b"longer one"]),  # flows swapped, sizes changed
+        ([two, two], [b"zz", b"zz"]),
+    ]
+    for flows, payloads in rounds:
+        kept = queued(batch, flows, payloads)
+        batch.flush([], no_icmp_error)
+        del kept
+
+    header = socket.CMSG_LEN(0)
+    for call, (flows, payloads) in zip(fake.calls, rounds, strict=True):
+        for (udp, payload, control), flow, sent in zip(call, flows, payloads, strict=True):
+            assert udp == struct.pack("!HHHH", flow.source[1], 27000, 8 + len(sent), 0)
+            assert payload == sent
+            assert control[header + 4 : header + 8] == socket.inet_aton(flow.source[0])
+
+
+def test_an_ipv6_messages_control_fits_the_kernels_stack_buffer_so_it_costs_no_kmalloc() -> None:
+    # ____sys_sendmsg copies up to sizeof(struct cmsghdr) + 20 bytes (an in6_pktinfo) to its stack; a
+    # longer msg_controllen (CMSG_SPACE(20) = 40) is a sock_kmalloc and a kfree per datagram.
+    path = Path("test6", Destination(socket.AF_INET6, "2001:db8:2::2", 27000))
+    fake = FakeSendmmsg([])
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock6:
+        batch = RawBatch(sock6, fake, 4, checksum=False)
+        kept = queued(batch, [flow_of(("2001:db8::7", 4242), path)], [b"six"])
+        batch.flush([], no_icmp_error)
+
+    ((udp, payload, control),) = fake.calls[0]
+    assert len(control) <= socket.CMSG_LEN(0) + 20
+    # struct in6_pktinfo after the cmsghdr: the client's address, then ifindex 0.
+    assert control[socket.CMSG_LEN(0) :] == socket.inet_pton(socket.AF_INET6, "2001:db8::7") + bytes(4)
+    assert (udp, payload, bytes(kept[0])) == (struct.pack("!HHHH", 4242, 27000, 11, 0), b"six", b"six")
 
 
 def test_a_pending_icmp_error_is_tried_again_and_costs_no_datagram(sock: socket.socket) -> None:
