@@ -218,3 +218,24 @@ def test_a_reply_whose_clients_local_address_is_unknown_is_dropped_not_sent_from
         engine.relay(flow, memoryview(b"reply"))
         assert engine.counters.reply_dropped == {"reply-send-error:EADDRNOTAVAIL": 2}
         assert engine.counters.relayed == 0
+
+
+@pytest.mark.parametrize(
+    ("mode", "raw_path"),
+    [("single", False), ("batch", False), ("batch", True)],
+    ids=["one-by-one", "batched", "batched-raw-path"],
+)
+def test_a_listener_whose_receive_fails_is_one_counted_receive_error_and_its_drain_ends(
+    listener: socket.socket, mode: str, raw_path: bool
+) -> None:
+    # A closed listener stands in for any receive error that is not EAGAIN: counted once, never a loop.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stand_in:
+        raw = RawSend([stand_in], 8, checksum=False) if raw_path else None
+        route = Route(ListeningSocket(listener, "test"), Destination(socket.AF_INET, "127.0.0.1", 9))
+        engine = Engine([route], Notifier({}), ForwardingMachine(max_flows=8), receive_strategy=mode, raw=raw)
+        listener.close()
+
+        engine.drain(route)
+
+    assert engine.counters.dropped == {"receive-error:EBADF": 1}
+    assert engine.counters.forwarded == 0
