@@ -1,5 +1,5 @@
 """`python -m forwarder`: the same entry point as `systemd-transparent-udp-forwarderd`."""
 
-from forwarder.cli import main
+from forwarder.service.cli import main
 
 raise SystemExit(main())

@@ -19,7 +19,7 @@ TEMPLATE = HERE / "systemd-transparent-udp-forwarderd.8.in"
 sys.path.insert(0, str(HERE.parent))
 
 from forwarder import __version__  # noqa: E402
-from forwarder.cli import build_parser  # noqa: E402
+from forwarder.service.options import build_parser  # noqa: E402
 
 # An option word in help text (--reply, -h), set in bold with roff's minus signs so it can be copied.
 OPTION_WORD = re.compile(r"(?<![\w-])(--?[a-z][a-z0-9-]*)")

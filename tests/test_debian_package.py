@@ -116,7 +116,12 @@ def field(package: Path, name: str) -> str:
 def test_the_package_holds_the_daemon_the_forwarder_the_units_the_man_page_and_the_etc_examples(
     package: Path,
 ) -> None:
-    modules = {f"{DIST_PACKAGES}/forwarder/{path.name}" for path in (ROOT / "forwarder").glob("*.py")}
+    sources = ROOT / "forwarder"
+    # Its modules and the directories of its subpackages (dpkg-deb -c lists both).
+    modules = {
+        f"{DIST_PACKAGES}/forwarder/{path.relative_to(sources)}"
+        for path in [*sources.rglob("*.py"), *(path.parent for path in sources.glob("*/__init__.py"))]
+    }
     expected = {
         DAEMON,
         MAN_PAGE,
@@ -145,7 +150,7 @@ def test_the_package_holds_nothing_of_netlab(package: Path, installed_root: Path
         "[console_scripts]",
         "systemd-transparent-udp-forwarderd",
         "=",
-        "forwarder.cli:main",
+        "forwarder.service.cli:main",
     ]
 
 
@@ -196,14 +201,14 @@ def test_the_installed_daemon_prints_its_version_from_the_installed_package(
         "",
     )
     where = subprocess.run(
-        ["/usr/bin/python3", "-c", "import forwarder.cli; print(forwarder.cli.__file__)"],
+        ["/usr/bin/python3", "-c", "import forwarder.service.cli; print(forwarder.service.cli.__file__)"],
         capture_output=True,
         text=True,
         cwd=installed_root,
         env={"PATH": SYSTEM_PATH, "PYTHONPATH": str(installed_root / DIST_PACKAGES)},
         check=True,
     )
-    assert where.stdout.strip() == str(installed_root / DIST_PACKAGES / "forwarder" / "cli.py")
+    assert where.stdout.strip() == str(installed_root / DIST_PACKAGES / "forwarder" / "service" / "cli.py")
 
 
 def test_the_installed_daemon_refuses_a_bad_option_with_exit_64(installed_root: Path) -> None:

@@ -77,7 +77,9 @@ def test_the_doctor_sees_a_forwarder_run_as_pips_console_script(lab: Lab, tmp_pa
     # script's shebang): the doctor said "no forwarder running" and gave direct-mode advice.
     script = tmp_path / "bin" / "systemd-transparent-udp-forwarderd"
     script.parent.mkdir()
-    script.write_text(f"#!{sys.executable}\nimport sys\nfrom forwarder.cli import main\nsys.exit(main())\n")
+    script.write_text(
+        f"#!{sys.executable}\nimport sys\nfrom forwarder.service.cli import main\nsys.exit(main())\n"
+    )
     script.chmod(0o755)
     lab.build(load_topology("seed"))
     forwarder = start_forwarder(

@@ -13,8 +13,8 @@ import socket
 
 import pytest
 
-from forwarder.capabilities import CapabilitySets, of_process
-from forwarder.proxy_protocol import build
+from forwarder.core.proxy_protocol import build
+from forwarder.io.capabilities import CapabilitySets, of_process
 from netlab import ForwarderUnderTest, Lab, start_forwarder
 from netlab.topology.shipped import seed_deployment
 

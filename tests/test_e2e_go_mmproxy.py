@@ -16,7 +16,7 @@ import threading
 
 import pytest
 
-from forwarder.proxy_protocol import build
+from forwarder.core.proxy_protocol import build
 from netlab import Lab, start_forwarder
 from netlab.lab.node import LabNode
 from netlab.lab.wait import wait_until

@@ -1,6 +1,6 @@
-"""The kernel send paths of forwarder.gso and netlab.programs.uring in the seed lab: from per-flow transparent
-sockets in the host, bound to the client's address, datagrams reach the backend separate, intact and with
-the client's source; and how the backend's nftables counter counts a GSO run.
+"""The kernel send paths of forwarder.io.gso and netlab.programs.uring in the seed lab: from per-flow
+transparent sockets in the host, bound to the client's address, datagrams reach the backend separate, intact
+and with the client's source; and how the backend's nftables counter counts a GSO run.
 
     client 198.51.100.10 --- 198.51.100.1 [host: sender] 192.0.2.1 --- 192.0.2.2 backend
 """
@@ -10,13 +10,13 @@ import socket
 
 import pytest
 
-from forwarder.core import sockaddr_bytes
-from forwarder.gso import GsoSender
-from forwarder.sockets import set_transparent
+from forwarder.core.addresses import sockaddr_bytes
+from forwarder.io.sockets import set_transparent
 from netlab import Lab, expect
 from netlab.bench.kernel_paths import delivered_datagrams
 from netlab.lab.nft import apply_ruleset, counter_values
 from netlab.lab.offload import set_features
+from netlab.programs.send_paths import GsoSender
 from netlab.programs.uring import UringSender
 from netlab.topology.shipped import seed_deployment
 

@@ -11,7 +11,7 @@ import socket
 import pytest
 from e2e_helpers import send_path, status_has
 
-from forwarder.proxy_protocol import build, build_local
+from forwarder.core.proxy_protocol import build, build_local
 from netlab import Lab, start_forwarder
 from netlab.topology.shipped import seed_deployment
 

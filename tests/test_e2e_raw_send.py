@@ -22,7 +22,7 @@ from test_systemd_units import (
     notify_for_nobody,
 )
 
-from forwarder.rawsend import open_raw_socket
+from forwarder.io.rawsend import open_raw_socket
 from netlab import Lab, load_topology, start_forwarder
 from netlab.addresses import format_endpoint
 from netlab.lab import netns

@@ -16,13 +16,15 @@ import time
 import pytest
 from e2e_helpers import send_path, status_has
 
-from forwarder.activation import ListeningSocket
-from forwarder.core import sockaddr_bytes
-from forwarder.destination import Destination
-from forwarder.engine import Engine, Route
-from forwarder.machine import Flow, ForwardingMachine
-from forwarder.notify import Notifier
-from forwarder.sockets import IP_PKTINFO, set_receive_buffer
+from forwarder.core.addresses import sockaddr_bytes
+from forwarder.core.destination import Destination
+from forwarder.core.flows import Flow
+from forwarder.core.machine import ForwardingMachine
+from forwarder.io.engine import Engine
+from forwarder.io.linux import IP_PKTINFO
+from forwarder.io.listeners import ListeningSocket, Route
+from forwarder.io.sockets import set_receive_buffer
+from forwarder.service.notify import Notifier
 from netlab import Lab, hold_listen_sockets, start_forwarder
 from netlab.lab import netns
 from netlab.lab.node import LabNode
@@ -354,12 +356,12 @@ class Relay:
         )
         flow = self.machine.flows.lookup((self.route.path.target, raw))
         assert flow is not None
-        assert flow.handle is not None
+        assert flow.socket is not None
         return flow
 
     def reply_waiting(self, flow: Flow) -> None:
         """Wait until a reply is queued on `flow`'s socket (the engine is not polling it)."""
-        sock = flow.handle
+        sock = flow.socket
         assert sock is not None
 
         def queued() -> bool:
@@ -420,11 +422,11 @@ def test_replies_still_queued_when_their_flow_is_evicted_are_counted_unmatched(r
     _, asker = backend.recvfrom(100)
     backend.sendto(b"late", asker)
     relay.reply_waiting(evicted)
-    sock = evicted.handle
+    sock = evicted.socket
 
     relay.forward(second, b"two")  # the flow table holds one flow: the first one goes
 
-    assert evicted.handle is None
+    assert evicted.socket is None
     assert sock is not None
     assert sock.fileno() == -1
     assert relay.machine.counters.reply_dropped == {"reply-unmatched": 1}

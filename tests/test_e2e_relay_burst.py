@@ -9,7 +9,7 @@ import pytest
 from e2e_helpers import status_has
 from test_e2e_relay import RELAY, client_socket, relay_deployment
 
-from forwarder.sockets import set_receive_buffer
+from forwarder.io.sockets import set_receive_buffer
 from netlab import Lab, start_forwarder
 from netlab.service.relay import install_relay_route
 

@@ -10,7 +10,7 @@ import socket
 import pytest
 from test_e2e_relay import RELAY, client_socket, relay_deployment, start_answering
 
-from forwarder.proxy_protocol import build
+from forwarder.core.proxy_protocol import build
 from netlab import Lab, start_forwarder
 from netlab.service.activation import HeldSockets
 from netlab.service.relay import install_relay_route

@@ -16,7 +16,7 @@ import pytest
 from e2e_helpers import status_has
 from test_e2e_relay import RELAY, client_socket, relay_deployment, start_answering
 
-from forwarder.proxy_protocol import build
+from forwarder.core.proxy_protocol import build
 from netlab import Lab, start_forwarder
 from netlab.lab.process import python_env
 from netlab.lab.wait import wait_until

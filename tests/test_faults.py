@@ -31,14 +31,15 @@ from e2e_helpers import (
     start_blaster,
     status_has,
 )
+from forwarder_helpers import drain
 from pyroute2 import IPRoute
 
-from forwarder.activation import ListeningSocket
-from forwarder.destination import Destination
-from forwarder.engine import Engine, Route
-from forwarder.machine import ForwardingMachine
-from forwarder.notify import Notifier
-from forwarder.sockets import SO_RCVBUFFORCE  # root may exceed net.core.rmem_max with it
+from forwarder.core.destination import Destination
+from forwarder.core.machine import ForwardingMachine
+from forwarder.io.engine import Engine
+from forwarder.io.linux import SO_RCVBUFFORCE  # root may exceed net.core.rmem_max with it
+from forwarder.io.listeners import ListeningSocket, Route
+from forwarder.service.notify import Notifier
 from netlab import Lab, load_topology, start_forwarder
 from netlab.lab import netns
 from netlab.lab.nft import apply_ruleset, counter_packets, delete_table
@@ -572,7 +573,7 @@ def test_truncated_datagrams_mixed_into_valid_traffic_are_counted_and_never_forw
         client.sendto(payload, (HOST, 27002))
 
     def drained() -> bool:
-        netns.run_in(lab["host"].namespace, lambda: engine.drain(route))  # its flow sockets live there
+        netns.run_in(lab["host"].namespace, lambda: drain(engine, route))  # its flow sockets live there
         counters = engine.counters
         return counters.forwarded + sum(counters.dropped.values()) == len(payloads)
 

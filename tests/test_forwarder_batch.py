@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from forwarder.batch import MSG_TRUNC, NAME_LENGTH, BatchReceiver, BatchSender
-from forwarder.core import decode_sockaddr, sockaddr_bytes
+from forwarder.core.addresses import decode_sockaddr, sockaddr_bytes
+from forwarder.io.batch import NAME_LENGTH, BatchReceiver, BatchSender
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def received(receiver: BatchReceiver, sock: socket.socket) -> list[tuple[bytes, 
     for length, flags, name, offset in receiver.slots[:count]:
         raw = bytes(receiver.name_view[name : name + NAME_LENGTH[sock.family]])
         payload = bytes(receiver.view[offset : offset + receiver.u32[length]])
-        out.append((payload, decode_sockaddr(raw), bool(receiver.u32[flags] & MSG_TRUNC)))
+        out.append((payload, decode_sockaddr(raw), bool(receiver.u32[flags] & socket.MSG_TRUNC)))
     return out
 
 

@@ -1,4 +1,4 @@
-"""forwarder.capabilities: the sets read from /proc/PID/status and capget(2), and the drop of every
+"""forwarder.io.capabilities: the sets read from /proc/PID/status and capget(2), and the drop of every
 capability, done in a child process (a capability dropped by the test process would be lost for good)."""
 
 import json
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from forwarder.capabilities import (
+from forwarder.io.capabilities import (
     CAP_NET_ADMIN,
     CAP_NET_RAW,
     CapabilitySets,
@@ -86,7 +86,7 @@ def test_capget_agrees_with_proc_self_status() -> None:
 # The child prints the sets before and after drop_all() and what drop_all() returned, as JSON.
 CHILD = """
 import json
-from forwarder.capabilities import drop_all, of_process
+from forwarder.io.capabilities import drop_all, of_process
 before = of_process()
 dropped = drop_all()
 after = of_process()

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forwarder.batch import BatchReceiver
-from forwarder.receive import (
+from forwarder.io.batch import BatchReceiver
+from forwarder.io.control import (
     CONTROL_SPACE,
     MSG_CTRUNC,
     PKTINFO_ADDRESS,
@@ -22,7 +22,7 @@ from forwarder.receive import (
     pktinfo_in_control,
     pktinfo_local,
 )
-from forwarder.sockets import IP_PKTINFO
+from forwarder.io.linux import IP_PKTINFO
 
 SO_TIMESTAMP = 29  # SO_TIMESTAMP_OLD: a struct timeval (not exported by the socket module)
 SO_TIMESTAMPNS = 35  # SO_TIMESTAMPNS_OLD: a struct timespec

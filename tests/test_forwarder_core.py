@@ -4,18 +4,14 @@ import socket
 from collections.abc import Callable
 
 import pytest
+from forwarder_helpers import InspectableTable
 
-from forwarder.core import (
-    Counters,
-    DropReason,
-    Entry,
-    FlowTable,
-    duplicates,
-    is_loop,
-    presentable_source,
-    served_families,
-)
-from forwarder.sockets import probe_broadcast
+from forwarder.core.addresses import is_loop, served_families
+from forwarder.core.counters import Counters, DropReason
+from forwarder.core.flows import Entry
+from forwarder.core.policy import presentable_source
+from forwarder.io.sockets import probe_broadcast
+from forwarder.service.mapping import duplicates
 
 
 def test_ipv4_client_is_presented_as_itself() -> None:
@@ -215,7 +211,7 @@ def names(entries: list[Item]) -> list[str]:
 
 
 def test_flow_table_hit_returns_the_entry_and_misses_return_none() -> None:
-    table: FlowTable[str, Item] = FlowTable(4, 30)
+    table: InspectableTable[str, Item] = InspectableTable(4, 30)
     a = Item("A")
     assert table.add("a", a, now=0) == []
     assert table.get("a", now=1) is a
@@ -223,7 +219,7 @@ def test_flow_table_hit_returns_the_entry_and_misses_return_none() -> None:
 
 
 def test_flow_table_lookup_is_the_plain_dict_lookup_of_the_hot_path() -> None:
-    table: FlowTable[str, Item] = FlowTable(4, 30)
+    table: InspectableTable[str, Item] = InspectableTable(4, 30)
     a = Item("A")
     table.add("a", a, now=0)
     assert table.lookup("a") is a
@@ -231,7 +227,7 @@ def test_flow_table_lookup_is_the_plain_dict_lookup_of_the_hot_path() -> None:
 
 
 def test_flow_table_evicts_the_least_recently_used_flow_when_full() -> None:
-    table: FlowTable[str, Item] = FlowTable(2, 30)
+    table: InspectableTable[str, Item] = InspectableTable(2, 30)
     table.add("a", Item("A"), now=0)
     table.add("b", Item("B"), now=1)
     table.get("a", now=2)  # a is now more recent than b
@@ -243,7 +239,7 @@ def test_flow_table_evicts_the_least_recently_used_flow_when_full() -> None:
 
 def test_flow_table_spares_a_flow_hit_in_the_same_instant_it_was_opened() -> None:
     # The engine takes one timestamp per batch: a flow opened and hit within it is in use, not idle.
-    table: FlowTable[str, Item] = FlowTable(2, 30)
+    table: InspectableTable[str, Item] = InspectableTable(2, 30)
     table.add("hot", Item("H"), now=5)
     table.get("hot", now=5)
     table.add("b", Item("B"), now=5)
@@ -252,7 +248,7 @@ def test_flow_table_spares_a_flow_hit_in_the_same_instant_it_was_opened() -> Non
 
 
 def test_flow_table_expires_flows_idle_longer_than_the_timeout() -> None:
-    table: FlowTable[str, Item] = FlowTable(8, 10)
+    table: InspectableTable[str, Item] = InspectableTable(8, 10)
     table.add("old", Item("O"), now=0)
     table.add("busy", Item("B"), now=0)
     table.get("busy", now=15)
@@ -262,7 +258,7 @@ def test_flow_table_expires_flows_idle_longer_than_the_timeout() -> None:
 
 def test_flow_table_needs_room_for_one_flow() -> None:
     with pytest.raises(ValueError, match="capacity 0"):
-        FlowTable(0, 10)
+        InspectableTable(0, 10)
 
 
 def test_duplicates_lists_each_repeated_name_once() -> None:

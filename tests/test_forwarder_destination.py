@@ -6,17 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from forwarder.activation import ListeningSocket
-from forwarder.cli import build_routes
-from forwarder.destination import (
-    Destination,
-    DestinationSpec,
-    lookup,
-    parse_destination,
-    parse_listen,
-    resolve,
-)
+from forwarder.core.destination import Destination, DestinationSpec, parse_destination, parse_listen
 from forwarder.errors import UnknownHostError, UsageError
+from forwarder.io.listeners import ListeningSocket
+from forwarder.service.cli import build_routes
+from forwarder.service.resolution import lookup, pick
 
 
 @pytest.mark.parametrize(
@@ -56,13 +50,13 @@ def test_bad_destinations_are_usage_errors_naming_the_value(text: str, fragment:
 
 
 def test_no_port_means_the_listening_sockets_port() -> None:
-    destination = resolve(parse_destination("192.0.2.2"), socket.AF_INET, 27015)
+    destination = pick(lookup(parse_destination("192.0.2.2"), 27015), socket.AF_INET)
     assert destination.sockaddr == ("192.0.2.2", 27015)
 
 
 def test_unresolvable_host_exits_with_no_host() -> None:
     with pytest.raises(UnknownHostError, match=r"'no-such-host\.invalid'") as caught:
-        resolve(parse_destination("no-such-host.invalid:53"), socket.AF_INET, 53)
+        pick(lookup(parse_destination("no-such-host.invalid:53"), 53), socket.AF_INET)
     assert caught.value.exit_code == 68
 
 
@@ -94,13 +88,13 @@ def test_bad_listen_addresses_are_usage_errors(text: str, fragment: str) -> None
 
 
 def test_a_literal_resolves_in_its_own_family_whatever_the_socket_prefers() -> None:
-    destination = resolve(parse_destination("[2001:db8::2]:53"), socket.AF_INET, 27015)
+    destination = pick(lookup(parse_destination("[2001:db8::2]:53"), 27015), socket.AF_INET)
     assert (destination.family, destination.sockaddr) == (socket.AF_INET6, ("2001:db8::2", 53))
 
 
 def test_a_link_local_destination_is_refused_as_usage_naming_it() -> None:
     with pytest.raises(UsageError, match=r"'\[fe80::2\]:53' is an IPv6 link-local address") as caught:
-        resolve(parse_destination("[fe80::2]:53"), socket.AF_INET6, 53)
+        pick(lookup(parse_destination("[fe80::2]:53"), 53), socket.AF_INET6)
     assert caught.value.exit_code == 64
 
 

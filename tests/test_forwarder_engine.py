@@ -11,15 +11,19 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+from forwarder_helpers import drain
 
-from forwarder.activation import ListeningSocket
-from forwarder.core import DropReason, SockAddr, decode_sockaddr, sockaddr_bytes
-from forwarder.destination import Destination
-from forwarder.engine import Engine, Route
-from forwarder.machine import Action, CloseFlows, Drop, Flow, ForwardingMachine, OpenFlow
-from forwarder.notify import Notifier
-from forwarder.receive import RELAY_BATCH
-from forwarder.sockets import set_receive_buffer
+from forwarder.core.actions import Action, CloseFlows, Drop, OpenFlow
+from forwarder.core.addresses import SockAddr, decode_sockaddr, sockaddr_bytes
+from forwarder.core.counters import DropReason
+from forwarder.core.destination import Destination
+from forwarder.core.flows import Flow
+from forwarder.core.machine import ForwardingMachine
+from forwarder.io.engine import Engine
+from forwarder.io.listeners import ListeningSocket, Route
+from forwarder.io.receive import RELAY_BATCH
+from forwarder.io.sockets import set_receive_buffer
+from forwarder.service.notify import Notifier
 
 
 class RecordingEngine(Engine):
@@ -29,13 +33,13 @@ class RecordingEngine(Engine):
     handed: list[tuple[bytes, SockAddr, str]]
 
     def execute(self, route: Route, action: Action, payload: memoryview) -> None:
-        client = action.flow.client if isinstance(action, OpenFlow) else getattr(action, "client", None)
+        client = action.flow.raw_peer if isinstance(action, OpenFlow) else getattr(action, "client", None)
         outcome = action.key if isinstance(action, Drop) else type(action).__name__
         self.handed.append((bytes(payload), decode_sockaddr(client) if client else ("?", 0), outcome))
         super().execute(route, action, payload)
 
     def send(self, flow: Flow, payload: memoryview, header: bytearray | None = None) -> None:
-        self.handed.append((bytes(payload), decode_sockaddr(flow.client), "send"))
+        self.handed.append((bytes(payload), decode_sockaddr(flow.raw_peer), "send"))
         super().send(flow, payload, header)
 
 
@@ -84,7 +88,7 @@ def test_a_truncated_datagram_is_dropped_and_counted_never_forwarded(
 ) -> None:
     engine, route = engine_for(listener, buffer_size=64, mode=mode)
     client = send_all(listener, [b"x" * 100, b"fits"])
-    engine.drain(route)
+    drain(engine, route)
     # The cut datagram is dropped as truncated; the one that fits goes on (and its loopback source is
     # then refused: nothing in this test can be sent).
     assert engine.handed == [(b"x" * 64, client, "truncated"), (b"fits", client, "loopback-source")]
@@ -95,7 +99,7 @@ def test_a_truncated_datagram_is_dropped_and_counted_never_forwarded(
 def test_an_empty_datagram_is_handed_on_not_ignored(listener: socket.socket, mode: str) -> None:
     engine, route = engine_for(listener, buffer_size=64, mode=mode)
     client = send_all(listener, [b""])
-    engine.drain(route)
+    drain(engine, route)
     assert engine.handed == [(b"", client, "loopback-source")]
 
 
@@ -103,7 +107,7 @@ def test_draining_continues_after_drops_until_the_socket_is_empty(listener: sock
     engine, route = engine_for(listener, buffer_size=65536, mode=mode)
     payloads = [bytes([n]) * n for n in range(1, 21)]
     send_all(listener, payloads)
-    engine.drain(route)
+    drain(engine, route)
     assert [payload for payload, _, _ in engine.handed] == payloads
     # A loopback client cannot be presented as a source: every one is dropped and counted, none stops it.
     assert engine.counters.dropped == {DropReason.LOOPBACK_SOURCE.value: 20}
@@ -114,7 +118,7 @@ def test_draining_continues_after_drops_until_the_socket_is_empty(listener: sock
 def test_status_line_reports_the_interval_and_resets_it(listener: socket.socket) -> None:
     engine, route = engine_for(listener, buffer_size=64)
     send_all(listener, [b"x" * 100])
-    engine.drain(route)
+    drain(engine, route)
     name = f"forwarder-engine-test-{id(engine)}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
         manager.bind("\0" + name)
@@ -157,7 +161,7 @@ def test_a_truncated_datagram_between_two_of_one_open_flow_ends_the_run_and_cost
         c.sendto(b"C" * 40, listener.getsockname())
         a.sendto(b"A2", listener.getsockname())
 
-        engine.drain(route)
+        drain(engine, route)
 
         assert [backend.recv(64), backend.recv(64)] == [b"A1", b"A2"]
         backend.settimeout(0.2)
@@ -178,7 +182,7 @@ def test_with_replies_to_relay_a_listener_is_drained_in_shorter_turns(
     engine = Engine([route], Notifier({}), ForwardingMachine(relay=relay), receive_strategy=mode)
     send_all(listener, [b"x"] * 300)
 
-    engine.drain(route)
+    drain(engine, route)
 
     assert sum(engine.counters.dropped.values()) == handled  # loopback sources: each one counted
 

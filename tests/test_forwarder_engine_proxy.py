@@ -11,14 +11,17 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+from forwarder_helpers import drain
 
-from forwarder.activation import ListeningSocket
-from forwarder.core import sockaddr_bytes
-from forwarder.destination import Destination
-from forwarder.engine import Engine, Route
-from forwarder.machine import READ_HEADER, Flow, ForwardingMachine, OpenFlow
-from forwarder.notify import Notifier
-from forwarder.proxy_protocol import TrustedSources, build
+from forwarder.core.actions import READ_HEADER, OpenFlow
+from forwarder.core.addresses import sockaddr_bytes
+from forwarder.core.destination import Destination
+from forwarder.core.flows import Flow
+from forwarder.core.machine import ForwardingMachine
+from forwarder.core.proxy_protocol import TrustedSources, build
+from forwarder.io.engine import Engine
+from forwarder.io.listeners import ListeningSocket, Route
+from forwarder.service.notify import Notifier
 
 
 @pytest.fixture(params=["single", "batch"])
@@ -68,18 +71,18 @@ def test_a_trusted_senders_datagrams_leave_without_their_header_and_the_slots_ar
 
     for index in range(5):  # one run of five: a sendmmsg on the batch path
         lb.sendto(header + b"proxied-%d" % index, listener.getsockname())
-    engine.drain(route)
+    drain(engine, route)
     assert received(backend, 5) == [b"proxied-%d" % index for index in range(5)]
 
     for index in range(5):  # the same slots, now an untrusted sender's: nothing cut off
         stranger.sendto(header + b"as-is-%d" % index, listener.getsockname())
-    engine.drain(route)
+    drain(engine, route)
     assert received(backend, 5) == [header + b"as-is-%d" % index for index in range(5)]
 
     lb.sendto(header + b"lone", listener.getsockname())
     stranger.sendto(b"between", listener.getsockname())
     lb.sendto(header[:20], listener.getsockname())  # truncated: dropped, never forwarded
-    engine.drain(route)
+    drain(engine, route)
     assert received(backend, 2) == [b"lone", b"between"]
     assert machine.counters.dropped == {"proxy-header-truncated": 1}
     assert machine.counters.forwarded == 13
@@ -107,7 +110,7 @@ def test_the_sending_mode_prefixes_a_header_from_the_hosts_address_and_relays_th
         engine = Engine([route], Notifier({}), machine, receive_strategy=mode, batch=8)
         for payload in (b"one", b"two", b"three"):  # a new flow, then a run of two
             client.sendto(payload, ("127.0.0.1", port))
-        engine.drain(route)
+        drain(engine, route)
 
         header = build(client.getsockname(), ("127.0.0.1", port))
         arrived = [backend.recvfrom(65535) for _ in range(3)]
@@ -149,7 +152,7 @@ def test_on_a_wildcard_listener_each_datagram_of_a_flow_names_its_own_address_in
         asked = ["127.0.0.1", "127.0.0.2", "127.0.0.2", "127.0.0.1", "127.0.0.1", "127.0.0.2"]
         for index, address in enumerate(asked):
             client.sendto(b"%d" % index, (address, port))
-        engine.drain(route)
+        drain(engine, route)
 
         arrived = [backend.recv(65535) for _ in asked]
         assert arrived == [

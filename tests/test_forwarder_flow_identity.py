@@ -9,10 +9,12 @@ from typing import cast
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forwarder.core import decode_sockaddr, sockaddr_bytes
-from forwarder.destination import Destination
-from forwarder.machine import Flow, ForwardingMachine, OpenFlow, Path, canonical_sockaddr
-from forwarder.proxy_protocol import TrustedSources, build
+from forwarder.core.actions import OpenFlow
+from forwarder.core.addresses import decode_sockaddr, sockaddr_bytes
+from forwarder.core.destination import Destination
+from forwarder.core.flows import Flow, Path, canonical_sockaddr
+from forwarder.core.machine import ForwardingMachine
+from forwarder.core.proxy_protocol import TrustedSources, build
 
 BACKEND = Destination(socket.AF_INET, "192.0.2.2", 5353)
 FIRST = Path("198.51.100.1:27000", BACKEND, ("198.51.100.1", 27000))
@@ -53,10 +55,10 @@ def test_an_ipv4_listener_and_a_dual_stack_listener_share_one_flow_of_one_client
 
     assert again is flow
     assert len(machine.flows) == 1
-    assert (flow.path, flow.address, flow.local) == (DUAL, ("::ffff:203.0.113.7", 4242, 0, 0), mapped)
+    assert (flow.path, flow.peer, flow.local_address) == (DUAL, ("::ffff:203.0.113.7", 4242, 0, 0), mapped)
     assert machine.receive(FIRST, CLIENT, 10, 0, 3.0) is flow
     # Back on the IPv4 socket: the IPv6 socket's local address is never used there.
-    assert (flow.path, flow.address, flow.local) == (FIRST, ("203.0.113.7", 4242), None)
+    assert (flow.path, flow.peer, flow.local_address) == (FIRST, ("203.0.113.7", 4242), None)
 
 
 def test_a_flow_to_another_backend_is_another_flow() -> None:
@@ -80,11 +82,11 @@ def test_a_headers_client_and_the_same_address_and_port_without_a_header_share_o
 
     direct = machine.receive(FIRST, CLIENT, 10, 0, 2.0)
     assert direct is flow
-    assert flow.client == CLIENT  # the client itself sent the latest datagram: it gets the reply
+    assert flow.raw_peer == CLIENT  # the client itself sent the latest datagram: it gets the reply
 
     machine.receive(FIRST, LB, len(datagram), 0, 3.0)
     assert machine.receive_proxied(FIRST, LB, memoryview(datagram), 0, 3.0)[0] is flow
-    assert flow.client == LB  # and now the load balancer
+    assert flow.raw_peer == LB  # and now the load balancer
     assert len(machine.flows) == 1
 
 

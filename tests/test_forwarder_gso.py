@@ -1,4 +1,4 @@
-"""UDP GSO runs (forwarder.gso): how a sequence of datagrams of one flow is cut into runs, that a run sent
+"""UDP GSO runs (forwarder.io.gso): how a sequence of datagrams of one flow is cut into runs, that a run sent
 over loopback arrives as separate, intact datagrams, and the fallbacks when a GSO send is refused."""
 
 import ctypes
@@ -8,9 +8,10 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from forwarder import gso as gso_module
-from forwarder.batch import IOVec
-from forwarder.gso import MAX_SEGMENTS, BatchGso, GsoSender, Run, plan_runs, probe_gso
+from forwarder.io import gso as gso_module
+from forwarder.io.gso import MAX_SEGMENTS, BatchGso, Run, plan_runs, probe_gso
+from forwarder.io.linux import IOVec
+from netlab.programs.send_paths import GsoSender
 
 
 def test_equal_datagrams_form_one_run_closed_by_a_shorter_one() -> None:

@@ -9,20 +9,33 @@ import struct
 
 import pytest
 
-from forwarder.icmp import (
-    IP_RECVERR,
-    IPV6_RECVERR,
+from forwarder.core.icmp import (
     SO_EE_ORIGIN_ICMP,
     SO_EE_ORIGIN_ICMP6,
     SO_EE_ORIGIN_LOCAL,
     QueuedError,
-    extended_error,
     failed_by_pending_error,
-    parse_queued_error,
 )
+from forwarder.io.linux import IP_RECVERR, IPV6_RECVERR, parse_queued_error
 from netlab import Lab, load_topology, start_forwarder
 from netlab.lab import netns
 from netlab.service.relay import route_backend_errors
+
+
+def extended_error(
+    error_number: int, origin: int, icmp_type: int, code: int, offender: tuple[int, str] | None = None
+) -> bytes:
+    """A struct sock_extended_err (and offender sockaddr) as the kernel writes it: the inverse of
+    parse_queued_error."""
+    data = struct.pack("=IBBBBII", error_number, origin, icmp_type, code, 0, 0, 0)
+    if offender is not None:
+        family, address = offender
+        packed = socket.inet_pton(family, address)
+        if family == socket.AF_INET:
+            data += socket.AF_INET.to_bytes(2, "little") + bytes(2) + packed + bytes(8)
+        else:
+            data += socket.AF_INET6.to_bytes(2, "little") + bytes(6) + packed + bytes(4)
+    return data
 
 
 def test_a_port_unreachable_from_the_backend_is_backend_unreachable_with_its_offender() -> None:

@@ -8,14 +8,16 @@ from pathlib import Path as FilePath
 
 import pytest
 
-from forwarder.activation import ListeningSocket
-from forwarder.core import sockaddr_bytes
-from forwarder.destination import Destination
-from forwarder.endpoint import endpoint_text
-from forwarder.engine import Engine, Route
-from forwarder.logs import JournalFormatter, RepeatSummary, stderr_is_journal
-from forwarder.machine import Drop, ForwardingMachine, Path
-from forwarder.notify import Notifier
+from forwarder.core.actions import Drop
+from forwarder.core.addresses import endpoint_text, sockaddr_bytes
+from forwarder.core.destination import Destination
+from forwarder.core.flows import Path
+from forwarder.core.machine import ForwardingMachine
+from forwarder.io.engine import Engine
+from forwarder.io.listeners import ListeningSocket, Route
+from forwarder.io.repeats import RepeatSummary
+from forwarder.service.logs import JournalFormatter, stderr_is_journal
+from forwarder.service.notify import Notifier
 
 
 class Collect(logging.Handler):

@@ -10,18 +10,14 @@ from typing import cast
 
 import pytest
 
-from forwarder.core import sockaddr_bytes
-from forwarder.destination import Destination
-from forwarder.icmp import SO_EE_ORIGIN_ICMP, QueuedError
-from forwarder.machine import (
-    CloseFlows,
-    Drop,
-    Flow,
-    ForwardingMachine,
-    OpenFlow,
-    Path,
-    SendOnce,
-)
+from forwarder.core.actions import CloseFlows, Drop, OpenFlow, SendOnce
+from forwarder.core.addresses import sockaddr_bytes
+from forwarder.core.counters import DropReason
+from forwarder.core.destination import Destination
+from forwarder.core.flows import Flow, Path
+from forwarder.core.icmp import SO_EE_ORIGIN_ICMP, QueuedError
+from forwarder.core.machine import ForwardingMachine
+from forwarder.core.policy import SourcePolicy, Verdict
 
 V4 = Path("dns", Destination(socket.AF_INET, "192.0.2.2", 53))
 V6 = Path("dns6", Destination(socket.AF_INET6, "2001:db8:2::2", 53))
@@ -99,7 +95,7 @@ def test_the_first_datagram_opens_a_flow_presenting_the_client_and_the_next_ones
     client = v4("203.0.113.7", 4242)
     first = machine.receive(V4, client, 10, 0, 1.0)
     assert isinstance(first, OpenFlow)
-    assert first.flow.source == ("203.0.113.7", 4242)
+    assert first.flow.presented == ("203.0.113.7", 4242)
     assert len(machine.flows) == 0  # kept only once the engine has its socket
     machine.flow_opened(first.flow, handle())
 
@@ -112,13 +108,13 @@ def test_the_first_datagram_opens_a_flow_presenting_the_client_and_the_next_ones
 def test_a_v4_mapped_client_of_a_dual_stack_socket_is_presented_as_plain_ipv4() -> None:
     action = ForwardingMachine().receive(V4, v6("::ffff:203.0.113.7", 4242), 10, 0, 1.0)
     assert isinstance(action, OpenFlow)
-    assert action.flow.source == ("203.0.113.7", 4242)
+    assert action.flow.presented == ("203.0.113.7", 4242)
 
 
 def test_an_ipv6_client_is_presented_without_its_flow_info() -> None:
     action = ForwardingMachine().receive(V6, v6("2001:db8:113::7", 4242), 10, 0, 1.0)
     assert isinstance(action, OpenFlow)
-    assert action.flow.source == ("2001:db8:113::7", 4242)
+    assert action.flow.presented == ("2001:db8:113::7", 4242)
 
 
 def test_one_client_gets_a_flow_per_destination() -> None:
@@ -194,7 +190,7 @@ def test_opening_a_flow_beyond_max_flows_evicts_the_least_recently_used_one() ->
     assert isinstance(action, OpenFlow)
 
     assert machine.flow_opened(action.flow, handle()) == CloseFlows((flow_b,))
-    assert {flow.source for flow in machine.flows.values()} == {("203.0.113.1", 1), ("203.0.113.3", 3)}
+    assert {flow.presented for flow in machine.flows.values()} == {("203.0.113.1", 1), ("203.0.113.3", 3)}
     assert machine.receive(V4, a, 10, 0, 5.0) is flow_a
 
 
@@ -202,11 +198,25 @@ def test_idle_flows_expire_and_a_used_one_stays() -> None:
     machine = ForwardingMachine(idle_timeout=5)
     idle = opened(machine, V4, v4("203.0.113.1", 1), 100.0)
     busy = opened(machine, V4, v4("203.0.113.2", 2), 100.0)
-    machine.receive(V4, busy.client, 10, 0, 103.0)
+    machine.receive(V4, busy.raw_peer, 10, 0, 103.0)
 
     assert machine.expire(104.0) == CloseFlows(())
     assert machine.expire(106.0) == CloseFlows((idle,))
     assert list(machine.flows.values()) == [busy]
+
+
+def test_the_machine_times_its_own_idle_sweep_at_half_the_idle_timeout() -> None:
+    machine = ForwardingMachine(idle_timeout=4)
+    assert machine.next_deadline() == float("inf")  # no clock before the loop's first turn
+    assert machine.on_timer(100.0) is None  # the first call starts it
+    assert machine.next_deadline() == 102.0
+    idle = opened(machine, V4, v4("203.0.113.1", 1), 100.0)
+
+    assert machine.on_timer(101.9) is None  # not due yet
+    assert machine.on_timer(102.0) == CloseFlows(())  # swept: idle for 2 s of 4
+    assert machine.next_deadline() == 104.0
+    assert machine.on_timer(104.5) == CloseFlows((idle,))
+    assert machine.next_deadline() == 106.5
 
 
 def test_a_flow_whose_source_became_local_is_closed_at_the_next_sweep_with_fresh_answers() -> None:
@@ -218,6 +228,36 @@ def test_a_flow_whose_source_became_local_is_closed_at_the_next_sweep_with_fresh
     assert machine.expire(2.0) == CloseFlows((flow,))
     assert addresses.forgotten == 1
     assert len(machine.flows) == 0
+
+
+def test_the_policy_gives_one_verdict_per_client() -> None:
+    policy = SourcePolicy(Addresses("192.0.2.1"), Addresses("192.0.2.255"), names_in_header=False)
+    assert policy.judge(("203.0.113.7", 4242), socket.AF_INET) == (Verdict.BIND, ("203.0.113.7", 4242))
+    assert policy.judge(("::ffff:192.0.2.1", 53, 0, 0), socket.AF_INET) == (Verdict.ONCE, ("192.0.2.1", 53))
+    assert policy.judge(("192.0.2.255", 53), socket.AF_INET) is DropReason.BROADCAST_SOURCE
+    assert policy.judge(("127.0.0.1", 53), socket.AF_INET) is DropReason.LOOPBACK_SOURCE
+    assert policy.judge(("192.0.2.2", 53), socket.AF_INET, ("192.0.2.2", 53)) is DropReason.BACKEND_SOURCE
+    header = SourcePolicy(Addresses("192.0.2.1"), Addresses(), names_in_header=True)
+    assert header.judge(("127.0.0.1", 53), socket.AF_INET6) == (Verdict.HEADER, ("127.0.0.1", 53))
+    assert header.judge(("192.0.2.1", 53), socket.AF_INET) == (Verdict.HEADER, ("192.0.2.1", 53))
+
+
+def test_the_sweep_asks_the_policy_that_opened_the_flow_so_broadcast_is_judged_once() -> None:
+    broadcasts = Addresses()
+    machine = ForwardingMachine(is_broadcast=broadcasts)
+    flow = opened(machine, V4, v4("203.0.113.255", 4242), 1.0)
+    broadcasts.local.add("203.0.113.255")  # the host got a 203.0.113.0/24 address: its broadcast now
+
+    assert machine.policy.judge(flow.presented, socket.AF_INET) is DropReason.BROADCAST_SOURCE
+    assert machine.expire(2.0) == CloseFlows((flow,))
+    assert broadcasts.forgotten == 1
+
+
+def test_a_failed_send_is_a_local_source_drop_only_for_a_one_shot_send() -> None:
+    assert SourcePolicy.refused(errno.EADDRINUSE, Verdict.ONCE) is DropReason.LOCAL_SOURCE
+    assert SourcePolicy.refused(errno.EINVAL, Verdict.ONCE) is DropReason.LOCAL_SOURCE
+    assert SourcePolicy.refused(errno.EADDRINUSE, Verdict.BIND) is DropReason.SEND_ERROR
+    assert SourcePolicy.refused(errno.ECONNREFUSED, Verdict.ONCE) is DropReason.SEND_ERROR
 
 
 def test_close_hands_back_every_flow() -> None:
@@ -240,7 +280,7 @@ def test_a_reply_from_the_flows_destination_is_relayed_to_its_client_and_counted
     machine = relaying()
     flow = opened(machine, V4, v4("203.0.113.7", 4242), 1.0)
     assert machine.reply_received(flow, BACKEND, 100, 0, 2.0) is flow
-    assert flow.address == ("203.0.113.7", 4242)
+    assert flow.peer == ("203.0.113.7", 4242)
     assert (machine.counters.relayed, machine.counters.reply_dropped) == (1, {})
 
 
@@ -326,12 +366,12 @@ def test_the_local_address_a_client_sent_to_is_kept_and_follows_its_latest_datag
     client = v4("203.0.113.7", 4242)
     first = machine.receive(V4, client, 10, 0, 1.0, local=b"\xc6\x33\x64\x01")
     assert isinstance(first, OpenFlow)
-    assert first.flow.local == b"\xc6\x33\x64\x01"
+    assert first.flow.local_address == b"\xc6\x33\x64\x01"
     machine.flow_opened(first.flow, handle())
     machine.receive(V4, client, 10, 0, 2.0, local=b"\xc6\x33\x64\x02")
-    assert first.flow.local == b"\xc6\x33\x64\x02"
+    assert first.flow.local_address == b"\xc6\x33\x64\x02"
     machine.receive(V4, client, 10, 0, 3.0)  # no pktinfo (a datagram queued before it was asked for)
-    assert first.flow.local == b"\xc6\x33\x64\x02"
+    assert first.flow.local_address == b"\xc6\x33\x64\x02"
 
 
 def test_icmp_errors_are_counted_by_the_name_of_their_type() -> None:

@@ -9,21 +9,14 @@ from typing import cast
 
 import pytest
 
-from forwarder import proxy_protocol
-from forwarder.core import sockaddr_bytes
-from forwarder.destination import Destination
-from forwarder.machine import (
+from forwarder.core import proxy_protocol
+from forwarder.core.actions import READ_HEADER, CloseFlows, Drop, OpenFlow, SendOnce
+from forwarder.core.addresses import sockaddr_bytes
+from forwarder.core.destination import Destination
+from forwarder.core.flows import Flow, Path
+from forwarder.core.machine import ForwardingMachine
+from forwarder.core.proxy_protocol import (
     HEADER_CACHE_BYTES,
-    READ_HEADER,
-    CloseFlows,
-    Drop,
-    Flow,
-    ForwardingMachine,
-    OpenFlow,
-    Path,
-    SendOnce,
-)
-from forwarder.proxy_protocol import (
     SIGNATURE,
     TLV_CRC32C,
     TLV_NOOP,
@@ -73,8 +66,8 @@ def test_a_trusted_senders_header_is_removed_and_its_client_presented() -> None:
     datagram = via(LB, ("203.0.113.7", 4242))
     action, skip = proxied(m, V4, LB, datagram)
     assert isinstance(action, OpenFlow)
-    assert action.flow.source == ("203.0.113.7", 4242)
-    assert action.flow.client == LB  # replies go back to the load balancer
+    assert action.flow.presented == ("203.0.113.7", 4242)
+    assert action.flow.raw_peer == LB  # replies go back to the load balancer
     assert datagram[skip:] == b"payload"
     assert m.counters.forwarded == 1
 
@@ -83,13 +76,13 @@ def test_an_untrusted_sender_is_forwarded_as_itself_header_and_all() -> None:
     m = machine()
     action = m.receive(V4, STRANGER, len(via(STRANGER, ("203.0.113.7", 4242))), 0, 1.0)
     assert isinstance(action, OpenFlow)
-    assert action.flow.source == ("198.51.100.99", 5000)
+    assert action.flow.presented == ("198.51.100.99", 5000)
 
 
 def test_a_machine_without_trusted_networks_never_asks_for_a_header() -> None:
     action = ForwardingMachine().receive(V4, LB, 40, 0, 1.0)
     assert isinstance(action, OpenFlow)
-    assert action.flow.source == ("198.51.100.20", 40000)
+    assert action.flow.presented == ("198.51.100.20", 40000)
 
 
 def test_a_v4_mapped_sender_of_a_dual_stack_listener_is_trusted_by_its_ipv4_network() -> None:
@@ -173,14 +166,14 @@ def test_a_headers_client_obeys_every_rule_of_a_client(
 def test_an_ipv6_client_behind_an_ipv4_load_balancer_reaches_an_ipv6_backend() -> None:
     action, _ = proxied(machine(), V6, LB, build(("2001:db8:113::7", 4242), ("2001:db8:51::1", 53)))
     assert isinstance(action, OpenFlow)
-    assert action.flow.source == ("2001:db8:113::7", 4242)
+    assert action.flow.presented == ("2001:db8:113::7", 4242)
 
 
 def test_a_v4_mapped_client_in_an_ipv6_header_is_presented_as_plain_ipv4() -> None:
     header = build(("::ffff:203.0.113.7", 4242), ("::ffff:198.51.100.1", 53))
     action, _ = proxied(machine(), V4, LB6, header)
     assert isinstance(action, OpenFlow)
-    assert action.flow.source == ("203.0.113.7", 4242)
+    assert action.flow.presented == ("203.0.113.7", 4242)
 
 
 def test_a_local_header_presents_the_load_balancer_itself_in_a_flow_of_its_own() -> None:
@@ -188,7 +181,7 @@ def test_a_local_header_presents_the_load_balancer_itself_in_a_flow_of_its_own()
     datagram = build_local() + b"health"
     action, skip = proxied(m, V4, LB, datagram)
     assert isinstance(action, OpenFlow)
-    assert action.flow.source == ("198.51.100.20", 40000)
+    assert action.flow.presented == ("198.51.100.20", 40000)
     assert datagram[skip:] == b"health"
     m.flow_opened(action.flow, cast(socket.socket, object()))
     assert proxied(m, V4, LB, datagram, 2.0)[0] is action.flow
@@ -225,7 +218,7 @@ def test_a_client_moving_to_another_load_balancer_keeps_its_flow_and_replies_fol
     m = machine()
     flow = opened(m, V4, LB, via(LB, ("203.0.113.7", 4242)))
     assert proxied(m, V4, LB2, via(LB2, ("203.0.113.7", 4242)), 2.0)[0] is flow
-    assert flow.client == LB2
+    assert flow.raw_peer == LB2
 
 
 def test_the_same_header_on_a_path_of_another_family_is_judged_again() -> None:
@@ -313,7 +306,7 @@ def test_with_a_load_balancer_in_front_the_header_sent_names_the_client_its_head
     action, skip = proxied(m, LISTENING, LB, datagram)
     assert isinstance(action, OpenFlow)
     assert bytes(action.flow.header or b"") == build(("203.0.113.9", 999), ("198.51.100.1", 53))
-    assert action.flow.client == LB
+    assert action.flow.raw_peer == LB
     assert datagram[skip:] == b"payload!"
 
 
@@ -423,3 +416,26 @@ def test_a_flow_reached_through_two_listeners_names_the_one_each_datagram_came_t
     assert bytes(flow.header or b"") == build(("203.0.113.7", 4242), ("198.51.100.3", 53))
     assert m.receive(LISTENING, CLIENT, 10, 0, 3.0) is flow
     assert bytes(flow.header or b"") == build(("203.0.113.7", 4242), ("198.51.100.1", 53))
+
+
+def test_distinct_large_checked_headers_beyond_the_budget_are_dropped_counted_and_checked_again_later() -> (
+    None
+):
+    # ~100 distinct 60 KB headers with a right CRC32C in one instant: only about 1 MiB of them is summed.
+    m = machine()
+    noop = bytes((TLV_NOOP,)) + (60000).to_bytes(2, "big")
+    crc = bytes((TLV_CRC32C,)) + (4).to_bytes(2, "big") + bytes(4)
+
+    def checked(port: int) -> bytes:
+        header = build(("203.0.113.7", port), ("198.51.100.1", 53))
+        length = int.from_bytes(header[14:16], "big") + len(noop) + 60000 + len(crc)
+        unsigned = header[:14] + length.to_bytes(2, "big") + header[16:] + noop + bytes(60000) + crc
+        return unsigned[:-4] + crc32c(unsigned).to_bytes(4, "big")
+
+    actions = [proxied(m, V4, LB, checked(port) + b"payload", 1.0)[0] for port in range(1000, 1100)]
+    opened_now = sum(isinstance(action, OpenFlow) for action in actions)
+    assert 0 < opened_now < 20
+    assert m.counters.dropped == {"proxy-header-checksum-budget": 100 - opened_now}
+    # Not remembered as refused: once the budget has refilled, the same header is checked and believed.
+    action, _ = proxied(m, V4, LB, checked(1099) + b"payload", 3.0)
+    assert isinstance(action, OpenFlow)

@@ -2,9 +2,9 @@
 
 import pytest
 
-from forwarder.destination import DestinationSpec, parse_destination
+from forwarder.core.destination import DestinationSpec, parse_destination
 from forwarder.errors import ConfigurationError, UsageError
-from forwarder.mapping import assign
+from forwarder.service.mapping import assign
 
 
 def specs(*texts: str) -> list[DestinationSpec]:

@@ -16,8 +16,8 @@ import pytest
 from e2e_helpers import status_has
 from test_forwarder_startup import launch, one_error_line
 
-from forwarder.core import Counters, DropReason, Totals
-from forwarder.metrics import MetricsFile, escape, exposition, listen_label
+from forwarder.core.counters import Counters, DropReason, Totals
+from forwarder.service.metrics import MetricsFile, escape, exposition, listen_label
 from netlab import Lab, start_forwarder
 from netlab.topology.shipped import seed_deployment
 

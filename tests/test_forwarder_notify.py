@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from forwarder.notify import Notifier, watchdog_interval
+from forwarder.service.notify import Notifier, watchdog_interval
 
 
 @pytest.fixture

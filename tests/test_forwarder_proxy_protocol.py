@@ -9,12 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forwarder import proxy_protocol
-from forwarder.proxy_protocol import (
+from forwarder.core import proxy_protocol
+from forwarder.core.proxy_protocol import (
+    CHECKSUM_BURST,
     FIXED_LENGTH,
     SIGNATURE,
     TLV_CRC32C,
     TLV_NOOP,
+    ChecksumBudget,
     Command,
     HeaderProblem,
     ProxyHeader,
@@ -268,3 +270,44 @@ def test_a_declared_length_that_lies_is_never_believed_beyond_the_datagram(
         assert header.length == FIXED_LENGTH + declared <= len(data)
     else:
         assert header in set(HeaderProblem)
+
+
+def largest_header_with_a_checksum(variant: int) -> bytes:
+    """A valid header of about 64 KiB with a matching CRC32C, distinct for each `variant`."""
+    filler = tlv(TLV_NOOP, variant.to_bytes(4, "big") + bytes(0xFFFF - 12 - 7 - 7 - 16))
+    unsigned = with_tlvs(V4, filler + tlv(TLV_CRC32C, bytes(4)))
+    return unsigned[:-4] + crc32c(unsigned).to_bytes(4, "big")
+
+
+def test_distinct_large_headers_with_a_checksum_are_summed_only_within_the_budget_per_second(
+    counting: CountingCrc,
+) -> None:
+    # The reviewer's stall: distinct 64 KiB headers, each summed in full (~10 ms), ~100 a second kept the
+    # loop busy. The budget lets about 1 MiB be summed per second, whatever arrives.
+    budget = ChecksumBudget()
+    verdicts = [parse(largest_header_with_a_checksum(n), budget, now=5.0) for n in range(100)]
+    believed = [verdict for verdict in verdicts if isinstance(verdict, ProxyHeader)]
+    assert 0 < len(believed) <= CHECKSUM_BURST // 0xFFFF + 1
+    assert counting.bytes <= CHECKSUM_BURST
+    assert verdicts[len(believed) :] == [HeaderProblem.CHECKSUM_BUDGET] * (100 - len(believed))
+    # A second later the budget has refilled: the same kind of header is checked again.
+    assert isinstance(parse(largest_header_with_a_checksum(1000), budget, now=6.0), ProxyHeader)
+
+
+def test_a_load_balancers_ordinary_headers_never_meet_the_budget() -> None:
+    budget = ChecksumBudget()
+    for client in range(20_000):  # 20,000 new clients within one second, each header with a CRC32C
+        named = build((f"203.0.113.{client % 250 + 1}", 1024 + client), ("198.51.100.1", 53))
+        unsigned = with_tlvs(named, tlv(TLV_CRC32C, bytes(4)))
+        header = unsigned[:-4] + crc32c(unsigned).to_bytes(4, "big")
+        assert isinstance(parse(header, budget, now=client / 20_000), ProxyHeader)
+
+
+def test_a_budget_never_refills_beyond_its_burst_nor_backwards_in_time() -> None:
+    budget = ChecksumBudget(per_second=100, burst=100)
+    assert budget.take(100, now=0.0)
+    assert not budget.take(1, now=0.0)
+    assert not budget.take(1, now=-5.0)  # an earlier clock refills nothing
+    assert budget.take(50, now=0.5)
+    assert not budget.take(101, now=1000.0)  # idle for ages: still at most the burst
+    assert budget.take(100, now=1000.0)

@@ -13,15 +13,15 @@ from collections.abc import Iterator
 import pytest
 from scapy.layers.inet import IP, UDP
 
-from forwarder.activation import ListeningSocket
-from forwarder.batch import IOVec, MMsgHdr
-from forwarder.destination import Destination
-from forwarder.engine import Engine, Route
-from forwarder.machine import Flow, ForwardingMachine, Path
-from forwarder.notify import Notifier
-from forwarder.rawsend import CONTROL_LENGTH, RawBatch, RawFlow, RawSend, udp_checksum
-from forwarder.sender import open_once_socket
-from forwarder.sockets import IP_TRANSPARENT
+from forwarder.core.destination import Destination
+from forwarder.core.flows import Flow, Path
+from forwarder.core.machine import ForwardingMachine
+from forwarder.io.engine import Engine
+from forwarder.io.flow_sockets import open_once_socket
+from forwarder.io.linux import IP_TRANSPARENT, IOVec, MMsgHdr
+from forwarder.io.listeners import ListeningSocket, Route
+from forwarder.io.rawsend import CONTROL_LENGTH, RawBatch, RawFlow, RawSend, udp_checksum
+from forwarder.service.notify import Notifier
 from netlab.lab.process import python_env
 
 PATH = Path("test", Destination(socket.AF_INET, "192.0.2.2", 27000))
@@ -86,7 +86,7 @@ def queued(batch: RawBatch, flows: list[Flow], payloads: list[bytes]) -> list[by
     buffers = [bytearray(payload) for payload in payloads]
     for flow, buffer in zip(flows, buffers, strict=True):
         if flow.raw is None:  # prepared once, as the engine does when the flow opens
-            flow.raw = RawFlow(batch, flow.source, flow.path.target)
+            flow.raw = RawFlow(batch, flow.presented, flow.path.target)
         address = ctypes.addressof((ctypes.c_char * max(len(buffer), 1)).from_buffer(buffer)) if buffer else 0
         assert isinstance(flow.raw, RawFlow)
         batch.queue(flow, flow.raw, address, len(buffer))
@@ -134,9 +134,9 @@ def test_a_slot_reused_by_another_flow_size_or_buffer_sends_what_it_holds_now(so
     header = socket.CMSG_LEN(0)
     for call, (flows, payloads) in zip(fake.calls, rounds, strict=True):
         for (udp, payload, control), flow, sent in zip(call, flows, payloads, strict=True):
-            assert udp == struct.pack("!HHHH", flow.source[1], 27000, 8 + len(sent), 0)
+            assert udp == struct.pack("!HHHH", flow.presented[1], 27000, 8 + len(sent), 0)
             assert payload == sent
-            assert control[header + 4 : header + 8] == socket.inet_aton(flow.source[0])
+            assert control[header + 4 : header + 8] == socket.inet_aton(flow.presented[0])
 
 
 def test_an_ipv6_messages_control_fits_the_kernels_stack_buffer_so_it_costs_no_kmalloc() -> None:

@@ -13,14 +13,15 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from forwarder_helpers import drain
 
-from forwarder.activation import ListeningSocket
-from forwarder.destination import Destination
-from forwarder.engine import Engine, Route
-from forwarder.machine import ForwardingMachine
-from forwarder.notify import Notifier
-from forwarder.replies import source_control
-from forwarder.sockets import IP_PKTINFO
+from forwarder.core.destination import Destination
+from forwarder.core.machine import ForwardingMachine
+from forwarder.io.engine import Engine
+from forwarder.io.linux import IP_PKTINFO
+from forwarder.io.listeners import ListeningSocket, Route
+from forwarder.io.replies import source_control
+from forwarder.service.notify import Notifier
 
 
 def udp(family: socket.AddressFamily, address: str) -> socket.socket:
@@ -89,8 +90,8 @@ def test_the_replies_of_one_pass_leave_each_to_its_client_from_the_address_it_as
         asked[other] = ("127.0.0.1", other_port)
         for client, asked_address in asked.items():
             client.sendto(b"ask %d" % client.getsockname()[1], asked_address)
-        engine.drain(routes[0])
-        engine.drain(routes[1])
+        drain(engine, routes[0])
+        drain(engine, routes[1])
         flows = list(machine.flows.values())
         assert len(flows) == 4
         for _ in flows:  # each flow's own (plain) socket sent the PROXY-prefixed ask: answer it there, twice
@@ -130,9 +131,9 @@ def test_a_reply_that_cannot_be_sent_is_counted_and_the_replies_after_it_in_the_
         made.extend(clients)
         for client in clients:
             client.sendto(b"ask", listener.getsockname())
-        engine.drain(route)
+        drain(engine, route)
         flows = list(machine.flows.values())
-        flows[1].address = ("127.0.0.1", 0)  # a destination no datagram can be sent to: EINVAL
+        flows[1].peer = ("127.0.0.1", 0)  # a destination no datagram can be sent to: EINVAL
         for _ in flows:
             backend.sendto(b"reply", backend.recvfrom(100)[1])
         now = time.monotonic()
@@ -150,8 +151,8 @@ def test_a_reply_that_cannot_be_sent_is_counted_and_the_replies_after_it_in_the_
 
 def test_the_truncation_flag_every_datagram_and_reply_is_checked_against_is_a_plain_int() -> None:
     # `int & IntFlag` runs enum.Flag's Python code (about 1.4 us); a plain int costs nothing measurable.
-    from forwarder import batch, machine
+    from forwarder.core import machine, reply_rules
 
     assert type(machine.MSG_TRUNC) is int
-    assert type(batch.MSG_TRUNC) is int
-    assert machine.MSG_TRUNC == batch.MSG_TRUNC == socket.MSG_TRUNC
+    assert type(reply_rules.MSG_TRUNC) is int
+    assert machine.MSG_TRUNC == reply_rules.MSG_TRUNC == socket.MSG_TRUNC

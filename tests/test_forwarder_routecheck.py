@@ -5,8 +5,8 @@ import errno
 import socket
 import struct
 
-from forwarder.destination import Destination
-from forwarder.routecheck import (
+from forwarder.core.destination import Destination
+from forwarder.service.routecheck import (
     NLMSG_ERROR,
     RTM_GETROUTE,
     RTM_NEWROUTE,

@@ -13,14 +13,17 @@ from typing import TypeVar
 
 import pytest
 
-from forwarder.activation import ListeningSocket
-from forwarder.core import DropReason, sockaddr_bytes
-from forwarder.destination import Destination
-from forwarder.engine import Engine, Route
-from forwarder.machine import Flow, ForwardingMachine, LocalProbe
-from forwarder.notify import Notifier
-from forwarder.sender import open_flow_socket, open_plain_flow_socket
-from forwarder.sockets import BroadcastAddresses, LocalAddresses
+from forwarder.core.addresses import sockaddr_bytes
+from forwarder.core.counters import DropReason
+from forwarder.core.destination import Destination
+from forwarder.core.flows import Flow
+from forwarder.core.machine import ForwardingMachine
+from forwarder.core.policy import LocalProbe
+from forwarder.io.engine import Engine
+from forwarder.io.flow_sockets import open_flow_socket, open_plain_flow_socket
+from forwarder.io.listeners import ListeningSocket, Route
+from forwarder.io.sockets import BroadcastAddresses, LocalAddresses
+from forwarder.service.notify import Notifier
 from netlab import Lab
 from netlab.lab import netns
 from netlab.lab.process import python_env
@@ -79,7 +82,7 @@ class Forwarder:
         return self.machine.flows.lookup(key)
 
     def clients(self) -> set[tuple[str, int]]:
-        return {flow.source for flow in self.machine.flows.values()}
+        return {flow.presented for flow in self.machine.flows.values()}
 
 
 @pytest.mark.privileged
@@ -99,10 +102,10 @@ def test_a_flow_socket_is_kept_unconnected_and_reused_for_the_next_datagram(
     flow = forwarder.flow(client)
     assert flow is first
     assert flow is not None
-    assert flow.handle is not None
-    assert flow.handle.getsockname() == client
+    assert flow.socket is not None
+    assert flow.socket.getsockname() == client
     with pytest.raises(OSError, match="not connected"):
-        flow.handle.getpeername()
+        flow.socket.getpeername()
 
 
 @pytest.mark.privileged
@@ -129,13 +132,13 @@ def test_an_evicted_flow_socket_is_closed(lab: Lab, backend: socket.socket) -> N
     forwarder.forward(b"a", ("203.0.113.1", 1001), BACKEND, 1)
     evicted = forwarder.flow(("203.0.113.1", 1001))
     assert evicted is not None
-    sock = evicted.handle
+    sock = evicted.socket
     assert sock is not None
 
     forwarder.forward(b"b", ("203.0.113.2", 1002), BACKEND, 2)
 
     assert sock.fileno() == -1
-    assert evicted.handle is None
+    assert evicted.socket is None
     assert len(forwarder.machine.flows) == 1
 
 
@@ -145,7 +148,7 @@ def test_idle_flows_are_closed_after_the_idle_timeout(lab: Lab, backend: socket.
     forwarder.forward(b"a", ("203.0.113.1", 1001), BACKEND, 100)
     flow = forwarder.flow(("203.0.113.1", 1001))
     assert flow is not None
-    sock = flow.handle
+    sock = flow.socket
     assert sock is not None
 
     assert forwarder.engine.expire(104) == 0
@@ -195,7 +198,7 @@ def test_a_flow_whose_source_became_local_is_closed_at_the_next_sweep(
     forwarder.forward(b"x", client, BACKEND, 1)
     flow = forwarder.flow(client)
     assert flow is not None
-    sock = flow.handle
+    sock = flow.socket
     assert sock is not None
 
     addresses.local.add("203.0.113.7")  # e.g. the address was added to one of the host's interfaces
@@ -216,7 +219,7 @@ def test_a_flow_whose_source_became_a_subnet_broadcast_is_closed_at_the_next_swe
     forwarder.forward(b"x", client, BACKEND, 1)
     flow = forwarder.flow(client)
     assert flow is not None
-    sock = flow.handle
+    sock = flow.socket
     assert sock is not None
 
     broadcasts.local.add("203.0.113.255")  # e.g. 203.0.113.0/24 was added to one of the host's interfaces
@@ -264,7 +267,7 @@ def test_max_flows_is_lowered_to_fit_the_open_file_limit() -> None:
     script = (
         "import resource\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))\n"
-        "from forwarder.cli import fit_max_flows\n"
+        "from forwarder.service.cli import fit_max_flows\n"
         "print(fit_max_flows(4096, 2), fit_max_flows(10, 2))\n"
     )
     result = subprocess.run(

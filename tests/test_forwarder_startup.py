@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from forwarder.cli import build_parser
+from forwarder.service.options import build_parser
 from netlab.lab.process import python_env
 
 LAUNCH = r"""
@@ -33,9 +33,9 @@ for key, value in json.loads(sys.argv[2]).items():
     value = value.replace("{pid}", str(os.getpid()))
     os.environ[key] = value.replace("{stderr}", f"{err.st_dev}:{err.st_ino}")
 if sys.argv[3] == "main":
-    from forwarder.cli import main
+    from forwarder.service.cli import main
     sys.exit(main(sys.argv[4:]))
-from forwarder.activation import listen_sockets
+from forwarder.service.activation import listen_sockets
 listeners = listen_sockets(os.environ)
 print(json.dumps({
     "names": [listener.name for listener in listeners],

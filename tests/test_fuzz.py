@@ -17,15 +17,19 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import pytest
+from forwarder_helpers import InspectableTable
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from forwarder.core import DropReason, Entry, FlowTable, decimal, plain_address, presentable_source
-from forwarder.destination import Destination, parse_destination, parse_listen
+from forwarder.core.addresses import plain_address
+from forwarder.core.counters import DropReason
+from forwarder.core.destination import Destination, decimal, parse_destination, parse_listen
+from forwarder.core.flows import Entry
+from forwarder.core.policy import presentable_source
 from forwarder.errors import UsageError, shown
-from forwarder.logs import stderr_is_journal
-from forwarder.notify import watchdog_interval
+from forwarder.service.logs import stderr_is_journal
+from forwarder.service.notify import watchdog_interval
 from netlab import Lab, load_topology, start_forwarder
 from netlab.lab.process import python_env
 from netlab.programs.crafted import Crafted
@@ -153,7 +157,7 @@ def test_watchdog_and_journal_variables_never_raise(
 ACTIVATION_CHILD = r"""
 import fcntl, os, socket, sys
 from hypothesis import given, settings, strategies as st
-from forwarder.activation import listen_sockets
+from forwarder.service.activation import listen_sockets
 from forwarder.errors import ConfigurationError
 
 udp1 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); udp1.bind(("127.0.0.1", 0))
@@ -327,7 +331,7 @@ class FlowTableMachine(RuleBasedStateMachine):
 
     @initialize(capacity=st.integers(1, 5), idle_timeout=st.sampled_from([0.5, 1.0, 3.0]))
     def start(self, capacity: int, idle_timeout: float) -> None:
-        self.table: FlowTable[int, Serial] = FlowTable(capacity, idle_timeout)
+        self.table: InspectableTable[int, Serial] = InspectableTable(capacity, idle_timeout)
         self.capacity, self.idle_timeout = capacity, idle_timeout
         # The model: key -> [value, referenced, last_used], in insertion order.
         self.model: dict[int, list[float]] = {}

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from forwarder import __version__, errors
-from forwarder.core import DropReason
-from forwarder.engine import OTHER_SIGNALS, STOP_SIGNALS
-from forwarder.proxy_protocol import HeaderProblem
+from forwarder.core.counters import DropReason
+from forwarder.core.proxy_protocol import HeaderProblem
+from forwarder.io.loop import OTHER_SIGNALS, STOP_SIGNALS
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATOR = ROOT / "man" / "manpage.py"
@@ -163,7 +163,7 @@ def test_the_generator_refuses_a_template_without_its_options_line() -> None:
         import manpage
     finally:
         sys.path.remove(str(GENERATOR.parent))
-    from forwarder.cli import build_parser
+    from forwarder.service.options import build_parser
 
     with pytest.raises(ValueError, match="@OPTIONS@"):
         manpage.render(".TH X 8\n.SH OPTIONS\n", build_parser(), __version__)

@@ -6,8 +6,10 @@ import struct
 
 import pytest
 
-from forwarder.gso import SOL_UDP, GsoSender, probe_gso
+from forwarder.io.gso import probe_gso
+from forwarder.io.linux import SOL_UDP
 from netlab.programs.gro import CONTROL_SPACE, UDP_GRO, enable_gro, segment_size, segment_size_raw, split
+from netlab.programs.send_paths import GsoSender
 
 
 @pytest.mark.skipif(not probe_gso(), reason="this kernel has no UDP_SEGMENT")

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from forwarder.core import sockaddr_bytes
+from forwarder.core.addresses import sockaddr_bytes
 from netlab.programs import uring
 from netlab.programs.uring import UringSender
 

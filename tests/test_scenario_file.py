@@ -265,7 +265,7 @@ def test_within_of_a_traffic_item_needs_expect_reply(tmp_path: Path) -> None:
 
 
 def test_a_proxy_header_table_puts_the_header_it_describes_before_the_payload(tmp_path: Path) -> None:
-    from forwarder.proxy_protocol import HeaderProblem, build, build_local, parse
+    from forwarder.core.proxy_protocol import HeaderProblem, build, build_local, parse
 
     text = VALID.replace(
         'payload = "hi"\n[[expect',

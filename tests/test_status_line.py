@@ -7,12 +7,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from forwarder.activation import ListeningSocket
-from forwarder.core import Counters, DropReason
-from forwarder.destination import Destination
-from forwarder.engine import Engine, Route
-from forwarder.machine import ForwardingMachine
-from forwarder.notify import Notifier
+from forwarder.core.counters import Counters, DropReason
+from forwarder.core.destination import Destination
+from forwarder.core.machine import ForwardingMachine
+from forwarder.io.engine import Engine
+from forwarder.io.listeners import ListeningSocket, Route
+from forwarder.service.notify import Notifier
 from netlab.service.status import drops_by_reason, interval_drops, open_flows, status_totals
 
 README_LINE = (

@@ -272,10 +272,11 @@ def forwarder_for_nobody(lab: Lab, notify_for_nobody: NotifyReceiver) -> NobodyF
     assert python is not None, f"no python3 in {os.defpath}: install the Debian package 'python3'"
     directory = Path(tempfile.mkdtemp(prefix="netlab-forwarder-"))
     lab.defer(shutil.rmtree, directory, True)
-    (directory / "forwarder").mkdir(parents=True)
-    for source in FORWARDER_PACKAGE.glob("*.py"):  # new files: readable whatever the checkout's modes
-        (directory / "forwarder" / source.name).write_bytes(source.read_bytes())
-    for path in (directory, directory / "forwarder"):
+    for source in FORWARDER_PACKAGE.rglob("*.py"):  # new files: readable whatever the checkout's modes
+        copy = directory / "forwarder" / source.relative_to(FORWARDER_PACKAGE)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_bytes(source.read_bytes())
+    for path in (directory, *(path for path in directory.rglob("*") if path.is_dir())):
         path.chmod(0o755)
     # -P: the copy on PYTHONPATH, never a `forwarder` package in the working directory (the checkout).
     return NobodyForwarder(

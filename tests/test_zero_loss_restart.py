@@ -13,7 +13,7 @@ import time
 import pytest
 from e2e_helpers import blaster_summary, count_arrivals, count_departures, start_blaster
 
-from forwarder.sockets import SO_RCVBUFFORCE
+from forwarder.io.linux import SO_RCVBUFFORCE
 from netlab import Lab, start_forwarder
 from netlab.lab.node import LabNode
 from netlab.service.activation import hold_listen_sockets

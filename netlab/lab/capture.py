@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from forwarder.sockets import SO_RCVBUFFORCE  # the one home of the Linux constant the socket module lacks
+from forwarder.io.linux import SO_RCVBUFFORCE  # the one home of the Linux constant the socket module lacks
 from netlab.errors import NetlabError
 from netlab.lab import netns
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from forwarder.sockets import set_transparent
+from forwarder.io.sockets import set_transparent
 from netlab.errors import ProcessFailedError
 from netlab.lab import netns
 from netlab.lab.names import namespace_name

@@ -12,14 +12,15 @@ import json
 import resource
 import socket
 import sys
+import time
 
-from forwarder.activation import ListeningSocket
-from forwarder.cli import build_routes, open_send_path
-from forwarder.destination import parse_destination
-from forwarder.engine import Engine
-from forwarder.machine import ForwardingMachine
-from forwarder.notify import Notifier
-from forwarder.sockets import BroadcastAddresses, LocalAddresses
+from forwarder.core.destination import parse_destination
+from forwarder.core.machine import ForwardingMachine
+from forwarder.io.engine import Engine
+from forwarder.io.listeners import ListeningSocket
+from forwarder.io.sockets import BroadcastAddresses, LocalAddresses
+from forwarder.service.cli import build_routes, open_send_path
+from forwarder.service.notify import Notifier
 
 SO_RCVBUFFORCE = 33
 RECEIVE_BUFFER = 512 << 20  # every queued datagram of a run waits here until the drain starts
@@ -62,7 +63,7 @@ def main(argv: list[str]) -> int:
     empty = 0
     while empty < EMPTY_DRAINS:
         seen = counters.forwarded
-        engine.drain(route)
+        engine.strategy.drain(route, time.monotonic())  # what the loop does when the socket is readable
         if counters.forwarded == seen:
             empty += 1
         if counters.forwarded >= expected:

@@ -1,7 +1,7 @@
 """UDP GRO (UDP_GRO) on a listening socket: a train of same-size datagrams of one flow, coalesced by the
 kernel on receive, arrives as one buffer plus its segment size in a control message.
 
-Such a train is exactly what forwarder.gso can send on as one GSO send, so a run costs one receive and
+Such a train is exactly what forwarder.io.gso can send on as one GSO send, so a run costs one receive and
 one send. The kernel only builds trains where the receive path runs GRO over several packets at once (a
 NIC's NAPI poll; a veth with GRO on, whose sender's packets are eligible, and threaded NAPI) and only of
 datagrams with a UDP checksum (RFC 768's zero checksum never coalesces). Without a control message, the
@@ -11,7 +11,7 @@ buffer is one datagram. Not wired into the engine yet.
 import socket
 import struct
 
-from forwarder.gso import SOL_UDP
+from forwarder.io.linux import SOL_UDP
 
 UDP_GRO = 104
 CONTROL_SPACE = socket.CMSG_SPACE(4)  # room for the segment size (an int) per received buffer

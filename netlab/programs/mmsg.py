@@ -1,5 +1,5 @@
 """sendmmsg(2) for the load generator: many datagrams in one system call, so the sender is not the
-bottleneck of a benchmark. The ctypes structures are the forwarder's own (forwarder.batch), written once.
+bottleneck of a benchmark. The ctypes structures are the forwarder's own (forwarder.io.batch), written once.
 """
 
 import ctypes
@@ -7,8 +7,8 @@ import os
 import socket
 from collections.abc import Sequence
 
-from forwarder.batch import IOVec, MMsgHdr
-from forwarder.core import sockaddr_bytes
+from forwarder.core.addresses import sockaddr_bytes
+from forwarder.io.linux import IOVec, MMsgHdr
 
 from netlab.errors import SystemCallError
 

@@ -8,22 +8,74 @@ Usage: python -m netlab.programs.send_paths '<json options>'
 """
 
 import ctypes
+import errno
 import json
 import os
 import socket
 import struct
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from forwarder.batch import IOVec, MMsgHdr
-from forwarder.core import sockaddr_bytes
-from forwarder.gso import GsoSender
-from forwarder.sockets import set_transparent
+from forwarder.core.addresses import sockaddr_bytes
+from forwarder.io.gso import GSO_ERRORS, GSO_GONE, MAX_PAYLOAD, plan_runs, probe_gso
+from forwarder.io.linux import SOL_UDP, UDP_SEGMENT, IOVec, MMsgHdr
+from forwarder.io.sockets import set_transparent
 
 from netlab.programs.gro import CONTROL_SPACE, enable_gro, segment_size, split
 from netlab.programs.uring import UringSender
+
+Buffer = bytes | bytearray | memoryview
+
+
+class GsoSender:
+    """Sends runs of datagrams of one flow from one socket, with GSO where it works and one sendto per
+    datagram where it does not; `disabled` says why GSO was turned off for good (None while it is on)."""
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self.enabled = probe_gso() if enabled is None else enabled
+        self.disabled: str | None = None if self.enabled else "UDP_SEGMENT not supported by this kernel"
+        self.fallbacks = 0  # runs sent one by one because the GSO send failed for GSO's own reasons
+
+    def send(
+        self, sock: socket.socket, payloads: Sequence[Buffer], destination: tuple[str, int]
+    ) -> tuple[int, int]:
+        """Send `payloads` (in order) to `destination`. Returns (sent, errno): when errno is not 0, datagram
+        `sent` failed with it and the ones after it were not tried; a GSO run fails or succeeds whole."""
+        family = sock.family
+        sent = 0
+        for run in plan_runs([len(p) for p in payloads], max_payload=MAX_PAYLOAD.get(family, 65507)):
+            chunk = payloads[run.start : run.start + run.length]
+            if run.length > 1 and self.enabled:
+                error = self._send_gso(sock, chunk, run.segment, destination)
+                if error == 0:
+                    sent += run.length
+                    continue
+                if error not in GSO_ERRORS:
+                    return sent, error
+                self.fallbacks += 1
+                if error in GSO_GONE:
+                    self.enabled = False
+                    self.disabled = f"GSO send failed with {errno.errorcode.get(error, error)}"
+            for payload in chunk:
+                try:
+                    sock.sendto(payload, destination)
+                except OSError as failure:
+                    return sent, failure.errno or errno.EIO
+                sent += 1
+        return sent, 0
+
+    @staticmethod
+    def _send_gso(
+        sock: socket.socket, chunk: Sequence[Buffer], segment: int, destination: tuple[str, int]
+    ) -> int:
+        try:
+            sock.sendmsg(chunk, [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", segment))], 0, destination)
+        except OSError as failure:
+            return failure.errno or errno.EIO
+        return 0
+
 
 BATCH = 64
 STRATEGIES = ("sendto", "sendmmsg", "gso", "uring", "raw")
@@ -116,7 +168,7 @@ def by_sendmmsg(options: SendOptions) -> dict[str, float]:
 
 
 def by_gso(options: SendOptions) -> dict[str, float]:
-    """One flow: one sendmsg with UDP_SEGMENT for the batch (forwarder.gso)."""
+    """One flow: one sendmsg with UDP_SEGMENT for the batch (forwarder.io.gso)."""
     (sock,) = flow_sockets(SendOptions(**{**options.__dict__, "flows": 1}))
     sender = GsoSender()
     if not sender.enabled:

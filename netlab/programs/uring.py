@@ -16,7 +16,7 @@ import mmap
 import os
 import struct
 
-from forwarder.batch import IOVec, MsgHdr
+from forwarder.io.linux import IOVec, MsgHdr
 
 SYS_IO_URING_SETUP = 425  # the same number on every architecture (unified syscall table since 5.1)
 SYS_IO_URING_ENTER = 426

@@ -13,7 +13,7 @@ rather than as hex.
 from collections.abc import Mapping
 from typing import Any
 
-from forwarder.proxy_protocol import build, build_local
+from forwarder.core.proxy_protocol import build, build_local
 from netlab.scenario.reader import Reader, address_port
 
 _KEYS = {"src", "dst", "command", "version", "family", "transport", "length", "tlvs_hex", "cut"}

@@ -25,7 +25,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_GETROUTE
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from forwarder.sockets import set_transparent
+from forwarder.io.sockets import set_transparent
 from netlab.errors import AddressError, SystemCallError
 from netlab.lab import netns
 from netlab.lab.node import LabNode

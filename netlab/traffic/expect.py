@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from forwarder.sockets import SO_RCVBUFFORCE  # not in the socket module
+from forwarder.io.linux import SO_RCVBUFFORCE  # not in the socket module
 from netlab.addresses import format_endpoint, split_host_port
 from netlab.errors import ExpectationError, NetlabError
 

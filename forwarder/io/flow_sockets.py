@@ -12,7 +12,7 @@ import contextlib
 import socket
 from collections.abc import Iterator, Sequence
 
-from forwarder.sockets import set_receive_errors, set_transparent
+from forwarder.io.sockets import set_receive_errors, set_transparent
 
 _FLAGS = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 

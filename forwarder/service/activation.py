@@ -7,45 +7,16 @@ import os
 import socket
 import stat
 from collections.abc import MutableMapping
-from dataclasses import dataclass
 
-from forwarder.core import decimal
-from forwarder.endpoint import endpoint_text
+from forwarder.core.destination import decimal
 from forwarder.errors import ConfigurationError, shown
+from forwarder.io.listeners import ListeningSocket
 
 SD_LISTEN_FDS_START = 3
 _ACTIVATION_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 
 
 UNNAMED = "unknown"  # the name sd_listen_fds_with_names(3) reports when LISTEN_FDNAMES gives none
-
-
-def address_text(sock: socket.socket) -> str:
-    """The address a socket is bound to, as `192.0.2.1:53` or `[2001:db8::1]:53`."""
-    return endpoint_text(sock.getsockname())
-
-
-@dataclass(frozen=True, slots=True)
-class ListeningSocket:
-    """One inherited datagram socket, with the name systemd gave it (FileDescriptorName=); `named` is False
-    when it gave none (systemd-socket-activate without --fdname sets no LISTEN_FDNAMES)."""
-
-    sock: socket.socket
-    name: str
-    named: bool = True
-
-    @property
-    def family(self) -> socket.AddressFamily:
-        return self.sock.family
-
-    @property
-    def port(self) -> int:
-        return int(self.sock.getsockname()[1])
-
-    @property
-    def label(self) -> str:
-        """How logs and messages name the socket: its name, or its address when it has none."""
-        return self.name if self.named else address_text(self.sock)
 
 
 def _adopt(fd: int, name: str, named: bool) -> ListeningSocket:

@@ -3,10 +3,9 @@ the socket's FileDescriptorName= (`NAME=DEST...`, in any order). The two forms d
 is either all positional or all named, so no destination's meaning depends on the others.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-from forwarder.core import duplicates
-from forwarder.destination import DestinationSpec
+from forwarder.core.destination import DestinationSpec
 from forwarder.errors import ConfigurationError, UsageError, shown
 
 
@@ -60,3 +59,14 @@ def assign(socket_names: Sequence[str], specs: Sequence[DestinationSpec]) -> lis
     if missing:
         raise ConfigurationError(f"socket {shown(missing[0])} has no destination: expected {missing[0]}=DEST")
     return [by_name[name] for name in socket_names]
+
+
+def duplicates(names: Iterable[str]) -> list[str]:
+    """The names that occur more than once, in order of their second occurrence."""
+    seen: set[str] = set()
+    repeated: list[str] = []
+    for name in names:
+        if name in seen and name not in repeated:
+            repeated.append(name)
+        seen.add(name)
+    return repeated

@@ -5,19 +5,25 @@ sockaddr, the one flow key; everything but a hit goes to the executor (the engin
 """
 
 import logging
-import socket
-import struct
 from typing import TYPE_CHECKING, Protocol
 
-from forwarder.batch import NAME_LENGTH, BatchReceiver, BatchSender
-from forwarder.core import bounded_put, sockaddr_bytes
-from forwarder.gso import MAX_PAYLOAD, plan_runs
-from forwarder.machine import READ_HEADER, Action, Drop, Flow, ForwardingMachine, OpenFlow
-from forwarder.sockets import IP_PKTINFO
+from forwarder.core.actions import READ_HEADER, Action, Drop, OpenFlow
+from forwarder.core.addresses import sockaddr_bytes
+from forwarder.core.flows import Flow, bounded_put
+from forwarder.core.machine import ForwardingMachine
+from forwarder.io.batch import NAME_LENGTH, BatchReceiver, BatchSender
+from forwarder.io.control import (
+    CONTROL_SPACE,
+    CONTROL_TRUNCATED,
+    UNKNOWN_LOCAL,
+    pktinfo_in_control,
+    pktinfo_local,
+)
+from forwarder.io.gso import MAX_PAYLOAD, plan_runs
 
 if TYPE_CHECKING:
-    from forwarder.engine import Route
-    from forwarder.rawsend import RawFlow, RawSend
+    from forwarder.io.listeners import Route
+    from forwarder.io.rawsend import RawFlow, RawSend
 
 # A socket is drained until EAGAIN, but at most this many datagrams at a time, so that under a flood the
 # other sockets, STATUS= and WATCHDOG=1 still get their turn (the selector reports the socket again).
@@ -28,88 +34,8 @@ MAX_BATCH = 4096
 RELAY_BATCH = 256
 # Raw sockaddrs of recent clients on the single path, so that a hit costs a dict lookup, not an encoding.
 NAME_CACHE_SIZE = 4096
-# Ancillary room per datagram: the pktinfo message (struct in6_pktinfo, 20 bytes, is the larger) and what
-# else a handed-over socket may have enabled (systemd's Timestamping=: a timeval or timespec; a
-# SO_TIMESTAMPING triple; TOS, TTL, marks, original destinations), with room to spare.
-PKTINFO_SPACE = socket.CMSG_SPACE(20)
-CONTROL_SPACE = 512
-# Where the local address is in a received pktinfo message's data: (offset, length) of in_pktinfo's
-# ipi_spec_dst, and of in6_pktinfo's ipi6_addr (v4-mapped for an IPv4 client of a dual-stack socket).
-PKTINFO_ADDRESS = {socket.AF_INET: (4, 4), socket.AF_INET6: (0, 16)}
-# The (level, type) of the pktinfo message a listener of each family gets (an IPv6 socket with IP_PKTINFO
-# set too gets both for an IPv4 client: its IPV6_PKTINFO is the one in the socket's family).
-PKTINFO_KIND = {
-    socket.AF_INET: (socket.IPPROTO_IP, IP_PKTINFO),
-    socket.AF_INET6: (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO),
-}
-# The local address of a datagram whose control messages were cut short (MSG_CTRUNC): not known, so its
-# flow's replies are not sent from a guess (see Engine.relay).
-UNKNOWN_LOCAL = b""
-MSG_CTRUNC = socket.MSG_CTRUNC
-# struct cmsghdr: size_t cmsg_len, int cmsg_level, int cmsg_type; messages start CMSG_ALIGN'ed.
-_CMSGHDR = struct.Struct("@Nii")
-_ALIGN = struct.calcsize("@N")
 
 log = logging.getLogger("forwarder")
-
-
-def pktinfo_local(
-    ancillary: list[tuple[int, int, bytes]], family: socket.AddressFamily, flags: int = 0
-) -> bytes | None:
-    """The raw local address a datagram was sent to, from recvmsg's ancillary data (None when it has no
-    pktinfo message; UNKNOWN_LOCAL when the chain was cut short: nothing in it is trusted)."""
-    if flags & MSG_CTRUNC:
-        return UNKNOWN_LOCAL
-    wanted = PKTINFO_KIND[family]
-    offset, length = PKTINFO_ADDRESS[family]
-    for level, kind, data in ancillary:
-        if (level, kind) == wanted and len(data) >= offset + length:
-            return bytes(data[offset : offset + length])
-    return None
-
-
-def pktinfo_in_control(
-    control: bytes | bytearray | memoryview, family: socket.AddressFamily, flags: int = 0
-) -> bytes | None:
-    """pktinfo_local for a raw control buffer as recvmsg/recvmmsg filled it (`control` is msg_controllen
-    bytes long): the cmsghdr chain is walked by level and type, each message at CMSG_ALIGN."""
-    if flags & MSG_CTRUNC:
-        return UNKNOWN_LOCAL
-    wanted = PKTINFO_KIND[family]
-    offset, length = PKTINFO_ADDRESS[family]
-    header = _CMSGHDR.size
-    end = len(control)
-    at = 0
-    while at + header <= end:
-        size, level, kind = _CMSGHDR.unpack_from(control, at)
-        if size < header or at + size > end:
-            return None  # malformed: nothing after it can be found
-        if (level, kind) == wanted and size >= header + offset + length:
-            start = at + header + offset
-            return bytes(control[start : start + length])
-        at += (size + _ALIGN - 1) & -_ALIGN
-    return None
-
-
-class ControlTruncated:
-    """Logs once per listener that its datagrams' control messages were cut short (their pktinfo is not
-    trusted: the flow's replies are dropped as reply-send-error:EADDRNOTAVAIL, never sent from a guess)."""
-
-    def __init__(self) -> None:
-        self._seen: set[str] = set()
-
-    def __call__(self, listener: str) -> None:
-        if listener not in self._seen:
-            self._seen.add(listener)
-            log.warning(
-                "control messages of datagrams on %s were cut short (MSG_CTRUNC): the address a client "
-                "sent to is unknown, so its replies are dropped; turn off the socket options that add "
-                "control messages (e.g. Timestamping= in the .socket unit)",
-                listener,
-            )
-
-
-CONTROL_TRUNCATED = ControlTruncated()
 
 
 class Executor(Protocol):
@@ -208,27 +134,6 @@ class BatchReceive:
         # Runs of equal-size datagrams as one UDP GSO send (--gso); None when off or unavailable.
         sender = self.sender
         self.segmenting = sender if gso and sender is not None and sender.enable_gso() else None
-
-    @classmethod
-    def create(
-        cls,
-        executor: Executor,
-        batch: int,
-        buffer_size: int,
-        *,
-        pktinfo: bool = False,
-        connected: bool = False,
-        prefixed: bool = False,
-        gso: bool = False,
-        budget: int = MAX_BATCH,
-        raw: "RawSend | None" = None,
-    ) -> "BatchReceive | None":
-        """The strategy (with room for pktinfo messages when some listener needs them), or None where libc
-        has no recvmmsg."""
-        receiver = BatchReceiver.create(batch, buffer_size, CONTROL_SPACE if pktinfo else 0)
-        if receiver is None:
-            return None
-        return cls(executor, receiver, connected, prefixed, gso, budget=budget, raw=raw)
 
     def drain(self, route: "Route", now: float) -> None:
         """Receive and handle until the socket would block, or `budget` datagrams."""
@@ -358,7 +263,7 @@ class BatchReceive:
             failed = raw.flush()
             if failed:
                 for flow, error_number in failed:
-                    executor.log_drop(machine.send_failed(flow.path, flow.client, error_number))
+                    executor.log_drop(machine.send_failed(flow.path, flow.raw_peer, error_number))
                 failed.clear()
             handled += count
             if count < receiver.batch:
@@ -393,12 +298,12 @@ class BatchReceive:
             self.executor.send(flow, view, header)
             return
         sender = self.segmenting
-        if sender is None or sender.gso is None or length == 1 or flow.handle is None or skips:
+        if sender is None or sender.gso is None or flow.socket is None or skips:
             self._send_each(flow, first, length, skips, header)
             return
         u32, slots = self.receiver.u32, self.receiver.slots
         largest = sender.gso.largest
-        fd = flow.handle.fileno()
+        fd = flow.socket.fileno()
         lengths = [u32[slots[index].length] for index in range(first, first + length)]
         most = MAX_PAYLOAD[flow.path.destination.family]
         for start, count, segment in plan_runs(lengths, max_payload=most):
@@ -418,19 +323,19 @@ class BatchReceive:
         header = header or flow.header
         retried = -1
         while length:
-            if length == 1 or sender is None or flow.handle is None:
+            if length == 1 or sender is None or flow.socket is None:
                 slot = slots[first]
                 payload = data[slot.data + skips.get(first, 0) : slot.data + u32[slot.length]]
                 executor.send(flow, payload, header)
                 first, length = first + 1, length - 1
                 continue
-            sent, error_number = sender.send_run(flow.handle.fileno(), first, length, skips, header)
+            sent, error_number = sender.send_run(flow.socket.fileno(), first, length, skips, header)
             first, length = first + sent, length - sent
             if error_number:
                 if retried != first and executor.failed_by_pending_error(flow, error_number):
                     retried = first
                     continue
-                executor.log_drop(executor.machine.send_failed(flow.path, flow.client, error_number))
+                executor.log_drop(executor.machine.send_failed(flow.path, flow.raw_peer, error_number))
                 first, length = first + 1, length - 1
 
 
@@ -453,19 +358,10 @@ def create(
     `gso` (batch only): runs of equal-size datagrams of one flow leave as one UDP GSO send; `budget`: the
     datagrams one drain handles at most; `raw` (batch only): the raw send path, one sendmmsg per batch."""
     if name == "batch":
-        strategy = BatchReceive.create(
-            executor,
-            batch,
-            buffer_size,
-            pktinfo=pktinfo,
-            connected=connected,
-            prefixed=prefixed,
-            gso=gso,
-            budget=budget,
-            raw=raw,
-        )
-        if strategy is not None:
-            return strategy
+        # With room for pktinfo messages when some listener needs them; None where libc has no recvmmsg.
+        receiver = BatchReceiver.create(batch, buffer_size, CONTROL_SPACE if pktinfo else 0)
+        if receiver is not None:
+            return BatchReceive(executor, receiver, connected, prefixed, gso, budget=budget, raw=raw)
     elif name != "single":
         raise ValueError(f"receive strategy {name!r}: expected 'batch' or 'single'")
     return SingleReceive(executor, buffer_size, budget)

@@ -1,9 +1,10 @@
-"""recvmmsg(2) through ctypes: up to BATCH datagrams per system call into preallocated buffers.
+"""recvmmsg(2) and sendmmsg(2) through ctypes: up to BATCH datagrams per system call into preallocated
+buffers, and a run of one flow's datagrams out of them in one call.
 
-The standard library has no recvmmsg, and the forwarder may use nothing but the standard library, so this
-is hand-written against the stable Linux ABI (struct mmsghdr, msghdr, iovec). Per datagram, the engine
-reads only integers and a slice of the sender's raw sockaddr, which is also its flow key: a hit in the flow
-table needs no address parsing at all. Where libc lacks recvmmsg, `BatchReceiver.create()` returns None
+The standard library has neither, and the forwarder may use nothing but the standard library, so they are
+called through the stable Linux ABI (forwarder.io.linux: struct mmsghdr, msghdr, iovec). Per datagram, the
+engine reads only integers and a slice of the sender's raw sockaddr, which is also its flow key: a hit in the
+flow table needs no address parsing at all. Where libc lacks recvmmsg, `BatchReceiver.create()` returns None
 and the engine keeps its one-datagram-per-call path.
 """
 
@@ -14,36 +15,23 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
-from forwarder.core import sockaddr_bytes
+from forwarder.core.addresses import sockaddr_bytes
+from forwarder.io.linux import (
+    MSG_DONTWAIT,
+    RECVMMSG_ARGUMENTS,
+    SENDMMSG_ARGUMENTS,
+    IOVec,
+    MMsgHdr,
+    MsgHdr,
+    libc_function,
+)
 
 if TYPE_CHECKING:
-    from forwarder.gso import BatchGso
+    from forwarder.io.gso import BatchGso
 
 BATCH = 64
-MSG_DONTWAIT = 0x40
-MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: an IntFlag makes every `flags & MSG_TRUNC` an enum call
 NAME_SPACE = 32  # room for a struct sockaddr_in6 (28 bytes), rounded up
 NAME_LENGTH = {socket.AF_INET: 16, socket.AF_INET6: 28}
-
-
-class IOVec(ctypes.Structure):
-    _fields_ = (("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t))
-
-
-class MsgHdr(ctypes.Structure):
-    _fields_ = (
-        ("msg_name", ctypes.c_void_p),
-        ("msg_namelen", ctypes.c_uint32),
-        ("msg_iov", ctypes.c_void_p),
-        ("msg_iovlen", ctypes.c_size_t),
-        ("msg_control", ctypes.c_void_p),
-        ("msg_controllen", ctypes.c_size_t),
-        ("msg_flags", ctypes.c_int),
-    )
-
-
-class MMsgHdr(ctypes.Structure):
-    _fields_ = (("msg_hdr", MsgHdr), ("msg_len", ctypes.c_uint))
 
 
 _SIZE = ctypes.sizeof(MMsgHdr)
@@ -129,14 +117,8 @@ class BatchReceiver:
         cls, batch: int = BATCH, buffer_size: int = 65536, control_size: int = 0
     ) -> "BatchReceiver | None":
         """A receiver, or None when this libc has no recvmmsg (the engine then receives one at a time)."""
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            recvmmsg = libc.recvmmsg
-        except (OSError, AttributeError):
-            return None
-        recvmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p)
-        recvmmsg.restype = ctypes.c_int
-        return cls(recvmmsg, batch, buffer_size, control_size)
+        recvmmsg = libc_function("recvmmsg", RECVMMSG_ARGUMENTS, ctypes.c_int)
+        return None if recvmmsg is None else cls(recvmmsg, batch, buffer_size, control_size)
 
     def receive(self, fd: int) -> int:
         """Receive what is queued on `fd`, up to a batch, without blocking; 0 when nothing is queued."""
@@ -197,13 +179,8 @@ class BatchSender:
     @classmethod
     def create(cls, receiver: BatchReceiver, prefixed: bool = False) -> "BatchSender | None":
         """A sender for `receiver`'s buffers, or None when this libc has no sendmmsg."""
-        try:
-            sendmmsg = ctypes.CDLL(None, use_errno=True).sendmmsg
-        except (OSError, AttributeError):
-            return None
-        sendmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
-        sendmmsg.restype = ctypes.c_int
-        return cls(sendmmsg, receiver, prefixed)
+        sendmmsg = libc_function("sendmmsg", SENDMMSG_ARGUMENTS, ctypes.c_int)
+        return None if sendmmsg is None else cls(sendmmsg, receiver, prefixed)
 
     def aim(self, family: socket.AddressFamily, destination: tuple[str, int] | None) -> None:
         """Send the following runs to `destination`, or with no address (connected sockets) for None;
@@ -229,7 +206,7 @@ class BatchSender:
     def enable_gso(self) -> bool:
         """Send runs of equal-size datagrams with UDP GSO from now on, where the kernel has it (not on a
         prefixed sender: its messages are two iovecs each)."""
-        from forwarder.gso import BatchGso  # gso builds on this module's structures
+        from forwarder.io.gso import BatchGso  # gso builds on this module's structures
 
         if self._prefix_at:
             return False

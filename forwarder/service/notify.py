@@ -7,7 +7,7 @@ import os
 import socket
 from collections.abc import Mapping
 
-from forwarder.core import decimal
+from forwarder.core.destination import decimal
 
 
 class Notifier:

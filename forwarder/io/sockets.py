@@ -7,16 +7,19 @@ import ipaddress
 import socket
 from collections.abc import Callable
 
-from forwarder.activation import ListeningSocket
-from forwarder.core import bounded_put, served_families
+from forwarder.core.addresses import family_of, served_families
+from forwarder.core.flows import bounded_put
 from forwarder.errors import MissingPermissionError, OperatingSystemError
+from forwarder.io.linux import (
+    IP_PKTINFO,
+    IP_RECVERR,
+    IP_TRANSPARENT,
+    IPV6_RECVERR,
+    IPV6_TRANSPARENT,
+    SO_RCVBUFFORCE,
+)
+from forwarder.io.listeners import ListeningSocket
 
-IP_TRANSPARENT = 19
-IPV6_TRANSPARENT = 75
-IP_RECVERR = 11
-IP_PKTINFO = 8  # not exported by the socket module before Python 3.12
-IPV6_RECVERR = 25
-SO_RCVBUFFORCE = 33  # not exported by the socket module
 LOCAL_CACHE_SIZE = 1024
 
 # IP_TRANSPARENT: the kernel accepts CAP_NET_RAW or CAP_NET_ADMIN; the units grant the narrower one.
@@ -75,7 +78,7 @@ def probe_local(address: str) -> bool:
     A plain bind to (address, 0) without IP_TRANSPARENT succeeds only for a local address (assuming
     net.ipv4.ip_nonlocal_bind and net.ipv6.ip_nonlocal_bind are 0, their default).
     """
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    family = family_of(address)
     with socket.socket(family, socket.SOCK_DGRAM) as probe:
         try:
             probe.bind((address, 0))
@@ -90,7 +93,7 @@ def source_toward(address: str) -> str | None:
     """The address this host sends from to `address` (a connect()ed UDP socket's name: no datagram is
     sent), or None when there is no route. It stands in for the address a client sent to when IP_PKTINFO
     could not tell it: a datagram queued before the option was set (the one that activated the service)."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    family = family_of(address)
     with socket.socket(family, socket.SOCK_DGRAM) as probe:
         try:
             probe.connect((address, 9))
@@ -168,14 +171,14 @@ def listener_families(listener: ListeningSocket) -> frozenset[socket.AddressFami
 
 def bind_listener(host: str, port: int, text: str) -> ListeningSocket:
     """Bind a non-blocking UDP socket to host:port for `--listen`; `[::]` is dual-stack."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    family = family_of(host)
     sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         # No SO_REUSEADDR: an address and port another program holds must fail here (exit 71), and none
         # may share ours later. A flow socket bound to a client's address on this port gets in by
-        # sharing_port (forwarder.sender).
+        # sharing_port (forwarder.io.flow_sockets).
         sock.bind((host, port))
     except OSError as error:
         sock.close()

@@ -14,7 +14,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from forwarder.destination import Destination
+from forwarder.core.destination import Destination
 
 NETLINK_ROUTE = 0
 RTM_NEWROUTE = 24

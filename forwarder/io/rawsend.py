@@ -14,10 +14,10 @@ import socket
 import struct
 from collections.abc import Callable, Iterable
 
-from forwarder.batch import IOVec, MMsgHdr, MsgHdr
-from forwarder.core import sockaddr_bytes
-from forwarder.machine import Flow
-from forwarder.sockets import IP_PKTINFO, set_receive_errors, set_transparent
+from forwarder.core.addresses import sockaddr_bytes
+from forwarder.core.flows import Flow
+from forwarder.io.linux import IP_PKTINFO, SENDMMSG_ARGUMENTS, IOVec, MMsgHdr, MsgHdr, libc_function
+from forwarder.io.sockets import set_receive_errors, set_transparent
 
 IPV6_CHECKSUM = 7
 SO_ATTACH_FILTER = 26
@@ -42,7 +42,7 @@ CONTROL_SPACE = {socket.AF_INET: socket.CMSG_SPACE(12), socket.AF_INET6: socket.
 CONTROL_LENGTH = {socket.AF_INET: socket.CMSG_LEN(12), socket.AF_INET6: socket.CMSG_LEN(20)}
 _PKTINFO = {socket.AF_INET: (socket.IPPROTO_IP, IP_PKTINFO), socket.AF_INET6: (socket.IPPROTO_IPV6, 50)}
 # Whether a send on a raw socket that failed with an errno failed by an earlier datagram's ICMP error (the
-# engine reads the socket's error queue to say: forwarder.icmp.failed_by_pending_error).
+# engine reads the socket's error queue to say: forwarder.core.icmp.failed_by_pending_error).
 Pending = Callable[[socket.socket, int], bool]
 _HEADER = struct.Struct("!4sHH")  # the ports (prebuilt), the length, the checksum
 _WORD = struct.Struct("=I")
@@ -252,9 +252,9 @@ class RawSend:
     its family's batch by its flow's `raw.queue(flow, flow.raw, address, size)`; `flush` sends them."""
 
     def __init__(self, sockets: Iterable[socket.socket], batch: int, *, checksum: bool) -> None:
-        sendmmsg = ctypes.CDLL(None, use_errno=True).sendmmsg
-        sendmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
-        sendmmsg.restype = ctypes.c_int
+        sendmmsg = libc_function("sendmmsg", SENDMMSG_ARGUMENTS, ctypes.c_int)
+        if sendmmsg is None:
+            raise OSError(errno.ENOSYS, "this C library has no sendmmsg")
         self.checksum = checksum
         self.batches = {sock.family: RawBatch(sock, sendmmsg, batch, checksum) for sock in sockets}
         # The datagrams a flush could not send, with their errno: the caller counts them and clears it.
@@ -281,7 +281,7 @@ class RawSend:
 
     def prepare(self, flow: Flow) -> None:
         """Build what `flow`'s datagrams need on the raw path (once, when it opens)."""
-        flow.raw = RawFlow(self.batches[flow.path.destination.family], flow.source, flow.path.target)
+        flow.raw = RawFlow(self.batches[flow.path.destination.family], flow.presented, flow.path.target)
 
     def queue(self, flow: Flow, address: int, size: int) -> None:
         """Add a datagram of `flow` (prepared) of `size` bytes at `address` to its family's batch; sent by

@@ -14,18 +14,14 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from forwarder.core import decode_sockaddr
+from forwarder.core.addresses import decode_sockaddr
 
-IP_RECVERR = 11
-IPV6_RECVERR = 25
-MSG_ERRQUEUE = 0x2000
 SO_EE_ORIGIN_LOCAL = 1
 SO_EE_ORIGIN_ICMP = 2
 SO_EE_ORIGIN_ICMP6 = 3
 # struct sock_extended_err: ee_errno, ee_origin, ee_type, ee_code, ee_pad, ee_info, ee_data.
 _EXTENDED_ERROR = struct.Struct("=IBBBBII")
-# Room for the struct, the offender's struct sockaddr_in6, and the cmsg header around them.
-CONTROL_SIZE = socket.CMSG_SPACE(_EXTENDED_ERROR.size + 28)
+EXTENDED_ERROR_SIZE = _EXTENDED_ERROR.size
 
 ICMP_ORIGINS = (SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6)
 
@@ -91,34 +87,15 @@ def failed_by_pending_error(error_number: int, queued: Iterable["QueuedError | N
     )
 
 
-def parse_queued_error(ancillary: list[tuple[int, int, bytes]]) -> QueuedError | None:
-    """The error in the ancillary data of one MSG_ERRQUEUE read, or None when it carries none."""
-    for level, kind, data in ancillary:
-        if (level, kind) not in ((socket.IPPROTO_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_RECVERR)):
-            continue
-        if len(data) < _EXTENDED_ERROR.size:
-            return None
-        error_number, origin, icmp_type, code, _, _, _ = _EXTENDED_ERROR.unpack_from(data)
-        offender = None
-        name = data[_EXTENDED_ERROR.size :]
-        family = int.from_bytes(name[0:2], "little") if len(name) >= 2 else 0
-        if (family == socket.AF_INET and len(name) >= 8) or (family == socket.AF_INET6 and len(name) >= 28):
-            offender = str(decode_sockaddr(name)[0])
-        return QueuedError(error_number, origin, icmp_type, code, offender)
-    return None
-
-
-def extended_error(
-    error_number: int, origin: int, icmp_type: int, code: int, offender: tuple[int, str] | None = None
-) -> bytes:
-    """A struct sock_extended_err (and offender sockaddr) as the kernel writes it: for tests, and the
-    inverse of parse_queued_error."""
-    data = _EXTENDED_ERROR.pack(error_number, origin, icmp_type, code, 0, 0, 0)
-    if offender is not None:
-        family, address = offender
-        packed = socket.inet_pton(family, address)
-        if family == socket.AF_INET:
-            data += socket.AF_INET.to_bytes(2, "little") + bytes(2) + packed + bytes(8)
-        else:
-            data += socket.AF_INET6.to_bytes(2, "little") + bytes(6) + packed + bytes(4)
-    return data
+def decode_extended_error(data: bytes) -> QueuedError | None:
+    """The struct sock_extended_err (and the offender's sockaddr after it) of an error queue's control
+    message, or None when it is cut short."""
+    if len(data) < _EXTENDED_ERROR.size:
+        return None
+    error_number, origin, icmp_type, code, _, _, _ = _EXTENDED_ERROR.unpack_from(data)
+    offender = None
+    name = data[_EXTENDED_ERROR.size :]
+    family = int.from_bytes(name[0:2], "little") if len(name) >= 2 else 0
+    if (family == socket.AF_INET and len(name) >= 8) or (family == socket.AF_INET6 and len(name) >= 28):
+        offender = str(decode_sockaddr(name)[0])
+    return QueuedError(error_number, origin, icmp_type, code, offender)

@@ -7,9 +7,12 @@ permitted set empty and no set-uid execs (the units set NoNewPrivileges=yes) not
 """
 
 import ctypes
+import errno
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from forwarder.io.linux import libc_function
 
 # struct __user_cap_header_struct.version for 64-bit capability sets (two 32-bit words per set).
 CAPABILITY_VERSION_3 = 0x20080522
@@ -136,9 +139,9 @@ _Words = _Data * 2  # version 3: the low 32 capabilities, then the high ones
 
 
 def _libc_call(name: str) -> Callable[..., int]:
-    function: Callable[..., int] = getattr(ctypes.CDLL(None, use_errno=True), name)
-    function.argtypes = (ctypes.POINTER(_Header), ctypes.POINTER(_Data))  # type: ignore[attr-defined]
-    function.restype = ctypes.c_int  # type: ignore[attr-defined]
+    function = libc_function(name, (ctypes.POINTER(_Header), ctypes.POINTER(_Data)), ctypes.c_int)
+    if function is None:
+        raise OSError(errno.ENOSYS, f"this C library has no {name}")
     return function
 
 

@@ -11,8 +11,8 @@ import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from forwarder.core import Counters, Totals
-from forwarder.endpoint import endpoint_text
+from forwarder.core.addresses import endpoint_text
+from forwarder.core.counters import Counters, Totals
 
 PREFIX = "transparent_udp_forwarder"
 

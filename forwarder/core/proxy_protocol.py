@@ -16,7 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from forwarder.core import bounded_put, decode_sockaddr, plain_address
+from forwarder.core.addresses import decode_sockaddr, family_of, plain_address
+from forwarder.core.flows import bounded_put
 
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 FIXED_LENGTH = 16  # signature, version and command, family and transport, length
@@ -55,6 +56,41 @@ class HeaderProblem(enum.Enum):
     TRANSPORT = "proxy-header-transport"
     TLV = "proxy-header-tlv"
     CHECKSUM = "proxy-header-checksum"
+    CHECKSUM_BUDGET = "proxy-header-checksum-budget"
+
+
+# The PROXY headers remembered (--proxy-protocol-from), in bytes: thousands of a load balancer's ordinary
+# headers, or 64 of the largest a header can be.
+HEADER_CACHE_BYTES = 4 << 20
+# Header problems not worth a cache entry: found before the whole header is known (nor is the key whole),
+# or a verdict that time changes (a spent checksum budget: the same header is checked once it refills).
+CHEAP_PROBLEMS = (HeaderProblem.MISSING, HeaderProblem.TRUNCATED, HeaderProblem.CHECKSUM_BUDGET)
+# The header bytes CRC32C may be summed over per second, and at once: summing in Python costs about 0.15 s
+# per MiB, so distinct large headers with a checksum (a trusted sender's, or someone's spoofing its
+# address) can take at most about a sixth of the loop; a load balancer's ordinary headers (tens of bytes,
+# each remembered once checked) fit tens of thousands of new clients a second.
+CHECKSUM_BYTES_PER_SECOND = 1 << 20
+CHECKSUM_BURST = 1 << 20
+
+
+class ChecksumBudget:
+    """A token bucket of header bytes the CRC32C may be summed over, refilled with time (`now`, seconds)."""
+
+    def __init__(self, per_second: float = CHECKSUM_BYTES_PER_SECOND, burst: float = CHECKSUM_BURST) -> None:
+        self.per_second = per_second
+        self.burst = burst
+        self._left = burst
+        self._at: float | None = None
+
+    def take(self, size: int, now: float) -> bool:
+        """Spend `size` bytes at `now` if that many are left; False (nothing spent) otherwise."""
+        if self._at is not None and now > self._at:
+            self._left = min(self.burst, self._left + (now - self._at) * self.per_second)
+        self._at = now if self._at is None else max(self._at, now)
+        if size > self._left:
+            return False
+        self._left -= size
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +107,11 @@ class ProxyHeader:
     destination: SourceAddress | None = None
 
 
-def parse(data: bytes | bytearray | memoryview) -> ProxyHeader | HeaderProblem:
-    """The PROXY v2 header at the start of `data`, or the problem that makes it unbelievable."""
+def parse(
+    data: bytes | bytearray | memoryview, budget: ChecksumBudget | None = None, now: float = 0.0
+) -> ProxyHeader | HeaderProblem:
+    """The PROXY v2 header at the start of `data`, or the problem that makes it unbelievable. With a
+    `budget`, a CRC32C is summed only while it has bytes left at `now` (CHECKSUM_BUDGET otherwise)."""
     view = memoryview(data)
     if len(view) < FIXED_LENGTH:
         prefix = bytes(view[: len(SIGNATURE)])
@@ -99,7 +138,7 @@ def parse(data: bytes | bytearray | memoryview) -> ProxyHeader | HeaderProblem:
     address_length = ADDRESS_LENGTH[family]
     if declared < address_length:
         return HeaderProblem.LENGTH
-    problem = check_tlvs(view, FIXED_LENGTH + address_length, total)
+    problem = check_tlvs(view, FIXED_LENGTH + address_length, total, budget, now)
     if problem is not None:
         return problem
     block = view[FIXED_LENGTH : FIXED_LENGTH + address_length]
@@ -113,13 +152,15 @@ def parse(data: bytes | bytearray | memoryview) -> ProxyHeader | HeaderProblem:
     return ProxyHeader(Command.PROXY, total, af, source, destination)
 
 
-def check_tlvs(view: memoryview, start: int, end: int) -> HeaderProblem | None:
+def check_tlvs(
+    view: memoryview, start: int, end: int, budget: ChecksumBudget | None = None, now: float = 0.0
+) -> HeaderProblem | None:
     """None when the TLVs in view[start:end] fill it exactly (and a CRC32C TLV, if any, matches).
 
     The walk costs a few integer operations per TLV (on one copy of the header: indexing bytes is cheaper
     than a memoryview), and the checksum, the one costly step, runs at most once per header over at most
     its 64 KiB: a second CRC32C TLV is refused (it can only repeat the first, or contradict it) before
-    anything is summed."""
+    anything is summed; with a `budget`, only while it has the header's bytes left."""
     header = bytes(view[:end])
     offset = start
     checksum_at = -1
@@ -136,6 +177,8 @@ def check_tlvs(view: memoryview, start: int, end: int) -> HeaderProblem | None:
                 return HeaderProblem.TLV
             checksum_at = value_start
     if checksum_at >= 0:
+        if budget is not None and not budget.take(end, now):
+            return HeaderProblem.CHECKSUM_BUDGET
         sent = int.from_bytes(header[checksum_at : checksum_at + 4], "big")
         zeroed = header[:checksum_at] + bytes(4) + header[checksum_at + 4 :]  # summed with the field zeroed
         if crc32c(zeroed) != sent:
@@ -148,7 +191,7 @@ def build(source: SourceAddress, destination: SourceAddress) -> bytes:
 
     Both must be of one family, as plain IPv4 or IPv6 text (a v4-mapped client is presented as IPv4 by
     the caller): a ValueError names the pair otherwise."""
-    families = {_family_of(source[0]), _family_of(destination[0])}
+    families = {family_of(source[0]), family_of(destination[0])}
     if len(families) != 1:
         raise ValueError(f"source {source!r} and destination {destination!r} must be of one address family")
     family = families.pop()
@@ -161,10 +204,6 @@ def build(source: SourceAddress, destination: SourceAddress) -> bytes:
 def build_local() -> bytes:
     """A LOCAL header (no client behind it), as a load balancer's health check sends."""
     return SIGNATURE + bytes((0x20 | Command.LOCAL, 0x00)) + bytes(2)
-
-
-def _family_of(address: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in address else socket.AF_INET
 
 
 def _crc32c_tables() -> tuple[tuple[int, ...], ...]:

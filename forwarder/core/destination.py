@@ -9,9 +9,8 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from forwarder.core import LIMITED_BROADCAST, decimal
-from forwarder.endpoint import endpoint_text
-from forwarder.errors import ConfigurationError, UnknownHostError, UsageError, shown
+from forwarder.core.addresses import LIMITED_BROADCAST, endpoint_text
+from forwarder.errors import ConfigurationError, UsageError, shown
 
 _EXPECTED = "expected host, host:port, [ipv6], [ipv6]:port or NAME=one of those"
 
@@ -114,70 +113,6 @@ def parse_listen(text: str) -> tuple[str, int]:
     return spec.host, spec.port
 
 
-def _shorthand_ipv4(host: str) -> str | None:
-    """The address inet_aton(3) reads in `host` when it is a shorthand or legacy IPv4 form ('192.0.2' is
-    192.0.0.2, '3221225986' is 192.0.2.2, '010.0.0.1' is 8.0.0.1), else None (a dotted quad or a name)."""
-    try:
-        ipaddress.ip_address(host)
-        return None
-    except ValueError:
-        pass
-    try:
-        return socket.inet_ntoa(socket.inet_aton(host))
-    except (OSError, UnicodeError, ValueError):
-        return None
-
-
-def lookup(spec: DestinationSpec, default_port: int) -> dict[socket.AddressFamily, Destination]:
-    """Resolve `spec` once: its first address of each family, in the resolver's order.
-
-    A v4-mapped IPv6 literal ([::ffff:192.0.2.2]) is the IPv4 destination it stands for. A shorthand IPv4
-    form is refused as ambiguous (78): the resolver would silently read it as another address.
-    """
-    shorthand = _shorthand_ipv4(spec.host)
-    if shorthand is not None:
-        raise ConfigurationError(
-            f"destination {shown(spec.text)} has the shorthand IPv4 address {shown(spec.host)}, which the "
-            f"resolver reads as {shorthand}: expected four decimal numbers (such as {shorthand}) or a name"
-        )
-    port = spec.port if spec.port is not None else default_port
-    try:
-        infos = socket.getaddrinfo(spec.host, port, socket.AF_UNSPEC, socket.SOCK_DGRAM)
-    except (socket.gaierror, UnicodeError):
-        infos = []
-    found: dict[socket.AddressFamily, Destination] = {}
-    link_local = False
-    for info_family, _, _, _, sockaddr in infos:
-        if info_family not in (socket.AF_INET, socket.AF_INET6):
-            continue
-        address = ipaddress.ip_address(str(sockaddr[0]).partition("%")[0])
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        elif isinstance(address, ipaddress.IPv6Address) and address.is_link_local:
-            link_local = True  # needs its interface on every send; backends have routable addresses
-            continue
-        family = socket.AF_INET if address.version == 4 else socket.AF_INET6
-        found.setdefault(family, Destination(family, str(address), port))
-    if not found and link_local:
-        raise UsageError(
-            f"destination {shown(spec.text)} is an IPv6 link-local address: expected a global or "
-            "unique-local backend address"
-        )
-    if not found:
-        raise UnknownHostError(f"cannot resolve host {shown(spec.host)} of destination {shown(spec.text)}")
-    return found
-
-
-def pick(found: dict[socket.AddressFamily, Destination], preferred: socket.AddressFamily) -> Destination:
-    """The destination of the `preferred` family when there is one, else the resolver's first."""
-    return found.get(preferred) or next(iter(found.values()))
-
-
-def resolve(spec: DestinationSpec, preferred: socket.AddressFamily, default_port: int) -> Destination:
-    """Resolve `spec` once, preferring `preferred` (the listening socket's family) over the others."""
-    return pick(lookup(spec, default_port), preferred)
-
-
 def check_destination(
     spec: DestinationSpec, destination: Destination, is_broadcast: Callable[[str], bool]
 ) -> None:
@@ -198,3 +133,15 @@ def check_destination(
     raise ConfigurationError(
         f"destination {shown(spec.text)} ({destination}) is {what}: expected the unicast address of a backend"
     )
+
+
+def decimal(text: str) -> int | None:
+    """The value of `text` when it is a plain decimal number in ASCII digits, as systemd and users write
+    them, else None. Unlike int() it refuses '²' (a digit to str.isdigit, not to int), ' 1', '+1', '1_0',
+    and numbers with more digits than int() converts (sys.get_int_max_str_digits)."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None

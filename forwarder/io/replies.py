@@ -15,8 +15,17 @@ import socket
 import struct
 from collections.abc import Callable
 
-from forwarder.batch import BATCH, MSG_DONTWAIT, NAME_SPACE, IOVec, MMsgHdr, MsgHdr
-from forwarder.sockets import IP_PKTINFO
+from forwarder.io.batch import BATCH, NAME_SPACE
+from forwarder.io.linux import (
+    IP_PKTINFO,
+    MSG_DONTWAIT,
+    RECVMMSG_ARGUMENTS,
+    SENDMMSG_ARGUMENTS,
+    IOVec,
+    MMsgHdr,
+    MsgHdr,
+    libc_function,
+)
 
 # Room for one control message choosing a reply's source: CMSG_SPACE of struct in6_pktinfo (20 bytes),
 # the larger of the two.
@@ -110,15 +119,10 @@ class ReplyBatch:
     @classmethod
     def create(cls, capacity: int = BATCH, buffer_size: int = 65536) -> "ReplyBatch | None":
         """A reply batch, or None when this libc lacks recvmmsg or sendmmsg."""
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            recvmmsg, sendmmsg = libc.recvmmsg, libc.sendmmsg
-        except (OSError, AttributeError):
+        recvmmsg = libc_function("recvmmsg", RECVMMSG_ARGUMENTS, ctypes.c_int)
+        sendmmsg = libc_function("sendmmsg", SENDMMSG_ARGUMENTS, ctypes.c_int)
+        if recvmmsg is None or sendmmsg is None:
             return None
-        recvmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p)
-        recvmmsg.restype = ctypes.c_int
-        sendmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
-        sendmmsg.restype = ctypes.c_int
         return cls(recvmmsg, sendmmsg, capacity, buffer_size)
 
     def receive(self, fd: int, first: int, count: int) -> int:

@@ -8,8 +8,7 @@ alone: a kernel without GSO ignores an unknown SOL_UDP control message and would
 one big datagram. Where a send with GSO fails for a reason of GSO's own (EIO: no checksum offload on the
 route's device; EINVAL/EMSGSIZE: segment larger than the path MTU, or too many segments) the run goes out
 one datagram at a time, and EIO/ENOPROTOOPT turn GSO off for good. `BatchGso` is what the engine uses
-(`--gso`): one sendmsg straight from a BatchSender's iovecs, no Python object per datagram; `GsoSender`
-does the same from Python buffers (netlab's benchmarks use it).
+(`--gso`): one sendmsg straight from a BatchSender's iovecs, no Python object per datagram.
 
 Beware: netfilter sees a GSO run as one packet in OUTPUT and POSTROUTING (the segments exist only after
 them), so per-datagram rules there (a payload match, a packet counter, `limit`) apply to the run as a
@@ -23,17 +22,13 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from forwarder.batch import IOVec, MsgHdr
+from forwarder.io.linux import SOL_UDP, UDP_SEGMENT, IOVec, MsgHdr, libc_function
 
-SOL_UDP = 17
-UDP_SEGMENT = 103
 MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS before Linux 6.9 (128 since); the portable limit
 MAX_PAYLOAD = {socket.AF_INET: 65535 - 20 - 8, socket.AF_INET6: 65535 - 40 - 8}
 # Errors that mean "this run cannot go out with GSO", not "this datagram is refused".
-_GSO_ERRORS = frozenset((errno.EIO, errno.EINVAL, errno.EMSGSIZE, errno.ENOPROTOOPT))
-_GSO_GONE = frozenset((errno.EIO, errno.ENOPROTOOPT))
-
-Buffer = bytes | bytearray | memoryview
+GSO_ERRORS = frozenset((errno.EIO, errno.EINVAL, errno.EMSGSIZE, errno.ENOPROTOOPT))
+GSO_GONE = frozenset((errno.EIO, errno.ENOPROTOOPT))
 
 
 class Run(NamedTuple):
@@ -76,54 +71,6 @@ def probe_gso() -> bool:
     return True
 
 
-class GsoSender:
-    """Sends runs of datagrams of one flow from one socket, with GSO where it works and one sendto per
-    datagram where it does not; `disabled` says why GSO was turned off for good (None while it is on)."""
-
-    def __init__(self, enabled: bool | None = None) -> None:
-        self.enabled = probe_gso() if enabled is None else enabled
-        self.disabled: str | None = None if self.enabled else "UDP_SEGMENT not supported by this kernel"
-        self.fallbacks = 0  # runs sent one by one because the GSO send failed for GSO's own reasons
-
-    def send(
-        self, sock: socket.socket, payloads: Sequence[Buffer], destination: tuple[str, int]
-    ) -> tuple[int, int]:
-        """Send `payloads` (in order) to `destination`. Returns (sent, errno): when errno is not 0, datagram
-        `sent` failed with it and the ones after it were not tried; a GSO run fails or succeeds whole."""
-        family = sock.family
-        sent = 0
-        for run in plan_runs([len(p) for p in payloads], max_payload=MAX_PAYLOAD.get(family, 65507)):
-            chunk = payloads[run.start : run.start + run.length]
-            if run.length > 1 and self.enabled:
-                error = self._send_gso(sock, chunk, run.segment, destination)
-                if error == 0:
-                    sent += run.length
-                    continue
-                if error not in _GSO_ERRORS:
-                    return sent, error
-                self.fallbacks += 1
-                if error in _GSO_GONE:
-                    self.enabled = False
-                    self.disabled = f"GSO send failed with {errno.errorcode.get(error, error)}"
-            for payload in chunk:
-                try:
-                    sock.sendto(payload, destination)
-                except OSError as failure:
-                    return sent, failure.errno or errno.EIO
-                sent += 1
-        return sent, 0
-
-    @staticmethod
-    def _send_gso(
-        sock: socket.socket, chunk: Sequence[Buffer], segment: int, destination: tuple[str, int]
-    ) -> int:
-        try:
-            sock.sendmsg(chunk, [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", segment))], 0, destination)
-        except OSError as failure:
-            return failure.errno or errno.EIO
-        return 0
-
-
 # struct cmsghdr on Linux: size_t cmsg_len, int cmsg_level, int cmsg_type, then the data (here a u16).
 _CMSG_HEADER = ctypes.sizeof(ctypes.c_size_t) + 2 * ctypes.sizeof(ctypes.c_int)
 _CMSG_LEN = _CMSG_HEADER + 2
@@ -157,13 +104,8 @@ class BatchGso:
         """The sender, or None when the kernel has no UDP_SEGMENT or libc no sendmsg."""
         if not probe_gso():
             return None
-        try:
-            sendmsg = ctypes.CDLL(None, use_errno=True).sendmsg
-        except (OSError, AttributeError):
-            return None
-        sendmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
-        sendmsg.restype = ctypes.c_ssize_t
-        return cls(sendmsg, iovecs)
+        sendmsg = libc_function("sendmsg", (ctypes.c_int, ctypes.c_void_p, ctypes.c_int), ctypes.c_ssize_t)
+        return None if sendmsg is None else cls(sendmsg, iovecs)
 
     def aim(self, name: int, name_length: int) -> None:
         """Send the following runs to the struct sockaddr at address `name`."""
@@ -182,6 +124,6 @@ class BatchGso:
         error = ctypes.get_errno()
         if error == errno.EMSGSIZE:
             self.largest = min(self.largest, segment - 1)  # beyond the path MTU: plain sends from now on
-        elif error in _GSO_GONE:
+        elif error in GSO_GONE:
             self.largest = 0  # no segmentation on this route's device: GSO is off from now on
         return error

@@ -1,0 +1,72 @@
+"""The machine's side of the backend's replies (relay mode): which flow's client a reply goes to, or why
+none, and the ICMP errors about a flow's datagrams, counted by type. Part of ForwardingMachine.
+"""
+
+import socket
+
+from forwarder.core.actions import Drop
+from forwarder.core.addresses import SockAddr
+from forwarder.core.counters import Counters, DropReason, drop_key, errno_name
+from forwarder.core.flows import Flow, FlowKey, FlowTable
+from forwarder.core.icmp import QueuedError
+
+MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: an IntFlag makes every `flags & MSG_TRUNC` an enum call
+
+
+class ReplyRules:
+    """The reply rules of ForwardingMachine, which sets these fields."""
+
+    relay: bool
+    flows: FlowTable[FlowKey, Flow]
+    counters: Counters
+
+    def reply_received(
+        self, flow: Flow, source: SockAddr, size: int, flags: int, now: float
+    ) -> "Flow | Drop":
+        """A datagram of `size` bytes from `source` arrived on `flow`'s socket: the flow whose client it is
+        relayed to (it counts as use of that flow), or why not.
+
+        Two flows of one client to two destinations share the client's address and port; an unconnected
+        socket may receive the other destination's reply, so the reply goes to the flow of its source. A
+        reply whose flow is gone (evicted) is never sent anywhere else."""
+        if not self.relay:
+            return self._reply_drop(flow, DropReason.REPLY_IN_DIRECT_MODE)
+        if flags & MSG_TRUNC:
+            return self._reply_drop(flow, DropReason.REPLY_TRUNCATED)
+        backend = (str(source[0]), int(source[1]))
+        if backend != flow.path.target:
+            other = self.flows.lookup((backend, flow.key[1]))
+            if other is None:
+                return self._reply_drop(flow, DropReason.REPLY_UNMATCHED)
+            flow = other
+        flow.last_used = now
+        flow.referenced = True
+        self.counters.relayed += 1
+        return flow
+
+    def reply_send_failed(self, flow: Flow, error_number: int) -> Drop:
+        """Relaying a reply (counted as relayed) to `flow`'s client failed."""
+        self.counters.relayed -= 1
+        return self._reply_drop(flow, DropReason.REPLY_SEND_ERROR, errno_name(error_number))
+
+    def reply_receive_failed(self, flow: Flow, error_number: int) -> Drop:
+        """Receiving from `flow`'s socket failed with an error that is not a queued ICMP error."""
+        return self._reply_drop(flow, DropReason.REPLY_RECEIVE_ERROR, errno_name(error_number))
+
+    def replies_unmatched(self, flow: Flow, count: int) -> None:
+        """`count` replies were still queued on `flow`'s socket when the flow was closed (evicted)."""
+        if count:
+            self.counters.reply_dropped[DropReason.REPLY_UNMATCHED.value] += count
+
+    def icmp_error(self, flow: Flow | None, error: QueuedError) -> str:
+        """An ICMP error about `flow`'s datagrams (from its socket's error queue; None: from the raw send
+        socket's, which names no flow): count it by type; the name it was counted as is returned for the
+        log."""
+        name = error.name
+        self.counters.icmp_errors[name] += 1
+        return name
+
+    def _reply_drop(self, flow: Flow, reason: DropReason, detail: str = "") -> Drop:
+        key = drop_key(reason, detail)
+        self.counters.reply_dropped[key] += 1
+        return Drop(key, flow.path, flow.raw_peer, reply=True)
