@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from forwarder import capabilities, cli
-from forwarder.activation import ListeningSocket
-from forwarder.destination import Destination
-from forwarder.engine import Route
+from forwarder.core.destination import Destination
 from forwarder.errors import MissingPermissionError
+from forwarder.io import capabilities
+from forwarder.io.listeners import ListeningSocket, Route
+from forwarder.service import cli, options
 
 
 def test_a_max_flows_of_zero_is_a_usage_error_naming_the_value(
@@ -33,8 +33,8 @@ def test_a_max_flows_of_zero_is_a_usage_error_naming_the_value(
 def test_an_existing_regular_metrics_file_is_accepted_to_be_replaced(tmp_path: Path) -> None:
     existing = tmp_path / "forwarder.prom"
     existing.write_text("# old\n")
-    options = cli.build_parser().parse_args(["--metrics-file", str(existing), "192.0.2.2:53"])
-    assert options.metrics_file == existing
+    parsed = options.build_parser().parse_args(["--metrics-file", str(existing), "192.0.2.2:53"])
+    assert parsed.metrics_file == existing
 
 
 def test_a_reply_route_that_cannot_be_checked_is_a_warning_naming_the_destination(
@@ -138,4 +138,4 @@ def test_an_os_error_at_set_up_exits_71_naming_it(
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)
 
     assert cli.main(["192.0.2.2:53"]) == 71
-    assert capsys.readouterr().err == f"{cli.PROG}: set-up failed: Too many open files (errno 24)\n"
+    assert capsys.readouterr().err == f"{options.PROG}: set-up failed: Too many open files (errno 24)\n"

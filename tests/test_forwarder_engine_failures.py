@@ -15,15 +15,17 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from forwarder_helpers import drain
 
-from forwarder.activation import ListeningSocket
-from forwarder.core import sockaddr_bytes
-from forwarder.destination import Destination
-from forwarder.engine import Engine, Route
-from forwarder.machine import Flow, ForwardingMachine
-from forwarder.notify import Notifier
-from forwarder.rawsend import RawSend
-from forwarder.sockets import set_receive_errors
+from forwarder.core.addresses import sockaddr_bytes
+from forwarder.core.destination import Destination
+from forwarder.core.flows import Flow
+from forwarder.core.machine import ForwardingMachine
+from forwarder.io.engine import Engine
+from forwarder.io.listeners import ListeningSocket, Route
+from forwarder.io.rawsend import RawSend
+from forwarder.io.sockets import set_receive_errors
+from forwarder.service.notify import Notifier
 
 CLIENT = ("203.0.113.7", 40000)
 
@@ -89,7 +91,7 @@ def test_a_send_failed_by_an_earlier_datagrams_icmp_error_is_sent_again_and_the_
         assert engine.counters.dropped == {}
         assert engine.counters.icmp_errors == {"backend-unreachable": 1}
         # The second datagram did leave: its own refusal waits in the queue.
-        assert len(engine.read_errors(flow)) == 1
+        assert len(engine.error_queues.read(flow)) == 1
         assert engine.counters.icmp_errors == {"backend-unreachable": 2}
 
 
@@ -140,7 +142,7 @@ def test_a_flow_socket_that_cannot_be_opened_costs_its_datagram_and_keeps_no_flo
 
     assert engine.counters.dropped == {"send-error:EADDRINUSE": 1}
     assert engine.counters.forwarded == 0
-    assert flow.key not in engine.machine.flows
+    assert engine.machine.flows.lookup(flow.key) is None
 
 
 @pytest.mark.parametrize("relay", [True, False], ids=["relay-batched", "direct-one-by-one"])
@@ -235,7 +237,7 @@ def test_a_listener_whose_receive_fails_is_one_counted_receive_error_and_its_dra
         engine = Engine([route], Notifier({}), ForwardingMachine(max_flows=8), receive_strategy=mode, raw=raw)
         listener.close()
 
-        engine.drain(route)
+        drain(engine, route)
 
     assert engine.counters.dropped == {"receive-error:EBADF": 1}
     assert engine.counters.forwarded == 0

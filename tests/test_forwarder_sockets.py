@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from forwarder.sockets import LocalAddresses, bind_listener, probe_local, source_toward
+from forwarder.io.sockets import LocalAddresses, bind_listener, probe_local, source_toward
 
 
 def test_a_host_address_is_local_and_a_documentation_address_is_not() -> None:
