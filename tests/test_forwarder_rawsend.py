@@ -263,3 +263,79 @@ def test_a_bad_send_path_option_is_a_usage_error_naming_it(argv: list[str], mess
 def test_a_local_sources_one_shot_socket_is_not_transparent_so_it_needs_no_capability() -> None:
     with open_once_socket(("127.0.0.1", 0), socket.AF_INET) as sock:
         assert sock.getsockopt(socket.IPPROTO_IP, IP_TRANSPARENT) == 0
+
+
+def test_a_batch_interrupted_by_a_signal_is_sent_again_whole_and_costs_nothing(sock: socket.socket) -> None:
+    fake = FakeSendmmsg([-errno.EINTR, 2])
+    batch = RawBatch(sock, fake, 8, checksum=False)
+    flows = [flow_of(("203.0.113.7", 4242)), flow_of(("203.0.113.8", 4242))]
+    kept = queued(batch, flows, [b"a", b"b"])
+    failed: list[tuple[Flow, int]] = []
+    asked: list[int] = []
+
+    def pending(sock: socket.socket, error_number: int) -> bool:
+        asked.append(error_number)
+        return True
+
+    batch.flush(failed, pending)
+
+    assert (failed, len(kept), batch.count) == ([], 2, 0)
+    assert [[message[1] for message in call] for call in fake.calls] == [[b"a", b"b"], [b"a", b"b"]]
+    assert asked == []  # EINTR is no ICMP error: the error queue is not read for it
+
+
+def raw_send_with(sock: socket.socket, fake: FakeSendmmsg, batch: int) -> RawSend:
+    """A RawSend on `sock` whose sendmmsg is `fake` (the kernel's answers, recorded)."""
+    sender = RawSend([sock], batch, checksum=False)
+    sender.batches[socket.AF_INET]._sendmmsg = fake
+    return sender
+
+
+def test_a_full_batch_leaves_before_the_next_datagram_is_queued(sock: socket.socket) -> None:
+    fake = FakeSendmmsg([])
+    sender = raw_send_with(sock, fake, 2)
+    flows = [flow_of(("203.0.113.7", n)) for n in (1, 2, 3)]
+    buffers = [bytearray(b"one"), bytearray(b"two"), bytearray(b"six")]
+    for flow, buffer in zip(flows, buffers, strict=True):
+        sender.prepare(flow)
+        base = ctypes.addressof((ctypes.c_char * len(buffer)).from_buffer(buffer))
+        sender.queue(flow, base, len(buffer))
+
+    assert [[message[1] for message in call] for call in fake.calls] == [[b"one", b"two"]]
+    assert sender.flush() == []
+    assert [[message[1] for message in call] for call in fake.calls] == [[b"one", b"two"], [b"six"]]
+
+
+def test_without_an_engine_reading_error_queues_a_failed_datagram_is_reported_failed(
+    sock: socket.socket,
+) -> None:
+    # Until an engine sets `pending`, no failure is taken for an earlier datagram's ICMP error.
+    fake = FakeSendmmsg([-errno.ECONNREFUSED, 1])
+    sender = raw_send_with(sock, fake, 8)
+    flows = [flow_of(("203.0.113.7", 1)), flow_of(("203.0.113.8", 2))]
+    buffers = [bytearray(b"a"), bytearray(b"b")]
+    for flow, buffer in zip(flows, buffers, strict=True):
+        sender.prepare(flow)
+        sender.queue(flow, ctypes.addressof((ctypes.c_char * 1).from_buffer(buffer)), len(buffer))
+
+    assert sender.flush() == [(flows[0], errno.ECONNREFUSED)]
+    assert len(fake.calls) == 2
+
+
+def test_an_immediate_send_failing_twice_is_tried_once_more_then_reported_with_its_errno() -> None:
+    # A closed socket fails every send (EBADF) and sends nothing.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = RawSend([sock], 8, checksum=False)
+    asked: list[int] = []
+
+    def pending_once(sock: socket.socket, error_number: int) -> bool:  # as if the queue explained it
+        asked.append(error_number)
+        return True
+
+    sender.pending = pending_once
+    flow = flow_of(("203.0.113.7", 4242))
+    sender.prepare(flow)
+    sock.close()
+
+    assert sender.send(flow, memoryview(b"x")) == errno.EBADF
+    assert asked == [errno.EBADF]  # asked once: the second failure is the datagram's own
