@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from forwarder.core.destination import Destination
+from forwarder.core.settings import Settings
 from forwarder.errors import MissingPermissionError
 from forwarder.io import capabilities
 from forwarder.io.listeners import ListeningSocket, Route
@@ -92,7 +93,7 @@ def test_without_cap_net_raw_the_raw_send_path_falls_back_to_per_client_sockets_
     monkeypatch.setattr(cli, "open_raw_socket", raw_socket_of_ipv4_only)
     monkeypatch.setattr(cli, "check_transparent_capability", lambda families: None)  # CAP_NET_ADMIN held
     with caplog.at_level(logging.WARNING, logger="forwarder"):
-        sender = cli.open_send_path("raw", {socket.AF_INET, socket.AF_INET6}, relay=False, checksum=False)
+        sender = cli.open_send_path(Settings(send_path="raw"), {socket.AF_INET, socket.AF_INET6})
 
     assert sender is None
     assert [sock.fileno() for sock in opened] == [-1]  # the IPv4 one is not left open
@@ -111,7 +112,7 @@ def test_without_cap_net_raw_nor_cap_net_admin_the_raw_send_path_names_both(
     monkeypatch.setattr(cli, "open_raw_socket", refused)
     monkeypatch.setattr(cli, "check_transparent_capability", no_transparency)
     with pytest.raises(MissingPermissionError, match=r"raw socket \(CAP_NET_RAW\) nor set IP_TRANSPARENT"):
-        cli.open_send_path("raw", {socket.AF_INET}, relay=False, checksum=False)
+        cli.open_send_path(Settings(send_path="raw"), {socket.AF_INET})
 
 
 def test_capabilities_that_cannot_be_dropped_are_a_warning_not_a_failure(

@@ -21,6 +21,7 @@ from forwarder.core.addresses import sockaddr_bytes
 from forwarder.core.destination import Destination
 from forwarder.core.flows import Flow
 from forwarder.core.machine import ForwardingMachine
+from forwarder.core.settings import Settings
 from forwarder.io.engine import Engine
 from forwarder.io.listeners import ListeningSocket, Route
 from forwarder.io.rawsend import RawSend
@@ -51,7 +52,9 @@ def setup(
     """An engine with one route from `listener` to 127.0.0.1:`port`."""
     destination = Destination(socket.AF_INET, "127.0.0.1", port)
     route = Route(ListeningSocket(listener, "test"), destination, pktinfo=pktinfo)
-    machine = ForwardingMachine(max_flows=8, idle_timeout=60, relay=relay)
+    machine = ForwardingMachine(
+        Settings(max_flows=8, flow_idle_timeout=60, reply="relay" if relay else "direct")
+    )
     return Engine([route], Notifier({}), machine, raw=raw), route
 
 
@@ -234,7 +237,9 @@ def test_a_listener_whose_receive_fails_is_one_counted_receive_error_and_its_dra
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stand_in:
         raw = RawSend([stand_in], 8, checksum=False) if raw_path else None
         route = Route(ListeningSocket(listener, "test"), Destination(socket.AF_INET, "127.0.0.1", 9))
-        engine = Engine([route], Notifier({}), ForwardingMachine(max_flows=8), receive_strategy=mode, raw=raw)
+        engine = Engine(
+            [route], Notifier({}), ForwardingMachine(Settings(max_flows=8, receive=mode)), raw=raw
+        )
         listener.close()
 
         drain(engine, route)
