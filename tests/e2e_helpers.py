@@ -1,17 +1,19 @@
 """Shared pieces of the forwarder's end-to-end tests: an echo backend, kernel counters of arrivals, the
 blaster in the background, and STATUS= predicates."""
 
+import contextlib
 import json
 import socket
 import sys
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from netlab import Lab
 from netlab.lab.nft import apply_ruleset, counter_packets
-from netlab.lab.node import LabNode
+from netlab.lab.node import LabNode, LabResources
 from netlab.lab.process import Process, python_env
 from netlab.service.status import status_totals
 
@@ -22,19 +24,41 @@ def send_path(request: pytest.FixtureRequest) -> list[str]:
     return ["--send-path", str(request.param)]
 
 
-def _echo_forever(sock: socket.socket) -> None:
-    while True:
-        try:
-            data, peer = sock.recvfrom(65535)
-            sock.sendto(b"echo:" + data, peer)
-        except OSError:
-            return
+def serve_in_thread(
+    lab: LabResources, sock: socket.socket, answer: Callable[[bytes, Any], bytes | None]
+) -> None:
+    """Answer every datagram on `sock` (with `answer(data, peer)`; None: no answer) in a thread that stops
+    before the lab closes the socket (cleanup runs last-registered first): a thread still blocked on a
+    closed descriptor would read from whatever socket a later test on this worker is given that number."""
+    sock.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                data, peer = sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            reply = answer(data, peer)
+            if reply is not None:
+                with contextlib.suppress(OSError):
+                    sock.sendto(reply, peer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    def finish() -> None:
+        stop.set()
+        thread.join(5)
+
+    lab.defer(finish)
 
 
 def start_echo(lab: Lab, address: str, port: int) -> None:
     """A UDP echo server in the backend, answering every datagram to its sender until the lab closes."""
-    sock = lab["backend"].udp_socket(address, port)
-    threading.Thread(target=_echo_forever, args=(sock,), daemon=True).start()
+    serve_in_thread(lab, lab["backend"].udp_socket(address, port), lambda data, peer: b"echo:" + data)
 
 
 def status_has(fragment: str) -> "StatusPredicate":

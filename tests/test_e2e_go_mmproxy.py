@@ -12,9 +12,10 @@
 
 import shutil
 import socket
-import threading
+from typing import Any
 
 import pytest
+from e2e_helpers import serve_in_thread
 
 from forwarder.core.proxy_protocol import build
 from netlab import Lab, start_forwarder
@@ -54,16 +55,11 @@ def answering_application(backend: LabNode, seen: list[tuple[bytes, tuple[str, i
     """The application behind go-mmproxy: records what it sees, answers `seen=ADDR:PORT;DATA`."""
     sock = backend.udp_socket(*APPLICATION)
 
-    def serve() -> None:
-        while True:
-            try:
-                data, peer = sock.recvfrom(65535)
-            except OSError:
-                return
-            seen.append((data, peer))
-            sock.sendto(f"seen={peer[0]}:{peer[1]};".encode() + data, peer)
+    def answer(data: bytes, peer: Any) -> bytes:
+        seen.append((data, peer))
+        return f"seen={peer[0]}:{peer[1]};".encode() + data
 
-    threading.Thread(target=serve, daemon=True).start()
+    serve_in_thread(backend.lab, sock, answer)
     return sock
 
 

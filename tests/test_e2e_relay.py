@@ -10,11 +10,11 @@ The host does not forward at all (ip_forward=0): in relay mode nothing needs it.
 
 import socket
 import sys
-import threading
 import time
+from typing import Any
 
 import pytest
-from e2e_helpers import send_path, status_has
+from e2e_helpers import send_path, serve_in_thread, status_has
 
 from forwarder.core.addresses import sockaddr_bytes
 from forwarder.core.destination import Destination
@@ -66,27 +66,19 @@ def relay_deployment() -> Topology:
     )
 
 
-def _answer_forever(sock: socket.socket) -> None:
-    while True:
-        try:
-            data, peer = sock.recvfrom(65535)
-        except OSError:
-            return
-        host = str(peer[0]).removeprefix("::ffff:")
-        answer = f"seen={host}:{peer[1]};".encode() + data
-        if data.startswith(b"size="):  # "size=N": answer with N bytes
-            size = int(data[5:].partition(b";")[0])
-            answer = (answer * (size // len(answer) + 1))[:size]
-        try:
-            sock.sendto(answer, peer)
-        except OSError:
-            return
+def _answer(data: bytes, peer: Any) -> bytes:
+    """`seen=IP:PORT;` then the datagram; "size=N" asks for an answer of N bytes."""
+    host = str(peer[0]).removeprefix("::ffff:")
+    answer = f"seen={host}:{peer[1]};".encode() + data
+    if data.startswith(b"size="):  # "size=N": answer with N bytes
+        size = int(data[5:].partition(b";")[0])
+        answer = (answer * (size // len(answer) + 1))[:size]
+    return answer
 
 
 def start_answering(node: LabNode, address: str, port: int) -> None:
     """A backend that answers every datagram to its sender: `seen=IP:PORT;` then the datagram."""
-    sock = node.udp_socket(address, port)
-    threading.Thread(target=_answer_forever, args=(sock,), daemon=True).start()
+    serve_in_thread(node.lab, node.udp_socket(address, port), _answer)
 
 
 def client_socket(lab: Lab, address: str, port: int = 0) -> socket.socket:
