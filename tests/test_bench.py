@@ -416,3 +416,20 @@ def test_another_checkout_is_raced_as_forwarder_at_its_name_with_its_relay_twin(
     finally:
         CONTENDERS.clear()
         CONTENDERS.update(saved)
+
+
+def test_the_blaster_refuses_more_flows_than_one_address_has_ports_naming_the_limit() -> None:
+    # The full bench's memory run asked for 100,000 flows from port 10000 and died at its last step.
+    from netlab.programs.blaster import FIRST_PORT, BlastOptions
+
+    BlastOptions(src="198.51.100.10", dst="198.51.100.1", dport=27000, flows=65536 - FIRST_PORT)
+    with pytest.raises(
+        ValueError, match=rf"flows 100000 from port {FIRST_PORT}: .*at most {65536 - FIRST_PORT}"
+    ):
+        BlastOptions(src="198.51.100.10", dst="198.51.100.1", dport=27000, flows=100_000)
+
+
+def test_the_full_bench_measures_flow_memory_with_no_more_flows_than_ports() -> None:
+    from netlab.bench.memory import MAX_FLOWS
+
+    assert 0 < Settings.full().memory_flows <= MAX_FLOWS

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from netlab.bench.contenders import FORWARDER_ARGS, SOCKETS_PATH, socket_activated
 from netlab.bench.lab import BenchLab, Case
 from netlab.errors import LabTimeoutError
+from netlab.programs.blaster import FIRST_PORT
 from netlab.service.activation import ForwarderUnderTest
 from netlab.service.notify import NotifyEvent
 from netlab.service.status import open_flows
@@ -67,17 +68,24 @@ def wait_status_after(forwarder: ForwarderUnderTest, moment: float) -> NotifyEve
     )
 
 
-def measure_flow_memory(bench: BenchLab, flows: int = 100_000, contender: str = "forwarder") -> FlowMemory:
+# The flows one source address can open: the blaster's source ports run from its first port to 65535.
+MAX_FLOWS = 65535 - FIRST_PORT + 1
+
+
+def measure_flow_memory(bench: BenchLab, flows: int = 50_000, contender: str = "forwarder") -> FlowMemory:
     """Open `flows` flows in one forwarder (its cap raised to fit) on the send path of `contender` (a key
     of MEASURED_PATHS) and read its RSS, the slab growth and its file descriptors.
 
     On the per-client sockets path each flow is a socket, so RLIMIT_NOFILE bounds the count; without
     CAP_SYS_RESOURCE the hard limit cannot be raised, and the measurement uses as many flows as it allows
-    (the report says how many). The raw path holds no descriptor per flow and takes them all. On a loaded
+    (the report says how many); one source address has at most MAX_FLOWS ports. The raw path holds no
+    descriptor per flow and takes them all. On a loaded
     machine a flow's datagrams may all be lost; the count is then the flows the forwarder reports open
     once the traffic has settled, not the flows sent.
     """
     extra = MEASURED_PATHS[contender]
+    # One source address: a flow is a source port, and the blaster's ports start at FIRST_PORT.
+    flows = min(flows, MAX_FLOWS)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if extra == SOCKETS_PATH and hard != resource.RLIM_INFINITY:
         flows = min(flows, hard - FD_HEADROOM)

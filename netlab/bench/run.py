@@ -54,7 +54,7 @@ class Settings:
             100_000.0,
             200_000.0,
         ]  # 200k: above the userspace contenders, to find DNAT's ceiling
-        return cls(cases=cases, runs=3, duration=2.0, loss_tests=True, memory_flows=100_000, echo_rates=rates)
+        return cls(cases=cases, runs=3, duration=2.0, loss_tests=True, memory_flows=50_000, echo_rates=rates)
 
 
 def parse_contenders(text: str) -> list[str]:

@@ -24,6 +24,9 @@ PROXY_V2_PROXY_COMMAND = 0x21  # version 2, command PROXY
 PROXY_V2_INET_DGRAM = 0x12  # AF_INET over SOCK_DGRAM
 
 
+FIRST_PORT = 10000  # the first source port; flow i sends from FIRST_PORT + i
+
+
 @dataclass
 class BlastOptions:
     """What to send: from `src` with `flows` source ports starting at `first_port`, to dst:dport."""
@@ -32,13 +35,20 @@ class BlastOptions:
     dst: str
     dport: int
     flows: int = 1
-    first_port: int = 10000
+    first_port: int = FIRST_PORT
     size: int = 64
     rate: float = 0.0  # datagrams per second; 0 is flat out
     duration: float = 1.0
     cpu: int | None = None
     count: int = 0  # stop after this many datagrams (or at `duration`, whichever comes first); 0: no limit
     proxy_v2: bool = False  # prefix each payload with a PROXY v2 header naming src:sport -> dst:dport
+
+    def __post_init__(self) -> None:
+        if not 0 < self.first_port <= self.first_port + self.flows - 1 <= 65535:
+            raise ValueError(
+                f"flows {self.flows} from port {self.first_port}: expected ports within 1..65535 (at most "
+                f"{65536 - self.first_port} flows)"
+            )
 
 
 def internet_checksum(data: bytes) -> int:
