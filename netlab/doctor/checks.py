@@ -14,8 +14,10 @@ from typing import Any
 
 from netlab.addresses import parse_endpoint
 from netlab.doctor.probes import Probe, Rule, reply_mode_of
+from netlab.doctor.tproxy import check_range_steering, check_reply_tproxy, reply_tproxy_port_of
 from netlab.errors import AddressError
 from netlab.lab.privileges import CAP_NET_ADMIN, CAP_NET_RAW
+from netlab.service.launch import range_listeners
 from netlab.service.relay import IPPROTO_UDP, RELAY_TABLE, local_route_command, rule_command
 from netlab.service.replypath import reply_path_ruleset
 
@@ -187,6 +189,8 @@ def _statements(ruleset: list[dict[str, Any]]) -> list[tuple[dict[str, Any], lis
 
 def check_reply_path(deployment: Deployment) -> list[Finding]:
     if reply_mode(deployment) == "relay":
+        if reply_tproxy_port_of(deployment) is not None:
+            return check_reply_tproxy(deployment, _backend_port_ranges(deployment))
         return check_relay_routing(deployment)
     ruleset = deployment.host.ruleset()
     rules = _statements(ruleset)
@@ -246,6 +250,24 @@ def _backend_ports(deployment: Deployment) -> list[int]:
             if ipaddress.ip_address(address) == backend:
                 ports.add(port)
     return sorted(ports)
+
+
+def _backend_port_ranges(deployment: Deployment) -> list[tuple[int, int]]:
+    """_backend_ports as ranges, with the backend ports of the forwarder's range destinations on it."""
+    ranges = [(port, port) for port in _backend_ports(deployment)]
+    if deployment.backend_ports:
+        return ranges
+    backend = ipaddress.ip_address(deployment.backend_address)
+    for launch in deployment.host.forwarder_launches():
+        for listener in range_listeners(launch.activator, launch.arguments):
+            destination = listener.destination
+            try:
+                same = ipaddress.ip_address(destination.host) == backend
+            except ValueError:
+                continue  # a host name: its addresses are not known here
+            if same:
+                ranges.append((destination.backend_first, destination.backend_last))
+    return sorted(set(ranges))
 
 
 def _covers(rule: Rule, backend: str) -> bool:
@@ -348,6 +370,7 @@ CHECKS: list[Callable[[Deployment], Finding | list[Finding]]] = [
     check_forwarding,
     check_rp_filter,
     check_backend_route,
+    check_range_steering,
     check_reply_path,
 ]
 

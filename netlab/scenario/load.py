@@ -15,6 +15,11 @@ executes them. A bug report becomes one new file in fixtures/scenarios, which is
     [[setup]]                              # optional, in order, before anything is started
     node = "host"                          # and one of: sysctl = { KEY = VALUE }, command = [ARGV],
     sysctl = { "net.ipv4.ip_forward" = 0 } #   background = [ARGV], nft = "RULESET"
+    [[tproxy]]                             # optional: tproxy steering in a node once the lab is built
+    node = "host"                          # default: the topology's host role; the other keys as a
+    version = 4                            #   topology's [[nodes.NAME.tproxy]] (netlab.topology.steering)
+    to_port = 27000
+    dports = "27000-27099"
     [echo]                                 # optional: netlab.programs.echo answering on these ports
     node = "backend"
     ports = [27000]
@@ -83,9 +88,11 @@ from netlab.scenario.proxyheader import proxy_header
 from netlab.scenario.reader import Reader, address_port
 from netlab.topology.file import load_topology_file, topology_from_dict
 from netlab.topology.model import ALLOWED_NETWORKS, Topology
+from netlab.topology.steering import KEYS as STEERING_KEYS
+from netlab.topology.steering import Steering, parse_steering
 from netlab.traffic.payload import make_payload
 
-_TOP = {"description", "topology", "forwarder", "setup", "echo", "reply_path", "traffic", "expect"}
+_TOP = {"description", "topology", "forwarder", "setup", "tproxy", "echo", "reply_path", "traffic", "expect"}
 _FORWARDER = {"node", "listen", "destinations", "fdnames", "args", "held_sockets"}
 _SETUP = {"node", "sysctl", "command", "background", "nft"}
 _SETUP_ACTIONS = ("sysctl", "command", "background", "nft")
@@ -157,6 +164,8 @@ def scenario_from_dict(data: Mapping[str, Any], path: Path, text: str = "") -> S
         _setup_step(reader, where, step, topology)
         for where, step in reader.tables(data, "setup", "top level")
     ]
+    for where, table in reader.tables(data, "tproxy", "top level"):
+        topology.tproxy(_steering(reader, where, table, topology))
     echo = _echo(reader, reader.table(data, "echo", "top level"), topology)
     reply_path = _reply_path(reader, reader.table(data, "reply_path", "top level"), topology, forwarder)
     if reply_path is not None and reply_path.mode == "direct" and forwarder is not None:
@@ -217,6 +226,20 @@ def _setup_step(reader: Reader, where: str, step: dict[str, Any], topology: Topo
     kind: type = {"sysctl": dict, "nft": str}.get(action, list)
     value = reader.get(step, action, kind, where)
     return SetupStep(reader.node(step, "node", where, topology), action, value)
+
+
+def _steering(reader: Reader, where: str, table: dict[str, Any], topology: Topology) -> Steering:
+    """One [[tproxy]] table: the node (the host role by default) and a topology's tproxy keys."""
+    reader.keys(table, {"node", *STEERING_KEYS}, where)
+    node = reader.node(table, "node", where, topology, _default_host(topology))
+    steering = parse_steering({k: v for k, v in table.items() if k != "node"}, node, reader.fail, where)
+    interfaces = topology.interfaces_of(node)
+    if steering.iifname is not None and steering.iifname not in interfaces:
+        raise reader.fail(
+            f"{where}.iifname",
+            f"{steering.iifname!r} is not an interface of node {node!r} (its interfaces: {interfaces})",
+        )
+    return steering
 
 
 def _echo(reader: Reader, table: dict[str, Any] | None, topology: Topology) -> EchoSpec | None:

@@ -424,10 +424,13 @@ def route_for_packet(  # noqa: PLR0913, PLR0917 - the fields of one route query
     dport: int,
     proto: int = IPPROTO_UDP,
     iif: int | None = None,
+    *,
+    mark: int | None = None,
 ) -> RouteAnswer | None:
     """Ask the kernel (RTM_GETROUTE) how it routes a packet src:sport -> dst:dport of `proto` arriving on
-    interface `iif` (None: sent by the host itself), in `namespace` (None: this one); None if unroutable.
-    The policy rules see the protocol and ports, so this is the relay rule's own verdict."""
+    interface `iif` (None: sent by the host itself), carrying firewall mark `mark` (a tproxy rule's), in
+    `namespace` (None: this one); None if unroutable. The policy rules see the protocol, ports and mark, so
+    this is the relay rule's (or the fwmark rule's) own verdict."""
     version = ipaddress.ip_address(dst).version
     message = _PortRouteMessage()
     message["family"] = _FAMILY[version]
@@ -441,6 +444,8 @@ def route_for_packet(  # noqa: PLR0913, PLR0917 - the fields of one route query
     ]
     if iif is not None:
         attrs.append(("RTA_IIF", iif))
+    if mark is not None:
+        attrs.append(("RTA_MARK", mark))
     message["attrs"] = attrs
 
     message["flags"] = RTM_F_LOOKUP_TABLE  # answer with the table the rules chose
