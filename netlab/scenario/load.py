@@ -86,6 +86,7 @@ from netlab.scenario.model import (
 )
 from netlab.scenario.proxyheader import proxy_header
 from netlab.scenario.reader import Reader, address_port
+from netlab.service.launch import parse_range_destination
 from netlab.topology.file import load_topology_file, topology_from_dict
 from netlab.topology.model import ALLOWED_NETWORKS, Topology
 from netlab.topology.steering import KEYS as STEERING_KEYS
@@ -196,9 +197,11 @@ def _forwarder(reader: Reader, table: dict[str, Any] | None, topology: Topology)
         lab_address(reader, address_port(reader, text, where)[0], where)
     destinations = reader.strings(table, "destinations", "forwarder", [])
     for index, text in enumerate(destinations):
+        ranged = parse_range_destination(text)  # FIRST-LAST@HOST[:PORT]: a port range on one socket
         try:
-            address = parse_endpoint(text.rpartition("=")[2])[0]
-        except AddressError:
+            address = ranged.host if ranged else parse_endpoint(text.rpartition("=")[2])[0]
+            ipaddress.ip_address(address)
+        except (AddressError, ValueError):
             continue  # a host name, or a form the forwarder itself judges
         lab_address(reader, address, f"forwarder.destinations[{index}]")
     if not listen or not destinations:

@@ -29,6 +29,7 @@ from forwarder.io.sockets import set_transparent
 from netlab.errors import AddressError, SystemCallError
 from netlab.lab import netns
 from netlab.lab.node import LabNode
+from netlab.lab.tproxy import TproxySteering, steer, tproxy_commands
 
 RELAY_TABLE = 100
 RELAY_PRIORITY = 100  # ahead of the main table's rule (32766)
@@ -303,6 +304,43 @@ def install_relay_route(  # noqa: PLR0913 - the fields of one relay route
     return routing
 
 
+def relay_tproxy_commands(
+    backend: str,
+    ports: int | PortRange | Sequence[int | PortRange],
+    reply_port: int,
+    *,
+    mark: int = 1,
+    table: int = RELAY_TABLE,
+) -> list[str]:
+    """The commands an operator types for the tproxy variant of the relay routing (`forwarder --reply relay
+    --reply-tproxy PORT`): an nft rule steering `backend`'s UDP replies from `ports` to the one reply socket
+    on `reply_port`, with the fwmark rule and local route that deliver them (the README's recipe)."""
+    source = _source(backend)
+    return tproxy_commands(
+        source.version, reply_port, mark=mark, table=table, saddr=backend, sports=port_ranges(ports)
+    )
+
+
+def install_relay_tproxy(
+    node: LabNode, backend: str, ports: int | PortRange | Sequence[int | PortRange], reply_port: int
+) -> TproxySteering:
+    """The tproxy variant of install_relay_routing: steer `backend`'s UDP replies from `ports` into `node`'s
+    one reply socket bound to `reply_port` (the forwarder's --reply-tproxy) with netlab.lab.tproxy.steer,
+    instead of to a per-flow socket. The backend's other traffic is routed as before. One call per family
+    of a dual-stack backend; the result's `commands` spell it for an operator, its remove() takes it out,
+    and the lab removes it when it closes. Fragmented replies need the host to reassemble first
+    (enable_reassembly): only the first fragment carries the source port the rule matches."""
+    source = _source(backend)
+    return steer(
+        node,
+        version=source.version,
+        to_port=reply_port,
+        saddr=backend,
+        sports=port_ranges(ports),
+        label="relay-tproxy",
+    )
+
+
 ERRORS_TABLE = "netlab_relay_errors"
 ERRORS_MARK = 0x5E1A  # fwmark of the backend's ICMP errors, routed to the relay table
 
@@ -493,12 +531,14 @@ __all__ = [
     "install_local_relay_routing",
     "install_relay_route",
     "install_relay_routing",
+    "install_relay_tproxy",
     "is_relayed",
     "local_backend_commands",
     "local_route",
     "reassembly_ruleset",
     "relay_commands",
     "relay_rule",
+    "relay_tproxy_commands",
     "route_backend_errors",
     "route_for_packet",
 ]
