@@ -32,6 +32,7 @@ from netlab.lab.node import LabNode
 from netlab.lab.tproxy import TproxySteering, steer, tproxy_commands
 
 RELAY_TABLE = 100
+NFT_TABLE = "forwarder_tproxy"  # not `tproxy`: an nft keyword, refused as a table name
 RELAY_PRIORITY = 100  # ahead of the main table's rule (32766)
 RTN_LOCAL = 2
 RT_SCOPE_HOST = 254
@@ -317,7 +318,13 @@ def relay_tproxy_commands(
     on `reply_port`, with the fwmark rule and local route that deliver them (the README's recipe)."""
     source = _source(backend)
     return tproxy_commands(
-        source.version, reply_port, mark=mark, table=table, saddr=backend, sports=port_ranges(ports)
+        source.version,
+        reply_port,
+        mark=mark,
+        table=table,
+        nft_table=NFT_TABLE,
+        saddr=backend,
+        sports=port_ranges(ports),
     )
 
 
