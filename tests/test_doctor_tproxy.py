@@ -66,8 +66,8 @@ def test_a_range_destination_is_read_with_the_ports_its_backend_answers_from(
 
 @pytest.mark.parametrize(
     "text",
-    ["192.0.2.2:27000", "27099-27000@192.0.2.2", "0-10@192.0.2.2", "1-70000@192.0.2.2", "10-19@192.0.2.2:30-31",
-     "10-19@", "10-19@192.0.2.2:x", "10-19@a@b"],
+    ["192.0.2.2:27000", "27099-27000@192.0.2.2", "0-10@192.0.2.2", "1-70000@192.0.2.2",
+     "10-19@192.0.2.2:30-31", "10-19@", "10-19@192.0.2.2:x", "10-19@a@b"],
 )  # fmt: skip
 def test_a_plain_or_malformed_destination_is_no_range_the_forwarder_judges_it(text: str) -> None:
     assert parse_range_destination(text) is None
@@ -81,7 +81,8 @@ def test_each_range_is_paired_with_its_socket_by_position_or_by_name() -> None:
     assert [(item.destination.first, item.socket) for item in positional] == [
         (27000, ListenSocket("::", 27000, None))  # `-l PORT`: a dual-stack socket
     ]
-    assert positional[0].socket is not None and positional[0].socket.versions == {4, 6}
+    assert positional[0].socket is not None
+    assert positional[0].socket.versions == {4, 6}
     named = range_listeners(
         [*ACTIVATOR, "-l", "198.51.100.1:27000", "-l", "[2001:db8:51::1]:28000", "--fdname=game:voice"],
         ["voice=28000-28010@[2001:db8:2::2]", "game=27000-27099@192.0.2.2"],
