@@ -121,29 +121,37 @@ def test_the_forwarders_arguments_follow_its_program_however_it_was_started(
     assert forwarder_arguments(argv) == arguments
 
 
+def match(protocol: str, field: str, right: object, op: str = "==") -> dict[str, object]:
+    return {"match": {"op": op, "left": {"payload": {"protocol": protocol, "field": field}}, "right": right}}
+
+
+def rule(family: str, table: str, chain: str, *expr: object) -> dict[str, object]:
+    return {"rule": {"family": family, "table": table, "chain": chain, "expr": list(expr)}}
+
+
+def mark(value: int) -> dict[str, object]:
+    return {"mangle": {"key": {"meta": {"key": "mark"}}, "value": value}}
+
+
 RULESET = [
     {"table": {"family": "ip", "name": "tp"}},
     {"chain": {"family": "ip", "table": "tp", "name": "pre", "hook": "prerouting", "prio": -150}},
     {"chain": {"family": "ip", "table": "tp", "name": "out", "hook": "output", "prio": -150}},
     {"chain": {"family": "inet", "table": "t2", "name": "pre", "hook": "prerouting", "prio": -150}},
-    {"rule": {"family": "ip", "table": "tp", "chain": "pre", "expr": [
-        {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "198.51.100.1"}},
-        {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}},
-                   "right": {"range": [27000, 27099]}}},
-        {"mangle": {"key": {"meta": {"key": "mark"}}, "value": 1}}, {"tproxy": {"port": 27000}}, {"accept": None}]}},
-    {"rule": {"family": "ip", "table": "tp", "chain": "pre", "expr": [
-        {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
-                   "right": {"prefix": {"addr": "192.0.2.0", "len": 24}}}},
-        {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "sport"}},
-                   "right": {"set": [5353, {"range": [6000, 6010]}]}}},
-        {"mangle": {"key": {"meta": {"key": "mark"}}, "value": 2}}, {"tproxy": {"port": 40000}}]}},
-    {"rule": {"family": "ip", "table": "tp", "chain": "pre", "expr": [  # a negation: not judged
-        {"match": {"op": "!=", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 53}},
-        {"tproxy": {"port": 53}}]}},
-    {"rule": {"family": "ip", "table": "tp", "chain": "out", "expr": [{"tproxy": {"port": 1}}]}},  # not prerouting
-    {"rule": {"family": "inet", "table": "t2", "chain": "pre", "expr": [
-        {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 28000}},
-        {"mangle": {"key": {"meta": {"key": "mark"}}, "value": 3}}, {"tproxy": {"family": "ip6", "port": 28000}}]}},
+    rule(
+        "ip", "tp", "pre",
+        match("ip", "daddr", "198.51.100.1"), match("udp", "dport", {"range": [27000, 27099]}),
+        mark(1), {"tproxy": {"port": 27000}}, {"accept": None},
+    ),
+    rule(
+        "ip", "tp", "pre",
+        match("ip", "saddr", {"prefix": {"addr": "192.0.2.0", "len": 24}}),
+        match("udp", "sport", {"set": [5353, {"range": [6000, 6010]}]}),
+        mark(2), {"tproxy": {"port": 40000}},
+    ),
+    rule("ip", "tp", "pre", match("udp", "dport", 53, op="!="), {"tproxy": {"port": 53}}),  # not judged
+    rule("ip", "tp", "out", {"tproxy": {"port": 1}}),  # not on the prerouting hook
+    rule("inet", "t2", "pre", match("udp", "dport", 28000), mark(3), {"tproxy": {"family": "ip6", "port": 28000}}),
 ]  # fmt: skip
 
 
@@ -198,8 +206,8 @@ def test_a_range_without_its_tproxy_rule_is_named_and_the_fix_heals_it(lab: Lab)
     assert finding.check == "range tproxy rule"
     assert "ports 27000-27099 (of 27000-27099@192.0.2.2) to :27000" in finding.detail
     assert finding.fix.endswith(
-        "nft add rule ip forwarder_tproxy prerouting ip daddr 198.51.100.1 meta l4proto udp udp dport 27000-27099 "
-        "meta mark set 0x1 tproxy to :27000 accept"
+        "nft add rule ip forwarder_tproxy prerouting ip daddr 198.51.100.1 meta l4proto udp "
+        "udp dport 27000-27099 meta mark set 0x1 tproxy to :27000 accept"
     )
     apply_fix(lab, finding)
     assert problems(deployment(lab, V4)) == []
