@@ -151,7 +151,10 @@ RULESET = [
     ),
     rule("ip", "tp", "pre", match("udp", "dport", 53, op="!="), {"tproxy": {"port": 53}}),  # not judged
     rule("ip", "tp", "out", {"tproxy": {"port": 1}}),  # not on the prerouting hook
-    rule("inet", "t2", "pre", match("udp", "dport", 28000), mark(3), {"tproxy": {"family": "ip6", "port": 28000}}),
+    rule(
+        "inet", "t2", "pre",
+        match("udp", "dport", 28000), mark(3), {"tproxy": {"family": "ip6", "port": 28000}},
+    ),
 ]  # fmt: skip
 
 
