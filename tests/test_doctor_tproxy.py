@@ -11,6 +11,7 @@ the kernel where a marked datagram goes, and names each missing piece with the c
 
 import shlex
 from collections.abc import Mapping
+from typing import Any
 
 import pytest
 
@@ -121,19 +122,19 @@ def test_the_forwarders_arguments_follow_its_program_however_it_was_started(
     assert forwarder_arguments(argv) == arguments
 
 
-def match(protocol: str, field: str, right: object, op: str = "==") -> dict[str, object]:
+def match(protocol: str, field: str, right: object, op: str = "==") -> dict[str, Any]:
     return {"match": {"op": op, "left": {"payload": {"protocol": protocol, "field": field}}, "right": right}}
 
 
-def rule(family: str, table: str, chain: str, *expr: object) -> dict[str, object]:
+def rule(family: str, table: str, chain: str, *expr: object) -> dict[str, Any]:
     return {"rule": {"family": family, "table": table, "chain": chain, "expr": list(expr)}}
 
 
-def mark(value: int) -> dict[str, object]:
+def mark(value: int) -> dict[str, Any]:
     return {"mangle": {"key": {"meta": {"key": "mark"}}, "value": value}}
 
 
-RULESET = [
+RULESET: list[dict[str, Any]] = [
     {"table": {"family": "ip", "name": "tp"}},
     {"chain": {"family": "ip", "table": "tp", "name": "pre", "hook": "prerouting", "prio": -150}},
     {"chain": {"family": "ip", "table": "tp", "name": "out", "hook": "output", "prio": -150}},
@@ -255,7 +256,12 @@ def test_a_range_on_a_service_address_names_the_missing_mark_routing_and_the_fix
 ) -> None:
     ranged_lab(lab, "0.0.0.0:27000")
     steering = steer(
-        lab["host"], version=4, to_port=27000, daddr="192.0.2.100", dports=(27000, 27099), **{left_out: False}
+        lab["host"],
+        version=4,
+        to_port=27000,
+        daddr="192.0.2.100",
+        dports=(27000, 27099),
+        **{left_out: False},  # type: ignore[arg-type]
     )
     [finding] = problems(deployment(lab, V4))
     assert (finding.check, finding.fix) == (
@@ -384,7 +390,7 @@ def test_replies_without_their_mark_routing_name_the_missing_piece_and_the_fix_h
         to_port=40000,
         saddr=str(family["backend"]),
         sports=5353,
-        **{left_out: False},
+        **{left_out: False},  # type: ignore[arg-type]
     )
     [finding] = problems(deployment(lab, family))
     assert (finding.check, finding.fix) == (

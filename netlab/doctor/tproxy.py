@@ -98,7 +98,7 @@ def _rule(family: str, expressions: list[dict[str, Any]]) -> TproxyRule | None:
         if match.get("op") not in ("==", "in"):
             return None
         if field in ("daddr", "saddr"):
-            version = version or _VERSIONS.get(protocol)
+            version = version or _VERSIONS.get(str(protocol))
             fields[field] = _networks(match["right"])
         else:
             fields[field] = _ports(match["right"])
