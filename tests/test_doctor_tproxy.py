@@ -274,6 +274,25 @@ def test_a_range_on_a_service_address_names_the_missing_mark_routing_and_the_fix
 
 
 @pytest.mark.privileged
+def test_a_rule_ahead_of_the_marks_rule_is_named_with_the_mark_rule_to_add_before_it(lab: Lab) -> None:
+    ranged_lab(lab, "0.0.0.0:27000")
+    steering = steer(lab["host"], version=4, to_port=27000, daddr="192.0.2.100", dports=(27000, 27099))
+    assert problems(deployment(lab, V4)) == []
+    lab["host"].check(
+        ["ip", "rule", "add", "priority", "20", "fwmark", f"{steering.mark:#x}", "lookup", "main"]
+    )
+    [finding] = problems(deployment(lab, V4))
+    assert finding.check == "range mark rule"
+    assert "yet a rule ahead of it routes datagrams to 192.0.2.100 ports 27000-27099" in finding.detail
+    assert (
+        finding.fix
+        == f"netlab exec host -- ip rule add priority 19 fwmark {steering.mark:#x} lookup {steering.table}"
+    )
+    apply_fix(lab, finding)
+    assert problems(deployment(lab, V4)) == []
+
+
+@pytest.mark.privileged
 def test_a_range_with_neither_mark_rule_nor_local_route_names_both(lab: Lab) -> None:
     ranged_lab(lab, "0.0.0.0:27000")
     steering = steer(

@@ -233,13 +233,19 @@ def _mark_routing(
         elif not any(rule["table"] in tables for rule in rules):
             findings.append(_route_finding(deployment, prefix, version, mark, int(rules[0]["table"]), probe))
         else:
+            # Some rule of a lower priority number decides first (a catch-all lookup, another mark's):
+            # the mark's rule must come ahead of every rule but the local table's (priority 0).
+            good = next(rule for rule in rules if rule["table"] in tables)
+            ahead = max(
+                1, min((int(r["priority"]) for r in host.rules(version) if r["priority"]), default=2) - 1
+            )
             findings.append(
                 Finding(
                     _name(prefix, "mark rule", version),
                     False,
-                    f"{host.name} has a rule for the mark {mark:#x} and a local route in its table, yet "
-                    f"routes {probe.what} carrying it on (a rule ahead of it wins: `{ip} rule list`)",
-                    host.fix(f"{ip} rule list"),
+                    f"{host.name} has a rule for the mark {mark:#x} (priority {good['priority']}) and a "
+                    f"local route in its table, yet a rule ahead of it routes {probe.what} carrying it on",
+                    host.fix(f"{ip} rule add priority {ahead} fwmark {mark:#x} lookup {good['table']}"),
                 )
             )
     return findings
@@ -353,9 +359,8 @@ def _daddr(rules: Sequence[TproxyRule]) -> str | None:
 
 def reply_tproxy_port_of(deployment: "Deployment") -> int | None:
     """The forwarder's `--reply-tproxy PORT`, None when no forwarder asks for it."""
-    ports = {reply_tproxy_port(launch.arguments) for launch in deployment.host.forwarder_launches()}
-    ports.discard(None)
-    return min(ports) if ports else None  # type: ignore[type-var]
+    ports = [reply_tproxy_port(launch.arguments) for launch in deployment.host.forwarder_launches()]
+    return min((port for port in ports if port is not None), default=None)
 
 
 def check_reply_tproxy(deployment: "Deployment", backend_ports: Sequence[PortRange]) -> list["Finding"]:
