@@ -466,3 +466,46 @@ def test_a_tproxy_key_that_is_not_a_list_of_tables_is_refused(tmp_path: Path) ->
     path = write(tmp_path, VALID.replace('topology = "seed"', 'topology = "seed"\ntproxy = 1'))
     with pytest.raises(ScenarioError, match=r"bug-1234.toml: top level.tproxy: expected list, got 1"):
         load_scenario(path)
+
+
+RELAYED = VALID.replace("[[traffic]]", '[reply_path]\nmode = "relay"\nreply_tproxy = 40000\n[[traffic]]', 1)
+
+
+def test_relay_with_a_reply_socket_gives_the_forwarder_both_options_and_steers_each_backend_port() -> None:
+    scenario = load_scenario("doctor-reply-tproxy-healthy")
+    assert scenario.forwarder is not None
+    assert scenario.forwarder.args == ["--reply", "relay", "--reply-tproxy", "40000"]
+    assert scenario.reply_path is not None
+    assert (scenario.reply_path.reply_tproxy, scenario.reply_path.relay) == (
+        40000,
+        {"192.0.2.2": [5353], "2001:db8:2::2": [5353]},
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (
+            ("reply_tproxy = 40000", "reply_tproxy = 0"),
+            "reply_path.reply_tproxy: reply_tproxy 0: expected a number",
+        ),
+        (('mode = "relay"', 'mode = "direct"'), 'reply_path.reply_tproxy: goes with mode = "relay"'),
+        (
+            (
+                'destinations = ["192.0.2.2:27000"]',
+                'destinations = ["192.0.2.2:27000"]\nargs = ["--reply-tproxy", "41"]',
+            ),
+            "forwarder.args: ['--reply-tproxy', '41', '--reply', 'relay'] contradict [reply_path] "
+            "reply_tproxy = 40000",
+        ),
+    ],
+)
+def test_a_bad_reply_socket_port_is_refused_in_one_line(
+    tmp_path: Path, change: tuple[str, str], fragment: str
+) -> None:
+    old, new = change
+    assert old in RELAYED
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(write(tmp_path, RELAYED.replace(old, new, 1)))
+    assert "\n" not in str(caught.value)
+    assert fragment in str(caught.value)

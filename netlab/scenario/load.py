@@ -29,7 +29,8 @@ executes them. A bug report becomes one new file in fixtures/scenarios, which is
     backend_network = "192.0.2.0/24"       #   destination port other than the listen port (53 -> 5353)
     host_address = "198.51.100.1"          #   has its replies' source port rewritten back (5353 -> 53)
     # mode = "relay": the forwarder runs with --reply relay, and the host gets the relay routing for
-    # backend = "192.0.2.2" and ports = [5353] (default: the [forwarder]'s destinations)
+    # backend = "192.0.2.2" and ports = [5353] (default: the [forwarder]'s destinations); with
+    # reply_tproxy = 40000 the forwarder's --reply-tproxy 40000, and tproxy steering to that socket instead
     [[traffic]]
     from = "client"
     src = "203.0.113.7"                    # spoofed; default the node's own address
@@ -63,7 +64,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from netlab.addresses import parse_endpoint, split_host_port
+from netlab.addresses import parse_endpoint, parse_port, split_host_port
 from netlab.errors import AddressError, FixtureNotFoundError, PacketError, ScenarioError
 from netlab.fixtures import (
     TOPOLOGY_TABLES,
@@ -86,7 +87,7 @@ from netlab.scenario.model import (
 )
 from netlab.scenario.proxyheader import proxy_header
 from netlab.scenario.reader import Reader, address_port
-from netlab.service.launch import parse_range_destination
+from netlab.service.launch import parse_range_destination, reply_tproxy_port
 from netlab.topology.file import load_topology_file, topology_from_dict
 from netlab.topology.model import ALLOWED_NETWORKS, Topology
 from netlab.topology.steering import KEYS as STEERING_KEYS
@@ -98,7 +99,7 @@ _FORWARDER = {"node", "listen", "destinations", "fdnames", "args", "held_sockets
 _SETUP = {"node", "sysctl", "command", "background", "nft"}
 _SETUP_ACTIONS = ("sysctl", "command", "background", "nft")
 _ECHO = {"node", "ports"}
-_REPLY = {"node", "mode", "backend", "backend_network", "host_address", "ports"}
+_REPLY = {"node", "mode", "backend", "backend_network", "host_address", "ports", "reply_tproxy"}
 _REPLY_MODES = ("direct", "relay")
 _TRAFFIC = {
     "from", "src", "sport", "to", "payload", "payload_hex", "size", "count", "fragment_size", "family",
@@ -270,8 +271,11 @@ def _reply_path(
     node = reader.node(table, "node", "reply_path", topology, _default_host(topology))
     if mode == "relay":
         return _relay(reader, table, node, forwarder)
-    if "ports" in table:
-        raise reader.fail("reply_path.ports", 'goes with mode = "relay" (direct mode rewrites every port)')
+    for key in ("ports", "reply_tproxy"):
+        if key in table:
+            raise reader.fail(
+                f"reply_path.{key}", 'goes with mode = "relay" (direct mode rewrites every port)'
+            )
     values = {
         key: reader.get(table, key, str, "reply_path")
         for key in ("backend", "backend_network", "host_address")
@@ -305,8 +309,16 @@ def _relay(
             check_port(port, "port")
         except PacketError as error:
             raise reader.fail("reply_path.ports", str(error)) from None
+    reply_tproxy = reader.get(table, "reply_tproxy", int, "reply_path")
+    if reply_tproxy is not None:
+        try:
+            parse_port(reply_tproxy, "reply_tproxy")
+        except AddressError as error:
+            raise reader.fail("reply_path.reply_tproxy", str(error)) from None
     if forwarder is not None:
         _reply_relay_option(reader, forwarder)
+        if reply_tproxy is not None:
+            _reply_tproxy_option(reader, forwarder, reply_tproxy)
     if ports is not None and backend is None:
         raise reader.fail("reply_path.ports", "needs backend = ADDRESS (the address the replies come from)")
     relay = {backend: list(ports)} if backend is not None and ports else _destinations(forwarder, backend)
@@ -316,7 +328,7 @@ def _relay(
             'mode = "relay" needs backend and ports, or a [forwarder] with ADDRESS:PORT destinations'
             + (f" on {backend!r}" if backend else ""),
         )
-    return ReplyPathSpec(node, ", ".join(relay), "", "", "relay", relay)
+    return ReplyPathSpec(node, ", ".join(relay), "", "", "relay", relay, reply_tproxy=reply_tproxy)
 
 
 def _destinations(forwarder: ForwarderSpec | None, backend: str | None) -> dict[str, list[int]]:
@@ -341,6 +353,17 @@ def _reply_relay_option(reader: Reader, forwarder: ForwarderSpec) -> None:
         forwarder.args = [*args, "--reply", "relay"]
     elif given != ["relay"]:
         raise reader.fail("forwarder.args", f'{args!r} contradict [reply_path] mode = "relay"')
+
+
+def _reply_tproxy_option(reader: Reader, forwarder: ForwarderSpec, port: int) -> None:
+    """Give the forwarder --reply-tproxy PORT, unless its args say so already; refuse another port."""
+    given = reply_tproxy_port(forwarder.args)
+    if given is None:
+        forwarder.args = [*forwarder.args, "--reply-tproxy", str(port)]
+    elif given != port:
+        raise reader.fail(
+            "forwarder.args", f"{forwarder.args!r} contradict [reply_path] reply_tproxy = {port}"
+        )
 
 
 def _learned_ports(forwarder: ForwarderSpec, backend: str) -> dict[int, int]:
