@@ -296,16 +296,23 @@ def check_relay_routing(deployment: Deployment) -> list[Finding]:
     toward = host.route_get(backend)
     iif = None if loopback or toward is None else toward["oif"]
     client = next(iter(deployment.clients), "198.51.100.7" if version == 4 else "2001:db8::7")
-    ports = _backend_ports(deployment)
-    if not ports:
-        ports = sorted({r["sport"][0] for r in host.rules(version) if _covers(r, backend) and r["sport"]})
+    ranges = _backend_port_ranges(deployment)  # a range destination's backend answers from a range
+    if not ranges:
+        ranges = sorted(
+            {
+                (r["sport"][0], r["sport"][0])
+                for r in host.rules(version)
+                if _covers(r, backend) and r["sport"]
+            }
+        )
     table = _relay_table(deployment, version)
 
     def relayed(sport: int, proto: int = IPPROTO_UDP) -> bool:
         answer = host.packet_route(backend, client, sport, proto, iif)
         return answer is not None and answer.type == "local"
 
-    missing = [port for port in ports if not relayed(port)] if ports else [0]
+    # A range is judged by its two ends: a rule covering both covers it (rules match port ranges).
+    missing = [(a, b) for a, b in ranges if not (relayed(a) and relayed(b))] if ranges else [(0, 0)]
     if missing:
         twin = version == 6 and any(
             rule["ip_proto"] == IPPROTO_UDP
@@ -314,10 +321,10 @@ def check_relay_routing(deployment: Deployment) -> list[Finding]:
             for rule in host.rules(4)
         )
         # With no port known (no forwarder running, no rule for the backend), the fix names a placeholder.
-        commands = [rule_command(backend, port, port, table, port or "PORT") for port in missing]
+        commands = [rule_command(backend, a, b, table, _spelled(a, b) if a else "PORT") for a, b in missing]
         if table not in host.local_default_tables(version):
             commands.append(local_route_command(version, table))
-        shown = ", ".join(map(str, missing)) if ports else "(the port it answers from)"
+        shown = ", ".join(_spelled(a, b) for a, b in missing) if ranges else "(the port it answers from)"
         return [
             Finding(
                 "relay rule IPv6 twin" if twin else "relay rule",
@@ -328,9 +335,10 @@ def check_relay_routing(deployment: Deployment) -> list[Finding]:
                 _commands(host, commands),
             )
         ]
+    listed = ", ".join(_spelled(a, b) for a, b in ranges)
     if not loopback:
-        other = next(port for port in (53, 123, 40000, 40001) if port not in ports)
-        swallowed = relayed(ports[0], IPPROTO_TCP) or relayed(other)
+        other = next(port for port in (53, 123, 40000, 40001) if not any(a <= port <= b for a, b in ranges))
+        swallowed = relayed(ranges[0][0], IPPROTO_TCP) or relayed(other)
         if swallowed:
             wide = [
                 rule
@@ -339,26 +347,30 @@ def check_relay_routing(deployment: Deployment) -> list[Finding]:
             ]
             ip = "ip" if version == 4 else "ip -6"
             commands = [f"{ip} rule del priority {rule['priority']}" for rule in wide]
-            commands += [rule_command(backend, port, port, table) for port in ports if wide]
+            commands += [rule_command(backend, a, b, table) for a, b in ranges if wide]
+            first, last = ranges[0]
             return [
                 Finding(
                     "relay rule scope",
                     False,
                     f"a rule on {host.name} sends all of {backend}'s traffic to itself, not only its UDP "
-                    f"replies from port {', '.join(map(str, ports))}: the backend's own DNS lookups, "
-                    "updates and TCP never leave",
+                    f"replies from port {listed}: the backend's own DNS lookups, updates and TCP never leave",
                     _commands(host, commands)
-                    or f"narrow the rule to: {rule_command(backend, ports[0], ports[0], table)}",
+                    or f"narrow the rule to: {rule_command(backend, first, last, table)}",
                 )
             ]
     return [
         Finding(
             "relay rule",
             True,
-            f"{host.name} delivers {backend}'s UDP replies from port {', '.join(map(str, ports))} to the "
-            "forwarder and routes the rest of its traffic",
+            f"{host.name} delivers {backend}'s UDP replies from port {listed} to the forwarder and routes "
+            "the rest of its traffic",
         )
     ]
+
+
+def _spelled(first: int, last: int) -> str:
+    return str(first) if first == last else f"{first}-{last}"
 
 
 def _network_hint(address: str) -> str:
