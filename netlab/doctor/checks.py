@@ -4,7 +4,9 @@ with the exact command or rule that fixes it.
 The checks read kernel state only (sysctls, routes, policy rules, the nftables ruleset, process
 capabilities and command lines); they change nothing. They run against lab nodes, or against this machine
 with `--machine`. What the replies need depends on the forwarder's `--reply` mode, read from its command
-line: a source rewrite on the host (direct, the default) or the relay routing (relay).
+line: a source rewrite on the host (direct, the default) or the relay routing (relay), or with
+`--reply-tproxy PORT` the tproxy steering of the replies to that one socket; a range destination
+(`FIRST-LAST@HOST`) needs its own tproxy steering (netlab.doctor.tproxy).
 """
 
 import ipaddress
