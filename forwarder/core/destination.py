@@ -159,7 +159,7 @@ def parse_destination(text: str) -> DestinationSpec:
 
 def _parse_port_or_range(text: str, context: str) -> tuple[int | None, PortRange | None]:
     """A destination's `:PORT`, or its `:BFIRST-BLAST` (the backend's side of a port range)."""
-    if "-" in text:
+    if "-" in text[1:]:  # '-1' is a bad port, not a range
         return None, parse_port_range(text, context)
     return parse_port(text, context), None
 
