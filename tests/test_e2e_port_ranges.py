@@ -12,14 +12,17 @@ import os
 import socket
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from pyroute2 import IPRoute
 from e2e_helpers import serve_in_thread, status_has
 
 from forwarder.core.addresses import decode_sockaddr
 from forwarder.io.control import origdst_local
 from forwarder.io.sockets import set_receive_buffer
 from netlab import Lab, start_forwarder
+from netlab.lab.nft import apply_ruleset
 from netlab.lab.node import LabNode
 from netlab.lab.process import python_env
 from netlab.lab.tproxy import steer, transparent_socket
@@ -33,6 +36,7 @@ from netlab.topology.shipped import dual_stack
 pytestmark = pytest.mark.privileged
 
 CONTROL = socket.CMSG_SPACE(28)
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 HOST = {4: "198.51.100.1", 6: "2001:db8:51::1"}
 CLIENT = {4: "198.51.100.10", 6: "2001:db8:51::10"}
 BACKEND = {4: "192.0.2.2", 6: "2001:db8:2::2"}
@@ -243,3 +247,42 @@ def test_without_the_mark_routing_the_start_up_warns_in_one_line_naming_what_to_
     assert len(warnings) == 1, forwarder.process.output()
     assert "ip rule add fwmark 1 lookup 100" in warnings[0]
     assert "ip route add local 0.0.0.0/0 dev lo table 100" in warnings[0]
+
+
+def mark_routing(node: LabNode) -> None:
+    """What the ruleset's comment tells the operator to add: fwmark 1 to table 100, `local` everything."""
+    with IPRoute(netns=node.namespace) as ipr:
+        lo = ipr.link_lookup(ifname="lo")[0]
+        for family, everything in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+            ipr.route(
+                "add", dst=everything, dst_len=0, family=family, type="local", scope=254, table=100, oif=lo
+            )
+            ipr.rule("add", family=family, fwmark=1, table=100, priority=90)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_the_shipped_ruleset_steers_the_range_of_both_families_to_the_units_one_socket(
+    lab: Lab, version: int
+) -> None:
+    lab.build(dual_stack())
+    host = lab["host"]
+    apply_ruleset(host, (FIXTURES / "tproxy" / "port-range.nft").read_text(), label="port-range")
+    mark_routing(host)
+    catcher = backend_catcher(lab["backend"], version, (27000, 27050))
+    # transparent-udp-forwarder-range@27000.socket: [::]:27000, both families, Transparent=true.
+    held = HeldSockets(host, ["[::]:27000"], [transparent_socket(host, 6, 27000, dual_stack=True)])
+    backend = BACKEND[version] if version == 4 else f"[{BACKEND[version]}]"
+    forwarder = start_forwarder(
+        host, [], [f"range-27000=27000-27050@{backend}"], sockets=held, fdnames=["range-27000"]
+    )
+    client = lab["client"].udp_socket(CLIENT[version], 4249)
+
+    for port in (27050, 27001, 27051):
+        client.sendto(str(port).encode(), (HOST[version], port))
+
+    assert sorted(received(catcher, 3, timeout=1.0)) == [
+        (b"27001", (CLIENT[version], 4249), 27001),
+        (b"27050", (CLIENT[version], 4249), 27050),
+    ]
+    forwarder.wait_ready()
+    assert "tproxy:" not in forwarder.process.output()  # the mark routing is there: no warning

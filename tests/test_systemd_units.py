@@ -30,6 +30,8 @@ from netlab.topology.shipped import seed_deployment
 UNITS = Path(__file__).resolve().parent.parent / "fixtures" / "systemd"
 FORWARDER_PACKAGE = Path(__file__).resolve().parent.parent / "forwarder"
 HARDENED = "transparent-udp-forwarder@.service"
+RANGE_SERVICE = "transparent-udp-forwarder-range@.service"
+RANGE_SOCKET = "transparent-udp-forwarder-range@.socket"
 AVORION_SOCKET = "proxy-to-avorion-udp.socket"
 AVORION_SERVICE = "proxy-to-avorion-udp.service"
 # Where the units expect the daemon: the Debian package installs it there, a manual install links it there.
@@ -155,6 +157,26 @@ def test_hardened_service_has_an_exposure_of_at_most_2_0(tmp_path: Path) -> None
     assert exposure_of(tmp_path / instance_name(UNITS / HARDENED)) <= 2.0
 
 
+def test_the_port_range_service_has_the_hardened_sandbox_and_an_exposure_of_at_most_2_0(
+    tmp_path: Path,
+) -> None:
+    install_for_checking(tmp_path)
+    hardened, ranged = parse_unit(UNITS / HARDENED), parse_unit(UNITS / RANGE_SERVICE)
+    sandbox = {key: value for key, value in hardened.items() if not key.startswith("Unit.")}
+    sandbox["Service.EnvironmentFile"] = ["/etc/transparent-udp-forwarder-range/%i.env"]
+
+    assert {key: value for key, value in ranged.items() if not key.startswith("Unit.")} == sandbox
+    assert exposure_of(tmp_path / instance_name(UNITS / RANGE_SERVICE)) <= 2.0
+
+
+def test_the_port_range_socket_is_transparent_for_the_tproxy_rule_and_names_its_service() -> None:
+    settings = parse_unit(UNITS / RANGE_SOCKET)
+
+    assert settings["Socket.Transparent"] == ["true"]
+    assert settings["Socket.ListenDatagram"] == ["%i"]
+    assert parse_unit(UNITS / RANGE_SERVICE)["Unit.Requires"] == ["transparent-udp-forwarder-range@%i.socket"]
+
+
 def test_the_avorion_example_without_the_sandbox_scores_worse_than_2_0(tmp_path: Path) -> None:
     # Pins that the score parsed above is the real one: a lightly hardened unit must be rated higher.
     install_for_checking(tmp_path)
@@ -162,7 +184,7 @@ def test_the_avorion_example_without_the_sandbox_scores_worse_than_2_0(tmp_path:
     assert exposure_of(tmp_path / AVORION_SERVICE) > 2.0
 
 
-@pytest.mark.parametrize("name", [HARDENED, AVORION_SERVICE])
+@pytest.mark.parametrize("name", [HARDENED, AVORION_SERVICE, RANGE_SERVICE])
 def test_the_transparent_services_hold_cap_net_raw_and_no_other_capability(name: str) -> None:
     # CAP_NET_RAW allows IP_TRANSPARENT and raw sockets; CAP_NET_ADMIN would add only SO_RCVBUFFORCE.
     settings = parse_unit(UNITS / name)
@@ -189,7 +211,7 @@ def receive_buffer_bytes(text: str) -> int:
     return int(found[1]) * int(1024 ** " KMG".index(found[2] or " "))
 
 
-@pytest.mark.parametrize("name", [AVORION_SOCKET, "transparent-udp-forwarder@.socket"])
+@pytest.mark.parametrize("name", [AVORION_SOCKET, "transparent-udp-forwarder@.socket", RANGE_SOCKET])
 def test_socket_units_buffer_dozens_of_reassembled_64k_datagrams(name: str) -> None:
     settings = parse_unit(UNITS / name)
 
