@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from pyroute2 import IPRoute
 from e2e_helpers import serve_in_thread, status_has
+from pyroute2 import IPRoute
 
 from forwarder.core.addresses import decode_sockaddr
 from forwarder.io.control import origdst_local
