@@ -122,7 +122,7 @@ class FlowSide:
                 if action.__class__ is Flow:
                     staged = staged_of.get(action.path)
                     if staged is None:  # a port range's flow: its reply leaves from the port asked, now
-                        self.relay_from_port(action, batch.payload(index))  # type: ignore[arg-type]
+                        self.relay_from_port(action, batch.payload(index))
                     else:
                         staged.append((action, index))
                 else:

@@ -160,6 +160,6 @@ class RangeReceive:
             if action is READ_HEADER:
                 action, skip = machine.receive_proxied(path, client, view[:size], flags, now, local=local)
             if action.__class__ is Flow:
-                executor.send(action, view[skip:size])  # type: ignore[arg-type]
+                executor.send(action, view[skip:size])
             else:
                 executor.execute(route, action, view[skip:size])
