@@ -3,6 +3,7 @@
 destination's port to the backend's (forwarder.core.ranges), the machine's drops and the counts STATUS=
 and the metrics file show: one entry per range, never one per port."""
 
+import pathlib
 import socket
 import subprocess
 import sys
@@ -282,3 +283,10 @@ def test_the_mark_routing_warning_is_one_line_per_family_of_range_destinations()
 
         assert warn_of_mark_routing([*routes, plain], check) == [f"tproxy: missing for {socket.AF_INET6}"]
     assert asked == [socket.AF_INET6]
+
+
+def test_the_readme_shows_the_shipped_ruleset_verbatim() -> None:
+    root = pathlib.Path(__file__).resolve().parent.parent
+    ruleset = (root / "fixtures" / "tproxy" / "port-range.nft").read_text()
+
+    assert f"```\n{ruleset}```\n" in (root / "README.md").read_text()
