@@ -290,3 +290,20 @@ def test_the_readme_shows_the_shipped_ruleset_verbatim() -> None:
     ruleset = (root / "fixtures" / "tproxy" / "port-range.nft").read_text()
 
     assert f"```\n{ruleset}```\n" in (root / "README.md").read_text()
+
+
+def test_a_range_whose_backend_ports_meet_our_own_listener_is_refused_as_a_loop() -> None:
+    from forwarder.errors import ConfigurationError
+    from forwarder.io.listeners import ListeningSocket
+    from forwarder.service.cli import build_routes, refuse_loops
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        listener = ListeningSocket(sock, "media")
+        # The backend range's first port is not ours, but one of its ports is this very socket.
+        loop = build_routes([listener], [parse_destination(f"{port - 1}-{port + 1}@127.0.0.1")])
+        with pytest.raises(ConfigurationError, match="expected a backend, not a loop") as caught:
+            refuse_loops(loop)
+        assert caught.value.exit_code == 78
+        refuse_loops(build_routes([listener], [parse_destination(f"{port + 1}-{port + 2}@127.0.0.1")]))
