@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from e2e_helpers import serve_in_thread, status_has
+from e2e_helpers import send_path, serve_in_thread, status_has
 from pyroute2 import IPRoute
 
 from forwarder.core.addresses import decode_sockaddr
@@ -36,6 +36,7 @@ from netlab.topology.shipped import dual_stack
 pytestmark = pytest.mark.privileged
 
 CONTROL = socket.CMSG_SPACE(28)
+__all__ = ["send_path"]  # the fixture: the outside-range test runs on both send paths
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 HOST = {4: "198.51.100.1", 6: "2001:db8:51::1"}
 CLIENT = {4: "198.51.100.10", 6: "2001:db8:51::10"}
@@ -148,7 +149,7 @@ def test_a_dual_stack_socket_forwards_its_ipv4_clients_of_the_range_as_ipv4(lab:
 
 @pytest.mark.parametrize("receive", ["batch", "single"])
 def test_a_datagram_to_a_port_outside_the_range_is_never_forwarded_and_is_counted(
-    lab: Lab, receive: str
+    lab: Lab, receive: str, send_path: list[str]
 ) -> None:
     # The nft rule steers 27000-27099 to the socket, the destination serves only 27000-27049.
     lab.build(dual_stack())
@@ -157,7 +158,7 @@ def test_a_datagram_to_a_port_outside_the_range_is_never_forwarded_and_is_counte
     metrics = lab.workdir / "forwarder.prom"
     forwarder = start_forwarder(
         lab["host"], [], ["games=27000-27049@192.0.2.2"], sockets=held, fdnames=["games"],
-        args=["--stats-interval", "0.2", "--receive", receive, "--metrics-file", str(metrics)],
+        args=["--stats-interval", "0.2", "--receive", receive, "--metrics-file", str(metrics), *send_path],
     )  # fmt: skip
     client = lab["client"].udp_socket(CLIENT[4], 4245)
 
@@ -182,7 +183,7 @@ def test_a_datagram_to_a_port_outside_the_range_is_never_forwarded_and_is_counte
     ids=["ipv4", "ipv6", "dual-stack-ipv4-client"],
 )
 def test_in_relay_mode_each_reply_leaves_from_the_address_and_port_the_client_asked(
-    lab: Lab, version: int, dual: bool, client_version: int
+    lab: Lab, version: int, dual: bool, client_version: int, send_path: list[str]
 ) -> None:
     lab.build(dual_stack())
     host = lab["host"]
@@ -198,7 +199,7 @@ def test_in_relay_mode_each_reply_leaves_from_the_address_and_port_the_client_as
         [],
         [f"27000-27099@{target}:5353"],
         sockets=held,
-        args=["--reply", "relay", "--stats-interval", "0.2"],
+        args=["--reply", "relay", "--stats-interval", "0.2", *send_path],
     )
     client = lab["client"].udp_socket(CLIENT[client_version], 4246)
     client.settimeout(5)

@@ -21,10 +21,14 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from e2e_helpers import serve_in_thread
 
 from netlab import Lab, start_forwarder
+from netlab.lab.tproxy import steer, transparent_socket
 from netlab.lab.wait import wait_until
+from netlab.service.activation import HeldSockets
 from netlab.service.notify import NotifyReceiver
+from netlab.service.relay import install_relay_route
 from netlab.topology.shipped import seed_deployment
 
 UNITS = Path(__file__).resolve().parent.parent / "fixtures" / "systemd"
@@ -344,6 +348,42 @@ def test_forwarder_as_nobody_with_only_cap_net_raw_forwards_the_spoofed_source(
     assert status["CapBnd"] == only_net_raw
     assert [status[key] for key in ("CapEff", "CapPrm", "CapInh", "CapAmb")] == ["0" * 16] * 4
     assert status["NoNewPrivs"] == "1"
+    assert forwarder.stop() == 0, forwarder.process.output()
+
+
+@pytest.mark.privileged
+def test_a_port_range_as_the_range_unit_runs_it_relays_replies_from_the_port_asked_with_only_cap_net_raw(
+    lab: Lab, notify_for_nobody: NotifyReceiver, forwarder_for_nobody: NobodyForwarder
+) -> None:
+    # transparent-udp-forwarder-range@27000: a transparent socket the tproxy rule feeds, the service as
+    # nobody with CAP_NET_RAW alone, here in relay mode (its raw reply socket, its flow sockets).
+    lab.build(seed_deployment())
+    host = lab["host"]
+    serve_in_thread(lab, lab["backend"].udp_socket("192.0.2.2", 5353), lambda data, peer: b"answer:" + data)
+    install_relay_route(host, "192.0.2.2", 5353)
+    steer(host, version=4, to_port=27000, daddr="198.51.100.1", dports=(27000, 27050))
+    held = HeldSockets(host, ["0.0.0.0:27000"], [transparent_socket(host, 4, 27000)])
+    forwarder = start_forwarder(
+        host,
+        [],
+        ["27000-27050@192.0.2.2:5353"],
+        sockets=held,
+        args=["--reply", "relay"],
+        env=forwarder_for_nobody.env,
+        command_prefix=drop_privileges("+net_raw"),
+        program=forwarder_for_nobody.program,
+    )
+    client = lab["client"].udp_socket("198.51.100.10", 4242)
+    client.settimeout(10)
+
+    answers = []
+    for port in (27042, 27007):
+        client.sendto(b"%d" % port, ("198.51.100.1", port))
+        answers.append(client.recvfrom(100))
+
+    assert answers == [(b"answer:27042", ("198.51.100.1", 27042)), (b"answer:27007", ("198.51.100.1", 27007))]
+    notify_for_nobody.wait_for("READY", "1", timeout=15, is_alive=forwarder.is_running)
+    assert process_status(forwarder.process.pid)["Uid"].split() == [str(NOBODY)] * 4
     assert forwarder.stop() == 0, forwarder.process.output()
 
 
