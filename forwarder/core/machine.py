@@ -62,6 +62,7 @@ from forwarder.core.proxy_protocol import (
     HeaderProblem,
     parse,
 )
+from forwarder.core.ranges import Backends, PortMap
 from forwarder.core.reply_rules import ReplyRules
 from forwarder.core.settings import Settings
 
@@ -85,7 +86,7 @@ class ForwardingMachine(ReplyRules):
         is_local: LocalProbe | None = None,
         is_broadcast: LocalProbe | None = None,
         source_toward: Callable[[str], str | None] | None = None,
-        backends: Iterable[tuple[str, int]] = (),
+        backends: Iterable[tuple[str, int]] | Backends = (),
     ) -> None:
         self.settings = settings = Settings() if settings is None else settings
         idle_timeout = settings.flow_idle_timeout
@@ -278,6 +279,16 @@ class ForwardingMachine(ReplyRules):
         flow.referenced = True
         self.counters.forwarded += 1
         return flow
+
+    def outside_range(self, path: Path, client: bytes, original: bytes | None) -> Drop:
+        """A range listener's datagram (on `path`) that its PortMap gave no Path: sent to a port outside
+        the range, or (`original` None or empty) with no original destination the kernel told."""
+        reason = DropReason.OUTSIDE_RANGE if original else DropReason.UNKNOWN_DESTINATION
+        return self._drop(path, client, reason.value)
+
+    def serve_range(self, ports: PortMap) -> None:
+        """Count a range listener's datagrams in and outside its range with the rest (STATUS=, metrics)."""
+        self.counters.ranges.append(ports.counts)
 
     def receive_failed(self, path: Path, error_number: int) -> Drop:
         """Receiving from `path`'s listening socket failed."""

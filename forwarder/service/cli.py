@@ -15,6 +15,7 @@ from pathlib import Path
 from forwarder.core.addresses import is_loop
 from forwarder.core.destination import DestinationSpec, check_destination, parse_destination, parse_listen
 from forwarder.core.machine import ForwardingMachine
+from forwarder.core.ranges import PortMap
 from forwarder.core.settings import Settings
 from forwarder.errors import (
     ConfigurationError,
@@ -27,7 +28,8 @@ from forwarder.errors import (
 from forwarder.io import capabilities
 from forwarder.io.batch import BATCH
 from forwarder.io.engine import Engine
-from forwarder.io.listeners import ListeningSocket, Route, address_text
+from forwarder.io.listeners import ListeningSocket, Route, address_text, backends_of
+from forwarder.io.range_replies import PortReplies
 from forwarder.io.rawsend import RawSend, open_raw_socket
 from forwarder.io.sockets import (
     CAPABILITY_HINT,
@@ -40,7 +42,7 @@ from forwarder.io.sockets import (
     set_receive_buffer,
     source_toward,
 )
-from forwarder.service import logs
+from forwarder.service import logs, ranges
 from forwarder.service.activation import listen_sockets
 from forwarder.service.mapping import assign, check_form
 from forwarder.service.metrics import MetricsFile, listen_label
@@ -114,6 +116,10 @@ def build_routes(
                 destination,
                 other,
             )
+        if spec.ports is not None:  # a TPROXY range: the original destination tells the address asked
+            ports = PortMap.of(listener.label, spec.ports, destination, spec.backend_ports, spec.port)
+            routes.append(Route(listener, ports.backend, ports=ports))
+            continue
         routes.append(
             Route(listener, destination, pktinfo=settings.needs_pktinfo(is_wildcard(listener.sock)))
         )
@@ -127,7 +133,10 @@ def refuse_loops(routes: Sequence[Route]) -> None:
         for other in routes:
             bound = other.listener.sock.getsockname()
             listener = (str(bound[0]), int(bound[1]))
-            if is_loop(route.destination.sockaddr, listener, listener_families(other.listener), is_local):
+            target = route.destination.sockaddr
+            if route.ports is not None and listener[1] in route.ports.backend_ports:
+                target = (target[0], listener[1])  # the range's backend port that meets this listener
+            if is_loop(target, listener, listener_families(other.listener), is_local):
                 raise ConfigurationError(
                     f"destination {str(route.destination)!r} of socket {route.listener.label!r} is our own "
                     f"listening socket {other.listener.label!r}: expected a backend, not a loop"
@@ -250,9 +259,11 @@ def run(argv: Sequence[str] | None = None) -> int:
     logs.configure(args.log_level)
     specs = [parse_destination(text) for text in args.destinations]
     check_form(specs)
+    ranges.refuse_unserved(specs, settings)
     listeners = open_listeners(args.listen, specs)
     notifier = Notifier()
     raw: RawSend | None = None
+    port_replies: PortReplies | None = None
     try:
         metrics = metrics_file(args.metrics_file, listeners)
         routes = build_routes(listeners, specs, settings)
@@ -263,6 +274,9 @@ def run(argv: Sequence[str] | None = None) -> int:
             raw = open_send_path(settings, {route.destination.family for route in routes})
             if settings.relays:
                 warn_of_reply_routes(routes)
+        ranges.make_transparent(routes)
+        ranges.warn_of_mark_routing(routes)
+        port_replies = ranges.open_port_replies(routes, settings)
         if settings.receive_buffer is not None:
             for listener in listeners:
                 set_receive_buffer(listener.sock, settings.receive_buffer)
@@ -274,7 +288,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             is_local=LocalAddresses(),
             is_broadcast=BroadcastAddresses(),
             source_toward=source_toward,
-            backends=[route.destination.sockaddr for route in routes],
+            backends=backends_of(routes),
         )
         engine = Engine(
             routes,
@@ -283,6 +297,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             watchdog_interval=watchdog_interval(os.environ),
             metrics=metrics,
             raw=raw,
+            port_replies=port_replies,
         )
         if not engine.needs_capability:
             drop_capabilities()
@@ -291,6 +306,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         notifier.close()
         if raw is not None:
             raw.close()
+        if port_replies is not None:
+            port_replies.close()
         for listener in listeners:
             listener.sock.close()
     log.info("stopped")
