@@ -4,19 +4,17 @@ serving a port range on one socket (`[NAME=]FIRST-LAST@HOST[:PORT|:BFIRST-BLAST]
 the forwarder's `--listen` or the `-l`/`--fdname` of the systemd-socket-activate that started it.
 
 The doctor judges a deployment from these (a forwarder still waiting for its first datagram included), and
-the scenario loader checks the addresses they name. Malformed forms are left to the forwarder, which refuses
-them with exit 64: here they are simply not ranges.
+the scenario loader checks the addresses they name. Destinations are read with the forwarder's own parser
+(forwarder.core.destination); malformed forms are left to the forwarder, which refuses them with exit 64:
+here they are simply not ranges.
 """
 
 import ipaddress
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from netlab.addresses import split_host_port
 
-_RANGE = re.compile(r"(?:(?P<name>[^=@]+)=)?(?P<first>\d+)-(?P<last>\d+)@(?P<rest>.+)")
-_PORTS = re.compile(r"(?P<first>\d+)(?:-(?P<last>\d+))?")
 REPLY_TPROXY = "--reply-tproxy"
 
 
@@ -44,28 +42,23 @@ def _port(text: str) -> int | None:
 
 
 def parse_range_destination(text: str) -> RangeDestination | None:
-    """The range a destination serves, or None for a plain DEST (or a malformed range: the forwarder's to
-    refuse)."""
-    match = _RANGE.fullmatch(text)
-    if match is None:
+    """The range a destination serves, read with the forwarder's own parser; None for a plain DEST (or a
+    malformed one: the forwarder's to refuse, with exit 64)."""
+    from forwarder.core.destination import parse_destination
+    from forwarder.errors import ForwarderError
+
+    try:
+        spec = parse_destination(text)
+    except ForwarderError:
         return None
-    first, last = _port(match["first"]), _port(match["last"])
-    host, port_text = split_host_port(match["rest"])
-    if first is None or last is None or first > last or not host or "@" in host:
+    if spec.ports is None:
         return None
-    backend_first, backend_last = first, last
-    if port_text:
-        ports = _PORTS.fullmatch(port_text)
-        if ports is None:
-            return None
-        low = _port(ports["first"])
-        high = _port(ports["last"]) if ports["last"] else low
-        if low is None or high is None or high < low:
-            return None
-        if ports["last"] and high - low != last - first:
-            return None  # ranges of different lengths
-        backend_first, backend_last = low, high
-    return RangeDestination(text, match["name"], first, last, host, backend_first, backend_last)
+    first, last = spec.ports.first, spec.ports.last
+    if spec.backend_ports is not None:
+        backend = (spec.backend_ports.first, spec.backend_ports.last)
+    else:
+        backend = (spec.port, spec.port) if spec.port is not None else (first, last)
+    return RangeDestination(text, spec.fd_name, first, last, spec.host, *backend)
 
 
 def _option_values(argv: Sequence[str], *names: str) -> list[str]:
