@@ -19,6 +19,8 @@ from netlab import Lab, load_topology, start_forwarder
 from netlab.doctor.checks import Deployment, Finding, diagnose
 from netlab.doctor.probes import NamespaceProbe, forwarder_arguments
 from netlab.doctor.tproxy import TproxyRule, tproxy_rules, uncovered
+from netlab.fixtures import fixtures_dir
+from netlab.lab.nft import apply_ruleset
 from netlab.lab.tproxy import steer
 from netlab.service.launch import (
     ListenSocket,
@@ -428,3 +430,28 @@ def test_replies_steered_to_another_port_than_the_reply_socket_are_named(lab: La
     [finding] = problems(deployment(lab, V4))
     assert finding.check == "reply tproxy rule"
     assert "from port 5353 to the forwarder's reply socket :40000" in finding.detail
+
+
+@pytest.mark.privileged
+def test_the_shipped_port_range_ruleset_satisfies_the_doctor_for_its_dual_stack_unit(lab: Lab) -> None:
+    # fixtures/tproxy/port-range.nft (an inet table, `tproxy ip to` and `tproxy ip6 to`) with the unit's one
+    # dual-stack socket ([::]:PORT as ListenDatagram=PORT binds it): both families are steered.
+    lab.build(load_topology("dual-stack"))
+    enable_reply_path(lab["host"], "192.0.2.2", "192.0.2.0/24", "198.51.100.1")
+    apply_ruleset(lab["host"], (fixtures_dir() / "tproxy" / "port-range.nft").read_text(), label="shipped")
+    start_forwarder(lab["host"], ["[::]:27000"], ["27000-27050@192.0.2.2"])
+    assert problems(deployment(lab, V4)) == []
+    assert problems(deployment(lab, V6)) == []
+
+
+@pytest.mark.privileged
+def test_a_range_wider_than_the_shipped_ruleset_names_the_ports_beyond_it(lab: Lab) -> None:
+    lab.build(load_topology("dual-stack"))
+    enable_reply_path(lab["host"], "192.0.2.2", "192.0.2.0/24", "198.51.100.1")
+    apply_ruleset(lab["host"], (fixtures_dir() / "tproxy" / "port-range.nft").read_text(), label="shipped")
+    start_forwarder(lab["host"], ["[::]:27000"], ["27000-27099@192.0.2.2"])
+    [v4] = problems(deployment(lab, V4))
+    [v6] = problems(deployment(lab, V6))
+    assert (v4.check, v6.check) == ("range tproxy rule", "range tproxy rule IPv6")
+    assert "to ports 27051-27099 (of 27000-27099@192.0.2.2) to :27000" in v4.detail
+    assert "udp dport 27051-27099 meta mark set 0x1 tproxy to :27000" in v6.fix  # the mark it routes
