@@ -455,3 +455,32 @@ def test_a_range_wider_than_the_shipped_ruleset_names_the_ports_beyond_it(lab: L
     assert (v4.check, v6.check) == ("range tproxy rule", "range tproxy rule IPv6")
     assert "to ports 27051-27099 (of 27000-27099@192.0.2.2) to :27000" in v4.detail
     assert "udp dport 27051-27099 meta mark set 0x1 tproxy to :27000" in v6.fix  # the mark it routes
+
+
+UNMARKED = """
+table ip unmarked {
+    chain prerouting {
+        type filter hook prerouting priority mangle; policy accept;
+        ip daddr { 192.0.2.100, 198.51.100.1 } udp dport 27000-27099 tproxy to :27000 accept
+    }
+}
+"""
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize(
+    ("listen", "named"), [("0.0.0.0:27000", ["range mark rule"]), ("198.51.100.1:27000", [])]
+)
+def test_a_tproxy_rule_that_sets_no_mark_is_named_unless_its_address_is_the_hosts_own(
+    lab: Lab, listen: str, named: list[str]
+) -> None:
+    # Without a mark no policy rule can pick the datagram out: to the service address it is forwarded,
+    # to the host's own address it is delivered anyway.
+    ranged_lab(lab, listen)
+    apply_ruleset(lab["host"], UNMARKED, label="unmarked")
+    steer(lab["host"], version=4, to_port=1, dports=1)  # mark routing exists, for another mark
+    findings = problems(deployment(lab, V4))
+    assert [finding.check for finding in findings] == named
+    if findings:
+        assert "sets no mark" in findings[0].detail
+        assert findings[0].fix.startswith("add `meta mark set 0x")

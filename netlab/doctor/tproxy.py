@@ -191,21 +191,35 @@ class _Probe:
 
 
 def _mark_routing(
-    deployment: "Deployment", prefix: str, version: int, marks: set[int], probe: _Probe
+    deployment: "Deployment", prefix: str, version: int, marks: set[int | None], probe: _Probe
 ) -> list["Finding"]:
-    """The mark rule and the local route for each mark: ok when the kernel delivers the marked datagram."""
+    """The mark rule and the local route for each mark (None: a tproxy rule that sets none): ok when the
+    kernel delivers the datagram carrying it."""
     from netlab.doctor.checks import Finding
 
     host = deployment.host
     findings = []
-    for mark in sorted(marks):
+    for mark in sorted(marks, key=lambda value: -1 if value is None else value):
         answer = host.packet_route(probe.src, probe.dst, probe.sport, IPPROTO_UDP, probe.iif, mark=mark)
         if answer is not None and answer.type == "local":
+            how = "unmarked" if mark is None else f"marked {mark:#x}"
             findings.append(
                 Finding(
                     _name(prefix, "mark routing", version),
                     True,
-                    f"{host.name} delivers {probe.what} marked {mark:#x} to its own sockets",
+                    f"{host.name} delivers {probe.what} {how} to its own sockets",
+                )
+            )
+            continue
+        if mark is None:
+            suggested = _suggested_mark(deployment, version)[0]
+            findings.append(
+                Finding(
+                    _name(prefix, "mark rule", version),
+                    False,
+                    f"the tproxy rule on {host.name} for {probe.what} sets no mark, so no policy rule can "
+                    "deliver them: they are routed on instead of reaching the forwarder's socket",
+                    f"add `meta mark set {suggested:#x}` before `tproxy to` in that rule",
                 )
             )
             continue
@@ -332,9 +346,13 @@ def check_range_steering(deployment: "Deployment") -> list["Finding"]:
                     f"{host.name} steers ports {ranges} to {to}",
                 )
             )
-        marks = {rule.mark for rule in steering if rule.mark is not None and rule.dports != ()}
-        if not marks:
-            marks = {_suggested_mark(deployment, version)[0]}
+        serving = [
+            rule
+            for rule in steering
+            if rule.dports is None
+            or any(a <= destination.last and b >= destination.first for a, b in rule.dports)
+        ]
+        marks = {rule.mark for rule in serving} or {_suggested_mark(deployment, version)[0]}
         destination_address = address or _daddr(steering) or deployment.host_address
         if ipaddress.ip_address(destination_address).version != version:
             continue
@@ -412,9 +430,7 @@ def check_reply_tproxy(deployment: "Deployment", backend_ports: Sequence[PortRan
                 f"{host.name} steers {backend}'s UDP replies from port {shown} to :{port}",
             )
         )
-    marks = {rule.mark for rule in rules if rule.mark is not None}
-    if not marks:
-        marks = {_suggested_mark(deployment, version)[0]}
+    marks = {rule.mark for rule in rules} or {_suggested_mark(deployment, version)[0]}
     client = _client(deployment, version)
     loopback = ipaddress.ip_address(backend).is_loopback
     probe = _Probe(
