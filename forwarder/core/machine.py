@@ -104,6 +104,8 @@ class ForwardingMachine(ReplyRules):
             names_in_header=settings.send_proxy_protocol,
             backends=backends,
         )
+        # The tproxy reply socket's backends by the raw sockaddr their replies come from (replies_from).
+        self._reply_paths: dict[bytes, Path] = {}
         # Sender key -> its flow: the hot path's one lookup (kept in step with the flow table).
         self._senders: dict[FlowKey, Flow] = {}
         self._lookup: Callable[[FlowKey], Flow | None] = self._senders.get

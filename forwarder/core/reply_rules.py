@@ -1,13 +1,16 @@
 """The machine's side of the backend's replies (relay mode): which flow's client a reply goes to, or why
-none, and the ICMP errors about a flow's datagrams, counted by type. Part of ForwardingMachine.
+none, whether it came on the flow's own socket or on the one tproxy reply socket (matched by its source,
+the backend, and its original destination, the client: one dict lookup), and the ICMP errors about a
+flow's datagrams, counted by type. Part of ForwardingMachine.
 """
 
 import socket
+from collections.abc import Iterable
 
 from forwarder.core.actions import Drop
-from forwarder.core.addresses import SockAddr
+from forwarder.core.addresses import SockAddr, sockaddr_bytes
 from forwarder.core.counters import Counters, DropReason, drop_key, errno_name
-from forwarder.core.flows import Flow, FlowKey, FlowTable
+from forwarder.core.flows import Flow, FlowKey, FlowTable, Path
 from forwarder.core.icmp import QueuedError
 
 MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: an IntFlag makes every `flags & MSG_TRUNC` an enum call
@@ -19,6 +22,8 @@ class ReplyRules:
     relay: bool
     flows: FlowTable[FlowKey, Flow]
     counters: Counters
+    # The raw sockaddr a backend's replies come from -> a path to it (see replies_from).
+    _reply_paths: dict[bytes, Path]
 
     def reply_received(
         self, flow: Flow, source: SockAddr, size: int, flags: int, now: float
@@ -43,6 +48,43 @@ class ReplyRules:
         flow.referenced = True
         self.counters.relayed += 1
         return flow
+
+    def replies_from(self, paths: Iterable[Path]) -> None:
+        """The tproxy reply socket's replies come from these paths' backends: learn the raw sockaddrs they
+        arrive from, so that a reply's source finds its backend without being decoded (an IPv4 backend's
+        both ways: as itself, and v4-mapped on a dual-stack reply socket)."""
+        for path in paths:
+            address, port = path.target
+            names = [sockaddr_bytes(path.destination.family, path.target)]
+            if path.destination.family == socket.AF_INET:
+                names.append(sockaddr_bytes(socket.AF_INET6, ("::ffff:" + address, port)))
+            for name in names:
+                self._reply_paths.setdefault(name, path)
+
+    def reply_arrived(
+        self, source: bytes, client: bytes | None, size: int, flags: int, now: float
+    ) -> "Flow | Drop":
+        """A reply of `size` bytes from the raw sockaddr `source` to the client `client` (the raw original
+        destination the tproxy rule kept; None or b"" when the kernel gave none) arrived on the reply
+        socket: the flow whose client it is relayed to (it counts as use of that flow), or why not. Its
+        flow is the one of its backend and client, as on the forward path; an unknown backend, a reply
+        without its client, or a flow that is gone (evicted) is `reply-unmatched`: never sent elsewhere."""
+        path = self._reply_paths.get(source)
+        if flags & MSG_TRUNC:
+            return self._steered_drop(path, client, DropReason.REPLY_TRUNCATED)
+        if path is None or not client:
+            return self._steered_drop(path, client, DropReason.REPLY_UNMATCHED)
+        flow = self.flows.lookup((path.target, client))
+        if flow is None:
+            return self._steered_drop(path, client, DropReason.REPLY_UNMATCHED)
+        flow.last_used = now
+        flow.referenced = True
+        self.counters.relayed += 1
+        return flow
+
+    def _steered_drop(self, path: Path | None, client: bytes | None, reason: DropReason) -> Drop:
+        self.counters.reply_dropped[reason.value] += 1
+        return Drop(reason.value, path, client or None, reply=True)
 
     def reply_send_failed(self, flow: Flow, error_number: int) -> Drop:
         """Relaying a reply (counted as relayed) to `flow`'s client failed."""

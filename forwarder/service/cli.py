@@ -2,6 +2,7 @@
 the engine. Every failure becomes a one-line error and a sysexits(3) code (see the README's table).
 """
 
+import argparse
 import errno
 import logging
 import os
@@ -233,6 +234,29 @@ def metrics_file(path: Path | None, listeners: Sequence[ListeningSocket]) -> Met
     return metrics
 
 
+def check_reply_tproxy(args: argparse.Namespace) -> None:
+    """--reply-tproxy replaces the flow sockets of relay mode on the raw send path: a usage error (64)
+    with anything else, naming why."""
+    if args.reply_tproxy is None:
+        return
+    if args.send_proxy_protocol:
+        raise UsageError(
+            "--reply-tproxy with --send-proxy-protocol: the backend answers this host's own address, on "
+            "each flow's socket, so there is nothing to steer; expected one or the other"
+        )
+    if args.reply != "relay":
+        raise UsageError(
+            f"--reply-tproxy {args.reply_tproxy} without --reply relay: it steers the replies the forwarder "
+            "relays, and in direct mode the backend answers the clients itself; expected --reply relay"
+        )
+    if args.gso or args.send_path == "sockets":
+        option = "--gso" if args.gso else "--send-path sockets"
+        raise UsageError(
+            f"--reply-tproxy with {option}: it replaces the per-client sockets of relay mode, and {option} "
+            "keeps one per client to send from; expected the raw send path (no --send-path, or raw)"
+        )
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, set up and forward until stopped; raises ForwarderError on bad input."""
     args = build_parser().parse_args(argv)
@@ -246,6 +270,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             "--reply direct with --send-proxy-protocol: the backend answers this host's address, so "
             "replies can only be relayed; expected --reply relay or no --reply"
         )
+    check_reply_tproxy(args)
     settings = settings_from(args)
     logs.configure(args.log_level)
     specs = [parse_destination(text) for text in args.destinations]
