@@ -19,6 +19,8 @@ from forwarder.io.control import (
     PKTINFO_ADDRESS,
     PKTINFO_KIND,
     UNKNOWN_LOCAL,
+    origdst_in_control,
+    origdst_local,
     pktinfo_in_control,
     pktinfo_local,
 )
@@ -154,3 +156,52 @@ def test_a_control_buffer_too_small_for_the_chain_is_reported_not_read() -> None
 
         assert flags & MSG_CTRUNC
         assert pktinfo_local(ancillary, socket.AF_INET, flags) is UNKNOWN_LOCAL
+
+
+def _cmsg(level: int, kind: int, data: bytes) -> bytes:
+    return struct.pack("@Nii", socket.CMSG_LEN(len(data)), level, kind) + data.ljust(
+        socket.CMSG_SPACE(len(data)) - socket.CMSG_LEN(0), b"\0"
+    )
+
+
+SOCKADDR_IN = (
+    struct.pack("=H", socket.AF_INET) + struct.pack("!H", 27042) + socket.inet_aton("198.51.100.1") + bytes(8)
+)
+SOCKADDR_IN6 = (
+    struct.pack("=H", socket.AF_INET6)
+    + struct.pack("!HI", 27042, 0)
+    + socket.inet_pton(socket.AF_INET6, "2001:db8::1")
+    + bytes(4)
+)
+
+
+@pytest.mark.parametrize(
+    ("level", "kind", "sockaddr"),
+    [(socket.IPPROTO_IP, 20, SOCKADDR_IN), (socket.IPPROTO_IPV6, 74, SOCKADDR_IN6)],
+)
+def test_the_original_destination_is_found_among_other_control_messages(
+    level: int, kind: int, sockaddr: bytes
+) -> None:
+    timestamp = (socket.SOL_SOCKET, 29, bytes(16))
+    assert origdst_local([timestamp, (level, kind, sockaddr)]) == sockaddr
+    chain = _cmsg(*timestamp) + _cmsg(level, kind, sockaddr)
+    assert origdst_in_control(chain) == sockaddr
+
+
+def test_no_original_destination_is_none_and_a_cut_chain_is_unknown() -> None:
+    pktinfo = (socket.IPPROTO_IP, IP_PKTINFO, bytes(12))
+    assert origdst_local([pktinfo]) is None
+    assert origdst_in_control(_cmsg(*pktinfo)) is None
+    assert origdst_local([(socket.IPPROTO_IP, 20, SOCKADDR_IN)], socket.MSG_CTRUNC) == UNKNOWN_LOCAL
+    assert origdst_in_control(_cmsg(socket.IPPROTO_IP, 20, SOCKADDR_IN), socket.MSG_CTRUNC) == UNKNOWN_LOCAL
+
+
+def test_a_short_original_destination_message_is_not_trusted() -> None:
+    assert origdst_local([(socket.IPPROTO_IP, 20, SOCKADDR_IN[:8])]) is None
+    assert origdst_in_control(_cmsg(socket.IPPROTO_IP, 20, SOCKADDR_IN[:8])) is None
+
+
+@given(st.binary(max_size=200))
+def test_any_control_buffer_yields_a_sockaddr_or_nothing(chain: bytes) -> None:
+    found = origdst_in_control(chain)
+    assert found is None or len(found) in (16, 28)

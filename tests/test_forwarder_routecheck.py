@@ -5,6 +5,8 @@ import errno
 import socket
 import struct
 
+import pytest
+
 from forwarder.core.destination import Destination
 from forwarder.service.routecheck import (
     NLMSG_ERROR,
@@ -14,11 +16,18 @@ from forwarder.service.routecheck import (
     RTN_UNICAST,
     RouteAnswer,
     ask,
+    mark_routing_warning,
+    parse_mark_rules,
     parse_route_answer,
     relay_rule_text,
     route_query,
+    rules_dump_request,
     sample_client,
 )
+from netlab import Lab
+from netlab.lab import netns
+from netlab.lab.tproxy import steer
+from netlab.topology.shipped import seed_deployment
 
 
 def attributes(message: bytes) -> dict[int, bytes]:
@@ -93,3 +102,49 @@ def test_the_kernel_answers_that_loopback_is_local() -> None:
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0) as sock:
         sock.settimeout(5)
         assert ask(sock, route_query(socket.AF_INET, "127.0.0.1")).local
+
+
+def _rule_message(mark: int | None, table: int) -> bytes:
+    body = struct.pack("=BBBBBBBBI", socket.AF_INET, 0, 0, 0, table if table < 256 else 252, 0, 0, 1, 0)
+    if mark is not None:
+        body += struct.pack("=HHI", 8, 10, mark)  # FRA_FWMARK
+    body += struct.pack("=HHI", 8, 15, table)  # FRA_TABLE
+    return struct.pack("=IHHII", 16 + len(body), 32, 2, 1, 0) + body
+
+
+def test_a_rules_dump_yields_the_mark_rules_with_their_tables_until_done() -> None:
+    done = struct.pack("=IHHIIi", 20, 3, 2, 1, 0, 0)
+    found, ended = parse_mark_rules(_rule_message(0x10, 7000) + _rule_message(None, 254))
+    assert (found, ended) == ([(0x10, 7000)], False)
+    assert parse_mark_rules(done) == ([], True)
+    request = rules_dump_request(socket.AF_INET6)
+    assert struct.unpack_from("=HH", request, 4) == (34, 0x301)
+
+
+def test_a_cut_or_garbage_dump_ends_without_inventing_rules() -> None:
+    assert parse_mark_rules(_rule_message(1, 100)[:20]) == ([], True)
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize(
+    ("pieces", "says"),
+    [
+        ({"rule": False, "route": False}, "no IPv4 policy rule matches a firewall mark"),
+        ({"route": False}, "lead to no local route"),
+        ({}, None),
+    ],
+)
+def test_the_start_up_check_names_the_missing_mark_routing(
+    lab: Lab, pieces: dict[str, bool], says: str | None
+) -> None:
+    lab.build(seed_deployment())
+    steer(lab["host"], version=4, to_port=27000, dports=27001, **pieces)  # type: ignore[arg-type]
+
+    warning = netns.run_in(lab["host"].namespace, lambda: mark_routing_warning(socket.AF_INET))
+
+    if says is None:
+        assert warning is None
+    else:
+        assert warning is not None
+        assert says in warning
+        assert "ip route add local 0.0.0.0/0 dev lo table" in warning

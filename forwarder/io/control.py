@@ -1,5 +1,7 @@
 """The control messages of a received datagram: the local address it was sent to (IP_PKTINFO /
-IPV6_PKTINFO), found by level and type in whatever else a handed-over socket adds (timestamps, TOS, TTL),
+IPV6_PKTINFO) and, on a socket a tproxy rule feeds, the address and port it was sent to before it was
+steered there (IP_ORIGDSTADDR / IPV6_ORIGDSTADDR), found by level and type in whatever else a
+handed-over socket adds (timestamps, TOS, TTL),
 in recvmsg's list or in the raw cmsghdr chain recvmmsg fills; a chain cut short (MSG_CTRUNC) is trusted for
 nothing, and said once per listener.
 """
@@ -8,7 +10,7 @@ import logging
 import socket
 import struct
 
-from forwarder.io.linux import IP_PKTINFO
+from forwarder.io.linux import IP_ORIGDSTADDR, IP_PKTINFO, IPV6_ORIGDSTADDR
 
 # Ancillary room per datagram: the pktinfo message (struct in6_pktinfo, 20 bytes, is the larger) and what
 # else a handed-over socket may have enabled (systemd's Timestamping=: a timeval or timespec; a
@@ -23,6 +25,12 @@ PKTINFO_ADDRESS = {socket.AF_INET: (4, 4), socket.AF_INET6: (0, 16)}
 PKTINFO_KIND = {
     socket.AF_INET: (socket.IPPROTO_IP, IP_PKTINFO),
     socket.AF_INET6: (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO),
+}
+# The original destination's message, by (level, type), and the size of the struct sockaddr it holds: an
+# IPv4 datagram gives a sockaddr_in even on a dual-stack IPv6 socket.
+ORIGDST_KINDS = {
+    (socket.IPPROTO_IP, IP_ORIGDSTADDR): 16,
+    (socket.IPPROTO_IPV6, IPV6_ORIGDSTADDR): 28,
 }
 # The local address of a datagram whose control messages were cut short (MSG_CTRUNC): not known, so its
 # flow's replies are not sent from a guess (see Engine.relay).
@@ -70,6 +78,37 @@ def pktinfo_in_control(
             start = at + header + offset
             return bytes(control[start : start + length])
         at += (size + _ALIGN - 1) & -_ALIGN
+    return None
+
+
+def origdst_local(ancillary: list[tuple[int, int, bytes]], flags: int = 0) -> bytes | None:
+    """The raw struct sockaddr (address and port) a datagram was sent to before a tproxy rule steered it,
+    from recvmsg's ancillary data: None when it has none, UNKNOWN_LOCAL when the chain was cut short."""
+    if flags & MSG_CTRUNC:
+        return UNKNOWN_LOCAL
+    for level, kind, data in ancillary:
+        size = ORIGDST_KINDS.get((level, kind))
+        if size is not None and len(data) >= size:
+            return bytes(data[:size])
+    return None
+
+
+def origdst_in_control(control: bytes | bytearray | memoryview, flags: int = 0) -> bytes | None:
+    """origdst_local for a raw control buffer as recvmsg/recvmmsg filled it (`control` is msg_controllen
+    bytes long), walked like pktinfo_in_control."""
+    if flags & MSG_CTRUNC:
+        return UNKNOWN_LOCAL
+    header = _CMSGHDR.size
+    end = len(control)
+    at = 0
+    while at + header <= end:
+        length, level, kind = _CMSGHDR.unpack_from(control, at)
+        if length < header or at + length > end:
+            return None  # malformed: nothing after it can be found
+        size = ORIGDST_KINDS.get((level, kind))
+        if size is not None and length >= header + size:
+            return bytes(control[at + header : at + header + size])
+        at += (length + _ALIGN - 1) & -_ALIGN
     return None
 
 

@@ -15,6 +15,10 @@ from forwarder.core.icmp import EXTENDED_ERROR_SIZE, QueuedError, decode_extende
 IP_PKTINFO = 8
 IP_RECVERR = 11
 IP_TRANSPARENT = 19
+# The original destination of a datagram (what a tproxy rule steered to this socket): set the RECV option,
+# read the control message of the same number.
+IP_RECVORIGDSTADDR = IP_ORIGDSTADDR = 20
+IPV6_RECVORIGDSTADDR = IPV6_ORIGDSTADDR = 74
 IPV6_RECVERR = 25
 IPV6_TRANSPARENT = 75
 SO_RCVBUFFORCE = 33

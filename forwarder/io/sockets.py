@@ -13,8 +13,10 @@ from forwarder.errors import MissingPermissionError, OperatingSystemError
 from forwarder.io.linux import (
     IP_PKTINFO,
     IP_RECVERR,
+    IP_RECVORIGDSTADDR,
     IP_TRANSPARENT,
     IPV6_RECVERR,
+    IPV6_RECVORIGDSTADDR,
     IPV6_TRANSPARENT,
     SO_RCVBUFFORCE,
 )
@@ -58,6 +60,15 @@ def set_receive_pktinfo(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
     else:
         sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+
+
+def set_receive_origdst(sock: socket.socket) -> None:
+    """Have every datagram tell the address and port it was sent to before a tproxy rule steered it here
+    (IP_ORIGDSTADDR; on an IPv6 socket IPV6_ORIGDSTADDR too: a dual-stack socket's IPv4 datagrams carry
+    the IPv4 message)."""
+    sock.setsockopt(socket.IPPROTO_IP, IP_RECVORIGDSTADDR, 1)
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVORIGDSTADDR, 1)
 
 
 def check_transparent_capability(families: set[socket.AddressFamily]) -> None:

@@ -22,7 +22,13 @@ RTM_GETROUTE = 26
 NLMSG_ERROR = 2
 NLM_F_REQUEST = 1
 RTA_DST, RTA_SRC, RTA_IIF, RTA_OIF = 1, 2, 3, 4
+RTA_MARK = 16
 RTA_IP_PROTO, RTA_SPORT, RTA_DPORT = 27, 28, 29
+RTM_GETRULE, RTM_NEWRULE = 34, 32
+NLMSG_DONE = 3
+NLM_F_DUMP = 0x300
+FRA_FWMARK, FRA_TABLE = 10, 15
+_RULE = struct.Struct("=BBBBBBBBI")  # struct fib_rule_hdr: ..., table, res1, res2, action, flags
 RTN_UNICAST, RTN_LOCAL = 1, 2
 RTN_NAMES = {0: "unspec", 1: "unicast", 2: "local", 3: "broadcast", 6: "blackhole", 7: "unreachable",
              8: "prohibit", 9: "throw"}  # fmt: skip
@@ -61,9 +67,11 @@ def route_query(  # noqa: PLR0913 - the fields of one RTM_GETROUTE query
     iif: int = 0,
     ports: tuple[int, int] | None = None,
     sequence: int = 1,
+    mark: int | None = None,
 ) -> bytes:
     """An RTM_GETROUTE request: the route to `destination` (from `source`, arriving on interface `iif`,
-    for UDP from port ports[0] to ports[1] when given), as policy rules see it."""
+    for UDP from port ports[0] to ports[1] when given, of a packet carrying firewall mark `mark`), as
+    policy rules see it."""
     bits = 32 if family == socket.AF_INET else 128
     body = _RTMSG.pack(family, bits, bits if source else 0, 0, 0, 0, 0, 0, 0)
     body += _attribute(RTA_DST, socket.inet_pton(family, destination))
@@ -71,6 +79,8 @@ def route_query(  # noqa: PLR0913 - the fields of one RTM_GETROUTE query
         body += _attribute(RTA_SRC, socket.inet_pton(family, source))
     if iif:
         body += _attribute(RTA_IIF, struct.pack("=I", iif))
+    if mark is not None:
+        body += _attribute(RTA_MARK, struct.pack("=I", mark))
     if ports is not None:
         body += _attribute(RTA_IP_PROTO, bytes([socket.IPPROTO_UDP]))
         body += _attribute(RTA_SPORT, struct.pack("!H", ports[0]))
@@ -159,6 +169,88 @@ def reply_route_warning(destination: Destination, is_local: Callable[[str], bool
     return (
         f"--reply relay: replies from {destination} to clients would not reach this host's sockets: "
         f"the kernel {fate} ({asked}); add {relay_rule_text(destination)}"
+    )
+
+
+def rules_dump_request(family: int, sequence: int = 1) -> bytes:
+    """An RTM_GETRULE dump request: every policy rule of `family` (readable without privileges)."""
+    body = _RULE.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
+    return _HEADER.pack(_HEADER.size + len(body), RTM_GETRULE, NLM_F_REQUEST | NLM_F_DUMP, sequence, 0) + body
+
+
+def parse_mark_rules(data: bytes) -> tuple[list[tuple[int, int]], bool]:
+    """The (fwmark, table) of every rule with a firewall mark in one datagram of an RTM_GETRULE dump, and
+    whether the dump ended in it (NLMSG_DONE or an error)."""
+    found: list[tuple[int, int]] = []
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        length, kind, _, _, _ = _HEADER.unpack_from(data, offset)
+        if length < _HEADER.size or offset + length > len(data):
+            return found, True
+        if kind in (NLMSG_DONE, NLMSG_ERROR):
+            return found, True
+        if kind == RTM_NEWRULE and length >= _HEADER.size + _RULE.size:
+            table = _RULE.unpack_from(data, offset + _HEADER.size)[4]
+            mark = None
+            at = offset + _HEADER.size + _RULE.size
+            while at + _ATTRIBUTE.size <= offset + length:
+                size, attribute = _ATTRIBUTE.unpack_from(data, at)
+                if size < _ATTRIBUTE.size:
+                    break
+                if size >= _ATTRIBUTE.size + 4 and attribute in (FRA_FWMARK, FRA_TABLE):
+                    (value,) = struct.unpack_from("=I", data, at + _ATTRIBUTE.size)
+                    if attribute == FRA_FWMARK:
+                        mark = value
+                    else:
+                        table = value
+                at += (size + 3) & ~3
+            if mark:
+                found.append((mark, table))
+        offset += (length + 3) & ~3
+    return found, False
+
+
+def mark_rules(sock: socket.socket, family: int) -> list[tuple[int, int]]:
+    """The (fwmark, table) of every policy rule of `family` that matches a firewall mark."""
+    sock.send(rules_dump_request(family))
+    rules: list[tuple[int, int]] = []
+    done = False
+    while not done:
+        found, done = parse_mark_rules(sock.recv(65536))
+        rules += found
+    return rules
+
+
+def mark_routing_text(family: int, table: int = TABLE, mark: int = 1) -> str:
+    """The `ip` commands that deliver datagrams a tproxy rule marked `mark` to this host (README's recipe)."""
+    ip = "ip -6" if family == socket.AF_INET6 else "ip"
+    everything = "::/0" if family == socket.AF_INET6 else "0.0.0.0/0"
+    rule = f"{ip} rule add fwmark {mark} lookup {table}"
+    return f"`{rule}` and `{ip} route add local {everything} dev lo table {table}`"
+
+
+def mark_routing_warning(family: int) -> str | None:
+    """A one-line warning when no firewall mark would deliver a tproxy'd datagram of `family` to this
+    host's sockets (no `fwmark` rule, or none whose table routes everything `local` via lo), naming what is
+    missing; None when one would. The nft tproxy rule itself is not visible without CAP_NET_ADMIN."""
+    client = SAMPLE_CLIENTS[family][0]
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE) as sock:
+        sock.settimeout(2)
+        rules = mark_rules(sock, family)
+        for sequence, (mark, _) in enumerate(rules, start=2):
+            if ask(sock, route_query(family, client, sequence=sequence, mark=mark)).local:
+                return None
+    name = "IPv6" if family == socket.AF_INET6 else "IPv4"
+    if not rules:
+        return (
+            f"tproxy: no {name} policy rule matches a firewall mark, so datagrams a tproxy rule steers "
+            f"would be routed on instead of reaching this host's sockets: add {mark_routing_text(family)}"
+        )
+    mark, table = rules[0]
+    return (
+        f"tproxy: the {name} rules for firewall marks ({', '.join(hex(m) for m, _ in rules)}) lead to no "
+        f"local route, so steered datagrams would not reach this host's sockets: add "
+        f"{mark_routing_text(family, table, mark).split(' and ')[1]}"
     )
 
 
