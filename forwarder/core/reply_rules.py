@@ -82,9 +82,16 @@ class ReplyRules:
         self.counters.relayed += 1
         return flow
 
-    def _steered_drop(self, path: Path | None, client: bytes | None, reason: DropReason) -> Drop:
-        self.counters.reply_dropped[reason.value] += 1
-        return Drop(reason.value, path, client or None, reply=True)
+    def steered_receive_failed(self, error_number: int) -> Drop:
+        """Receiving from the reply socket failed (no flow to name)."""
+        return self._steered_drop(None, None, DropReason.REPLY_RECEIVE_ERROR, errno_name(error_number))
+
+    def _steered_drop(
+        self, path: Path | None, client: bytes | None, reason: DropReason, detail: str = ""
+    ) -> Drop:
+        key = drop_key(reason, detail)
+        self.counters.reply_dropped[key] += 1
+        return Drop(key, path, client or None, reply=True)
 
     def reply_send_failed(self, flow: Flow, error_number: int) -> Drop:
         """Relaying a reply (counted as relayed) to `flow`'s client failed."""

@@ -53,6 +53,7 @@ class Engine(FlowSide):
         watchdog_interval: float | None = None,
         metrics: Metrics | None = None,
         raw: RawSend | None = None,
+        reply_socket: socket.socket | None = None,
         batch: int = BATCH,
         buffer_size: int = RECEIVE_BUFFER,
     ) -> None:
@@ -90,6 +91,11 @@ class Engine(FlowSide):
         self.interval_start = time.monotonic()  # of the interval the next STATUS= reports
         self._route_of = {route.path: route for route in self.routes}
         # Listening sockets by port: a flow socket bound to a client's address on one of them shares it.
+        # --reply-tproxy: every reply comes to this one socket (forwarder.io.reply_socket), matched to its
+        # flow by the machine from its source (a backend) and original destination (the client).
+        self.reply_socket = reply_socket
+        if reply_socket is not None:
+            self.machine.replies_from(self._route_of)
         self._listeners_on: dict[int, list[socket.socket]] = {}
         for route in self.routes:
             sock = route.listener.sock
@@ -107,7 +113,7 @@ class Engine(FlowSide):
         mode does not (its sockets exist, and a local source's one-shot socket needs none), nor does
         --send-proxy-protocol (it sends from the host's own address)."""
         # The raw path asked for may have fallen back to per-client sockets (no CAP_NET_RAW): no raw here.
-        return self.settings.binds_client and (self.raw is None or self.settings.relays)
+        return self.settings.binds_client and (self.raw is None or self.settings.replies_on_flow_sockets)
 
     # --- executing the machine's actions ----------------------------------------------------------------
 
@@ -174,10 +180,11 @@ class Engine(FlowSide):
 
     def open(self, flow: Flow) -> bool:
         """Make `flow` ready to send and keep it: on the raw path its prebuilt message parts (and in relay
-        mode a socket for its replies), else its own socket. False (the drop counted) when that failed."""
+        mode a socket for its replies, unless they come to the reply socket), else its own socket. False
+        (the drop counted) when that failed."""
         if self.raw is not None:
             self.raw.prepare(flow)
-            if not self.settings.relays:
+            if not self.settings.replies_on_flow_sockets:
                 evicted = self.machine.flow_opened(flow, None)
                 if evicted is not None:
                     self.close_flows(evicted)
@@ -230,6 +237,11 @@ class Engine(FlowSide):
 
     def log_drop(self, drop: Drop) -> None:
         """Log a drop the machine counted: the first of its kind in an interval at once, the rest summed."""
+        if drop.path is None:  # a reply on the reply socket from none of our backends (or a failed read)
+            self.repeats.report(
+                drop.key, "dropped reply (%s) to %s on the reply socket", drop.key, ClientText(drop.client)
+            )
+            return
         if drop.reply:
             self.repeats.report(
                 drop.key,

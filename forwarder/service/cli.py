@@ -30,6 +30,7 @@ from forwarder.io.batch import BATCH
 from forwarder.io.engine import Engine
 from forwarder.io.listeners import ListeningSocket, Route, address_text
 from forwarder.io.rawsend import RawSend, open_raw_socket
+from forwarder.io.reply_socket import open_reply_socket
 from forwarder.io.sockets import (
     CAPABILITY_HINT,
     BroadcastAddresses,
@@ -48,7 +49,7 @@ from forwarder.service.metrics import MetricsFile, listen_label
 from forwarder.service.notify import Notifier, watchdog_interval
 from forwarder.service.options import PROG, build_parser, settings_from
 from forwarder.service.resolution import lookup, pick
-from forwarder.service.routecheck import reply_route_warning
+from forwarder.service.routecheck import mark_routing_warning, reply_route_warning
 
 # File descriptors kept free for everything but per-flow sockets (listeners, notify, one-shot sends, ...).
 FD_RESERVE = 64
@@ -135,6 +136,33 @@ def refuse_loops(routes: Sequence[Route]) -> None:
                 )
 
 
+def refuse_local_backends_for_tproxy(routes: Sequence[Route], port: int) -> None:
+    """--reply-tproxy: a backend on this host answers through the host's output path, which never passes
+    prerouting, where the tproxy rule steers replies: refused (78), naming the relay routing that works."""
+    is_local = LocalAddresses()
+    for route in routes:
+        address = route.destination.address
+        if is_local(address):
+            raise ConfigurationError(
+                f"--reply-tproxy {port}: destination {str(route.destination)!r} of socket "
+                f"{route.listener.label!r} is on this host, whose replies never pass prerouting, where the "
+                "tproxy rule works: expected a backend on another host or namespace, or --reply relay "
+                "without --reply-tproxy (the README's rules for a backend on the host itself)"
+            )
+
+
+def warn_of_mark_routing(families: set[socket.AddressFamily], port: int) -> None:
+    """--reply-tproxy: log one warning per family whose steered replies no fwmark rule would deliver here,
+    naming the rule and route to add (the nft tproxy rule itself is not visible without CAP_NET_ADMIN)."""
+    for family in sorted(families):
+        try:
+            warning = mark_routing_warning(family)
+        except OSError as error:
+            warning = f"tproxy: cannot check the mark routing: {error}"
+        if warning is not None:
+            log.warning("--reply-tproxy %d: %s", port, warning)
+
+
 def warn_of_reply_routes(routes: Sequence[Route]) -> None:
     """Relay mode: log a warning for each destination whose replies the kernel would not deliver here."""
     is_local = LocalAddresses()
@@ -186,13 +214,18 @@ def open_send_path(settings: Settings, families: set[socket.AddressFamily]) -> R
                     "cannot open a raw socket (CAP_NET_RAW) nor set IP_TRANSPARENT for per-client sockets "
                     f"(CAP_NET_RAW or CAP_NET_ADMIN): {CAPABILITY_HINT}"
                 ) from None
+            if settings.reply_tproxy is not None:
+                raise MissingPermissionError(
+                    f"--reply-tproxy needs the raw send path, and its raw socket cannot be opened "
+                    f"({error.strerror}: CAP_NET_RAW is missing): grant AmbientCapabilities=CAP_NET_RAW"
+                ) from None
             log.warning(
                 "--send-path raw: cannot open a raw socket (%s: CAP_NET_RAW is missing); sending from one "
                 "transparent socket per client instead (CAP_NET_ADMIN)",
                 error.strerror,
             )
             return None
-        if settings.relays:  # relay mode's flow sockets, bound to the client's address, receive the replies
+        if settings.replies_on_flow_sockets:  # flow sockets, bound to the client's address, get replies
             check_transparent_capability(families)
         return RawSend(sockets, BATCH, checksum=settings.checksum)
     check_transparent_capability(families)
@@ -278,21 +311,28 @@ def run(argv: Sequence[str] | None = None) -> int:
     listeners = open_listeners(args.listen, specs)
     notifier = Notifier()
     raw: RawSend | None = None
+    reply_socket: socket.socket | None = None
     try:
         metrics = metrics_file(args.metrics_file, listeners)
         routes = build_routes(listeners, specs, settings)
         refuse_loops(routes)
         # With --send-proxy-protocol nothing binds a client's address (no capability needed) and replies
         # come back to this host's own address (no relay routing to check).
+        families = {route.destination.family for route in routes}
+        if settings.reply_tproxy is not None:  # opened while the capability is there: nothing later needs it
+            refuse_local_backends_for_tproxy(routes, settings.reply_tproxy)
+            reply_socket = open_reply_socket(families, settings.reply_tproxy)
         if settings.binds_client:
-            raw = open_send_path(settings, {route.destination.family for route in routes})
-            if settings.relays:
+            raw = open_send_path(settings, families)
+            if settings.reply_tproxy is not None:
+                warn_of_mark_routing(families, settings.reply_tproxy)
+            elif settings.relays:
                 warn_of_reply_routes(routes)
         if settings.receive_buffer is not None:
             for listener in listeners:
                 set_receive_buffer(listener.sock, settings.receive_buffer)
-        # On the raw path in direct mode a flow holds no socket: no file descriptor to fit.
-        if raw is None or settings.relays:
+        # On the raw path in direct mode or with --reply-tproxy a flow holds no socket: no descriptor to fit.
+        if raw is None or settings.replies_on_flow_sockets:
             settings = replace(settings, max_flows=fit_max_flows(settings.max_flows, len(listeners)))
         machine = ForwardingMachine(
             settings,
@@ -308,6 +348,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             watchdog_interval=watchdog_interval(os.environ),
             metrics=metrics,
             raw=raw,
+            reply_socket=reply_socket,
         )
         if not engine.needs_capability:
             drop_capabilities()
@@ -316,6 +357,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         notifier.close()
         if raw is not None:
             raw.close()
+        if reply_socket is not None:
+            reply_socket.close()
         for listener in listeners:
             listener.sock.close()
     log.info("stopped")
