@@ -160,7 +160,7 @@ def warn_of_mark_routing(families: set[socket.AddressFamily], port: int) -> None
         except OSError as error:
             warning = f"tproxy: cannot check the mark routing: {error}"
         if warning is not None:
-            log.warning("--reply-tproxy %d: %s", port, warning)
+            log.warning("--reply-tproxy %d: %s", port, warning.removeprefix("tproxy: "))
 
 
 def warn_of_reply_routes(routes: Sequence[Route]) -> None:
