@@ -4,6 +4,7 @@ batch's control messages, and the reply socket's family. The lab tests are tests
 """
 
 import socket
+from pathlib import Path as FilePath
 
 import pytest
 from test_forwarder_machine import V4, V6, v4, v6
@@ -19,6 +20,7 @@ from forwarder.io.replies import ReplyBatch
 from forwarder.io.reply_socket import ORIGDST_SPACE, reply_socket_family
 from forwarder.service import cli
 from forwarder.service.options import build_parser, settings_from
+from netlab.lab.tproxy import tproxy_commands
 
 DEST = "192.0.2.2:53"
 IP_RECVTTL = 12  # not in the socket module
@@ -200,3 +202,17 @@ def test_the_reply_batch_receives_each_replys_control_messages_batch_after_batch
                 assert bytes(batch.payload(index)) == b"%d-%d" % (batch_number, index)
                 assert pktinfo_in_control(control, socket.AF_INET) == socket.inet_aton("127.0.0.1")
                 assert origdst_in_control(control) is None  # a pktinfo message is no original destination
+
+
+def test_the_readmes_reply_socket_recipe_is_what_the_lab_steers_with() -> None:
+    readme = (FilePath(__file__).resolve().parent.parent / "README.md").read_text()
+    for version, backend in ((4, "192.0.2.2"), (6, "2001:db8:2::2")):
+        commands = tproxy_commands(
+            version,
+            5399,
+            saddr=backend,
+            sports=5353,
+            iifname="eth1",
+            nft_table="transparent_udp_forwarder_replies",
+        )
+        assert "\n".join(commands) + "\n" in readme
