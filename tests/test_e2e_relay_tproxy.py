@@ -171,22 +171,33 @@ def test_a_reply_to_an_evicted_flow_is_counted_unmatched_and_sent_nowhere(lab: L
         first.recvfrom(100)
 
 
-def test_datagrams_to_a_stopped_backend_are_counted_as_backend_unreachable_once_each(lab: Lab) -> None:
+@pytest.mark.parametrize(
+    ("version", "listen", "backend", "client", "asked"),
+    [
+        (4, "198.51.100.1:53", "192.0.2.2", "198.51.100.10", ("198.51.100.1", 53)),
+        (6, "[2001:db8:1::1]:53", "2001:db8:2::2", "2001:db8:1::10", ("2001:db8:1::1", 53)),
+    ],
+    ids=["ipv4", "ipv6"],
+)
+def test_datagrams_to_a_stopped_backend_are_counted_as_backend_unreachable_once_each(
+    lab: Lab, *, version: int, listen: str, backend: str, client: str, asked: tuple[str, int]
+) -> None:
     # With no flow socket, the raw send socket's error queue gets the backend's ICMP errors, which the
     # host delivers to itself (the README's ICMP recipe), and counts them.
     lab.build(relay_deployment())
-    steer_replies(lab, 4)
-    route_backend_errors(lab["host"], ["192.0.2.2"])
-    forwarder = start_forwarder(lab["host"], ["198.51.100.1:53"], ["192.0.2.2:5353"], args=TPROXY)
-    sock = client_socket(lab, "198.51.100.10")  # nothing listens on the backend's 5353
+    steer_replies(lab, version)
+    route_backend_errors(lab["host"], [backend])
+    target = f"[{backend}]:5353" if version == 6 else f"{backend}:5353"
+    forwarder = start_forwarder(lab["host"], [listen], [target], args=TPROXY)
+    sock = client_socket(lab, client)  # nothing listens on the backend's 5353
     for _ in range(3):
-        sock.sendto(b"anyone?", ("198.51.100.1", 53))
+        sock.sendto(b"anyone?", asked)
 
     forwarder.wait_status(status_has("since start 3 forwarded, 0 dropped"))
     forwarder.wait_status(status_has(", 3 ICMP errors;"))
     assert forwarder.stop() == 0
     assert all(", 4 ICMP errors" not in value for value in forwarder.notify.values("STATUS"))
-    assert "ICMP error (backend-unreachable) from 192.0.2.2" in forwarder.process.output()
+    assert f"ICMP error (backend-unreachable) from {backend}" in forwarder.process.output()
 
 
 def test_no_capability_is_left_while_it_relays_replies_of_new_clients(tproxy_lab: Lab) -> None:
