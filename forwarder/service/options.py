@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_FLOWS,
         metavar="N",
         help=f"flows kept at most, evicted by second chance, ~LRU (default {DEFAULT_MAX_FLOWS}); where each "
-        "holds a socket (--send-path sockets, relay mode without --reply-tproxy) lowered to fit RLIMIT_NOFILE",
+        "holds a socket (--send-path sockets, relay mode without --reply-tproxy) lowered to fit "
+        "RLIMIT_NOFILE",
     )
     parser.add_argument(
         "--flow-idle-timeout",
