@@ -200,6 +200,32 @@ def test_datagrams_to_a_stopped_backend_are_counted_as_backend_unreachable_once_
     assert f"ICMP error (backend-unreachable) from {backend}" in forwarder.process.output()
 
 
+@pytest.mark.parametrize(
+    ("iifname", "relayed"), [("to-backend", 2), (None, 3)], ids=["iifname", "no-iifname"]
+)
+def test_a_reply_spoofed_from_the_clients_side_is_relayed_only_without_the_interface_match(
+    lab: Lab, iifname: str | None, relayed: int
+) -> None:
+    # The README's recipe matches the interface toward the backend: a datagram from the clients' side with
+    # the backend's address and port as its source must not reach a client through the reply socket.
+    topology = relay_deployment().route("host", "203.0.113.0/24", via="198.51.100.10")
+    lab.build(topology)
+    lab["host"].sysctl("net.ipv4.ip_forward", "0")
+    start_answering(lab["backend"], "192.0.2.2", 5353)
+    steer(lab["host"], version=4, to_port=REPLY_PORT, saddr="192.0.2.2", sports=5353, iifname=iifname)
+    forwarder = start_forwarder(lab["host"], ["198.51.100.1:53"], ["192.0.2.2:5353"], args=TPROXY)
+    client = lab["client"]
+    client.send_udp(src="203.0.113.7", dst="198.51.100.1", sport=4242, dport=53, payload=b"ask")
+    forwarder.wait_status(status_has("since start 1 forwarded, 0 dropped, 1 replies relayed"))
+
+    client.send_udp(src="192.0.2.2", dst="203.0.113.7", sport=5353, dport=4242, payload=b"spoofed")
+    client.send_udp(src="203.0.113.7", dst="198.51.100.1", sport=4242, dport=53, payload=b"ask again")
+
+    forwarder.wait_status(status_has(f"since start 2 forwarded, 0 dropped, {relayed} replies relayed"))
+    assert forwarder.stop() == 0
+    assert all(f"{relayed + 1} replies relayed" not in value for value in forwarder.notify.values("STATUS"))
+
+
 def test_no_capability_is_left_while_it_relays_replies_of_new_clients(tproxy_lab: Lab) -> None:
     forwarder = start_forwarder(
         tproxy_lab["host"], ["198.51.100.1:53"], ["192.0.2.2:5353"], args=[*TPROXY, "--log-level", "debug"]
