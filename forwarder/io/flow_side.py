@@ -223,7 +223,9 @@ class FlowSide:
                         self.log_drop(machine.reply_send_failed(flow, errno.EADDRNOTAVAIL))
                         continue
                     control = self._source_control_raw(family, flow.local_address)
-                batch.stage(message, index, self._client_name(family, flow.peer), control)
+                # The flow's latest sender as it was received on this listener: already the sockaddr to
+                # send to (no encoding, no lookup per reply).
+                batch.stage(message, index, flow.raw_peer, control)
                 staged.append((flow, index))
                 message += 1
             group.clear()
