@@ -12,15 +12,26 @@ reach the client only through the reply socket. The host does not forward (ip_fo
 
 import os
 import socket
+import time
 
 import pytest
 from e2e_helpers import status_has
 from test_e2e_capabilities import no_capability_left
 from test_e2e_relay import RELAY, client_socket, relay_deployment, start_answering
 
+from forwarder.core.addresses import sockaddr_bytes
+from forwarder.core.destination import Destination
+from forwarder.core.machine import ForwardingMachine
+from forwarder.core.settings import Settings
+from forwarder.io.engine import Engine
+from forwarder.io.listeners import ListeningSocket, Route
+from forwarder.io.reply_socket import open_reply_socket
 from forwarder.io.sockets import set_receive_buffer
+from forwarder.service.notify import Notifier
 from netlab import Lab, start_forwarder
+from netlab.lab import netns
 from netlab.lab.tproxy import steer
+from netlab.lab.wait import wait_until
 from netlab.service.relay import route_backend_errors
 
 pytestmark = pytest.mark.privileged
@@ -314,3 +325,48 @@ def test_a_burst_of_replies_to_1000_clients_arrives_complete_and_each_at_its_own
         arrived = [client.recvfrom(100) for _ in range(REPLIES)]
         assert sorted(arrived) == [(b"to %d;%d" % (port, serial), ASKED) for serial in range(REPLIES)]
     forwarder.wait_status(status_has(f"{CLIENTS * REPLIES} replies relayed, 0 replies dropped"))
+
+
+# --- the engine in the host, fed by hand: both ways of reading the reply socket -----------------------------
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["recvmmsg", "recvmsg"])
+def test_the_reply_socket_relays_each_reply_to_its_own_client_batched_or_one_by_one(
+    lab: Lab, batched: bool
+) -> None:
+    # Without recvmmsg/sendmmsg in libc the engine reads the reply socket one recvmsg at a time; both ways
+    # find each reply's client in its original destination. The forward direction goes through per-client
+    # sockets here (no raw socket is handed in), unconnected, so the steering still takes the replies.
+    lab.build(relay_deployment())
+    steer_replies(lab, 4)
+    host = lab["host"]
+    backend = lab["backend"].udp_socket("192.0.2.2", 5353)
+    backend.settimeout(5)
+    listener = host.udp_socket("198.51.100.1", 53)
+    listener.setblocking(False)
+    route = Route(ListeningSocket(listener, "dns"), Destination(socket.AF_INET, "192.0.2.2", 5353))
+    machine = ForwardingMachine(Settings(reply="relay", reply_tproxy=REPLY_PORT))
+    reply_socket = netns.run_in(host.namespace, lambda: open_reply_socket([socket.AF_INET], REPLY_PORT))
+    lab.defer(reply_socket.close)
+    engine = Engine([route], Notifier({}), machine, reply_socket=reply_socket)
+    lab.defer(engine.close)
+    if not batched:
+        engine._replies = None
+    clients = [client_socket(lab, "198.51.100.10") for _ in range(3)]
+    for client in clients:
+        raw = sockaddr_bytes(socket.AF_INET, client.getsockname())
+        action = machine.receive(route.path, raw, 3, 0, time.monotonic())
+        netns.run_in(host.namespace, lambda action=action: engine.execute(route, action, memoryview(b"ask")))
+    askers = [backend.recvfrom(100)[1] for _ in clients]
+
+    for asker in askers:
+        backend.sendto(b"to %d" % asker[1], asker)
+
+    def relayed() -> bool:
+        netns.run_in(host.namespace, lambda: engine.steered_pass(time.monotonic()))
+        return machine.counters.relayed == len(clients)
+
+    wait_until(relayed, "3 replies relayed", 5)
+    for client in clients:
+        assert client.recvfrom(100) == (b"to %d" % client.getsockname()[1], ("198.51.100.1", 53))
+    assert machine.counters.reply_dropped == {}
