@@ -10,6 +10,7 @@ No relay policy rule (`from BACKEND ... lookup 100`) is installed here: only the
 reach the client only through the reply socket. The host does not forward (ip_forward=0).
 """
 
+import functools
 import os
 import socket
 import time
@@ -356,7 +357,7 @@ def test_the_reply_socket_relays_each_reply_to_its_own_client_batched_or_one_by_
     for client in clients:
         raw = sockaddr_bytes(socket.AF_INET, client.getsockname())
         action = machine.receive(route.path, raw, 3, 0, time.monotonic())
-        netns.run_in(host.namespace, lambda action=action: engine.execute(route, action, memoryview(b"ask")))
+        netns.run_in(host.namespace, functools.partial(engine.execute, route, action, memoryview(b"ask")))
     askers = [backend.recvfrom(100)[1] for _ in clients]
 
     for asker in askers:
