@@ -159,3 +159,12 @@ def test_the_truncation_flag_every_datagram_and_reply_is_checked_against_is_a_pl
     assert type(machine.MSG_TRUNC) is int
     assert type(reply_rules.MSG_TRUNC) is int
     assert machine.MSG_TRUNC == reply_rules.MSG_TRUNC == socket.MSG_TRUNC
+
+
+def test_the_control_truncation_flag_the_control_walks_check_is_a_plain_int() -> None:
+    # The same for the control-message walks: pktinfo per datagram of a wildcard listener, the original
+    # destination per reply on the --reply-tproxy socket.
+    from forwarder.io import control
+
+    assert type(control.MSG_CTRUNC) is int
+    assert control.MSG_CTRUNC == socket.MSG_CTRUNC
