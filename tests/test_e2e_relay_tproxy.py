@@ -284,6 +284,19 @@ def test_a_backend_on_the_host_itself_is_refused_with_78_naming_why(lab: Lab) ->
     )
 
 
+def test_a_reply_port_another_socket_holds_exits_71_naming_it(lab: Lab) -> None:
+    lab.build(relay_deployment())
+    lab["host"].udp_socket("0.0.0.0", REPLY_PORT)
+    forwarder = start_forwarder(lab["host"], ["198.51.100.1:53"], ["192.0.2.2:5353"], args=TPROXY)
+    client_socket(lab, "198.51.100.10").sendto(b"start", ("198.51.100.1", 53))
+
+    assert forwarder.process.wait(10) == 71
+    assert (
+        f"--reply-tproxy {REPLY_PORT}: cannot bind the reply socket to '0.0.0.0' port {REPLY_PORT}: "
+        "Address already in use" in forwarder.process.output()
+    )
+
+
 # --- many clients: every reply arrives, and no descriptor per client ---------------------------------------
 
 CLIENTS = 1000

@@ -3,6 +3,7 @@ the modes it decides, the machine matching a steered reply to its flow by (backe
 batch's control messages, and the reply socket's family. The lab tests are tests/test_e2e_relay_tproxy.py.
 """
 
+import errno
 import socket
 from pathlib import Path as FilePath
 
@@ -14,6 +15,7 @@ from forwarder.core.destination import Destination
 from forwarder.core.flows import Flow, Path
 from forwarder.core.machine import ForwardingMachine
 from forwarder.core.settings import Settings
+from forwarder.errors import MissingPermissionError
 from forwarder.io.control import origdst_in_control, pktinfo_in_control
 from forwarder.io.linux import IP_PKTINFO
 from forwarder.io.replies import ReplyBatch
@@ -216,3 +218,19 @@ def test_the_readmes_reply_socket_recipe_is_what_the_lab_steers_with() -> None:
             nft_table="transparent_udp_forwarder_replies",
         )
         assert "\n".join(commands) + "\n" in readme
+
+
+def test_without_cap_net_raw_reply_tproxy_fails_with_77_instead_of_falling_back_to_flow_sockets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Per-client sockets would be the fall-back of the raw path; --reply-tproxy replaces them, so it is
+    # refused with what to grant, even where CAP_NET_ADMIN would allow the fall-back.
+    def refused(family: socket.AddressFamily) -> socket.socket:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(cli, "open_raw_socket", refused)
+    monkeypatch.setattr(cli, "check_transparent_capability", lambda families: None)  # CAP_NET_ADMIN held
+    settings = Settings(reply="relay", reply_tproxy=27999)
+    with pytest.raises(MissingPermissionError, match=r"--reply-tproxy needs the raw send path") as raised:
+        cli.open_send_path(settings, {socket.AF_INET})
+    assert raised.value.exit_code == 77
