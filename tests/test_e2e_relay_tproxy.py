@@ -120,6 +120,53 @@ def test_a_wildcard_listener_answers_from_whichever_of_the_hosts_addresses_the_c
         assert (answer.rpartition(b";")[2], source) == (asked.encode(), (asked, 53))
 
 
+def test_a_client_with_source_port_53_gets_its_reply_on_port_53(tproxy_lab: Lab) -> None:
+    # No flow socket is bound next to the listener: the reply socket takes the reply to 198.51.100.10:53.
+    forwarder = start_forwarder(tproxy_lab["host"], ["0.0.0.0:53"], ["192.0.2.2:5353"], args=TPROXY)
+    sock = client_socket(tproxy_lab, "198.51.100.10", 53)
+
+    sock.sendto(b"from 53", ("198.51.100.1", 53))
+
+    assert sock.recvfrom(65535) == (b"seen=198.51.100.10:53;from 53", ("198.51.100.1", 53))
+    forwarder.wait_status(status_has("since start 1 forwarded, 0 dropped, 1 replies relayed"))
+
+
+def test_a_client_asking_two_listeners_of_one_backend_is_answered_from_each_address_it_asks(
+    tproxy_lab: Lab,
+) -> None:
+    forwarder = start_forwarder(
+        tproxy_lab["host"],
+        ["198.51.100.1:53", "198.51.100.2:53"],
+        ["192.0.2.2:5353", "192.0.2.2:5353"],
+        args=TPROXY,
+    )
+    sock = client_socket(tproxy_lab, "198.51.100.10")
+
+    for asked in ("198.51.100.1", "198.51.100.2", "198.51.100.1", "198.51.100.2"):
+        sock.sendto(asked.encode(), (asked, 53))
+        answer, source = sock.recvfrom(100)
+        assert (answer.rpartition(b";")[2], source) == (asked.encode(), (asked, 53))
+    forwarder.wait_status(status_has("4 replies relayed, 0 replies dropped"))
+    forwarder.wait_status(status_has("1 flows"))
+
+
+def test_the_metrics_file_counts_relayed_replies(tproxy_lab: Lab) -> None:
+    path = tproxy_lab.workdir / "forwarder.prom"
+    forwarder = start_forwarder(
+        tproxy_lab["host"],
+        ["198.51.100.1:53"],
+        ["192.0.2.2:5353"],
+        args=[*TPROXY, "--metrics-file", str(path)],
+    )
+    sock = client_socket(tproxy_lab, "198.51.100.10")
+    for payload in (b"one", b"two"):
+        sock.sendto(payload, ("198.51.100.1", 53))
+        sock.recvfrom(100)
+    forwarder.wait_status(status_has("2 replies relayed, 0 replies dropped"))
+
+    assert 'transparent_udp_forwarder_replies_relayed_total{listen="198.51.100.1:53"} 2\n' in path.read_text()
+
+
 @pytest.mark.parametrize(
     ("listen", "destination", "client", "host"),
     [
