@@ -388,7 +388,55 @@ def test_a_burst_of_replies_to_1000_clients_arrives_complete_and_each_at_its_own
     forwarder.wait_status(status_has(f"{CLIENTS * REPLIES} replies relayed, 0 replies dropped"))
 
 
-# --- the engine in the host, fed by hand: both ways of reading the reply socket -----------------------------
+# --- the engine in the host, fed by hand: what happens to each reply is exact, not timing -----------------
+
+
+class Steered:
+    """The engine and machine with a reply socket in the host node, one route, fed datagrams by hand. The
+    forward direction goes through per-client sockets here (no raw socket is handed in), unconnected, so
+    the steering still takes the replies."""
+
+    def __init__(self, lab: Lab, *, batched: bool = True, buffer_size: int = 65536) -> None:
+        lab.build(relay_deployment())
+        steer_replies(lab, 4)
+        self.lab = lab
+        self.host = lab["host"]
+        self.backend = lab["backend"].udp_socket("192.0.2.2", 5353)
+        self.backend.settimeout(5)
+        listener = self.host.udp_socket("198.51.100.1", 53)
+        listener.setblocking(False)
+        self.route = Route(ListeningSocket(listener, "dns"), Destination(socket.AF_INET, "192.0.2.2", 5353))
+        self.machine = ForwardingMachine(Settings(reply="relay", reply_tproxy=REPLY_PORT))
+        reply_socket = netns.run_in(
+            self.host.namespace, lambda: open_reply_socket([socket.AF_INET], REPLY_PORT)
+        )
+        lab.defer(reply_socket.close)
+        self.engine = Engine(
+            [self.route], Notifier({}), self.machine, reply_socket=reply_socket, buffer_size=buffer_size
+        )
+        lab.defer(self.engine.close)
+        if not batched:  # as where libc lacks recvmmsg and sendmmsg
+            self.engine._replies = None
+
+    def ask(self, client: socket.socket) -> tuple[str, int]:
+        """Forward a datagram as if `client` had sent it; return where the backend saw it come from."""
+        raw = sockaddr_bytes(socket.AF_INET, client.getsockname())
+        action = self.machine.receive(self.route.path, raw, 3, 0, time.monotonic())
+        netns.run_in(
+            self.host.namespace,
+            functools.partial(self.engine.execute, self.route, action, memoryview(b"ask")),
+        )
+        return tuple(self.backend.recvfrom(100)[1])
+
+    def replies_handled(self, count: int) -> None:
+        """Let the engine read the reply socket until `count` replies were relayed or dropped."""
+
+        def handled() -> bool:
+            netns.run_in(self.host.namespace, lambda: self.engine.steered_pass(time.monotonic()))
+            counters = self.machine.counters
+            return counters.relayed + sum(counters.reply_dropped.values()) >= count
+
+        wait_until(handled, f"{count} replies handled", 5)
 
 
 @pytest.mark.parametrize("batched", [True, False], ids=["recvmmsg", "recvmsg"])
@@ -396,38 +444,33 @@ def test_the_reply_socket_relays_each_reply_to_its_own_client_batched_or_one_by_
     lab: Lab, batched: bool
 ) -> None:
     # Without recvmmsg/sendmmsg in libc the engine reads the reply socket one recvmsg at a time; both ways
-    # find each reply's client in its original destination. The forward direction goes through per-client
-    # sockets here (no raw socket is handed in), unconnected, so the steering still takes the replies.
-    lab.build(relay_deployment())
-    steer_replies(lab, 4)
-    host = lab["host"]
-    backend = lab["backend"].udp_socket("192.0.2.2", 5353)
-    backend.settimeout(5)
-    listener = host.udp_socket("198.51.100.1", 53)
-    listener.setblocking(False)
-    route = Route(ListeningSocket(listener, "dns"), Destination(socket.AF_INET, "192.0.2.2", 5353))
-    machine = ForwardingMachine(Settings(reply="relay", reply_tproxy=REPLY_PORT))
-    reply_socket = netns.run_in(host.namespace, lambda: open_reply_socket([socket.AF_INET], REPLY_PORT))
-    lab.defer(reply_socket.close)
-    engine = Engine([route], Notifier({}), machine, reply_socket=reply_socket)
-    lab.defer(engine.close)
-    if not batched:
-        engine._replies = None
+    # find each reply's client in its original destination.
+    steered = Steered(lab, batched=batched)
     clients = [client_socket(lab, "198.51.100.10") for _ in range(3)]
-    for client in clients:
-        raw = sockaddr_bytes(socket.AF_INET, client.getsockname())
-        action = machine.receive(route.path, raw, 3, 0, time.monotonic())
-        netns.run_in(host.namespace, functools.partial(engine.execute, route, action, memoryview(b"ask")))
-    askers = [backend.recvfrom(100)[1] for _ in clients]
+    askers = [steered.ask(client) for client in clients]
 
     for asker in askers:
-        backend.sendto(b"to %d" % asker[1], asker)
+        steered.backend.sendto(b"to %d" % asker[1], asker)
+    steered.replies_handled(len(clients))
 
-    def relayed() -> bool:
-        netns.run_in(host.namespace, lambda: engine.steered_pass(time.monotonic()))
-        return machine.counters.relayed == len(clients)
-
-    wait_until(relayed, "3 replies relayed", 5)
     for client in clients:
         assert client.recvfrom(100) == (b"to %d" % client.getsockname()[1], ("198.51.100.1", 53))
-    assert machine.counters.reply_dropped == {}
+    assert (steered.machine.counters.relayed, steered.machine.counters.reply_dropped) == (3, {})
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["recvmmsg", "recvmsg"])
+def test_a_steered_reply_larger_than_the_receive_buffer_is_counted_not_cut(lab: Lab, batched: bool) -> None:
+    steered = Steered(lab, batched=batched, buffer_size=1024)
+    client = client_socket(lab, "198.51.100.10")
+    asker = steered.ask(client)
+
+    steered.backend.sendto(b"x" * 1200, asker)  # one packet: no fragments
+    steered.backend.sendto(b"fits", asker)
+    steered.replies_handled(2)
+
+    assert client.recvfrom(100) == (b"fits", ("198.51.100.1", 53))
+    client.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        client.recvfrom(100)
+    counters = steered.machine.counters
+    assert (counters.relayed, counters.reply_dropped) == (1, {"reply-truncated": 1})
