@@ -3,9 +3,10 @@ the machine what to do with every datagram; the engine does it (opens and closes
 drops, rate-limited) and reports back. It watches the flow sockets too: their error queues (ICMP errors
 about the backend, in both modes) and, in relay mode, the backend's replies, which it sends to the client
 from the listening socket the client used: one pass per loop turn over the flow sockets that are ready
-(recvmmsg on each), then one sendmmsg per listener for every reply of the pass (forwarder.io.replies). It
-keeps the service manager informed (READY, STATUS, WATCHDOG, STOPPING). Every decision and every count is
-the machine's (forwarder.core.machine).
+(recvmmsg on each), then one sendmmsg per listener for every reply of the pass (forwarder.io.replies); with
+--reply-tproxy every reply comes to one reply socket instead (forwarder.io.reply_socket), read the same
+way. It keeps the service manager informed (READY, STATUS, WATCHDOG, STOPPING). Every decision and every
+count is the machine's (forwarder.core.machine).
 """
 
 import contextlib
