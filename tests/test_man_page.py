@@ -27,6 +27,7 @@ SECTIONS = [
     "DESCRIPTION",
     "OPTIONS",
     "DESTINATIONS",
+    "PORT RANGES",
     "MODES",
     "DROP REASONS",
     "UNITS",

@@ -21,15 +21,21 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from e2e_helpers import serve_in_thread
 
 from netlab import Lab, start_forwarder
+from netlab.lab.tproxy import steer, transparent_socket
 from netlab.lab.wait import wait_until
+from netlab.service.activation import HeldSockets
 from netlab.service.notify import NotifyReceiver
+from netlab.service.relay import install_relay_route
 from netlab.topology.shipped import seed_deployment
 
 UNITS = Path(__file__).resolve().parent.parent / "fixtures" / "systemd"
 FORWARDER_PACKAGE = Path(__file__).resolve().parent.parent / "forwarder"
 HARDENED = "transparent-udp-forwarder@.service"
+RANGE_SERVICE = "transparent-udp-forwarder-range@.service"
+RANGE_SOCKET = "transparent-udp-forwarder-range@.socket"
 AVORION_SOCKET = "proxy-to-avorion-udp.socket"
 AVORION_SERVICE = "proxy-to-avorion-udp.service"
 # Where the units expect the daemon: the Debian package installs it there, a manual install links it there.
@@ -155,6 +161,26 @@ def test_hardened_service_has_an_exposure_of_at_most_2_0(tmp_path: Path) -> None
     assert exposure_of(tmp_path / instance_name(UNITS / HARDENED)) <= 2.0
 
 
+def test_the_port_range_service_has_the_hardened_sandbox_and_an_exposure_of_at_most_2_0(
+    tmp_path: Path,
+) -> None:
+    install_for_checking(tmp_path)
+    hardened, ranged = parse_unit(UNITS / HARDENED), parse_unit(UNITS / RANGE_SERVICE)
+    sandbox = {key: value for key, value in hardened.items() if not key.startswith("Unit.")}
+    sandbox["Service.EnvironmentFile"] = ["/etc/transparent-udp-forwarder-range/%i.env"]
+
+    assert {key: value for key, value in ranged.items() if not key.startswith("Unit.")} == sandbox
+    assert exposure_of(tmp_path / instance_name(UNITS / RANGE_SERVICE)) <= 2.0
+
+
+def test_the_port_range_socket_is_transparent_for_the_tproxy_rule_and_names_its_service() -> None:
+    settings = parse_unit(UNITS / RANGE_SOCKET)
+
+    assert settings["Socket.Transparent"] == ["true"]
+    assert settings["Socket.ListenDatagram"] == ["%i"]
+    assert parse_unit(UNITS / RANGE_SERVICE)["Unit.Requires"] == ["transparent-udp-forwarder-range@%i.socket"]
+
+
 def test_the_avorion_example_without_the_sandbox_scores_worse_than_2_0(tmp_path: Path) -> None:
     # Pins that the score parsed above is the real one: a lightly hardened unit must be rated higher.
     install_for_checking(tmp_path)
@@ -162,7 +188,7 @@ def test_the_avorion_example_without_the_sandbox_scores_worse_than_2_0(tmp_path:
     assert exposure_of(tmp_path / AVORION_SERVICE) > 2.0
 
 
-@pytest.mark.parametrize("name", [HARDENED, AVORION_SERVICE])
+@pytest.mark.parametrize("name", [HARDENED, AVORION_SERVICE, RANGE_SERVICE])
 def test_the_transparent_services_hold_cap_net_raw_and_no_other_capability(name: str) -> None:
     # CAP_NET_RAW allows IP_TRANSPARENT and raw sockets; CAP_NET_ADMIN would add only SO_RCVBUFFORCE.
     settings = parse_unit(UNITS / name)
@@ -189,7 +215,7 @@ def receive_buffer_bytes(text: str) -> int:
     return int(found[1]) * int(1024 ** " KMG".index(found[2] or " "))
 
 
-@pytest.mark.parametrize("name", [AVORION_SOCKET, "transparent-udp-forwarder@.socket"])
+@pytest.mark.parametrize("name", [AVORION_SOCKET, "transparent-udp-forwarder@.socket", RANGE_SOCKET])
 def test_socket_units_buffer_dozens_of_reassembled_64k_datagrams(name: str) -> None:
     settings = parse_unit(UNITS / name)
 
@@ -322,6 +348,42 @@ def test_forwarder_as_nobody_with_only_cap_net_raw_forwards_the_spoofed_source(
     assert status["CapBnd"] == only_net_raw
     assert [status[key] for key in ("CapEff", "CapPrm", "CapInh", "CapAmb")] == ["0" * 16] * 4
     assert status["NoNewPrivs"] == "1"
+    assert forwarder.stop() == 0, forwarder.process.output()
+
+
+@pytest.mark.privileged
+def test_a_port_range_as_the_range_unit_runs_it_relays_replies_from_the_port_asked_with_only_cap_net_raw(
+    lab: Lab, notify_for_nobody: NotifyReceiver, forwarder_for_nobody: NobodyForwarder
+) -> None:
+    # transparent-udp-forwarder-range@27000: a transparent socket the tproxy rule feeds, the service as
+    # nobody with CAP_NET_RAW alone, here in relay mode (its raw reply socket, its flow sockets).
+    lab.build(seed_deployment())
+    host = lab["host"]
+    serve_in_thread(lab, lab["backend"].udp_socket("192.0.2.2", 5353), lambda data, peer: b"answer:" + data)
+    install_relay_route(host, "192.0.2.2", 5353)
+    steer(host, version=4, to_port=27000, daddr="198.51.100.1", dports=(27000, 27050))
+    held = HeldSockets(host, ["0.0.0.0:27000"], [transparent_socket(host, 4, 27000)])
+    forwarder = start_forwarder(
+        host,
+        [],
+        ["27000-27050@192.0.2.2:5353"],
+        sockets=held,
+        args=["--reply", "relay"],
+        env=forwarder_for_nobody.env,
+        command_prefix=drop_privileges("+net_raw"),
+        program=forwarder_for_nobody.program,
+    )
+    client = lab["client"].udp_socket("198.51.100.10", 4242)
+    client.settimeout(10)
+
+    answers = []
+    for port in (27042, 27007):
+        client.sendto(b"%d" % port, ("198.51.100.1", port))
+        answers.append(client.recvfrom(100))
+
+    assert answers == [(b"answer:27042", ("198.51.100.1", 27042)), (b"answer:27007", ("198.51.100.1", 27007))]
+    notify_for_nobody.wait_for("READY", "1", timeout=15, is_alive=forwarder.is_running)
+    assert process_status(forwarder.process.pid)["Uid"].split() == [str(NOBODY)] * 4
     assert forwarder.stop() == 0, forwarder.process.output()
 
 

@@ -7,6 +7,8 @@ import errno
 from collections import Counter
 from dataclasses import dataclass, field
 
+from forwarder.core.ranges import RangeCounts
+
 
 class DropReason(enum.Enum):
     """Why a datagram was not forwarded, or a reply not relayed; the value is the word used in STATUS=,
@@ -24,6 +26,10 @@ class DropReason(enum.Enum):
     BACKEND_SOURCE = "backend-source"
     SEND_ERROR = "send-error"
     RECEIVE_ERROR = "receive-error"
+    # A range listener's datagram sent to a port outside its range, or whose original destination the
+    # kernel did not tell (its control messages were cut short): never forwarded to a guessed port.
+    OUTSIDE_RANGE = "outside-range"
+    UNKNOWN_DESTINATION = "unknown-destination"
     # A reply from the backend (relay mode) that never reached its client.
     REPLY_TRUNCATED = "reply-truncated"
     REPLY_UNMATCHED = "reply-unmatched"
@@ -53,6 +59,8 @@ class Totals:
     relayed: int
     reply_dropped: Counter[str]
     icmp_errors: Counter[str]
+    # Per range listener: (listener, range, datagrams in the range, datagrams outside it).
+    ranges: tuple[tuple[str, str, int, int], ...] = ()
 
 
 @dataclass(slots=True)
@@ -73,6 +81,8 @@ class Counters:
     total_relayed: int = 0
     total_reply_dropped: Counter[str] = field(default_factory=Counter)
     total_icmp_errors: Counter[str] = field(default_factory=Counter)
+    # The range listeners' own counts (forwarder.core.ranges), one entry per range, never one per port.
+    ranges: list[RangeCounts] = field(default_factory=list)
 
     def drop(self, reason: DropReason, detail: str = "") -> None:
         self.dropped[drop_key(reason, detail)] += 1
@@ -85,11 +95,21 @@ class Counters:
             self.total_relayed + self.relayed,
             self.total_reply_dropped + self.reply_dropped,
             self.total_icmp_errors + self.icmp_errors,
+            tuple(
+                (
+                    item.listener,
+                    str(item.ports),
+                    item.total_received + item.received,
+                    item.total_outside + item.outside,
+                )
+                for item in self.ranges
+            ),
         )
 
     def summary(self, seconds: float, flows: int | None = None) -> str:
         """The STATUS= line: this interval's forwarded count and drops by reason (then its replies and
-        ICMP errors, when there are any to tell), then the totals."""
+        ICMP errors, when there are any to tell), then the totals, then each port range's datagrams in and
+        outside it."""
         dropped = sum(self.dropped.values())
         text = f"{self.forwarded} datagrams forwarded in the last {seconds:g} seconds, {dropped} dropped"
         text += _reasons(self.dropped)
@@ -107,6 +127,8 @@ class Counters:
             )
         if totals.icmp_errors:
             text += f", {sum(totals.icmp_errors.values())} ICMP errors"
+        for item in self.ranges:
+            text += f"; {item.summary()}"
         if flows is not None:
             text += f"; {flows} flows"
         return text + "."
@@ -122,6 +144,8 @@ class Counters:
         self.dropped.clear()
         self.reply_dropped.clear()
         self.icmp_errors.clear()
+        for item in self.ranges:
+            item.reset()
 
 
 def errno_name(error_number: int) -> str:

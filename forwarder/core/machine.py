@@ -62,6 +62,7 @@ from forwarder.core.proxy_protocol import (
     HeaderProblem,
     parse,
 )
+from forwarder.core.ranges import Backends, PortMap
 from forwarder.core.reply_rules import ReplyRules
 from forwarder.core.settings import Settings
 
@@ -85,7 +86,7 @@ class ForwardingMachine(ReplyRules):
         is_local: LocalProbe | None = None,
         is_broadcast: LocalProbe | None = None,
         source_toward: Callable[[str], str | None] | None = None,
-        backends: Iterable[tuple[str, int]] = (),
+        backends: Iterable[tuple[str, int]] | Backends = (),
     ) -> None:
         self.settings = settings = Settings() if settings is None else settings
         idle_timeout = settings.flow_idle_timeout
@@ -104,8 +105,8 @@ class ForwardingMachine(ReplyRules):
             names_in_header=settings.send_proxy_protocol,
             backends=backends,
         )
-        # The tproxy reply socket's backends by the raw sockaddr their replies come from (replies_from).
-        self._reply_paths: dict[bytes, Path] = {}
+        # The (address, port) each raw source of a reply on the tproxy reply socket names (reply_arrived).
+        self._reply_targets: dict[bytes, tuple[str, int]] = {}
         # Sender key -> its flow: the hot path's one lookup (kept in step with the flow table).
         self._senders: dict[FlowKey, Flow] = {}
         self._lookup: Callable[[FlowKey], Flow | None] = self._senders.get
@@ -280,6 +281,16 @@ class ForwardingMachine(ReplyRules):
         flow.referenced = True
         self.counters.forwarded += 1
         return flow
+
+    def outside_range(self, path: Path, client: bytes, original: bytes | None) -> Drop:
+        """A range listener's datagram (on `path`) that its PortMap gave no Path: sent to a port outside
+        the range, or (`original` None or empty) with no original destination the kernel told."""
+        reason = DropReason.OUTSIDE_RANGE if original else DropReason.UNKNOWN_DESTINATION
+        return self._drop(path, client, reason.value)
+
+    def serve_range(self, ports: PortMap) -> None:
+        """Count a range listener's datagrams in and outside its range with the rest (STATUS=, metrics)."""
+        self.counters.ranges.append(ports.counts)
 
     def receive_failed(self, path: Path, error_number: int) -> Drop:
         """Receiving from `path`'s listening socket failed."""

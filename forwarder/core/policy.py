@@ -13,6 +13,7 @@ from forwarder.core.addresses import LIMITED_BROADCAST, SockAddr, family_of, pla
 from forwarder.core.counters import DropReason
 from forwarder.core.flows import Flow, Path, bounded_put
 from forwarder.core.proxy_protocol import build
+from forwarder.core.ranges import Backends
 
 # The headers a --send-proxy-protocol flow keeps for the listeners and host addresses its clients used.
 FLOW_HEADERS = 16
@@ -154,14 +155,14 @@ class SourcePolicy:
         is_broadcast: LocalProbe,
         *,
         names_in_header: bool,
-        backends: Iterable[tuple[str, int]] = (),
+        backends: Iterable[tuple[str, int]] | Backends = (),
     ) -> None:
         self.is_local = is_local
         self.is_broadcast = is_broadcast
         self.names_in_header = names_in_header
         # Every destination's (address, port): a client claiming one of them (spoofed, or the backend
         # itself) is never forwarded.
-        self.backends = frozenset((str(plain_address(host)), port) for host, port in backends)
+        self.backends = backends if isinstance(backends, Backends) else Backends(backends)
 
     def judge(
         self, client: SockAddr, family: socket.AddressFamily, target: tuple[str, int] | None = None

@@ -5,15 +5,16 @@ flow's datagrams, counted by type. Part of ForwardingMachine.
 """
 
 import socket
-from collections.abc import Iterable
 
 from forwarder.core.actions import Drop
-from forwarder.core.addresses import SockAddr, sockaddr_bytes
+from forwarder.core.addresses import SockAddr, decode_sockaddr, plain_address
 from forwarder.core.counters import Counters, DropReason, drop_key, errno_name
-from forwarder.core.flows import Flow, FlowKey, FlowTable, Path
+from forwarder.core.flows import Flow, FlowKey, FlowTable, Path, bounded_put
 from forwarder.core.icmp import QueuedError
 
 MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: an IntFlag makes every `flags & MSG_TRUNC` an enum call
+# Reply sources remembered decoded (the backends, and whatever else the steering lets through).
+REPLY_TARGETS = 1024
 
 
 class ReplyRules:
@@ -22,8 +23,8 @@ class ReplyRules:
     relay: bool
     flows: FlowTable[FlowKey, Flow]
     counters: Counters
-    # The raw sockaddr a backend's replies come from -> a path to it (see replies_from).
-    _reply_paths: dict[bytes, Path]
+    # The raw sockaddr a reply on the reply socket came from -> the (address, port) it names.
+    _reply_targets: dict[bytes, tuple[str, int]]
 
     def reply_received(
         self, flow: Flow, source: SockAddr, size: int, flags: int, now: float
@@ -49,38 +50,38 @@ class ReplyRules:
         self.counters.relayed += 1
         return flow
 
-    def replies_from(self, paths: Iterable[Path]) -> None:
-        """The tproxy reply socket's replies come from these paths' backends: learn the raw sockaddrs they
-        arrive from, so that a reply's source finds its backend without being decoded (an IPv4 backend's
-        both ways: as itself, and v4-mapped on a dual-stack reply socket)."""
-        for path in paths:
-            address, port = path.target
-            names = [sockaddr_bytes(path.destination.family, path.target)]
-            if path.destination.family == socket.AF_INET:
-                names.append(sockaddr_bytes(socket.AF_INET6, ("::ffff:" + address, port)))
-            for name in names:
-                self._reply_paths.setdefault(name, path)
-
     def reply_arrived(
         self, source: bytes, client: bytes | None, size: int, flags: int, now: float
     ) -> "Flow | Drop":
         """A reply of `size` bytes from the raw sockaddr `source` to the client `client` (the raw original
         destination the tproxy rule kept; None or b"" when the kernel gave none) arrived on the reply
         socket: the flow whose client it is relayed to (it counts as use of that flow), or why not. Its
-        flow is the one of its backend and client, as on the forward path; an unknown backend, a reply
-        without its client, or a flow that is gone (evicted) is `reply-unmatched`: never sent elsewhere."""
-        path = self._reply_paths.get(source)
-        if flags & MSG_TRUNC:
-            return self._steered_drop(path, client, DropReason.REPLY_TRUNCATED)
-        if path is None or not client:
-            return self._steered_drop(path, client, DropReason.REPLY_UNMATCHED)
-        flow = self.flows.lookup((path.target, client))
+        flow is the one of its backend and client, as on the forward path (one dict lookup, the source's
+        decoding cached); a reply from no backend of ours, without its client, or whose flow is gone
+        (evicted) is `reply-unmatched`: never sent anywhere else."""
+        flow = None
+        if client:
+            target = self._reply_targets.get(source)
+            if target is None:
+                target = self._reply_target(source)
+            flow = self.flows.lookup((target, client))
         if flow is None:
-            return self._steered_drop(path, client, DropReason.REPLY_UNMATCHED)
+            reason = DropReason.REPLY_TRUNCATED if flags & MSG_TRUNC else DropReason.REPLY_UNMATCHED
+            return self._steered_drop(None, client, reason)
+        if flags & MSG_TRUNC:
+            return self._steered_drop(flow.path, client, DropReason.REPLY_TRUNCATED)
         flow.last_used = now
         flow.referenced = True
         self.counters.relayed += 1
         return flow
+
+    def _reply_target(self, source: bytes) -> tuple[str, int]:
+        """The (address, port) a raw reply source names, as flows are keyed (a v4-mapped one as IPv4, so
+        an IPv4 backend's reply on a dual-stack reply socket finds its flow); kept in a bounded cache."""
+        address = decode_sockaddr(source)
+        target = (str(plain_address(str(address[0]))), int(address[1]))
+        bounded_put(self._reply_targets, source, target, REPLY_TARGETS)
+        return target
 
     def steered_receive_failed(self, error_number: int) -> Drop:
         """Receiving from the reply socket failed (no flow to name)."""

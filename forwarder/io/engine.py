@@ -26,11 +26,13 @@ from forwarder.io.batch import BATCH
 from forwarder.io.errorqueue import ClientText, ErrorQueues
 from forwarder.io.flow_side import MAX_REPLIES, FlowSide
 from forwarder.io.flow_sockets import open_flow_socket, open_once_socket, open_plain_flow_socket, sharing_port
-from forwarder.io.listeners import Route
+from forwarder.io.listeners import Route, backends_of
 from forwarder.io.loop import Loop, Manager, Metrics
+from forwarder.io.range_receive import RangeReceive
+from forwarder.io.range_replies import PortReplies
 from forwarder.io.rawsend import RawSend
 from forwarder.io.repeats import RepeatSummary
-from forwarder.io.sockets import set_receive_buffer, set_receive_pktinfo
+from forwarder.io.sockets import set_receive_buffer, set_receive_origdst, set_receive_pktinfo
 
 # Larger than any UDP payload (65507 B over IPv4, 65527 B over IPv6), so MSG_TRUNC means "not UDP-sized".
 RECEIVE_BUFFER = 65536
@@ -55,6 +57,7 @@ class Engine(FlowSide):
         metrics: Metrics | None = None,
         raw: RawSend | None = None,
         reply_socket: socket.socket | None = None,
+        port_replies: PortReplies | None = None,
         batch: int = BATCH,
         buffer_size: int = RECEIVE_BUFFER,
     ) -> None:
@@ -67,8 +70,7 @@ class Engine(FlowSide):
         self.watchdog_interval = watchdog_interval
         self.repeats = RepeatSummary(log)
         # The flow sockets' and raw sockets' error queues: ICMP errors counted, and the pending-error rule.
-        targets = {route.destination.sockaddr for route in routes}
-        self.error_queues = ErrorQueues(self.machine, self.repeats, targets)
+        self.error_queues = ErrorQueues(self.machine, self.repeats, backends_of(self.routes))
         # Connected flow sockets only carry replies in relay mode (see forwarder.io.flow_sockets); copied to
         # an attribute because every send reads it.
         self.connect_flows = settings.connects_flows
@@ -88,6 +90,15 @@ class Engine(FlowSide):
             pktinfo=any(route.pktinfo for route in self.routes),
             raw=self.raw,
         )
+        # Port ranges (TPROXY): their listeners tell each datagram's original destination, drained by a
+        # strategy of their own; relay mode replies from the port asked (`port_replies`, raw sockets).
+        self.port_replies = port_replies
+        ranges = [route for route in self.routes if route.ports is not None]
+        for route in ranges:
+            set_receive_origdst(route.listener.sock)
+            self.machine.serve_range(route.ports)  # type: ignore[arg-type]
+        if ranges:
+            self.strategy = RangeReceive(self.strategy, self, settings, batch, buffer_size, raw=self.raw)
         self.metrics = metrics
         self.interval_start = time.monotonic()  # of the interval the next STATUS= reports
         self._route_of = {route.path: route for route in self.routes}
@@ -95,8 +106,6 @@ class Engine(FlowSide):
         # --reply-tproxy: every reply comes to this one socket (forwarder.io.reply_socket), matched to its
         # flow by the machine from its source (a backend) and original destination (the client).
         self.reply_socket = reply_socket
-        if reply_socket is not None:
-            self.machine.replies_from(self._route_of)
         self._listeners_on: dict[int, list[socket.socket]] = {}
         for route in self.routes:
             sock = route.listener.sock
@@ -235,6 +244,14 @@ class Engine(FlowSide):
                 self.machine.replies_unmatched(flow, _discard_queued(sock))
             flow.socket = None
             sock.close()
+
+    def relay_from_port(self, flow: Flow, payload: memoryview) -> None:
+        """Relay a reply of a port range's flow from the address and port its client sent to."""
+        error_number = (
+            errno.EAFNOSUPPORT if self.port_replies is None else self.port_replies.send(flow, payload)
+        )
+        if error_number:
+            self.log_drop(self.machine.reply_send_failed(flow, error_number))
 
     def log_drop(self, drop: Drop) -> None:
         """Log a drop the machine counted: the first of its kind in an interval at once, the rest summed."""

@@ -5,6 +5,7 @@ whether a failed send was an earlier datagram's ICMP error (then it is sent once
 
 import socket
 import struct
+from collections.abc import Container
 
 from forwarder.core.addresses import decode_sockaddr, endpoint_text, plain_address
 from forwarder.core.flows import Flow
@@ -34,7 +35,7 @@ class ErrorQueues:
     """Reads error queues for the engine: `machine` counts, `repeats` logs, `targets` are our backends."""
 
     def __init__(
-        self, machine: ForwardingMachine, repeats: RepeatSummary, targets: set[tuple[str, int]]
+        self, machine: ForwardingMachine, repeats: RepeatSummary, targets: Container[tuple[str, int]]
     ) -> None:
         self.machine = machine
         self.repeats = repeats

@@ -41,6 +41,7 @@ class FlowSide:
     _route_of: dict[Path, Route]
 
     log_drop: Callable[[Drop], None]  # Engine's: logs a drop the machine counted
+    relay_from_port: Callable[[Flow, memoryview], None]  # Engine's: a port range's reply
 
     def init_flow_side(self, buffer_size: int) -> None:
         """The buffers and caches of the flow side (reply buffers of `buffer_size` bytes)."""
@@ -130,7 +131,11 @@ class FlowSide:
                 source = flow.path.target if raw == target else decode_sockaddr(raw)
                 action = machine.reply_received(flow, source, size, flags, now)
                 if action.__class__ is Flow:
-                    staged_of[action.path].append((action, index))
+                    staged = staged_of.get(action.path)
+                    if staged is None:  # a port range's flow: its reply leaves from the port asked, now
+                        self.relay_from_port(action, batch.payload(index))
+                    else:
+                        staged.append((action, index))
                 else:
                     self.log_drop(action)  # type: ignore[arg-type]
             self._used = first + count
@@ -168,7 +173,11 @@ class FlowSide:
                 client = origdst_in_control(batch.control(index), flags)
                 action = machine.reply_arrived(raw, client, size, flags, now)
                 if action.__class__ is Flow:
-                    staged_of[action.path].append((action, index))
+                    staged = staged_of.get(action.path)
+                    if staged is None:  # a port range's flow: its reply leaves from the port asked, now
+                        self.relay_from_port(action, batch.payload(index))
+                    else:
+                        staged.append((action, index))
                 else:
                     self.log_drop(action)  # type: ignore[arg-type]
             self._used = first + count
@@ -292,7 +301,10 @@ class FlowSide:
         """Send a reply to `flow`'s client from the listening socket it used, from the address it sent to.
         When that address is unknown (its datagram's control messages were cut short) the reply is
         dropped rather than sent from an address the client did not ask."""
-        route = self._route_of[flow.path]
+        route = self._route_of.get(flow.path)
+        if route is None:  # a port range's flow (forwarder.io.range_replies)
+            self.relay_from_port(flow, payload)
+            return
         listener = route.listener.sock
         try:
             if route.pktinfo and flow.local_address is not None:

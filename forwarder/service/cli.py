@@ -2,7 +2,6 @@
 the engine. Every failure becomes a one-line error and a sysexits(3) code (see the README's table).
 """
 
-import argparse
 import errno
 import logging
 import os
@@ -16,6 +15,7 @@ from pathlib import Path
 from forwarder.core.addresses import is_loop
 from forwarder.core.destination import DestinationSpec, check_destination, parse_destination, parse_listen
 from forwarder.core.machine import ForwardingMachine
+from forwarder.core.ranges import PortMap
 from forwarder.core.settings import Settings
 from forwarder.errors import (
     ConfigurationError,
@@ -28,9 +28,9 @@ from forwarder.errors import (
 from forwarder.io import capabilities
 from forwarder.io.batch import BATCH
 from forwarder.io.engine import Engine
-from forwarder.io.listeners import ListeningSocket, Route, address_text
+from forwarder.io.listeners import ListeningSocket, Route, address_text, backends_of
+from forwarder.io.range_replies import PortReplies
 from forwarder.io.rawsend import RawSend, open_raw_socket
-from forwarder.io.reply_socket import open_reply_socket
 from forwarder.io.sockets import (
     CAPABILITY_HINT,
     BroadcastAddresses,
@@ -42,14 +42,15 @@ from forwarder.io.sockets import (
     set_receive_buffer,
     source_toward,
 )
-from forwarder.service import logs
+from forwarder.service import logs, ranges
 from forwarder.service.activation import listen_sockets
 from forwarder.service.mapping import assign, check_form
 from forwarder.service.metrics import MetricsFile, listen_label
 from forwarder.service.notify import Notifier, watchdog_interval
 from forwarder.service.options import PROG, build_parser, settings_from
+from forwarder.service.reply_tproxy import check_reply_tproxy, open_tproxy_reply_socket, warn_of_mark_routing
 from forwarder.service.resolution import lookup, pick
-from forwarder.service.routecheck import mark_routing_warning, reply_route_warning
+from forwarder.service.routecheck import reply_route_warning
 
 # File descriptors kept free for everything but per-flow sockets (listeners, notify, one-shot sends, ...).
 FD_RESERVE = 64
@@ -116,6 +117,10 @@ def build_routes(
                 destination,
                 other,
             )
+        if spec.ports is not None:  # a TPROXY range: the original destination tells the address asked
+            ports = PortMap.of(listener.label, spec.ports, destination, spec.backend_ports, spec.port)
+            routes.append(Route(listener, ports.backend, ports=ports))
+            continue
         routes.append(
             Route(listener, destination, pktinfo=settings.needs_pktinfo(is_wildcard(listener.sock)))
         )
@@ -129,38 +134,23 @@ def refuse_loops(routes: Sequence[Route]) -> None:
         for other in routes:
             bound = other.listener.sock.getsockname()
             listener = (str(bound[0]), int(bound[1]))
-            if is_loop(route.destination.sockaddr, listener, listener_families(other.listener), is_local):
+            target = route.destination.sockaddr
+            if route.ports is not None and listener[1] in route.ports.backend_ports:
+                target = (target[0], listener[1])  # the range's backend port that meets this listener
+            if is_loop(target, listener, listener_families(other.listener), is_local):
                 raise ConfigurationError(
                     f"destination {str(route.destination)!r} of socket {route.listener.label!r} is our own "
                     f"listening socket {other.listener.label!r}: expected a backend, not a loop"
                 )
 
 
-def refuse_local_backends_for_tproxy(routes: Sequence[Route], port: int) -> None:
-    """--reply-tproxy: a backend on this host answers through the host's output path, which never passes
-    prerouting, where the tproxy rule steers replies: refused (78), naming the relay routing that works."""
-    is_local = LocalAddresses()
-    for route in routes:
-        address = route.destination.address
-        if is_local(address):
-            raise ConfigurationError(
-                f"--reply-tproxy {port}: destination {str(route.destination)!r} of socket "
-                f"{route.listener.label!r} is on this host, whose replies never pass prerouting, where the "
-                "tproxy rule works: expected a backend on another host or namespace, or --reply relay "
-                "without --reply-tproxy (the README's rules for a backend on the host itself)"
-            )
-
-
-def warn_of_mark_routing(families: set[socket.AddressFamily], port: int) -> None:
-    """--reply-tproxy: log one warning per family whose steered replies no fwmark rule would deliver here,
-    naming the rule and route to add (the nft tproxy rule itself is not visible without CAP_NET_ADMIN)."""
-    for family in sorted(families):
-        try:
-            warning = mark_routing_warning(family)
-        except OSError as error:
-            warning = f"tproxy: cannot check the mark routing: {error}"
-        if warning is not None:
-            log.warning("--reply-tproxy %d: %s", port, warning.removeprefix("tproxy: "))
+def warn_of_relay_routing(settings: Settings, routes: Sequence[Route]) -> None:
+    """Relay mode's start-up check of the host's routing: the mark routing of --reply-tproxy, or else the
+    route of each backend's replies to the flow sockets."""
+    if settings.reply_tproxy is not None:
+        warn_of_mark_routing({route.destination.family for route in routes}, settings.reply_tproxy)
+    elif settings.relays:
+        warn_of_reply_routes(routes)
 
 
 def warn_of_reply_routes(routes: Sequence[Route]) -> None:
@@ -267,29 +257,6 @@ def metrics_file(path: Path | None, listeners: Sequence[ListeningSocket]) -> Met
     return metrics
 
 
-def check_reply_tproxy(args: argparse.Namespace) -> None:
-    """--reply-tproxy replaces the flow sockets of relay mode on the raw send path: a usage error (64)
-    with anything else, naming why."""
-    if args.reply_tproxy is None:
-        return
-    if args.send_proxy_protocol:
-        raise UsageError(
-            "--reply-tproxy with --send-proxy-protocol: the backend answers this host's own address, on "
-            "each flow's socket, so there is nothing to steer; expected one or the other"
-        )
-    if args.reply != "relay":
-        raise UsageError(
-            f"--reply-tproxy {args.reply_tproxy} without --reply relay: it steers the replies the forwarder "
-            "relays, and in direct mode the backend answers the clients itself; expected --reply relay"
-        )
-    if args.gso or args.send_path == "sockets":
-        option = "--gso" if args.gso else "--send-path sockets"
-        raise UsageError(
-            f"--reply-tproxy with {option}: it replaces the per-client sockets of relay mode, and {option} "
-            "keeps one per client to send from; expected the raw send path (no --send-path, or raw)"
-        )
-
-
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, set up and forward until stopped; raises ForwarderError on bad input."""
     args = build_parser().parse_args(argv)
@@ -308,10 +275,12 @@ def run(argv: Sequence[str] | None = None) -> int:
     logs.configure(args.log_level)
     specs = [parse_destination(text) for text in args.destinations]
     check_form(specs)
+    ranges.refuse_unserved(specs, settings)
     listeners = open_listeners(args.listen, specs)
     notifier = Notifier()
     raw: RawSend | None = None
     reply_socket: socket.socket | None = None
+    port_replies: PortReplies | None = None
     try:
         metrics = metrics_file(args.metrics_file, listeners)
         routes = build_routes(listeners, specs, settings)
@@ -319,15 +288,13 @@ def run(argv: Sequence[str] | None = None) -> int:
         # With --send-proxy-protocol nothing binds a client's address (no capability needed) and replies
         # come back to this host's own address (no relay routing to check).
         families = {route.destination.family for route in routes}
-        if settings.reply_tproxy is not None:  # opened while the capability is there: nothing later needs it
-            refuse_local_backends_for_tproxy(routes, settings.reply_tproxy)
-            reply_socket = open_reply_socket(families, settings.reply_tproxy)
+        reply_socket = open_tproxy_reply_socket(settings, routes)
         if settings.binds_client:
             raw = open_send_path(settings, families)
-            if settings.reply_tproxy is not None:
-                warn_of_mark_routing(families, settings.reply_tproxy)
-            elif settings.relays:
-                warn_of_reply_routes(routes)
+            warn_of_relay_routing(settings, routes)
+        ranges.make_transparent(routes)
+        ranges.warn_of_mark_routing(routes)
+        port_replies = ranges.open_port_replies(routes, settings)
         if settings.receive_buffer is not None:
             for listener in listeners:
                 set_receive_buffer(listener.sock, settings.receive_buffer)
@@ -339,7 +306,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             is_local=LocalAddresses(),
             is_broadcast=BroadcastAddresses(),
             source_toward=source_toward,
-            backends=[route.destination.sockaddr for route in routes],
+            backends=backends_of(routes),
         )
         engine = Engine(
             routes,
@@ -349,6 +316,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             metrics=metrics,
             raw=raw,
             reply_socket=reply_socket,
+            port_replies=port_replies,
         )
         if not engine.needs_capability:
             drop_capabilities()
@@ -359,6 +327,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             raw.close()
         if reply_socket is not None:
             reply_socket.close()
+        if port_replies is not None:
+            port_replies.close()
         for listener in listeners:
             listener.sock.close()
     log.info("stopped")

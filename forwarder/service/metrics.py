@@ -67,6 +67,16 @@ def exposition(totals: Totals, flows: int, labels: Mapping[str, str] | None = No
         *family("flows", "gauge", "Per-flow sockets open."),
         sample("flows", flows),
     ]
+    if totals.ranges:  # one sample per port range listener, never one per port
+        for name, index, text in (
+            ("range_datagrams_received_total", 2, "Datagrams a port range's socket received in its range."),
+            ("range_datagrams_outside_total", 3, "Datagrams a port range's socket received outside it."),
+        ):
+            lines += family(name, "counter", text)
+            lines += [
+                sample(name, int(item[index]), f'socket="{escape(item[0])}",range="{item[1]}"')
+                for item in totals.ranges
+            ]
     return "\n".join(lines) + "\n"
 
 

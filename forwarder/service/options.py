@@ -138,8 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="DEST is host, host:port, [v6addr], [v6addr]:port or a bare IPv6 literal; without a port the "
         "listening socket's port is used. Destination i serves socket i (LISTEN_FDS order, or --listen "
         "order); or write every one as NAME=DEST to map by FileDescriptorName= in any order (the two forms "
-        "do not mix). Exit codes: 64 usage, 68 unknown host, 71 OS error, 77 a capability missing "
-        "(named), 78 configuration.",
+        "do not mix). A socket an nftables tproxy rule feeds a port range serves it with "
+        "FIRST-LAST@HOST (each port to the same port), FIRST-LAST@HOST:PORT (all to one port) or "
+        "FIRST-LAST@HOST:BFIRST-BLAST (by offset; same length), e.g. 27000-27050@192.0.2.2; a datagram "
+        "to a port outside the range is dropped (outside-range). Exit codes: 64 usage, 68 unknown host, "
+        "71 OS error, 77 a capability missing (named), 78 configuration.",
     )
     parser.add_argument("destinations", nargs="+", metavar="DEST", help="where datagrams of a socket go")
     parser.add_argument(
