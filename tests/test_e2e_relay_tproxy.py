@@ -16,8 +16,9 @@ import socket
 import time
 
 import pytest
-from e2e_helpers import status_has
+from e2e_helpers import serve_in_thread, status_has
 from test_e2e_capabilities import no_capability_left
+from test_e2e_port_ranges import range_listener
 from test_e2e_relay import RELAY, client_socket, relay_deployment, start_answering
 
 from forwarder.core.addresses import sockaddr_bytes
@@ -34,6 +35,7 @@ from netlab.lab import netns
 from netlab.lab.tproxy import steer
 from netlab.lab.wait import wait_until
 from netlab.service.relay import route_backend_errors
+from netlab.topology.shipped import dual_stack
 
 pytestmark = pytest.mark.privileged
 
@@ -341,6 +343,37 @@ def test_a_reply_port_another_socket_holds_exits_71_naming_it(lab: Lab) -> None:
     assert (
         f"--reply-tproxy {REPLY_PORT}: cannot bind the reply socket to '0.0.0.0' port {REPLY_PORT}: "
         "Address already in use" in forwarder.process.output()
+    )
+
+
+def test_a_port_ranges_replies_come_through_the_reply_socket_each_from_the_port_asked(lab: Lab) -> None:
+    # Each port of the range goes to its own backend port (5300 + offset): the reply socket finds each
+    # reply's flow by the backend port it came from, and the range relays it from the port the client asked.
+    lab.build(dual_stack())
+    host = lab["host"]
+    host.sysctl("net.ipv4.ip_forward", "0")
+    for port in (5300, 5342, 5399):
+        serve_in_thread(
+            lab, lab["backend"].udp_socket("192.0.2.2", port), lambda data, peer: b"answer:" + data
+        )
+    steer(host, version=4, to_port=REPLY_PORT, saddr="192.0.2.2", sports=(5300, 5399))
+    held = range_listener(lab, 4, 27000, (27000, 27099))
+    forwarder = start_forwarder(
+        host, [], ["27000-27099@192.0.2.2:5300-5399"], sockets=held, args=[*TPROXY, "--log-level", "debug"]
+    )
+    client = lab["client"].udp_socket("198.51.100.10", 4246)
+    client.settimeout(5)
+
+    answers = []
+    for port in (27042, 27099, 27000, 27042):
+        client.sendto(str(port).encode(), ("198.51.100.1", port))
+        answers.append(client.recvfrom(100))
+
+    assert answers == [
+        (f"answer:{port}".encode(), ("198.51.100.1", port)) for port in (27042, 27099, 27000, 27042)
+    ]
+    forwarder.wait_status(
+        status_has("since start 4 forwarded, 0 dropped, 4 replies relayed, 0 replies dropped")
     )
 
 
