@@ -120,8 +120,9 @@ class Engine(FlowSide):
     def needs_capability(self) -> bool:
         """Whether anything after start-up needs a capability: a per-client transparent socket does (the
         sockets path, and relay mode's flow sockets, bound to the client's address); the raw path in direct
-        mode does not (its sockets exist, and a local source's one-shot socket needs none), nor does
-        --send-proxy-protocol (it sends from the host's own address)."""
+        mode does not (its sockets exist, and a local source's one-shot socket needs none), nor does relay
+        mode with --reply-tproxy (its reply socket exists too), nor --send-proxy-protocol (it sends from the
+        host's own address)."""
         # The raw path asked for may have fallen back to per-client sockets (no CAP_NET_RAW): no raw here.
         return self.settings.binds_client and (self.raw is None or self.settings.replies_on_flow_sockets)
 
