@@ -404,3 +404,24 @@ def test_removing_the_tproxy_variant_sends_the_reply_to_the_client_again(lab: La
     client.datagram(payload=b"after").arrives(within=3).and_nothing_else()
     assert reply_socket_receives(reply_socket, timeout=0.3) is None
     assert "netlab_tproxy_" not in lab["host"].check(["nft", "list", "ruleset"])
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize(("interface", "steered"), [(None, True), ("to-backend", False)])
+def test_the_tproxy_variant_on_the_backends_interface_does_not_steer_a_reply_spoofed_from_the_clients_side(
+    lab: Lab, interface: str | None, steered: bool
+) -> None:
+    lab.build(load_topology("dual-stack"))
+    reply_socket = transparent_socket(lab["host"], 4, REPLY_PORT)
+    steering = install_relay_tproxy(lab["host"], "192.0.2.2", PORT, REPLY_PORT, interface=interface)
+    assert ('iifname "to-backend"' in steering.commands[2]) is not steered
+
+    lab["client"].send_fast(
+        src="192.0.2.2", sport=PORT, dst="203.0.113.9", dport=CLIENT_PORT, payloads=[b"spoof"]
+    )
+    backend_sends(lab, "ipv4", PORT, b"reply")
+
+    if steered:
+        assert reply_socket_receives(reply_socket) == (b"spoof", "192.0.2.2", ("203.0.113.9", CLIENT_PORT))
+    assert reply_socket_receives(reply_socket) == (b"reply", "192.0.2.2", ("198.51.100.10", CLIENT_PORT))
+    assert reply_socket_receives(reply_socket, timeout=0.3) is None

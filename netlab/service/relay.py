@@ -305,17 +305,19 @@ def install_relay_route(  # noqa: PLR0913 - the fields of one relay route
     return routing
 
 
-def relay_tproxy_commands(
+def relay_tproxy_commands(  # noqa: PLR0913 - keyword-only: the fields of one recipe
     backend: str,
     ports: int | PortRange | Sequence[int | PortRange],
     reply_port: int,
     *,
+    interface: str | None = None,
     mark: int = 1,
     table: int = RELAY_TABLE,
 ) -> list[str]:
     """The commands an operator types for the tproxy variant of the relay routing (`forwarder --reply relay
-    --reply-tproxy PORT`): an nft rule steering `backend`'s UDP replies from `ports` to the one reply socket
-    on `reply_port`, with the fwmark rule and local route that deliver them (the README's recipe)."""
+    --reply-tproxy PORT`): an nft rule steering `backend`'s UDP replies from `ports` (arriving on
+    `interface`, the host's link toward the backends, when given) to the one reply socket on `reply_port`,
+    with the fwmark rule and local route that deliver them (the README's recipe)."""
     source = _source(backend)
     return tproxy_commands(
         source.version,
@@ -325,18 +327,26 @@ def relay_tproxy_commands(
         nft_table=NFT_TABLE,
         saddr=backend,
         sports=port_ranges(ports),
+        iifname=interface,
     )
 
 
 def install_relay_tproxy(
-    node: LabNode, backend: str, ports: int | PortRange | Sequence[int | PortRange], reply_port: int
+    node: LabNode,
+    backend: str,
+    ports: int | PortRange | Sequence[int | PortRange],
+    reply_port: int,
+    *,
+    interface: str | None = None,
 ) -> TproxySteering:
     """The tproxy variant of install_relay_routing: steer `backend`'s UDP replies from `ports` into `node`'s
     one reply socket bound to `reply_port` (the forwarder's --reply-tproxy) with netlab.lab.tproxy.steer,
-    instead of to a per-flow socket. The backend's other traffic is routed as before. One call per family
-    of a dual-stack backend; the result's `commands` spell it for an operator, its remove() takes it out,
-    and the lab removes it when it closes. Fragmented replies need the host to reassemble first
-    (enable_reassembly): only the first fragment carries the source port the rule matches."""
+    instead of to a per-flow socket. The backend's other traffic is routed as before. With `interface` (the
+    host's link toward the backends) only replies arriving there are steered: anyone can spoof a backend's
+    address and port, and IPv6 has no rp_filter to stop it. One call per family of a dual-stack backend;
+    the result's `commands` spell it for an operator, its remove() takes it out, and the lab removes it when
+    it closes. Fragmented replies need nothing more: the tproxy expression turns on the kernel's
+    defragmentation, so the rule sees whole replies and their ports."""
     source = _source(backend)
     return steer(
         node,
@@ -344,6 +354,7 @@ def install_relay_tproxy(
         to_port=reply_port,
         saddr=backend,
         sports=port_ranges(ports),
+        iifname=interface,
         label="relay-tproxy",
     )
 
