@@ -212,7 +212,7 @@ def test_a_range_without_its_tproxy_rule_is_named_and_the_fix_heals_it(lab: Lab)
     assert finding.check == "range tproxy rule"
     assert "ports 27000-27099 (of 27000-27099@192.0.2.2) to :27000" in finding.detail
     assert finding.fix.endswith(
-        "nft add rule ip forwarder_tproxy prerouting ip daddr 198.51.100.1 meta l4proto udp "
+        "nft add rule ip transparent_udp_forwarder_range prerouting ip daddr 198.51.100.1 meta l4proto udp "
         "udp dport 27000-27099 meta mark set 0x1 tproxy to :27000 accept"
     )
     apply_fix(lab, finding)
@@ -369,7 +369,8 @@ def test_replies_with_no_steering_at_all_name_each_of_the_three_pieces_and_the_f
     rule, mark, route = findings
     assert "192.0.2.2's UDP replies from port 5353 to the forwarder's reply socket :40000" in rule.detail
     assert rule.fix.endswith(
-        "nft add rule ip forwarder_tproxy prerouting ip saddr 192.0.2.2 meta l4proto udp udp sport 5353 "
+        "nft add rule ip transparent_udp_forwarder_replies prerouting ip saddr 192.0.2.2 meta l4proto udp "
+        "udp sport 5353 "
         "meta mark set 0x1 tproxy to :40000 accept"
     )
     assert mark.fix == "netlab exec host -- ip rule add fwmark 0x1 lookup 100"

@@ -309,10 +309,11 @@ def reply_socket_receives(
 
 def test_the_tproxy_variants_commands_steer_the_backends_ports_to_the_reply_socket_in_both_families() -> None:
     assert relay_tproxy_commands("192.0.2.2", [PORT, (27010, 27020)], REPLY_PORT) == [
-        "nft add table ip forwarder_tproxy",
-        "nft 'add chain ip forwarder_tproxy prerouting { type filter hook prerouting priority mangle; "
+        "nft add table ip transparent_udp_forwarder_replies",
+        "nft 'add chain ip transparent_udp_forwarder_replies prerouting "
+        "{ type filter hook prerouting priority mangle; "
         "policy accept; }'",
-        "nft add rule ip forwarder_tproxy prerouting ip saddr 192.0.2.2 meta l4proto udp "
+        "nft add rule ip transparent_udp_forwarder_replies prerouting ip saddr 192.0.2.2 meta l4proto udp "
         "udp sport { 27000, 27010-27020 } meta mark set 0x1 tproxy to :40000 accept",
         "ip rule add fwmark 0x1 lookup 100",
         "ip route add local 0.0.0.0/0 dev lo table 100",

@@ -27,9 +27,10 @@ if TYPE_CHECKING:
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 PortRange = tuple[int, int]
 DEFAULT_MARK, DEFAULT_TABLE = 1, 100
-# The recipe's table name: `tproxy` itself, tproxy_commands' default, is an nft keyword that `nft add
-# table ip tproxy` refuses as a syntax error.
-NFT_TABLE = "forwarder_tproxy"
+# The README recipes' table names (`tproxy` itself, tproxy_commands' default, is an nft keyword that `nft
+# add table ip tproxy` refuses as a syntax error).
+RANGE_TABLE = "transparent_udp_forwarder_range"
+REPLIES_TABLE = "transparent_udp_forwarder_replies"
 _VERSIONS = {"ip": 4, "ip6": 6}
 _SAMPLE_CLIENT = {4: "198.51.100.7", 6: "2001:db8::7"}
 
@@ -282,7 +283,8 @@ def _route_finding(  # noqa: PLR0913, PLR0917 - the fields of one finding
 def _nft_fix(deployment: "Deployment", version: int, to_port: int, **selectors: Any) -> str:
     """The nft commands of the recipe for this steering (the mark routing is judged on its own)."""
     mark, table = _suggested_mark(deployment, version)
-    commands = tproxy_commands(version, to_port, mark=mark, table=table, nft_table=NFT_TABLE, **selectors)
+    nft_table = RANGE_TABLE if "dports" in selectors else REPLIES_TABLE
+    commands = tproxy_commands(version, to_port, mark=mark, table=table, nft_table=nft_table, **selectors)
     return " && ".join(deployment.host.fix(command) for command in commands if command.startswith("nft "))
 
 

@@ -32,7 +32,7 @@ from netlab.lab.node import LabNode
 from netlab.lab.tproxy import TproxySteering, steer, tproxy_commands
 
 RELAY_TABLE = 100
-NFT_TABLE = "forwarder_tproxy"  # not `tproxy`: an nft keyword, refused as a table name
+NFT_TABLE = "transparent_udp_forwarder_replies"  # the README recipe's (not `tproxy`: an nft keyword)
 RELAY_PRIORITY = 100  # ahead of the main table's rule (32766)
 RTN_LOCAL = 2
 RT_SCOPE_HOST = 254
