@@ -171,6 +171,10 @@ def test_a_datagram_to_a_port_outside_the_range_is_never_forwarded_and_is_counte
     ]
     forwarder.wait_status(status_has("since start 2 forwarded, 2 dropped; ports 27000-27049 on games: "))
     assert drops_by_reason(forwarder.notify.values("STATUS")) == {"outside-range": 2}
+    # The log line names the port the client asked, not the range's first backend port.
+    assert f"dropped datagram (outside-range) from {CLIENT[4]}:4245 on games to {HOST[4]}:27050" in (
+        forwarder.process.output()
+    )
     text = metrics.read_text()
     labels = '{listen="0.0.0.0:27000",socket="games",range="27000-27049"}'
     assert f"transparent_udp_forwarder_range_datagrams_received_total{labels} 2\n" in text

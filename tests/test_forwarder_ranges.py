@@ -212,6 +212,20 @@ def test_the_machine_counts_a_datagram_outside_the_range_and_one_without_an_orig
     assert machine.counters.dropped == {"outside-range": 1, "unknown-destination": 1}
 
 
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+def test_an_outside_range_drop_names_the_address_and_port_the_client_asked_not_the_ranges_backend(
+    family: socket.AddressFamily,
+) -> None:
+    machine = ForwardingMachine(Settings())
+    listener = Path("media", BACKEND, ("0.0.0.0", 27000))
+    client = sockaddr_bytes(socket.AF_INET, ("203.0.113.7", 4242))
+
+    drop = machine.outside_range(listener, client, _original(27051, family))
+
+    asked = "198.51.100.1:27051" if family == socket.AF_INET else "[2001:db8:51::1]:27051"
+    assert (drop.path.name, str(drop.path.destination)) == ("media", asked)
+
+
 def test_status_shows_each_range_once_with_its_listener_never_one_entry_per_port() -> None:
     counters = Counters()
     counts = RangeCounts("media", PortRange(10000, 20000))

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable
 from forwarder.core.actions import READ_HEADER, Action, CloseFlows, Drop, OpenFlow, ProxiedAction, SendOnce
 from forwarder.core.addresses import SockAddr, decode_sockaddr, family_of, sockaddr_bytes
 from forwarder.core.counters import Counters, DropReason, drop_key, errno_name
+from forwarder.core.destination import Destination
 from forwarder.core.flows import (
     Flow,
     FlowKey,
@@ -282,9 +283,14 @@ class ForwardingMachine(ReplyRules):
 
     def outside_range(self, path: Path, client: bytes, original: bytes | None) -> Drop:
         """A range listener's datagram (on `path`) that its PortMap gave no Path: sent to a port outside
-        the range, or (`original` None or empty) with no original destination the kernel told."""
-        reason = DropReason.OUTSIDE_RANGE if original else DropReason.UNKNOWN_DESTINATION
-        return self._drop(path, client, reason.value)
+        the range, or (`original` None or empty) with no original destination the kernel told. The drop
+        names the address and port the client asked (as its log line's "to"), not the range's backend."""
+        if not original:
+            return self._drop(path, client, DropReason.UNKNOWN_DESTINATION.value)
+        asked = decode_sockaddr(original)
+        family = socket.AF_INET if len(original) == 16 else socket.AF_INET6
+        where = Path(path.name, Destination(family, str(asked[0]), int(asked[1])), path.listen)
+        return self._drop(where, client, DropReason.OUTSIDE_RANGE.value)
 
     def serve_range(self, ports: PortMap) -> None:
         """Count a range listener's datagrams in and outside its range with the rest (STATUS=, metrics)."""
