@@ -291,3 +291,36 @@ def test_the_shipped_ruleset_steers_the_range_of_both_families_to_the_units_one_
     ]
     forwarder.wait_ready()
     assert "tproxy:" not in forwarder.process.output()  # the mark routing is there: no warning
+
+
+def test_a_spoofed_ipv6_datagram_with_a_v4_mapped_source_cannot_stop_a_relaying_range(lab: Lab) -> None:
+    # The backend answers it as the IPv4 client the mapped source names, but that client asked an IPv6
+    # address: no reply can leave from there to it. Both families' raw reply sockets are open (a second,
+    # IPv6 range), so the reply is not refused for want of one.
+    lab.build(dual_stack())
+    host = lab["host"]
+    host.sysctl("net.ipv4.ip_forward", "0")
+    answering = lab["backend"].udp_socket(BACKEND[4], 5353)
+    serve_in_thread(lab, answering, lambda data, peer: b"answer:" + data)
+    install_relay_route(host, BACKEND[4], 5353)
+    held = range_listener(lab, 6, 27000, (27000, 27099), dual=True)
+    six = transparent_socket(host, 6, 28000)
+    held = HeldSockets(host, [*held.listen, "[::]:28000"], [*held.sockets, six])
+    forwarder = start_forwarder(
+        host,
+        [],
+        ["27000-27099@192.0.2.2:5353", f"28000-28099@[{BACKEND[6]}]:5353"],
+        sockets=held,
+        args=["--reply", "relay", "--stats-interval", "0.2"],
+    )
+    client = lab["client"].udp_socket(CLIENT[4], 4250)
+    client.settimeout(5)
+    client.sendto(b"before", (HOST[4], 27001))
+    assert client.recvfrom(100) == (b"answer:before", (HOST[4], 27001))
+
+    lab["client"].send_udp(src=f"::ffff:{CLIENT[4]}", dst=HOST[6], sport=4251, dport=27010, payload=b"mapped")
+    forwarder.wait_status(status_has("1 replies dropped"))
+
+    client.sendto(b"after", (HOST[4], 27002))
+    assert client.recvfrom(100) == (b"answer:after", (HOST[4], 27002)), forwarder.process.output()
+    assert "reply-send-error:EAFNOSUPPORT" in forwarder.process.output()

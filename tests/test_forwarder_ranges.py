@@ -3,6 +3,7 @@
 destination's port to the backend's (forwarder.core.ranges), the machine's drops and the counts STATUS=
 and the metrics file show: one entry per range, never one per port."""
 
+import errno
 import pathlib
 import socket
 import subprocess
@@ -321,3 +322,36 @@ def test_a_range_whose_backend_ports_meet_our_own_listener_is_refused_as_a_loop(
             refuse_loops(loop)
         assert caught.value.exit_code == 78
         refuse_loops(build_routes([listener], [parse_destination(f"{port + 1}-{port + 2}@127.0.0.1")]))
+
+
+@pytest.mark.parametrize(
+    ("client", "asked"),
+    [
+        (
+            ("2001:db8:51::10", 4300),
+            ("::ffff:198.51.100.1", 27010),
+        ),  # an IPv6 client asked a v4-mapped address
+        (("::ffff:198.51.100.10", 4300), ("2001:db8:51::1", 27010)),  # a v4-mapped source asked an IPv6 one
+    ],
+    ids=["v4-mapped-destination", "v4-mapped-source"],
+)
+def test_a_reply_to_a_client_of_the_other_family_than_the_address_it_asked_is_dropped_not_a_crash(
+    client: tuple[str, int], asked: tuple[str, int]
+) -> None:
+    from forwarder.io.range_replies import PortReplies
+
+    machine = ForwardingMachine(Settings(reply="relay"))
+    family = socket.AF_INET if "." in client[0] else socket.AF_INET6
+    backend = Destination(family, "192.0.2.2" if family == socket.AF_INET else "2001:db8:2::2", 5353)
+    mapped = PortMap.of("media", PortRange(27000, 27099), backend, None, 5353)
+    original = sockaddr_bytes(socket.AF_INET6, asked)
+    path = mapped.path_for(original)
+    assert path is not None
+    action = machine.receive(path, sockaddr_bytes(socket.AF_INET6, client), 6, 0, 0.0, local=original)
+    assert isinstance(action, OpenFlow)
+    # Both families' sockets, as two ranges (an IPv4 and an IPv6 backend) open them; plain UDP sockets
+    # stand in for the raw ones: nothing may be sent.
+    with socket.socket(socket.AF_INET) as four, socket.socket(socket.AF_INET6) as six:
+        replies = PortReplies([four, six], checksum=False)
+
+        assert replies.send(action.flow, memoryview(b"answer")) == errno.EAFNOSUPPORT
