@@ -324,3 +324,35 @@ def test_a_spoofed_ipv6_datagram_with_a_v4_mapped_source_cannot_stop_a_relaying_
     client.sendto(b"after", (HOST[4], 27002))
     assert client.recvfrom(100) == (b"answer:after", (HOST[4], 27002)), forwarder.process.output()
     assert "reply-send-error:EAFNOSUPPORT" in forwarder.process.output()
+
+
+@pytest.mark.parametrize(
+    ("destination", "asked", "back"),
+    [
+        ("27000-27050@198.51.100.1:27030", 27010, 27030),
+        ("27000-27050@198.51.100.1:27001-27051", 27000, 27001),
+    ],
+    ids=["one-port-in-the-range", "by-offset-into-the-range"],
+)
+@pytest.mark.parametrize("receive", ["batch", "single"])
+def test_a_datagram_the_rule_steers_back_from_a_backend_port_on_this_host_is_dropped_as_a_loop(
+    lab: Lab, destination: str, asked: int, back: int, receive: str
+) -> None:
+    # The backend is this host's own steered address, in ports the rule steers: each datagram the
+    # forwarder sent came back to its socket (through lo and prerouting) and circled for ever (one port)
+    # or hopped up the range (by offset).
+    lab.build(dual_stack())
+    held = range_listener(lab, 4, 27000, (27000, 27050))
+    forwarder = start_forwarder(
+        lab["host"], [], [destination], sockets=held, args=["--stats-interval", "0.2", "--receive", receive]
+    )
+    client = lab["client"].udp_socket(CLIENT[4], 4252)
+
+    client.sendto(b"once", (HOST[4], asked))
+
+    forwarder.wait_status(status_has("since start 1 forwarded, 1 dropped;"))
+    forwarder.wait_status(status_has("0 datagrams forwarded in the last"))  # and nothing more
+    assert "since start 1 forwarded, 1 dropped;" in forwarder.notify.values("STATUS")[-1]
+    assert drops_by_reason(forwarder.notify.values("STATUS")) == {"loop": 1}
+    line = f"dropped datagram (loop) from {CLIENT[4]}:4252 on 0.0.0.0:27000 to {HOST[4]}:{back}"
+    assert line in forwarder.process.output()

@@ -355,3 +355,54 @@ def test_a_reply_to_a_client_of_the_other_family_than_the_address_it_asked_is_dr
         replies = PortReplies([four, six], checksum=False)
 
         assert replies.send(action.flow, memoryview(b"answer")) == errno.EAFNOSUPPORT
+
+
+def test_a_range_watches_the_destinations_with_ports_in_it_and_nothing_else() -> None:
+    backends = Backends(
+        [("198.51.100.1", 27030), ("192.0.2.3", 53)],
+        [("2001:db8::1", PortRange(26990, 27005)), ("192.0.2.2", PortRange(30000, 30050))],
+    )
+    mapped = PortMap.of("media", PortRange(27000, 27050), BACKEND, None, None)
+
+    mapped.watch(backends)
+
+    assert mapped.loops == (
+        ("198.51.100.1", PortRange(27030, 27030)),
+        ("2001:db8::1", PortRange(27000, 27005)),
+    )
+    assert mapped.destination_of(sockaddr_bytes(socket.AF_INET, ("198.51.100.1", 27030))) == "198.51.100.1"
+    assert mapped.destination_of(sockaddr_bytes(socket.AF_INET6, ("::ffff:198.51.100.1", 27030))) == (
+        "198.51.100.1"
+    )
+    assert mapped.destination_of(sockaddr_bytes(socket.AF_INET6, ("2001:db8::1", 27005))) == "2001:db8::1"
+    assert mapped.destination_of(sockaddr_bytes(socket.AF_INET6, ("2001:db8::1", 27006))) is None
+    assert mapped.destination_of(sockaddr_bytes(socket.AF_INET, ("198.51.100.2", 27030))) is None
+    # A range whose destinations have no port in it (the usual case) watches nothing: no cost per datagram.
+    apart = PortMap.of("media", PortRange(27000, 27050), BACKEND, PortRange(37000, 37050), None)
+    apart.watch(Backends([], [("192.0.2.2", apart.backend_ports)]))
+    assert apart.loops == ()
+
+
+@pytest.mark.parametrize(("local", "expected"), [(True, "loop"), (False, None)])
+def test_a_datagram_to_our_own_destination_is_a_loop_only_when_that_address_is_this_hosts(
+    local: bool, expected: str | None
+) -> None:
+    # Not this host's: a router steering its clients' datagrams for the backend through the forwarder,
+    # whose own datagrams (locally sent, never through prerouting) are not steered back.
+    machine = ForwardingMachine(
+        Settings(),
+        is_local=lambda address: local and address == "198.51.100.1",
+        backends=[("198.51.100.1", 27030)],
+    )
+    mapped = PortMap.of("media", PortRange(27000, 27050), BACKEND, None, 27030)
+    machine.serve_range(mapped)
+    listener = Path("media", BACKEND, ("0.0.0.0", 27000))
+    client = sockaddr_bytes(socket.AF_INET, ("203.0.113.7", 4242))
+
+    drop = machine.range_loop(mapped, listener, client, _original(27030))
+
+    assert (drop and drop.key) == expected
+    if drop is not None:
+        assert str(drop.path.destination) == "198.51.100.1:27030"
+        assert machine.counters.dropped == {"loop": 1}
+    assert machine.range_loop(mapped, listener, client, _original(27031)) is None

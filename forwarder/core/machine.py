@@ -287,14 +287,21 @@ class ForwardingMachine(ReplyRules):
         names the address and port the client asked (as its log line's "to"), not the range's backend."""
         if not original:
             return self._drop(path, client, DropReason.UNKNOWN_DESTINATION.value)
-        asked = decode_sockaddr(original)
-        family = socket.AF_INET if len(original) == 16 else socket.AF_INET6
-        where = Path(path.name, Destination(family, str(asked[0]), int(asked[1])), path.listen)
-        return self._drop(where, client, DropReason.OUTSIDE_RANGE.value)
+        return self._drop(_asked(path, original), client, DropReason.OUTSIDE_RANGE.value)
+
+    def range_loop(self, ports: PortMap, path: Path, client: bytes, original: bytes) -> Drop | None:
+        """A drop (`loop`) when a range listener's datagram was sent to one of our own destinations on
+        this host (PortMap.watch says why); None for any other. Only called when `ports.loops` has any."""
+        address = ports.destination_of(original)
+        if address is None or not self.policy.is_local(address):
+            return None
+        return self._drop(_asked(path, original), client, DropReason.LOOP.value)
 
     def serve_range(self, ports: PortMap) -> None:
-        """Count a range listener's datagrams in and outside its range with the rest (STATUS=, metrics)."""
+        """Count a range listener's datagrams in and outside its range with the rest (STATUS=, metrics),
+        and tell it our destinations, which no datagram it forwards may come back from (a loop)."""
         self.counters.ranges.append(ports.counts)
+        ports.watch(self.policy.backends)
 
     def receive_failed(self, path: Path, error_number: int) -> Drop:
         """Receiving from `path`'s listening socket failed."""
@@ -372,3 +379,11 @@ class ForwardingMachine(ReplyRules):
             for sender in flow.senders:
                 senders.pop(sender, None)
         return CloseFlows(tuple(flows))
+
+
+def _asked(path: Path, original: bytes) -> Path:
+    """`path` (a range listener's) naming the address and port a dropped datagram asked, the raw struct
+    sockaddr `original`, as its destination: what the drop's log line shows after "to"."""
+    asked = decode_sockaddr(original)
+    family = socket.AF_INET if len(original) == 16 else socket.AF_INET6
+    return Path(path.name, Destination(family, str(asked[0]), int(asked[1])), path.listen)
