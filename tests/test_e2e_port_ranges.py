@@ -19,6 +19,7 @@ from e2e_helpers import send_path, serve_in_thread, status_has
 from pyroute2 import IPRoute
 
 from forwarder.core.addresses import decode_sockaddr
+from forwarder.core.proxy_protocol import build, build_local
 from forwarder.io.control import origdst_local
 from forwarder.io.sockets import set_receive_buffer
 from netlab import Lab, start_forwarder
@@ -356,3 +357,73 @@ def test_a_datagram_the_rule_steers_back_from_a_backend_port_on_this_host_is_dro
     assert drops_by_reason(forwarder.notify.values("STATUS")) == {"loop": 1}
     line = f"dropped datagram (loop) from {CLIENT[4]}:4252 on 0.0.0.0:27000 to {HOST[4]}:{back}"
     assert line in forwarder.process.output()
+
+
+TRUST = ["--proxy-protocol-from", "198.51.100.8/29"]  # the client node stands for a load balancer
+
+
+@pytest.mark.parametrize("receive", ["batch", "single"])
+def test_a_trusted_load_balancers_header_names_the_client_and_the_port_asked_picks_the_backend_port(
+    lab: Lab, receive: str, send_path: list[str]
+) -> None:
+    lab.build(dual_stack())
+    catcher = backend_catcher(lab["backend"], 4, (37000, 37099))
+    held = range_listener(lab, 4, 27000, (27000, 27099))
+    forwarder = start_forwarder(
+        lab["host"], [], ["27000-27049@192.0.2.2:37000-37049"], sockets=held,
+        args=[*TRUST, "--stats-interval", "0.2", "--receive", receive, *send_path],
+    )  # fmt: skip
+    balancer = lab["client"].udp_socket(CLIENT[4], 4253)
+
+    for client, port in ((("203.0.113.7", 4242), 27042), (("203.0.113.8", 5353), 27001)):
+        balancer.sendto(build(client, (HOST[4], port)) + str(port).encode(), (HOST[4], port))
+    # The header's destination is the balancer's word; the port the datagram was sent to picks the backend.
+    balancer.sendto(build(("203.0.113.7", 4242), (HOST[4], 27042)) + b"27003", (HOST[4], 27003))
+    balancer.sendto(build_local() + b"health", (HOST[4], 27049))
+    # Outside the range: dropped before its header is read, as any datagram there.
+    balancer.sendto(build(("203.0.113.7", 4242), (HOST[4], 27050)) + b"27050", (HOST[4], 27050))
+    balancer.sendto(b"no header", (HOST[4], 27010))
+
+    assert sorted(received(catcher, 6, timeout=1.0)) == [
+        (b"27001", ("203.0.113.8", 5353), 37001),
+        (b"27003", ("203.0.113.7", 4242), 37003),
+        (b"27042", ("203.0.113.7", 4242), 37042),
+        (b"health", (CLIENT[4], 4253), 37049),
+    ]
+    forwarder.wait_status(status_has("since start 4 forwarded, 2 dropped;"))
+    assert drops_by_reason(forwarder.notify.values("STATUS")) == {
+        "outside-range": 1,
+        "proxy-header-missing": 1,
+    }
+
+
+def test_in_relay_mode_a_load_balanced_clients_reply_goes_to_the_balancer_from_the_port_it_asked(
+    lab: Lab, send_path: list[str]
+) -> None:
+    lab.build(dual_stack())
+    host = lab["host"]
+    host.sysctl("net.ipv4.ip_forward", "0")
+    answering = lab["backend"].udp_socket(BACKEND[4], 5353)
+    serve_in_thread(lab, answering, lambda data, peer: f"answer to {peer[0]}:{peer[1]}: ".encode() + data)
+    install_relay_route(host, BACKEND[4], 5353)
+    held = range_listener(lab, 4, 27000, (27000, 27099))
+    forwarder = start_forwarder(
+        host, [], ["27000-27099@192.0.2.2:5353"], sockets=held,
+        args=[*TRUST, "--reply", "relay", "--stats-interval", "0.2", *send_path],
+    )  # fmt: skip
+    balancer = lab["client"].udp_socket(CLIENT[4], 4254)
+    balancer.settimeout(5)
+
+    answers = []
+    for client, port in ((("203.0.113.7", 4242), 27042), (("203.0.113.8", 5353), 27099)):
+        balancer.sendto(build(client, (HOST[4], port)) + b"question", (HOST[4], port))
+        data, source = balancer.recvfrom(200)
+        answers.append((data, (str(source[0]), int(source[1]))))
+
+    assert answers == [
+        (b"answer to 203.0.113.7:4242: question", (HOST[4], 27042)),
+        (b"answer to 203.0.113.8:5353: question", (HOST[4], 27099)),
+    ]
+    forwarder.wait_status(
+        status_has("since start 2 forwarded, 0 dropped, 2 replies relayed, 0 replies dropped")
+    )
