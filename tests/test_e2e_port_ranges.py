@@ -292,6 +292,8 @@ def test_the_shipped_ruleset_steers_the_range_of_both_families_to_the_units_one_
     ]
     forwarder.wait_ready()
     assert "tproxy:" not in forwarder.process.output()  # the mark routing is there: no warning
+    # The start-up line shows the mapping, not only the range's first backend port.
+    assert f"forwarding range-27000 -> 27000-27050@{backend}:27000-27050\n" in forwarder.process.output()
 
 
 def test_a_spoofed_ipv6_datagram_with_a_v4_mapped_source_cannot_stop_a_relaying_range(lab: Lab) -> None:
