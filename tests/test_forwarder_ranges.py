@@ -383,6 +383,19 @@ def test_a_range_watches_the_destinations_with_ports_in_it_and_nothing_else() ->
     assert apart.loops == ()
 
 
+class _Local:
+    """A locality probe of one address (or none)."""
+
+    def __init__(self, address: str | None) -> None:
+        self.address = address
+
+    def __call__(self, address: str) -> bool:
+        return address == self.address
+
+    def forget(self) -> None:
+        pass
+
+
 @pytest.mark.parametrize(("local", "expected"), [(True, "loop"), (False, None)])
 def test_a_datagram_to_our_own_destination_is_a_loop_only_when_that_address_is_this_hosts(
     local: bool, expected: str | None
@@ -390,9 +403,7 @@ def test_a_datagram_to_our_own_destination_is_a_loop_only_when_that_address_is_t
     # Not this host's: a router steering its clients' datagrams for the backend through the forwarder,
     # whose own datagrams (locally sent, never through prerouting) are not steered back.
     machine = ForwardingMachine(
-        Settings(),
-        is_local=lambda address: local and address == "198.51.100.1",
-        backends=[("198.51.100.1", 27030)],
+        Settings(), is_local=_Local("198.51.100.1" if local else None), backends=[("198.51.100.1", 27030)]
     )
     mapped = PortMap.of("media", PortRange(27000, 27050), BACKEND, None, 27030)
     machine.serve_range(mapped)
