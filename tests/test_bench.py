@@ -207,7 +207,14 @@ def test_a_contender_whose_package_is_missing_is_skipped_with_a_line_naming_the_
 def test_echo_cases_are_run_only_by_contenders_that_relay_replies() -> None:
     echo, plain = Case(64, 1, echo=True), Case(64, 1)
     relaying = {name for name, contender in CONTENDERS.items() if contender.runs(echo)}
-    assert relaying == {"kernel-dnat+rps", "kernel-dnat", "forwarder-relay", "nginx", "go-mmproxy"}
+    assert relaying == {
+        "kernel-dnat+rps",
+        "kernel-dnat",
+        "forwarder-relay",
+        "forwarder-tproxy",
+        "nginx",
+        "go-mmproxy",
+    }
     assert all(contender.runs(plain) for contender in CONTENDERS.values())
 
 

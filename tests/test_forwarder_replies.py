@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 from forwarder_helpers import drain
 
+from forwarder.core.addresses import sockaddr_bytes
 from forwarder.core.destination import Destination
 from forwarder.core.machine import ForwardingMachine
 from forwarder.core.settings import Settings
@@ -135,6 +136,7 @@ def test_a_reply_that_cannot_be_sent_is_counted_and_the_replies_after_it_in_the_
         drain(engine, route)
         flows = list(machine.flows.values())
         flows[1].peer = ("127.0.0.1", 0)  # a destination no datagram can be sent to: EINVAL
+        flows[1].raw_peer = sockaddr_bytes(socket.AF_INET, flows[1].peer)  # (as sendmmsg names it)
         for _ in flows:
             backend.sendto(b"reply", backend.recvfrom(100)[1])
         now = time.monotonic()
@@ -157,3 +159,12 @@ def test_the_truncation_flag_every_datagram_and_reply_is_checked_against_is_a_pl
     assert type(machine.MSG_TRUNC) is int
     assert type(reply_rules.MSG_TRUNC) is int
     assert machine.MSG_TRUNC == reply_rules.MSG_TRUNC == socket.MSG_TRUNC
+
+
+def test_the_control_truncation_flag_the_control_walks_check_is_a_plain_int() -> None:
+    # The same for the control-message walks: pktinfo per datagram of a wildcard listener, the original
+    # destination per reply on the --reply-tproxy socket.
+    from forwarder.io import control
+
+    assert type(control.MSG_CTRUNC) is int
+    assert control.MSG_CTRUNC == socket.MSG_CTRUNC

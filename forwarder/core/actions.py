@@ -27,10 +27,11 @@ class SendOnce:
 @dataclass(frozen=True, slots=True)
 class Drop:
     """Nothing to send: the datagram (or the backend's reply to `client`) was dropped, and counted, as
-    `key`; the engine logs it, rate-limited."""
+    `key`; the engine logs it, rate-limited. `path` is None only for a reply on the tproxy reply socket
+    from a source that is none of our backends."""
 
     key: str
-    path: Path
+    path: Path | None
     client: bytes | None  # raw sockaddr; None when unknown (a failed receive)
     reply: bool = False
 

@@ -106,6 +106,8 @@ class ForwardingMachine(ReplyRules):
             names_in_header=settings.send_proxy_protocol,
             backends=backends,
         )
+        # The (address, port) each raw source of a reply on the tproxy reply socket names (reply_arrived).
+        self._reply_targets: dict[bytes, tuple[str, int]] = {}
         # Sender key -> its flow: the hot path's one lookup (kept in step with the flow table).
         self._senders: dict[FlowKey, Flow] = {}
         self._lookup: Callable[[FlowKey], Flow | None] = self._senders.get

@@ -1,16 +1,20 @@
 """The machine's side of the backend's replies (relay mode): which flow's client a reply goes to, or why
-none, and the ICMP errors about a flow's datagrams, counted by type. Part of ForwardingMachine.
+none, whether it came on the flow's own socket or on the one tproxy reply socket (matched by its source,
+the backend, and its original destination, the client: one dict lookup), and the ICMP errors about a
+flow's datagrams, counted by type. Part of ForwardingMachine.
 """
 
 import socket
 
 from forwarder.core.actions import Drop
-from forwarder.core.addresses import SockAddr
+from forwarder.core.addresses import SockAddr, decode_sockaddr, plain_address
 from forwarder.core.counters import Counters, DropReason, drop_key, errno_name
-from forwarder.core.flows import Flow, FlowKey, FlowTable
+from forwarder.core.flows import Flow, FlowKey, FlowTable, Path, bounded_put
 from forwarder.core.icmp import QueuedError
 
 MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: an IntFlag makes every `flags & MSG_TRUNC` an enum call
+# Reply sources remembered decoded (the backends, and whatever else the steering lets through).
+REPLY_TARGETS = 1024
 
 
 class ReplyRules:
@@ -19,6 +23,8 @@ class ReplyRules:
     relay: bool
     flows: FlowTable[FlowKey, Flow]
     counters: Counters
+    # The raw sockaddr a reply on the reply socket came from -> the (address, port) it names.
+    _reply_targets: dict[bytes, tuple[str, int]]
 
     def reply_received(
         self, flow: Flow, source: SockAddr, size: int, flags: int, now: float
@@ -43,6 +49,50 @@ class ReplyRules:
         flow.referenced = True
         self.counters.relayed += 1
         return flow
+
+    def reply_arrived(
+        self, source: bytes, client: bytes | None, size: int, flags: int, now: float
+    ) -> "Flow | Drop":
+        """A reply of `size` bytes from the raw sockaddr `source` to the client `client` (the raw original
+        destination the tproxy rule kept; None or b"" when the kernel gave none) arrived on the reply
+        socket: the flow whose client it is relayed to (it counts as use of that flow), or why not. Its
+        flow is the one of its backend and client, as on the forward path (one dict lookup, the source's
+        decoding cached); a reply from no backend of ours, without its client, or whose flow is gone
+        (evicted) is `reply-unmatched`: never sent anywhere else."""
+        flow = None
+        if client:
+            target = self._reply_targets.get(source)
+            if target is None:
+                target = self._reply_target(source)
+            flow = self.flows.lookup((target, client))
+        if flow is None:
+            reason = DropReason.REPLY_TRUNCATED if flags & MSG_TRUNC else DropReason.REPLY_UNMATCHED
+            return self._steered_drop(None, client, reason)
+        if flags & MSG_TRUNC:
+            return self._steered_drop(flow.path, client, DropReason.REPLY_TRUNCATED)
+        flow.last_used = now
+        flow.referenced = True
+        self.counters.relayed += 1
+        return flow
+
+    def _reply_target(self, source: bytes) -> tuple[str, int]:
+        """The (address, port) a raw reply source names, as flows are keyed (a v4-mapped one as IPv4, so
+        an IPv4 backend's reply on a dual-stack reply socket finds its flow); kept in a bounded cache."""
+        address = decode_sockaddr(source)
+        target = (str(plain_address(str(address[0]))), int(address[1]))
+        bounded_put(self._reply_targets, source, target, REPLY_TARGETS)
+        return target
+
+    def steered_receive_failed(self, error_number: int) -> Drop:
+        """Receiving from the reply socket failed (no flow to name)."""
+        return self._steered_drop(None, None, DropReason.REPLY_RECEIVE_ERROR, errno_name(error_number))
+
+    def _steered_drop(
+        self, path: Path | None, client: bytes | None, reason: DropReason, detail: str = ""
+    ) -> Drop:
+        key = drop_key(reason, detail)
+        self.counters.reply_dropped[key] += 1
+        return Drop(key, path, client or None, reply=True)
 
     def reply_send_failed(self, flow: Flow, error_number: int) -> Drop:
         """Relaying a reply (counted as relayed) to `flow`'s client failed."""

@@ -38,6 +38,7 @@ class Settings:
     proxy_protocol_from: tuple[Network, ...] = ()
     prefer_family: str | None = None  # "ipv4", "ipv6" or None
     receive_buffer: int | None = None
+    reply_tproxy: int | None = None  # --reply-tproxy PORT: replies come to one socket on PORT (relay mode)
 
     @property
     def relays(self) -> bool:
@@ -55,7 +56,19 @@ class Settings:
     def connects_flows(self) -> bool:
         """Flow sockets are connected to the backend: only where they carry replies (in direct mode early
         demux would steal the replies the host must forward)."""
-        return self.relays
+        return self.replies_on_flow_sockets
+
+    @property
+    def replies_on_flow_sockets(self) -> bool:
+        """Each flow's own socket receives its replies: relay mode, unless the host steers every reply to
+        the one tproxy reply socket (--reply-tproxy)."""
+        return self.relays and self.reply_tproxy is None
+
+    @property
+    def flow_sockets(self) -> bool:
+        """Every flow holds a socket of its own: to send from (the sockets path) or to receive its replies
+        (relay mode without --reply-tproxy); on the raw path otherwise a flow is only a cached decision."""
+        return not self.raw_path or self.replies_on_flow_sockets
 
     @property
     def prefixes_header(self) -> bool:
@@ -76,8 +89,9 @@ class Settings:
     @property
     def needs_capability_after_start(self) -> bool:
         """Something after start-up opens a transparent socket bound to a client's address (the sockets
-        path, relay mode's flow sockets), given the send path asked for is the one used."""
-        return self.binds_client and (not self.raw_path or self.relays)
+        path, relay mode's flow sockets), given the send path asked for is the one used. The tproxy reply
+        socket is opened at start-up, so --reply-tproxy on the raw path needs none afterwards."""
+        return self.binds_client and self.flow_sockets
 
     def needs_pktinfo(self, wildcard: bool) -> bool:
         """A listener must read each datagram's local address (IP_PKTINFO): in relay mode the reply leaves

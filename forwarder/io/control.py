@@ -35,7 +35,9 @@ ORIGDST_KINDS = {
 # The local address of a datagram whose control messages were cut short (MSG_CTRUNC): not known, so its
 # flow's replies are not sent from a guess (see Engine.relay).
 UNKNOWN_LOCAL = b""
-MSG_CTRUNC = socket.MSG_CTRUNC
+# A plain int: `flags & socket.MSG_CTRUNC` (an IntFlag) runs enum.Flag's Python code, about 1 us per datagram
+# or reply, more than the rest of the walk.
+MSG_CTRUNC = int(socket.MSG_CTRUNC)
 # struct cmsghdr: size_t cmsg_len, int cmsg_level, int cmsg_type; messages start CMSG_ALIGN'ed.
 _CMSGHDR = struct.Struct("@Nii")
 _ALIGN = struct.calcsize("@N")

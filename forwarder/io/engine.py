@@ -3,9 +3,10 @@ the machine what to do with every datagram; the engine does it (opens and closes
 drops, rate-limited) and reports back. It watches the flow sockets too: their error queues (ICMP errors
 about the backend, in both modes) and, in relay mode, the backend's replies, which it sends to the client
 from the listening socket the client used: one pass per loop turn over the flow sockets that are ready
-(recvmmsg on each), then one sendmmsg per listener for every reply of the pass (forwarder.io.replies). It
-keeps the service manager informed (READY, STATUS, WATCHDOG, STOPPING). Every decision and every count is
-the machine's (forwarder.core.machine).
+(recvmmsg on each), then one sendmmsg per listener for every reply of the pass (forwarder.io.replies); with
+--reply-tproxy every reply comes to one reply socket instead (forwarder.io.reply_socket), read the same
+way. It keeps the service manager informed (READY, STATUS, WATCHDOG, STOPPING). Every decision and every
+count is the machine's (forwarder.core.machine).
 """
 
 import contextlib
@@ -55,6 +56,7 @@ class Engine(FlowSide):
         watchdog_interval: float | None = None,
         metrics: Metrics | None = None,
         raw: RawSend | None = None,
+        reply_socket: socket.socket | None = None,
         port_replies: PortReplies | None = None,
         batch: int = BATCH,
         buffer_size: int = RECEIVE_BUFFER,
@@ -101,6 +103,9 @@ class Engine(FlowSide):
         self.interval_start = time.monotonic()  # of the interval the next STATUS= reports
         self._route_of = {route.path: route for route in self.routes}
         # Listening sockets by port: a flow socket bound to a client's address on one of them shares it.
+        # --reply-tproxy: every reply comes to this one socket (forwarder.io.reply_socket), matched to its
+        # flow by the machine from its source (a backend) and original destination (the client).
+        self.reply_socket = reply_socket
         self._listeners_on: dict[int, list[socket.socket]] = {}
         for route in self.routes:
             sock = route.listener.sock
@@ -115,10 +120,11 @@ class Engine(FlowSide):
     def needs_capability(self) -> bool:
         """Whether anything after start-up needs a capability: a per-client transparent socket does (the
         sockets path, and relay mode's flow sockets, bound to the client's address); the raw path in direct
-        mode does not (its sockets exist, and a local source's one-shot socket needs none), nor does
-        --send-proxy-protocol (it sends from the host's own address)."""
+        mode does not (its sockets exist, and a local source's one-shot socket needs none), nor does relay
+        mode with --reply-tproxy (its reply socket exists too), nor --send-proxy-protocol (it sends from the
+        host's own address)."""
         # The raw path asked for may have fallen back to per-client sockets (no CAP_NET_RAW): no raw here.
-        return self.settings.binds_client and (self.raw is None or self.settings.relays)
+        return self.settings.binds_client and (self.raw is None or self.settings.replies_on_flow_sockets)
 
     # --- executing the machine's actions ----------------------------------------------------------------
 
@@ -185,10 +191,11 @@ class Engine(FlowSide):
 
     def open(self, flow: Flow) -> bool:
         """Make `flow` ready to send and keep it: on the raw path its prebuilt message parts (and in relay
-        mode a socket for its replies), else its own socket. False (the drop counted) when that failed."""
+        mode a socket for its replies, unless they come to the reply socket), else its own socket. False
+        (the drop counted) when that failed."""
         if self.raw is not None:
             self.raw.prepare(flow)
-            if not self.settings.relays:
+            if not self.settings.replies_on_flow_sockets:
                 evicted = self.machine.flow_opened(flow, None)
                 if evicted is not None:
                     self.close_flows(evicted)
@@ -249,6 +256,11 @@ class Engine(FlowSide):
 
     def log_drop(self, drop: Drop) -> None:
         """Log a drop the machine counted: the first of its kind in an interval at once, the rest summed."""
+        if drop.path is None:  # a reply on the reply socket from none of our backends (or a failed read)
+            self.repeats.report(
+                drop.key, "dropped reply (%s) to %s on the reply socket", drop.key, ClientText(drop.client)
+            )
+            return
         if drop.reply:
             self.repeats.report(
                 drop.key,

@@ -70,8 +70,8 @@ class ErrorQueues:
     def read_raw(self, sock: socket.socket) -> list[QueuedError | None]:
         """Read a raw send socket's error queue; return the entries read (None for one that carried no
         error). It gets the ICMP errors about every UDP datagram of the host, so only those about datagrams
-        to a destination of ours are counted (and logged, rate-limited), and only in direct mode: in relay
-        mode the flow's own socket gets the same error and counts it."""
+        to a destination of ours are counted (and logged, rate-limited), and only where flows hold no
+        socket (direct mode, --reply-tproxy): a flow's own socket gets the same error and counts it."""
         read: list[QueuedError | None] = []
         while len(read) < MAX_ERRORS:
             try:
@@ -80,7 +80,7 @@ class ErrorQueues:
                 return read
             error = parse_queued_error(ancillary)
             read.append(error)
-            if error is None or self.machine.settings.relays or len(data) < UDP_HEADER:
+            if error is None or self.machine.settings.flow_sockets or len(data) < UDP_HEADER:
                 continue
             client_port, port = struct.unpack_from("!HH", data)
             backend = (str(plain_address(str(offender[0]))), port)

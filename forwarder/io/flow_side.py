@@ -1,7 +1,9 @@
 """The flow sockets' side of the engine: watching them (an epoll of their own, one descriptor to the
 loop's selector), reading their error queues when they report an error, and in relay mode the backend's
 replies: one pass per loop turn over the ready ones (recvmmsg on each), then one sendmmsg per listener for
-every reply of the pass (forwarder.io.replies), each from the address its client sent to.
+every reply of the pass (forwarder.io.replies), each from the address its client sent to. With
+--reply-tproxy the replies of every flow come to the one reply socket instead (forwarder.io.reply_socket):
+read in batches with their clients, matched by the machine, sent the same way.
 """
 
 import contextlib
@@ -15,10 +17,12 @@ from forwarder.core.addresses import SockAddr, decode_sockaddr, sockaddr_bytes
 from forwarder.core.flows import Flow, Path, bounded_put
 from forwarder.core.machine import ForwardingMachine
 from forwarder.core.settings import Settings
+from forwarder.io.control import origdst_in_control, origdst_local
 from forwarder.io.errorqueue import ErrorQueues
 from forwarder.io.linux import IP_PKTINFO
 from forwarder.io.listeners import Route
 from forwarder.io.replies import ReplyBatch, source_control
+from forwarder.io.reply_socket import ORIGDST_SPACE
 
 # A flow socket is read until EAGAIN, but at most this many replies (or queued errors) at a time.
 MAX_REPLIES = 256
@@ -33,6 +37,7 @@ class FlowSide:
     settings: Settings
     routes: list[Route]
     error_queues: ErrorQueues
+    reply_socket: socket.socket | None  # --reply-tproxy: the one socket every reply comes to
     _route_of: dict[Path, Route]
 
     log_drop: Callable[[Drop], None]  # Engine's: logs a drop the machine counted
@@ -48,7 +53,13 @@ class FlowSide:
         self._flow_poll: select.epoll | None = None
         self._watched: dict[int, Flow] = {}
         # Relay mode gathers the replies of a pass and sends them with one sendmmsg per listener.
-        self._replies = ReplyBatch.create(buffer_size=buffer_size) if self.settings.relays else None
+        # The reply socket's replies carry their client in a control message: room for it per slot.
+        control = ORIGDST_SPACE if self.reply_socket is not None else 0
+        self._replies = (
+            ReplyBatch.create(buffer_size=buffer_size, control_space=control)
+            if self.settings.relays
+            else None
+        )
         # The replies waiting to leave, per route (= listener): (the flow relayed to, the reply's slot).
         self._staged: list[tuple[Route, list[tuple[Flow, int]]]] = [(route, []) for route in self.routes]
         self._staged_of = {route.path: staged for route, staged in self._staged}
@@ -134,6 +145,69 @@ class FlowSide:
             if count < wanted:  # the queue is empty now (a reply arriving later wakes the loop again)
                 return
 
+    def steered_pass(self, now: float) -> None:
+        """The reply socket is readable: read up to MAX_REPLIES replies, batched with recvmmsg, each with
+        its client (its original destination); the machine says whose each one is; then they leave, one
+        sendmmsg per listener."""
+        sock = self.reply_socket
+        batch = self._replies
+        assert sock is not None
+        if batch is None:
+            self._steered_each(sock, now)
+            return
+        machine = self.machine
+        fd = sock.fileno()
+        staged_of = self._staged_of
+        handled = 0
+        while handled < MAX_REPLIES:
+            first = self._used
+            wanted = min(batch.capacity - first, MAX_REPLIES - handled)
+            try:
+                count = batch.receive(fd, first, wanted)
+            except OSError as error:
+                handled += 1
+                self.log_drop(machine.steered_receive_failed(error.errno or errno.EIO))
+                continue
+            for index in range(first, first + count):
+                raw, size, flags = batch.received(index)
+                client = origdst_in_control(batch.control(index), flags)
+                action = machine.reply_arrived(raw, client, size, flags, now)
+                if action.__class__ is Flow:
+                    staged = staged_of.get(action.path)
+                    if staged is None:  # a port range's flow: its reply leaves from the port asked, now
+                        self.relay_from_port(action, batch.payload(index))
+                    else:
+                        staged.append((action, index))
+                else:
+                    self.log_drop(action)  # type: ignore[arg-type]
+            self._used = first + count
+            handled += count
+            if self._used == batch.capacity:
+                self.flush_replies()
+            if count < wanted:
+                break
+        self.flush_replies()
+
+    def _steered_each(self, sock: socket.socket, now: float) -> None:
+        """Without recvmmsg and sendmmsg: one recvmsg and one send per steered reply."""
+        machine = self.machine
+        buffers, view = self._reply_buffers, self._reply_view
+        for _ in range(MAX_REPLIES):
+            try:
+                size, ancillary, flags, source = sock.recvmsg_into(buffers, ORIGDST_SPACE)
+            except BlockingIOError:
+                return
+            except OSError as error:
+                self.log_drop(machine.steered_receive_failed(error.errno or errno.EIO))
+                continue
+            family = socket.AF_INET6 if ":" in str(source[0]) else socket.AF_INET
+            raw = self._client_name(family, source)
+            action = machine.reply_arrived(raw, origdst_local(ancillary, flags), size, flags, now)
+            if action.__class__ is Flow:
+                self.relay(action, view[:size])
+            else:
+                self.log_drop(action)  # type: ignore[arg-type]
+
     def flush_replies(self) -> None:
         """Send the replies gathered: one sendmmsg per listening socket, each message to its own client
         from the address that client sent to."""
@@ -158,7 +232,9 @@ class FlowSide:
                         self.log_drop(machine.reply_send_failed(flow, errno.EADDRNOTAVAIL))
                         continue
                     control = self._source_control_raw(family, flow.local_address)
-                batch.stage(message, index, self._client_name(family, flow.peer), control)
+                # The flow's latest sender as it was received on this listener: already the sockaddr to
+                # send to (no encoding, no lookup per reply).
+                batch.stage(message, index, flow.raw_peer, control)
                 staged.append((flow, index))
                 message += 1
             group.clear()

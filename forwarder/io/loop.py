@@ -29,8 +29,10 @@ MAX_WAIT = 3600.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 OTHER_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)
 
-# The selector's data of the one file descriptor that stands for every flow socket (their own epoll).
+# The selector's data of the one file descriptor that stands for every flow socket (their own epoll), and of
+# the tproxy reply socket (--reply-tproxy).
 FLOW_SOCKETS = "flow sockets"
+REPLY_SOCKET = "reply socket"
 
 log = logging.getLogger("forwarder")
 
@@ -61,6 +63,7 @@ class Driven(Protocol):
     notifier: Manager
     metrics: Metrics | None
     raw: RawSend | None
+    reply_socket: socket.socket | None
     stats_interval: float
     watchdog_interval: float | None
     interval_start: float
@@ -70,6 +73,8 @@ class Driven(Protocol):
     def counters(self) -> Counters: ...
 
     def flow_pass(self, now: float) -> None: ...
+
+    def steered_pass(self, now: float) -> None: ...
 
     def watch_flow_sockets(self) -> int: ...
 
@@ -139,6 +144,8 @@ class Loop:
             selector.register(engine.watch_flow_sockets(), selectors.EVENT_READ, FLOW_SOCKETS)
             for sock in engine.raw.sockets if engine.raw is not None else ():  # their ICMP errors
                 selector.register(sock, selectors.EVENT_READ, sock)
+            if engine.reply_socket is not None:
+                selector.register(engine.reply_socket, selectors.EVENT_READ, REPLY_SOCKET)
             engine.interval_start = time.monotonic()
             engine.notifier.notify(READY="1", STATUS="Up and running.")
             log.info(
@@ -183,6 +190,8 @@ class Loop:
                 data = key.data
                 if data is FLOW_SOCKETS:
                     engine.flow_pass(time.monotonic())
+                elif data is REPLY_SOCKET:
+                    engine.steered_pass(time.monotonic())
                 elif data is None:
                     _empty(wake_read)
                 elif data.__class__ is socket.socket:

@@ -68,18 +68,25 @@ class ReplyBatch:
         sendmmsg: Callable[..., int],
         capacity: int = BATCH,
         buffer_size: int = 65536,
+        control_space: int = 0,
     ) -> None:
         self._recvmmsg = recvmmsg
         self._sendmmsg = sendmmsg
         self.capacity = capacity
         self.buffer_size = buffer_size
         self.data = bytearray(capacity * buffer_size)
+        # Received control messages (the tproxy reply socket's original destinations): `control_space`
+        # bytes per slot, none by default.
+        self.control_space = control_space
         self._arenas = [bytearray(capacity * NAME_SPACE) for _ in range(2)] + [
-            bytearray(capacity * CONTROL_SPACE)
+            bytearray(capacity * CONTROL_SPACE),
+            bytearray(max(capacity * control_space, 1)),
         ]
         arrays = [(ctypes.c_char * len(arena)).from_buffer(arena) for arena in [self.data, *self._arenas]]
         self._arrays = arrays  # keep the exported buffers alive with us
-        data, received_names, sent_names, controls = (ctypes.addressof(array) for array in arrays)
+        data, received_names, sent_names, controls, received_controls = (
+            ctypes.addressof(array) for array in arrays
+        )
         self._received = (MMsgHdr * capacity)()
         self._sent = (MMsgHdr * capacity)()
         self._received_iov = (IOVec * capacity)()
@@ -93,6 +100,9 @@ class ReplyBatch:
             header.msg_iovlen = 1
             header.msg_name = received_names + index * NAME_SPACE
             header.msg_namelen = NAME_SPACE
+            if control_space:
+                header.msg_control = received_controls + index * control_space
+                header.msg_controllen = control_space
             header = self._sent[index].msg_hdr
             header.msg_iov = ctypes.addressof(self._sent_iov[index])
             header.msg_iovlen = 1
@@ -103,6 +113,7 @@ class ReplyBatch:
         # Integer views: u32 of the received headers (lengths, flags, name lengths), u64 of the sent ones
         # and of their iovecs (lengths, pointers); every field index is computed once here.
         self._in32 = memoryview(self._received).cast("B").cast("I")
+        self._in64 = memoryview(self._received).cast("B").cast("Q")
         self._out32 = memoryview(self._sent).cast("B").cast("I")
         self._out64 = memoryview(self._sent).cast("B").cast("Q")
         self._iov64 = memoryview(self._sent_iov).cast("B").cast("Q")
@@ -113,26 +124,35 @@ class ReplyBatch:
         self._received_names = memoryview(self._arenas[0])
         self._sent_names = memoryview(self._arenas[1])
         self._controls = memoryview(self._arenas[2])
+        self._received_controls = memoryview(self._arenas[3])
         self.view = memoryview(self.data)
         self._shortened = 0  # slots below this may hold a name length the kernel shortened
 
     @classmethod
-    def create(cls, capacity: int = BATCH, buffer_size: int = 65536) -> "ReplyBatch | None":
-        """A reply batch, or None when this libc lacks recvmmsg or sendmmsg."""
+    def create(
+        cls, capacity: int = BATCH, buffer_size: int = 65536, control_space: int = 0
+    ) -> "ReplyBatch | None":
+        """A reply batch (receiving `control_space` bytes of control messages per reply), or None when this
+        libc lacks recvmmsg or sendmmsg."""
         recvmmsg = libc_function("recvmmsg", RECVMMSG_ARGUMENTS, ctypes.c_int)
         sendmmsg = libc_function("sendmmsg", SENDMMSG_ARGUMENTS, ctypes.c_int)
         if recvmmsg is None or sendmmsg is None:
             return None
-        return cls(recvmmsg, sendmmsg, capacity, buffer_size)
+        return cls(recvmmsg, sendmmsg, capacity, buffer_size, control_space)
 
     def receive(self, fd: int, first: int, count: int) -> int:
         """Receive up to `count` replies queued on `fd` into slots first.., without blocking; how many
         (0: none queued). OSError for a failed receive (a pending ICMP error, reported once)."""
         in32, namelen_at = self._in32, self._namelen_at
-        # msg_namelen is in/out: the kernel shortened it in the slots it filled, which are always the first
-        # `_shortened` ones; only those are restored (restoring all 64 cost more than the call itself).
+        # msg_namelen (and msg_controllen) are in/out: the kernel shortened them in the slots it filled,
+        # which are always the first `_shortened` ones; only those are restored (restoring all 64 cost more
+        # than the call itself).
         for index in range(first, min(first + count, self._shortened)):
             in32[namelen_at[index]] = NAME_SPACE
+        if self.control_space:
+            in64, controllen_at, space = self._in64, self._controllen_at, self.control_space
+            for index in range(first, min(first + count, self._shortened)):
+                in64[controllen_at[index]] = space
         received: int = self._recvmmsg(fd, self._received_address + first * _SIZE, count, MSG_DONTWAIT, None)
         if received < 0:
             self._shortened = min(self._shortened, first)
@@ -149,6 +169,11 @@ class ReplyBatch:
         in32, start = self._in32, index * NAME_SPACE
         name = bytes(self._received_names[start : start + in32[self._namelen_at[index]]])
         return name, in32[self._length_at[index]], in32[self._flags_at[index]]
+
+    def control(self, index: int) -> memoryview:
+        """Slot `index`'s control messages as the kernel wrote them (msg_controllen bytes)."""
+        start = index * self.control_space
+        return self._received_controls[start : start + self._in64[self._controllen_at[index]]]
 
     def payload(self, index: int) -> memoryview:
         """Slot `index`'s reply (cut to the buffer when it was larger: such a reply is never relayed)."""

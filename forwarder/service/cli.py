@@ -48,6 +48,7 @@ from forwarder.service.mapping import assign, check_form
 from forwarder.service.metrics import MetricsFile, listen_label
 from forwarder.service.notify import Notifier, watchdog_interval
 from forwarder.service.options import PROG, build_parser, settings_from
+from forwarder.service.reply_tproxy import check_reply_tproxy, open_tproxy_reply_socket, warn_of_mark_routing
 from forwarder.service.resolution import lookup, pick
 from forwarder.service.routecheck import reply_route_warning
 
@@ -143,6 +144,15 @@ def refuse_loops(routes: Sequence[Route]) -> None:
                 )
 
 
+def warn_of_relay_routing(settings: Settings, routes: Sequence[Route]) -> None:
+    """Relay mode's start-up check of the host's routing: the mark routing of --reply-tproxy, or else the
+    route of each backend's replies to the flow sockets."""
+    if settings.reply_tproxy is not None:
+        warn_of_mark_routing({route.destination.family for route in routes}, settings.reply_tproxy)
+    elif settings.relays:
+        warn_of_reply_routes(routes)
+
+
 def warn_of_reply_routes(routes: Sequence[Route]) -> None:
     """Relay mode: log a warning for each destination whose replies the kernel would not deliver here."""
     is_local = LocalAddresses()
@@ -194,13 +204,18 @@ def open_send_path(settings: Settings, families: set[socket.AddressFamily]) -> R
                     "cannot open a raw socket (CAP_NET_RAW) nor set IP_TRANSPARENT for per-client sockets "
                     f"(CAP_NET_RAW or CAP_NET_ADMIN): {CAPABILITY_HINT}"
                 ) from None
+            if settings.reply_tproxy is not None:
+                raise MissingPermissionError(
+                    f"--reply-tproxy needs the raw send path, and its raw socket cannot be opened "
+                    f"({error.strerror}: CAP_NET_RAW is missing): grant AmbientCapabilities=CAP_NET_RAW"
+                ) from None
             log.warning(
                 "--send-path raw: cannot open a raw socket (%s: CAP_NET_RAW is missing); sending from one "
                 "transparent socket per client instead (CAP_NET_ADMIN)",
                 error.strerror,
             )
             return None
-        if settings.relays:  # relay mode's flow sockets, bound to the client's address, receive the replies
+        if settings.replies_on_flow_sockets:  # flow sockets, bound to the client's address, get replies
             check_transparent_capability(families)
         return RawSend(sockets, BATCH, checksum=settings.checksum)
     check_transparent_capability(families)
@@ -255,6 +270,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             "--reply direct with --send-proxy-protocol: the backend answers this host's address, so "
             "replies can only be relayed; expected --reply relay or no --reply"
         )
+    check_reply_tproxy(args)
     settings = settings_from(args)
     logs.configure(args.log_level)
     specs = [parse_destination(text) for text in args.destinations]
@@ -263,6 +279,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     listeners = open_listeners(args.listen, specs)
     notifier = Notifier()
     raw: RawSend | None = None
+    reply_socket: socket.socket | None = None
     port_replies: PortReplies | None = None
     try:
         metrics = metrics_file(args.metrics_file, listeners)
@@ -270,18 +287,19 @@ def run(argv: Sequence[str] | None = None) -> int:
         refuse_loops(routes)
         # With --send-proxy-protocol nothing binds a client's address (no capability needed) and replies
         # come back to this host's own address (no relay routing to check).
+        families = {route.destination.family for route in routes}
+        reply_socket = open_tproxy_reply_socket(settings, routes)
         if settings.binds_client:
-            raw = open_send_path(settings, {route.destination.family for route in routes})
-            if settings.relays:
-                warn_of_reply_routes(routes)
+            raw = open_send_path(settings, families)
+            warn_of_relay_routing(settings, routes)
         ranges.make_transparent(routes)
         ranges.warn_of_mark_routing(routes)
         port_replies = ranges.open_port_replies(routes, settings)
         if settings.receive_buffer is not None:
             for listener in listeners:
                 set_receive_buffer(listener.sock, settings.receive_buffer)
-        # On the raw path in direct mode a flow holds no socket: no file descriptor to fit.
-        if raw is None or settings.relays:
+        # On the raw path in direct mode or with --reply-tproxy a flow holds no socket: no descriptor to fit.
+        if raw is None or settings.replies_on_flow_sockets:
             settings = replace(settings, max_flows=fit_max_flows(settings.max_flows, len(listeners)))
         machine = ForwardingMachine(
             settings,
@@ -297,6 +315,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             watchdog_interval=watchdog_interval(os.environ),
             metrics=metrics,
             raw=raw,
+            reply_socket=reply_socket,
             port_replies=port_replies,
         )
         if not engine.needs_capability:
@@ -306,6 +325,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         notifier.close()
         if raw is not None:
             raw.close()
+        if reply_socket is not None:
+            reply_socket.close()
         if port_replies is not None:
             port_replies.close()
         for listener in listeners:

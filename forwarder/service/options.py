@@ -106,6 +106,14 @@ def _file_kind(mode: int) -> str:
     return next((kind for test, kind in kinds if test(mode)), "not a regular file")
 
 
+def _port(text: str) -> int:
+    """A UDP port to bind: 1 to 65535 (0 would let the kernel pick one no nftables rule names)."""
+    value = int(_number(int, text))
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"{shown(text)} is out of range: expected a port of 1 to 65535")
+    return value
+
+
 def _network(text: str) -> Network:
     """A network whose senders' PROXY headers are believed: ADDRESS/PREFIX without host bits, or one
     address. Host bits are refused, not masked: a trust list must say exactly whom it trusts. A v4-mapped
@@ -164,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_FLOWS,
         metavar="N",
         help=f"flows kept at most, evicted by second chance, ~LRU (default {DEFAULT_MAX_FLOWS}); where each "
-        "holds a socket (--send-path sockets, relay mode) lowered to fit RLIMIT_NOFILE",
+        "holds a socket (--send-path sockets, relay mode without --reply-tproxy) lowered to fit "
+        "RLIMIT_NOFILE",
     )
     parser.add_argument(
         "--flow-idle-timeout",
@@ -200,6 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="direct: the backend's replies go straight to the clients (the host rewrites their source; "
         "default); relay: the host routes them to the forwarder, which sends each from the address the "
         "client sent to (see the README's routing recipe); --send-proxy-protocol implies relay",
+    )
+    parser.add_argument(
+        "--reply-tproxy",
+        type=_port,
+        metavar="PORT",
+        help="with --reply relay on the raw send path: the host steers every reply (nftables tproxy to "
+        ":PORT and a mark routed to a local table) to one transparent socket bound to PORT, which reads "
+        "them in batches with their client (IP_ORIGDSTADDR): no socket per client at all, and no "
+        "capability after start-up (see the README's recipe)",
     )
     parser.add_argument(
         "--send-proxy-protocol",
@@ -271,4 +289,5 @@ def settings_from(args: argparse.Namespace) -> Settings:
         proxy_protocol_from=tuple(args.proxy_protocol_from),
         prefer_family=args.prefer_family,
         receive_buffer=args.receive_buffer,
+        reply_tproxy=args.reply_tproxy,
     )

@@ -1,8 +1,9 @@
 """The contenders of `netlab bench`: kernel DNAT (with and without RPS), the per-datagram reference, the
 forwarder in its default configuration (the raw send path) and its other modes (per-client sockets, GSO,
-relay, single receive, PROXY v2 in), and the peers from Debian's archive, nginx (stream module, transparent
-`proxy_bind`) and go-mmproxy (PROXY v2 in, transparent out). Each is a context manager that starts it on
-the host and tears it down; every userspace contender is pinned to the same core (CONTENDER_CPU).
+relay with flow sockets or one tproxy reply socket, single receive, PROXY v2 in), and the peers from
+Debian's archive, nginx (stream module, transparent `proxy_bind`) and go-mmproxy (PROXY v2 in, transparent
+out). Each is a context manager that starts it on the host and tears it down; every userspace contender is
+pinned to the same core (CONTENDER_CPU).
 
 Adding a contender is one entry in CONTENDERS. The forwarder's reply relay and PROXY v2 modes, once the
 forwarder has them, are `forwarder_with("--reply", "relay")` with `relays_replies=True`, and
@@ -21,6 +22,7 @@ from netlab.bench.lab import (
     HOST_ADDRESS,
     HOST_DNAT,
     PORT,
+    REPLY_SOCKET_PORT,
     SENDER_ADDRESS,
     BenchLab,
     Case,
@@ -168,6 +170,13 @@ CONTENDERS = {
         Contender("forwarder-checksum", forwarder_with("--udp-checksum", "compute")),
         # Relay mode: connected flow sockets; in echo cases it carries the replies back itself.
         Contender("forwarder-relay", forwarder_with("--reply", "relay"), relays_replies=True),
+        # Relay mode with one reply socket: the host steers the replies there (nftables tproxy).
+        Contender(
+            "forwarder-tproxy",
+            forwarder_with("--reply", "relay", "--reply-tproxy", str(REPLY_SOCKET_PORT)),
+            relays_replies=True,
+            tproxy_replies=True,
+        ),
         Contender("forwarder-single", forwarder_with("--receive", "single")),
         # PROXY v2 in, as go-mmproxy: the sender prefixes every datagram with a header naming its source.
         Contender(

@@ -21,6 +21,7 @@ from netlab.lab.nft import apply_ruleset, counter_packets, delete_table
 from netlab.lab.node import LabNode
 from netlab.lab.offload import set_features
 from netlab.lab.process import python_env
+from netlab.lab.tproxy import steer
 from netlab.service.relay import RELAY_TABLE, install_relay_routing
 from netlab.topology.shipped import seed_deployment
 
@@ -33,6 +34,9 @@ SENDER_CPU = 0
 CONTENDER_CPU = 1  # every userspace contender is pinned here, the sender's other core
 RPS_MASK = "2"  # the host's receive work goes to CPU 1 while the sender runs on CPU 0
 REPLY_TABLE = RELAY_TABLE  # the host's routing table that delivers the backend's replies to local sockets
+REPLY_SOCKET_PORT = (
+    26999  # the port of a contender's one tproxy reply socket (the forwarder's --reply-tproxy)
+)
 
 BACKEND_COUNTER = f"""table inet netlab_bench {{
     counter delivered {{ }}
@@ -143,7 +147,8 @@ class Contender:
     run and tears it down.
 
     `userspace` contenders run pinned to CONTENDER_CPU and, when they relay replies, get the backend's
-    replies delivered to their local (transparent) sockets by policy routing. `proxy_v2` makes the sender
+    replies delivered to their local (transparent) sockets by policy routing, or with `tproxy_replies`
+    steered by nftables tproxy to one socket on REPLY_SOCKET_PORT. `proxy_v2` makes the sender
     prefix a PROXY v2 header. `requires` lists the executables or files it needs; when one is missing the
     contender is skipped and `package` says what to install."""
 
@@ -152,6 +157,7 @@ class Contender:
     rps: bool = False
     userspace: bool = True
     relays_replies: bool = False
+    tproxy_replies: bool = False
     proxy_v2: bool = False
     requires: tuple[str, ...] = ()
     package: str = ""
@@ -279,6 +285,24 @@ class BenchLab:
         finally:
             routing.remove()
 
+    @contextlib.contextmanager
+    def replies_steered(self) -> Iterator[None]:
+        """nftables tproxy on the host that steers the backend's UDP replies from PORT, arriving from the
+        backend's side, to the one socket on REPLY_SOCKET_PORT (with its mark routed to a local table);
+        everything else from the backend is still forwarded."""
+        steering = steer(
+            self.host,
+            version=4,
+            to_port=REPLY_SOCKET_PORT,
+            saddr=BACKEND_ADDRESS,
+            sports=PORT,
+            iifname="to-backend",
+        )
+        try:
+            yield
+        finally:
+            steering.remove()
+
     def blast(self, case: Case, duration: float, rate: float = 0.0, **extra: Any) -> dict[str, float]:
         """Run the sender for `duration` seconds (`extra`: more BlastOptions, e.g. proxy_v2, count)."""
         options = {
@@ -317,7 +341,9 @@ class BenchLab:
         with contextlib.ExitStack() as stack:
             if case.echo:
                 stack.enter_context(self.echoing())
-                if contender.userspace:
+                if contender.tproxy_replies:
+                    stack.enter_context(self.replies_steered())
+                elif contender.userspace:
                     stack.enter_context(self.replies_to_local_sockets())
             handle = stack.enter_context(contender.setup(self, case))
             self.wait_forwarding(contender, case, handle)
