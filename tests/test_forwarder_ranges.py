@@ -224,6 +224,7 @@ def test_an_outside_range_drop_names_the_address_and_port_the_client_asked_not_t
     drop = machine.outside_range(listener, client, _original(27051, family))
 
     asked = "198.51.100.1:27051" if family == socket.AF_INET else "[2001:db8:51::1]:27051"
+    assert drop.path is not None
     assert (drop.path.name, str(drop.path.destination)) == ("media", asked)
 
 
@@ -414,6 +415,7 @@ def test_a_datagram_to_our_own_destination_is_a_loop_only_when_that_address_is_t
 
     assert (drop and drop.key) == expected
     if drop is not None:
+        assert drop.path is not None
         assert str(drop.path.destination) == "198.51.100.1:27030"
         assert machine.counters.dropped == {"loop": 1}
     assert machine.range_loop(mapped, listener, client, _original(27031)) is None
