@@ -4,6 +4,7 @@ destination's port to the backend's (forwarder.core.ranges), the machine's drops
 and the metrics file show: one entry per range, never one per port."""
 
 import errno
+import logging
 import pathlib
 import socket
 import subprocess
@@ -281,24 +282,50 @@ def test_no_client_may_claim_any_port_of_a_ranges_backend() -> None:
     assert ("192.0.2.3", 54) not in backends
 
 
-def test_the_mark_routing_warning_is_one_line_per_family_of_range_destinations() -> None:
+def test_the_mark_routing_is_checked_once_per_family_of_range_listeners_not_on_the_hosts_own_address(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     from forwarder.io.listeners import ListeningSocket, Route
 
     asked: list[int] = []
 
     def check(family: int) -> str | None:
         asked.append(family)
-        return f"tproxy: missing for {family}" if family == socket.AF_INET6 else None
+        return f"tproxy: missing for {family}"
 
-    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-        sock.bind(("::1", 0))
+    def route(sock: socket.socket, name: str) -> Route:
         v6 = Destination(socket.AF_INET6, "2001:db8::2", 10000)
-        mapped = PortMap.of("media", PortRange(10000, 10010), v6, None, None)
-        routes = [Route(ListeningSocket(sock, "media"), mapped.backend, ports=mapped)] * 2
-        plain = Route(ListeningSocket(sock, "dns"), Destination(socket.AF_INET, "192.0.2.2", 53))
+        mapped = PortMap.of(name, PortRange(10000, 10010), v6, None, None)
+        return Route(ListeningSocket(sock, name), mapped.backend, ports=mapped)
 
-        assert warn_of_mark_routing([*routes, plain], check) == [f"tproxy: missing for {socket.AF_INET6}"]
-    assert asked == [socket.AF_INET6]
+    with (
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as own,
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as wildcard,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as plain_sock,
+    ):
+        own.bind(("::1", 0))
+        wildcard.bind(("::", 0))
+        plain_sock.bind(("127.0.0.1", 0))
+        plain = Route(ListeningSocket(plain_sock, "dns"), Destination(socket.AF_INET, "192.0.2.2", 53))
+
+        # On the host's own address: delivered locally whatever the mark routing; nothing to say.
+        assert warn_of_mark_routing([route(own, "media"), plain], check) == []
+        assert asked == []
+        # A wildcard listener: said once, informational, with when it matters.
+        with caplog.at_level(logging.INFO, logger="forwarder"):
+            lines = warn_of_mark_routing([route(wildcard, "a"), route(wildcard, "b"), plain], check)
+        assert asked == [socket.AF_INET6]
+        assert lines == [
+            f"tproxy: missing for {socket.AF_INET6} (needed only if the tproxy rule steers addresses that "
+            "are not this host's own)"
+        ]
+        assert [record.levelno for record in caplog.records] == [logging.INFO]
+        # Bound to an address that is not the host's (a service address): a warning.
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="forwarder"):
+            lines = warn_of_mark_routing([route(own, "media")], check, is_local=lambda _: False)
+        assert lines == [f"tproxy: missing for {socket.AF_INET6}"]
+        assert [record.levelno for record in caplog.records] == [logging.WARNING]
 
 
 def test_the_readme_shows_the_shipped_ruleset_verbatim() -> None:

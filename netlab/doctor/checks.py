@@ -10,11 +10,11 @@ line: a source rewrite on the host (direct, the default) or the relay routing (r
 """
 
 import ipaddress
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from netlab.addresses import parse_endpoint
+from netlab.doctor.findings import Deployment, Finding
 from netlab.doctor.probes import Probe, Rule, reply_mode_of
 from netlab.doctor.tproxy import check_range_steering, check_reply_tproxy, reply_tproxy_port_of
 from netlab.errors import AddressError
@@ -24,30 +24,6 @@ from netlab.service.relay import IPPROTO_UDP, RELAY_TABLE, local_route_command, 
 from netlab.service.replypath import reply_path_ruleset
 
 IPPROTO_TCP = 6
-
-
-@dataclass
-class Finding:
-    """One check's result: `ok`, or what is missing and the command or rule that fixes it."""
-
-    check: str
-    ok: bool
-    detail: str
-    fix: str = ""
-
-
-@dataclass
-class Deployment:
-    """What the doctor checks: the host running the forwarder, its backend, and client addresses."""
-
-    host: Probe
-    backend: Probe | None
-    backend_address: str
-    host_address: str  # the address clients send to, which replies must come from
-    clients: Sequence[str] = field(default_factory=list)
-    host_backend_address: str = "HOST_ADDRESS_ON_BACKEND_NETWORK"  # the backend's gateway, for fix hints
-    reply_mode: str | None = None  # "direct" or "relay"; None: as the running forwarder's --reply says
-    backend_ports: Sequence[int] = ()  # the ports the backend answers from; (): the forwarder's DESTs
 
 
 def reply_mode(deployment: Deployment) -> str:

@@ -14,15 +14,13 @@ says too. Each address family is checked on its own (the IPv6 pieces are named `
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from netlab.doctor.findings import Deployment, Finding
 from netlab.errors import AddressError
 from netlab.lab.tproxy import tproxy_commands
 from netlab.service.launch import range_listeners, reply_tproxy_port
 from netlab.service.relay import IPPROTO_UDP, local_route_command
-
-if TYPE_CHECKING:
-    from netlab.doctor.checks import Deployment, Finding
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 PortRange = tuple[int, int]
@@ -167,11 +165,11 @@ def _contains(networks: tuple[Network, ...] | None, address: str) -> bool:
     return networks is None or any(ipaddress.ip_address(address) in network for network in networks)
 
 
-def _local_tables(deployment: "Deployment", version: int) -> set[int]:
+def _local_tables(deployment: Deployment, version: int) -> set[int]:
     return set(deployment.host.local_default_tables(version))
 
 
-def _suggested_mark(deployment: "Deployment", version: int) -> tuple[int, int]:
+def _suggested_mark(deployment: Deployment, version: int) -> tuple[int, int]:
     """A (mark, table) the host already delivers locally, else the recipe's (1, 100)."""
     tables = _local_tables(deployment, version)
     for rule in deployment.host.rules(version):
@@ -192,11 +190,10 @@ class _Probe:
 
 
 def _mark_routing(
-    deployment: "Deployment", prefix: str, version: int, marks: set[int | None], probe: _Probe
-) -> list["Finding"]:
+    deployment: Deployment, prefix: str, version: int, marks: set[int | None], probe: _Probe
+) -> list[Finding]:
     """The mark rule and the local route for each mark (None: a tproxy rule that sets none): ok when the
     kernel delivers the datagram carrying it."""
-    from netlab.doctor.checks import Finding
 
     host = deployment.host
     findings = []
@@ -267,9 +264,8 @@ def _mark_routing(
 
 
 def _route_finding(  # noqa: PLR0913, PLR0917 - the fields of one finding
-    deployment: "Deployment", prefix: str, version: int, mark: int, table: int, probe: _Probe
-) -> "Finding":
-    from netlab.doctor.checks import Finding
+    deployment: Deployment, prefix: str, version: int, mark: int, table: int, probe: _Probe
+) -> Finding:
 
     return Finding(
         _name(prefix, "local route", version),
@@ -280,7 +276,7 @@ def _route_finding(  # noqa: PLR0913, PLR0917 - the fields of one finding
     )
 
 
-def _nft_fix(deployment: "Deployment", version: int, to_port: int, **selectors: Any) -> str:
+def _nft_fix(deployment: Deployment, version: int, to_port: int, **selectors: Any) -> str:
     """The nft commands of the recipe for this steering (the mark routing is judged on its own)."""
     mark, table = _suggested_mark(deployment, version)
     nft_table = RANGE_TABLE if "dports" in selectors else REPLIES_TABLE
@@ -288,21 +284,20 @@ def _nft_fix(deployment: "Deployment", version: int, to_port: int, **selectors: 
     return " && ".join(deployment.host.fix(command) for command in commands if command.startswith("nft "))
 
 
-def _client(deployment: "Deployment", version: int) -> str:
+def _client(deployment: Deployment, version: int) -> str:
     return next(
         (c for c in deployment.clients if ipaddress.ip_address(c).version == version), _SAMPLE_CLIENT[version]
     )
 
 
-def _interface_toward(deployment: "Deployment", address: str) -> int | None:
+def _interface_toward(deployment: Deployment, address: str) -> int | None:
     route = deployment.host.route_get(address)
     return None if route is None else route.get("oif")
 
 
-def check_range_steering(deployment: "Deployment") -> list["Finding"]:
+def check_range_steering(deployment: Deployment) -> list[Finding]:
     """Each range destination of the forwarder: every port of the range steered to its socket, and the
     marked datagrams delivered locally; for the deployment's address family."""
-    from netlab.doctor.checks import Finding
 
     version = ipaddress.ip_address(deployment.backend_address).version
     host = deployment.host
@@ -377,15 +372,14 @@ def _daddr(rules: Sequence[TproxyRule]) -> str | None:
     return None
 
 
-def reply_tproxy_port_of(deployment: "Deployment") -> int | None:
+def reply_tproxy_port_of(deployment: Deployment) -> int | None:
     """The forwarder's `--reply-tproxy PORT`, None when no forwarder asks for it."""
     ports = [reply_tproxy_port(launch.arguments) for launch in deployment.host.forwarder_launches()]
     return min((port for port in ports if port is not None), default=None)
 
 
-def check_reply_tproxy(deployment: "Deployment", backend_ports: Sequence[PortRange]) -> list["Finding"]:
+def check_reply_tproxy(deployment: Deployment, backend_ports: Sequence[PortRange]) -> list[Finding]:
     """--reply-tproxy PORT: the backend's replies from each of its ports steered to PORT, and delivered."""
-    from netlab.doctor.checks import Finding
 
     port = reply_tproxy_port_of(deployment)
     if port is None:

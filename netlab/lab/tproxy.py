@@ -120,7 +120,7 @@ def tproxy_commands(
     *,
     mark: int = 1,
     table: int = 100,
-    nft_table: str = "tproxy",
+    nft_table: str = "transparent_udp_forwarder",
     **selectors: Any,
 ) -> list[str]:
     """The commands an operator types for the same steering: the nft table, the mark rule, the local route."""

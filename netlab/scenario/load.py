@@ -89,7 +89,8 @@ from netlab.scenario.proxyheader import proxy_header
 from netlab.scenario.reader import Reader, address_port
 from netlab.service.launch import parse_range_destination, reply_tproxy_port
 from netlab.topology.file import load_topology_file, topology_from_dict
-from netlab.topology.model import ALLOWED_NETWORKS, Topology
+from netlab.topology.model import Topology
+from netlab.topology.networks import ALLOWED_NETWORKS
 from netlab.topology.steering import KEYS as STEERING_KEYS
 from netlab.topology.steering import Steering, parse_steering
 from netlab.traffic.payload import make_payload

@@ -12,18 +12,10 @@ from dataclasses import dataclass, field
 
 from netlab.errors import TopologyError
 from netlab.lab.names import IFNAMSIZ
+from netlab.topology.networks import ALLOWED_NETWORKS
 from netlab.topology.steering import Steering
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-# RFC 5737 and RFC 3849: the only addresses a lab may use.
-ALLOWED_NETWORKS: tuple[Network, ...] = (
-    ipaddress.ip_network("192.0.2.0/24"),
-    ipaddress.ip_network("198.51.100.0/24"),
-    ipaddress.ip_network("203.0.113.0/24"),
-    ipaddress.ip_network("2001:db8::/32"),
-)
 DEFAULT_ROUTES = ("default", "default6")
 _NODE_NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]+")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from netlab.errors import TopologyError
+from netlab.topology.networks import ALLOWED_NETWORKS
 
 PortRange = tuple[int, int]
 KEYS = frozenset(
@@ -118,8 +119,6 @@ def parse_ports(value: object, fail: Fail, element: str) -> tuple[PortRange, ...
 
 
 def _address(value: object, version: int, fail: Fail, element: str) -> str:
-    from netlab.topology.model import ALLOWED_NETWORKS
-
     if not isinstance(value, str):
         raise fail(element, f"expected an address or a network, got {value!r}")
     try:
