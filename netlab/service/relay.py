@@ -26,8 +26,9 @@ from pyroute2.netlink.rtnl import RTM_GETROUTE
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from forwarder.io.sockets import set_transparent
-from netlab.errors import AddressError, SystemCallError
+from netlab.errors import AddressError
 from netlab.lab import netns
+from netlab.lab.netlink import EEXIST, remove_rules_and_routes, tolerate
 from netlab.lab.node import LabNode
 from netlab.lab.tproxy import TproxySteering, steer, tproxy_commands
 
@@ -38,7 +39,6 @@ RTN_LOCAL = 2
 RT_SCOPE_HOST = 254
 RTM_F_LOOKUP_TABLE = 0x1000
 IPPROTO_UDP = 17
-EEXIST, ESRCH, ENOENT = 17, 3, 2
 _FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 _LOCAL_SOURCES = {4: "127.0.0.0/8", 6: "::1/128"}
 ROUTE_TYPES = {1: "unicast", 2: "local", 3: "broadcast", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
@@ -123,28 +123,7 @@ class RelayRouting:
     def remove(self) -> None:
         """Delete what was added (rules first, then the local routes this call created); what is already
         gone (a rule, a route, the whole node) is not an error, so it may run twice."""
-        if not netns.exists(self.node.namespace):  # IPRoute(netns=) would make the namespace again
-            self.rules.clear()
-            self.routes.clear()
-            return
-        with IPRoute(netns=self.node.namespace) as ipr:
-            for rule in self.rules:
-                _tolerate(lambda rule=rule: ipr.rule("del", **rule), ENOENT, ESRCH)
-            for route in self.routes:
-                _tolerate(lambda route=route: ipr.route("del", **route), ESRCH, ENOENT)
-        self.rules.clear()
-        self.routes.clear()
-
-
-def _tolerate(call: Any, *codes: int) -> bool:
-    """Run a netlink call; False if it failed with one of `codes` (already there / already gone)."""
-    try:
-        call()
-    except NetlinkError as error:
-        if error.code in codes:
-            return False
-        raise SystemCallError(error.code, f"netlink: {error}") from None
-    return True
+        remove_rules_and_routes(self.node.namespace, self.rules, self.routes)
 
 
 def local_route(family: int, table: int, loopback: int) -> dict[str, Any]:
@@ -174,7 +153,7 @@ def _add(  # noqa: PLR0913 - the fields of one routing record
     `routing` as it is made."""
     if with_route:
         route = local_route(family, table, ipr.link_lookup(ifname="lo")[0])
-        if _tolerate(lambda: ipr.route("add", **route), EEXIST):
+        if tolerate(lambda: ipr.route("add", **route), EEXIST):
             routing.routes.append(route)
     for selector in rules:
         rule = {"family": family, "table": table, **selector}
