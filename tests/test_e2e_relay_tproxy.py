@@ -328,24 +328,27 @@ LOCAL = {4: "127.0.0.1", 6: "::1"}
 
 
 @pytest.mark.parametrize(
-    ("version", "listen", "destination", "client", "asked"),
+    ("backend", "listen", "destination", "client", "asked"),
     [
-        (4, "198.51.100.1:53", "127.0.0.1:5353", "198.51.100.10", ("198.51.100.1", 53)),
-        (6, "[2001:db8:1::1]:53", "[::1]:5353", "2001:db8:1::10", ("2001:db8:1::1", 53, 0, 0)),
-        (4, "[::]:53", "127.0.0.1:5353", "198.51.100.10", ("198.51.100.1", 53)),
+        ("127.0.0.1", "198.51.100.1:53", "127.0.0.1:5353", "198.51.100.10", ("198.51.100.1", 53)),
+        ("::1", "[2001:db8:1::1]:53", "[::1]:5353", "2001:db8:1::10", ("2001:db8:1::1", 53, 0, 0)),
+        ("127.0.0.1", "[::]:53", "127.0.0.1:5353", "198.51.100.10", ("198.51.100.1", 53)),
+        ("192.0.2.1", "198.51.100.1:53", "192.0.2.1:5353", "198.51.100.10", ("198.51.100.1", 53)),
+        ("2001:db8:2::1", "[::]:53", "[2001:db8:2::1]:5353", "2001:db8:1::10", ("2001:db8:1::1", 53, 0, 0)),
     ],
-    ids=["ipv4", "ipv6", "dual-stack-ipv4-client"],
+    ids=["ipv4", "ipv6", "dual-stack-ipv4-client", "ipv4-host-address", "ipv6-host-address"],
 )
 def test_a_backend_on_the_host_itself_answers_each_client_through_the_reply_socket(
-    lab: Lab, *, version: int, listen: str, destination: str, client: str, asked: tuple[object, ...]
+    lab: Lab, *, backend: str, listen: str, destination: str, client: str, asked: tuple[object, ...]
 ) -> None:
     # The README's local form: the loopback rule sends the backend's replies out through lo and back in,
     # where the tproxy rule on lo hands them to the reply socket. No fwmark rule is installed, and none is
-    # needed: the start-up check asks for the loopback rule instead, and finds it.
+    # needed: the start-up check asks for the loopback rule instead, and finds it. A backend on one of the
+    # host's own addresses takes the same rules with that address.
     lab.build(relay_deployment())
     lab["host"].sysctl("net.ipv4.ip_forward", "0")
-    start_answering(lab["host"], LOCAL[version], 5353)
-    install_relay_tproxy(lab["host"], LOCAL[version], 5353, REPLY_PORT)
+    start_answering(lab["host"], backend, 5353)
+    install_relay_tproxy(lab["host"], backend, 5353, REPLY_PORT, on_host=True)
     forwarder = start_forwarder(lab["host"], [listen], [destination], args=TPROXY)
     clients = [client_socket(lab, client) for _ in range(3)]
 

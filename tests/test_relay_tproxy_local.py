@@ -11,6 +11,7 @@ reply socket with its client as the original destination.
 
 import shlex
 import socket
+from pathlib import Path
 
 import pytest
 from pyroute2 import IPRoute
@@ -20,7 +21,7 @@ from forwarder.io.control import origdst_local
 from netlab import Lab, load_topology
 from netlab.lab.nft import apply_ruleset
 from netlab.lab.tproxy import steer, transparent_socket
-from netlab.service.relay import install_relay_tproxy, relay_tproxy_commands
+from netlab.service.relay import install_local_relay_routing, install_relay_tproxy, relay_tproxy_commands
 
 LOCAL = {4: "127.0.0.1", 6: "::1"}
 CLIENT = {4: "198.51.100.10", 6: "2001:db8:51::10"}  # the dual-stack topology's client, off the host
@@ -45,6 +46,12 @@ def test_the_local_form_puts_the_rule_on_lo_and_the_loopback_rule_in_place_of_th
         "ip -6 rule add from ::1 iif lo ipproto udp sport 5353 lookup 100",
         "ip -6 route add local ::/0 dev lo table 100",
     ]
+
+
+def test_the_readmes_local_recipe_is_what_the_lab_steers_with() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for backend in ("127.0.0.1", "::1"):
+        assert "\n".join(relay_tproxy_commands(backend, PORT, 5399)) + "\n" in readme
 
 
 def reply_socket_receives(
@@ -179,3 +186,24 @@ def test_a_mark_set_in_the_output_hook_comes_too_late_for_an_ipv4_loopback_sourc
     assert refused == (None if delivered else 22)
     received = reply_socket_receives(reply_socket, timeout=1.0 if delivered else 0.3)
     assert received == ((b"reply", LOCAL[version], (CLIENT[version], CLIENT_PORT)) if delivered else None)
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize(("version", "steered"), [(4, True), (6, False)], ids=["ipv4", "ipv6"])
+def test_go_mmproxys_broad_loopback_rule_serves_ipv4_but_blinds_the_ipv6_fib_check(
+    lab: Lab, version: int, steered: bool
+) -> None:
+    # nftables' IPv6 `fib daddr type` asks the routing with the reply's source (::1) and `iif lo`, which
+    # `from ::1 iif lo lookup T` answers `local` for every destination: the rule then steers nothing. The
+    # IPv4 fib asks only the local table. So the README's rule names the backend's port, as here by default.
+    lab.build(load_topology("dual-stack"))
+    host = lab["host"]
+    reply_socket = transparent_socket(host, version, REPLY_PORT)
+    backend = local_backend(lab, version)
+    steering = install_relay_tproxy(host, LOCAL[version], PORT, REPLY_PORT, rule=False)
+    install_local_relay_routing(host, versions=[version], table=steering.table)
+
+    backend.sendto(b"reply", (CLIENT[version], CLIENT_PORT))
+
+    expected = (b"reply", LOCAL[version], (CLIENT[version], CLIENT_PORT)) if steered else None
+    assert reply_socket_receives(reply_socket, timeout=1.0 if steered else 0.3) == expected

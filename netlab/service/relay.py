@@ -299,9 +299,10 @@ NOT_LOCAL = (
 )
 
 
-def _on_host(backend: str) -> bool:
-    """A loopback `backend` is the host itself (`--net=host`): its replies are the host's own output."""
-    return _source(backend).network_address.is_loopback
+def _on_host(backend: str, on_host: bool | None) -> bool:
+    """Whether `backend` is on the host itself, whose replies are the host's own output: as `on_host` says,
+    or (None) when it is a loopback address (`--net=host`)."""
+    return _source(backend).network_address.is_loopback if on_host is None else on_host
 
 
 def local_tproxy_rule(rule: str) -> str:
@@ -363,15 +364,17 @@ def relay_tproxy_commands(  # noqa: PLR0913 - keyword-only: the fields of one re
     interface: str | None = None,
     mark: int = 1,
     table: int = RELAY_TABLE,
+    on_host: bool | None = None,
 ) -> list[str]:
     """The commands an operator types for the tproxy variant of the relay routing (`forwarder --reply relay
     --reply-tproxy PORT`): an nft rule steering `backend`'s UDP replies from `ports` (arriving on
     `interface`, the host's link toward the backends, when given) to the one reply socket on `reply_port`,
-    with the fwmark rule and local route that deliver them (the README's recipe). For a loopback `backend`
-    (on the host itself) the local form instead: the rule on `lo`, and the loopback rule in place of the
-    fwmark rule (`interface` does not apply)."""
+    with the fwmark rule and local route that deliver them (the README's recipe). For a backend on the host
+    itself (a loopback address, or `on_host=True` for one of the host's own addresses) the local form
+    instead: the rule on `lo`, and the loopback rule in place of the fwmark rule (`interface` does not
+    apply)."""
     source = _source(backend)
-    if _on_host(backend):
+    if _on_host(backend, on_host):
         return _local_tproxy_commands(
             backend, port_ranges(ports), reply_port, mark=mark, table=table, nft_table=NFT_TABLE
         )
@@ -395,6 +398,7 @@ def install_relay_tproxy(  # noqa: PLR0913 - keyword-only: the fields of one ste
     *,
     interface: str | None = None,
     rule: bool = True,
+    on_host: bool | None = None,
 ) -> TproxySteering:
     """The tproxy variant of install_relay_routing: steer `backend`'s UDP replies from `ports` into `node`'s
     one reply socket bound to `reply_port` (the forwarder's --reply-tproxy) with netlab.lab.tproxy.steer,
@@ -403,10 +407,10 @@ def install_relay_tproxy(  # noqa: PLR0913 - keyword-only: the fields of one ste
     address and port, and IPv6 has no rp_filter to stop it. One call per family of a dual-stack backend;
     the result's `commands` spell it for an operator, its remove() takes it out, and the lab removes it when
     it closes. Fragmented replies need nothing more: the tproxy expression turns on the kernel's
-    defragmentation, so the rule sees whole replies and their ports. A loopback `backend` is on `node`
-    itself: install_local_relay_tproxy's form (`rule=False` leaves its loopback rule out, for a broken
-    set-up)."""
-    if _on_host(backend):
+    defragmentation, so the rule sees whole replies and their ports. A backend on `node` itself (a loopback
+    address, or `on_host=True` for one of its own addresses) gets install_local_relay_tproxy's form.
+    `rule=False` leaves out the fwmark rule (the loopback rule of the local form), for a broken set-up."""
+    if _on_host(backend, on_host):
         return install_local_relay_tproxy(node, backend, ports, reply_port, rule=rule)
     source = _source(backend)
     return steer(
@@ -429,14 +433,14 @@ def install_local_relay_tproxy(
     *,
     rule: bool = True,
 ) -> TproxySteering:
-    """Steer the replies of a backend on `node` itself (`backend` a loopback address, `--net=host`) from
-    `ports` into the reply socket on `reply_port`. Its replies are the host's own output, which passes no
-    prerouting: a policy rule (`from BACKEND iif lo ipproto udp sport PORT`, unless `rule` is False) routes
-    them to a table whose only route is local, so they go out through lo and come back in there, where
-    the nft tproxy rule (on `iifname "lo"`, not for the host's own addresses) hands them to the reply
-    socket. No fwmark rule: a datagram looped through lo keeps the route it was sent by. Built from
-    netlab.lab.tproxy's rule and ruleset, since steer() has no selector for "not to a local address";
-    removed like a steering."""
+    """Steer the replies of a backend on `node` itself (`backend` a loopback address, `--net=host`, or one
+    of the node's own addresses) from `ports` into the reply socket on `reply_port`. Its replies are the
+    host's own output, which passes no prerouting: a policy rule (`from BACKEND iif lo ipproto udp sport
+    PORT`, unless `rule` is False) routes them to a table whose only route is local, so they go out through
+    lo and come back in there, where the nft tproxy rule (on `iifname "lo"`, not for the host's own
+    addresses) hands them to the reply socket. No fwmark rule: a datagram looped through lo keeps the route
+    it was sent by. Built from netlab.lab.tproxy's rule and ruleset, since steer() has no selector for "not
+    to a local address"; removed like a steering."""
     source = _source(backend)
     ranges = port_ranges(ports)
     serial = node.lab.next_serial()
