@@ -6,7 +6,8 @@ A rule picks only the replies (from the backend's address, UDP, from the ports i
 to a table whose one route is `local 0.0.0.0/0 dev lo` (`local ::/0 dev lo` for IPv6), so the kernel
 delivers them locally, where an unconnected IP_TRANSPARENT socket bound to the client's address and port
 receives them. The backend's other traffic (other ports, TCP, ICMP) keeps the main table. A backend on
-the host itself needs go-mmproxy's form instead: `from 127.0.0.0/8 iif lo lookup N` (and `::1`).
+the host itself needs go-mmproxy's form instead: `from 127.0.0.0/8 iif lo lookup N` (and `::1`); with the
+one reply socket (--reply-tproxy), install_local_relay_tproxy's.
 Everything is done with pyroute2 inside the node and recorded in one RelayRouting, removed when the lab
 closes (or by its remove()); `relay_commands` spells the same as `ip` commands.
 """
@@ -294,9 +295,8 @@ def install_relay_route(  # noqa: PLR0913 - the fields of one relay route
     return routing
 
 
-NOT_LOCAL = (
-    "fib daddr type != local "  # a local backend's reply to one of this host's own clients is not steered
-)
+# A local backend's replies to this host's own clients are not steered.
+NOT_LOCAL = "fib daddr type != local "
 
 
 def _on_host(backend: str, on_host: bool | None) -> bool:
