@@ -600,3 +600,34 @@ def test_a_steered_reply_larger_than_the_receive_buffer_is_counted_not_cut(lab: 
         client.recvfrom(100)
     counters = steered.machine.counters
     assert (counters.relayed, counters.reply_dropped) == (1, {"reply-truncated": 1})
+
+
+@pytest.mark.parametrize("version", [4, 6], ids=["ipv4", "ipv6"])
+def test_the_hosts_own_unconnected_client_of_a_remote_backend_still_gets_its_answers(
+    lab: Lab, version: int
+) -> None:
+    # The same theft as with a backend on the host: a program on the host asking the backend's service port
+    # from an unconnected socket waits for an answer the recipe's tproxy rule matches (the backend's address
+    # and port, arriving toward the backends); tproxy hands a datagram for an unconnected socket to the
+    # reply socket, where no flow has it (reply-unmatched). `fib daddr type != local` leaves it alone.
+    lab.build(relay_deployment())
+    lab["host"].sysctl("net.ipv4.ip_forward", "0")
+    host = lab["host"]
+    start_answering(lab["backend"], BACKENDS[version], 5353)
+    install_relay_tproxy(host, BACKENDS[version], 5353, REPLY_PORT, interface="to-backend")
+    listen = "198.51.100.1:53" if version == 4 else "[2001:db8:1::1]:53"
+    destination = "192.0.2.2:5353" if version == 4 else "[2001:db8:2::2]:5353"
+    forwarder = start_forwarder(host, [listen], [destination], args=TPROXY)
+    remote = client_socket(lab, "198.51.100.10" if version == 4 else "2001:db8:1::10")
+    remote.sendto(b"remote", (listen.rpartition(":")[0].strip("[]"), 53))
+    assert remote.recvfrom(100)[0].endswith(b";remote")
+
+    own = host.udp_socket(BACKENDS_HOST_SIDE[version], 0)
+    own.settimeout(5)
+    own.sendto(b"own", (BACKENDS[version], 5353))
+    answer, sender = own.recvfrom(100)
+    assert (answer, sender[:2]) == (
+        f"seen={BACKENDS_HOST_SIDE[version]}:{own.getsockname()[1]};own".encode(),
+        (BACKENDS[version], 5353),
+    )
+    forwarder.wait_status(status_has("1 replies relayed, 0 replies dropped"))

@@ -22,7 +22,7 @@ from forwarder.io.replies import ReplyBatch
 from forwarder.io.reply_socket import ORIGDST_SPACE, reply_socket_family
 from forwarder.service import cli
 from forwarder.service.options import build_parser, settings_from
-from netlab.lab.tproxy import tproxy_commands
+from netlab.service.relay import relay_tproxy_commands
 
 DEST = "192.0.2.2:53"
 IP_RECVTTL = 12  # not in the socket module
@@ -207,14 +207,8 @@ def test_the_reply_batch_receives_each_replys_control_messages_batch_after_batch
 def test_the_readmes_reply_socket_recipe_is_what_the_lab_steers_with() -> None:
     readme = (FilePath(__file__).resolve().parent.parent / "README.md").read_text()
     for version, backend in ((4, "192.0.2.2"), (6, "2001:db8:2::2")):
-        commands = tproxy_commands(
-            version,
-            5399,
-            saddr=backend,
-            sports=5353,
-            iifname="eth1",
-            nft_table="transparent_udp_forwarder_replies",
-        )
+        commands = relay_tproxy_commands(backend, 5353, 5399, interface="eth1")
+        assert "fib daddr type != local" in commands[2]  # the host's own clients keep their answers
         assert "\n".join(commands) + "\n" in readme
 
 

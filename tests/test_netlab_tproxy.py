@@ -41,6 +41,18 @@ def test_the_rule_matches_udp_by_the_selectors_given_and_marks_it() -> None:
     assert rule6.startswith("ip6 saddr 2001:db8:2::2 meta l4proto udp udp sport { 53, 5353-5354 }")
 
 
+def test_exclude_local_puts_the_fib_clause_after_the_selectors_and_before_the_mark() -> None:
+    # The README's recipes spell it so: the rule matches, then spares the host's own addresses, then marks.
+    rule = tproxy_rule(4, 5399, saddr="192.0.2.2", sports=5353, iifname="eth1", exclude_local=True)
+    assert rule == (
+        'iifname "eth1" ip saddr 192.0.2.2 meta l4proto udp udp sport 5353 '
+        "fib daddr type != local meta mark set 0x1 tproxy to :5399 accept"
+    )
+    assert "fib" not in tproxy_rule(4, 5399, saddr="192.0.2.2", sports=5353)
+    commands = tproxy_commands(6, 5399, saddr="::1", sports=5353, iifname="lo", exclude_local=True)
+    assert "udp sport 5353 fib daddr type != local meta mark set 0x1" in commands[2]
+
+
 @pytest.mark.parametrize(
     ("selectors", "named"),
     [
@@ -152,6 +164,31 @@ def test_to_the_hosts_own_address_nothing_arrives_without_the_nft_rule(lab: Lab)
     client.udp_socket("198.51.100.10", 40007).sendto(b"lost", ("198.51.100.1", 27042))
 
     assert _received(sock, timeout=0.5) == []
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize(("exclude_local", "stolen"), [(True, []), (False, [b"to the host"])])
+def test_exclude_local_spares_datagrams_to_the_hosts_own_addresses_and_steers_the_rest(
+    lab: Lab, exclude_local: bool, stolen: list[bytes]
+) -> None:
+    # tproxy takes a datagram meant for an unconnected socket of the host too (here one on 27042 of the
+    # host's own address): without the clause it is stolen by the steered socket, with it delivered there.
+    lab.build(seed_deployment())
+    host, client = lab["host"], lab["client"]
+    sock = transparent_socket(host, 4, 27000)
+    own = host.udp_socket("198.51.100.1", 27042)
+    own.settimeout(0.5)
+    steer(host, version=4, to_port=27000, dports=27042, exclude_local=exclude_local)
+
+    sender = client.udp_socket("198.51.100.10", 40008)
+    sender.sendto(b"to the host", ("198.51.100.1", 27042))
+    sender.sendto(b"elsewhere", ("192.0.2.2", 27042))
+
+    assert _received(sock) == [
+        (payload, ("198.51.100.1", 27042)) for payload in stolen
+    ] + [(b"elsewhere", ("192.0.2.2", 27042))]
+    if not stolen:
+        assert own.recvfrom(100)[0] == b"to the host"
 
 
 @pytest.mark.privileged

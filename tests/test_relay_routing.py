@@ -314,7 +314,7 @@ def test_the_tproxy_variants_commands_steer_the_backends_ports_to_the_reply_sock
         "{ type filter hook prerouting priority mangle; "
         "policy accept; }'",
         "nft add rule ip transparent_udp_forwarder_replies prerouting ip saddr 192.0.2.2 meta l4proto udp "
-        "udp sport { 27000, 27010-27020 } meta mark set 0x1 tproxy to :40000 accept",
+        "udp sport { 27000, 27010-27020 } fib daddr type != local meta mark set 0x1 tproxy to :40000 accept",
         "ip rule add fwmark 0x1 lookup 100",
         "ip route add local 0.0.0.0/0 dev lo table 100",
     ]
@@ -367,7 +367,8 @@ def test_with_the_tproxy_variant_the_one_reply_socket_reads_every_reply_with_its
     reply_socket = transparent_socket(lab["host"], version, REPLY_PORT)
     steering = install_relay_tproxy(lab["host"], addresses["backend"], [PORT, (27010, 27020)], REPLY_PORT)
     assert steering.commands[2].endswith(
-        f"udp sport {{ 27000, 27010-27020 }} meta mark set {steering.mark:#x} tproxy to :{REPLY_PORT} accept"
+        f"udp sport {{ 27000, 27010-27020 }} fib daddr type != local meta mark set {steering.mark:#x} "
+        f"tproxy to :{REPLY_PORT} accept"
     )
 
     backend_sends(lab, family, PORT, b"reply")

@@ -37,6 +37,7 @@ _FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 _NFT_FAMILY = {4: "ip", 6: "ip6"}
 _EVERYTHING = {4: "0.0.0.0/0", 6: "::/0"}
 
+NOT_LOCAL = "fib daddr type != local"  # the clause of exclude_local, after the selectors, before the mark
 Ports = int | tuple[int, int] | Sequence[int | tuple[int, int]]
 
 
@@ -80,9 +81,12 @@ def tproxy_rule(  # noqa: PLR0913 - keyword-only: the selectors of one rule
     saddr: str | None = None,
     sports: Ports | None = None,
     iifname: str | None = None,
+    exclude_local: bool = False,
 ) -> str:
     """The nft rule (one line, for a prerouting chain of an `ip`/`ip6` table) steering matching UDP to the
-    socket bound to `to_port`."""
+    socket bound to `to_port`. `exclude_local` leaves alone datagrams to the host's own addresses (`fib daddr
+    type != local`): tproxy hands a datagram meant for an unconnected socket of the host to `to_port` too,
+    so steered replies must spare the answers the host's own programs wait for."""
     if version not in _FAMILY:
         raise AddressError(f"tproxy version {version!r}: expected 4 or 6")
     _port_set(to_port, "to_port")
@@ -97,6 +101,8 @@ def tproxy_rule(  # noqa: PLR0913 - keyword-only: the selectors of one rule
         parts.append(f"udp sport {_port_set(sports, 'sports')}")
     if dports is not None:
         parts.append(f"udp dport {_port_set(dports, 'dports')}")
+    if exclude_local:
+        parts.append(NOT_LOCAL)
     parts.append(f"meta mark set {mark:#x} tproxy to :{to_port} accept")
     return " ".join(parts)
 
@@ -170,6 +176,7 @@ def steer(  # noqa: PLR0913 - keyword-only: the selectors of one steering and th
     saddr: str | None = None,
     sports: Ports | None = None,
     iifname: str | None = None,
+    exclude_local: bool = False,
     rule: bool = True,
     route: bool = True,
     nft: bool = True,
@@ -177,7 +184,8 @@ def steer(  # noqa: PLR0913 - keyword-only: the selectors of one steering and th
 ) -> TproxySteering:
     """Steer UDP arriving at `node` that matches the selectors to its socket bound to `to_port`; the mark
     and route table are this steering's own. `rule`, `route` and `nft` False leave that piece out (a broken
-    set-up, for the doctor). Removed when the lab closes, or by the result's remove()."""
+    set-up, for the doctor); `exclude_local` spares datagrams to the node's own addresses (tproxy_rule).
+    Removed when the lab closes, or by the result's remove()."""
     serial = node.lab.next_serial()
     mark, table, nft_table = MARK_BASE + serial, ROUTE_TABLE_BASE + serial, f"{TABLE_PREFIX}{serial}"
     selectors: dict[str, Any] = {
@@ -186,6 +194,7 @@ def steer(  # noqa: PLR0913 - keyword-only: the selectors of one steering and th
         "saddr": saddr,
         "sports": sports,
         "iifname": iifname,
+        "exclude_local": exclude_local,
     }
     nft_rule = tproxy_rule(version, to_port, mark=mark, **selectors)
     commands = tproxy_commands(version, to_port, mark=mark, table=table, nft_table=nft_table, **selectors)
@@ -229,6 +238,7 @@ def transparent_socket(node: LabNode, version: int, port: int, *, dual_stack: bo
 
 
 __all__ = [
+    "NOT_LOCAL",
     "TproxySteering",
     "steer",
     "tproxy_commands",

@@ -295,22 +295,10 @@ def install_relay_route(  # noqa: PLR0913 - the fields of one relay route
     return routing
 
 
-# A local backend's replies to this host's own clients are not steered.
-NOT_LOCAL = "fib daddr type != local "
-
-
 def _on_host(backend: str, on_host: bool | None) -> bool:
     """Whether `backend` is on the host itself, whose replies are the host's own output: as `on_host` says,
     or (None) when it is a loopback address (`--net=host`)."""
     return _source(backend).network_address.is_loopback if on_host is None else on_host
-
-
-def local_tproxy_rule(rule: str) -> str:
-    """A tproxy rule (netlab.lab.tproxy.tproxy_rule) made fit for a backend on the host: it leaves alone the
-    replies to the host's own addresses (`fib daddr type != local`), which its local clients (a resolver
-    asking 127.0.0.1, say) are waiting for; tproxy would otherwise hand them, on an unconnected socket,
-    to the reply socket instead."""
-    return rule.replace("meta mark set ", NOT_LOCAL + "meta mark set ", 1)
 
 
 def local_tproxy_rule_commands(backend: str, ranges: Sequence[PortRange], table: int) -> list[str]:
@@ -335,8 +323,8 @@ def _local_tproxy_commands(  # noqa: PLR0913 - keyword-only: the fields of one r
     nft_table: str,
 ) -> list[str]:
     """The local form of relay_tproxy_commands: the nft rule on `iifname "lo"` (not for the host's own
-    addresses), the loopback rule that brings the replies there, and the local route; no fwmark rule (a
-    reply coming back in through lo keeps the local route it was sent by)."""
+    addresses, as every reply rule), the loopback rule that brings the replies there, and the local route;
+    no fwmark rule (a reply coming back in through lo keeps the local route it was sent by)."""
     source = _source(backend)
     steering = tproxy_commands(
         source.version,
@@ -347,10 +335,10 @@ def _local_tproxy_commands(  # noqa: PLR0913 - keyword-only: the fields of one r
         saddr=backend,
         sports=ranges,
         iifname="lo",
+        exclude_local=True,
     )
     return [
-        *steering[:2],
-        local_tproxy_rule(steering[2]),
+        *steering[:3],
         *local_tproxy_rule_commands(backend, ranges, table),
         steering[4],
     ]
@@ -387,6 +375,7 @@ def relay_tproxy_commands(  # noqa: PLR0913 - keyword-only: the fields of one re
         saddr=backend,
         sports=port_ranges(ports),
         iifname=interface,
+        exclude_local=True,
     )
 
 
@@ -407,7 +396,9 @@ def install_relay_tproxy(  # noqa: PLR0913 - keyword-only: the fields of one ste
     address and port, and IPv6 has no rp_filter to stop it. One call per family of a dual-stack backend;
     the result's `commands` spell it for an operator, its remove() takes it out, and the lab removes it when
     it closes. Fragmented replies need nothing more: the tproxy expression turns on the kernel's
-    defragmentation, so the rule sees whole replies and their ports. A backend on `node` itself (a loopback
+    defragmentation, so the rule sees whole replies and their ports. The rule spares the answers to the
+    host's own addresses (`fib daddr type != local`): a program on the host asking the backend from an
+    unconnected socket would otherwise lose them to the reply socket. A backend on `node` itself (a loopback
     address, or `on_host=True` for one of its own addresses) gets install_local_relay_tproxy's form.
     `rule=False` leaves out the fwmark rule (the loopback rule of the local form), for a broken set-up."""
     if _on_host(backend, on_host):
@@ -420,6 +411,7 @@ def install_relay_tproxy(  # noqa: PLR0913 - keyword-only: the fields of one ste
         saddr=backend,
         sports=port_ranges(ports),
         iifname=interface,
+        exclude_local=True,
         rule=rule,
         label="relay-tproxy",
     )
@@ -439,8 +431,8 @@ def install_local_relay_tproxy(
     PORT`, unless `rule` is False) routes them to a table whose only route is local, so they go out through
     lo and come back in there, where the nft tproxy rule (on `iifname "lo"`, not for the host's own
     addresses) hands them to the reply socket. No fwmark rule: a datagram looped through lo keeps the route
-    it was sent by. Built from netlab.lab.tproxy's rule and ruleset, since steer() has no selector for "not
-    to a local address"; removed like a steering."""
+    it was sent by. Built from netlab.lab.tproxy's rule and ruleset, since steer() adds a fwmark rule where
+    this form needs the loopback rule; removed like a steering."""
     source = _source(backend)
     ranges = port_ranges(ports)
     serial = node.lab.next_serial()
@@ -450,10 +442,10 @@ def install_local_relay_tproxy(
     )
     steering = TproxySteering(node, source.version, mark, table, nft_table, commands)
     node.lab.defer(steering.remove)
-    nft_rule = tproxy_rule(source.version, reply_port, mark=mark, saddr=backend, sports=ranges, iifname="lo")
-    apply_ruleset(
-        node, tproxy_ruleset(nft_table, source.version, local_tproxy_rule(nft_rule)), label="relay-tproxy"
+    nft_rule = tproxy_rule(
+        source.version, reply_port, mark=mark, saddr=backend, sports=ranges, iifname="lo", exclude_local=True
     )
+    apply_ruleset(node, tproxy_ruleset(nft_table, source.version, nft_rule), label="relay-tproxy")
     steering.nft_loaded = True
     rules = [
         {
@@ -673,7 +665,6 @@ __all__ = [
     "is_relayed",
     "local_backend_commands",
     "local_route",
-    "local_tproxy_rule",
     "local_tproxy_rule_commands",
     "reassembly_ruleset",
     "relay_commands",
