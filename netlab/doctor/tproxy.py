@@ -9,18 +9,32 @@ pieces of the host, each named here with the command that adds it when missing:
 The last two are judged by asking the kernel how it routes such a datagram carrying the mark (RTM_GETROUTE
 with RTA_MARK): a range on an address the host owns is delivered without them, which the kernel's answer
 says too. Each address family is checked on its own (the IPv6 pieces are named `... IPv6`).
+
+The reply rule must also spare the answers to the host's own addresses (`fib daddr type != local`): tproxy
+hands a datagram meant for an unconnected socket of the host (a program on it asking the backend) to the
+reply socket too. A backend on the host itself (a loopback address, or one the kernel routes locally, as a
+destination of the forwarder or the deployment's backend) has the local form instead of the mark routing:
+the nft rule on `iifname "lo"`, and a loopback rule (`ip rule add from BACKEND iif lo ipproto udp sport
+PORT lookup T`) to a table with the local route, judged by asking the kernel how it routes such a reply.
 """
 
+import dataclasses
 import ipaddress
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from netlab.doctor.findings import Deployment, Finding
+from netlab.addresses import parse_endpoint
 from netlab.errors import AddressError
-from netlab.lab.tproxy import tproxy_commands
-from netlab.service.launch import range_listeners, reply_tproxy_port
-from netlab.service.relay import IPPROTO_UDP, local_route_command
+from netlab.lab.tproxy import tproxy_commands, tproxy_rule
+from netlab.service.launch import (
+    destinations_of,
+    parse_range_destination,
+    range_listeners,
+    reply_tproxy_port,
+)
+from netlab.service.relay import IPPROTO_UDP, local_route_command, local_tproxy_rule_commands
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 PortRange = tuple[int, int]
@@ -44,6 +58,10 @@ class TproxyRule:
     saddr: tuple[Network, ...] | None
     dports: tuple[PortRange, ...] | None
     sports: tuple[PortRange, ...] | None
+    iifname: str | None = None
+    exclude_local: bool = False  # `fib daddr type != local`: spares the host's own addresses
+    # (family, table, chain, handle) of the rule, for a fix that replaces it
+    where: tuple[str, str, str, int | None] | None = field(default=None, compare=False)
 
 
 def _networks(value: Any) -> tuple[Network, ...] | None:
@@ -82,13 +100,20 @@ def _rule(family: str, expressions: list[dict[str, Any]]) -> TproxyRule | None:
         return None
     version = _VERSIONS.get(statement.get("family", family))
     fields: dict[str, Any] = {"daddr": None, "saddr": None, "dport": None, "sport": None}
-    mark = None
+    mark, iifname, exclude_local = None, None, False
     for expression in expressions:
         if "mangle" in expression and expression["mangle"].get("key") == {"meta": {"key": "mark"}}:
             value = expression["mangle"].get("value")
             mark = value if isinstance(value, int) else None
         match = expression.get("match")
         if not match:
+            continue
+        left = match.get("left")
+        if left == {"meta": {"key": "iifname"}} and match.get("op") == "==" and isinstance(match["right"], str):
+            iifname = match["right"]
+            continue
+        if _is_not_local(match):
+            exclude_local = True
             continue
         payload = match.get("left", {}).get("payload", {}) if isinstance(match.get("left"), dict) else {}
         field, protocol = payload.get("field"), payload.get("protocol")
@@ -114,7 +139,22 @@ def _rule(family: str, expressions: list[dict[str, Any]]) -> TproxyRule | None:
         fields["saddr"],
         fields["dport"],
         fields["sport"],
+        iifname,
+        exclude_local,
     )
+
+
+def _is_not_local(match: dict[str, Any]) -> bool:
+    """Whether a match is `fib daddr type != local` (a set holding `local`, negated, too)."""
+    left = match.get("left")
+    if not isinstance(left, dict) or "fib" not in left:
+        return False
+    fib = left["fib"]
+    if fib.get("result") != "type" or "daddr" not in (fib.get("flags") or []):
+        return False
+    right = match.get("right")
+    values = right["set"] if isinstance(right, dict) and "set" in right else [right]
+    return match.get("op") == "!=" and "local" in values
 
 
 def tproxy_rules(ruleset: Iterable[dict[str, Any]]) -> list[TproxyRule]:
@@ -132,7 +172,8 @@ def tproxy_rules(ruleset: Iterable[dict[str, Any]]) -> list[TproxyRule]:
             continue
         parsed = _rule(rule["family"], list(rule.get("expr", [])))
         if parsed is not None:
-            found.append(parsed)
+            where = (rule["family"], rule["table"], rule["chain"], rule.get("handle"))
+            found.append(dataclasses.replace(parsed, where=where))
     return found
 
 
@@ -379,23 +420,71 @@ def reply_tproxy_port_of(deployment: Deployment) -> int | None:
 
 
 def check_reply_tproxy(deployment: Deployment, backend_ports: Sequence[PortRange]) -> list[Finding]:
-    """--reply-tproxy PORT: the backend's replies from each of its ports steered to PORT, and delivered."""
+    """--reply-tproxy PORT: the backend's replies from each of its ports steered to PORT, and delivered; for
+    a backend on the host itself (the deployment's, or a destination of the forwarder) the local form."""
 
     port = reply_tproxy_port_of(deployment)
     if port is None:
         return []
-    host, backend = deployment.host, deployment.backend_address
+    backend = deployment.backend_address
     try:
         version = ipaddress.ip_address(backend).version
     except ValueError:
         raise AddressError(f"backend {backend!r}: expected an address") from None
-    rules = [
-        rule
-        for rule in tproxy_rules(host.ruleset())
-        if rule.version == version and rule.port == port and _contains(rule.saddr, backend)
-    ]
+    on_host = host_backends(deployment, version)
+    findings: list[Finding] = []
+    if is_on_host(deployment, backend):
+        on_host[backend] = sorted({*on_host.get(backend, []), *backend_ports})
+    elif backend_ports or not on_host:  # a forwarder serving only backends on the host: nothing else to judge
+        findings += _remote_reply(deployment, backend, version, port, backend_ports)
+    for address, ranges in on_host.items():
+        findings += _local_reply(deployment, address, version, port, ranges)
+    return findings
+
+
+def is_on_host(deployment: Deployment, address: str) -> bool:
+    """Whether `address` is the host's own (loopback, or one the kernel delivers locally): a backend there
+    answers with the host's own output, which needs the local form of the reply steering."""
+    if ipaddress.ip_address(address).is_loopback:
+        return True
+    answer = deployment.host.packet_route(address, address, 53, IPPROTO_UDP, None)
+    return answer is not None and answer.type == "local"
+
+
+def host_backends(deployment: Deployment, version: int) -> dict[str, list[PortRange]]:
+    """The forwarder's destinations of this address family on the host itself: address -> the port ranges
+    it answers from."""
+    found: dict[str, set[PortRange]] = {}
+    for launch in deployment.host.forwarder_launches():
+        for text in destinations_of(launch.arguments):
+            ranged = parse_range_destination(text)
+            try:
+                if ranged is not None:
+                    address, ports = ranged.host, (ranged.backend_first, ranged.backend_last)
+                else:
+                    address, port = parse_endpoint(text.rpartition("=")[2])
+                    ports = (port, port)
+                literal = ipaddress.ip_address(address)
+            except (AddressError, ValueError):
+                continue  # a host name: its addresses are not known here
+            if literal.version == version and is_on_host(deployment, str(literal)):
+                found.setdefault(str(literal), set()).add(ports)
+    return {address: sorted(ports) for address, ports in found.items()}
+
+
+def _reply_rule_finding(  # noqa: PLR0913, PLR0917 - the fields of one finding
+    deployment: Deployment,
+    backend: str,
+    version: int,
+    port: int,
+    wanted: Sequence[PortRange],
+    rules: Sequence[TproxyRule],
+    iifname: str | None,
+) -> list[Finding]:
+    """Whether `rules` steer `backend`'s replies from each of `wanted` (any, when none is known) to :port;
+    the fix is the recipe's nft commands (on `iifname`)."""
+    host = deployment.host
     covering = [r for rule in rules for r in (rule.sports or [(1, 65535)])]
-    wanted = list(backend_ports)
     # Without a known port (no destination on this backend), any rule for the backend will do.
     missing = (
         [gap for ports in wanted for gap in uncovered(ports, covering)]
@@ -404,39 +493,184 @@ def check_reply_tproxy(deployment: Deployment, backend_ports: Sequence[PortRange
         if rules
         else [(0, 0)]
     )
-    findings: list[Finding] = []
     shown = _spelled(wanted) if wanted else "(the ports it answers from)"
-    if missing:
-        fix = _nft_fix(deployment, version, port, saddr=backend, sports=missing if wanted else 53)
-        findings.append(
-            Finding(
-                _name("reply", "tproxy rule", version),
-                False,
-                f"no nft tproxy rule on {host.name} steers {backend}'s UDP replies from port "
-                f"{_spelled(missing) if wanted else shown} to the forwarder's reply socket :{port} "
-                "(--reply-tproxy): they are routed on to the client",
-                fix if wanted else fix.replace("udp sport 53", "udp sport PORT"),
-            )
-        )
-    else:
-        findings.append(
+    where = " (back in through lo)" if iifname == "lo" else ""
+    if not missing:
+        return [
             Finding(
                 _name("reply", "tproxy rule", version),
                 True,
-                f"{host.name} steers {backend}'s UDP replies from port {shown} to :{port}",
+                f"{host.name} steers {backend}'s UDP replies{where} from port {shown} to :{port}",
+            )
+        ]
+    selectors: dict[str, Any] = {"saddr": backend, "sports": missing if wanted else 53, "exclude_local": True}
+    if iifname:
+        selectors["iifname"] = iifname
+    fix = _nft_fix(deployment, version, port, **selectors)
+    return [
+        Finding(
+            _name("reply", "tproxy rule", version),
+            False,
+            f"no nft tproxy rule on {host.name} steers {backend}'s UDP replies{where} from port "
+            f"{_spelled(missing) if wanted else shown} to the forwarder's reply socket :{port} "
+            "(--reply-tproxy): they "
+            + ("never reach it" if iifname == "lo" else "are routed on to the client"),
+            fix if wanted else fix.replace("udp sport 53", "udp sport PORT"),
+        )
+    ]
+
+
+def _own_clients(deployment: Deployment, backend: str, version: int, rules: Sequence[TproxyRule]) -> list[Finding]:
+    """Each rule steering `backend`'s replies without `fib daddr type != local`: it also takes the answers
+    the host's own programs wait for on unconnected sockets (tproxy hands those to the reply socket, whose
+    forwarder drops them as reply-unmatched); the fix replaces the rule with one that spares them."""
+    findings = []
+    for rule in rules:
+        if rule.exclude_local:
+            continue
+        findings.append(
+            Finding(
+                _name("reply", "own clients", version),
+                False,
+                f"the tproxy rule on {deployment.host.name} steering {backend}'s replies takes the answers to "
+                f"{deployment.host.name}'s own programs too (no `fib daddr type != local`): a program there "
+                "asking the backend from an unconnected socket loses them to the reply socket",
+                _replace_fix(deployment, rule),
             )
         )
+    return findings
+
+
+def _replace_fix(deployment: Deployment, rule: TproxyRule) -> str:
+    """`nft replace rule ... handle N` with the rule and the fib clause, or where to add the clause when the
+    rule cannot be spelled again (an inet table, several addresses)."""
+    hint = "add `fib daddr type != local` before `meta mark set` in that rule"
+    if rule.where is None or rule.where[3] is None or rule.where[0] not in _VERSIONS or rule.port is None:
+        return hint
+    family, table, chain, handle = rule.where
+    one = {"saddr": rule.saddr, "daddr": rule.daddr}
+    if any(value is not None and len(value) != 1 for value in one.values()):
+        return hint
+    text = tproxy_rule(
+        rule.version,
+        rule.port,
+        mark=rule.mark if rule.mark is not None else _suggested_mark(deployment, rule.version)[0],
+        saddr=str(rule.saddr[0]) if rule.saddr else None,
+        daddr=str(rule.daddr[0]) if rule.daddr else None,
+        sports=list(rule.sports) if rule.sports else None,
+        dports=list(rule.dports) if rule.dports else None,
+        iifname=rule.iifname,
+        exclude_local=True,
+    )
+    return deployment.host.fix(f"nft replace rule {family} {table} {chain} handle {handle} {text}")
+
+
+def _remote_reply(
+    deployment: Deployment, backend: str, version: int, port: int, wanted: Sequence[PortRange]
+) -> list[Finding]:
+    """A backend elsewhere: its replies arrive from outside, steered by the rule and delivered by the mark
+    routing."""
+    rules = [
+        rule
+        for rule in tproxy_rules(deployment.host.ruleset())
+        if rule.version == version and rule.port == port and _contains(rule.saddr, backend)
+    ]
+    findings = _reply_rule_finding(deployment, backend, version, port, wanted, rules, None)
+    findings += _own_clients(deployment, backend, version, rules)
     marks = {rule.mark for rule in rules} or {_suggested_mark(deployment, version)[0]}
     client = _client(deployment, version)
-    loopback = ipaddress.ip_address(backend).is_loopback
     probe = _Probe(
         backend,
         client,
         wanted[0][0] if wanted else 53,
-        None if loopback else _interface_toward(deployment, backend),
+        _interface_toward(deployment, backend),
         f"{backend}'s replies to clients",
     )
     return findings + _mark_routing(deployment, "reply", version, marks, probe)
 
 
-__all__ = ["TproxyRule", "check_range_steering", "check_reply_tproxy", "tproxy_rules", "uncovered"]
+def _local_reply(
+    deployment: Deployment, backend: str, version: int, port: int, wanted: Sequence[PortRange]
+) -> list[Finding]:
+    """A backend on the host itself: the rule on lo that spares the host's own addresses, and the loopback
+    rule with its local route that send the replies (the host's own output) back in through lo."""
+    rules = [
+        rule
+        for rule in tproxy_rules(deployment.host.ruleset())
+        if rule.version == version
+        and rule.port == port
+        and _contains(rule.saddr, backend)
+        and rule.iifname in (None, "lo")
+    ]
+    findings = _reply_rule_finding(deployment, backend, version, port, wanted, rules, "lo")
+    findings += _own_clients(deployment, backend, version, rules)
+    return findings + _loopback_routing(deployment, backend, version, list(wanted) or [(53, 53)])
+
+
+def _loopback_routing(
+    deployment: Deployment, backend: str, version: int, wanted: Sequence[PortRange]
+) -> list[Finding]:
+    """The kernel's verdict on the backend's reply to a client, as the host's own output: routed to a table
+    whose route is local (out through lo and back in), else the loopback rule or local route is missing."""
+    host, client = deployment.host, _client(deployment, version)
+
+    def looped(sport: int) -> bool:
+        answer = host.packet_route(backend, client, sport, IPPROTO_UDP, None)
+        return answer is not None and answer.type == "local"
+
+    missing = [(a, b) for a, b in wanted if not (looped(a) and looped(b))]
+    if not missing:
+        return [
+            Finding(
+                _name("reply", "loopback rule", version),
+                True,
+                f"{host.name} sends {backend}'s replies from port {_spelled(wanted)} back in through lo",
+            )
+        ]
+    tables = _local_tables(deployment, version)
+    address = ipaddress.ip_address(backend)
+    existing = [
+        rule
+        for rule in host.rules(version)
+        if rule["src"] is not None
+        and address in rule["src"]
+        and rule["iif"] == "lo"
+        and rule["ip_proto"] in (None, IPPROTO_UDP)
+        and (rule["sport"] is None or any(rule["sport"][0] <= a and b <= rule["sport"][1] for a, b in missing))
+    ]
+    table = int(existing[0]["table"]) if existing else min(tables) if tables else DEFAULT_TABLE
+    shown = _spelled(missing)
+    findings = []
+    if not existing:
+        findings.append(
+            Finding(
+                _name("reply", "loopback rule", version),
+                False,
+                f"no policy rule on {host.name} sends {backend}'s UDP replies from port {shown} (its own "
+                "output) back in through lo, where the tproxy rule takes them: they are refused or routed "
+                "away instead of reaching the forwarder's reply socket",
+                " && ".join(host.fix(c) for c in local_tproxy_rule_commands(backend, missing, table)),
+            )
+        )
+    if table not in tables:
+        findings.append(
+            Finding(
+                _name("reply", "local route", version),
+                False,
+                f"table {table} (the loopback rule's) on {host.name} has no local default route on lo: "
+                f"{backend}'s replies from port {shown} do not come back in through lo",
+                host.fix(local_route_command(version, table)),
+            )
+        )
+    return findings
+
+
+__all__ = [
+    "TproxyRule",
+    "check_range_steering",
+    "check_reply_tproxy",
+    "host_backends",
+    "is_on_host",
+    "tproxy_rules",
+    "uncovered",
+]

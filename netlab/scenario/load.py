@@ -239,7 +239,7 @@ def _steering(reader: Reader, where: str, table: dict[str, Any], topology: Topol
     node = reader.node(table, "node", where, topology, _default_host(topology))
     steering = parse_steering({k: v for k, v in table.items() if k != "node"}, node, reader.fail, where)
     interfaces = topology.interfaces_of(node)
-    if steering.iifname is not None and steering.iifname not in interfaces:
+    if steering.iifname not in (None, "lo", *interfaces):  # lo: the local form of the reply steering
         raise reader.fail(
             f"{where}.iifname",
             f"{steering.iifname!r} is not an interface of node {node!r} (its interfaces: {interfaces})",

@@ -336,7 +336,7 @@ class Topology:
             label = steering.label or f"tproxy in {steering.node!r}"
             self._require_node(steering.node, label)
             interfaces = self.interfaces_of(steering.node)
-            if steering.iifname is not None and steering.iifname not in interfaces:
+            if steering.iifname not in (None, "lo", *interfaces):  # every node has lo
                 raise self._fail(
                     label,
                     f"iifname {steering.iifname!r} is not an interface of node {steering.node!r} "

@@ -7,6 +7,7 @@ reader of that table, so both files accept the same keys and refuse the same mis
     dports = "27000-27099"            # and/or sports: a port, "FIRST-LAST", or a list of them
     daddr = "198.51.100.1"            # optional: saddr / daddr, an address or a network of the version
     iifname = "to-client"             # optional: only datagrams arriving on this interface
+    exclude_local = true              # optional: spare datagrams to the node's own addresses (fib)
     nft = true                        # false leaves out the nft rule, rule = false the fwmark rule,
     rule = true                       #   route = false the local route: broken set-ups for the doctor
     route = true
@@ -25,7 +26,19 @@ from netlab.topology.networks import ALLOWED_NETWORKS
 
 PortRange = tuple[int, int]
 KEYS = frozenset(
-    {"version", "to_port", "dports", "sports", "daddr", "saddr", "iifname", "nft", "rule", "route"}
+    {
+        "version",
+        "to_port",
+        "dports",
+        "sports",
+        "daddr",
+        "saddr",
+        "iifname",
+        "exclude_local",
+        "nft",
+        "rule",
+        "route",
+    }
 )
 _PORTS_HINT = 'expected a port, "FIRST-LAST" or a list of them, each of 1 to 65535'
 
@@ -42,6 +55,7 @@ class Steering:
     daddr: str | None = None
     saddr: str | None = None
     iifname: str | None = None
+    exclude_local: bool = False
     nft: bool = True
     rule: bool = True
     route: bool = True
@@ -55,6 +69,7 @@ class Steering:
             "daddr": self.daddr,
             "saddr": self.saddr,
             "iifname": self.iifname,
+            "exclude_local": self.exclude_local,
         }
 
     def describe(self) -> str:
@@ -69,6 +84,8 @@ class Steering:
             value = getattr(self, key)
             if value is not None:
                 parts.append(f"udp {key[:-1]} " + ",".join(_port_text(r) for r in value))
+        if self.exclude_local:
+            parts.append("not to its own addresses")
         parts.append(f"-> :{self.to_port}")
         left_out = [piece for piece in ("nft", "rule", "route") if not getattr(self, piece)]
         if left_out:
@@ -165,8 +182,8 @@ def parse_steering(table: Mapping[str, Any], node: str, fail: Fail, element: str
     if iifname is not None and not isinstance(iifname, str):
         raise fail(f"{element}.iifname", f"expected an interface name, got {iifname!r}")
     switches = {}
-    for key in ("nft", "rule", "route"):
-        value = table.get(key, True)
+    for key in ("exclude_local", "nft", "rule", "route"):
+        value = table.get(key, key != "exclude_local")
         if not isinstance(value, bool):
             raise fail(f"{element}.{key}", f"expected true or false, got {value!r}")
         switches[key] = value
