@@ -20,7 +20,7 @@ from netlab.doctor.checks import Deployment, Finding, diagnose
 from netlab.doctor.probes import NamespaceProbe, forwarder_arguments
 from netlab.doctor.tproxy import TproxyRule, tproxy_rules, uncovered
 from netlab.fixtures import fixtures_dir
-from netlab.lab.nft import apply_ruleset
+from netlab.lab.nft import apply_ruleset, delete_table
 from netlab.lab.tproxy import steer
 from netlab.service.launch import (
     ListenSocket,
@@ -486,3 +486,134 @@ def test_a_tproxy_rule_that_sets_no_mark_is_named_unless_its_address_is_the_host
     if findings:
         assert "sets no mark" in findings[0].detail
         assert findings[0].fix.startswith("add `meta mark set 0x")
+
+
+LOCAL = {4: "127.0.0.1", 6: "::1"}
+
+
+def local_reply_lab(lab: Lab, backends: tuple[str, ...] = ("127.0.0.1:5353", "[::1]:5353")) -> None:
+    """The dual-stack lab with a forwarder in relay mode, reply socket on :40000, whose backends are on the
+    host itself (a resolver on 127.0.0.1 and ::1, the `--net=host` case)."""
+    lab.build(load_topology("dual-stack"))
+    start_forwarder(
+        lab["host"],
+        ["198.51.100.1:27000", "[2001:db8:51::1]:27000"],
+        list(backends),
+        args=["--reply", "relay", "--reply-tproxy", "40000"],
+    )
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize(
+    ("backends", "steered"),
+    [
+        (("127.0.0.1:5353", "[::1]:5353"), ["127.0.0.1", "::1"]),
+        (("192.0.2.1:5353", "[2001:db8:2::1]:5353"), ["192.0.2.1", "2001:db8:2::1"]),  # the host's own
+    ],
+    ids=["loopback", "host-address"],
+)
+def test_a_backend_on_the_host_with_the_local_form_has_nothing_missing(
+    lab: Lab, backends: tuple[str, ...], steered: list[str]
+) -> None:
+    local_reply_lab(lab, backends)
+    for backend in steered:
+        install_relay_tproxy(lab["host"], backend, 5353, 40000, on_host=True)
+    assert problems(deployment(lab, V4)) == []
+    assert problems(deployment(lab, V6)) == []
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize(
+    ("version", "check", "command"),
+    [
+        (4, "reply loopback rule", "ip rule add from 127.0.0.1 iif lo ipproto udp sport 5353 lookup {table}"),
+        (6, "reply loopback rule IPv6", "ip -6 rule add from ::1 iif lo ipproto udp sport 5353 lookup {table}"),
+    ],
+)
+def test_a_backend_on_the_host_without_its_loopback_rule_is_named_and_the_fix_heals_it(
+    lab: Lab, version: int, check: str, command: str
+) -> None:
+    # Its replies are the host's own output: without the rule they never come back in through lo (IPv4
+    # refuses a 127.0.0.1 source toward a client), so the rule on lo never sees them. No fwmark rule is asked.
+    local_reply_lab(lab)
+    steering = install_relay_tproxy(lab["host"], LOCAL[version], 5353, 40000, rule=False)
+    install_relay_tproxy(lab["host"], LOCAL[10 - version], 5353, 40000)
+    [finding] = problems(deployment(lab, V4 if version == 4 else V6))
+    assert (finding.check, finding.fix) == (
+        check,
+        f"netlab exec host -- {command.format(table=steering.table)}",
+    )
+    apply_fix(lab, finding)
+    assert problems(deployment(lab, V4 if version == 4 else V6)) == []
+
+
+@pytest.mark.privileged
+def test_a_loopback_rule_whose_table_has_no_local_route_names_the_route(lab: Lab) -> None:
+    local_reply_lab(lab, ("127.0.0.1:5353",))
+    steering = install_relay_tproxy(lab["host"], "127.0.0.1", 5353, 40000)
+    route = f"ip route del local 0.0.0.0/0 dev lo table {steering.table}"
+    lab["host"].check(route.split())
+    [finding] = problems(deployment(lab, V4))
+    assert (finding.check, finding.fix) == (
+        "reply local route",
+        f"netlab exec host -- ip route add local 0.0.0.0/0 dev lo table {steering.table}",
+    )
+    apply_fix(lab, finding)
+    assert problems(deployment(lab, V4)) == []
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("iifname", [None, "to-backend"], ids=["no-rule", "rule-on-another-interface"])
+def test_a_backend_on_the_host_without_the_tproxy_rule_on_lo_is_named_with_the_local_forms_rule(
+    lab: Lab, iifname: str | None
+) -> None:
+    # A rule for the backend on the interface toward the backends (the recipe for a backend elsewhere)
+    # never sees the replies of one on the host: they come back in through lo.
+    local_reply_lab(lab, ("127.0.0.1:5353",))
+    steering = install_relay_tproxy(lab["host"], "127.0.0.1", 5353, 40000)
+    delete_table(lab["host"], "ip", steering.nft_table)
+    if iifname is not None:
+        steer(lab["host"], version=4, to_port=40000, saddr="127.0.0.1", sports=5353, iifname=iifname)
+    [finding] = problems(deployment(lab, V4))
+    assert finding.check == "reply tproxy rule"
+    assert "127.0.0.1's UDP replies (back in through lo) from port 5353" in finding.detail
+    assert (
+        'prerouting iifname "lo" ip saddr 127.0.0.1 meta l4proto udp udp sport 5353 '
+        "fib daddr type != local meta mark set 0x"
+    ) in finding.fix
+    assert finding.fix.endswith("tproxy to :40000 accept")
+    apply_fix(lab, finding)
+    assert problems(deployment(lab, V4)) == []
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize(
+    ("backend", "family", "on_lo"),
+    [("192.0.2.2:5353", V4, False), ("127.0.0.1:5353", V4, True), ("[::1]:5353", V6, True)],
+    ids=["remote", "loopback", "loopback-ipv6"],
+)
+def test_a_reply_rule_that_takes_the_hosts_own_answers_too_is_named_and_replaced(
+    lab: Lab, backend: str, family: Mapping[str, object], on_lo: bool
+) -> None:
+    # Without `fib daddr type != local` tproxy hands the answer a program on the host waits for on an
+    # unconnected socket to the reply socket (reply-unmatched there): a remote backend's as a local one's.
+    local_reply_lab(lab, (backend,))
+    address = backend.rpartition(":")[0].strip("[]")
+    version = 4 if family is V4 else 6
+    steering = install_relay_tproxy(lab["host"], address, 5353, 40000)
+    delete_table(lab["host"], "ip" if version == 4 else "ip6", steering.nft_table)
+    steer(
+        lab["host"],
+        version=version,
+        to_port=40000,
+        saddr=address,
+        sports=5353,
+        iifname="lo" if on_lo else None,
+        rule=not on_lo,  # the local form's loopback rule is still there
+    )
+    [finding] = problems(deployment(lab, family))
+    assert finding.check == "reply own clients" + ("" if version == 4 else " IPv6")
+    assert "nft replace rule ip" in finding.fix
+    assert "fib daddr type != local meta mark set" in finding.fix
+    apply_fix(lab, finding)
+    assert problems(deployment(lab, family)) == []
