@@ -386,7 +386,10 @@ def test_replies_without_their_tproxy_rule_reuse_the_mark_the_host_already_deliv
     steering = steer(lab["host"], version=4, to_port=40000, saddr="192.0.2.2", sports=5353, nft=False)
     [finding] = problems(deployment(lab, V4))
     assert finding.check == "reply tproxy rule"
-    assert f"udp sport 5353 fib daddr type != local meta mark set {steering.mark:#x} tproxy to :40000" in finding.fix
+    assert (
+        f"udp sport 5353 fib daddr type != local meta mark set {steering.mark:#x} tproxy to :40000"
+        in finding.fix
+    )
     apply_fix(lab, finding)
     assert problems(deployment(lab, V4)) == []
 
@@ -527,7 +530,11 @@ def test_a_backend_on_the_host_with_the_local_form_has_nothing_missing(
     ("version", "check", "command"),
     [
         (4, "reply loopback rule", "ip rule add from 127.0.0.1 iif lo ipproto udp sport 5353 lookup {table}"),
-        (6, "reply loopback rule IPv6", "ip -6 rule add from ::1 iif lo ipproto udp sport 5353 lookup {table}"),
+        (
+            6,
+            "reply loopback rule IPv6",
+            "ip -6 rule add from ::1 iif lo ipproto udp sport 5353 lookup {table}",
+        ),
     ],
 )
 def test_a_backend_on_the_host_without_its_loopback_rule_is_named_and_the_fix_heals_it(

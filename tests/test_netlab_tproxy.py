@@ -184,9 +184,9 @@ def test_exclude_local_spares_datagrams_to_the_hosts_own_addresses_and_steers_th
     sender.sendto(b"to the host", ("198.51.100.1", 27042))
     sender.sendto(b"elsewhere", ("192.0.2.2", 27042))
 
-    assert _received(sock) == [
-        (payload, ("198.51.100.1", 27042)) for payload in stolen
-    ] + [(b"elsewhere", ("192.0.2.2", 27042))]
+    assert _received(sock) == [(payload, ("198.51.100.1", 27042)) for payload in stolen] + [
+        (b"elsewhere", ("192.0.2.2", 27042))
+    ]
     if not stolen:
         assert own.recvfrom(100)[0] == b"to the host"
 

@@ -24,8 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from netlab.doctor.findings import Deployment, Finding
 from netlab.addresses import parse_endpoint
+from netlab.doctor.findings import Deployment, Finding
 from netlab.errors import AddressError
 from netlab.lab.tproxy import tproxy_commands, tproxy_rule
 from netlab.service.launch import (
@@ -109,7 +109,11 @@ def _rule(family: str, expressions: list[dict[str, Any]]) -> TproxyRule | None:
         if not match:
             continue
         left = match.get("left")
-        if left == {"meta": {"key": "iifname"}} and match.get("op") == "==" and isinstance(match["right"], str):
+        if (
+            left == {"meta": {"key": "iifname"}}
+            and match.get("op") == "=="
+            and isinstance(match["right"], str)
+        ):
             iifname = match["right"]
             continue
         if _is_not_local(match):
@@ -520,11 +524,14 @@ def _reply_rule_finding(  # noqa: PLR0913, PLR0917 - the fields of one finding
     ]
 
 
-def _own_clients(deployment: Deployment, backend: str, version: int, rules: Sequence[TproxyRule]) -> list[Finding]:
+def _own_clients(
+    deployment: Deployment, backend: str, version: int, rules: Sequence[TproxyRule]
+) -> list[Finding]:
     """Each rule steering `backend`'s replies without `fib daddr type != local`: it also takes the answers
     the host's own programs wait for on unconnected sockets (tproxy hands those to the reply socket, whose
     forwarder drops them as reply-unmatched); the fix replaces the rule with one that spares them."""
     findings = []
+    host = deployment.host.name
     for rule in rules:
         if rule.exclude_local:
             continue
@@ -532,8 +539,8 @@ def _own_clients(deployment: Deployment, backend: str, version: int, rules: Sequ
             Finding(
                 _name("reply", "own clients", version),
                 False,
-                f"the tproxy rule on {deployment.host.name} steering {backend}'s replies takes the answers to "
-                f"{deployment.host.name}'s own programs too (no `fib daddr type != local`): a program there "
+                f"the tproxy rule on {host} steering {backend}'s replies takes the answers to "
+                f"{host}'s own programs too (no `fib daddr type != local`): a program there "
                 "asking the backend from an unconnected socket loses them to the reply socket",
                 _replace_fix(deployment, rule),
             )
@@ -636,7 +643,9 @@ def _loopback_routing(
         and address in rule["src"]
         and rule["iif"] == "lo"
         and rule["ip_proto"] in (None, IPPROTO_UDP)
-        and (rule["sport"] is None or any(rule["sport"][0] <= a and b <= rule["sport"][1] for a, b in missing))
+        and (
+            rule["sport"] is None or any(rule["sport"][0] <= a and b <= rule["sport"][1] for a, b in missing)
+        )
     ]
     table = int(existing[0]["table"]) if existing else min(tables) if tables else DEFAULT_TABLE
     shown = _spelled(missing)
