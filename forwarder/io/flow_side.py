@@ -8,16 +8,18 @@ read in batches with their clients, matched by the machine, sent the same way.
 
 import contextlib
 import errno
+import operator
 import select
 import socket
 from collections.abc import Callable
+from typing import cast
 
 from forwarder.core.actions import Drop
 from forwarder.core.addresses import SockAddr, decode_sockaddr, sockaddr_bytes
 from forwarder.core.flows import Flow, Path, bounded_put
 from forwarder.core.machine import ForwardingMachine
 from forwarder.core.settings import Settings
-from forwarder.io.control import origdst_in_control, origdst_local
+from forwarder.io.control import MSG_CTRUNC, origdst_first, origdst_in_control, origdst_local
 from forwarder.io.errorqueue import ErrorQueues
 from forwarder.io.linux import IP_PKTINFO
 from forwarder.io.listeners import Route
@@ -28,6 +30,10 @@ from forwarder.io.reply_socket import ORIGDST_SPACE
 MAX_REPLIES = 256
 # Raw sockaddrs of clients and control messages of reply sources, built once each (bounded).
 NAME_CACHE_SIZE = 4096
+# A batch's flows' listeners, sockaddrs and local addresses, read for all of them in C (map).
+_PATH = operator.attrgetter("path")
+_PEER = operator.attrgetter("raw_peer")
+_LOCAL = operator.attrgetter("local_address")
 
 
 class FlowSide:
@@ -66,7 +72,8 @@ class FlowSide:
         self._used = 0  # slots of the reply batch filled in this pass
         self._target_names: dict[Path, bytes] = {}
         self._client_names: dict[tuple[int, SockAddr], bytes] = {}
-        self._source_controls: dict[tuple[int, bytes], bytes] = {}
+        # Per listener family: a reply source's raw address -> its raw control message (IP_PKTINFO).
+        self._source_controls: dict[int, dict[bytes, bytes]] = {}
 
     # --- the flow sockets: errors, and the backend's replies -----------------------------------------------
 
@@ -148,45 +155,112 @@ class FlowSide:
     def steered_pass(self, now: float) -> None:
         """The reply socket is readable: read up to MAX_REPLIES replies, batched with recvmmsg, each with
         its client (its original destination); the machine says whose each one is; then they leave, one
-        sendmmsg per listener."""
+        sendmmsg per listener and batch."""
         sock = self.reply_socket
         batch = self._replies
         assert sock is not None
         if batch is None:
             self._steered_each(sock, now)
             return
-        machine = self.machine
+        if self._used:  # replies of flow sockets staged (never with a reply socket): theirs go first
+            self.flush_replies()
         fd = sock.fileno()
-        staged_of = self._staged_of
         handled = 0
         while handled < MAX_REPLIES:
-            first = self._used
-            wanted = min(batch.capacity - first, MAX_REPLIES - handled)
+            wanted = min(batch.capacity, MAX_REPLIES - handled)
             try:
-                count = batch.receive(fd, first, wanted)
+                count = batch.receive(fd, 0, wanted)
             except OSError as error:
                 handled += 1
-                self.log_drop(machine.steered_receive_failed(error.errno or errno.EIO))
+                self.log_drop(self.machine.steered_receive_failed(error.errno or errno.EIO))
                 continue
-            for index in range(first, first + count):
-                raw, size, flags = batch.received(index)
-                client = origdst_in_control(batch.control(index), flags)
-                action = machine.reply_arrived(raw, client, size, flags, now)
-                if action.__class__ is Flow:
-                    staged = staged_of.get(action.path)
-                    if staged is None:  # a port range's flow: its reply leaves from the port asked, now
-                        self.relay_from_port(action, batch.payload(index))
-                    else:
-                        staged.append((action, index))
-                else:
-                    self.log_drop(action)  # type: ignore[arg-type]
-            self._used = first + count
+            if count:
+                self._steered_batch(batch, count, now)
             handled += count
-            if self._used == batch.capacity:
-                self.flush_replies()
             if count < wanted:
                 break
+
+    def _steered_batch(self, batch: ReplyBatch, count: int, now: float) -> None:
+        """Slots 0..count-1 hold steered replies: each to its flow's client, and away. Their flows are
+        found a batch at a time by the keys the machine learned (a reply it has not, or a flagged batch,
+        one at a time); a batch that goes to one listener is staged at once, any other one by one."""
+        if batch.flagged(0, count):  # truncated, or control messages cut short: each on its own
+            flows: list[Flow | None] = [None] * count
+            found = 0
+        else:
+            flows, found = self.machine.steered_flows(batch.keys(0, count), now)
+        if found < count:
+            for index, known in enumerate(flows):
+                if known is None:
+                    flows[index] = matched = self._steered_match(batch, index, now)
+                    found += matched is not None
+        if found < count or not self._relay_run(batch, cast("list[Flow]", flows)):
+            self._stage_each(batch, flows)
         self.flush_replies()
+
+    def _steered_match(self, batch: ReplyBatch, index: int, now: float) -> Flow | None:
+        """Slot `index`'s steered reply, which the batch's keys did not match: the machine's verdict from
+        its source and client, learning the slot's key when the client is where keys read it (the first
+        control message); None when it is dropped (counted and logged)."""
+        raw, size, flags = batch.received(index)
+        control = batch.control(index)
+        client = None if flags & MSG_CTRUNC else origdst_first(control)
+        if client is None:  # elsewhere in the control messages (or they were cut short): the walk decides
+            client = origdst_in_control(control, flags)
+            action = self.machine.reply_arrived(raw, client, size, flags, now)
+        else:
+            action = self.machine.reply_arrived(raw, client, size, flags, now, key=batch.key(index))
+        if action.__class__ is Flow:
+            return action
+        self.log_drop(action)  # type: ignore[arg-type]
+        return None
+
+    def _relay_run(self, batch: ReplyBatch, flows: list[Flow]) -> bool:
+        """Send slots 0.. to `flows` (one each) with one sendmmsg when they all go through one listening
+        socket with sockaddrs and source controls of one size (the common case); False when not (nothing
+        is sent: the caller stages them one by one)."""
+        path = flows[0].path
+        route = self._route_of.get(path)
+        if route is None or len(set(map(_PATH, flows))) != 1:
+            return False
+        count = len(flows)
+        names = b"".join(map(_PEER, flows))
+        if len(names) != count * len(flows[0].raw_peer):
+            return False
+        controls = b""
+        if route.pktinfo:
+            known = self._source_controls.get(int(route.listener.sock.family))
+            if known is None:
+                return False
+            locals_ = list(map(_LOCAL, flows))
+            if None in locals_:
+                return False
+            found = list(map(known.get, locals_))
+            if None in found:  # a source not seen yet, or unknown (control messages cut short)
+                return False
+            controls = b"".join(found)  # type: ignore[arg-type]
+            if len(controls) != count * len(found[0]):  # type: ignore[arg-type]
+                return False
+        if count == 1:  # a lone reply (a light load): the socket module's call is cheaper
+            self.relay(flows[0], batch.payload(0))
+            return True
+        batch.stage_run(0, count, names, controls)
+        self._send_group(route.listener.sock, 0, flows)
+        return True
+
+    def _stage_each(self, batch: ReplyBatch, flows: list[Flow | None]) -> None:
+        """Stage slots 0.. one by one to `flows` (None: dropped) for flush_replies; a port range's reply
+        leaves from the port asked, now."""
+        staged_of = self._staged_of
+        for index, flow in enumerate(flows):
+            if flow is None:
+                continue
+            staged = staged_of.get(flow.path)
+            if staged is None:
+                self.relay_from_port(flow, batch.payload(index))
+            else:
+                staged.append((flow, index))
+        self._used = len(flows)
 
     def _steered_each(self, sock: socket.socket, now: float) -> None:
         """Without recvmmsg and sendmmsg: one recvmsg and one send per steered reply."""
@@ -242,19 +316,19 @@ class FlowSide:
                 self.relay(staged[0][0], batch.payload(staged[0][1]))
                 message = first
             elif staged:
-                self._send_group(route.listener.sock, first, staged)
+                self._send_group(route.listener.sock, first, [flow for flow, _ in staged])
 
-    def _send_group(self, listener: socket.socket, first: int, group: list[tuple[Flow, int]]) -> None:
-        """sendmmsg the staged messages of `group` on `listener`; a message that fails is counted and the
-        ones after it are still sent."""
+    def _send_group(self, listener: socket.socket, first: int, flows: list[Flow]) -> None:
+        """sendmmsg the staged messages first.. to `flows` on `listener`; a message that fails is counted
+        and the ones after it are still sent."""
         batch = self._replies
         assert batch is not None
-        fd, done, count = listener.fileno(), 0, len(group)
+        fd, done, count = listener.fileno(), 0, len(flows)
         while done < count:
             sent, failure = batch.send(fd, first + done, count - done)
             done += sent
             if failure or not sent:
-                self.log_drop(self.machine.reply_send_failed(group[done][0], failure or errno.EIO))
+                self.log_drop(self.machine.reply_send_failed(flows[done], failure or errno.EIO))
                 done += 1
 
     def _target_name(self, path: Path) -> bytes:
@@ -272,10 +346,13 @@ class FlowSide:
         return name
 
     def _source_control_raw(self, family: int, local: bytes) -> bytes:
-        control = self._source_controls.get((family, local))
+        known = self._source_controls.get(family)
+        if known is None:
+            known = self._source_controls[family] = {}
+        control = known.get(local)
         if control is None:
             control = source_control(family, local)
-            bounded_put(self._source_controls, (family, local), control, NAME_CACHE_SIZE)
+            bounded_put(known, local, control, NAME_CACHE_SIZE)
         return control
 
     def _relay_each(self, flow: Flow, sock: socket.socket, now: float) -> None:
