@@ -5,8 +5,8 @@ its client, the address and port it was sent to, in IP_ORIGDSTADDR / IPV6_ORIGDS
 no socket per client: a flow on the raw send path holds no descriptor at all.
 
 Opened at start-up, while the forwarder holds its capability (IP_TRANSPARENT needs CAP_NET_RAW or
-CAP_NET_ADMIN); nothing later needs one. Reading it is the engine's flow side (forwarder.io.flow_side),
-which shares the reply batch and its sendmmsg with the flow sockets' replies.
+CAP_NET_ADMIN); nothing later needs one. Reading it is the engine's (forwarder.io.steered), which shares
+the reply batch and its sendmmsg with the flow sockets' replies.
 """
 
 import socket
