@@ -316,6 +316,13 @@ def test_a_run_of_replies_leaves_each_to_its_own_name_with_its_own_source() -> N
         assert batch.send(sender.fileno(), 1, 1) == (1, 0)
         assert clients[2].recvfrom(100) == (b"B" * 40, sender.getsockname())
 
+        # And a run of the first one's shape after it writes its own names and sources again.
+        batch.stage_run(0, 3, names[16:] + names[:16], controls)
+        assert batch.send(sender.fileno(), 0, 3) == (3, 0)
+        for serial, size in enumerate((3, 40, 7)):
+            client = clients[(serial + 1) % 3]
+            assert client.recvfrom(100) == (bytes([65 + serial]) * size, sender.getsockname())
+
 
 def test_a_truncated_reply_flags_its_batch() -> None:
     batch = reply_batch(buffer_size=16)

@@ -21,7 +21,7 @@ from forwarder.io.errorqueue import ErrorQueues
 from forwarder.io.linux import IP_PKTINFO
 from forwarder.io.listeners import Route
 from forwarder.io.replies import ReplyBatch, source_control
-from forwarder.io.reply_socket import ORIGDST_SPACE
+from forwarder.io.reply_socket import ORIGDST_SPACE, key_layout
 from forwarder.io.steered import SteeredReplies
 
 # A flow socket is read until EAGAIN, but at most this many replies (or queued errors) at a time.
@@ -54,12 +54,11 @@ class FlowSide(SteeredReplies):
         self._watched: dict[int, Flow] = {}
         # Relay mode gathers the replies of a pass and sends them with one sendmmsg per listener.
         # The reply socket's replies carry their client in a control message: room for it per slot.
-        control = ORIGDST_SPACE if self.reply_socket is not None else 0
-        self._replies = (
-            ReplyBatch.create(buffer_size=buffer_size, control_space=control)
-            if self.settings.relays
-            else None
-        )
+        layout: dict[str, int] = {}
+        if self.reply_socket is not None:
+            name_space, key_control = key_layout(self.reply_socket.family)
+            layout = {"control_space": ORIGDST_SPACE, "name_space": name_space, "key_control": key_control}
+        self._replies = ReplyBatch.create(buffer_size=buffer_size, **layout) if self.settings.relays else None
         # The replies waiting to leave, per route (= listener): (the flow relayed to, the reply's slot).
         self._staged: list[tuple[Route, list[tuple[Flow, int]]]] = [(route, []) for route in self.routes]
         self._staged_of = {route.path: staged for route, staged in self._staged}

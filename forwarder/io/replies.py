@@ -18,6 +18,7 @@ import errno
 import os
 import socket
 import struct
+import sys
 from array import array
 from collections.abc import Callable
 
@@ -46,9 +47,11 @@ _FLAGS = MsgHdr.msg_flags.offset
 _LEN = MMsgHdr.msg_len.offset
 _WORDS = _SIZE // 4  # u32 per mmsghdr
 _QUADS = _SIZE // 8  # u64 per mmsghdr
-# Of a slot's control messages, the part its key holds: a whole original destination's message of either
-# family (struct cmsghdr and struct sockaddr_in6, the larger), when it is the first.
+# Of a slot's control messages, the part its key holds by default: a whole original destination's message
+# of either family (struct cmsghdr and struct sockaddr_in6, the larger), when it is the first.
 KEY_CONTROL = socket.CMSG_SPACE(28)
+# Where the low half of a u64 is, counted in u32: an iovec's length is written through a u32 view.
+_LOW = 0 if sys.byteorder == "little" else 1
 
 
 def source_control(family: int, local: bytes) -> bytes:
@@ -70,19 +73,22 @@ class ReplyBatch:
 
     Receiving fills slots `first` onwards; `received(i)` reads slot i's source, size and flags, `control(i)`
     its control messages (`control_space` bytes of room per slot), and `keys(first, count)` the key of
-    each: its source's struct sockaddr (zero-padded to NAME_SPACE) followed by the first KEY_CONTROL bytes
-    of its control messages (zero-padded), one contiguous piece of the slot. To send, `stage(k, i, name,
+    each: its source's struct sockaddr (zero-padded to `name_space`) followed by the first `key_control`
+    bytes of its control messages (zero-padded), one contiguous piece of the slot. To send, `stage(k, i, name,
     control)` makes message k carry slot i's reply to the raw sockaddr `name` with the raw control message
     `control` (b"": none), or `stage_run` makes messages first.. carry slots first.. at once; `send(fd,
     first, count)` sends messages first..first+count-1."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the two calls, then the sizes of the arenas
         self,
         recvmmsg: Callable[..., int],
         sendmmsg: Callable[..., int],
         capacity: int = BATCH,
         buffer_size: int = 65536,
+        *,
         control_space: int = 0,
+        name_space: int = NAME_SPACE,
+        key_control: int = KEY_CONTROL,
     ) -> None:
         self._recvmmsg = recvmmsg
         self._sendmmsg = sendmmsg
@@ -92,7 +98,8 @@ class ReplyBatch:
         # Per slot: the source's sockaddr, then room for its control messages (the tproxy reply socket's
         # original destinations: `control_space` bytes, none by default).
         self.control_space = control_space
-        self.slot_space = NAME_SPACE + control_space
+        self.name_space = name_space
+        self.slot_space = name_space + control_space
         self._slots = bytearray(capacity * self.slot_space)
         self._arenas = [self._slots, bytearray(capacity * NAME_SPACE), bytearray(capacity * CONTROL_SPACE)]
         arrays = [(ctypes.c_char * len(arena)).from_buffer(arena) for arena in [self.data, *self._arenas]]
@@ -130,7 +137,12 @@ class ReplyBatch:
         self._sent_names = memoryview(self._arenas[1])
         self._controls = memoryview(self._arenas[2])
         self.view = memoryview(self.data)
-        self.key_space = NAME_SPACE + min(control_space, KEY_CONTROL)
+        self.key_space = name_space + min(control_space, key_control)
+        self._iov32 = memoryview(self._sent_iov).cast("B").cast("I")
+        # What the last run of messages left in their headers (its first message, name and control
+        # lengths, and how many): a run of the same shape rewrites only names, controls and lengths.
+        self._run: tuple[int, int, int] | None = None
+        self._run_count = 0
         # One struct per batch size that reads every slot's key at once (built when first needed).
         self._key_readers: dict[int, Callable[..., tuple[bytes, ...]]] = {}
 
@@ -144,9 +156,9 @@ class ReplyBatch:
             header.msg_iov = ctypes.addressof(self._received_iov[index])
             header.msg_iovlen = 1
             header.msg_name = slots + index * self.slot_space
-            header.msg_namelen = NAME_SPACE
+            header.msg_namelen = self.name_space
             if self.control_space:
-                header.msg_control = slots + index * self.slot_space + NAME_SPACE
+                header.msg_control = slots + index * self.slot_space + self.name_space
                 header.msg_controllen = self.control_space
             header = self._sent[index].msg_hdr
             header.msg_iov = ctypes.addressof(self._sent_iov[index])
@@ -154,15 +166,29 @@ class ReplyBatch:
 
     @classmethod
     def create(
-        cls, capacity: int = BATCH, buffer_size: int = 65536, control_space: int = 0
+        cls,
+        capacity: int = BATCH,
+        buffer_size: int = 65536,
+        *,
+        control_space: int = 0,
+        name_space: int = NAME_SPACE,
+        key_control: int = KEY_CONTROL,
     ) -> "ReplyBatch | None":
-        """A reply batch (receiving `control_space` bytes of control messages per reply), or None when this
-        libc lacks recvmmsg or sendmmsg."""
+        """A reply batch (receiving `control_space` bytes of control messages per reply, and sources of up
+        to `name_space` bytes), or None when this libc lacks recvmmsg or sendmmsg."""
         recvmmsg = libc_function("recvmmsg", RECVMMSG_ARGUMENTS, ctypes.c_int)
         sendmmsg = libc_function("sendmmsg", SENDMMSG_ARGUMENTS, ctypes.c_int)
         if recvmmsg is None or sendmmsg is None:
             return None
-        return cls(recvmmsg, sendmmsg, capacity, buffer_size, control_space)
+        return cls(
+            recvmmsg,
+            sendmmsg,
+            capacity,
+            buffer_size,
+            control_space=control_space,
+            name_space=name_space,
+            key_control=key_control,
+        )
 
     def receive(self, fd: int, first: int, count: int) -> int:
         """Receive up to `count` replies queued on `fd` into slots first.., without blocking; how many
@@ -189,7 +215,7 @@ class ReplyBatch:
 
     def control(self, index: int) -> memoryview:
         """Slot `index`'s control messages as the kernel wrote them (msg_controllen bytes)."""
-        start = index * self.slot_space + NAME_SPACE
+        start = index * self.slot_space + self.name_space
         return self._slot_view[start : start + self._in64[self._controllen_at[index]]]
 
     def flagged(self, first: int, count: int) -> bool:
@@ -217,6 +243,7 @@ class ReplyBatch:
 
     def stage(self, message: int, index: int, name: bytes, control: bytes) -> None:
         """Make sendmmsg's message `message` carry slot `index`'s reply to `name` with `control`."""
+        self._run = None
         iov64 = self._iov64
         iov64[2 * message] = self._bases[index]
         iov64[2 * message + 1] = min(self._in32[self._length_at[index]], self.buffer_size)
@@ -234,30 +261,34 @@ class ReplyBatch:
     def stage_run(self, first: int, count: int, names: bytes, controls: bytes) -> None:
         """Make messages first.. carry slots first..'s replies (none flagged), message k to the k-th of
         `names` (raw sockaddrs of one length, back to back) with the k-th of `controls` (raw control
-        messages of one length; b"": none): a few slice stores for the whole run."""
+        messages of one length; b"": none): a few slice stores for the whole run, and fewer when the last
+        run had its shape (its pointers and lengths are still there)."""
         end = first + count
-        iov64, out64, out32 = self._iov64, self._out64, self._out32
-        iov64[2 * first : 2 * end : 2] = self._base_array[first:end]
+        name_length, control_length = len(names) // count, len(controls) // count
+        names_at, controls_at = first * NAME_SPACE, first * CONTROL_SPACE  # within the messages' own room
+        self._sent_names[names_at : names_at + len(names)] = names
+        if control_length:
+            self._controls[controls_at : controls_at + len(controls)] = controls
+        # The lengths, u32 to the low halves of the u64 iov_len (the high halves are always 0).
         start = first * _WORDS + _LEN // 4
-        iov64[2 * first + 1 : 2 * end : 2] = array("Q", self._in32[start : start + count * _WORDS : _WORDS])
-        length = len(names) // count
-        start = first * NAME_SPACE  # back to back from message first's own room, so no run overlaps another
-        self._sent_names[start : start + len(names)] = names
-        address = self._sent_names_address + start
-        pointers = array("Q", range(address, address + len(names), length))
+        self._iov32[4 * first + 2 + _LOW : 4 * end : 4] = self._in32[start : start + count * _WORDS : _WORDS]
+        shape = (first, name_length, control_length)
+        if self._run == shape and count <= self._run_count:
+            return
+        self._run, self._run_count = shape, count
+        out64, out32 = self._out64, self._out32
+        self._iov64[2 * first : 2 * end : 2] = self._base_array[first:end]
+        address = self._sent_names_address + names_at
+        pointers = array("Q", range(address, address + len(names), name_length))
         out64[first * _QUADS : end * _QUADS : _QUADS] = pointers
         start = first * _WORDS + _NAMELEN // 4
-        out32[start : start + count * _WORDS : _WORDS] = array("I", [length]) * count
-        length = len(controls) // count
-        if length:
-            start = first * CONTROL_SPACE
-            self._controls[start : start + len(controls)] = controls
-            address = self._controls_address + start
-            out64[first * _QUADS + _CONTROL // 8 : end * _QUADS : _QUADS] = array(
-                "Q", range(address, address + len(controls), length)
-            )
+        out32[start : start + count * _WORDS : _WORDS] = array("I", [name_length]) * count
+        if control_length:
+            address = self._controls_address + controls_at
+            pointers = array("Q", range(address, address + len(controls), control_length))
+            out64[first * _QUADS + _CONTROL // 8 : end * _QUADS : _QUADS] = pointers
         start = first * _QUADS + _CONTROLLEN // 8
-        out64[start : start + count * _QUADS : _QUADS] = array("Q", [length]) * count
+        out64[start : start + count * _QUADS : _QUADS] = array("Q", [control_length]) * count
 
     def send(self, fd: int, first: int, count: int) -> tuple[int, int]:
         """Send staged messages first..first+count-1 from `fd`; (sent, errno): when errno is not 0, message

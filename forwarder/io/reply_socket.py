@@ -23,6 +23,16 @@ ORIGDST_SPACE = socket.CMSG_SPACE(28) + 16
 REPLY_SOCKET_BUFFER = 16 << 20
 
 
+def key_layout(family: socket.AddressFamily) -> tuple[int, int]:
+    """The room for a reply's source and the part of its control messages that a reply's key holds (see
+    forwarder.io.replies), on a reply socket of `family`: on an IPv4 one a struct sockaddr_in and the
+    IP_ORIGDSTADDR message only, a shorter key (it is hashed per reply); on a dual-stack one room for
+    either family's."""
+    if family == socket.AF_INET:
+        return 16, socket.CMSG_SPACE(16)
+    return 32, socket.CMSG_SPACE(28)
+
+
 def reply_socket_family(families: Iterable[socket.AddressFamily]) -> socket.AddressFamily:
     """The family of the one reply socket for backends of `families`: IPv4 when all are IPv4, else a
     dual-stack IPv6 socket (an IPv4 reply on it carries IP_ORIGDSTADDR, an IPv6 one IPV6_ORIGDSTADDR)."""

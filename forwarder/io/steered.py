@@ -122,7 +122,7 @@ class SteeredReplies:
         is sent: the caller stages them one by one)."""
         path = flows[0].path
         route = self._route_of.get(path)
-        if route is None or len(set(map(_PATH, flows))) != 1:
+        if route is None or list(map(_PATH, flows)).count(path) != len(flows):  # count: by identity
             return False
         count = len(flows)
         names = b"".join(map(_PEER, flows))
