@@ -211,7 +211,7 @@ def test_echo_cases_are_run_only_by_contenders_that_relay_replies() -> None:
         "kernel-dnat+rps",
         "kernel-dnat",
         "forwarder-relay",
-        "forwarder-relay-tproxy",
+        "forwarder-tproxy",
         "nginx",
         "go-mmproxy",
     }

@@ -31,7 +31,11 @@ TEMPLATES = [
     "transparent-udp-forwarder@.socket",
     "proxy-protocol-udp-forwarder@.service",
     "proxy-protocol-udp-forwarder@.socket",
+    "transparent-udp-forwarder-range@.service",
+    "transparent-udp-forwarder-range@.socket",
 ]
+# The nftables ruleset the range units need (an example: the addresses and ports are the operator's).
+RANGE_RULESET = "usr/share/doc/transparent-udp-forwarder/examples/port-range.nft"
 INSTANCE = "27015"
 # Debian's own tools only, whatever python3 comes first on the test's PATH (pyenv, the virtualenv).
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -128,6 +132,8 @@ def test_the_package_holds_the_daemon_the_forwarder_the_units_the_man_page_and_t
         README,
         "etc/transparent-udp-forwarder/PORT.env.example",
         "etc/proxy-protocol-udp-forwarder/PORT.env.example",
+        "etc/transparent-udp-forwarder-range/PORT.env.example",
+        RANGE_RULESET,
         *(f"{UNIT_DIRECTORY}/{name}" for name in TEMPLATES),
         *modules,
     }

@@ -15,6 +15,7 @@ import pytest
 from netlab import Lab, load_topology, start_forwarder
 from netlab.doctor.checks import Deployment, Finding, diagnose, reply_mode
 from netlab.doctor.probes import NamespaceProbe, is_forwarder, reply_mode_of
+from netlab.lab.tproxy import steer
 from netlab.service.relay import install_local_relay_routing, install_relay_routing
 
 V4 = {"backend": "192.0.2.2", "host": "198.51.100.1", "gateway": "192.0.2.1", "clients": ["198.51.100.10"]}
@@ -195,3 +196,27 @@ def test_a_backend_on_the_host_itself_needs_the_loopback_rule(lab: Lab) -> None:
     assert [finding.check for finding in problems(local)] == ["relay rule"]
     install_local_relay_routing(lab["host"], versions=[4])
     assert problems(local) == []
+
+
+@pytest.mark.privileged
+def test_a_range_destination_in_relay_mode_needs_the_relay_rule_for_its_whole_range(lab: Lab) -> None:
+    # `27000-27099@192.0.2.2:30000-30099`: the backend answers from 30000-30099, each reply to the flow
+    # socket of its client; one relay rule with a port range covers them all.
+    lab.build(load_topology("dual-stack"))
+    start_forwarder(
+        lab["host"], ["198.51.100.1:27000"], ["27000-27099@192.0.2.2:30000-30099"], args=["--reply", "relay"]
+    )
+    steer(lab["host"], version=4, to_port=27000, daddr="198.51.100.1", dports=(27000, 27099))
+    target = deployment(lab, V4, reply_mode=None, backend_ports=())
+    [finding] = problems(target)
+    assert finding.check == "relay rule"
+    assert "replies from port 30000-30099 on to the client" in finding.detail
+    assert finding.fix == (
+        "netlab exec host -- ip rule add from 192.0.2.2 ipproto udp sport 30000-30099 lookup 100 && "
+        "netlab exec host -- ip route add local 0.0.0.0/0 dev lo table 100"
+    )
+    install_relay_routing(lab["host"], "192.0.2.2", (30000, 30049))  # half of it
+    [finding] = problems(target)
+    assert "replies from port 30000-30099 on to the client" in finding.detail
+    apply_fix(lab, finding)
+    assert problems(target) == []

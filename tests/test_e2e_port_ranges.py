@@ -19,6 +19,7 @@ from e2e_helpers import send_path, serve_in_thread, status_has
 from pyroute2 import IPRoute
 
 from forwarder.core.addresses import decode_sockaddr
+from forwarder.core.proxy_protocol import build, build_local
 from forwarder.io.control import origdst_local
 from forwarder.io.sockets import set_receive_buffer
 from netlab import Lab, start_forwarder
@@ -171,6 +172,10 @@ def test_a_datagram_to_a_port_outside_the_range_is_never_forwarded_and_is_counte
     ]
     forwarder.wait_status(status_has("since start 2 forwarded, 2 dropped; ports 27000-27049 on games: "))
     assert drops_by_reason(forwarder.notify.values("STATUS")) == {"outside-range": 2}
+    # The log line names the port the client asked, not the range's first backend port.
+    assert f"dropped datagram (outside-range) from {CLIENT[4]}:4245 on games to {HOST[4]}:27050" in (
+        forwarder.process.output()
+    )
     text = metrics.read_text()
     labels = '{listen="0.0.0.0:27000",socket="games",range="27000-27049"}'
     assert f"transparent_udp_forwarder_range_datagrams_received_total{labels} 2\n" in text
@@ -287,3 +292,140 @@ def test_the_shipped_ruleset_steers_the_range_of_both_families_to_the_units_one_
     ]
     forwarder.wait_ready()
     assert "tproxy:" not in forwarder.process.output()  # the mark routing is there: no warning
+    # The start-up line shows the mapping, not only the range's first backend port.
+    assert f"forwarding range-27000 -> 27000-27050@{backend}:27000-27050\n" in forwarder.process.output()
+
+
+def test_a_spoofed_ipv6_datagram_with_a_v4_mapped_source_cannot_stop_a_relaying_range(lab: Lab) -> None:
+    # The backend answers it as the IPv4 client the mapped source names, but that client asked an IPv6
+    # address: no reply can leave from there to it. Both families' raw reply sockets are open (a second,
+    # IPv6 range), so the reply is not refused for want of one.
+    lab.build(dual_stack())
+    host = lab["host"]
+    host.sysctl("net.ipv4.ip_forward", "0")
+    answering = lab["backend"].udp_socket(BACKEND[4], 5353)
+    serve_in_thread(lab, answering, lambda data, peer: b"answer:" + data)
+    install_relay_route(host, BACKEND[4], 5353)
+    held = range_listener(lab, 6, 27000, (27000, 27099), dual=True)
+    six = transparent_socket(host, 6, 28000)
+    held = HeldSockets(host, [*held.listen, "[::]:28000"], [*held.sockets, six])
+    forwarder = start_forwarder(
+        host,
+        [],
+        ["27000-27099@192.0.2.2:5353", f"28000-28099@[{BACKEND[6]}]:5353"],
+        sockets=held,
+        args=["--reply", "relay", "--stats-interval", "0.2"],
+    )
+    client = lab["client"].udp_socket(CLIENT[4], 4250)
+    client.settimeout(5)
+    client.sendto(b"before", (HOST[4], 27001))
+    assert client.recvfrom(100) == (b"answer:before", (HOST[4], 27001))
+
+    lab["client"].send_udp(src=f"::ffff:{CLIENT[4]}", dst=HOST[6], sport=4251, dport=27010, payload=b"mapped")
+    forwarder.wait_status(status_has("1 replies dropped"))
+
+    client.sendto(b"after", (HOST[4], 27002))
+    assert client.recvfrom(100) == (b"answer:after", (HOST[4], 27002)), forwarder.process.output()
+    assert "reply-send-error:EAFNOSUPPORT" in forwarder.process.output()
+
+
+@pytest.mark.parametrize(
+    ("destination", "asked", "back"),
+    [
+        ("27000-27050@198.51.100.1:27030", 27010, 27030),
+        ("27000-27050@198.51.100.1:27001-27051", 27000, 27001),
+    ],
+    ids=["one-port-in-the-range", "by-offset-into-the-range"],
+)
+@pytest.mark.parametrize("receive", ["batch", "single"])
+def test_a_datagram_the_rule_steers_back_from_a_backend_port_on_this_host_is_dropped_as_a_loop(
+    lab: Lab, destination: str, asked: int, back: int, receive: str
+) -> None:
+    # The backend is this host's own steered address, in ports the rule steers: each datagram the
+    # forwarder sent came back to its socket (through lo and prerouting) and circled for ever (one port)
+    # or hopped up the range (by offset).
+    lab.build(dual_stack())
+    held = range_listener(lab, 4, 27000, (27000, 27050))
+    forwarder = start_forwarder(
+        lab["host"], [], [destination], sockets=held, args=["--stats-interval", "0.2", "--receive", receive]
+    )
+    client = lab["client"].udp_socket(CLIENT[4], 4252)
+
+    client.sendto(b"once", (HOST[4], asked))
+
+    forwarder.wait_status(status_has("since start 1 forwarded, 1 dropped;"))
+    forwarder.wait_status(status_has("0 datagrams forwarded in the last"))  # and nothing more
+    assert "since start 1 forwarded, 1 dropped;" in forwarder.notify.values("STATUS")[-1]
+    assert drops_by_reason(forwarder.notify.values("STATUS")) == {"loop": 1}
+    line = f"dropped datagram (loop) from {CLIENT[4]}:4252 on 0.0.0.0:27000 to {HOST[4]}:{back}"
+    assert line in forwarder.process.output()
+
+
+TRUST = ["--proxy-protocol-from", "198.51.100.8/29"]  # the client node stands for a load balancer
+
+
+@pytest.mark.parametrize("receive", ["batch", "single"])
+def test_a_trusted_load_balancers_header_names_the_client_and_the_port_asked_picks_the_backend_port(
+    lab: Lab, receive: str, send_path: list[str]
+) -> None:
+    lab.build(dual_stack())
+    catcher = backend_catcher(lab["backend"], 4, (37000, 37099))
+    held = range_listener(lab, 4, 27000, (27000, 27099))
+    forwarder = start_forwarder(
+        lab["host"], [], ["27000-27049@192.0.2.2:37000-37049"], sockets=held,
+        args=[*TRUST, "--stats-interval", "0.2", "--receive", receive, *send_path],
+    )  # fmt: skip
+    balancer = lab["client"].udp_socket(CLIENT[4], 4253)
+
+    for client, port in ((("203.0.113.7", 4242), 27042), (("203.0.113.8", 5353), 27001)):
+        balancer.sendto(build(client, (HOST[4], port)) + str(port).encode(), (HOST[4], port))
+    # The header's destination is the balancer's word; the port the datagram was sent to picks the backend.
+    balancer.sendto(build(("203.0.113.7", 4242), (HOST[4], 27042)) + b"27003", (HOST[4], 27003))
+    balancer.sendto(build_local() + b"health", (HOST[4], 27049))
+    # Outside the range: dropped before its header is read, as any datagram there.
+    balancer.sendto(build(("203.0.113.7", 4242), (HOST[4], 27050)) + b"27050", (HOST[4], 27050))
+    balancer.sendto(b"no header", (HOST[4], 27010))
+
+    assert sorted(received(catcher, 6, timeout=1.0)) == [
+        (b"27001", ("203.0.113.8", 5353), 37001),
+        (b"27003", ("203.0.113.7", 4242), 37003),
+        (b"27042", ("203.0.113.7", 4242), 37042),
+        (b"health", (CLIENT[4], 4253), 37049),
+    ]
+    forwarder.wait_status(status_has("since start 4 forwarded, 2 dropped;"))
+    assert drops_by_reason(forwarder.notify.values("STATUS")) == {
+        "outside-range": 1,
+        "proxy-header-missing": 1,
+    }
+
+
+def test_in_relay_mode_a_load_balanced_clients_reply_goes_to_the_balancer_from_the_port_it_asked(
+    lab: Lab, send_path: list[str]
+) -> None:
+    lab.build(dual_stack())
+    host = lab["host"]
+    host.sysctl("net.ipv4.ip_forward", "0")
+    answering = lab["backend"].udp_socket(BACKEND[4], 5353)
+    serve_in_thread(lab, answering, lambda data, peer: f"answer to {peer[0]}:{peer[1]}: ".encode() + data)
+    install_relay_route(host, BACKEND[4], 5353)
+    held = range_listener(lab, 4, 27000, (27000, 27099))
+    forwarder = start_forwarder(
+        host, [], ["27000-27099@192.0.2.2:5353"], sockets=held,
+        args=[*TRUST, "--reply", "relay", "--stats-interval", "0.2", *send_path],
+    )  # fmt: skip
+    balancer = lab["client"].udp_socket(CLIENT[4], 4254)
+    balancer.settimeout(5)
+
+    answers = []
+    for client, port in ((("203.0.113.7", 4242), 27042), (("203.0.113.8", 5353), 27099)):
+        balancer.sendto(build(client, (HOST[4], port)) + b"question", (HOST[4], port))
+        data, source = balancer.recvfrom(200)
+        answers.append((data, (str(source[0]), int(source[1]))))
+
+    assert answers == [
+        (b"answer to 203.0.113.7:4242: question", (HOST[4], 27042)),
+        (b"answer to 203.0.113.8:5353: question", (HOST[4], 27099)),
+    ]
+    forwarder.wait_status(
+        status_has("since start 2 forwarded, 0 dropped, 2 replies relayed, 0 replies dropped")
+    )

@@ -3,6 +3,8 @@
 destination's port to the backend's (forwarder.core.ranges), the machine's drops and the counts STATUS=
 and the metrics file show: one entry per range, never one per port."""
 
+import errno
+import logging
 import pathlib
 import socket
 import subprocess
@@ -212,6 +214,21 @@ def test_the_machine_counts_a_datagram_outside_the_range_and_one_without_an_orig
     assert machine.counters.dropped == {"outside-range": 1, "unknown-destination": 1}
 
 
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+def test_an_outside_range_drop_names_the_address_and_port_the_client_asked_not_the_ranges_backend(
+    family: socket.AddressFamily,
+) -> None:
+    machine = ForwardingMachine(Settings())
+    listener = Path("media", BACKEND, ("0.0.0.0", 27000))
+    client = sockaddr_bytes(socket.AF_INET, ("203.0.113.7", 4242))
+
+    drop = machine.outside_range(listener, client, _original(27051, family))
+
+    asked = "198.51.100.1:27051" if family == socket.AF_INET else "[2001:db8:51::1]:27051"
+    assert drop.path is not None
+    assert (drop.path.name, str(drop.path.destination)) == ("media", asked)
+
+
 def test_status_shows_each_range_once_with_its_listener_never_one_entry_per_port() -> None:
     counters = Counters()
     counts = RangeCounts("media", PortRange(10000, 20000))
@@ -265,24 +282,50 @@ def test_no_client_may_claim_any_port_of_a_ranges_backend() -> None:
     assert ("192.0.2.3", 54) not in backends
 
 
-def test_the_mark_routing_warning_is_one_line_per_family_of_range_destinations() -> None:
+def test_the_mark_routing_is_checked_once_per_family_of_range_listeners_not_on_the_hosts_own_address(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     from forwarder.io.listeners import ListeningSocket, Route
 
     asked: list[int] = []
 
     def check(family: int) -> str | None:
         asked.append(family)
-        return f"tproxy: missing for {family}" if family == socket.AF_INET6 else None
+        return f"tproxy: missing for {family}"
 
-    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-        sock.bind(("::1", 0))
+    def route(sock: socket.socket, name: str) -> Route:
         v6 = Destination(socket.AF_INET6, "2001:db8::2", 10000)
-        mapped = PortMap.of("media", PortRange(10000, 10010), v6, None, None)
-        routes = [Route(ListeningSocket(sock, "media"), mapped.backend, ports=mapped)] * 2
-        plain = Route(ListeningSocket(sock, "dns"), Destination(socket.AF_INET, "192.0.2.2", 53))
+        mapped = PortMap.of(name, PortRange(10000, 10010), v6, None, None)
+        return Route(ListeningSocket(sock, name), mapped.backend, ports=mapped)
 
-        assert warn_of_mark_routing([*routes, plain], check) == [f"tproxy: missing for {socket.AF_INET6}"]
-    assert asked == [socket.AF_INET6]
+    with (
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as own,
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as wildcard,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as plain_sock,
+    ):
+        own.bind(("::1", 0))
+        wildcard.bind(("::", 0))
+        plain_sock.bind(("127.0.0.1", 0))
+        plain = Route(ListeningSocket(plain_sock, "dns"), Destination(socket.AF_INET, "192.0.2.2", 53))
+
+        # On the host's own address: delivered locally whatever the mark routing; nothing to say.
+        assert warn_of_mark_routing([route(own, "media"), plain], check) == []
+        assert asked == []
+        # A wildcard listener: said once, informational, with when it matters.
+        with caplog.at_level(logging.INFO, logger="forwarder"):
+            lines = warn_of_mark_routing([route(wildcard, "a"), route(wildcard, "b"), plain], check)
+        assert asked == [socket.AF_INET6]
+        assert lines == [
+            f"tproxy: missing for {socket.AF_INET6} (needed only if the tproxy rule steers addresses that "
+            "are not this host's own)"
+        ]
+        assert [record.levelno for record in caplog.records] == [logging.INFO]
+        # Bound to an address that is not the host's (a service address): a warning.
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="forwarder"):
+            lines = warn_of_mark_routing([route(own, "media")], check, is_local=lambda _: False)
+        assert lines == [f"tproxy: missing for {socket.AF_INET6}"]
+        assert [record.levelno for record in caplog.records] == [logging.WARNING]
 
 
 def test_the_readme_shows_the_shipped_ruleset_verbatim() -> None:
@@ -307,3 +350,99 @@ def test_a_range_whose_backend_ports_meet_our_own_listener_is_refused_as_a_loop(
             refuse_loops(loop)
         assert caught.value.exit_code == 78
         refuse_loops(build_routes([listener], [parse_destination(f"{port + 1}-{port + 2}@127.0.0.1")]))
+
+
+@pytest.mark.parametrize(
+    ("client", "asked"),
+    [
+        (
+            ("2001:db8:51::10", 4300),
+            ("::ffff:198.51.100.1", 27010),
+        ),  # an IPv6 client asked a v4-mapped address
+        (("::ffff:198.51.100.10", 4300), ("2001:db8:51::1", 27010)),  # a v4-mapped source asked an IPv6 one
+    ],
+    ids=["v4-mapped-destination", "v4-mapped-source"],
+)
+def test_a_reply_to_a_client_of_the_other_family_than_the_address_it_asked_is_dropped_not_a_crash(
+    client: tuple[str, int], asked: tuple[str, int]
+) -> None:
+    from forwarder.io.range_replies import PortReplies
+
+    machine = ForwardingMachine(Settings(reply="relay"))
+    family = socket.AF_INET if "." in client[0] else socket.AF_INET6
+    backend = Destination(family, "192.0.2.2" if family == socket.AF_INET else "2001:db8:2::2", 5353)
+    mapped = PortMap.of("media", PortRange(27000, 27099), backend, None, 5353)
+    original = sockaddr_bytes(socket.AF_INET6, asked)
+    path = mapped.path_for(original)
+    assert path is not None
+    action = machine.receive(path, sockaddr_bytes(socket.AF_INET6, client), 6, 0, 0.0, local=original)
+    assert isinstance(action, OpenFlow)
+    # Both families' sockets, as two ranges (an IPv4 and an IPv6 backend) open them; plain UDP sockets
+    # stand in for the raw ones: nothing may be sent.
+    with socket.socket(socket.AF_INET) as four, socket.socket(socket.AF_INET6) as six:
+        replies = PortReplies([four, six], checksum=False)
+
+        assert replies.send(action.flow, memoryview(b"answer")) == errno.EAFNOSUPPORT
+
+
+def test_a_range_watches_the_destinations_with_ports_in_it_and_nothing_else() -> None:
+    backends = Backends(
+        [("198.51.100.1", 27030), ("192.0.2.3", 53)],
+        [("2001:db8::1", PortRange(26990, 27005)), ("192.0.2.2", PortRange(30000, 30050))],
+    )
+    mapped = PortMap.of("media", PortRange(27000, 27050), BACKEND, None, None)
+
+    mapped.watch(backends)
+
+    assert mapped.loops == (
+        ("198.51.100.1", PortRange(27030, 27030)),
+        ("2001:db8::1", PortRange(27000, 27005)),
+    )
+    assert mapped.destination_of(sockaddr_bytes(socket.AF_INET, ("198.51.100.1", 27030))) == "198.51.100.1"
+    assert mapped.destination_of(sockaddr_bytes(socket.AF_INET6, ("::ffff:198.51.100.1", 27030))) == (
+        "198.51.100.1"
+    )
+    assert mapped.destination_of(sockaddr_bytes(socket.AF_INET6, ("2001:db8::1", 27005))) == "2001:db8::1"
+    assert mapped.destination_of(sockaddr_bytes(socket.AF_INET6, ("2001:db8::1", 27006))) is None
+    assert mapped.destination_of(sockaddr_bytes(socket.AF_INET, ("198.51.100.2", 27030))) is None
+    # A range whose destinations have no port in it (the usual case) watches nothing: no cost per datagram.
+    apart = PortMap.of("media", PortRange(27000, 27050), BACKEND, PortRange(37000, 37050), None)
+    apart.watch(Backends([], [("192.0.2.2", apart.backend_ports)]))
+    assert apart.loops == ()
+
+
+class _Local:
+    """A locality probe of one address (or none)."""
+
+    def __init__(self, address: str | None) -> None:
+        self.address = address
+
+    def __call__(self, address: str) -> bool:
+        return address == self.address
+
+    def forget(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("local", "expected"), [(True, "loop"), (False, None)])
+def test_a_datagram_to_our_own_destination_is_a_loop_only_when_that_address_is_this_hosts(
+    local: bool, expected: str | None
+) -> None:
+    # Not this host's: a router steering its clients' datagrams for the backend through the forwarder,
+    # whose own datagrams (locally sent, never through prerouting) are not steered back.
+    machine = ForwardingMachine(
+        Settings(), is_local=_Local("198.51.100.1" if local else None), backends=[("198.51.100.1", 27030)]
+    )
+    mapped = PortMap.of("media", PortRange(27000, 27050), BACKEND, None, 27030)
+    machine.serve_range(mapped)
+    listener = Path("media", BACKEND, ("0.0.0.0", 27000))
+    client = sockaddr_bytes(socket.AF_INET, ("203.0.113.7", 4242))
+
+    drop = machine.range_loop(mapped, listener, client, _original(27030))
+
+    assert (drop and drop.key) == expected
+    if drop is not None:
+        assert drop.path is not None
+        assert str(drop.path.destination) == "198.51.100.1:27030"
+        assert machine.counters.dropped == {"loop": 1}
+    assert machine.range_loop(mapped, listener, client, _original(27031)) is None

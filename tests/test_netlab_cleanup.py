@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pyroute2 import IPRoute
 
 from netlab import Lab, Process
 from netlab.cli.doctor import orphans_note
@@ -18,6 +20,7 @@ from netlab.lab import netns, registry
 from netlab.lab.capture import read_pcap
 from netlab.lab.names import new_lab_id
 from netlab.lab.process import python_env
+from netlab.lab.tproxy import MARK_BASE, TABLE_PREFIX
 from netlab.lab.wait import wait_until
 from netlab.topology.shipped import seed_deployment
 
@@ -213,3 +216,61 @@ def test_a_node_destroyed_mid_test_takes_its_links_along_and_the_lab_still_close
     # The backend's capture was finished, not cut off: what it saw before it went is in its file.
     frames = read_pcap(lab.workdir / "captures" / "backend-to-host.pcap")
     assert [frame for frame in frames if marker in frame]
+
+
+def root_steering() -> tuple[list[str], list[int]]:
+    """This (root) namespace's netlab tproxy tables and the marks of its fwmark rules in netlab's range."""
+    listed = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
+    tables = [line for line in listed.splitlines() if TABLE_PREFIX in line]
+    with IPRoute() as ipr:
+        marks = [
+            int(rule.get_attr("FRA_FWMARK"))
+            for family in (socket.AF_INET, socket.AF_INET6)
+            for rule in ipr.get_rules(family=family)
+            if (rule.get_attr("FRA_FWMARK") or 0) & 0xFFFF0000 == MARK_BASE
+        ]
+    return tables, marks
+
+
+def test_a_killed_owner_of_a_lab_with_tproxy_steering_is_reaped_with_nothing_left_behind() -> None:
+    # The steering (nft table, fwmark rule, local route) lives in the lab's host namespace: the reaper
+    # removes it with the namespace, and nothing of it was ever made in this one.
+    script = textwrap.dedent(
+        """
+        import time
+        from netlab import Lab
+        from netlab.lab.tproxy import steer, transparent_socket
+        from netlab.service.relay import install_relay_tproxy
+        from netlab.topology.shipped import dual_stack
+        lab = Lab().__enter__()
+        lab.build(dual_stack())
+        host = lab["host"]
+        steer(host, version=4, to_port=27000, daddr="198.51.100.1", dports=(27000, 27099))
+        install_relay_tproxy(host, "2001:db8:2::2", 5353, 40000)
+        transparent_socket(host, 6, 40000)
+        print(" ".join(node.namespace for node in lab.nodes.values()), host.namespace, flush=True)
+        time.sleep(300)
+        """
+    )
+    before = root_steering()
+    owner = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=python_env()
+    )
+    try:
+        assert owner.stdout is not None
+        *namespaces, host = owner.stdout.readline().split()
+        tables = netns.run_in(
+            host,
+            lambda: (
+                subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
+            ),
+        )
+        assert tables.count(TABLE_PREFIX) == 2
+    finally:
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait()
+        if owner.stdout is not None:
+            owner.stdout.close()
+    registry.reap_stale()
+    assert not any(netns.exists(name) for name in namespaces)
+    assert root_steering() == before == ([], [])

@@ -523,3 +523,45 @@ def test_sniff_exits_64_naming_a_count_or_timeout_it_could_never_stop_at(
     message = capsys.readouterr().err
     assert f"{option} {shown}: expected" in message
     assert len(message.splitlines()) == 1
+
+
+STEERED_TOPOLOGY = """
+[nodes.client]
+[nodes.host]
+[[nodes.host.tproxy]]
+version = 4
+to_port = 27000
+dports = "27000-27099"
+daddr = "198.51.100.1"
+[[links]]
+a = { node = "client", addresses = ["198.51.100.10/24"] }
+b = { node = "host", addresses = ["198.51.100.1/24"] }
+"""
+
+
+@pytest.mark.privileged
+def test_up_installs_a_topologys_tproxy_steering_ls_lists_it_and_down_takes_it_away(
+    lab_lock: None, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "steered.toml"
+    path.write_text(STEERED_TOPOLOGY)
+    lab_id = up(capsys, str(path))
+    try:
+        host = f"nl-{lab_id}-host"
+        tables = netns.run_in(
+            host,
+            lambda: subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True),
+        ).stdout
+        assert "netlab_tproxy_" in tables  # kept after `up` returned: the lab is detached
+        assert main(["ls"]) == 0
+        assert (
+            "        tproxy host: ip daddr 198.51.100.1 udp dport 27000-27099 -> :27000\n"
+            in capsys.readouterr().out
+        )
+        assert main(["ls", "--json"]) == 0
+        listed = {row["id"]: row for row in json.loads(capsys.readouterr().out)}
+        assert listed[lab_id]["tproxy"] == ["host: ip daddr 198.51.100.1 udp dport 27000-27099 -> :27000"]
+        assert main(["down", lab_id]) == 0
+        assert not netns.exists(host)
+    finally:
+        remove(lab_id)

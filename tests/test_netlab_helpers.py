@@ -44,7 +44,7 @@ def test_netlab_sets_ip_transparent_only_through_the_forwarders_helper() -> None
     ]
     assert by_hand == []
     users = sorted(str(path.relative_to(NETLAB)) for path in LIBRARY if "set_transparent" in names_used(path))
-    assert users == ["lab/node.py", "service/relay.py"]
+    assert users == ["lab/node.py", "lab/tproxy.py", "service/relay.py"]
 
 
 def test_relay_routing_has_one_module() -> None:

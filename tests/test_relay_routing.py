@@ -13,8 +13,11 @@ import socket
 import pytest
 from pyroute2 import IPRoute
 
+from forwarder.core.addresses import decode_sockaddr
+from forwarder.io.control import origdst_local
 from netlab import AddressError, Lab, load_topology
 from netlab.lab.node import LabNode
+from netlab.lab.tproxy import transparent_socket
 from netlab.service.relay import (
     RELAY_PRIORITY,
     RELAY_TABLE,
@@ -23,10 +26,12 @@ from netlab.service.relay import (
     install_local_relay_routing,
     install_relay_route,
     install_relay_routing,
+    install_relay_tproxy,
     is_relayed,
     local_backend_commands,
     port_ranges,
     relay_commands,
+    relay_tproxy_commands,
     route_backend_errors,
     route_for_packet,
 )
@@ -281,3 +286,143 @@ def test_every_way_of_installing_relay_routing_returns_one_record_that_removes_w
 
     assert relay_state(host) == []
     routings[0].remove()  # twice is harmless (the lab's cleanup calls it again)
+
+
+REPLY_PORT = 40000
+
+
+def reply_socket_receives(
+    sock: socket.socket, timeout: float = 3.0
+) -> tuple[bytes, str, tuple[str, int]] | None:
+    """What the one reply socket receives within `timeout`: payload, source address, and the original
+    destination (the client the backend answered), or None."""
+    sock.settimeout(timeout)
+    try:
+        data, ancillary, flags, peer = sock.recvmsg(65535, socket.CMSG_SPACE(28))
+    except TimeoutError:
+        return None
+    raw = origdst_local(ancillary, flags)
+    assert raw, f"no original destination on {data!r}"
+    host, port = decode_sockaddr(raw)[:2]
+    return data, peer[0], (host, port)
+
+
+def test_the_tproxy_variants_commands_steer_the_backends_ports_to_the_reply_socket_in_both_families() -> None:
+    assert relay_tproxy_commands("192.0.2.2", [PORT, (27010, 27020)], REPLY_PORT) == [
+        "nft add table ip transparent_udp_forwarder_replies",
+        "nft 'add chain ip transparent_udp_forwarder_replies prerouting "
+        "{ type filter hook prerouting priority mangle; "
+        "policy accept; }'",
+        "nft add rule ip transparent_udp_forwarder_replies prerouting ip saddr 192.0.2.2 meta l4proto udp "
+        "udp sport { 27000, 27010-27020 } meta mark set 0x1 tproxy to :40000 accept",
+        "ip rule add fwmark 0x1 lookup 100",
+        "ip route add local 0.0.0.0/0 dev lo table 100",
+    ]
+    assert (
+        relay_tproxy_commands("2001:db8:2::2", PORT, REPLY_PORT)[-1]
+        == "ip -6 route add local ::/0 dev lo table 100"
+    )
+    with pytest.raises(AddressError, match="relay port 0"):
+        relay_tproxy_commands("192.0.2.2", 0, REPLY_PORT)
+
+
+@pytest.mark.privileged
+def test_the_tproxy_variants_commands_pasted_into_a_shell_work(lab: Lab) -> None:
+    # What the README's recipe says an operator types: `tproxy` is an nft keyword, so the table has
+    # another name; each line runs as it is written.
+    import shlex
+
+    lab.build(load_topology("dual-stack"))
+    for version, backend in ((4, "192.0.2.2"), (6, "2001:db8:2::2")):
+        for command in relay_tproxy_commands(backend, PORT, REPLY_PORT):
+            lab["host"].check(shlex.split(command))
+        assert is_relayed_marked(lab, version)
+
+
+def is_relayed_marked(lab: Lab, version: int) -> bool:
+    family = "ipv4" if version == 4 else "ipv6"
+    addresses = FAMILIES[family]
+    host = lab["host"]
+    answer = route_for_packet(
+        host.namespace,
+        addresses["backend"],
+        addresses["client"],
+        PORT,
+        CLIENT_PORT,
+        iif=host_iif(host),
+        mark=1,
+    )
+    return answer is not None and answer.type == "local"
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("family", FAMILIES)
+def test_with_the_tproxy_variant_the_one_reply_socket_reads_every_reply_with_its_client(
+    lab: Lab, family: str
+) -> None:
+    lab.build(load_topology("dual-stack"))
+    addresses = FAMILIES[family]
+    version = 4 if family == "ipv4" else 6
+    client = expect(lab["client"], port=CLIENT_PORT)
+    reply_socket = transparent_socket(lab["host"], version, REPLY_PORT)
+    steering = install_relay_tproxy(lab["host"], addresses["backend"], [PORT, (27010, 27020)], REPLY_PORT)
+    assert steering.commands[2].endswith(
+        f"udp sport {{ 27000, 27010-27020 }} meta mark set {steering.mark:#x} tproxy to :{REPLY_PORT} accept"
+    )
+
+    backend_sends(lab, family, PORT, b"reply")
+    backend_sends(lab, family, 27015, b"reply from the range")
+    backend_sends(lab, family, 27001, b"own lookup")  # not a port it answers from: routed as before
+
+    assert reply_socket_receives(reply_socket) == (
+        b"reply",
+        addresses["backend"],
+        (addresses["client"], CLIENT_PORT),
+    )
+    assert reply_socket_receives(reply_socket) == (
+        b"reply from the range",
+        addresses["backend"],
+        (addresses["client"], CLIENT_PORT),
+    )
+    client.datagram(payload=b"own lookup").arrives(within=3).and_nothing_else()
+    assert reply_socket_receives(reply_socket, timeout=0.3) is None
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("family", FAMILIES)
+def test_removing_the_tproxy_variant_sends_the_reply_to_the_client_again(lab: Lab, family: str) -> None:
+    lab.build(load_topology("dual-stack"))
+    addresses = FAMILIES[family]
+    version = 4 if family == "ipv4" else 6
+    client = expect(lab["client"], port=CLIENT_PORT)
+    reply_socket = transparent_socket(lab["host"], version, REPLY_PORT)
+    steering = install_relay_tproxy(lab["host"], addresses["backend"], PORT, REPLY_PORT)
+
+    steering.remove()
+    steering.remove()  # twice: nothing left to remove is no error
+    backend_sends(lab, family, PORT, b"after")
+
+    client.datagram(payload=b"after").arrives(within=3).and_nothing_else()
+    assert reply_socket_receives(reply_socket, timeout=0.3) is None
+    assert "netlab_tproxy_" not in lab["host"].check(["nft", "list", "ruleset"])
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize(("interface", "steered"), [(None, True), ("to-backend", False)])
+def test_the_tproxy_variant_on_the_backends_interface_does_not_steer_a_reply_spoofed_from_the_clients_side(
+    lab: Lab, interface: str | None, steered: bool
+) -> None:
+    lab.build(load_topology("dual-stack"))
+    reply_socket = transparent_socket(lab["host"], 4, REPLY_PORT)
+    steering = install_relay_tproxy(lab["host"], "192.0.2.2", PORT, REPLY_PORT, interface=interface)
+    assert ('iifname "to-backend"' in steering.commands[2]) is not steered
+
+    lab["client"].send_fast(
+        src="192.0.2.2", sport=PORT, dst="203.0.113.9", dport=CLIENT_PORT, payloads=[b"spoof"]
+    )
+    backend_sends(lab, "ipv4", PORT, b"reply")
+
+    if steered:
+        assert reply_socket_receives(reply_socket) == (b"spoof", "192.0.2.2", ("203.0.113.9", CLIENT_PORT))
+    assert reply_socket_receives(reply_socket) == (b"reply", "192.0.2.2", ("198.51.100.10", CLIENT_PORT))
+    assert reply_socket_receives(reply_socket, timeout=0.3) is None

@@ -394,3 +394,118 @@ def test_the_readmes_annotated_example_names_every_traffic_and_arrives_key() -> 
         return sorted(key for key in keys if not re.search(rf"(?<![\w-]){key}(?![\w-])", example[1]))
 
     assert (unnamed(load._TRAFFIC), unnamed(load._ARRIVES)) == ([], [])
+
+
+STEERED = VALID.replace(
+    "[[traffic]]",
+    """[[tproxy]]
+version = 4
+to_port = 27000
+dports = "27000-27099"
+daddr = "198.51.100.1"
+iifname = "to-client"
+[[traffic]]""",
+    1,
+)
+
+
+def test_a_tproxy_table_steers_in_the_host_role_by_default_or_in_the_node_named(tmp_path: Path) -> None:
+    [steering] = load_scenario(write(tmp_path, STEERED)).topology.steerings
+    assert (steering.node, steering.to_port, steering.dports, steering.iifname) == (
+        "host",
+        27000,
+        ((27000, 27099),),
+        "to-client",
+    )
+    named = STEERED.replace('iifname = "to-client"', 'node = "backend"\niifname = "to-host"')
+    [steering] = load_scenario(write(tmp_path, named)).topology.steerings
+    assert steering.node == "backend"
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (
+            ("version = 4", "version = 6"),
+            "bug-1234.toml:10: tproxy[0].daddr: '198.51.100.1' is not an IPv6 address",
+        ),
+        (
+            ("to_port = 27000", 'to_port = "27000"'),
+            "bug-1234.toml:8: tproxy[0].to_port: expected a port of 1 to",
+        ),
+        (
+            ('dports = "27000-27099"', 'dports = "27000-"'),
+            "bug-1234.toml:9: tproxy[0].dports: '27000-': expected",
+        ),
+        (
+            ('iifname = "to-client"', 'iifname = "eth9"'),
+            "tproxy[0].iifname: 'eth9' is not an interface of node 'host'",
+        ),
+        (('iifname = "to-client"', 'node = "hots"'), "bug-1234.toml:11: tproxy[0].node: unknown node 'hots'"),
+        (('iifname = "to-client"', "dport = 1"), "bug-1234.toml:11: tproxy[0]: unknown key 'dport'"),
+    ],
+)
+def test_a_bad_tproxy_table_is_refused_in_one_line_naming_the_line_the_element_and_the_value(
+    tmp_path: Path, change: tuple[str, str], fragment: str
+) -> None:
+    old, new = change
+    assert old in STEERED
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(write(tmp_path, STEERED.replace(old, new, 1)))
+    assert "\n" not in str(caught.value)
+    assert fragment in str(caught.value)
+
+
+def test_a_range_destination_outside_the_lab_ranges_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, VALID.replace('"192.0.2.2:27000"', '"27000-27099@10.0.0.2:30000-30099"'))
+    with pytest.raises(ScenarioError, match=r"forwarder.destinations\[0\]: address '10.0.0.2' is outside"):
+        load_scenario(path)
+
+
+def test_a_tproxy_key_that_is_not_a_list_of_tables_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, VALID.replace('topology = "seed"', 'topology = "seed"\ntproxy = 1'))
+    with pytest.raises(ScenarioError, match=r"bug-1234.toml: top level.tproxy: expected list, got 1"):
+        load_scenario(path)
+
+
+RELAYED = VALID.replace("[[traffic]]", '[reply_path]\nmode = "relay"\nreply_tproxy = 40000\n[[traffic]]', 1)
+
+
+def test_relay_with_a_reply_socket_gives_the_forwarder_both_options_and_steers_each_backend_port() -> None:
+    scenario = load_scenario("doctor-reply-tproxy-healthy")
+    assert scenario.forwarder is not None
+    assert scenario.forwarder.args == ["--reply", "relay", "--reply-tproxy", "40000"]
+    assert scenario.reply_path is not None
+    assert (scenario.reply_path.reply_tproxy, scenario.reply_path.relay) == (
+        40000,
+        {"192.0.2.2": [5353], "2001:db8:2::2": [5353]},
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (
+            ("reply_tproxy = 40000", "reply_tproxy = 0"),
+            "reply_path.reply_tproxy: reply_tproxy 0: expected a number",
+        ),
+        (('mode = "relay"', 'mode = "direct"'), 'reply_path.reply_tproxy: goes with mode = "relay"'),
+        (
+            (
+                'destinations = ["192.0.2.2:27000"]',
+                'destinations = ["192.0.2.2:27000"]\nargs = ["--reply-tproxy", "41"]',
+            ),
+            "forwarder.args: ['--reply-tproxy', '41', '--reply', 'relay'] contradict [reply_path] "
+            "reply_tproxy = 40000",
+        ),
+    ],
+)
+def test_a_bad_reply_socket_port_is_refused_in_one_line(
+    tmp_path: Path, change: tuple[str, str], fragment: str
+) -> None:
+    old, new = change
+    assert old in RELAYED
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(write(tmp_path, RELAYED.replace(old, new, 1)))
+    assert "\n" not in str(caught.value)
+    assert fragment in str(caught.value)

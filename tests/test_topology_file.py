@@ -223,3 +223,110 @@ def test_a_bad_file_is_refused_naming_the_file_the_element_and_the_value(
 def test_a_missing_file_is_named() -> None:
     with pytest.raises(TopologyError, match=r"cannot read topology file '/nonexistent/x.toml'"):
         load_topology_file("/nonexistent/x.toml")
+
+
+STEERED = SEED_LIKE.replace(
+    "[[links]]",
+    """[[nodes.host.tproxy]]
+version = 4
+to_port = 27000
+dports = "27000-27099"
+daddr = "198.51.100.1"
+[[nodes.host.tproxy]]
+version = 4
+to_port = 40000
+saddr = "198.51.100.10"
+sports = [5353, "6000-6010"]
+iifname = "to-client"
+rule = false
+[[links]]""",
+    1,
+)
+
+
+def test_a_nodes_tproxy_tables_read_into_steerings_with_their_selectors_and_switches(tmp_path: Path) -> None:
+    topology = load_topology_file(write(tmp_path, STEERED))
+    ranged, replies = topology.steerings
+    assert (ranged.node, ranged.version, ranged.to_port, ranged.dports, ranged.daddr) == (
+        "host",
+        4,
+        27000,
+        ((27000, 27099),),
+        "198.51.100.1",
+    )
+    assert (ranged.nft, ranged.rule, ranged.route) == (True, True, True)
+    assert replies.sports == ((5353, 5353), (6000, 6010))
+    assert (replies.iifname, replies.rule, replies.route) == ("to-client", False, True)
+    assert (
+        replies.describe() == "host: ip saddr 198.51.100.10 udp sport 5353,6000-6010 -> :40000 (without rule)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (
+            ("version = 4\nto_port = 27000", "version = 5\nto_port = 27000"),
+            "tproxy[0].version: expected 4 or 6, got 5",
+        ),
+        (
+            ("to_port = 27000", "to_port = 0"),
+            "nodes.host.tproxy[0].to_port: expected a port of 1 to 65535, got 0",
+        ),
+        (("to_port = 27000\n", ""), "nodes.host.tproxy[0].to_port: expected a port of 1 to 65535, got None"),
+        (
+            ('dports = "27000-27099"', 'dports = "27099-27000"'),
+            "tproxy[0].dports: '27099-27000': the first port",
+        ),
+        (
+            ('dports = "27000-27099"', 'dports = "27000-70000"'),
+            "tproxy[0].dports: '27000-70000': expected a port",
+        ),
+        (('dports = "27000-27099"', 'dports = "many"'), "tproxy[0].dports: 'many': expected a port"),
+        (('dports = "27000-27099"', "dports = []"), "tproxy[0].dports: []: expected a port"),
+        (
+            ('dports = "27000-27099"\n', ""),
+            "nodes.host.tproxy[0]: needs dports (a range clients send to) or sports",
+        ),
+        (
+            ('daddr = "198.51.100.1"', 'daddr = "2001:db8::1"'),
+            "'2001:db8::1' is not an IPv4 address (version = 4)",
+        ),
+        (
+            ('daddr = "198.51.100.1"', 'daddr = "10.0.0.1"'),
+            "tproxy[0].daddr: address '10.0.0.1' is outside the lab",
+        ),
+        (
+            ('daddr = "198.51.100.1"', 'daddr = "host"'),
+            "tproxy[0].daddr: bad address 'host': expected an address",
+        ),
+        (('iifname = "to-client"', 'iifname = "eth9"'), "iifname 'eth9' is not an interface of node 'host'"),
+        (("rule = false", 'rule = "no"'), "nodes.host.tproxy[1].rule: expected true or false, got 'no'"),
+        (("rule = false", "mark = 7"), "nodes.host.tproxy[1]: unknown key 'mark'"),
+        (
+            (
+                "[[nodes.host.tproxy]]\nversion = 4\nto_port = 40000",
+                "[nodes.host.tproxy]\nversion = 4\nto_port = 40000",
+            ),
+            "not valid TOML",
+        ),
+    ],
+)
+def test_a_bad_tproxy_table_is_refused_in_one_line_naming_the_file_the_element_and_the_value(
+    tmp_path: Path, change: tuple[str, str], fragment: str
+) -> None:
+    old, new = change
+    assert old in STEERED
+    path = write(tmp_path, STEERED.replace(old, new, 1))
+    with pytest.raises(TopologyError) as caught:
+        load_topology_file(path)
+    message = str(caught.value)
+    assert message.startswith(str(path))
+    assert "\n" not in message
+    assert fragment in message
+
+
+def test_a_tproxy_list_that_is_not_tables_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, SEED_LIKE.replace("[nodes.client]", "[nodes.client]\ntproxy = [1]", 1))
+    with pytest.raises(TopologyError, match=r"nodes.client.tproxy\[0\]: expected a table, got 1"):
+        load_topology_file(path)

@@ -30,6 +30,9 @@ class DropReason(enum.Enum):
     # kernel did not tell (its control messages were cut short): never forwarded to a guessed port.
     OUTSIDE_RANGE = "outside-range"
     UNKNOWN_DESTINATION = "unknown-destination"
+    # A range listener's datagram sent to one of our destinations on this host: the tproxy rule steered our
+    # own datagram back, and forwarding it again would circle for ever.
+    LOOP = "loop"
     # A reply from the backend (relay mode) that never reached its client.
     REPLY_TRUNCATED = "reply-truncated"
     REPLY_UNMATCHED = "reply-unmatched"

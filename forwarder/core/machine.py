@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable
 from forwarder.core.actions import READ_HEADER, Action, CloseFlows, Drop, OpenFlow, ProxiedAction, SendOnce
 from forwarder.core.addresses import SockAddr, decode_sockaddr, family_of, sockaddr_bytes
 from forwarder.core.counters import Counters, DropReason, drop_key, errno_name
+from forwarder.core.destination import Destination
 from forwarder.core.flows import (
     Flow,
     FlowKey,
@@ -287,13 +288,25 @@ class ForwardingMachine(ReplyRules):
 
     def outside_range(self, path: Path, client: bytes, original: bytes | None) -> Drop:
         """A range listener's datagram (on `path`) that its PortMap gave no Path: sent to a port outside
-        the range, or (`original` None or empty) with no original destination the kernel told."""
-        reason = DropReason.OUTSIDE_RANGE if original else DropReason.UNKNOWN_DESTINATION
-        return self._drop(path, client, reason.value)
+        the range, or (`original` None or empty) with no original destination the kernel told. The drop
+        names the address and port the client asked (as its log line's "to"), not the range's backend."""
+        if not original:
+            return self._drop(path, client, DropReason.UNKNOWN_DESTINATION.value)
+        return self._drop(_asked(path, original), client, DropReason.OUTSIDE_RANGE.value)
+
+    def range_loop(self, ports: PortMap, path: Path, client: bytes, original: bytes) -> Drop | None:
+        """A drop (`loop`) when a range listener's datagram was sent to one of our own destinations on
+        this host (PortMap.watch says why); None for any other. Only called when `ports.loops` has any."""
+        address = ports.destination_of(original)
+        if address is None or not self.policy.is_local(address):
+            return None
+        return self._drop(_asked(path, original), client, DropReason.LOOP.value)
 
     def serve_range(self, ports: PortMap) -> None:
-        """Count a range listener's datagrams in and outside its range with the rest (STATUS=, metrics)."""
+        """Count a range listener's datagrams in and outside its range with the rest (STATUS=, metrics),
+        and tell it our destinations, which no datagram it forwards may come back from (a loop)."""
         self.counters.ranges.append(ports.counts)
+        ports.watch(self.policy.backends)
 
     def receive_failed(self, path: Path, error_number: int) -> Drop:
         """Receiving from `path`'s listening socket failed."""
@@ -375,3 +388,11 @@ class ForwardingMachine(ReplyRules):
                 for key in flow.steered:
                     steered.pop(key, None)
         return CloseFlows(tuple(flows))
+
+
+def _asked(path: Path, original: bytes) -> Path:
+    """`path` (a range listener's) naming the address and port a dropped datagram asked, the raw struct
+    sockaddr `original`, as its destination: what the drop's log line shows after "to"."""
+    asked = decode_sockaddr(original)
+    family = socket.AF_INET if len(original) == 16 else socket.AF_INET6
+    return Path(path.name, Destination(family, str(asked[0]), int(asked[1])), path.listen)

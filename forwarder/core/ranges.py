@@ -46,7 +46,7 @@ class PortMap:
     `backend` is the destination of the range's first port; `spread`: ports map by offset (the same port,
     or `:BFIRST-BLAST`); otherwise every port goes to `backend.port`. `listen` is the socket's address."""
 
-    __slots__ = ("_paths", "backend", "counts", "first", "listen", "name", "ports", "size", "spread")
+    __slots__ = ("_paths", "backend", "counts", "first", "listen", "loops", "name", "ports", "size", "spread")
 
     def __init__(  # noqa: PLR0913 - the parts of one rule
         self,
@@ -68,6 +68,8 @@ class PortMap:
         self.counts = counts if counts is not None else RangeCounts(name, ports)
         # One Path per port of the range when ports map by offset, else one shared by all.
         self._paths: list[Path | None] = [None] * (self.size if spread else 1)
+        # Our destinations whose ports lie in this range (address, those ports): see watch().
+        self.loops: tuple[tuple[str, PortRange], ...] = ()
 
     @classmethod
     def of(
@@ -108,6 +110,31 @@ class PortMap:
                 path = paths[offset] = self._build(offset)
             return path
         self.counts.outside += 1
+        return None
+
+    def watch(self, backends: "Backends") -> None:
+        """Remember which of our destinations (every route's, this one's included) have ports in this
+        range. A datagram to one of them arriving here, when its address is this host's, is our own
+        datagram that the tproxy rule steered straight back (a range whose backend is on this host, in the
+        ports the rule steers): forwarding it again would circle for ever. Empty, as usual, it costs one
+        test per datagram."""
+        loops = [
+            (host, PortRange(port, port)) for host, port in sorted(backends.single) if port in self.ports
+        ]
+        for host, ports in backends.ranges:
+            first, last = max(ports.first, self.ports.first), min(ports.last, self.ports.last)
+            if first <= last:
+                loops.append((host, PortRange(first, last)))
+        self.loops = tuple(loops)
+
+    def destination_of(self, original: bytes) -> str | None:
+        """Our destination's address when the raw original destination `original` is one of those
+        watch() found in this range (a v4-mapped one as IPv4); else None."""
+        port = original[2] << 8 | original[3]
+        host = reply_source(original)[1][0]
+        for address, ports in self.loops:
+            if address == host and port in ports:
+                return address
         return None
 
     def _build(self, offset: int) -> Path:

@@ -149,7 +149,8 @@ class Loop:
             engine.interval_start = time.monotonic()
             engine.notifier.notify(READY="1", STATUS="Up and running.")
             log.info(
-                "forwarding %s", ", ".join(f"{r.listener.label} -> {r.destination}" for r in engine.routes)
+                "forwarding %s",
+                ", ".join(f"{r.listener.label} -> {r.ports or r.destination}" for r in engine.routes),
             )
             self._loop(selector, wake_read)
             engine.report_status()  # the last, partial interval: its counts and repeated log lines are kept

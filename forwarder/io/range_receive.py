@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from forwarder.core.actions import READ_HEADER, OpenFlow
 from forwarder.core.addresses import sockaddr_bytes
-from forwarder.core.flows import Flow, bounded_put
+from forwarder.core.flows import Flow, Path, bounded_put
 from forwarder.core.ranges import PortMap
 from forwarder.core.settings import Settings
 from forwarder.io.batch import NAME_LENGTH, BatchReceiver
@@ -88,8 +88,10 @@ class RangeReceive:
                 at = controls[index]
                 original = origdst_in_control(control_view[at : at + u32[control_lengths[index]]], flags)
                 path = ports.path_for(original) if original else None
-                if path is None:
-                    executor.log_drop(machine.outside_range(listener, client, original))
+                # Outside the range, or (when the range holds a destination's port) a loop: not forwarded.
+                if (path is None or ports.loops) and (
+                    path := self._refuse(path, ports, listener, client, original)
+                ) is None:
                     continue
                 local = original if relays else None
                 action = receive(path, client, size, flags, now, local=local)
@@ -117,6 +119,22 @@ class RangeReceive:
             handled += count
             if count < receiver.batch:
                 return
+
+    def _refuse(
+        self, path: Path | None, ports: PortMap, listener: Path, client: bytes, original: bytes | None
+    ) -> Path | None:
+        """`path`, unless the datagram must not be forwarded (then None, its drop counted and logged): sent
+        outside the range (`path` None), or back to one of our destinations on this host (a loop)."""
+        machine = self.executor.machine
+        drop = (
+            machine.outside_range(listener, client, original)
+            if path is None or not original
+            else machine.range_loop(ports, listener, client, original)
+        )
+        if drop is None:
+            return path
+        self.executor.log_drop(drop)
+        return None
 
     def _flush(self, raw: "RawSend") -> None:
         """Send the batch queued on the raw path; count each datagram that failed."""
@@ -151,8 +169,10 @@ class RangeReceive:
                 bounded_put(names, sender, client, NAME_CACHE_SIZE)
             original = origdst_local(ancillary, flags)
             path = ports.path_for(original) if original else None
-            if path is None:
-                executor.log_drop(machine.outside_range(listener, client, original))
+            # Outside the range, or (when the range holds a destination's port) a loop: not forwarded.
+            if (path is None or ports.loops) and (
+                path := self._refuse(path, ports, listener, client, original)
+            ) is None:
                 continue
             local = original if relays else None
             action = receive(path, client, size, flags, now, local=local)

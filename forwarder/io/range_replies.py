@@ -19,6 +19,7 @@ from forwarder.io.rawsend import UDP_HEADER, RawFlow, RawSend, open_raw_socket, 
 # The prebuilt parts of recent (client, address asked) pairs, built once each.
 CACHE_SIZE = 4096
 _HEADER = struct.Struct("!4sHH")  # the ports (prebuilt), the length, the checksum
+_VERSION = {socket.AF_INET: 4, socket.AF_INET6: 6}
 _PKTINFO = {
     socket.AF_INET: (socket.IPPROTO_IP, IP_PKTINFO),
     socket.AF_INET6: (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO),
@@ -60,10 +61,12 @@ class PortReplies:
         if parts is None:
             family, source = reply_source(original)
             batch = self._raw.batches.get(family)
-            if batch is None:
+            address = plain_address(str(flow.peer[0]))
+            # An IPv6 datagram with a v4-mapped source or destination puts the client and the address it
+            # asked in two families: no reply can leave from one to the other.
+            if batch is None or address.version != _VERSION[family]:
                 return errno.EAFNOSUPPORT
-            client = (str(plain_address(str(flow.peer[0]))), int(flow.peer[1]))
-            parts = RawFlow(batch, source, client)
+            parts = RawFlow(batch, source, (str(address), int(flow.peer[1])))
             bounded_put(self._parts, key, parts, CACHE_SIZE)
         batch = parts.batch
         total = len(payload) + UDP_HEADER

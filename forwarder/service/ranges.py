@@ -14,7 +14,7 @@ from forwarder.errors import MissingPermissionError, UsageError, shown
 from forwarder.io.linux import IP_TRANSPARENT, IPV6_TRANSPARENT
 from forwarder.io.listeners import Route
 from forwarder.io.range_replies import PortReplies, open_reply_socket
-from forwarder.io.sockets import set_transparent
+from forwarder.io.sockets import is_wildcard, probe_local, set_transparent
 from forwarder.service.routecheck import mark_routing_warning
 
 log = logging.getLogger("forwarder")
@@ -57,20 +57,43 @@ def make_transparent(routes: Sequence[Route]) -> None:
 
 
 def warn_of_mark_routing(
-    routes: Sequence[Route], check: Callable[[int], str | None] = mark_routing_warning
+    routes: Sequence[Route],
+    check: Callable[[int], str | None] = mark_routing_warning,
+    is_local: Callable[[str], bool] = probe_local,
 ) -> list[str]:
-    """One warning line per family of range destinations whose marked datagrams the host would not
-    deliver locally (no `ip rule fwmark` to a table with a `local` route); the lines logged are returned."""
-    warnings = []
-    for family in sorted({route.destination.family for route in routes if route.ports is not None}):
+    """Say, once per family of range listeners, when the host would not deliver marked datagrams locally
+    (no `ip rule fwmark` to a table with a `local` route); the lines logged are returned. The routing is
+    needed only where the tproxy rule steers addresses that are not this host's own (a service address):
+    a listener bound to such an address gets a warning; a wildcard listener, whose rule may steer only the
+    host's own addresses (delivered locally anyway), an informational line; one bound to a local address,
+    nothing."""
+    severity: dict[int, int] = {}
+    for route in routes:
+        if route.ports is None:
+            continue
+        sock = route.listener.sock
+        address = str(sock.getsockname()[0]).partition("%")[0]
+        if is_wildcard(sock):
+            level = logging.INFO
+        elif is_local(address):
+            continue
+        else:
+            level = logging.WARNING
+        severity[sock.family] = max(severity.get(sock.family, 0), level)
+    lines = []
+    for family, level in sorted(severity.items()):
         try:
-            warning = check(family)
+            line = check(family)
         except OSError as error:
-            warning = f"port ranges: cannot check the routing of marked {family.name} datagrams: {error}"
-        if warning is not None:
-            log.warning("%s", warning)
-            warnings.append(warning)
-    return warnings
+            name = socket.AddressFamily(family).name
+            line = f"port ranges: cannot check the routing of marked {name} datagrams: {error}"
+        if line is None:
+            continue
+        if level == logging.INFO:
+            line += " (needed only if the tproxy rule steers addresses that are not this host's own)"
+        log.log(level, "%s", line)
+        lines.append(line)
+    return lines
 
 
 def open_port_replies(routes: Sequence[Route], settings: Settings) -> PortReplies | None:

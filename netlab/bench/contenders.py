@@ -172,7 +172,7 @@ CONTENDERS = {
         Contender("forwarder-relay", forwarder_with("--reply", "relay"), relays_replies=True),
         # Relay mode with one reply socket: the host steers the replies there (nftables tproxy).
         Contender(
-            "forwarder-relay-tproxy",
+            "forwarder-tproxy",
             forwarder_with("--reply", "relay", "--reply-tproxy", str(REPLY_SOCKET_PORT)),
             relays_replies=True,
             tproxy_replies=True,

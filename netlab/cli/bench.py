@@ -102,7 +102,7 @@ def register(commands: Commands) -> None:
         "--contenders",
         metavar="NAME,...",
         help="measure only these, comma-separated: kernel-dnat+rps, kernel-dnat, per-datagram, forwarder, "
-        "forwarder-gso, forwarder-sockets, forwarder-checksum, forwarder-relay, forwarder-relay-tproxy, "
+        "forwarder-gso, forwarder-sockets, forwarder-checksum, forwarder-relay, forwarder-tproxy, "
         "forwarder-single, "
         "forwarder-proxy-v2, nginx, go-mmproxy "
         "(default: all; missing packages are skipped)",

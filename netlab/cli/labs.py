@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from netlab.cli.common import (
     EX_NOT_FOUND,
@@ -17,6 +17,25 @@ from netlab.cli.common import (
     require_privileges,
 )
 from netlab.errors import UnknownNodeError, UsageError
+
+if TYPE_CHECKING:
+    from netlab.lab.registry import LabRecord
+
+
+def steerings_of(record: "LabRecord") -> list[str]:
+    """The tproxy steerings a lab made by `netlab up` declares (its topology copy), one line each; [] for
+    other labs, whose topology only their owner knows. They live in the lab's namespaces and go with them."""
+    from netlab.errors import NetlabError
+    from netlab.lab import registry
+    from netlab.topology.file import load_topology_file
+
+    path = registry.topology_file(record.lab_id)
+    if not path.is_file():
+        return []
+    try:
+        return [steering.describe() for steering in load_topology_file(path).steerings]
+    except NetlabError:
+        return []
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -33,6 +52,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
                 "namespaces": record.namespaces,
                 "created": record.created,
                 "description": record.description,
+                "tproxy": steerings_of(record),
             }
         )
     # Namespaces named like a lab's but in no record: listed, never removed unless `down --orphans` asks.
@@ -45,6 +65,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     for row in rows:
         print(f"{row['id']}  {row['state']:<5}  pid {row['owner_pid']:<7} {row['description']}")
         print(f"        {' '.join(row['namespaces'])}")
+        for steering in row["tproxy"]:
+            print(f"        tproxy {steering}")
     for name in unrecorded:
         print(f"{name}  unrecorded (no lab record names it; `netlab down --orphans {name}` removes it)")
     return 0

@@ -4,46 +4,26 @@ with the exact command or rule that fixes it.
 The checks read kernel state only (sysctls, routes, policy rules, the nftables ruleset, process
 capabilities and command lines); they change nothing. They run against lab nodes, or against this machine
 with `--machine`. What the replies need depends on the forwarder's `--reply` mode, read from its command
-line: a source rewrite on the host (direct, the default) or the relay routing (relay).
+line: a source rewrite on the host (direct, the default) or the relay routing (relay), or with
+`--reply-tproxy PORT` the tproxy steering of the replies to that one socket; a range destination
+(`FIRST-LAST@HOST`) needs its own tproxy steering (netlab.doctor.tproxy).
 """
 
 import ipaddress
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from netlab.addresses import parse_endpoint
+from netlab.doctor.findings import Deployment, Finding
 from netlab.doctor.probes import Probe, Rule, reply_mode_of
+from netlab.doctor.tproxy import check_range_steering, check_reply_tproxy, reply_tproxy_port_of
 from netlab.errors import AddressError
 from netlab.lab.privileges import CAP_NET_ADMIN, CAP_NET_RAW
+from netlab.service.launch import range_listeners
 from netlab.service.relay import IPPROTO_UDP, RELAY_TABLE, local_route_command, rule_command
 from netlab.service.replypath import reply_path_ruleset
 
 IPPROTO_TCP = 6
-
-
-@dataclass
-class Finding:
-    """One check's result: `ok`, or what is missing and the command or rule that fixes it."""
-
-    check: str
-    ok: bool
-    detail: str
-    fix: str = ""
-
-
-@dataclass
-class Deployment:
-    """What the doctor checks: the host running the forwarder, its backend, and client addresses."""
-
-    host: Probe
-    backend: Probe | None
-    backend_address: str
-    host_address: str  # the address clients send to, which replies must come from
-    clients: Sequence[str] = field(default_factory=list)
-    host_backend_address: str = "HOST_ADDRESS_ON_BACKEND_NETWORK"  # the backend's gateway, for fix hints
-    reply_mode: str | None = None  # "direct" or "relay"; None: as the running forwarder's --reply says
-    backend_ports: Sequence[int] = ()  # the ports the backend answers from; (): the forwarder's DESTs
 
 
 def reply_mode(deployment: Deployment) -> str:
@@ -187,6 +167,8 @@ def _statements(ruleset: list[dict[str, Any]]) -> list[tuple[dict[str, Any], lis
 
 def check_reply_path(deployment: Deployment) -> list[Finding]:
     if reply_mode(deployment) == "relay":
+        if reply_tproxy_port_of(deployment) is not None:
+            return check_reply_tproxy(deployment, _backend_port_ranges(deployment))
         return check_relay_routing(deployment)
     ruleset = deployment.host.ruleset()
     rules = _statements(ruleset)
@@ -248,6 +230,24 @@ def _backend_ports(deployment: Deployment) -> list[int]:
     return sorted(ports)
 
 
+def _backend_port_ranges(deployment: Deployment) -> list[tuple[int, int]]:
+    """_backend_ports as ranges, with the backend ports of the forwarder's range destinations on it."""
+    ranges = [(port, port) for port in _backend_ports(deployment)]
+    if deployment.backend_ports:
+        return ranges
+    backend = ipaddress.ip_address(deployment.backend_address)
+    for launch in deployment.host.forwarder_launches():
+        for listener in range_listeners(launch.activator, launch.arguments):
+            destination = listener.destination
+            try:
+                same = ipaddress.ip_address(destination.host) == backend
+            except ValueError:
+                continue  # a host name: its addresses are not known here
+            if same:
+                ranges.append((destination.backend_first, destination.backend_last))
+    return sorted(set(ranges))
+
+
 def _covers(rule: Rule, backend: str) -> bool:
     return rule["src"] is not None and ipaddress.ip_address(backend) in rule["src"]
 
@@ -274,16 +274,23 @@ def check_relay_routing(deployment: Deployment) -> list[Finding]:
     toward = host.route_get(backend)
     iif = None if loopback or toward is None else toward["oif"]
     client = next(iter(deployment.clients), "198.51.100.7" if version == 4 else "2001:db8::7")
-    ports = _backend_ports(deployment)
-    if not ports:
-        ports = sorted({r["sport"][0] for r in host.rules(version) if _covers(r, backend) and r["sport"]})
+    ranges = _backend_port_ranges(deployment)  # a range destination's backend answers from a range
+    if not ranges:
+        ranges = sorted(
+            {
+                (r["sport"][0], r["sport"][0])
+                for r in host.rules(version)
+                if _covers(r, backend) and r["sport"]
+            }
+        )
     table = _relay_table(deployment, version)
 
     def relayed(sport: int, proto: int = IPPROTO_UDP) -> bool:
         answer = host.packet_route(backend, client, sport, proto, iif)
         return answer is not None and answer.type == "local"
 
-    missing = [port for port in ports if not relayed(port)] if ports else [0]
+    # A range is judged by its two ends: a rule covering both covers it (rules match port ranges).
+    missing = [(a, b) for a, b in ranges if not (relayed(a) and relayed(b))] if ranges else [(0, 0)]
     if missing:
         twin = version == 6 and any(
             rule["ip_proto"] == IPPROTO_UDP
@@ -292,10 +299,10 @@ def check_relay_routing(deployment: Deployment) -> list[Finding]:
             for rule in host.rules(4)
         )
         # With no port known (no forwarder running, no rule for the backend), the fix names a placeholder.
-        commands = [rule_command(backend, port, port, table, port or "PORT") for port in missing]
+        commands = [rule_command(backend, a, b, table, _spelled(a, b) if a else "PORT") for a, b in missing]
         if table not in host.local_default_tables(version):
             commands.append(local_route_command(version, table))
-        shown = ", ".join(map(str, missing)) if ports else "(the port it answers from)"
+        shown = ", ".join(_spelled(a, b) for a, b in missing) if ranges else "(the port it answers from)"
         return [
             Finding(
                 "relay rule IPv6 twin" if twin else "relay rule",
@@ -306,9 +313,10 @@ def check_relay_routing(deployment: Deployment) -> list[Finding]:
                 _commands(host, commands),
             )
         ]
+    listed = ", ".join(_spelled(a, b) for a, b in ranges)
     if not loopback:
-        other = next(port for port in (53, 123, 40000, 40001) if port not in ports)
-        swallowed = relayed(ports[0], IPPROTO_TCP) or relayed(other)
+        other = next(port for port in (53, 123, 40000, 40001) if not any(a <= port <= b for a, b in ranges))
+        swallowed = relayed(ranges[0][0], IPPROTO_TCP) or relayed(other)
         if swallowed:
             wide = [
                 rule
@@ -317,26 +325,30 @@ def check_relay_routing(deployment: Deployment) -> list[Finding]:
             ]
             ip = "ip" if version == 4 else "ip -6"
             commands = [f"{ip} rule del priority {rule['priority']}" for rule in wide]
-            commands += [rule_command(backend, port, port, table) for port in ports if wide]
+            commands += [rule_command(backend, a, b, table) for a, b in ranges if wide]
+            first, last = ranges[0]
             return [
                 Finding(
                     "relay rule scope",
                     False,
                     f"a rule on {host.name} sends all of {backend}'s traffic to itself, not only its UDP "
-                    f"replies from port {', '.join(map(str, ports))}: the backend's own DNS lookups, "
-                    "updates and TCP never leave",
+                    f"replies from port {listed}: the backend's own DNS lookups, updates and TCP never leave",
                     _commands(host, commands)
-                    or f"narrow the rule to: {rule_command(backend, ports[0], ports[0], table)}",
+                    or f"narrow the rule to: {rule_command(backend, first, last, table)}",
                 )
             ]
     return [
         Finding(
             "relay rule",
             True,
-            f"{host.name} delivers {backend}'s UDP replies from port {', '.join(map(str, ports))} to the "
-            "forwarder and routes the rest of its traffic",
+            f"{host.name} delivers {backend}'s UDP replies from port {listed} to the forwarder and routes "
+            "the rest of its traffic",
         )
     ]
+
+
+def _spelled(first: int, last: int) -> str:
+    return str(first) if first == last else f"{first}-{last}"
 
 
 def _network_hint(address: str) -> str:
@@ -348,6 +360,7 @@ CHECKS: list[Callable[[Deployment], Finding | list[Finding]]] = [
     check_forwarding,
     check_rp_filter,
     check_backend_route,
+    check_range_steering,
     check_reply_path,
 ]
 

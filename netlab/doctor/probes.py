@@ -23,8 +23,9 @@ class Probe(Protocol):
     def ruleset(self) -> list[dict[str, Any]]: ...
     def forwarder_capabilities(self) -> list["ProcessCapabilities"]: ...
     def forwarder_command_lines(self) -> list[list[str]]: ...
-    def packet_route(
-        self, src: str, dst: str, sport: int, proto: int, iif: int | None
+    def forwarder_launches(self) -> list["Launch"]: ...
+    def packet_route(  # noqa: PLR0913 - the fields of one route query
+        self, src: str, dst: str, sport: int, proto: int, iif: int | None, *, mark: int | None = None
     ) -> RouteAnswer | None: ...
     def rules(self, version: int) -> list["Rule"]: ...
     def local_default_tables(self, version: int) -> set[int]: ...
@@ -33,7 +34,7 @@ class Probe(Protocol):
 
 class Rule(dict[str, Any]):
     """A policy rule as the doctor reads it: src (network or None), ip_proto, sport ((first, last) or
-    None), iif, table, priority."""
+    None), iif, fwmark (and fwmask; None without), table, priority."""
 
 
 def _rules(namespace: str | None, version: int) -> list[Rule]:
@@ -51,6 +52,8 @@ def _rules(namespace: str | None, version: int) -> list[Rule]:
                     ip_proto=message.get_attr("FRA_IP_PROTO"),
                     sport=tuple(int(port) for port in sport.split(":")) if sport else None,
                     iif=message.get_attr("FRA_IIFNAME"),
+                    fwmark=message.get_attr("FRA_FWMARK"),
+                    fwmask=message.get_attr("FRA_FWMASK"),
                     table=message.get_attr("FRA_TABLE") or message["table"],
                     priority=message.get_attr("FRA_PRIORITY") or 0,
                 )
@@ -59,15 +62,13 @@ def _rules(namespace: str | None, version: int) -> list[Rule]:
 
 
 def _local_default_tables(namespace: str | None, version: int) -> set[int]:
-    """The tables a rule looks up that hold `local 0.0.0.0/0` (or `local ::/0`): where a relay rule sends
-    the replies."""
+    """The tables holding `local 0.0.0.0/0` (or `local ::/0`): where a relay rule, or a tproxy mark's rule,
+    must send the datagrams to deliver them to this host."""
     family = socket.AF_INET if version == 4 else socket.AF_INET6
-    tables = {int(rule["table"]) for rule in _rules(namespace, version)}
     with _netns_ipr(namespace) as ipr:
         return {
-            table
-            for table in tables
-            for route in ipr.get_routes(family=family, table=table)
+            int(route.get_attr("RTA_TABLE") or route["table"])
+            for route in ipr.get_routes(family=family)  # every table
             if route["type"] == 2 and route["dst_len"] == 0  # RTN_LOCAL
         }
 
@@ -138,17 +139,48 @@ def forwarder_pids(namespace_inode: tuple[int, int] | None) -> list[int]:
     return [pid for pid, argv in _command_lines(namespace_inode) if is_forwarder(argv)]
 
 
-def forwarder_command_lines(namespace_inode: tuple[int, int] | None) -> list[list[str]]:
-    """The command lines of forwarders, running or still waiting under systemd-socket-activate for their
-    first datagram (the part of the activator's command line that starts the forwarder)."""
+class Launch(NamedTuple):
+    """A forwarder's command line (`argv`) and, while systemd-socket-activate waits for its first datagram,
+    the activator's own options before it (`activator`: its `-l` and `--fdname` say which sockets)."""
+
+    activator: list[str]
+    argv: list[str]
+
+    @property
+    def arguments(self) -> list[str]:
+        """The forwarder's options and destinations: its command line after the program."""
+        return forwarder_arguments(self.argv)
+
+
+def forwarder_arguments(argv: list[str]) -> list[str]:
+    """What follows the program in a forwarder command line is_forwarder() accepts."""
+    if os.path.basename(argv[0]) == DAEMON.decode():
+        return argv[1:]
+    for index, arg in enumerate(argv[1:], 1):
+        if arg == "-m":
+            return argv[index + 2 :]
+        if not arg.startswith("-"):
+            return argv[index + 1 :]
+    return []
+
+
+def forwarder_launches(namespace_inode: tuple[int, int] | None) -> list[Launch]:
+    """The forwarders, running or still waiting under systemd-socket-activate for their first datagram
+    (then the part of the activator's command line that starts the forwarder, and the activator's own)."""
     found = []
     for _, argv in _command_lines(namespace_inode):
         waiting = argv and os.path.basename(argv[0]) == b"systemd-socket-activate"
         for start in range(len(argv) if waiting else 1):
             if is_forwarder(argv[start:]):
-                found.append([os.fsdecode(arg) for arg in argv[start:]])
+                decoded = [os.fsdecode(arg) for arg in argv]
+                found.append(Launch(decoded[:start], decoded[start:]))
                 break
     return found
+
+
+def forwarder_command_lines(namespace_inode: tuple[int, int] | None) -> list[list[str]]:
+    """The command lines of forwarders (forwarder_launches' `argv`)."""
+    return [launch.argv for launch in forwarder_launches(namespace_inode)]
 
 
 def reply_mode_of(argv: list[str]) -> str:
@@ -213,8 +245,15 @@ class NamespaceProbe:
 
         return forwarder_command_lines(netns.inode(self.namespace))
 
-    def packet_route(self, src: str, dst: str, sport: int, proto: int, iif: int | None) -> RouteAnswer | None:
-        return route_for_packet(self.namespace, src, dst, sport, 40000, proto, iif)
+    def forwarder_launches(self) -> list[Launch]:
+        from netlab.lab import netns
+
+        return forwarder_launches(netns.inode(self.namespace))
+
+    def packet_route(  # noqa: PLR0913 - the fields of one route query
+        self, src: str, dst: str, sport: int, proto: int, iif: int | None, *, mark: int | None = None
+    ) -> RouteAnswer | None:
+        return route_for_packet(self.namespace, src, dst, sport, 40000, proto, iif, mark=mark)
 
     def rules(self, version: int) -> list[Rule]:
         return _rules(self.namespace, version)
@@ -252,8 +291,14 @@ class MachineProbe:
         status = os.stat("/proc/self/ns/net")
         return forwarder_command_lines((status.st_dev, status.st_ino))
 
-    def packet_route(self, src: str, dst: str, sport: int, proto: int, iif: int | None) -> RouteAnswer | None:
-        return route_for_packet(None, src, dst, sport, 40000, proto, iif)
+    def forwarder_launches(self) -> list[Launch]:
+        status = os.stat("/proc/self/ns/net")
+        return forwarder_launches((status.st_dev, status.st_ino))
+
+    def packet_route(  # noqa: PLR0913 - the fields of one route query
+        self, src: str, dst: str, sport: int, proto: int, iif: int | None, *, mark: int | None = None
+    ) -> RouteAnswer | None:
+        return route_for_packet(None, src, dst, sport, 40000, proto, iif, mark=mark)
 
     def rules(self, version: int) -> list[Rule]:
         return _rules(None, version)

@@ -27,7 +27,9 @@ from netlab.lab.build import (
 from netlab.lab.capture import Capture
 from netlab.lab.names import new_lab_id
 from netlab.lab.node import LabNode
+from netlab.lab.tproxy import TproxySteering, steer
 from netlab.topology.model import Topology
+from netlab.topology.steering import Steering
 
 
 class Lab:
@@ -204,11 +206,26 @@ class Lab:
                 configure_interface(self[end.node].namespace, end.node, end.ifname, end.addresses, link.mtu)
         for route in topology.routes:
             add_route(self[route.node].namespace, route.destination, route.via)
+        for steering in topology.steerings:
+            self.steer(steering)
         for name in topology.nodes:
             wait_links_usable(
                 self[name].namespace, name, topology.interfaces_of(name), bool(topology.addresses_of(name))
             )
         return self
+
+    def steer(self, steering: Steering) -> TproxySteering:
+        """Install a declared tproxy steering in its node (netlab.lab.tproxy.steer); removed when the lab
+        closes, with its node."""
+        return steer(
+            self[steering.node],
+            version=steering.version,
+            to_port=steering.to_port,
+            nft=steering.nft,
+            rule=steering.rule,
+            route=steering.route,
+            **steering.selectors(),
+        )
 
 
 @contextlib.contextmanager

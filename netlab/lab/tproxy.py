@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from forwarder.io.sockets import set_receive_origdst, set_transparent
-from netlab.errors import AddressError, ProcessFailedError, SystemCallError
+from netlab.errors import AddressError, ProcessFailedError
 from netlab.lab import netns
+from netlab.lab.netlink import EEXIST, remove_rules_and_routes, tolerate
 from netlab.lab.nft import apply_ruleset, delete_table
 from netlab.lab.node import LabNode
 
@@ -33,7 +33,6 @@ MARK_BASE = 0x7470_0000  # "tp": far from the marks other netlab rules use
 ROUTE_TABLE_BASE = 7000
 RULE_PRIORITY = 90  # ahead of the relay rules (100) and the main table (32766)
 RT_SCOPE_HOST = 254
-EEXIST, ENOENT, ESRCH = 17, 2, 3
 _FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 _NFT_FAMILY = {4: "ip", 6: "ip6"}
 _EVERYTHING = {4: "0.0.0.0/0", 6: "::/0"}
@@ -120,7 +119,7 @@ def tproxy_commands(
     *,
     mark: int = 1,
     table: int = 100,
-    nft_table: str = "tproxy",
+    nft_table: str = "transparent_udp_forwarder",
     **selectors: Any,
 ) -> list[str]:
     """The commands an operator types for the same steering: the nft table, the mark rule, the local route."""
@@ -152,33 +151,13 @@ class TproxySteering:
 
     def remove(self) -> None:
         """Delete the nft table, the mark rule and the local route; what is already gone is no error."""
-        if not netns.exists(self.node.namespace):  # IPRoute(netns=) would make the namespace again
-            self.rules.clear()
-            self.routes.clear()
+        if not netns.exists(self.node.namespace):  # its nft table went with it
             self.nft_loaded = False
-            return
         if self.nft_loaded:
             with contextlib.suppress(ProcessFailedError):  # already deleted by hand: nothing to do
                 delete_table(self.node, _NFT_FAMILY[self.version], self.nft_table)
             self.nft_loaded = False
-        with IPRoute(netns=self.node.namespace) as ipr:
-            for rule in self.rules:
-                _tolerate(lambda rule=rule: ipr.rule("del", **rule), ENOENT, ESRCH)
-            for route in self.routes:
-                _tolerate(lambda route=route: ipr.route("del", **route), ESRCH, ENOENT)
-        self.rules.clear()
-        self.routes.clear()
-
-
-def _tolerate(call: Any, *codes: int) -> bool:
-    """Run a netlink call; False if it failed with one of `codes` (already there / already gone)."""
-    try:
-        call()
-    except NetlinkError as error:
-        if error.code in codes:
-            return False
-        raise SystemCallError(error.code, f"netlink: {error}") from None
-    return True
+        remove_rules_and_routes(self.node.namespace, self.rules, self.routes)
 
 
 def steer(  # noqa: PLR0913 - keyword-only: the selectors of one steering and the pieces to leave out
@@ -227,7 +206,7 @@ def steer(  # noqa: PLR0913 - keyword-only: the selectors of one steering and th
                 "table": table,
                 "oif": ipr.link_lookup(ifname="lo")[0],
             }
-            if _tolerate(lambda: ipr.route("add", **local), EEXIST):
+            if tolerate(lambda: ipr.route("add", **local), EEXIST):
                 steering.routes.append(local)
         if rule:
             mark_rule = {"family": family, "fwmark": mark, "table": table, "priority": RULE_PRIORITY}

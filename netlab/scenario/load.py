@@ -15,6 +15,11 @@ executes them. A bug report becomes one new file in fixtures/scenarios, which is
     [[setup]]                              # optional, in order, before anything is started
     node = "host"                          # and one of: sysctl = { KEY = VALUE }, command = [ARGV],
     sysctl = { "net.ipv4.ip_forward" = 0 } #   background = [ARGV], nft = "RULESET"
+    [[tproxy]]                             # optional: tproxy steering in a node once the lab is built
+    node = "host"                          # default: the topology's host role; the other keys as a
+    version = 4                            #   topology's [[nodes.NAME.tproxy]] (netlab.topology.steering)
+    to_port = 27000
+    dports = "27000-27099"
     [echo]                                 # optional: netlab.programs.echo answering on these ports
     node = "backend"
     ports = [27000]
@@ -24,7 +29,8 @@ executes them. A bug report becomes one new file in fixtures/scenarios, which is
     backend_network = "192.0.2.0/24"       #   destination port other than the listen port (53 -> 5353)
     host_address = "198.51.100.1"          #   has its replies' source port rewritten back (5353 -> 53)
     # mode = "relay": the forwarder runs with --reply relay, and the host gets the relay routing for
-    # backend = "192.0.2.2" and ports = [5353] (default: the [forwarder]'s destinations)
+    # backend = "192.0.2.2" and ports = [5353] (default: the [forwarder]'s destinations); with
+    # reply_tproxy = 40000 the forwarder's --reply-tproxy 40000, and tproxy steering to that socket instead
     [[traffic]]
     from = "client"
     src = "203.0.113.7"                    # spoofed; default the node's own address
@@ -58,7 +64,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from netlab.addresses import parse_endpoint, split_host_port
+from netlab.addresses import parse_endpoint, parse_port, split_host_port
 from netlab.errors import AddressError, FixtureNotFoundError, PacketError, ScenarioError
 from netlab.fixtures import (
     TOPOLOGY_TABLES,
@@ -81,16 +87,20 @@ from netlab.scenario.model import (
 )
 from netlab.scenario.proxyheader import proxy_header
 from netlab.scenario.reader import Reader, address_port
+from netlab.service.launch import parse_range_destination, reply_tproxy_port
 from netlab.topology.file import load_topology_file, topology_from_dict
-from netlab.topology.model import ALLOWED_NETWORKS, Topology
+from netlab.topology.model import Topology
+from netlab.topology.networks import ALLOWED_NETWORKS
+from netlab.topology.steering import KEYS as STEERING_KEYS
+from netlab.topology.steering import Steering, parse_steering
 from netlab.traffic.payload import make_payload
 
-_TOP = {"description", "topology", "forwarder", "setup", "echo", "reply_path", "traffic", "expect"}
+_TOP = {"description", "topology", "forwarder", "setup", "tproxy", "echo", "reply_path", "traffic", "expect"}
 _FORWARDER = {"node", "listen", "destinations", "fdnames", "args", "held_sockets"}
 _SETUP = {"node", "sysctl", "command", "background", "nft"}
 _SETUP_ACTIONS = ("sysctl", "command", "background", "nft")
 _ECHO = {"node", "ports"}
-_REPLY = {"node", "mode", "backend", "backend_network", "host_address", "ports"}
+_REPLY = {"node", "mode", "backend", "backend_network", "host_address", "ports", "reply_tproxy"}
 _REPLY_MODES = ("direct", "relay")
 _TRAFFIC = {
     "from", "src", "sport", "to", "payload", "payload_hex", "size", "count", "fragment_size", "family",
@@ -157,6 +167,8 @@ def scenario_from_dict(data: Mapping[str, Any], path: Path, text: str = "") -> S
         _setup_step(reader, where, step, topology)
         for where, step in reader.tables(data, "setup", "top level")
     ]
+    for where, table in reader.tables(data, "tproxy", "top level"):
+        topology.tproxy(_steering(reader, where, table, topology))
     echo = _echo(reader, reader.table(data, "echo", "top level"), topology)
     reply_path = _reply_path(reader, reader.table(data, "reply_path", "top level"), topology, forwarder)
     if reply_path is not None and reply_path.mode == "direct" and forwarder is not None:
@@ -187,9 +199,11 @@ def _forwarder(reader: Reader, table: dict[str, Any] | None, topology: Topology)
         lab_address(reader, address_port(reader, text, where)[0], where)
     destinations = reader.strings(table, "destinations", "forwarder", [])
     for index, text in enumerate(destinations):
+        ranged = parse_range_destination(text)  # FIRST-LAST@HOST[:PORT]: a port range on one socket
         try:
-            address = parse_endpoint(text.rpartition("=")[2])[0]
-        except AddressError:
+            address = ranged.host if ranged else parse_endpoint(text.rpartition("=")[2])[0]
+            ipaddress.ip_address(address)
+        except (AddressError, ValueError):
             continue  # a host name, or a form the forwarder itself judges
         lab_address(reader, address, f"forwarder.destinations[{index}]")
     if not listen or not destinations:
@@ -219,6 +233,20 @@ def _setup_step(reader: Reader, where: str, step: dict[str, Any], topology: Topo
     return SetupStep(reader.node(step, "node", where, topology), action, value)
 
 
+def _steering(reader: Reader, where: str, table: dict[str, Any], topology: Topology) -> Steering:
+    """One [[tproxy]] table: the node (the host role by default) and a topology's tproxy keys."""
+    reader.keys(table, {"node", *STEERING_KEYS}, where)
+    node = reader.node(table, "node", where, topology, _default_host(topology))
+    steering = parse_steering({k: v for k, v in table.items() if k != "node"}, node, reader.fail, where)
+    interfaces = topology.interfaces_of(node)
+    if steering.iifname is not None and steering.iifname not in interfaces:
+        raise reader.fail(
+            f"{where}.iifname",
+            f"{steering.iifname!r} is not an interface of node {node!r} (its interfaces: {interfaces})",
+        )
+    return steering
+
+
 def _echo(reader: Reader, table: dict[str, Any] | None, topology: Topology) -> EchoSpec | None:
     """[echo]: the echo server's node (the backend role by default) and ports."""
     if table is None:
@@ -244,8 +272,11 @@ def _reply_path(
     node = reader.node(table, "node", "reply_path", topology, _default_host(topology))
     if mode == "relay":
         return _relay(reader, table, node, forwarder)
-    if "ports" in table:
-        raise reader.fail("reply_path.ports", 'goes with mode = "relay" (direct mode rewrites every port)')
+    for key in ("ports", "reply_tproxy"):
+        if key in table:
+            raise reader.fail(
+                f"reply_path.{key}", 'goes with mode = "relay" (direct mode rewrites every port)'
+            )
     values = {
         key: reader.get(table, key, str, "reply_path")
         for key in ("backend", "backend_network", "host_address")
@@ -279,8 +310,16 @@ def _relay(
             check_port(port, "port")
         except PacketError as error:
             raise reader.fail("reply_path.ports", str(error)) from None
+    reply_tproxy = reader.get(table, "reply_tproxy", int, "reply_path")
+    if reply_tproxy is not None:
+        try:
+            parse_port(reply_tproxy, "reply_tproxy")
+        except AddressError as error:
+            raise reader.fail("reply_path.reply_tproxy", str(error)) from None
     if forwarder is not None:
         _reply_relay_option(reader, forwarder)
+        if reply_tproxy is not None:
+            _reply_tproxy_option(reader, forwarder, reply_tproxy)
     if ports is not None and backend is None:
         raise reader.fail("reply_path.ports", "needs backend = ADDRESS (the address the replies come from)")
     relay = {backend: list(ports)} if backend is not None and ports else _destinations(forwarder, backend)
@@ -290,7 +329,7 @@ def _relay(
             'mode = "relay" needs backend and ports, or a [forwarder] with ADDRESS:PORT destinations'
             + (f" on {backend!r}" if backend else ""),
         )
-    return ReplyPathSpec(node, ", ".join(relay), "", "", "relay", relay)
+    return ReplyPathSpec(node, ", ".join(relay), "", "", "relay", relay, reply_tproxy=reply_tproxy)
 
 
 def _destinations(forwarder: ForwarderSpec | None, backend: str | None) -> dict[str, list[int]]:
@@ -315,6 +354,17 @@ def _reply_relay_option(reader: Reader, forwarder: ForwarderSpec) -> None:
         forwarder.args = [*args, "--reply", "relay"]
     elif given != ["relay"]:
         raise reader.fail("forwarder.args", f'{args!r} contradict [reply_path] mode = "relay"')
+
+
+def _reply_tproxy_option(reader: Reader, forwarder: ForwarderSpec, port: int) -> None:
+    """Give the forwarder --reply-tproxy PORT, unless its args say so already; refuse another port."""
+    given = reply_tproxy_port(forwarder.args)
+    if given is None:
+        forwarder.args = [*forwarder.args, "--reply-tproxy", str(port)]
+    elif given != port:
+        raise reader.fail(
+            "forwarder.args", f"{forwarder.args!r} contradict [reply_path] reply_tproxy = {port}"
+        )
 
 
 def _learned_ports(forwarder: ForwarderSpec, backend: str) -> dict[int, int]:

@@ -50,7 +50,8 @@ class EchoSpec:
 class ReplyPathSpec:
     """How the backend's replies get back: direct (the host rewrites their source: backend,
     backend_network, host_address) or relay (the relay routing for each backend address and its ports,
-    and the forwarder runs with --reply relay)."""
+    and the forwarder runs with --reply relay; with reply_tproxy, tproxy steering to that one reply socket
+    instead, and --reply-tproxy)."""
 
     node: str
     backend: str
@@ -59,6 +60,7 @@ class ReplyPathSpec:
     mode: str = "direct"
     relay: dict[str, list[int]] = field(default_factory=dict)
     ports: dict[int, int] = field(default_factory=dict)  # backend port -> host port, learned from [forwarder]
+    reply_tproxy: int | None = None  # relay: the one reply socket's port (--reply-tproxy), steered by tproxy
 
 
 @dataclass

@@ -25,7 +25,7 @@ from netlab.scenario.load import Endpoint, Scenario, TrafficSpec
 from netlab.scenario.model import counted
 from netlab.service.activation import ForwarderUnderTest, hold_listen_sockets, start_forwarder
 from netlab.service.procnet import udp_ports_bound
-from netlab.service.relay import install_relay_routing
+from netlab.service.relay import install_relay_routing, install_relay_tproxy
 from netlab.service.replypath import enable_reply_path
 from netlab.traffic.expect import EchoRecord, Inbox, expect
 from netlab.traffic.sniff import Sniffer
@@ -136,7 +136,10 @@ class _Run:
             node = lab[spec.node]
             if spec.mode == "relay":
                 for backend, ports in spec.relay.items():
-                    install_relay_routing(node, backend, ports)
+                    if spec.reply_tproxy is not None:
+                        install_relay_tproxy(node, backend, ports, spec.reply_tproxy)
+                    else:
+                        install_relay_routing(node, backend, ports)
             else:
                 enable_reply_path(node, spec.backend, spec.backend_network, spec.host_address, spec.ports)
         for endpoint in [item.at for item in scenario.expect.arrives] + scenario.expect.nothing_at:

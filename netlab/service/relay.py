@@ -26,17 +26,19 @@ from pyroute2.netlink.rtnl import RTM_GETROUTE
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from forwarder.io.sockets import set_transparent
-from netlab.errors import AddressError, SystemCallError
+from netlab.errors import AddressError
 from netlab.lab import netns
+from netlab.lab.netlink import EEXIST, remove_rules_and_routes, tolerate
 from netlab.lab.node import LabNode
+from netlab.lab.tproxy import TproxySteering, steer, tproxy_commands
 
 RELAY_TABLE = 100
+NFT_TABLE = "transparent_udp_forwarder_replies"  # the README recipe's (not `tproxy`: an nft keyword)
 RELAY_PRIORITY = 100  # ahead of the main table's rule (32766)
 RTN_LOCAL = 2
 RT_SCOPE_HOST = 254
 RTM_F_LOOKUP_TABLE = 0x1000
 IPPROTO_UDP = 17
-EEXIST, ESRCH, ENOENT = 17, 3, 2
 _FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 _LOCAL_SOURCES = {4: "127.0.0.0/8", 6: "::1/128"}
 ROUTE_TYPES = {1: "unicast", 2: "local", 3: "broadcast", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
@@ -121,28 +123,7 @@ class RelayRouting:
     def remove(self) -> None:
         """Delete what was added (rules first, then the local routes this call created); what is already
         gone (a rule, a route, the whole node) is not an error, so it may run twice."""
-        if not netns.exists(self.node.namespace):  # IPRoute(netns=) would make the namespace again
-            self.rules.clear()
-            self.routes.clear()
-            return
-        with IPRoute(netns=self.node.namespace) as ipr:
-            for rule in self.rules:
-                _tolerate(lambda rule=rule: ipr.rule("del", **rule), ENOENT, ESRCH)
-            for route in self.routes:
-                _tolerate(lambda route=route: ipr.route("del", **route), ESRCH, ENOENT)
-        self.rules.clear()
-        self.routes.clear()
-
-
-def _tolerate(call: Any, *codes: int) -> bool:
-    """Run a netlink call; False if it failed with one of `codes` (already there / already gone)."""
-    try:
-        call()
-    except NetlinkError as error:
-        if error.code in codes:
-            return False
-        raise SystemCallError(error.code, f"netlink: {error}") from None
-    return True
+        remove_rules_and_routes(self.node.namespace, self.rules, self.routes)
 
 
 def local_route(family: int, table: int, loopback: int) -> dict[str, Any]:
@@ -172,7 +153,7 @@ def _add(  # noqa: PLR0913 - the fields of one routing record
     `routing` as it is made."""
     if with_route:
         route = local_route(family, table, ipr.link_lookup(ifname="lo")[0])
-        if _tolerate(lambda: ipr.route("add", **route), EEXIST):
+        if tolerate(lambda: ipr.route("add", **route), EEXIST):
             routing.routes.append(route)
     for selector in rules:
         rule = {"family": family, "table": table, **selector}
@@ -303,6 +284,60 @@ def install_relay_route(  # noqa: PLR0913 - the fields of one relay route
     return routing
 
 
+def relay_tproxy_commands(  # noqa: PLR0913 - keyword-only: the fields of one recipe
+    backend: str,
+    ports: int | PortRange | Sequence[int | PortRange],
+    reply_port: int,
+    *,
+    interface: str | None = None,
+    mark: int = 1,
+    table: int = RELAY_TABLE,
+) -> list[str]:
+    """The commands an operator types for the tproxy variant of the relay routing (`forwarder --reply relay
+    --reply-tproxy PORT`): an nft rule steering `backend`'s UDP replies from `ports` (arriving on
+    `interface`, the host's link toward the backends, when given) to the one reply socket on `reply_port`,
+    with the fwmark rule and local route that deliver them (the README's recipe)."""
+    source = _source(backend)
+    return tproxy_commands(
+        source.version,
+        reply_port,
+        mark=mark,
+        table=table,
+        nft_table=NFT_TABLE,
+        saddr=backend,
+        sports=port_ranges(ports),
+        iifname=interface,
+    )
+
+
+def install_relay_tproxy(
+    node: LabNode,
+    backend: str,
+    ports: int | PortRange | Sequence[int | PortRange],
+    reply_port: int,
+    *,
+    interface: str | None = None,
+) -> TproxySteering:
+    """The tproxy variant of install_relay_routing: steer `backend`'s UDP replies from `ports` into `node`'s
+    one reply socket bound to `reply_port` (the forwarder's --reply-tproxy) with netlab.lab.tproxy.steer,
+    instead of to a per-flow socket. The backend's other traffic is routed as before. With `interface` (the
+    host's link toward the backends) only replies arriving there are steered: anyone can spoof a backend's
+    address and port, and IPv6 has no rp_filter to stop it. One call per family of a dual-stack backend;
+    the result's `commands` spell it for an operator, its remove() takes it out, and the lab removes it when
+    it closes. Fragmented replies need nothing more: the tproxy expression turns on the kernel's
+    defragmentation, so the rule sees whole replies and their ports."""
+    source = _source(backend)
+    return steer(
+        node,
+        version=source.version,
+        to_port=reply_port,
+        saddr=backend,
+        sports=port_ranges(ports),
+        iifname=interface,
+        label="relay-tproxy",
+    )
+
+
 ERRORS_TABLE = "netlab_relay_errors"
 ERRORS_MARK = 0x5E1A  # fwmark of the backend's ICMP errors, routed to the relay table
 
@@ -424,10 +459,13 @@ def route_for_packet(  # noqa: PLR0913, PLR0917 - the fields of one route query
     dport: int,
     proto: int = IPPROTO_UDP,
     iif: int | None = None,
+    *,
+    mark: int | None = None,
 ) -> RouteAnswer | None:
     """Ask the kernel (RTM_GETROUTE) how it routes a packet src:sport -> dst:dport of `proto` arriving on
-    interface `iif` (None: sent by the host itself), in `namespace` (None: this one); None if unroutable.
-    The policy rules see the protocol and ports, so this is the relay rule's own verdict."""
+    interface `iif` (None: sent by the host itself), carrying firewall mark `mark` (a tproxy rule's), in
+    `namespace` (None: this one); None if unroutable. The policy rules see the protocol, ports and mark, so
+    this is the relay rule's (or the fwmark rule's) own verdict."""
     version = ipaddress.ip_address(dst).version
     message = _PortRouteMessage()
     message["family"] = _FAMILY[version]
@@ -441,6 +479,8 @@ def route_for_packet(  # noqa: PLR0913, PLR0917 - the fields of one route query
     ]
     if iif is not None:
         attrs.append(("RTA_IIF", iif))
+    if mark is not None:
+        attrs.append(("RTA_MARK", mark))
     message["attrs"] = attrs
 
     message["flags"] = RTM_F_LOOKUP_TABLE  # answer with the table the rules chose
@@ -488,12 +528,14 @@ __all__ = [
     "install_local_relay_routing",
     "install_relay_route",
     "install_relay_routing",
+    "install_relay_tproxy",
     "is_relayed",
     "local_backend_commands",
     "local_route",
     "reassembly_ruleset",
     "relay_commands",
     "relay_rule",
+    "relay_tproxy_commands",
     "route_backend_errors",
     "route_for_packet",
 ]

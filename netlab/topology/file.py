@@ -3,6 +3,10 @@
     description = "..."
     [nodes.host.sysctl]                      # one [nodes.NAME] table per node; sysctl is optional
     "net.ipv4.ip_forward" = 1
+    [[nodes.host.tproxy]]                    # optional: tproxy steering in the node (topology.steering)
+    version = 4
+    to_port = 27000
+    dports = "27000-27099"
     [[links]]                                # a veth pair; ifname defaults to "to-PEER"; mtu optional
     a = { node = "client", addresses = ["198.51.100.10/24"] }
     b = { node = "host", ifname = "eth0", addresses = ["198.51.100.1/24"] }
@@ -35,10 +39,11 @@ from typing import Any
 
 from netlab.errors import TopologyError
 from netlab.topology.model import Roles, Topology
+from netlab.topology.steering import parse_steering, topology_fail
 
 _TOP_KEYS = {"description", "nodes", "devices", "links", "routes", "roles"}
 _ROLE_KEYS = {"host", "backend", "clients", "spoofed"}
-_NODE_KEYS = {"sysctl"}
+_NODE_KEYS = {"sysctl", "tproxy"}
 _LINK_KEYS = {"a", "b", "mtu"}
 _END_KEYS = {"node", "ifname", "addresses", "master"}
 _DEVICE_KEYS = {"node", "name", "kind", "addresses"}
@@ -88,6 +93,11 @@ def topology_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Topol
                     f"{source}: {element}.sysctl: value {value!r} of {key!r} must be a string or integer"
                 )
             topology.sysctl(name, key, str(value))
+        for index, table in enumerate(_typed(node, "tproxy", list, element, source, [])):
+            where = f"{element}.tproxy[{index}]"
+            if not isinstance(table, dict):
+                raise TopologyError(f"{source}: {where}: expected a table, got {table!r}")
+            topology.tproxy(parse_steering(table, name, topology_fail(source), where))
     for index, device in enumerate(_typed(data, "devices", list, "top level", source, [])):
         element = f"devices[{index}]"
         if not isinstance(device, dict):

@@ -12,17 +12,10 @@ from dataclasses import dataclass, field
 
 from netlab.errors import TopologyError
 from netlab.lab.names import IFNAMSIZ
+from netlab.topology.networks import ALLOWED_NETWORKS
+from netlab.topology.steering import Steering
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-# RFC 5737 and RFC 3849: the only addresses a lab may use.
-ALLOWED_NETWORKS: tuple[Network, ...] = (
-    ipaddress.ip_network("192.0.2.0/24"),
-    ipaddress.ip_network("198.51.100.0/24"),
-    ipaddress.ip_network("203.0.113.0/24"),
-    ipaddress.ip_network("2001:db8::/32"),
-)
 DEFAULT_ROUTES = ("default", "default6")
 _NODE_NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -116,6 +109,7 @@ class Topology:
     source: str = "<code>"
     description: str = ""
     roles: Roles | None = None
+    steerings: list[Steering] = field(default_factory=list)
 
     def node(self, name: str, **sysctls: str) -> "Topology":
         """Add a node; sysctls use underscores for dots (net_ipv4_ip_forward="1")."""
@@ -172,6 +166,11 @@ class Topology:
     def route(self, node: str, destination: str, via: str, *, label: str = "") -> "Topology":
         """Add a route in `node`."""
         self.routes.append(Route(node, destination, via, label))
+        return self
+
+    def tproxy(self, steering: Steering) -> "Topology":
+        """Add a tproxy steering (netlab.topology.steering) to install in its node once the links are up."""
+        self.steerings.append(steering)
         return self
 
     def addresses_of(self, node: str) -> list[str]:
@@ -260,6 +259,7 @@ class Topology:
             ):
                 raise self._fail(link.label, f"mtu {link.mtu!r} must be an integer from 68 to 65535")
         self._validate_roles()
+        self._validate_steerings()
         for route in self.routes:
             self._require_node(route.node, route.label)
             try:
@@ -330,6 +330,18 @@ class Topology:
                 f"{end.node}/{end.ifname} is a port of bridge {end.master!r}: a port carries no addresses, "
                 f"put {end.addresses!r} on the bridge",
             )
+
+    def _validate_steerings(self) -> None:
+        for steering in self.steerings:
+            label = steering.label or f"tproxy in {steering.node!r}"
+            self._require_node(steering.node, label)
+            interfaces = self.interfaces_of(steering.node)
+            if steering.iifname is not None and steering.iifname not in interfaces:
+                raise self._fail(
+                    label,
+                    f"iifname {steering.iifname!r} is not an interface of node {steering.node!r} "
+                    f"(its interfaces: {interfaces})",
+                )
 
     def _validate_roles(self) -> None:
         if self.roles is None:
