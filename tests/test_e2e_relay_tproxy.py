@@ -437,6 +437,7 @@ class Steered:
         buffer_size: int = 65536,
         listeners: tuple[str, ...] = ("198.51.100.1",),
         max_flows: int = 4096,
+        pktinfo: bool = False,
     ) -> None:
         lab.build(relay_deployment())
         steer_replies(lab, 4)
@@ -449,7 +450,8 @@ class Steered:
             listener = self.host.udp_socket(address, 53)
             listener.setblocking(False)
             destination = Destination(socket.AF_INET, "192.0.2.2", 5353)
-            self.routes.append(Route(ListeningSocket(listener, f"dns-{address}"), destination))
+            route = Route(ListeningSocket(listener, f"dns-{address}"), destination, pktinfo=pktinfo)
+            self.routes.append(route)
         self.route = self.routes[0]
         self.machine = ForwardingMachine(
             Settings(reply="relay", reply_tproxy=REPLY_PORT, max_flows=max_flows)
@@ -465,12 +467,15 @@ class Steered:
         if not batched:  # as where libc lacks recvmmsg and sendmmsg
             self.engine._replies = None
 
-    def ask(self, client: socket.socket, route: Route | None = None) -> tuple[str, int]:
-        """Forward a datagram as if `client` had sent it (to `route`'s listener, the first by default);
-        return where the backend saw it come from."""
+    def ask(
+        self, client: socket.socket, route: Route | None = None, local: str | None = None
+    ) -> tuple[str, int]:
+        """Forward a datagram as if `client` had sent it (to `route`'s listener, the first by default;
+        to the host's address `local`, on a wildcard one); return where the backend saw it come from."""
         route = self.route if route is None else route
         raw = sockaddr_bytes(socket.AF_INET, client.getsockname())
-        action = self.machine.receive(route.path, raw, 3, 0, time.monotonic())
+        asked = None if local is None else socket.inet_aton(local)
+        action = self.machine.receive(route.path, raw, 3, 0, time.monotonic(), local=asked)
         netns.run_in(
             self.host.namespace,
             functools.partial(self.engine.execute, route, action, memoryview(b"ask")),
@@ -564,3 +569,21 @@ def test_a_late_reply_to_an_evicted_flow_whose_replies_were_relayed_is_counted_u
     first.settimeout(0.2)
     with pytest.raises(TimeoutError):
         first.recvfrom(100)
+
+
+def test_one_batch_of_replies_on_a_wildcard_listener_leaves_each_from_the_address_its_client_asked(
+    lab: Lab,
+) -> None:
+    # Each message of the run carries its own IP_PKTINFO source: the address its client sent to.
+    steered = Steered(lab, listeners=("0.0.0.0",), pktinfo=True)
+    clients = [client_socket(lab, "198.51.100.10") for _ in range(4)]
+    asked = ["198.51.100.1", "198.51.100.2", "198.51.100.2", "198.51.100.1"]
+    askers = [steered.ask(client, local=local) for client, local in zip(clients, asked, strict=True)]
+
+    for round_number in range(3):  # the keys and the sources' control messages unknown, then known
+        for asker in askers:
+            steered.backend.sendto(b"round %d" % round_number, asker)
+        steered.replies_handled(4 * (round_number + 1))
+        for client, local in zip(clients, asked, strict=True):
+            assert client.recvfrom(100) == (b"round %d" % round_number, (local, 53))
+    assert (steered.machine.counters.relayed, steered.machine.counters.reply_dropped) == (12, {})

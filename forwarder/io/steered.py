@@ -10,7 +10,6 @@ control messages, the machine's verdict, and staging one by one.
 """
 
 import errno
-import operator
 import socket
 from collections.abc import Callable
 from typing import cast
@@ -26,10 +25,6 @@ from forwarder.io.reply_socket import ORIGDST_SPACE
 
 # A reply socket is read until EAGAIN, but at most this many replies at a time.
 MAX_STEERED = 256
-# A batch's flows' listeners, sockaddrs and local addresses, read for all of them in C (map).
-_PATH = operator.attrgetter("path")
-_PEER = operator.attrgetter("raw_peer")
-_LOCAL = operator.attrgetter("local_address")
 
 
 class SteeredReplies:
@@ -122,10 +117,11 @@ class SteeredReplies:
         is sent: the caller stages them one by one)."""
         path = flows[0].path
         route = self._route_of.get(path)
-        if route is None or list(map(_PATH, flows)).count(path) != len(flows):  # count: by identity
+        # (List comprehensions: a slot attribute read there is specialized, faster than attrgetter's.)
+        if route is None or [flow.path for flow in flows].count(path) != len(flows):  # by identity
             return False
         count = len(flows)
-        names = b"".join(map(_PEER, flows))
+        names = b"".join([flow.raw_peer for flow in flows])
         if len(names) != count * len(flows[0].raw_peer):
             return False
         controls = b""
@@ -133,10 +129,10 @@ class SteeredReplies:
             known = self._source_controls.get(int(route.listener.sock.family))
             if known is None:
                 return False
-            locals_ = list(map(_LOCAL, flows))
+            locals_ = [flow.local_address for flow in flows]
             if None in locals_:
                 return False
-            found = list(map(known.get, locals_))
+            found = list(map(known.get, cast("list[bytes]", locals_)))
             if None in found:  # a source not seen yet, or unknown (control messages cut short)
                 return False
             controls = b"".join(found)  # type: ignore[arg-type]
