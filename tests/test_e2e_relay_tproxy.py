@@ -34,7 +34,7 @@ from netlab import Lab, start_forwarder
 from netlab.lab import netns
 from netlab.lab.tproxy import steer
 from netlab.lab.wait import wait_until
-from netlab.service.relay import route_backend_errors
+from netlab.service.relay import install_relay_tproxy, route_backend_errors
 from netlab.topology.shipped import dual_stack
 
 pytestmark = pytest.mark.privileged
@@ -42,6 +42,7 @@ pytestmark = pytest.mark.privileged
 REPLY_PORT = 27999
 TPROXY = [*RELAY, "--reply-tproxy", str(REPLY_PORT)]
 BACKENDS = {4: "192.0.2.2", 6: "2001:db8:2::2"}
+BACKENDS_HOST_SIDE = {4: "192.0.2.1", 6: "2001:db8:2::1"}  # the host's address toward the backends
 
 
 def steer_replies(lab: Lab, version: int, port: int = 5353) -> None:
@@ -321,16 +322,108 @@ def test_without_the_mark_rule_the_forwarder_warns_at_start_naming_what_to_add(l
     assert "would not reach" not in forwarder.process.output()  # the flow sockets' check does not apply
 
 
-def test_a_backend_on_the_host_itself_is_refused_with_78_naming_why(lab: Lab) -> None:
-    lab.build(relay_deployment())
-    forwarder = start_forwarder(lab["host"], ["198.51.100.1:53"], ["127.0.0.1:5353"], args=TPROXY)
-    client_socket(lab, "198.51.100.10").sendto(b"start", ("198.51.100.1", 53))
+# --- a backend on the host itself (`--net=host`): its replies come back in through lo -----------------------
 
-    assert forwarder.process.wait(10) == 78
+LOCAL = {4: "127.0.0.1", 6: "::1"}
+
+
+@pytest.mark.parametrize(
+    ("backend", "listen", "destination", "client", "asked"),
+    [
+        ("127.0.0.1", "198.51.100.1:53", "127.0.0.1:5353", "198.51.100.10", ("198.51.100.1", 53)),
+        ("::1", "[2001:db8:1::1]:53", "[::1]:5353", "2001:db8:1::10", ("2001:db8:1::1", 53, 0, 0)),
+        ("127.0.0.1", "[::]:53", "127.0.0.1:5353", "198.51.100.10", ("198.51.100.1", 53)),
+        ("192.0.2.1", "198.51.100.1:53", "192.0.2.1:5353", "198.51.100.10", ("198.51.100.1", 53)),
+        ("2001:db8:2::1", "[::]:53", "[2001:db8:2::1]:5353", "2001:db8:1::10", ("2001:db8:1::1", 53, 0, 0)),
+    ],
+    ids=["ipv4", "ipv6", "dual-stack-ipv4-client", "ipv4-host-address", "ipv6-host-address"],
+)
+def test_a_backend_on_the_host_itself_answers_each_client_through_the_reply_socket(
+    lab: Lab, *, backend: str, listen: str, destination: str, client: str, asked: tuple[object, ...]
+) -> None:
+    # The README's local form: the loopback rule sends the backend's replies out through lo and back in,
+    # where the tproxy rule on lo hands them to the reply socket. No fwmark rule is installed, and none is
+    # needed: the start-up check asks for the loopback rule instead, and finds it. A backend on one of the
+    # host's own addresses takes the same rules with that address.
+    lab.build(relay_deployment())
+    lab["host"].sysctl("net.ipv4.ip_forward", "0")
+    start_answering(lab["host"], backend, 5353)
+    install_relay_tproxy(lab["host"], backend, 5353, REPLY_PORT, on_host=True)
+    forwarder = start_forwarder(lab["host"], [listen], [destination], args=TPROXY)
+    clients = [client_socket(lab, client) for _ in range(3)]
+
+    for serial, sock in enumerate(clients):
+        sock.sendto(b"local %d" % serial, asked[:2])
+    answers = [sock.recvfrom(65535) for sock in clients]
+
+    assert answers == [
+        (f"seen={client}:{sock.getsockname()[1]};local {serial}".encode(), asked)
+        for serial, sock in enumerate(clients)
+    ]
+    forwarder.wait_status(status_has("3 replies relayed, 0 replies dropped"))
+    assert "WARNING" not in forwarder.process.output()
+
+
+@pytest.mark.parametrize(
+    ("version", "destination", "listen", "asked"),
+    [
+        (4, "127.0.0.1:5353", "198.51.100.1:53", ("198.51.100.1", 53)),
+        (6, "[::1]:5353", "[2001:db8:1::1]:53", ("2001:db8:1::1", 53)),
+    ],
+    ids=["ipv4", "ipv6"],
+)
+def test_without_the_loopback_rule_a_backend_on_the_host_is_warned_of_at_start_naming_the_rule(
+    lab: Lab, version: int, destination: str, listen: str, asked: tuple[str, int]
+) -> None:
+    lab.build(relay_deployment())
+    start_answering(lab["host"], LOCAL[version], 5353)
+    install_relay_tproxy(lab["host"], LOCAL[version], 5353, REPLY_PORT, rule=False)
+    forwarder = start_forwarder(lab["host"], [listen], [destination], args=TPROXY)
+    sock = client_socket(lab, "198.51.100.10" if version == 4 else "2001:db8:1::10")
+    sock.sendto(b"start", asked)
+    forwarder.wait_ready()
+
+    warnings = [line for line in forwarder.process.output().splitlines() if "WARNING" in line]
+    ip = "ip" if version == 4 else "ip -6"
+    assert len(warnings) == 1, forwarder.process.output()
     assert (
-        "--reply-tproxy 27999: destination '127.0.0.1:5353' of socket '198.51.100.1:53' is on this host"
-        in forwarder.process.output()
+        f"--reply-tproxy {REPLY_PORT}: replies from {destination}, a backend on this host, would not come "
+        "back in through lo, where the tproxy rule takes them: the kernel " in warnings[0]
     )
+    assert f"`{ip} rule add from {LOCAL[version]} iif lo ipproto udp sport 5353 lookup 100`" in warnings[0]
+    assert "firewall mark" not in warnings[0]  # a reply looped through lo needs no mark routing
+    sock.settimeout(0.5)
+    with pytest.raises(TimeoutError):  # indeed: the backend's answer never reaches the client
+        sock.recvfrom(100)
+
+
+@pytest.mark.parametrize("version", [4, 6], ids=["ipv4", "ipv6"])
+def test_the_hosts_own_unconnected_client_of_a_local_backend_still_gets_its_answers(
+    lab: Lab, version: int
+) -> None:
+    # tproxy takes a datagram for an unconnected socket too: without `fib daddr type != local` the answer
+    # to a resolver on the host asking 127.0.0.1 would go to the reply socket, and be dropped there.
+    lab.build(relay_deployment())
+    host = lab["host"]
+    start_answering(host, LOCAL[version], 5353)
+    install_relay_tproxy(host, LOCAL[version], 5353, REPLY_PORT)
+    destination = "127.0.0.1:5353" if version == 4 else "[::1]:5353"
+    listen = "198.51.100.1:53" if version == 4 else "[2001:db8:1::1]:53"
+    forwarder = start_forwarder(host, [listen], [destination], args=TPROXY)
+    remote = client_socket(lab, "198.51.100.10" if version == 4 else "2001:db8:1::10")
+    remote.sendto(b"remote", (listen.rpartition(":")[0].strip("[]"), 53))
+    assert remote.recvfrom(100)[0].endswith(b";remote")
+
+    for source in (LOCAL[version], BACKENDS_HOST_SIDE[version]):  # asking from loopback, and from eth1
+        own = host.udp_socket(source, 0)
+        own.settimeout(5)
+        own.sendto(b"own", (LOCAL[version], 5353))
+        answer, sender = own.recvfrom(100)
+        assert (answer, sender[:2]) == (
+            f"seen={source}:{own.getsockname()[1]};own".encode(),
+            (LOCAL[version], 5353),
+        )
+    forwarder.wait_status(status_has("1 replies relayed, 0 replies dropped"))
 
 
 def test_a_reply_port_another_socket_holds_exits_71_naming_it(lab: Lab) -> None:

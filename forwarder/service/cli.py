@@ -148,7 +148,7 @@ def warn_of_relay_routing(settings: Settings, routes: Sequence[Route]) -> None:
     """Relay mode's start-up check of the host's routing: the mark routing of --reply-tproxy, or else the
     route of each backend's replies to the flow sockets."""
     if settings.reply_tproxy is not None:
-        warn_of_mark_routing({route.destination.family for route in routes}, settings.reply_tproxy)
+        warn_of_mark_routing(routes, settings.reply_tproxy)
     elif settings.relays:
         warn_of_reply_routes(routes)
 

@@ -6,7 +6,8 @@ A rule picks only the replies (from the backend's address, UDP, from the ports i
 to a table whose one route is `local 0.0.0.0/0 dev lo` (`local ::/0 dev lo` for IPv6), so the kernel
 delivers them locally, where an unconnected IP_TRANSPARENT socket bound to the client's address and port
 receives them. The backend's other traffic (other ports, TCP, ICMP) keeps the main table. A backend on
-the host itself needs go-mmproxy's form instead: `from 127.0.0.0/8 iif lo lookup N` (and `::1`).
+the host itself needs go-mmproxy's form instead: `from 127.0.0.0/8 iif lo lookup N` (and `::1`); with the
+one reply socket (--reply-tproxy), install_local_relay_tproxy's.
 Everything is done with pyroute2 inside the node and recorded in one RelayRouting, removed when the lab
 closes (or by its remove()); `relay_commands` spells the same as `ip` commands.
 """
@@ -29,8 +30,18 @@ from forwarder.io.sockets import set_transparent
 from netlab.errors import AddressError
 from netlab.lab import netns
 from netlab.lab.netlink import EEXIST, remove_rules_and_routes, tolerate
+from netlab.lab.nft import apply_ruleset
 from netlab.lab.node import LabNode
-from netlab.lab.tproxy import TproxySteering, steer, tproxy_commands
+from netlab.lab.tproxy import (
+    MARK_BASE,
+    ROUTE_TABLE_BASE,
+    TABLE_PREFIX,
+    TproxySteering,
+    steer,
+    tproxy_commands,
+    tproxy_rule,
+    tproxy_ruleset,
+)
 
 RELAY_TABLE = 100
 NFT_TABLE = "transparent_udp_forwarder_replies"  # the README recipe's (not `tproxy`: an nft keyword)
@@ -284,6 +295,67 @@ def install_relay_route(  # noqa: PLR0913 - the fields of one relay route
     return routing
 
 
+# A local backend's replies to this host's own clients are not steered.
+NOT_LOCAL = "fib daddr type != local "
+
+
+def _on_host(backend: str, on_host: bool | None) -> bool:
+    """Whether `backend` is on the host itself, whose replies are the host's own output: as `on_host` says,
+    or (None) when it is a loopback address (`--net=host`)."""
+    return _source(backend).network_address.is_loopback if on_host is None else on_host
+
+
+def local_tproxy_rule(rule: str) -> str:
+    """A tproxy rule (netlab.lab.tproxy.tproxy_rule) made fit for a backend on the host: it leaves alone the
+    replies to the host's own addresses (`fib daddr type != local`), which its local clients (a resolver
+    asking 127.0.0.1, say) are waiting for; tproxy would otherwise hand them, on an unconnected socket,
+    to the reply socket instead."""
+    return rule.replace("meta mark set ", NOT_LOCAL + "meta mark set ", 1)
+
+
+def local_tproxy_rule_commands(backend: str, ranges: Sequence[PortRange], table: int) -> list[str]:
+    """`ip rule add from BACKEND iif lo ipproto udp sport PORT lookup N` for each range (or the IPv6 twin):
+    the backend's own output toward a client is routed back in through lo instead of out (or refused)."""
+    source = _source(backend)
+    shown = str(source.network_address) if source.prefixlen == source.max_prefixlen else str(source)
+    return [
+        f"{_ip(source.version)} rule add from {shown} iif lo ipproto udp sport {_sport(first, last)} "
+        f"lookup {table}"
+        for first, last in ranges
+    ]
+
+
+def _local_tproxy_commands(  # noqa: PLR0913 - keyword-only: the fields of one recipe
+    backend: str,
+    ranges: Sequence[PortRange],
+    reply_port: int,
+    *,
+    mark: int,
+    table: int,
+    nft_table: str,
+) -> list[str]:
+    """The local form of relay_tproxy_commands: the nft rule on `iifname "lo"` (not for the host's own
+    addresses), the loopback rule that brings the replies there, and the local route; no fwmark rule (a
+    reply coming back in through lo keeps the local route it was sent by)."""
+    source = _source(backend)
+    steering = tproxy_commands(
+        source.version,
+        reply_port,
+        mark=mark,
+        table=table,
+        nft_table=nft_table,
+        saddr=backend,
+        sports=ranges,
+        iifname="lo",
+    )
+    return [
+        *steering[:2],
+        local_tproxy_rule(steering[2]),
+        *local_tproxy_rule_commands(backend, ranges, table),
+        steering[4],
+    ]
+
+
 def relay_tproxy_commands(  # noqa: PLR0913 - keyword-only: the fields of one recipe
     backend: str,
     ports: int | PortRange | Sequence[int | PortRange],
@@ -292,12 +364,20 @@ def relay_tproxy_commands(  # noqa: PLR0913 - keyword-only: the fields of one re
     interface: str | None = None,
     mark: int = 1,
     table: int = RELAY_TABLE,
+    on_host: bool | None = None,
 ) -> list[str]:
     """The commands an operator types for the tproxy variant of the relay routing (`forwarder --reply relay
     --reply-tproxy PORT`): an nft rule steering `backend`'s UDP replies from `ports` (arriving on
     `interface`, the host's link toward the backends, when given) to the one reply socket on `reply_port`,
-    with the fwmark rule and local route that deliver them (the README's recipe)."""
+    with the fwmark rule and local route that deliver them (the README's recipe). For a backend on the host
+    itself (a loopback address, or `on_host=True` for one of the host's own addresses) the local form
+    instead: the rule on `lo`, and the loopback rule in place of the fwmark rule (`interface` does not
+    apply)."""
     source = _source(backend)
+    if _on_host(backend, on_host):
+        return _local_tproxy_commands(
+            backend, port_ranges(ports), reply_port, mark=mark, table=table, nft_table=NFT_TABLE
+        )
     return tproxy_commands(
         source.version,
         reply_port,
@@ -310,13 +390,15 @@ def relay_tproxy_commands(  # noqa: PLR0913 - keyword-only: the fields of one re
     )
 
 
-def install_relay_tproxy(
+def install_relay_tproxy(  # noqa: PLR0913 - keyword-only: the fields of one steering
     node: LabNode,
     backend: str,
     ports: int | PortRange | Sequence[int | PortRange],
     reply_port: int,
     *,
     interface: str | None = None,
+    rule: bool = True,
+    on_host: bool | None = None,
 ) -> TproxySteering:
     """The tproxy variant of install_relay_routing: steer `backend`'s UDP replies from `ports` into `node`'s
     one reply socket bound to `reply_port` (the forwarder's --reply-tproxy) with netlab.lab.tproxy.steer,
@@ -325,7 +407,11 @@ def install_relay_tproxy(
     address and port, and IPv6 has no rp_filter to stop it. One call per family of a dual-stack backend;
     the result's `commands` spell it for an operator, its remove() takes it out, and the lab removes it when
     it closes. Fragmented replies need nothing more: the tproxy expression turns on the kernel's
-    defragmentation, so the rule sees whole replies and their ports."""
+    defragmentation, so the rule sees whole replies and their ports. A backend on `node` itself (a loopback
+    address, or `on_host=True` for one of its own addresses) gets install_local_relay_tproxy's form.
+    `rule=False` leaves out the fwmark rule (the loopback rule of the local form), for a broken set-up."""
+    if _on_host(backend, on_host):
+        return install_local_relay_tproxy(node, backend, ports, reply_port, rule=rule)
     source = _source(backend)
     return steer(
         node,
@@ -334,8 +420,62 @@ def install_relay_tproxy(
         saddr=backend,
         sports=port_ranges(ports),
         iifname=interface,
+        rule=rule,
         label="relay-tproxy",
     )
+
+
+def install_local_relay_tproxy(
+    node: LabNode,
+    backend: str,
+    ports: int | PortRange | Sequence[int | PortRange],
+    reply_port: int,
+    *,
+    rule: bool = True,
+) -> TproxySteering:
+    """Steer the replies of a backend on `node` itself (`backend` a loopback address, `--net=host`, or one
+    of the node's own addresses) from `ports` into the reply socket on `reply_port`. Its replies are the
+    host's own output, which passes no prerouting: a policy rule (`from BACKEND iif lo ipproto udp sport
+    PORT`, unless `rule` is False) routes them to a table whose only route is local, so they go out through
+    lo and come back in there, where the nft tproxy rule (on `iifname "lo"`, not for the host's own
+    addresses) hands them to the reply socket. No fwmark rule: a datagram looped through lo keeps the route
+    it was sent by. Built from netlab.lab.tproxy's rule and ruleset, since steer() has no selector for "not
+    to a local address"; removed like a steering."""
+    source = _source(backend)
+    ranges = port_ranges(ports)
+    serial = node.lab.next_serial()
+    mark, table, nft_table = MARK_BASE + serial, ROUTE_TABLE_BASE + serial, f"{TABLE_PREFIX}{serial}"
+    commands = _local_tproxy_commands(
+        backend, ranges, reply_port, mark=mark, table=table, nft_table=nft_table
+    )
+    steering = TproxySteering(node, source.version, mark, table, nft_table, commands)
+    node.lab.defer(steering.remove)
+    nft_rule = tproxy_rule(source.version, reply_port, mark=mark, saddr=backend, sports=ranges, iifname="lo")
+    apply_ruleset(
+        node, tproxy_ruleset(nft_table, source.version, local_tproxy_rule(nft_rule)), label="relay-tproxy"
+    )
+    steering.nft_loaded = True
+    rules = [
+        {
+            "src": str(source.network_address),
+            "src_len": source.prefixlen,
+            "iifname": "lo",
+            "ip_proto": IPPROTO_UDP,
+            "sport_range": f"{first}:{last}",
+            "priority": RELAY_PRIORITY,
+        }
+        for first, last in ranges
+    ]
+    with IPRoute(netns=node.namespace) as ipr:
+        family = _FAMILY[source.version]
+        route = local_route(family, table, ipr.link_lookup(ifname="lo")[0])
+        if tolerate(lambda: ipr.route("add", **route), EEXIST):
+            steering.routes.append(route)
+        for selector in rules if rule else []:
+            added = {"family": family, "table": table, **selector}
+            ipr.rule("add", **added)
+            steering.rules.append(added)
+    return steering
 
 
 ERRORS_TABLE = "netlab_relay_errors"
@@ -526,12 +666,15 @@ __all__ = [
     "enable_reassembly",
     "flow_socket",
     "install_local_relay_routing",
+    "install_local_relay_tproxy",
     "install_relay_route",
     "install_relay_routing",
     "install_relay_tproxy",
     "is_relayed",
     "local_backend_commands",
     "local_route",
+    "local_tproxy_rule",
+    "local_tproxy_rule_commands",
     "reassembly_ruleset",
     "relay_commands",
     "relay_rule",
