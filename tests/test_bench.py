@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from netlab.bench import contenders as contenders_module
-from netlab.bench.contenders import CONTENDERS, FORWARDER_ARGS, PEERS, nginx_config
+from netlab.bench.contenders import CONTENDERS, FORWARDER_ARGS, PEERS, checkout_program, nginx_config
 from netlab.bench.fixed_rate import echo_ceilings, fixed_rate_table, parse_rates, summarize_fixed_rate
 from netlab.bench.lab import Case, Contender, Run, session_cpu_seconds
 from netlab.bench.memory import MEASURED_PATHS, FlowMemory
@@ -440,3 +440,19 @@ def test_the_full_bench_measures_flow_memory_with_no_more_flows_than_ports() -> 
     from netlab.bench.memory import MAX_FLOWS
 
     assert 0 < Settings.full().memory_flows <= MAX_FLOWS
+
+
+def test_a_compared_checkout_runs_its_own_forwarder_even_from_a_checkout_with_another(tmp_path: Path) -> None:
+    # Started in this repository (whose forwarder/ would shadow PYTHONPATH without -P), the command of
+    # another checkout must run that checkout's package.
+    other = tmp_path / "before"
+    (other / "forwarder").mkdir(parents=True)
+    (other / "forwarder" / "__init__.py").write_text("")
+    (other / "forwarder" / "__main__.py").write_text("print('the other checkout')\n")
+    repository = Path(__file__).resolve().parent.parent
+
+    output = subprocess.run(
+        checkout_program(other), cwd=repository, capture_output=True, text=True, check=True
+    ).stdout
+
+    assert output == "the other checkout\n"

@@ -522,35 +522,56 @@ class Steered:
     forward direction goes through per-client sockets here (no raw socket is handed in), unconnected, so
     the steering still takes the replies."""
 
-    def __init__(self, lab: Lab, *, batched: bool = True, buffer_size: int = 65536) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        *,
+        batched: bool = True,
+        buffer_size: int = 65536,
+        listeners: tuple[str, ...] = ("198.51.100.1",),
+        max_flows: int = 4096,
+        pktinfo: bool = False,
+    ) -> None:
         lab.build(relay_deployment())
         steer_replies(lab, 4)
         self.lab = lab
         self.host = lab["host"]
         self.backend = lab["backend"].udp_socket("192.0.2.2", 5353)
         self.backend.settimeout(5)
-        listener = self.host.udp_socket("198.51.100.1", 53)
-        listener.setblocking(False)
-        self.route = Route(ListeningSocket(listener, "dns"), Destination(socket.AF_INET, "192.0.2.2", 5353))
-        self.machine = ForwardingMachine(Settings(reply="relay", reply_tproxy=REPLY_PORT))
+        self.routes = []
+        for address in listeners:
+            listener = self.host.udp_socket(address, 53)
+            listener.setblocking(False)
+            destination = Destination(socket.AF_INET, "192.0.2.2", 5353)
+            route = Route(ListeningSocket(listener, f"dns-{address}"), destination, pktinfo=pktinfo)
+            self.routes.append(route)
+        self.route = self.routes[0]
+        self.machine = ForwardingMachine(
+            Settings(reply="relay", reply_tproxy=REPLY_PORT, max_flows=max_flows)
+        )
         reply_socket = netns.run_in(
             self.host.namespace, lambda: open_reply_socket([socket.AF_INET], REPLY_PORT)
         )
         lab.defer(reply_socket.close)
         self.engine = Engine(
-            [self.route], Notifier({}), self.machine, reply_socket=reply_socket, buffer_size=buffer_size
+            self.routes, Notifier({}), self.machine, reply_socket=reply_socket, buffer_size=buffer_size
         )
         lab.defer(self.engine.close)
         if not batched:  # as where libc lacks recvmmsg and sendmmsg
             self.engine._replies = None
 
-    def ask(self, client: socket.socket) -> tuple[str, int]:
-        """Forward a datagram as if `client` had sent it; return where the backend saw it come from."""
+    def ask(
+        self, client: socket.socket, route: Route | None = None, local: str | None = None
+    ) -> tuple[str, int]:
+        """Forward a datagram as if `client` had sent it (to `route`'s listener, the first by default;
+        to the host's address `local`, on a wildcard one); return where the backend saw it come from."""
+        route = self.route if route is None else route
         raw = sockaddr_bytes(socket.AF_INET, client.getsockname())
-        action = self.machine.receive(self.route.path, raw, 3, 0, time.monotonic())
+        asked = None if local is None else socket.inet_aton(local)
+        action = self.machine.receive(route.path, raw, 3, 0, time.monotonic(), local=asked)
         netns.run_in(
             self.host.namespace,
-            functools.partial(self.engine.execute, self.route, action, memoryview(b"ask")),
+            functools.partial(self.engine.execute, route, action, memoryview(b"ask")),
         )
         return tuple(self.backend.recvfrom(100)[1])
 
@@ -600,6 +621,65 @@ def test_a_steered_reply_larger_than_the_receive_buffer_is_counted_not_cut(lab: 
         client.recvfrom(100)
     counters = steered.machine.counters
     assert (counters.relayed, counters.reply_dropped) == (1, {"reply-truncated": 1})
+
+
+def test_one_batch_of_replies_for_two_listeners_leaves_each_from_the_listener_its_client_asked(
+    lab: Lab,
+) -> None:
+    # Replies of one recvmmsg going to two listeners cannot leave in one run: each goes from its own.
+    steered = Steered(lab, listeners=("198.51.100.1", "198.51.100.2"))
+    first, second = client_socket(lab, "198.51.100.10"), client_socket(lab, "198.51.100.10")
+    askers = [steered.ask(first, steered.routes[0]), steered.ask(second, steered.routes[1])]
+
+    for round_number in range(2):  # the keys unknown, then learned
+        for serial in range(3):
+            for asker in askers:
+                steered.backend.sendto(b"%d-%d" % (round_number, serial), asker)
+        steered.replies_handled(6 * (round_number + 1))
+        for serial in range(3):
+            assert first.recvfrom(100) == (b"%d-%d" % (round_number, serial), ("198.51.100.1", 53))
+            assert second.recvfrom(100) == (b"%d-%d" % (round_number, serial), ("198.51.100.2", 53))
+    assert (steered.machine.counters.relayed, steered.machine.counters.reply_dropped) == (12, {})
+
+
+def test_a_late_reply_to_an_evicted_flow_whose_replies_were_relayed_is_counted_unmatched(lab: Lab) -> None:
+    # The flow's replies were matched by a learned key: the key goes with the flow.
+    steered = Steered(lab, max_flows=1)
+    first, second = client_socket(lab, "198.51.100.10"), client_socket(lab, "198.51.100.10")
+    first_asker = steered.ask(first)
+    steered.backend.sendto(b"early", first_asker)
+    steered.replies_handled(1)
+    assert first.recvfrom(100) == (b"early", ("198.51.100.1", 53))
+
+    second_asker = steered.ask(second)  # the table holds one flow: the first one goes
+    steered.backend.sendto(b"late", first_asker)
+    steered.backend.sendto(b"current", second_asker)
+    steered.replies_handled(3)
+
+    assert second.recvfrom(100) == (b"current", ("198.51.100.1", 53))
+    counters = steered.machine.counters
+    assert (counters.relayed, counters.reply_dropped) == (2, {"reply-unmatched": 1})
+    first.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        first.recvfrom(100)
+
+
+def test_one_batch_of_replies_on_a_wildcard_listener_leaves_each_from_the_address_its_client_asked(
+    lab: Lab,
+) -> None:
+    # Each message of the run carries its own IP_PKTINFO source: the address its client sent to.
+    steered = Steered(lab, listeners=("0.0.0.0",), pktinfo=True)
+    clients = [client_socket(lab, "198.51.100.10") for _ in range(4)]
+    asked = ["198.51.100.1", "198.51.100.2", "198.51.100.2", "198.51.100.1"]
+    askers = [steered.ask(client, local=local) for client, local in zip(clients, asked, strict=True)]
+
+    for round_number in range(3):  # the keys and the sources' control messages unknown, then known
+        for asker in askers:
+            steered.backend.sendto(b"round %d" % round_number, asker)
+        steered.replies_handled(4 * (round_number + 1))
+        for client, local in zip(clients, asked, strict=True):
+            assert client.recvfrom(100) == (b"round %d" % round_number, (local, 53))
+    assert (steered.machine.counters.relayed, steered.machine.counters.reply_dropped) == (12, {})
 
 
 @pytest.mark.parametrize("version", [4, 6], ids=["ipv4", "ipv6"])

@@ -19,6 +19,7 @@ from forwarder.io.control import (
     PKTINFO_ADDRESS,
     PKTINFO_KIND,
     UNKNOWN_LOCAL,
+    origdst_first,
     origdst_in_control,
     origdst_local,
     pktinfo_in_control,
@@ -205,3 +206,39 @@ def test_a_short_original_destination_message_is_not_trusted() -> None:
 def test_any_control_buffer_yields_a_sockaddr_or_nothing(chain: bytes) -> None:
     found = origdst_in_control(chain)
     assert found is None or len(found) in (16, 28)
+
+
+@pytest.mark.parametrize(
+    ("level", "kind", "sockaddr"),
+    [(socket.IPPROTO_IP, 20, SOCKADDR_IN), (socket.IPPROTO_IPV6, 74, SOCKADDR_IN6)],
+)
+def test_an_original_destination_first_in_its_control_messages_is_read_at_its_fixed_place(
+    level: int, kind: int, sockaddr: bytes
+) -> None:
+    # The reply socket's only message: read without a walk; anything before it leaves it to the walk.
+    assert origdst_first(_cmsg(level, kind, sockaddr)) == sockaddr
+    assert origdst_first(_cmsg(level, kind, sockaddr) + _cmsg(socket.SOL_SOCKET, 29, bytes(16))) == sockaddr
+    assert origdst_first(_cmsg(socket.SOL_SOCKET, 29, bytes(16)) + _cmsg(level, kind, sockaddr)) is None
+    cut = _cmsg(level, kind, sockaddr)[: socket.CMSG_LEN(len(sockaddr)) - 1]
+    assert origdst_first(cut) is None  # not all of it is there
+
+
+def test_an_original_destination_message_of_another_length_is_not_read_at_the_fixed_place() -> None:
+    assert origdst_first(_cmsg(socket.IPPROTO_IP, 20, SOCKADDR_IN[:8])) is None
+    assert origdst_first(_cmsg(socket.IPPROTO_IP, 20, SOCKADDR_IN6)) is None  # an IPv6 size, IPv4 kind
+    assert origdst_first(_cmsg(socket.IPPROTO_IPV6, 74, SOCKADDR_IN)) is None
+    assert origdst_first(b"") is None
+
+
+origdst_messages = st.sampled_from(
+    [(socket.IPPROTO_IP, 20, SOCKADDR_IN), (socket.IPPROTO_IPV6, 74, SOCKADDR_IN6)]
+)
+
+
+@given(st.lists(st.one_of(st.tuples(levels, kinds, st.binary(max_size=48)), origdst_messages), max_size=4))
+def test_the_fixed_place_read_agrees_with_the_walk_whenever_it_answers(chain: list[Message]) -> None:
+    buffer = encode(chain)
+    first = origdst_first(buffer)
+    assert first is None or first == origdst_in_control(buffer)
+    if chain and chain[0] in ((socket.IPPROTO_IP, 20, SOCKADDR_IN), (socket.IPPROTO_IPV6, 74, SOCKADDR_IN6)):
+        assert first == chain[0][2]

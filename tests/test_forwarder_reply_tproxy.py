@@ -11,14 +11,16 @@ import pytest
 from test_forwarder_machine import V4, V6, v4, v6
 
 from forwarder.core.actions import Drop, OpenFlow
+from forwarder.core.addresses import sockaddr_bytes
 from forwarder.core.destination import Destination
 from forwarder.core.flows import Flow, Path
 from forwarder.core.machine import ForwardingMachine
+from forwarder.core.reply_rules import STEERED_KEYS_PER_FLOW
 from forwarder.core.settings import Settings
 from forwarder.errors import MissingPermissionError
 from forwarder.io.control import origdst_in_control, pktinfo_in_control
 from forwarder.io.linux import IP_PKTINFO
-from forwarder.io.replies import ReplyBatch
+from forwarder.io.replies import ReplyBatch, source_control
 from forwarder.io.reply_socket import ORIGDST_SPACE, reply_socket_family
 from forwarder.service import cli
 from forwarder.service.options import build_parser, settings_from
@@ -162,6 +164,50 @@ def test_a_truncated_steered_reply_is_counted_never_relayed() -> None:
     assert machine.counters.relayed == 0
 
 
+def test_a_steered_replys_flow_is_found_by_the_key_it_was_learned_under_and_counts_as_use() -> None:
+    # The engine names a reply by its key (the bytes it read the source and client from); a relayed
+    # reply teaches the machine that key, and a batch of keys is matched at once from then on.
+    machine = steering()
+    flow = opened(machine, V4, CLIENT)
+    assert machine.steered_flows([b"key-1"], 2.0) == ([None], 0)  # not learned yet: reply_arrived decides
+    assert machine.reply_arrived(BACKEND4, CLIENT, 10, 0, 2.0, key=b"key-1") is flow
+
+    assert machine.steered_flows([b"key-1", b"key-2", b"key-1"], 5.0) == ([flow, None, flow], 2)
+    assert flow.last_used == 5.0
+    assert (machine.counters.relayed, machine.counters.reply_dropped) == (3, {})
+
+
+def test_a_key_is_forgotten_with_its_flow_so_a_late_reply_never_reaches_the_clients_next_flow() -> None:
+    machine = steering(max_flows=1)
+    first = opened(machine, V4, CLIENT)
+    assert machine.reply_arrived(BACKEND4, CLIENT, 10, 0, 2.0, key=b"key") is first
+    opened(machine, V4, v4("203.0.113.8", 1))  # evicts the first flow
+    assert machine.steered_flows([b"key"], 3.0) == ([None], 0)
+    assert machine.reply_arrived(BACKEND4, CLIENT, 10, 0, 3.0, key=b"key") == Drop(
+        "reply-unmatched", None, CLIENT, reply=True
+    )
+
+    again = opened(machine, V4, CLIENT, 4.0)  # the client comes back: a new flow, learned anew
+    assert machine.steered_flows([b"key"], 5.0) == ([None], 0)
+    assert machine.reply_arrived(BACKEND4, CLIENT, 10, 0, 5.0, key=b"key") is again
+    assert machine.steered_flows([b"key"], 6.0) == ([again], 1)
+
+
+def test_a_dropped_reply_teaches_no_key_and_a_flow_keeps_a_few_at_most() -> None:
+    machine = steering()
+    flow = opened(machine, V4, CLIENT)
+    machine.reply_arrived(BACKEND4, CLIENT, 70000, socket.MSG_TRUNC, 2.0, key=b"truncated")
+    machine.reply_arrived(v4("192.0.2.9", 53), CLIENT, 10, 0, 2.0, key=b"stranger")
+    assert machine.steered_flows([b"truncated", b"stranger"], 3.0) == ([None, None], 0)
+
+    keys = [b"key-%d" % serial for serial in range(STEERED_KEYS_PER_FLOW + 2)]
+    for key in keys:
+        assert machine.reply_arrived(BACKEND4, CLIENT, 10, 0, 3.0, key=key) is flow
+    flows, found = machine.steered_flows(keys, 4.0)
+    assert found == STEERED_KEYS_PER_FLOW
+    assert flows[:STEERED_KEYS_PER_FLOW] == [flow] * STEERED_KEYS_PER_FLOW
+
+
 def test_a_failed_read_of_the_reply_socket_is_counted_by_errno() -> None:
     machine = steering()
     assert machine.steered_receive_failed(12) == Drop("reply-receive-error:ENOMEM", None, None, reply=True)
@@ -202,6 +248,92 @@ def test_the_reply_batch_receives_each_replys_control_messages_batch_after_batch
                 assert bytes(batch.payload(index)) == b"%d-%d" % (batch_number, index)
                 assert pktinfo_in_control(control, socket.AF_INET) == socket.inet_aton("127.0.0.1")
                 assert origdst_in_control(control) is None  # a pktinfo message is no original destination
+
+
+def loopback_pair() -> tuple[socket.socket, socket.socket]:
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    sender.bind(("127.0.0.1", 0))
+    return receiver, sender
+
+
+def reply_batch(**options: int) -> ReplyBatch:
+    batch = ReplyBatch.create(
+        **{"capacity": 4, "buffer_size": 256, "control_space": ORIGDST_SPACE, **options}
+    )
+    if batch is None:
+        pytest.skip("this libc has no recvmmsg/sendmmsg")
+    return batch
+
+
+def test_a_slots_key_names_its_source_and_control_messages_whatever_the_slot_held_before() -> None:
+    # IP_PKTINFO stands in for IP_ORIGDSTADDR. The key must be the same for the same source and control
+    # messages: a longer control chain in the slot before (TTL too) must leave nothing behind in it.
+    batch, fresh = reply_batch(), reply_batch()
+    receiver, sender = loopback_pair()
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with receiver, sender, other:
+        receiver.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        receiver.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
+        for _ in range(2):
+            sender.sendto(b"ttl", receiver.getsockname())
+        assert batch.receive(receiver.fileno(), 0, 4) == 2
+        receiver.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 0)
+        for peer in (sender, sender, other, sender):
+            peer.sendto(b"plain", receiver.getsockname())
+        assert batch.receive(receiver.fileno(), 0, 2) == 2
+        assert fresh.receive(receiver.fileno(), 0, 4) == 2
+
+        keys = batch.keys(0, 2) + fresh.keys(0, 2)
+        assert keys[0] == keys[1] == keys[3] == batch.key(0)
+        assert keys[2] != keys[0]  # another source
+        assert keys[0][: len(batch.received(0)[0])] == batch.received(0)[0]
+
+
+def test_a_run_of_replies_leaves_each_to_its_own_name_with_its_own_source() -> None:
+    batch = reply_batch()
+    receiver, sender = loopback_pair()
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    with receiver, sender, clients[0], clients[1], clients[2]:
+        for client in clients:
+            client.bind(("127.0.0.1", 0))
+            client.settimeout(5)
+        for serial, size in enumerate((3, 40, 7)):
+            sender.sendto(bytes([65 + serial]) * size, receiver.getsockname())
+        assert batch.receive(receiver.fileno(), 0, 4) == 3
+        assert not batch.flagged(0, 3)
+        names = b"".join(sockaddr_bytes(socket.AF_INET, client.getsockname()) for client in clients)
+        controls = source_control(socket.AF_INET, socket.inet_aton("127.0.0.1")) * 3
+
+        batch.stage_run(0, 3, names, controls)
+        assert batch.send(sender.fileno(), 0, 3) == (3, 0)
+        for serial, (client, size) in enumerate(zip(clients, (3, 40, 7), strict=True)):
+            assert client.recvfrom(100) == (bytes([65 + serial]) * size, sender.getsockname())
+
+        # A message staged one by one after a run goes to its own name again, without a source control.
+        batch.stage(1, 1, sockaddr_bytes(socket.AF_INET, clients[2].getsockname()), b"")
+        assert batch.send(sender.fileno(), 1, 1) == (1, 0)
+        assert clients[2].recvfrom(100) == (b"B" * 40, sender.getsockname())
+
+        # And a run of the first one's shape after it writes its own names and sources again.
+        batch.stage_run(0, 3, names[16:] + names[:16], controls)
+        assert batch.send(sender.fileno(), 0, 3) == (3, 0)
+        for serial, size in enumerate((3, 40, 7)):
+            client = clients[(serial + 1) % 3]
+            assert client.recvfrom(100) == (bytes([65 + serial]) * size, sender.getsockname())
+
+
+def test_a_truncated_reply_flags_its_batch() -> None:
+    batch = reply_batch(buffer_size=16)
+    receiver, sender = loopback_pair()
+    with receiver, sender:
+        sender.sendto(b"fits", receiver.getsockname())
+        sender.sendto(b"x" * 17, receiver.getsockname())
+        assert batch.receive(receiver.fileno(), 0, 4) == 2
+        assert not batch.flagged(0, 1)
+        assert batch.flagged(0, 2)
+        assert batch.flagged(1, 1)
 
 
 def test_the_readmes_reply_socket_recipe_is_what_the_lab_steers_with() -> None:

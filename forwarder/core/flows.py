@@ -149,6 +149,7 @@ class Flow(Entry):
         "raw_peer",
         "senders",
         "socket",
+        "steered",
     )
 
     def __init__(  # noqa: PLR0913 - a record of what a flow is: one field each
@@ -181,6 +182,8 @@ class Flow(Entry):
         self.headers: dict[tuple[Path, bytes | None], bytearray] | None = None
         # The sender keys that lead to this flow (forgotten with it).
         self.senders: list[FlowKey] = []
+        # --reply-tproxy: the keys its steered replies were learned under (forgotten with it).
+        self.steered: list[bytes] | None = None
         # On the raw send path: what its datagrams need there (forwarder.io.rawsend.RawFlow), built once.
         self.raw: object | None = None
 

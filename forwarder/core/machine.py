@@ -106,8 +106,11 @@ class ForwardingMachine(ReplyRules):
             names_in_header=settings.send_proxy_protocol,
             backends=backends,
         )
-        # The (address, port) each raw source of a reply on the tproxy reply socket names (reply_arrived).
+        # The (address, port) each raw source of a reply on the tproxy reply socket names (reply_arrived),
+        # and a steered reply's key (its raw source and client as the engine reads them) -> its flow.
         self._reply_targets: dict[bytes, tuple[str, int]] = {}
+        self._steered: dict[bytes, Flow] = {}
+        self._steered_get: Callable[[bytes], Flow | None] = self._steered.get
         # Sender key -> its flow: the hot path's one lookup (kept in step with the flow table).
         self._senders: dict[FlowKey, Flow] = {}
         self._lookup: Callable[[FlowKey], Flow | None] = self._senders.get
@@ -375,11 +378,15 @@ class ForwardingMachine(ReplyRules):
         return self._gone(self.flows.clear())
 
     def _gone(self, flows: list[Flow]) -> CloseFlows:
-        """Flows that left the table: their senders miss again; the engine closes their sockets."""
-        senders = self._senders
+        """Flows that left the table: their senders miss again, and so do the keys of their steered replies;
+        the engine closes their sockets."""
+        senders, steered = self._senders, self._steered
         for flow in flows:
             for sender in flow.senders:
                 senders.pop(sender, None)
+            if flow.steered is not None:
+                for key in flow.steered:
+                    steered.pop(key, None)
         return CloseFlows(tuple(flows))
 
 

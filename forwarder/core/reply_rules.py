@@ -2,9 +2,15 @@
 none, whether it came on the flow's own socket or on the one tproxy reply socket (matched by its source,
 the backend, and its original destination, the client: one dict lookup), and the ICMP errors about a
 flow's datagrams, counted by type. Part of ForwardingMachine.
+
+A steered reply's flow is learned under a key the engine gives, the bytes it read the reply's source and
+client from (opaque here: the same source and client always give the same key, and a key names one of
+each); from then on a whole batch of replies is matched by one lookup each, in C (`steered_flows`). A key
+is forgotten with its flow, so a reply of an evicted flow is never sent to its successor.
 """
 
 import socket
+from collections.abc import Callable, Sequence
 
 from forwarder.core.actions import Drop
 from forwarder.core.addresses import SockAddr, decode_sockaddr, plain_address
@@ -15,6 +21,8 @@ from forwarder.core.icmp import QueuedError
 MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: an IntFlag makes every `flags & MSG_TRUNC` an enum call
 # Reply sources remembered decoded (the backends, and whatever else the steering lets through).
 REPLY_TARGETS = 1024
+# The keys a flow's steered replies are learned under, at most (normally one).
+STEERED_KEYS_PER_FLOW = 4
 
 
 class ReplyRules:
@@ -25,6 +33,9 @@ class ReplyRules:
     counters: Counters
     # The raw sockaddr a reply on the reply socket came from -> the (address, port) it names.
     _reply_targets: dict[bytes, tuple[str, int]]
+    # A steered reply's key -> its flow (learned by reply_arrived, forgotten with the flow), and its get.
+    _steered: dict[bytes, Flow]
+    _steered_get: Callable[[bytes], Flow | None]
 
     def reply_received(
         self, flow: Flow, source: SockAddr, size: int, flags: int, now: float
@@ -50,15 +61,35 @@ class ReplyRules:
         self.counters.relayed += 1
         return flow
 
-    def reply_arrived(
-        self, source: bytes, client: bytes | None, size: int, flags: int, now: float
+    def steered_flows(self, keys: Sequence[bytes], now: float) -> tuple[list[Flow | None], int]:
+        """The flows of a batch of steered replies (none truncated), each named by its key, and how many
+        were found: a flow learned under the key (the reply counts as relayed and as use of the flow), or
+        None for a key not learned yet, whose reply the engine hands to reply_arrived."""
+        flows = list(map(self._steered_get, keys))
+        found = list(filter(None, flows))  # a flow is always true: the C loop drops only the Nones
+        for flow in found:
+            flow.last_used = now
+            flow.referenced = True
+        self.counters.relayed += len(found)
+        return flows, len(found)
+
+    def reply_arrived(  # noqa: PLR0913 - the hot path's reply metadata as plain arguments
+        self,
+        source: bytes,
+        client: bytes | None,
+        size: int,
+        flags: int,
+        now: float,
+        *,
+        key: bytes | None = None,
     ) -> "Flow | Drop":
         """A reply of `size` bytes from the raw sockaddr `source` to the client `client` (the raw original
         destination the tproxy rule kept; None or b"" when the kernel gave none) arrived on the reply
         socket: the flow whose client it is relayed to (it counts as use of that flow), or why not. Its
         flow is the one of its backend and client, as on the forward path (one dict lookup, the source's
         decoding cached); a reply from no backend of ours, without its client, or whose flow is gone
-        (evicted) is `reply-unmatched`: never sent anywhere else."""
+        (evicted) is `reply-unmatched`: never sent anywhere else. A relayed reply's `key` (None: none)
+        finds the flow in steered_flows from now on, while the flow lasts."""
         flow = None
         if client:
             target = self._reply_targets.get(source)
@@ -70,10 +101,22 @@ class ReplyRules:
             return self._steered_drop(None, client, reason)
         if flags & MSG_TRUNC:
             return self._steered_drop(flow.path, client, DropReason.REPLY_TRUNCATED)
+        if key is not None:
+            self._learn(key, flow)
         flow.last_used = now
         flow.referenced = True
         self.counters.relayed += 1
         return flow
+
+    def _learn(self, key: bytes, flow: Flow) -> None:
+        """Remember `flow` under a steered reply's `key` (a few keys per flow at most: its backend's
+        replies normally read one way, and a source seen some other way costs only the slower match)."""
+        keys = flow.steered
+        if keys is None:
+            keys = flow.steered = []
+        if key not in keys and len(keys) < STEERED_KEYS_PER_FLOW:
+            keys.append(key)
+            self._steered[key] = flow
 
     def _reply_target(self, source: bytes) -> tuple[str, int]:
         """The (address, port) a raw reply source names, as flows are keyed (a v4-mapped one as IPv4, so

@@ -41,6 +41,12 @@ MSG_CTRUNC = int(socket.MSG_CTRUNC)
 # struct cmsghdr: size_t cmsg_len, int cmsg_level, int cmsg_type; messages start CMSG_ALIGN'ed.
 _CMSGHDR = struct.Struct("@Nii")
 _ALIGN = struct.calcsize("@N")
+_HEADER = _CMSGHDR.size
+# The whole struct cmsghdr of each original destination's message (its cmsg_len says the sockaddr's size is
+# the one expected) -> that size: one bytes compare checks a message's length, level and type.
+ORIGDST_HEADERS = {
+    _CMSGHDR.pack(socket.CMSG_LEN(size), level, kind): size for (level, kind), size in ORIGDST_KINDS.items()
+}
 
 log = logging.getLogger("forwarder")
 
@@ -95,11 +101,25 @@ def origdst_local(ancillary: list[tuple[int, int, bytes]], flags: int = 0) -> by
     return None
 
 
+def origdst_first(control: bytes | bytearray | memoryview) -> bytes | None:
+    """The original destination in a raw control buffer whose first message is it (the reply socket's
+    only one): read at its fixed offset once its header (length, level, type) is checked in one compare;
+    None when the first message is another (walk them: origdst_in_control). The caller has checked the
+    flags for MSG_CTRUNC."""
+    size = ORIGDST_HEADERS.get(bytes(control[:_HEADER]))
+    if size is None or len(control) < _HEADER + size:
+        return None
+    return bytes(control[_HEADER : _HEADER + size])
+
+
 def origdst_in_control(control: bytes | bytearray | memoryview, flags: int = 0) -> bytes | None:
     """origdst_local for a raw control buffer as recvmsg/recvmmsg filled it (`control` is msg_controllen
     bytes long), walked like pktinfo_in_control."""
     if flags & MSG_CTRUNC:
         return UNKNOWN_LOCAL
+    client = origdst_first(control)
+    if client is not None:
+        return client
     header = _CMSGHDR.size
     end = len(control)
     at = 0

@@ -2,8 +2,8 @@
 loop's selector), reading their error queues when they report an error, and in relay mode the backend's
 replies: one pass per loop turn over the ready ones (recvmmsg on each), then one sendmmsg per listener for
 every reply of the pass (forwarder.io.replies), each from the address its client sent to. With
---reply-tproxy the replies of every flow come to the one reply socket instead (forwarder.io.reply_socket):
-read in batches with their clients, matched by the machine, sent the same way.
+--reply-tproxy the replies of every flow come to the one reply socket instead (forwarder.io.reply_socket),
+read by its own side (forwarder.io.steered, a base of this one), which shares the reply batch and sends.
 """
 
 import contextlib
@@ -17,12 +17,12 @@ from forwarder.core.addresses import SockAddr, decode_sockaddr, sockaddr_bytes
 from forwarder.core.flows import Flow, Path, bounded_put
 from forwarder.core.machine import ForwardingMachine
 from forwarder.core.settings import Settings
-from forwarder.io.control import origdst_in_control, origdst_local
 from forwarder.io.errorqueue import ErrorQueues
 from forwarder.io.linux import IP_PKTINFO
 from forwarder.io.listeners import Route
 from forwarder.io.replies import ReplyBatch, source_control
-from forwarder.io.reply_socket import ORIGDST_SPACE
+from forwarder.io.reply_socket import ORIGDST_SPACE, key_layout
+from forwarder.io.steered import SteeredReplies
 
 # A flow socket is read until EAGAIN, but at most this many replies (or queued errors) at a time.
 MAX_REPLIES = 256
@@ -30,7 +30,7 @@ MAX_REPLIES = 256
 NAME_CACHE_SIZE = 4096
 
 
-class FlowSide:
+class FlowSide(SteeredReplies):
     """The engine's flow-socket methods (a base of Engine, which sets these fields)."""
 
     machine: ForwardingMachine
@@ -54,19 +54,19 @@ class FlowSide:
         self._watched: dict[int, Flow] = {}
         # Relay mode gathers the replies of a pass and sends them with one sendmmsg per listener.
         # The reply socket's replies carry their client in a control message: room for it per slot.
-        control = ORIGDST_SPACE if self.reply_socket is not None else 0
-        self._replies = (
-            ReplyBatch.create(buffer_size=buffer_size, control_space=control)
-            if self.settings.relays
-            else None
-        )
+        layout: dict[str, int] = {}
+        if self.reply_socket is not None:
+            name_space, key_control = key_layout(self.reply_socket.family)
+            layout = {"control_space": ORIGDST_SPACE, "name_space": name_space, "key_control": key_control}
+        self._replies = ReplyBatch.create(buffer_size=buffer_size, **layout) if self.settings.relays else None
         # The replies waiting to leave, per route (= listener): (the flow relayed to, the reply's slot).
         self._staged: list[tuple[Route, list[tuple[Flow, int]]]] = [(route, []) for route in self.routes]
         self._staged_of = {route.path: staged for route, staged in self._staged}
         self._used = 0  # slots of the reply batch filled in this pass
         self._target_names: dict[Path, bytes] = {}
         self._client_names: dict[tuple[int, SockAddr], bytes] = {}
-        self._source_controls: dict[tuple[int, bytes], bytes] = {}
+        # Per listener family: a reply source's raw address -> its raw control message (IP_PKTINFO).
+        self._source_controls: dict[int, dict[bytes, bytes]] = {}
 
     # --- the flow sockets: errors, and the backend's replies -----------------------------------------------
 
@@ -145,69 +145,6 @@ class FlowSide:
             if count < wanted:  # the queue is empty now (a reply arriving later wakes the loop again)
                 return
 
-    def steered_pass(self, now: float) -> None:
-        """The reply socket is readable: read up to MAX_REPLIES replies, batched with recvmmsg, each with
-        its client (its original destination); the machine says whose each one is; then they leave, one
-        sendmmsg per listener."""
-        sock = self.reply_socket
-        batch = self._replies
-        assert sock is not None
-        if batch is None:
-            self._steered_each(sock, now)
-            return
-        machine = self.machine
-        fd = sock.fileno()
-        staged_of = self._staged_of
-        handled = 0
-        while handled < MAX_REPLIES:
-            first = self._used
-            wanted = min(batch.capacity - first, MAX_REPLIES - handled)
-            try:
-                count = batch.receive(fd, first, wanted)
-            except OSError as error:
-                handled += 1
-                self.log_drop(machine.steered_receive_failed(error.errno or errno.EIO))
-                continue
-            for index in range(first, first + count):
-                raw, size, flags = batch.received(index)
-                client = origdst_in_control(batch.control(index), flags)
-                action = machine.reply_arrived(raw, client, size, flags, now)
-                if action.__class__ is Flow:
-                    staged = staged_of.get(action.path)
-                    if staged is None:  # a port range's flow: its reply leaves from the port asked, now
-                        self.relay_from_port(action, batch.payload(index))
-                    else:
-                        staged.append((action, index))
-                else:
-                    self.log_drop(action)  # type: ignore[arg-type]
-            self._used = first + count
-            handled += count
-            if self._used == batch.capacity:
-                self.flush_replies()
-            if count < wanted:
-                break
-        self.flush_replies()
-
-    def _steered_each(self, sock: socket.socket, now: float) -> None:
-        """Without recvmmsg and sendmmsg: one recvmsg and one send per steered reply."""
-        machine = self.machine
-        buffers, view = self._reply_buffers, self._reply_view
-        for _ in range(MAX_REPLIES):
-            try:
-                size, ancillary, flags, source = sock.recvmsg_into(buffers, ORIGDST_SPACE)
-            except BlockingIOError:
-                return
-            except OSError as error:
-                self.log_drop(machine.steered_receive_failed(error.errno or errno.EIO))
-                continue
-            family = socket.AF_INET6 if ":" in str(source[0]) else socket.AF_INET
-            raw = self._client_name(family, source)
-            action = machine.reply_arrived(raw, origdst_local(ancillary, flags), size, flags, now)
-            if action.__class__ is Flow:
-                self.relay(action, view[:size])
-            else:
-                self.log_drop(action)  # type: ignore[arg-type]
-
     def flush_replies(self) -> None:
         """Send the replies gathered: one sendmmsg per listening socket, each message to its own client
         from the address that client sent to."""
@@ -242,19 +179,19 @@ class FlowSide:
                 self.relay(staged[0][0], batch.payload(staged[0][1]))
                 message = first
             elif staged:
-                self._send_group(route.listener.sock, first, staged)
+                self._send_group(route.listener.sock, first, [flow for flow, _ in staged])
 
-    def _send_group(self, listener: socket.socket, first: int, group: list[tuple[Flow, int]]) -> None:
-        """sendmmsg the staged messages of `group` on `listener`; a message that fails is counted and the
-        ones after it are still sent."""
+    def _send_group(self, listener: socket.socket, first: int, flows: list[Flow]) -> None:
+        """sendmmsg the staged messages first.. to `flows` on `listener`; a message that fails is counted
+        and the ones after it are still sent."""
         batch = self._replies
         assert batch is not None
-        fd, done, count = listener.fileno(), 0, len(group)
+        fd, done, count = listener.fileno(), 0, len(flows)
         while done < count:
             sent, failure = batch.send(fd, first + done, count - done)
             done += sent
             if failure or not sent:
-                self.log_drop(self.machine.reply_send_failed(group[done][0], failure or errno.EIO))
+                self.log_drop(self.machine.reply_send_failed(flows[done], failure or errno.EIO))
                 done += 1
 
     def _target_name(self, path: Path) -> bytes:
@@ -272,10 +209,13 @@ class FlowSide:
         return name
 
     def _source_control_raw(self, family: int, local: bytes) -> bytes:
-        control = self._source_controls.get((family, local))
+        known = self._source_controls.get(family)
+        if known is None:
+            known = self._source_controls[family] = {}
+        control = known.get(local)
         if control is None:
             control = source_control(family, local)
-            bounded_put(self._source_controls, (family, local), control, NAME_CACHE_SIZE)
+            bounded_put(known, local, control, NAME_CACHE_SIZE)
         return control
 
     def _relay_each(self, flow: Flow, sock: socket.socket, now: float) -> None:

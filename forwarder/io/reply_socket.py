@@ -5,8 +5,8 @@ its client, the address and port it was sent to, in IP_ORIGDSTADDR / IPV6_ORIGDS
 no socket per client: a flow on the raw send path holds no descriptor at all.
 
 Opened at start-up, while the forwarder holds its capability (IP_TRANSPARENT needs CAP_NET_RAW or
-CAP_NET_ADMIN); nothing later needs one. Reading it is the engine's flow side (forwarder.io.flow_side),
-which shares the reply batch and its sendmmsg with the flow sockets' replies.
+CAP_NET_ADMIN); nothing later needs one. Reading it is the engine's (forwarder.io.steered), which shares
+the reply batch and its sendmmsg with the flow sockets' replies.
 """
 
 import socket
@@ -21,6 +21,16 @@ ORIGDST_SPACE = socket.CMSG_SPACE(28) + 16
 # The reply socket's receive queue (SO_RCVBUFFORCE where allowed): every client's replies wait here
 # while a listener is drained, so it is as large as the send queue of a flow socket times a few.
 REPLY_SOCKET_BUFFER = 16 << 20
+
+
+def key_layout(family: socket.AddressFamily) -> tuple[int, int]:
+    """The room for a reply's source and the part of its control messages that a reply's key holds (see
+    forwarder.io.replies), on a reply socket of `family`: on an IPv4 one a struct sockaddr_in and the
+    IP_ORIGDSTADDR message only, a shorter key (it is hashed per reply); on a dual-stack one room for
+    either family's."""
+    if family == socket.AF_INET:
+        return 16, socket.CMSG_SPACE(16)
+    return 32, socket.CMSG_SPACE(28)
 
 
 def reply_socket_family(families: Iterable[socket.AddressFamily]) -> socket.AddressFamily:

@@ -81,13 +81,17 @@ FORWARDER_ARGS = ["--log-level", "warning", "--receive-buffer", str(4 << 20), "-
 SOCKETS_PATH = ("--send-path", "sockets")
 
 
+def checkout_program(checkout: Path) -> list[str]:
+    """The command that runs `checkout`'s forwarder whatever the working directory: `-P` keeps Python from
+    putting the directory it was started in (a checkout with its own `forwarder/`) ahead of PYTHONPATH, which
+    would race this checkout against itself. `env` execs, so the forwarder keeps the pid LISTEN_PID names."""
+    return ["env", f"PYTHONPATH={checkout}", sys.executable, "-P", "-m", "forwarder"]
+
+
 def forwarder_with(*extra: str, checkout: Path | None = None) -> Setup:
     """The forwarder, socket-activated and pinned, with `extra` arguments after the benchmark's own; the one
     of another `checkout` (its `forwarder/` package) when given, to race two versions in one run."""
-    # `env` execs, so the forwarder keeps the pid LISTEN_PID names; its PYTHONPATH wins over this checkout's.
-    program = (
-        None if checkout is None else ["env", f"PYTHONPATH={checkout}", sys.executable, "-m", "forwarder"]
-    )
+    program = None if checkout is None else checkout_program(checkout)
 
     @contextmanager
     def setup(bench: BenchLab, case: Case) -> Iterator[Process]:
