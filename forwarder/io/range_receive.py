@@ -13,7 +13,7 @@ from forwarder.core.ranges import PortMap
 from forwarder.core.settings import Settings
 from forwarder.io.batch import NAME_LENGTH, BatchReceiver
 from forwarder.io.control import CONTROL_SPACE, origdst_in_control, origdst_local
-from forwarder.io.receive import NAME_CACHE_SIZE, Executor, Strategy
+from forwarder.io.receive import NAME_CACHE_SIZE, Executor, Strategy, flush_raw
 
 if TYPE_CHECKING:
     from forwarder.io.listeners import Route
@@ -115,7 +115,7 @@ class RangeReceive:
                 else:
                     executor.execute(route, action, data[offset : offset + size])
             if raw is not None:
-                self._flush(raw)
+                flush_raw(raw, executor)
             handled += count
             if count < receiver.batch:
                 return
@@ -135,13 +135,6 @@ class RangeReceive:
             return path
         self.executor.log_drop(drop)
         return None
-
-    def _flush(self, raw: "RawSend") -> None:
-        """Send the batch queued on the raw path; count each datagram that failed."""
-        failed = raw.flush()
-        for flow, error_number in failed:
-            self.executor.log_drop(self.executor.machine.send_failed(flow.path, flow.raw_peer, error_number))
-        failed.clear()
 
     def _drain_single(self, route: "Route", ports: PortMap, now: float) -> None:
         """One recvmsg per datagram (--receive single, or no recvmmsg in libc)."""

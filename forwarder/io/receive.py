@@ -54,6 +54,16 @@ class Strategy(Protocol):
     def drain(self, route: "Route", now: float) -> None: ...
 
 
+def flush_raw(raw: "RawSend", executor: Executor) -> None:
+    """Send the batch queued on the raw path (one sendmmsg per family); count each datagram that failed."""
+    failed = raw.flush()
+    if failed:
+        machine = executor.machine
+        for flow, error_number in failed:
+            executor.log_drop(machine.send_failed(flow.path, flow.raw_peer, error_number))
+        failed.clear()
+
+
 class SingleReceive:
     """One recvmsg per datagram into one preallocated buffer."""
 
@@ -254,11 +264,7 @@ class BatchReceive:
                         raw.queue(flow, base + offset, size)
                 else:
                     executor.execute(route, action, data[offset : offset + size])
-            failed = raw.flush()
-            if failed:
-                for flow, error_number in failed:
-                    executor.log_drop(machine.send_failed(flow.path, flow.raw_peer, error_number))
-                failed.clear()
+            flush_raw(raw, executor)
             handled += count
             if count < receiver.batch:
                 return
